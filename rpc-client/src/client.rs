@@ -1,0 +1,174 @@
+//! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
+//!
+//! One connection, one channel and one exclusive, auto-delete, server-named callback queue per
+//! client (not per call). Each call publishes a request with a fresh uuid v4 `correlation_id`
+//! and waits, up to the timeout, for the reply carrying that id. Replies with any other id (a
+//! late reply to a call that timed out, a second reply after a server crashed between replying
+//! and acking, someone else's message) are discarded.
+
+use crate::config::BrokerOptions;
+use crate::connection;
+use crate::error::Error;
+use crate::wire;
+use amiquip::{
+    Channel, Connection, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What a client needs to know: the broker, the request queue and how long to wait.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Where the broker is.
+    pub broker: BrokerOptions,
+    /// The request queue servers consume (`rpc_queue`).
+    pub queue: String,
+    /// How long one call waits for its reply.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    /// Local broker, `rpc_queue`, 30 s timeout.
+    fn default() -> Self {
+        ClientOptions {
+            broker: BrokerOptions::default(),
+            queue: wire::DEFAULT_QUEUE.to_string(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// fib(n) in decimal.
+    pub value: String,
+    /// The `x-rpc-server` header, if the server sent one (ours do; tutorial servers don't).
+    pub server: Option<String>,
+}
+
+/// A connection to the broker that can call fib(n) remotely, one call at a time.
+pub struct FibonacciRpcClient {
+    // Field order is drop order: the channel closes before its connection.
+    channel: Channel,
+    connection: Connection,
+    replies: Receiver<ConsumerMessage>,
+    reply_queue: String,
+    queue: String,
+    timeout: Duration,
+}
+
+impl FibonacciRpcClient {
+    /// Connects, declares the callback queue and starts consuming it.
+    pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
+        let mut connection = connection::connect(&options.broker)?;
+        let channel = connection.open_channel(None)?;
+        let (reply_queue, replies) = {
+            let queue = channel.queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )?;
+            let consumer = queue.consume(ConsumerOptions {
+                no_ack: true,
+                exclusive: true,
+                ..ConsumerOptions::default()
+            })?;
+            let replies = consumer.receiver().clone();
+            // The consumer borrows the channel, and we keep both in one struct. Forgetting the
+            // handle keeps the subscription alive for the channel's lifetime (dropping it would
+            // cancel it); closing the channel ends it on the broker. What stays allocated is
+            // the consumer tag and one receiver handle, once per client.
+            std::mem::forget(consumer);
+            (queue.name().to_string(), replies)
+        };
+        log::debug!("callback queue {reply_queue}");
+        Ok(FibonacciRpcClient {
+            channel,
+            connection,
+            replies,
+            reply_queue,
+            queue: options.queue.clone(),
+            timeout: options.timeout,
+        })
+    }
+
+    /// Calls fib(`n`) and returns it in decimal.
+    pub fn call(&mut self, n: u64) -> Result<String, Error> {
+        self.call_reply(n).map(|reply| reply.value)
+    }
+
+    /// Calls fib(`n`) and returns the reply with the name of the server that answered.
+    pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let correlation_id = Uuid::new_v4().to_string();
+        let body = wire::encode_request(n);
+        self.channel.basic_publish(
+            "",
+            Publish::with_properties(
+                &body,
+                self.queue.as_str(),
+                wire::request_properties(&self.reply_queue, &correlation_id),
+            ),
+        )?;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let delivery = match self.replies.recv_timeout(remaining) {
+                Ok(ConsumerMessage::Delivery(delivery)) => delivery,
+                Ok(ConsumerMessage::ServerClosedChannel(err))
+                | Ok(ConsumerMessage::ServerClosedConnection(err)) => return Err(err.into()),
+                Ok(other) => {
+                    return Err(Error::ConnectionLost(format!(
+                        "reply consumer stopped: {other:?}"
+                    )))
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(Error::Timeout {
+                        n,
+                        waited: started.elapsed(),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::ConnectionLost("reply consumer closed".into()))
+                }
+            };
+            if delivery.properties.correlation_id().as_deref() != Some(correlation_id.as_str()) {
+                log::debug!(
+                    "discarding reply with unknown correlation id {:?}",
+                    delivery.properties.correlation_id()
+                );
+                continue;
+            }
+            let value = wire::parse_reply(&delivery.properties, &delivery.body)?;
+            let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(String::from);
+            log::info!(
+                "fib({n}) answered by {} in {:.2} ms",
+                server.as_deref().unwrap_or("a server without a name"),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            return Ok(Reply { value, server });
+        }
+    }
+
+    /// The name of this client's callback queue (the `reply_to` of its requests).
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
+    /// Closes the channel and the connection, reporting any error (dropping closes too).
+    pub fn close(self) -> Result<(), Error> {
+        let FibonacciRpcClient {
+            channel,
+            connection,
+            ..
+        } = self;
+        channel.close()?;
+        connection.close()?;
+        Ok(())
+    }
+}

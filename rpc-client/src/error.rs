@@ -1,0 +1,121 @@
+//! The ways a call can fail, and the exit code the `rpc-client` binary gives each.
+//!
+//! Library users match on [`Error`]; the binary maps it to a process exit code with
+//! [`Error::exit_code`] so scripts can tell "no broker" from "no answer" from "bad request".
+
+use std::fmt;
+use std::time::Duration;
+
+/// Process exit codes of `rpc-client` (also listed in the README).
+pub mod exit_code {
+    /// Every call was answered with a result.
+    pub const OK: u8 = 0;
+    /// Anything not covered below, e.g. a reply that is not a number.
+    pub const OTHER: u8 = 1;
+    /// Bad command-line arguments (clap's own usage errors use 2 as well).
+    pub const USAGE: u8 = 2;
+    /// The broker could not be reached, refused the login, or the connection was lost.
+    pub const CONNECTION: u8 = 3;
+    /// No reply arrived within `--timeout`.
+    pub const TIMEOUT: u8 = 4;
+    /// The server answered with an error reply (for example n above its `--max-n`).
+    pub const SERVER_ERROR: u8 = 5;
+}
+
+/// Why connecting or calling failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The TCP connection, the AMQP handshake or the login failed. `uri` is already masked.
+    Connect {
+        /// Masked URI of the broker that was tried.
+        uri: String,
+        /// What went wrong, one line.
+        reason: String,
+    },
+    /// The connection or channel was closed while it was in use.
+    ConnectionLost(String),
+    /// No reply with our correlation id arrived in time.
+    Timeout {
+        /// The argument of the call.
+        n: u64,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The server answered with an error reply (header `x-rpc-error`).
+    Server {
+        /// Machine-readable code from the `x-rpc-error` header, e.g. `bad-request`.
+        code: String,
+        /// Human-readable message from the reply body.
+        message: String,
+    },
+    /// A reply arrived with our correlation id but is not a valid result.
+    BadReply(String),
+    /// Any other AMQP failure reported by the client library.
+    Amqp(amiquip::Error),
+    /// The options are unusable (e.g. a malformed URI).
+    Config(String),
+}
+
+impl Error {
+    /// The `rpc-client` exit code for this error (see [`exit_code`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Connect { .. } | Error::ConnectionLost(_) => exit_code::CONNECTION,
+            Error::Timeout { .. } => exit_code::TIMEOUT,
+            Error::Server { .. } => exit_code::SERVER_ERROR,
+            Error::BadReply(_) => exit_code::OTHER,
+            Error::Config(_) => exit_code::USAGE,
+            Error::Amqp(err) => match classify(err) {
+                Some(_) => exit_code::CONNECTION,
+                None => exit_code::OTHER,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { uri, reason } => write!(f, "cannot connect to {uri}: {reason}"),
+            Error::ConnectionLost(why) => write!(f, "connection to the broker lost: {why}"),
+            Error::Timeout { n, waited } => write!(
+                f,
+                "no reply for fib({n}) within {:.1}s: is an rpc-server running?",
+                waited.as_secs_f64()
+            ),
+            Error::Server { code, message } => write!(f, "server error ({code}): {message}"),
+            Error::BadReply(why) => write!(f, "bad reply: {why}"),
+            Error::Amqp(err) => write!(f, "AMQP error: {err}"),
+            Error::Config(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<amiquip::Error> for Error {
+    /// Connection-level failures become [`Error::ConnectionLost`]; the rest stay AMQP errors.
+    fn from(err: amiquip::Error) -> Self {
+        match classify(&err) {
+            Some(why) => Error::ConnectionLost(why),
+            None => Error::Amqp(err),
+        }
+    }
+}
+
+/// Returns a one-line reason when `err` means the connection is gone.
+fn classify(err: &amiquip::Error) -> Option<String> {
+    use amiquip::Error as E;
+    match err {
+        E::UnexpectedSocketClose
+        | E::IoErrorReadingSocket { .. }
+        | E::IoErrorWritingSocket { .. }
+        | E::MissedServerHeartbeats
+        | E::ServerClosedConnection { .. }
+        | E::ClientClosedConnection
+        | E::EventLoopDropped
+        | E::EventLoopClientDropped
+        | E::IoThreadPanic => Some(err.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,269 @@
+//! The wire contract of RabbitMQ's RPC tutorial (tutorial six), plus our additive error replies.
+//!
+//! - A request goes to the default exchange with routing key = the request queue
+//!   ([`DEFAULT_QUEUE`]); its body is n in ASCII decimal; it carries `reply_to` and
+//!   `correlation_id`.
+//! - The reply goes to the default exchange with routing key = the request's `reply_to`, with the
+//!   same `correlation_id`; its body is fib(n) in ASCII decimal.
+//! - Additions that tutorial peers ignore: an error reply carries the header [`ERROR_HEADER`]
+//!   (a code from [`ErrorCode`]) and a one-line UTF-8 message as its body; every reply of ours
+//!   carries [`SERVER_HEADER`] naming the server that answered.
+//!
+//! Both crates use this module, so the contract is written down once.
+
+use crate::error::Error;
+use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+use std::fmt;
+
+/// The request queue of the tutorial.
+pub const DEFAULT_QUEUE: &str = "rpc_queue";
+
+/// Header present on error replies only; its value is an [`ErrorCode`] string.
+pub const ERROR_HEADER: &str = "x-rpc-error";
+
+/// Header naming the server that produced a reply (informational).
+pub const SERVER_HEADER: &str = "x-rpc-server";
+
+/// Longest request body a server reads; a u64 has at most 20 digits.
+pub const MAX_REQUEST_BODY: usize = 64;
+
+/// Why a request was refused, as sent in [`ERROR_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body is not a non-negative decimal integer.
+    BadRequest,
+    /// n is above the server's limit.
+    TooLarge,
+    /// The server failed while handling a valid request.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: the code for the header and a one-line message for the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable reason, one line.
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// The body of a request for fib(`n`).
+pub fn encode_request(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// Reads n from a request body, accepting what tutorial clients send (`str(n)`), with
+/// surrounding ASCII whitespace tolerated. Refuses empty, non-UTF-8, signed, fractional,
+/// oversized bodies and n above `max_n`.
+pub fn parse_request(body: &[u8], max_n: u64) -> Result<u64, RequestError> {
+    use ErrorCode::{BadRequest, TooLarge};
+    if body.len() > MAX_REQUEST_BODY {
+        return Err(RequestError::new(
+            BadRequest,
+            format!(
+                "request body is {} bytes; expected a decimal integer",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| RequestError::new(BadRequest, "request body is not UTF-8"))?
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    if text.is_empty() {
+        return Err(RequestError::new(BadRequest, "request body is empty"));
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RequestError::new(
+            BadRequest,
+            format!(
+                "request body {:?} is not a non-negative decimal integer",
+                printable(text)
+            ),
+        ));
+    }
+    let n: u64 = text.parse().map_err(|_| {
+        RequestError::new(TooLarge, format!("n = {text} is above the limit {max_n}"))
+    })?;
+    if n > max_n {
+        return Err(RequestError::new(
+            TooLarge,
+            format!("n = {n} is above the limit {max_n}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Keeps log lines and error messages one line long and free of control characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Properties of a request: where to reply and which call it is.
+pub fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpProperties {
+    AmqpProperties::default()
+        .with_reply_to(reply_to.to_string())
+        .with_correlation_id(correlation_id.to_string())
+}
+
+/// Properties of a reply: the request's correlation id (if it had one) and our headers.
+/// `error` makes it an error reply.
+pub fn reply_properties(
+    correlation_id: Option<&str>,
+    server: &str,
+    error: Option<ErrorCode>,
+) -> AmqpProperties {
+    let mut headers = FieldTable::new();
+    headers.insert(
+        SERVER_HEADER.to_string(),
+        AmqpValue::LongString(server.to_string()),
+    );
+    if let Some(code) = error {
+        headers.insert(
+            ERROR_HEADER.to_string(),
+            AmqpValue::LongString(code.as_str().to_string()),
+        );
+    }
+    let properties = AmqpProperties::default().with_headers(headers);
+    match correlation_id {
+        Some(id) => properties.with_correlation_id(id.to_string()),
+        None => properties,
+    }
+}
+
+/// A string header of a message, if present.
+pub fn header<'a>(properties: &'a AmqpProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.get(name)? {
+        AmqpValue::LongString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Interprets a reply to one of our calls: the decimal result, or the server's error.
+pub fn parse_reply(properties: &AmqpProperties, body: &[u8]) -> Result<String, Error> {
+    let has_error = properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.contains_key(ERROR_HEADER));
+    if has_error {
+        let message = String::from_utf8_lossy(body);
+        return Err(Error::Server {
+            code: header(properties, ERROR_HEADER)
+                .unwrap_or("unknown")
+                .to_string(),
+            message: printable(message.trim()),
+        });
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(text.to_string())
+        }
+        _ => {
+            let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+            Err(Error::BadReply(format!(
+                "expected a decimal number, got {:?}{}",
+                printable(&shown),
+                if body.len() > 60 { "…" } else { "" }
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for n in [0, 1, 30, u64::MAX] {
+            assert_eq!(parse_request(&encode_request(n), u64::MAX), Ok(n));
+        }
+        assert_eq!(parse_request(b" 30\n", 100), Ok(30));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_code() {
+        let bad = |body: &[u8]| parse_request(body, 1000).map_err(|e| e.code);
+        for body in [
+            &b""[..],
+            b"   ",
+            b"abc",
+            b"-1",
+            b"+1",
+            b"1.5",
+            b"1e3",
+            b"0x10",
+            b"\xff\xfe",
+            b"3 0",
+            b"\x00",
+        ] {
+            assert_eq!(bad(body), Err(ErrorCode::BadRequest), "{body:?}");
+        }
+        assert_eq!(bad(&[b'1'; 65]), Err(ErrorCode::BadRequest));
+        assert_eq!(bad(b"1001"), Err(ErrorCode::TooLarge));
+        assert_eq!(bad(b"99999999999999999999999"), Err(ErrorCode::TooLarge));
+        assert_eq!(bad(b"1000"), Ok(1000));
+    }
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        let err = parse_request(b"1\n2", 10).expect_err("refused");
+        assert!(!err.message.contains('\n'), "{}", err.message);
+    }
+
+    #[test]
+    fn replies() {
+        let ok = reply_properties(Some("id"), "s1", None);
+        assert_eq!(parse_reply(&ok, b"832040").ok().as_deref(), Some("832040"));
+        assert_eq!(header(&ok, SERVER_HEADER), Some("s1"));
+        assert!(matches!(parse_reply(&ok, b""), Err(Error::BadReply(_))));
+        assert!(matches!(parse_reply(&ok, b"12a"), Err(Error::BadReply(_))));
+        let err = reply_properties(Some("id"), "s1", Some(ErrorCode::TooLarge));
+        match parse_reply(&err, b"n = 5 is above the limit 4") {
+            Err(Error::Server { code, message }) => {
+                assert_eq!(code, "too-large");
+                assert_eq!(message, "n = 5 is above the limit 4");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tutorial_reply_without_headers_is_a_result() {
+        let plain = AmqpProperties::default().with_correlation_id("x".into());
+        assert_eq!(parse_reply(&plain, b"55").ok().as_deref(), Some("55"));
+    }
+}

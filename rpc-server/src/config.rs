@@ -1,0 +1,63 @@
+//! What a server is told: broker, request queue, how to declare it, prefetch and limits.
+
+use rpc_client::{wire, BrokerOptions};
+
+/// Default for `--max-n`: fib(1,000,000) has 208,988 digits and takes well under a second.
+pub const DEFAULT_MAX_N: u64 = 1_000_000;
+
+/// How the server declares the request queue when it does not exist yet.
+///
+/// An existing queue is always used as it is, whatever its type: tutorial servers of other
+/// languages declare it classic or quorum, and all of them share one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueueType {
+    /// A classic queue, non-durable unless `durable` is set (the original tutorial's choice).
+    #[default]
+    Classic,
+    /// A replicated quorum queue (always durable), as today's tutorials declare it.
+    Quorum,
+}
+
+/// Everything [`crate::server::run`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where the broker is.
+    pub broker: BrokerOptions,
+    /// The request queue to consume.
+    pub queue: String,
+    /// Type of the queue if we have to declare it.
+    pub queue_type: QueueType,
+    /// Declare a classic queue durable (quorum queues always are).
+    pub durable: bool,
+    /// Unacknowledged requests the broker may hand this server at once: 1 spreads slow work
+    /// evenly over servers, a higher value raises throughput for fast work.
+    pub prefetch: u16,
+    /// Largest n served; larger requests get a `too-large` error reply.
+    pub max_n: u64,
+    /// Name sent in the `x-rpc-server` reply header and used in logs.
+    pub name: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            broker: BrokerOptions::default(),
+            queue: wire::DEFAULT_QUEUE.to_string(),
+            queue_type: QueueType::Classic,
+            durable: false,
+            prefetch: 1,
+            max_n: DEFAULT_MAX_N,
+            name: default_name(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>`: unique enough to tell the servers of one queue apart.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rpc-server".to_string());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,196 @@
+//! The consume loop: take a request, compute fib(n), publish the reply, then ack.
+//!
+//! Acking only after the reply is published means a server that dies mid-request loses
+//! nothing: the broker redelivers the request to another server. A prefetch of 1 (the default)
+//! hands each server one request at a time, so N servers share slow work evenly.
+
+use crate::config::{QueueType, ServerOptions};
+use crate::fib;
+use amiquip::{
+    AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
+    Publish, QueueDeclareOptions,
+};
+use anyhow::{bail, Context as _};
+use crossbeam_channel::{select, Receiver};
+use rpc_client::wire::{self, ErrorCode};
+
+/// Counts of what a server did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests answered with a result.
+    pub answered: u64,
+    /// Requests answered with an error reply.
+    pub refused: u64,
+    /// Requests without `reply_to`: acked and dropped.
+    pub dropped: u64,
+}
+
+/// Serves requests until `shutdown` receives a message or its sender is dropped.
+///
+/// Connects, makes sure the request queue exists (an existing one is used as declared, a
+/// missing one is declared from `options`), sets the prefetch and consumes. On shutdown the
+/// consumer is cancelled and the channel closed, which returns prefetched requests that were
+/// not started to the queue for other servers.
+pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<Stats> {
+    let mut connection = rpc_client::connection::connect(&options.broker)?;
+    let channel = connection.open_channel(None)?;
+    ensure_queue(&mut connection, options)?;
+    channel
+        .qos(0, options.prefetch, false)
+        .context("cannot set the prefetch")?;
+    let consumer = channel
+        .basic_consume(options.queue.as_str(), ConsumerOptions::default())
+        .with_context(|| format!("cannot consume queue '{}'", options.queue))?;
+    log::info!(
+        "{} waiting for RPC requests on queue '{}' at {} (prefetch {}, max n {})",
+        options.name,
+        options.queue,
+        options.broker,
+        options.prefetch,
+        options.max_n
+    );
+    let mut stats = Stats::default();
+    loop {
+        select! {
+            recv(consumer.receiver()) -> message => match message {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    handle(&channel, delivery, options, &mut stats)?;
+                }
+                Ok(ConsumerMessage::ServerCancelled) => bail!(
+                    "the broker cancelled our consumer: was queue '{}' deleted?",
+                    options.queue
+                ),
+                Ok(ConsumerMessage::ServerClosedChannel(err))
+                | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
+                    return Err(err).context("the broker closed the connection");
+                }
+                Ok(other) => bail!("consumer stopped: {other:?}"),
+                Err(_) => bail!("consumer stopped: connection closed"),
+            },
+            recv(shutdown) -> _ => break,
+        }
+    }
+    log::info!(
+        "shutting down: {} answered, {} refused, {} dropped",
+        stats.answered,
+        stats.refused,
+        stats.dropped
+    );
+    consumer.cancel().context("cannot cancel the consumer")?;
+    drop(consumer);
+    channel.close().context("cannot close the channel")?;
+    connection.close().context("cannot close the connection")?;
+    Ok(stats)
+}
+
+/// Uses the request queue if it exists, whatever its type; declares it otherwise.
+///
+/// Probing and declaring happen on a channel of their own, because a failed passive declare
+/// (404) or a conflicting declare (406) closes the channel it was sent on.
+fn ensure_queue(connection: &mut Connection, options: &ServerOptions) -> anyhow::Result<()> {
+    let probe = connection.open_channel(None)?;
+    match probe.queue_declare_passive(options.queue.as_str()) {
+        Ok(queue) => {
+            log::info!(
+                "using existing queue '{}' ({} messages waiting, {} consumers)",
+                options.queue,
+                queue.declared_message_count().unwrap_or(0),
+                queue.declared_consumer_count().unwrap_or(0)
+            );
+            drop(queue);
+            probe.close()?;
+            return Ok(());
+        }
+        Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot check queue '{}'", options.queue))
+        }
+    }
+    let declare = connection.open_channel(None)?;
+    let mut arguments = FieldTable::new();
+    if options.queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".to_string(),
+            AmqpValue::LongString("quorum".to_string()),
+        );
+    }
+    let durable = options.durable || options.queue_type == QueueType::Quorum;
+    let declared = declare.queue_declare(
+        options.queue.as_str(),
+        QueueDeclareOptions {
+            durable,
+            arguments,
+            ..QueueDeclareOptions::default()
+        },
+    );
+    match declared {
+        Ok(queue) => {
+            log::info!(
+                "declared queue '{}' ({:?}, {})",
+                options.queue,
+                options.queue_type,
+                if durable { "durable" } else { "transient" }
+            );
+            drop(queue);
+            declare.close()?;
+            Ok(())
+        }
+        // Another process declared it differently between our check and our declare.
+        Err(amiquip::Error::ServerClosedChannel { code: 406, .. }) => {
+            log::info!(
+                "queue '{}' was just declared by someone else; using it",
+                options.queue
+            );
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot declare queue '{}'", options.queue)),
+    }
+}
+
+/// Answers one request and acks it. Only broker failures are errors; bad input is answered.
+fn handle(
+    channel: &Channel,
+    delivery: Delivery,
+    options: &ServerOptions,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    let Some(reply_to) = delivery.properties.reply_to().clone() else {
+        log::warn!(
+            "dropping a request without reply_to ({} bytes)",
+            delivery.body.len()
+        );
+        stats.dropped += 1;
+        delivery.ack(channel).context("cannot ack")?;
+        return Ok(());
+    };
+    let (body, error) = match wire::parse_request(&delivery.body, options.max_n) {
+        Ok(n) => {
+            log::info!(" [.] fib({n})");
+            match std::panic::catch_unwind(|| fib::fib_decimal(n)) {
+                Ok(value) => (value.into_bytes(), None),
+                Err(_) => (
+                    format!("computing fib({n}) failed").into_bytes(),
+                    Some(ErrorCode::Internal),
+                ),
+            }
+        }
+        Err(err) => {
+            log::warn!("refusing request: {err}");
+            (err.message.into_bytes(), Some(err.code))
+        }
+    };
+    match error {
+        None => stats.answered += 1,
+        Some(_) => stats.refused += 1,
+    }
+    let properties = wire::reply_properties(
+        delivery.properties.correlation_id().as_deref(),
+        &options.name,
+        error,
+    );
+    channel
+        .basic_publish("", Publish::with_properties(&body, reply_to, properties))
+        .context("cannot publish the reply")?;
+    delivery.ack(channel).context("cannot ack")?;
+    Ok(())
+}
