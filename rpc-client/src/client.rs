@@ -73,17 +73,15 @@ impl FibonacciRpcClient {
                     ..QueueDeclareOptions::default()
                 },
             )?;
-            let consumer = queue.consume(ConsumerOptions {
-                no_ack: true,
-                exclusive: true,
-                ..ConsumerOptions::default()
-            })?;
-            let replies = consumer.receiver().clone();
-            // The consumer borrows the channel, and we keep both in one struct. Forgetting the
-            // handle keeps the subscription alive for the channel's lifetime (dropping it would
-            // cancel it); closing the channel ends it on the broker. What stays allocated is
-            // the consumer tag and one receiver handle, once per client.
-            std::mem::forget(consumer);
+            let replies = connection::consume(
+                &channel,
+                queue.name(),
+                ConsumerOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..ConsumerOptions::default()
+                },
+            )?;
             (queue.name().to_string(), replies)
         };
         log::debug!("callback queue {reply_queue}");

@@ -7,7 +7,11 @@
 
 use crate::config::BrokerOptions;
 use crate::error::Error;
-use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
+use amiquip::{
+    Auth, Channel, Connection, ConnectionOptions, ConnectionTuning, ConsumerMessage,
+    ConsumerOptions,
+};
+use crossbeam_channel::Receiver;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
 /// Connects and logs in to the broker described by `options`.
@@ -82,4 +86,23 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
             other => other.to_string(),
         },
     )
+}
+
+/// Starts consuming `queue` on `channel` and returns the receiver of its messages.
+///
+/// amiquip's `Consumer` borrows its channel and cancels itself when dropped, and amiquip's I/O
+/// thread treats a consumer whose receiver is gone as a fatal connection error (it can still be
+/// delivering, or sending `ClientCancelled`, after a cancel returns). So instead of a
+/// `Consumer`, callers get a receiver they can keep next to the channel in one struct; the
+/// subscription ends when the channel or connection closes. What stays allocated is the
+/// consumer tag and a receiver handle, once per call of this function.
+pub fn consume(
+    channel: &Channel,
+    queue: &str,
+    options: ConsumerOptions,
+) -> Result<Receiver<ConsumerMessage>, amiquip::Error> {
+    let consumer = channel.basic_consume(queue, options)?;
+    let receiver = consumer.receiver().clone();
+    std::mem::forget(consumer);
+    Ok(receiver)
 }

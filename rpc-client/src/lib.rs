@@ -10,6 +10,7 @@
 //! - [`connection`]: opening a connection with `TCP_NODELAY` and a connect timeout.
 //! - [`error`]: [`Error`] and the exit codes of `rpc-client`.
 //! - [`logging`]: `-v`/`-q` and the stderr logger.
+//! - `testing` (feature `test-support`): helpers for tests against a real broker.
 //!
 //! ```no_run
 //! use rpc_client::{ClientOptions, FibonacciRpcClient};
@@ -24,6 +25,8 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod logging;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod wire;
 
 pub use client::{ClientOptions, FibonacciRpcClient, Reply};

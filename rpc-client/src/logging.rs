@@ -45,6 +45,8 @@ impl LogArgs {
         if let Ok(spec) = std::env::var("RUST_LOG") {
             builder.parse_filters(&spec);
         }
+        // amiquip logs the SASL response, password included, at debug level.
+        builder.filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info);
         // A second init (tests) is harmless.
         let _ = builder.try_init();
     }

@@ -76,10 +76,16 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<St
         stats.refused,
         stats.dropped
     );
+    // amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error, and it
+    // sends ClientCancelled after the cancel call has already returned: keep a receiver alive
+    // until the connection is closed.
+    let deliveries = consumer.receiver().clone();
     consumer.cancel().context("cannot cancel the consumer")?;
     drop(consumer);
+    // Closing the channel returns prefetched, unacked requests to the queue.
     channel.close().context("cannot close the channel")?;
     connection.close().context("cannot close the connection")?;
+    drop(deliveries);
     Ok(stats)
 }
 

@@ -1,0 +1,260 @@
+//! The client library and the `rpc-client` binary against a real broker.
+//!
+//! The peer here is a small responder written directly on amiquip (a real consumer on a real
+//! queue) whose misbehaviour we control: stray replies, malformed replies, error replies and
+//! silence. The rpc-server crate's tests cover the two together.
+
+use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions};
+use crossbeam_channel::{select, Sender};
+use rpc_client::error::exit_code;
+use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::wire::{self, ErrorCode};
+use rpc_client::{ClientOptions, Error, FibonacciRpcClient};
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const MALFORMED: u64 = 666;
+const SILENT: u64 = 777;
+const REFUSED: u64 = 999;
+
+/// A stand-in server: answers fib(n) for small n, and misbehaves on cue.
+struct Responder {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Responder {
+    /// With `stray`, every real reply is preceded by one with an unknown correlation id.
+    fn start(queue: &str, stray: bool) -> Responder {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let queue_name = queue.to_string();
+        let handle = std::thread::spawn(move || {
+            let admin = Admin::connect().expect("responder connects");
+            admin.declare(&queue_name, false).expect("declare");
+            let requests = rpc_client::connection::consume(
+                admin.channel(),
+                &queue_name,
+                ConsumerOptions::default(),
+            )
+            .expect("consume");
+            loop {
+                let delivery = select! {
+                    recv(requests) -> m => match m {
+                        Ok(ConsumerMessage::Delivery(d)) => d,
+                        other => panic!("responder consumer ended: {other:?}"),
+                    },
+                    recv(stopped) -> _ => return,
+                };
+                let n: u64 = std::str::from_utf8(&delivery.body)
+                    .expect("utf8")
+                    .parse()
+                    .expect("number");
+                let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
+                let id = delivery.properties.correlation_id().as_deref();
+                let (body, error) = match n {
+                    MALFORMED => (b"abc".to_vec(), None),
+                    REFUSED => (b"refused on purpose".to_vec(), Some(ErrorCode::BadRequest)),
+                    SILENT => (Vec::new(), None),
+                    n => (small_fib(n).to_string().into_bytes(), None),
+                };
+                if stray {
+                    let props = wire::reply_properties(Some("not-a-call-of-yours"), "r", None);
+                    admin.publish(&reply_to, b"999999", props).expect("stray");
+                }
+                if n != SILENT {
+                    let props = wire::reply_properties(id, "responder", error);
+                    admin.publish(&reply_to, &body, props).expect("reply");
+                }
+                delivery.ack(admin.channel()).expect("ack");
+            }
+        });
+        let mut admin = Admin::connect().expect("admin");
+        admin
+            .wait_for_consumers(queue, 1)
+            .expect("responder consumes");
+        Responder { stop, handle }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.join().expect("responder thread");
+    }
+}
+
+fn small_fib(n: u64) -> u64 {
+    let (mut a, mut b) = (0u64, 1u64);
+    for _ in 0..n {
+        (a, b) = (b, a + b);
+    }
+    a
+}
+
+fn options(queue: &str, timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        broker: testing::broker(),
+        queue: queue.to_string(),
+        timeout,
+    }
+}
+
+#[test]
+fn stray_replies_are_discarded() {
+    let queue = QueueGuard::new("stray");
+    let responder = Responder::start(queue.name(), true);
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_secs(20))).expect("c");
+    // A reply with an unknown id already waits in the callback queue before the first call.
+    let admin = Admin::connect().expect("admin");
+    admin
+        .publish(
+            client.reply_queue(),
+            b"123",
+            AmqpProperties::default().with_correlation_id("early".into()),
+        )
+        .expect("publish stray");
+    for n in [7, 30, 90] {
+        assert_eq!(client.call(n).expect("call"), small_fib(n).to_string());
+    }
+    responder.stop();
+}
+
+#[test]
+fn error_replies_malformed_replies_and_silence_are_errors() {
+    let queue = QueueGuard::new("errors");
+    let responder = Responder::start(queue.name(), false);
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_millis(800))).expect("c");
+    match client.call(REFUSED) {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, "bad-request");
+            assert_eq!(message, "refused on purpose");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    assert!(matches!(client.call(MALFORMED), Err(Error::BadReply(_))));
+    let started = Instant::now();
+    match client.call(SILENT) {
+        Err(err @ Error::Timeout { .. }) => assert_eq!(err.exit_code(), exit_code::TIMEOUT),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The client is still usable after each failure.
+    assert_eq!(client.call(10).expect("call"), "55");
+    responder.stop();
+}
+
+#[test]
+fn connect_failures_are_connection_errors() {
+    let mut refused = testing::broker();
+    refused.port = 1;
+    let mut wrong_password = testing::broker();
+    wrong_password.password = "definitely-wrong".into();
+    for broker in [refused, wrong_password] {
+        let options = ClientOptions {
+            broker,
+            ..ClientOptions::default()
+        };
+        match FibonacciRpcClient::connect(&options) {
+            Err(err @ Error::Connect { .. }) => {
+                assert_eq!(err.exit_code(), exit_code::CONNECTION);
+                assert!(!err.to_string().contains("definitely-wrong"), "{err}");
+            }
+            Err(other) => panic!("expected a connect error, got {other}"),
+            Ok(_) => panic!("connected to {}", options.broker),
+        }
+    }
+}
+
+/// Runs the rpc-client binary against the test broker.
+fn rpc_client(args: &[&str]) -> (Output, String) {
+    let broker = testing::broker();
+    let output = Command::new(env!("CARGO_BIN_EXE_rpc-client"))
+        .args(["--host", &broker.host, "--port", &broker.port.to_string()])
+        .args(args)
+        .env_remove("AMQP_URI")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run rpc-client");
+    let shown = format!(
+        "rpc-client {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, shown)
+}
+
+#[test]
+fn binary_prints_results_and_exit_codes() {
+    let queue = QueueGuard::new("bin-client");
+    let responder = Responder::start(queue.name(), true);
+    let q = queue.name();
+
+    let (out, shown) = rpc_client(&["--queue", q, "30"]);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert_eq!(out.stdout, b"832040\n", "{shown}");
+    assert!(out.stderr.is_empty(), "{shown}");
+
+    let (out, shown) = rpc_client(&["--queue", q, "10", "20", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert_eq!(out.stdout, b"55\n6765\n832040\n", "{shown}");
+
+    let cases: [(&[&str], u8); 6] = [
+        (&["--queue", q, "999"], exit_code::SERVER_ERROR),
+        (&["--queue", q, "666"], exit_code::OTHER),
+        (
+            &["--queue", q, "--timeout", "0.5", "777"],
+            exit_code::TIMEOUT,
+        ),
+        (&["--queue", q, "-1"], exit_code::USAGE),
+        (&["--queue", q, "thirty"], exit_code::USAGE),
+        (&["--queue", q, "--timeout", "0", "1"], exit_code::USAGE),
+    ];
+    for (args, code) in cases {
+        let (out, shown) = rpc_client(args);
+        assert_eq!(out.status.code(), Some(i32::from(code)), "{shown}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("rpc-client: ") || stderr.starts_with("error: "),
+            "{shown}"
+        );
+    }
+    // Results before a failure are printed; the failure stops the rest.
+    let (out, shown) = rpc_client(&["--queue", q, "5", "999", "6"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::SERVER_ERROR)),
+        "{shown}"
+    );
+    assert_eq!(out.stdout, b"5\n", "{shown}");
+    responder.stop();
+}
+
+#[test]
+fn binary_connection_failures_exit_3_without_the_password() {
+    let broker = testing::broker();
+    let refused = format!("amqp://guest:sesame@{}:1/", broker.host);
+    let wrong_password = format!("amqp://guest:sesame@{}:{}/", broker.host, broker.port);
+    for (uri, reason) in [(refused, "refused"), (wrong_password, "login refused")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_rpc-client"))
+            .args(["--uri", &uri, "--connect-timeout", "2", "30"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(i32::from(exit_code::CONNECTION)),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(reason) && !stderr.contains("sesame"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

@@ -1,0 +1,367 @@
+//! Behaviour of rpc-server against the real broker, called through the rpc-client library and
+//! raw AMQP. Every test uses its own uuid-named queue and deletes it.
+
+use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
+use crossbeam_channel::Sender;
+use num_bigint::BigUint;
+use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::wire::{self, ERROR_HEADER, SERVER_HEADER};
+use rpc_client::{ClientOptions, Error, FibonacciRpcClient};
+use rpc_server::{QueueType, ServerOptions, Stats};
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A server running `rpc_server::run` on a thread, stopped through its shutdown channel.
+struct TestServer {
+    stop: Sender<()>,
+    handle: JoinHandle<anyhow::Result<Stats>>,
+}
+
+impl TestServer {
+    fn start(options: ServerOptions) -> TestServer {
+        rpc_client::logging::LogArgs::default().init(log::LevelFilter::Warn);
+        let (stop, shutdown) = crossbeam_channel::bounded(1);
+        let handle = std::thread::spawn(move || rpc_server::run(&options, shutdown));
+        TestServer { stop, handle }
+    }
+
+    fn stop(self) -> Stats {
+        let _ = self.stop.send(());
+        match self.handle.join() {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(err)) => panic!("server failed: {err:#}"),
+            Err(_) => panic!("server thread panicked"),
+        }
+    }
+}
+
+fn stop_all(servers: Vec<TestServer>) -> Vec<Stats> {
+    servers.into_iter().map(TestServer::stop).collect()
+}
+
+fn server_options(queue: &str, name: &str) -> ServerOptions {
+    ServerOptions {
+        broker: testing::broker(),
+        queue: queue.to_string(),
+        name: name.to_string(),
+        ..ServerOptions::default()
+    }
+}
+
+fn client(queue: &str) -> FibonacciRpcClient {
+    let options = ClientOptions {
+        broker: testing::broker(),
+        queue: queue.to_string(),
+        timeout: Duration::from_secs(30),
+    };
+    FibonacciRpcClient::connect(&options).expect("client connects")
+}
+
+/// Starts `count` servers on `queue` and waits until all of them consume it.
+fn start_servers(queue: &str, count: usize) -> Vec<TestServer> {
+    let servers: Vec<_> = (0..count)
+        .map(|i| TestServer::start(server_options(queue, &format!("server-{i}"))))
+        .collect();
+    let mut admin = Admin::connect().expect("admin connects");
+    admin
+        .wait_for_consumers(queue, count as u32)
+        .expect("servers consume");
+    servers
+}
+
+/// fib(n) by plain addition: slow, obviously right, independent of the server's algorithm.
+fn fib_by_addition(n: u64) -> String {
+    let (mut a, mut b) = (BigUint::from(0u8), BigUint::from(1u8));
+    for _ in 0..n {
+        let next = &a + &b;
+        a = std::mem::replace(&mut b, next);
+    }
+    a.to_string()
+}
+
+const FIB_1000: &str = "43466557686937456435688527675040625802564660517371780402481729089536555417949051890403879840079255169295922593080322634775209689623239873322471161642996440906533187938298969649928516003704476137795166849228875";
+
+#[test]
+fn library_round_trip() {
+    let queue = QueueGuard::new("round-trip");
+    let servers = start_servers(queue.name(), 1);
+    let mut client = client(queue.name());
+    assert_eq!(client.call(30).expect("fib(30)"), "832040");
+    let reply = client.call_reply(10).expect("fib(10)");
+    assert_eq!(reply.value, "55");
+    assert_eq!(reply.server.as_deref(), Some("server-0"));
+    client.close().expect("client closes");
+    let stats = stop_all(servers);
+    assert_eq!(stats[0].answered, 2);
+}
+
+#[test]
+fn correctness_table() {
+    let queue = QueueGuard::new("table");
+    let servers = start_servers(queue.name(), 1);
+    let mut client = client(queue.name());
+    let known = [
+        (0, "0"),
+        (1, "1"),
+        (2, "1"),
+        (10, "55"),
+        (30, "832040"),
+        (93, "12200160415121876738"),
+        (94, "19740274219868223167"),
+        (1000, FIB_1000),
+    ];
+    for (n, expected) in known {
+        assert_eq!(client.call(n).expect("call"), expected, "fib({n})");
+    }
+    for n in [12_345, 30_000] {
+        assert_eq!(
+            client.call(n).expect("call"),
+            fib_by_addition(n),
+            "fib({n})"
+        );
+    }
+    stop_all(servers);
+}
+
+#[test]
+fn concurrent_clients_get_their_own_answers() {
+    let queue = QueueGuard::new("concurrent");
+    let servers = start_servers(queue.name(), 2);
+    let workers: Vec<_> = [(0u64, 7u64), (3, 5)]
+        .into_iter()
+        .map(|(start, step)| {
+            let mut client = client(queue.name());
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let n = start + i * step;
+                        (n, client.call(n).expect("call"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for worker in workers {
+        for (n, value) in worker.join().expect("worker") {
+            assert_eq!(value, fib_by_addition(n), "fib({n})");
+        }
+    }
+    let answered: u64 = servers.into_iter().map(|s| s.stop().answered).sum();
+    assert_eq!(answered, 80);
+}
+
+#[test]
+fn three_servers_share_slow_work() {
+    let queue = QueueGuard::new("share");
+    let servers = start_servers(queue.name(), 3);
+    // Six callers keep six slow requests in flight; with prefetch 1 the broker hands them out
+    // round-robin, so every server must get some.
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = client(queue.name());
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| client.call_reply(300_000).expect("call").server)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut by_server: HashMap<String, usize> = HashMap::new();
+    for caller in callers {
+        for server in caller.join().expect("caller") {
+            *by_server.entry(server.expect("server header")).or_default() += 1;
+        }
+    }
+    let stats = stop_all(servers);
+    assert_eq!(by_server.len(), 3, "replies per server: {by_server:?}");
+    assert!(stats.iter().all(|s| s.answered > 0), "{stats:?}");
+    assert_eq!(stats.iter().map(|s| s.answered).sum::<u64>(), 18);
+}
+
+/// Publishes raw requests and collects the replies on an exclusive queue.
+fn raw_round_trip(
+    admin: &Admin,
+    queue: &str,
+    requests: &[(&[u8], bool)],
+) -> Vec<(AmqpProperties, Vec<u8>)> {
+    let channel = admin.channel();
+    let replies = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .expect("reply queue");
+    let consumer = rpc_client::connection::consume(
+        channel,
+        replies.name(),
+        ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        },
+    )
+    .expect("consume replies");
+    let mut expected = 0;
+    for (i, (body, with_reply_to)) in requests.iter().enumerate() {
+        let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
+        if *with_reply_to {
+            properties = properties.with_reply_to(replies.name().to_string());
+            expected += 1;
+        }
+        admin.publish(queue, body, properties).expect("publish");
+    }
+    let mut got = Vec::new();
+    while got.len() < expected {
+        match consumer.recv_timeout(Duration::from_secs(20)) {
+            Ok(ConsumerMessage::Delivery(d)) => got.push((d.properties, d.body)),
+            other => panic!(
+                "waiting for reply {} of {expected}: {other:?}",
+                got.len() + 1
+            ),
+        }
+    }
+    got
+}
+
+#[test]
+fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
+    let queue = QueueGuard::new("bad");
+    let mut options = server_options(queue.name(), "strict");
+    options.max_n = 5000;
+    let server = TestServer::start(options);
+    let mut admin = Admin::connect().expect("admin");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes");
+
+    let oversized = vec![b'7'; 10_000];
+    let bad: Vec<(&[u8], &str)> = vec![
+        (b"", "bad-request"),
+        (b"   ", "bad-request"),
+        (b"abc", "bad-request"),
+        (b"-1", "bad-request"),
+        (b"1.5", "bad-request"),
+        (b"1e3", "bad-request"),
+        (b"\xff\xfe\xfd", "bad-request"),
+        (b"12\x0034", "bad-request"),
+        (&oversized, "bad-request"),
+        (b"5001", "too-large"),
+        (b"18446744073709551616", "too-large"),
+    ];
+    let mut requests: Vec<(&[u8], bool)> = bad.iter().map(|(b, _)| (*b, true)).collect();
+    requests.push((b"30", false)); // no reply_to: acked and dropped
+    requests.push((b"20", true));
+    let replies = raw_round_trip(&admin, queue.name(), &requests);
+    assert_eq!(replies.len(), bad.len() + 1);
+    for (properties, body) in &replies {
+        let id: usize = properties
+            .correlation_id()
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .expect("correlation id echoed");
+        if id == requests.len() - 1 {
+            assert_eq!(body, b"6765");
+            assert_eq!(wire::header(properties, ERROR_HEADER), None);
+        } else {
+            let (request, code) = bad[id];
+            assert_eq!(
+                wire::header(properties, ERROR_HEADER),
+                Some(code),
+                "request {request:?} got {:?}",
+                String::from_utf8_lossy(body)
+            );
+            let message = String::from_utf8(body.clone()).expect("UTF-8 message");
+            assert!(
+                !message.is_empty() && !message.contains('\n'),
+                "{message:?}"
+            );
+        }
+        assert_eq!(wire::header(properties, SERVER_HEADER), Some("strict"));
+    }
+    // The library reports an error reply as Error::Server.
+    let mut client = client(queue.name());
+    match client.call(5001) {
+        Err(Error::Server { code, .. }) => assert_eq!(code, "too-large"),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    assert_eq!(client.call(3).expect("still serving"), "2");
+    admin
+        .wait_for_empty(queue.name())
+        .expect("nothing left behind");
+    let stats = server.stop();
+    assert_eq!(
+        stats,
+        Stats {
+            answered: 2,
+            refused: bad.len() as u64 + 1,
+            dropped: 1
+        }
+    );
+}
+
+#[test]
+fn existing_quorum_queue_is_used_as_declared() {
+    let queue = QueueGuard::new("quorum-existing");
+    let admin = Admin::connect().expect("admin");
+    admin.declare(queue.name(), true).expect("declare quorum");
+    // Our default is classic; the server must not try to redeclare (406).
+    let servers = start_servers(queue.name(), 1);
+    assert_eq!(client(queue.name()).call(30).expect("call"), "832040");
+    stop_all(servers);
+}
+
+#[test]
+fn missing_queue_is_declared_as_configured() {
+    for quorum in [false, true] {
+        let queue = QueueGuard::new("declared");
+        let mut options = server_options(queue.name(), "declarer");
+        options.queue_type = if quorum {
+            QueueType::Quorum
+        } else {
+            QueueType::Classic
+        };
+        let server = TestServer::start(options);
+        let mut admin = Admin::connect().expect("admin");
+        admin.wait_for_consumers(queue.name(), 1).expect("consumes");
+        // Re-declaring with the same settings succeeds only if they match what the server did.
+        admin.declare(queue.name(), quorum).expect("same settings");
+        assert_eq!(client(queue.name()).call(1).expect("call"), "1");
+        assert_eq!(server.stop().answered, 1);
+    }
+}
+
+#[test]
+fn direct_reply_to_callers_are_served() {
+    let queue = QueueGuard::new("direct");
+    let servers = start_servers(queue.name(), 1);
+    let admin = Admin::connect().expect("admin");
+    let channel = admin.channel();
+    let consumer = rpc_client::connection::consume(
+        channel,
+        "amq.rabbitmq.reply-to",
+        ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        },
+    )
+    .expect("consume direct reply-to");
+    admin
+        .publish(
+            queue.name(),
+            b"30",
+            wire::request_properties("amq.rabbitmq.reply-to", "direct-1"),
+        )
+        .expect("publish");
+    match consumer.recv_timeout(Duration::from_secs(20)) {
+        Ok(ConsumerMessage::Delivery(d)) => {
+            assert_eq!(d.body, b"832040");
+            assert_eq!(d.properties.correlation_id().as_deref(), Some("direct-1"));
+        }
+        other => panic!("no direct reply: {other:?}"),
+    }
+    stop_all(servers);
+}
