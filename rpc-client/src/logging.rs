@@ -5,10 +5,10 @@ use log::LevelFilter;
 /// Verbosity flags (flatten into a clap parser). `RUST_LOG`, when set, wins over both.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct LogArgs {
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// More log output on stderr (repeatable: -vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Less log output on stderr (-q errors only, -qq nothing).
+    /// Less log output on stderr (repeatable: -qq).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
 }

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Interop test: our rpc-server / rpc-client against RabbitMQ tutorial-six peers
+# written in Python with pika (scripts/interop/rpc_{server,client}.py).
+#
+# For each queue flavour (classic, quorum) on its own queue interop-<flavour>-<uuid>:
+#   (a) their client -> our server (own reply queue, then direct reply-to);
+#       the queue is declared first by the Python server, so ours meets it existing;
+#   (b) our client -> their server.
+# Plus: our rpc-server's own declaration of a fresh queue must be equivalent to the
+# tutorial's classic declaration, and rpc-server must exit 0 on SIGTERM.
+#
+# Broker: $AMQP_URI if set (read by all four programs), else local guest/guest.
+# Binaries: ${RPC_BIN_DIR:-target/release}. Runtime files: target/interop/, target/py-venv.
+# Prints "interop: N passed, M failed"; exits non-zero if anything failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BIN_DIR=${RPC_BIN_DIR:-target/release}
+VENV=target/py-venv
+PY=$VENV/bin/python
+PEERS=scripts/interop
+REQS=$PEERS/requirements.txt
+NS=(0 1 2 10 30 94)
+EXPECTED=$'0\n1\n1\n55\n832040\n19740274219868223167'
+CALL_TIMEOUT=15    # per-reply timeout given to the clients
+READY_TIMEOUT=20   # deadline for a server to report readiness
+STOP_TIMEOUT=10    # deadline for a process to exit after SIGTERM
+
+RUN_ID=$(cat /proc/sys/kernel/random/uuid)
+LOG_DIR=target/interop/$RUN_ID
+
+log() { printf 'interop: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+# ---- setup -------------------------------------------------------------------
+
+ensure_venv() {
+  if [[ -x $PY ]] && cmp -s "$REQS" "$VENV/.requirements.txt"; then
+    return 0
+  fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      log "installing python3-venv with apt-get"
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    else
+      die "python3 venv/ensurepip module missing; install python3-venv (as root: apt-get install python3-venv)"
+    fi
+  fi
+  log "creating $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --disable-pip-version-check -r "$REQS"
+  cp "$REQS" "$VENV/.requirements.txt"
+}
+
+ensure_binaries() {
+  [[ -x $BIN_DIR/rpc-server && -x $BIN_DIR/rpc-client ]] && return 0
+  [[ $BIN_DIR == target/release ]] || die "rpc-server/rpc-client not found in RPC_BIN_DIR=$BIN_DIR"
+  log "building release binaries"
+  cargo build --release
+  [[ -x $BIN_DIR/rpc-server && -x $BIN_DIR/rpc-client ]] || die "cargo build did not produce $BIN_DIR/rpc-{server,client}"
+}
+
+# ---- process and queue bookkeeping ---------------------------------------------
+
+PIDS=()     # every background process we started
+QUEUES=()   # every queue name we (or a peer we started) declared
+
+# stop_proc PID -> sets STOP_RC to its exit status (TERM, then KILL after the deadline)
+STOP_RC=0
+stop_proc() {
+  local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT))
+  STOP_RC=0
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid ignored SIGTERM for ${STOP_TIMEOUT}s; killing"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || STOP_RC=$?
+}
+
+delete_queues() {
+  ((${#QUEUES[@]})) || return 0
+  [[ -x $PY ]] || return 0
+  "$PY" - "${QUEUES[@]}" <<'EOF' || log "warning: could not delete queues: ${QUEUES[*]}"
+import os, sys, pika
+url = os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/")
+conn = pika.BlockingConnection(pika.URLParameters(url))
+ch = conn.channel()
+for q in sys.argv[1:]:
+    ch.queue_delete(queue=q)
+conn.close()
+EOF
+}
+
+cleanup() {
+  local pid
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    kill -0 "$pid" 2>/dev/null && stop_proc "$pid"
+  done
+  delete_queues
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_ready PID FILE PATTERN -> 0 once FILE contains PATTERN; 1 if PID died or deadline hit
+wait_ready() {
+  local pid=$1 file=$2 pattern=$3 deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    grep -qF -- "$pattern" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before becoming ready"; return 1; }
+    sleep 0.1
+  done
+  log "pid $pid not ready within ${READY_TIMEOUT}s"
+  return 1
+}
+
+# Started servers leave their pid in LAST_PID (not $! from a subshell).
+LAST_PID=
+start_their_server() {  # QUEUE FLAVOUR LOGNAME
+  local extra=()
+  [[ $2 == quorum ]] && extra=(--quorum)
+  "$PY" "$PEERS/rpc_server.py" --queue "$1" ${extra[@]+"${extra[@]}"} \
+    >"$LOG_DIR/$3.out" 2>"$LOG_DIR/$3.err" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  wait_ready "$LAST_PID" "$LOG_DIR/$3.out" ready
+}
+
+start_our_server() {  # QUEUE LOGNAME
+  "$BIN_DIR/rpc-server" --queue "$1" >"$LOG_DIR/$2.out" 2>"$LOG_DIR/$2.err" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  wait_ready "$LAST_PID" "$LOG_DIR/$2.err" "waiting for RPC requests on queue"
+}
+
+# ---- test cases ------------------------------------------------------------------
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); printf 'ok   %s\n' "$1"; }
+fail() {
+  FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$1"
+  shift
+  local f
+  for f in "$@"; do
+    [[ -s $f ]] && { printf '  --- %s (last lines)\n' "$f"; tail -n 15 "$f" | sed 's/^/  | /'; }
+  done
+  return 0
+}
+
+# check NAME LOGNAME EXPECTED SERVER_LOG CMD... : run a client, compare its stdout exactly
+check() {
+  local name=$1 logname=$2 expected=$3 server_log=$4 rc=0 out
+  shift 4
+  out=$(timeout 120 "$@" 2>"$LOG_DIR/$logname.err") || rc=$?
+  printf '%s\n' "$out" >"$LOG_DIR/$logname.out"
+  if ((rc == 0)) && [[ $out == "$expected" ]]; then
+    pass "$name"
+  else
+    printf 'expected:\n%s\n' "$expected" >"$LOG_DIR/$logname.expected"
+    fail "$name (exit $rc, got: $(tr '\n' ' ' <"$LOG_DIR/$logname.out"))" "$LOG_DIR/$logname.err" "$server_log"
+  fi
+}
+
+run_flavour() {
+  local fl=$1 q="interop-$1-$RUN_ID" pid rc
+  QUEUES+=("$q")
+
+  # (a) their client -> our server; the tutorial server declares the queue first.
+  if start_their_server "$q" "$fl" "$fl-predeclare"; then
+    stop_proc "$LAST_PID"
+  else
+    fail "$fl: tutorial server declares $q" "$LOG_DIR/$fl-predeclare.err"
+  fi
+  local a1="$fl: their client -> our server"
+  local a2="$fl: their client (direct reply-to) -> our server"
+  local a3="$fl: our server exits 0 on SIGTERM"
+  if start_our_server "$q" "$fl-our-server"; then
+    pid=$LAST_PID
+    check "$a1" "$fl-a-client" "$EXPECTED" "$LOG_DIR/$fl-our-server.err" \
+      "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-"$fl" --timeout "$CALL_TIMEOUT" "${NS[@]}"
+    check "$a2" "$fl-a-client-drt" "$EXPECTED" "$LOG_DIR/$fl-our-server.err" \
+      "$PY" "$PEERS/rpc_client.py" --queue "$q" --direct-reply-to --timeout "$CALL_TIMEOUT" "${NS[@]}"
+    stop_proc "$pid"; rc=$STOP_RC
+    if ((rc == 0)); then pass "$a3"; else fail "$a3 (exit $rc)" "$LOG_DIR/$fl-our-server.err"; fi
+  else
+    fail "$a1 (our server not ready on existing $fl queue)" "$LOG_DIR/$fl-our-server.err"
+    fail "$a2 (our server not ready)"
+    fail "$a3 (our server not ready)"
+  fi
+
+  # (b) our client -> their server
+  if start_their_server "$q" "$fl" "$fl-their-server"; then
+    pid=$LAST_PID
+    check "$fl: our client -> their server" "$fl-b-client" "$EXPECTED" "$LOG_DIR/$fl-their-server.err" \
+      "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" "${NS[@]}"
+    stop_proc "$pid"
+  else
+    fail "$fl: our client -> their server (their server not ready)" "$LOG_DIR/$fl-their-server.err"
+  fi
+}
+
+# Our server declares a fresh queue; the tutorial client's classic declaration must
+# be accepted as equivalent (else the broker closes its channel with 406).
+run_own_declaration() {
+  local q="interop-classic-own-$RUN_ID" name="classic: our server's declaration matches the tutorial's"
+  QUEUES+=("$q")
+  if start_our_server "$q" own-our-server; then
+    check "$name" own-client 55 "$LOG_DIR/own-our-server.err" \
+      "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-classic --timeout "$CALL_TIMEOUT" 10
+    stop_proc "$LAST_PID"
+  else
+    fail "$name (our server not ready on fresh queue)" "$LOG_DIR/own-our-server.err"
+  fi
+}
+
+mkdir -p "$LOG_DIR"
+ensure_venv
+ensure_binaries
+log "run $RUN_ID, logs in $LOG_DIR"
+run_flavour classic
+run_flavour quorum
+run_own_declaration
+
+printf 'interop: %d passed, %d failed\n' "$PASSED" "$FAILED"
+((FAILED == 0))

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Reference RPC client for interop tests: a RabbitMQ "tutorial six" peer in pika.
+
+Written from the tutorial's wire contract (not copied): for each n, publishes
+body=str(n) to the default exchange with routing key QUEUE, a fresh uuid4
+correlation_id and reply_to set to an exclusive server-named callback queue
+(or amq.rabbitmq.reply-to with --direct-reply-to); waits for the reply whose
+correlation_id matches, discards any others, and prints the body, one per line.
+
+Exit status: 0 ok, 1 timeout or error (message on stderr).
+"""
+import argparse
+import os
+import sys
+import time
+import uuid
+
+import pika
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("n", nargs="+", type=int)
+    p.add_argument("--queue", default="rpc_queue")
+    p.add_argument("--url", help="broker URL (default: $AMQP_URI or local guest)",
+                   default=os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/"))
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for each reply (default 30)")
+    p.add_argument("--direct-reply-to", action="store_true",
+                   help="use amq.rabbitmq.reply-to instead of an own queue")
+    decl = p.add_mutually_exclusive_group()
+    decl.add_argument("--declare-quorum", action="store_true",
+                      help="declare QUEUE durable quorum before calling")
+    decl.add_argument("--declare-classic", action="store_true",
+                      help="declare QUEUE classic non-durable before calling")
+    args = p.parse_args()
+
+    conn = pika.BlockingConnection(pika.URLParameters(args.url))
+    ch = conn.channel()
+    if args.declare_quorum:
+        ch.queue_declare(queue=args.queue, durable=True,
+                         arguments={"x-queue-type": "quorum"})
+    elif args.declare_classic:
+        ch.queue_declare(queue=args.queue)
+
+    if args.direct_reply_to:
+        reply_to = DIRECT_REPLY_TO
+    else:
+        reply_to = ch.queue_declare(queue="", exclusive=True).method.queue
+
+    replies = {}
+
+    def on_reply(_channel, _method, props, body):
+        replies[props.correlation_id] = body
+
+    # Consume before publishing (mandatory for direct reply-to, which also
+    # requires auto_ack; the tutorial uses auto_ack for its own queue too).
+    ch.basic_consume(queue=reply_to, on_message_callback=on_reply,
+                     auto_ack=True)
+
+    for n in args.n:
+        corr_id = str(uuid.uuid4())
+        ch.basic_publish(
+            exchange="",
+            routing_key=args.queue,
+            properties=pika.BasicProperties(reply_to=reply_to,
+                                            correlation_id=corr_id),
+            body=str(n),
+        )
+        deadline = time.monotonic() + args.timeout
+        while corr_id not in replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(f"rpc_client.py: timed out after {args.timeout:g}s "
+                      f"waiting for reply to fib({n}) on queue {args.queue!r}",
+                      file=sys.stderr)
+                conn.close()
+                return 1
+            conn.process_data_events(time_limit=min(left, 1.0))
+        body = replies.pop(corr_id)
+        replies.clear()  # anything else carries a stale or foreign id
+        print(body.decode(), flush=True)
+
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

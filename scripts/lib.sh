@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared helpers for the scripts in this directory. Source it, don't run it:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Sourcing changes the working directory to the repository root.
+
+PROG=$(basename "$0")
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT" || exit 1
+
+msg() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
+die() {
+    printf '%s: error: %s\n' "$PROG" "$*" >&2
+    exit 1
+}
+
+# Directory with the rpc-server / rpc-client binaries, and the run directory
+# holding server-<i>.log / server-<i>.pid (both relative to the repo root).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+BIN_DIR=${RPC_BIN_DIR:-target/release}
+RUN_DIR=${RPC_RUN_DIR:-target/run}
+
+# The amqp_probe helper: succeed if host:port answers the AMQP 0-9-1 protocol
+# header with a Connection.Start frame (type 1, channel 0, class 10, method 10).
+amqp_probe() {
+    local host=$1 port=$2 secs=${3:-3} reply
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    reply=$(timeout "$secs" bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "AMQP\000\000\011\001" >&3
+        head -c 11 <&3 | od -An -tx1
+    ' amqp_probe "$host" "$port" 2>/dev/null | tr -d ' \n') || return 1
+    [[ $reply == 010000????????000a000a ]]
+}
+
+# Succeed if host:port accepts TCP connections.
+tcp_probe() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout "${3:-3}" bash -c 'exec 3<>"/dev/tcp/$1/$2"' tcp_probe "$1" "$2" 2>/dev/null
+}
+
+# Is host an address of this machine?
+is_local_host() {
+    local host=$1 a
+    case $host in
+        localhost | localhost.* | 127.* | ::1 | '[::1]' | 0.0.0.0) return 0 ;;
+    esac
+    [[ $host == "$(hostname 2>/dev/null)" || $host == "$(hostname -f 2>/dev/null)" ]] && return 0
+    for a in $(hostname -I 2>/dev/null); do
+        [[ $host == "$a" ]] && return 0
+    done
+    return 1
+}
+
+# Sets ROOT_CMD to the prefix that runs a command as root: () when we are root,
+# (sudo -n) when password-less sudo works. Returns 1 if neither is available.
+ROOT_CMD=()
+find_root_cmd() {
+    if [[ $EUID -eq 0 ]]; then
+        ROOT_CMD=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        ROOT_CMD=(sudo -n)
+    else
+        return 1
+    fi
+}
+
+# apt_install PKG...: install Debian packages as root (apt-get update first).
+# Returns 1 if root is not available or apt-get fails.
+APT_UPDATED=
+apt_install() {
+    find_root_cmd || return 1
+    if [[ -z $APT_UPDATED ]]; then
+        msg "running apt-get update"
+        "${ROOT_CMD[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+        APT_UPDATED=1
+    fi
+    msg "installing $* with apt-get"
+    "${ROOT_CMD[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" </dev/null >&2 || return 1
+}
+
+# Is pid a live rpc-server process? (Guards against reused pids: a pid from a
+# stale pid file is only trusted if that process is still an rpc-server.)
+is_our_server() {
+    local pid=$1 stat
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r /proc/$pid/stat ]]; then
+        # /proc/PID/stat is "PID (COMM) STATE ..."; a zombie (Z) has exited.
+        stat=$(<"/proc/$pid/stat") || return 1
+        [[ $stat == "$pid (rpc-server) "[!ZX]* ]] || return 1
+    fi
+    return 0
+}
+
+# Pid files in the run dir whose process is still alive (one path per line).
+live_pid_files() {
+    local f pid
+    for f in "$RUN_DIR"/server-*.pid; do
+        [[ -f $f ]] || continue
+        pid=$(<"$f")
+        is_our_server "$pid" && printf '%s\n' "$f"
+    done
+    return 0
+}
