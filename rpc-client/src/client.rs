@@ -11,9 +11,9 @@ use crate::connection;
 use crate::error::Error;
 use crate::wire;
 use amiquip::{
-    Channel, Connection, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions,
+    Channel, Connection, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions, Return,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -54,6 +54,7 @@ pub struct FibonacciRpcClient {
     channel: Channel,
     connection: Connection,
     replies: Receiver<ConsumerMessage>,
+    returns: Receiver<Return>,
     reply_queue: String,
     queue: String,
     timeout: Duration,
@@ -84,11 +85,15 @@ impl FibonacciRpcClient {
             )?;
             (queue.name().to_string(), replies)
         };
+        // Requests are published mandatory: the broker returns them at once when no queue of
+        // that name exists, instead of dropping them while we wait out the timeout.
+        let returns = channel.listen_for_returns()?;
         log::debug!("callback queue {reply_queue}");
         Ok(FibonacciRpcClient {
             channel,
             connection,
             replies,
+            returns,
             reply_queue,
             queue: options.queue.clone(),
             timeout: options.timeout,
@@ -101,38 +106,61 @@ impl FibonacciRpcClient {
     }
 
     /// Calls fib(`n`) and returns the reply with the name of the server that answered.
+    ///
+    /// Ends within the timeout with the result, the server's error reply, or a local error:
+    /// [`Error::NoRoute`] at once if the request queue does not exist, [`Error::Timeout`]
+    /// (saying whether the queue has consumers), or a connection error.
     pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let correlation_id = Uuid::new_v4().to_string();
         let body = wire::encode_request(n);
-        self.channel.basic_publish(
-            "",
-            Publish::with_properties(
-                &body,
-                self.queue.as_str(),
-                wire::request_properties(&self.reply_queue, &correlation_id),
+        let mut publish = Publish::with_properties(
+            &body,
+            self.queue.as_str(),
+            wire::request_properties_with_deadline(
+                &self.reply_queue,
+                &correlation_id,
+                self.timeout,
             ),
-        )?;
+        );
+        publish.mandatory = true;
+        self.channel.basic_publish("", publish)?;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let delivery = match self.replies.recv_timeout(remaining) {
-                Ok(ConsumerMessage::Delivery(delivery)) => delivery,
-                Ok(ConsumerMessage::ServerClosedChannel(err))
-                | Ok(ConsumerMessage::ServerClosedConnection(err)) => return Err(err.into()),
-                Ok(other) => {
-                    return Err(Error::ConnectionLost(format!(
-                        "reply consumer stopped: {other:?}"
-                    )))
-                }
-                Err(RecvTimeoutError::Timeout) => {
+            let delivery = select! {
+                recv(self.replies) -> message => match message {
+                    Ok(ConsumerMessage::Delivery(delivery)) => delivery,
+                    Ok(ConsumerMessage::ServerClosedChannel(err))
+                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => return Err(err.into()),
+                    Ok(other) => {
+                        return Err(Error::ConnectionLost(format!(
+                            "reply consumer stopped: {other:?}"
+                        )))
+                    }
+                    Err(_) => return Err(Error::ConnectionLost("reply consumer closed".into())),
+                },
+                recv(self.returns) -> returned => match returned {
+                    Ok(returned) => {
+                        if returned.properties.correlation_id().as_deref()
+                            == Some(correlation_id.as_str())
+                        {
+                            return Err(Error::NoRoute {
+                                queue: self.queue.clone(),
+                                reason: returned.reply_text,
+                            });
+                        }
+                        continue; // the return of an earlier call that timed out
+                    }
+                    Err(_) => return Err(Error::ConnectionLost("channel closed".into())),
+                },
+                default(remaining) => {
                     return Err(Error::Timeout {
                         n,
                         waited: started.elapsed(),
+                        queue: self.queue.clone(),
+                        consumers: self.consumer_count(),
                     })
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::ConnectionLost("reply consumer closed".into()))
                 }
             };
             if delivery.properties.correlation_id().as_deref() != Some(correlation_id.as_str()) {
@@ -151,6 +179,18 @@ impl FibonacciRpcClient {
             );
             return Ok(Reply { value, server });
         }
+    }
+
+    /// Consumers of the request queue, for the timeout message; `None` if it can't be told.
+    fn consumer_count(&mut self) -> Option<u32> {
+        // A passive declare of a missing queue closes its channel: use a throwaway one.
+        let probe = self.connection.open_channel(None).ok()?;
+        let count = probe
+            .queue_declare_passive(self.queue.as_str())
+            .ok()?
+            .declared_consumer_count();
+        let _ = probe.close();
+        count
     }
 
     /// The name of this client's callback queue (the `reply_to` of its requests).

@@ -64,11 +64,7 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
         .virtual_host(options.vhost.clone())
         .heartbeat(options.heartbeat)
         .connection_timeout(Some(options.connect_timeout))
-        .information(Some(format!(
-            "{} {}",
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION")
-        )));
+        .information(Some(options.client_name.clone()));
     Connection::insecure_open_stream(stream, amqp_options, ConnectionTuning::default()).map_err(
         |err| match err {
             amiquip::Error::InvalidCredentials => format!(

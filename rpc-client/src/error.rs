@@ -20,6 +20,8 @@ pub mod exit_code {
     pub const TIMEOUT: u8 = 4;
     /// The server answered with an error reply (for example n above its `--max-n`).
     pub const SERVER_ERROR: u8 = 5;
+    /// The request could not be routed: no queue of that name exists (no server ever ran).
+    pub const NO_ROUTE: u8 = 6;
 }
 
 /// Why connecting or calling failed.
@@ -40,6 +42,18 @@ pub enum Error {
         n: u64,
         /// How long the call waited.
         waited: Duration,
+        /// The request queue.
+        queue: String,
+        /// Consumers of the request queue when the call gave up, if that could be checked.
+        consumers: Option<u32>,
+    },
+    /// The broker returned the request (it was published `mandatory`): nothing is bound to
+    /// the request queue's name, i.e. the queue does not exist.
+    NoRoute {
+        /// The request queue.
+        queue: String,
+        /// The broker's reason, e.g. `NO_ROUTE`.
+        reason: String,
     },
     /// The server answered with an error reply (header `x-rpc-error`).
     Server {
@@ -62,6 +76,7 @@ impl Error {
         match self {
             Error::Connect { .. } | Error::ConnectionLost(_) => exit_code::CONNECTION,
             Error::Timeout { .. } => exit_code::TIMEOUT,
+            Error::NoRoute { .. } => exit_code::NO_ROUTE,
             Error::Server { .. } => exit_code::SERVER_ERROR,
             Error::BadReply(_) => exit_code::OTHER,
             Error::Config(_) => exit_code::USAGE,
@@ -78,10 +93,33 @@ impl fmt::Display for Error {
         match self {
             Error::Connect { uri, reason } => write!(f, "cannot connect to {uri}: {reason}"),
             Error::ConnectionLost(why) => write!(f, "connection to the broker lost: {why}"),
-            Error::Timeout { n, waited } => write!(
+            Error::Timeout {
+                n,
+                waited,
+                queue,
+                consumers,
+            } => {
+                write!(
+                    f,
+                    "no reply for fib({n}) within {:.1}s",
+                    waited.as_secs_f64()
+                )?;
+                match consumers {
+                    Some(0) => write!(
+                        f,
+                        ": queue '{queue}' has no consumer: is an rpc-server running?"
+                    ),
+                    Some(c) => write!(
+                        f,
+                        ": queue '{queue}' has {c} consumer(s), busy or slow: \
+                         try a longer --timeout or more servers"
+                    ),
+                    None => write!(f, ": is an rpc-server running on queue '{queue}'?"),
+                }
+            }
+            Error::NoRoute { queue, reason } => write!(
                 f,
-                "no reply for fib({n}) within {:.1}s: is an rpc-server running?",
-                waited.as_secs_f64()
+                "no queue '{queue}' ({reason}): is an rpc-server running?"
             ),
             Error::Server { code, message } => write!(f, "server error ({code}): {message}"),
             Error::BadReply(why) => write!(f, "bad reply: {why}"),

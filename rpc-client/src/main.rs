@@ -51,11 +51,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut broker = cli
+        .broker
+        .to_options()
+        .map_err(|e| rpc_client::Error::Config(format!("{e:#}")))?;
+    broker.client_name = format!("rpc-client {}", env!("CARGO_PKG_VERSION"));
     let options = ClientOptions {
-        broker: cli
-            .broker
-            .to_options()
-            .map_err(|e| rpc_client::Error::Config(format!("{e:#}")))?,
+        broker,
         queue: cli.queue.clone(),
         timeout: cli.timeout,
     };

@@ -14,6 +14,7 @@
 use crate::error::Error;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The request queue of the tutorial.
 pub const DEFAULT_QUEUE: &str = "rpc_queue";
@@ -23,6 +24,11 @@ pub const ERROR_HEADER: &str = "x-rpc-error";
 
 /// Header naming the server that produced a reply (informational).
 pub const SERVER_HEADER: &str = "x-rpc-server";
+
+/// Request header with the caller's deadline in milliseconds since the Unix epoch (`i64`).
+/// A server drops a request whose deadline has passed instead of computing an answer nobody
+/// waits for. Tutorial clients do not send it; their requests are always served.
+pub const DEADLINE_HEADER: &str = "x-rpc-deadline";
 
 /// Longest request body a server reads; a u64 has at most 20 digits.
 pub const MAX_REQUEST_BODY: usize = 64;
@@ -137,6 +143,44 @@ pub fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpPropertie
     AmqpProperties::default()
         .with_reply_to(reply_to.to_string())
         .with_correlation_id(correlation_id.to_string())
+}
+
+/// [`request_properties`] for a caller that waits `timeout`: the request expires in the queue
+/// after that (`expiration`), and carries the deadline for servers ([`DEADLINE_HEADER`]).
+pub fn request_properties_with_deadline(
+    reply_to: &str,
+    correlation_id: &str,
+    timeout: Duration,
+) -> AmqpProperties {
+    let timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX));
+    let deadline = unix_millis().saturating_add(timeout_ms as i64);
+    let mut headers = FieldTable::new();
+    headers.insert(
+        DEADLINE_HEADER.to_string(),
+        AmqpValue::LongLongInt(deadline),
+    );
+    request_properties(reply_to, correlation_id)
+        .with_expiration(timeout_ms.to_string())
+        .with_headers(headers)
+}
+
+/// Has the deadline of this request ([`DEADLINE_HEADER`]) passed? False when it has none.
+pub fn deadline_passed(properties: &AmqpProperties) -> bool {
+    match properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.get(DEADLINE_HEADER))
+    {
+        Some(AmqpValue::LongLongInt(deadline)) => unix_millis() > *deadline,
+        _ => false,
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Properties of a reply: the request's correlation id (if it had one) and our headers.
@@ -259,6 +303,19 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn deadlines() {
+        let live = request_properties_with_deadline("q", "id", Duration::from_secs(60));
+        assert_eq!(live.expiration().as_deref(), Some("60000"));
+        assert!(!deadline_passed(&live));
+        let mut headers = FieldTable::new();
+        headers.insert(DEADLINE_HEADER.into(), AmqpValue::LongLongInt(1));
+        assert!(deadline_passed(
+            &AmqpProperties::default().with_headers(headers)
+        ));
+        assert!(!deadline_passed(&request_properties("q", "id")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a server is told: broker, request queue, how to declare it, prefetch and limits.
 
 use rpc_client::{wire, BrokerOptions};
+use std::time::Duration;
 
 /// Default for `--max-n`: fib(1,000,000) has 208,988 digits and takes well under a second.
 pub const DEFAULT_MAX_N: u64 = 1_000_000;
@@ -36,6 +37,11 @@ pub struct ServerOptions {
     pub max_n: u64,
     /// Name sent in the `x-rpc-server` reply header and used in logs.
     pub name: String,
+    /// Consecutive failed connection attempts after which [`crate::run`] gives up;
+    /// `None` retries for ever.
+    pub max_retries: Option<u32>,
+    /// Longest wait between two connection attempts.
+    pub max_backoff: Duration,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +54,8 @@ impl Default for ServerOptions {
             prefetch: 1,
             max_n: DEFAULT_MAX_N,
             name: default_name(),
+            max_retries: None,
+            max_backoff: Duration::from_secs(10),
         }
     }
 }

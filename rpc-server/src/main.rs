@@ -2,11 +2,12 @@
 
 use clap::Parser;
 use rpc_client::logging::LogArgs;
-use rpc_client::{wire, BrokerArgs};
+use rpc_client::{wire, BrokerArgs, BrokerOptions};
 use rpc_server::config::{default_name, QueueType, DEFAULT_MAX_N};
 use rpc_server::ServerOptions;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Serve Fibonacci RPC requests from a RabbitMQ queue (the tutorial-six contract).
 #[derive(Debug, Parser)]
@@ -37,6 +38,15 @@ struct Cli {
     #[arg(long)]
     name: Option<String>,
 
+    /// Give up after this many consecutive failed connection attempts [default: never].
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+
+    /// Longest wait between two connection attempts, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10",
+          value_parser = rpc_client::config::parse_seconds)]
+    max_backoff: Duration,
+
     #[command(flatten)]
     broker: BrokerArgs,
 
@@ -47,15 +57,21 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init(log::LevelFilter::Info);
+    let name = cli.name.unwrap_or_else(default_name);
     let options = match cli.broker.to_options() {
         Ok(broker) => ServerOptions {
-            broker,
+            broker: BrokerOptions {
+                client_name: format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION")),
+                ..broker
+            },
             queue: cli.queue,
             queue_type: cli.queue_type,
             durable: cli.durable,
             prefetch: cli.prefetch,
             max_n: cli.max_n,
-            name: cli.name.unwrap_or_else(default_name),
+            name,
+            max_retries: cli.max_retries,
+            max_backoff: cli.max_backoff,
         },
         Err(err) => {
             eprintln!("rpc-server: {err:#}");

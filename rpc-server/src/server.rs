@@ -11,8 +11,11 @@ use amiquip::{
     Publish, QueueDeclareOptions,
 };
 use anyhow::{bail, Context as _};
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::wire::{self, ErrorCode};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
 
 /// Counts of what a server did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,17 +24,68 @@ pub struct Stats {
     pub answered: u64,
     /// Requests answered with an error reply.
     pub refused: u64,
-    /// Requests without `reply_to`: acked and dropped.
+    /// Requests without `reply_to`, or whose caller's deadline had passed: acked, not answered.
     pub dropped: u64,
+    /// Times the server lost its connection (or could not connect) and tried again.
+    pub reconnects: u64,
 }
 
 /// Serves requests until `shutdown` receives a message or its sender is dropped.
 ///
 /// Connects, makes sure the request queue exists (an existing one is used as declared, a
-/// missing one is declared from `options`), sets the prefetch and consumes. On shutdown the
-/// consumer is cancelled and the channel closed, which returns prefetched requests that were
-/// not started to the queue for other servers.
+/// missing one is declared from `options`), sets the prefetch and consumes. When the connection
+/// fails or is lost it reconnects with capped exponential backoff and starts over, until
+/// `options.max_retries` consecutive failures (never, if `None`); it returns the last error
+/// then. On shutdown it finishes the request in hand, cancels the consumer and closes the
+/// channel, which returns prefetched requests it had not started to the queue.
 pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<Stats> {
+    let mut stats = Stats::default();
+    let mut failures: u32 = 0;
+    loop {
+        let mut consumed = false;
+        let err = match serve(options, &shutdown, &mut stats, &mut consumed) {
+            Ok(()) => return Ok(stats),
+            Err(err) => err,
+        };
+        if consumed {
+            failures = 0; // the connection worked: start the backoff again from the bottom
+        }
+        failures += 1;
+        if options.max_retries.is_some_and(|max| failures > max) {
+            return Err(err);
+        }
+        let delay = backoff(failures, options.max_backoff);
+        log::warn!(
+            "{err:#}; reconnecting in {:.1}s (attempt {failures})",
+            delay.as_secs_f64()
+        );
+        stats.reconnects += 1;
+        match shutdown.recv_timeout(delay) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(stats),
+        }
+    }
+}
+
+/// 0.1 s doubled per consecutive failure, capped at `max`, with ±25% jitter so that many
+/// servers losing one broker do not all come back in the same instant.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let base =
+        Duration::from_millis(100).saturating_mul(1 << failures.clamp(1, 16).saturating_sub(1));
+    let capped = base.min(max);
+    let random = RandomState::new().build_hasher().finish();
+    let factor = 0.75 + (random % 1000) as f64 / 2000.0;
+    capped.mul_f64(factor)
+}
+
+/// One connection's worth of serving: returns `Ok` on shutdown, `Err` when the connection
+/// could not be made or was lost. Sets `consumed` once it consumes the queue.
+fn serve(
+    options: &ServerOptions,
+    shutdown: &Receiver<()>,
+    stats: &mut Stats,
+    consumed: &mut bool,
+) -> anyhow::Result<()> {
     let mut connection = rpc_client::connection::connect(&options.broker)?;
     let channel = connection.open_channel(None)?;
     ensure_queue(&mut connection, options)?;
@@ -41,6 +95,11 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<St
     let consumer = channel
         .basic_consume(options.queue.as_str(), ConsumerOptions::default())
         .with_context(|| format!("cannot consume queue '{}'", options.queue))?;
+    // amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error, and it
+    // sends ClientCancelled after the cancel call has already returned: keep a receiver alive
+    // until the connection is closed.
+    let deliveries = consumer.receiver().clone();
+    *consumed = true;
     log::info!(
         "{} waiting for RPC requests on queue '{}' at {} (prefetch {}, max n {})",
         options.name,
@@ -49,12 +108,16 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<St
         options.prefetch,
         options.max_n
     );
-    let mut stats = Stats::default();
     loop {
         select! {
-            recv(consumer.receiver()) -> message => match message {
+            recv(deliveries) -> message => match message {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
-                    handle(&channel, delivery, options, &mut stats)?;
+                    // A stop request wins over requests already buffered here: those go back
+                    // to the queue when the channel closes.
+                    if !shutdown.is_empty() {
+                        break;
+                    }
+                    handle(&channel, delivery, options, stats)?;
                 }
                 Ok(ConsumerMessage::ServerCancelled) => bail!(
                     "the broker cancelled our consumer: was queue '{}' deleted?",
@@ -71,22 +134,19 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<St
         }
     }
     log::info!(
-        "shutting down: {} answered, {} refused, {} dropped",
+        "shutting down: {} answered, {} refused, {} dropped, {} reconnects",
         stats.answered,
         stats.refused,
-        stats.dropped
+        stats.dropped,
+        stats.reconnects
     );
-    // amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error, and it
-    // sends ClientCancelled after the cancel call has already returned: keep a receiver alive
-    // until the connection is closed.
-    let deliveries = consumer.receiver().clone();
     consumer.cancel().context("cannot cancel the consumer")?;
     drop(consumer);
     // Closing the channel returns prefetched, unacked requests to the queue.
     channel.close().context("cannot close the channel")?;
     connection.close().context("cannot close the connection")?;
     drop(deliveries);
-    Ok(stats)
+    Ok(())
 }
 
 /// Uses the request queue if it exists, whatever its type; declares it otherwise.
@@ -160,6 +220,14 @@ fn handle(
     options: &ServerOptions,
     stats: &mut Stats,
 ) -> anyhow::Result<()> {
+    if wire::deadline_passed(&delivery.properties) {
+        // The caller has given up (this can be a redelivery after a server died): answering
+        // would only cost work.
+        log::info!("dropping a request whose caller's deadline has passed");
+        stats.dropped += 1;
+        delivery.ack(channel).context("cannot ack")?;
+        return Ok(());
+    }
     let Some(reply_to) = delivery.properties.reply_to().clone() else {
         log::warn!(
             "dropping a request without reply_to ({} bytes)",

@@ -98,6 +98,8 @@ fn unreachable_broker_fails_fast_with_a_masked_uri() {
             "amqp://guest:hunter2@127.0.0.1:1/",
             "--connect-timeout",
             "2",
+            "--max-retries",
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

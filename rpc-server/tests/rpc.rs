@@ -298,7 +298,8 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
         Stats {
             answered: 2,
             refused: bad.len() as u64 + 1,
-            dropped: 1
+            dropped: 1,
+            reconnects: 0,
         }
     );
 }
