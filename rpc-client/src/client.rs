@@ -193,6 +193,11 @@ impl FibonacciRpcClient {
         count
     }
 
+    /// Changes how long each following call waits for its reply.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The name of this client's callback queue (the `reply_to` of its requests).
     pub fn reply_queue(&self) -> &str {
         &self.reply_queue

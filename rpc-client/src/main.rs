@@ -33,7 +33,8 @@ struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 all answered, 1 other error, 2 bad arguments, \
-3 broker unreachable / login refused / connection lost, 4 timeout, 5 error reply from the server.";
+3 broker unreachable / login refused / connection lost, 4 timeout, 5 error reply from the server, \
+6 no such request queue (no server has declared it).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

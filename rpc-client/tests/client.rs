@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const MALFORMED: u64 = 666;
 const SILENT: u64 = 777;
 const REFUSED: u64 = 999;
+/// Answered (wrongly, with 999) only after 1.2 s: late for a short timeout.
+const SLOW: u64 = 555;
 
 /// A stand-in server: answers fib(n) for small n, and misbehaves on cue.
 struct Responder {
@@ -56,8 +58,12 @@ impl Responder {
                     MALFORMED => (b"abc".to_vec(), None),
                     REFUSED => (b"refused on purpose".to_vec(), Some(ErrorCode::BadRequest)),
                     SILENT => (Vec::new(), None),
+                    SLOW => (b"999".to_vec(), None),
                     n => (small_fib(n).to_string().into_bytes(), None),
                 };
+                if n == SLOW {
+                    std::thread::sleep(Duration::from_millis(1200)); // a slow server, on purpose
+                }
                 if stray {
                     let props = wire::reply_properties(Some("not-a-call-of-yours"), "r", None);
                     admin.publish(&reply_to, b"999999", props).expect("stray");
@@ -257,4 +263,92 @@ fn binary_connection_failures_exit_3_without_the_password() {
         );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+}
+
+#[test]
+fn missing_request_queue_fails_at_once() {
+    let queue = testing::unique_name("never-declared");
+    let mut client =
+        FibonacciRpcClient::connect(&options(&queue, Duration::from_secs(20))).expect("c");
+    let started = Instant::now();
+    match client.call(30) {
+        Err(err @ Error::NoRoute { .. }) => {
+            assert_eq!(err.exit_code(), exit_code::NO_ROUTE);
+            let text = err.to_string();
+            assert!(text.contains(&format!("no queue '{queue}'")), "{text}");
+            assert!(text.contains("is an rpc-server running?"), "{text}");
+        }
+        other => panic!("expected NoRoute, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn timeout_says_whether_the_queue_has_consumers() {
+    let queue = QueueGuard::new("no-consumer");
+    Admin::connect()
+        .expect("admin")
+        .declare(queue.name(), false)
+        .expect("declare");
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_millis(300))).expect("c");
+    match client.call(1) {
+        Err(
+            err @ Error::Timeout {
+                consumers: Some(0), ..
+            },
+        ) => {
+            assert!(err.to_string().contains("has no consumer"), "{err}");
+        }
+        other => panic!("expected a timeout with no consumer, got {other:?}"),
+    }
+    let responder = Responder::start(queue.name(), false);
+    match client.call(SILENT) {
+        Err(
+            err @ Error::Timeout {
+                consumers: Some(1), ..
+            },
+        ) => {
+            assert!(err.to_string().contains("1 consumer(s)"), "{err}");
+        }
+        other => panic!("expected a timeout with one consumer, got {other:?}"),
+    }
+    responder.stop();
+}
+
+#[test]
+fn requests_carry_expiration_and_deadline() {
+    let queue = QueueGuard::new("expiration");
+    let admin = Admin::connect().expect("admin");
+    admin.declare(queue.name(), false).expect("declare");
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_millis(1500)))
+            .expect("c");
+    assert!(matches!(client.call(3), Err(Error::Timeout { .. })));
+    // The broker expired the request in the queue after 1.5 s: nothing is left for a server.
+    match admin.channel().basic_get(queue.name(), true).expect("get") {
+        None => {}
+        Some(get) => panic!(
+            "request still queued after its expiration: {:?}",
+            get.delivery.properties
+        ),
+    }
+}
+
+#[test]
+fn late_reply_to_a_timed_out_call_does_not_disturb_the_next() {
+    let queue = QueueGuard::new("late");
+    let responder = Responder::start(queue.name(), false);
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_millis(500))).expect("c");
+    assert!(matches!(client.call(SLOW), Err(Error::Timeout { .. })));
+    // The late "999" for SLOW arrives while this call waits; it must be discarded.
+    client.set_timeout(Duration::from_secs(10));
+    assert_eq!(client.call(10).expect("own answer"), "55");
+    assert_eq!(client.call(11).expect("own answer"), "89");
+    responder.stop();
 }

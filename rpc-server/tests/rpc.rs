@@ -1,7 +1,9 @@
 //! Behaviour of rpc-server against the real broker, called through the rpc-client library and
 //! raw AMQP. Every test uses its own uuid-named queue and deletes it.
 
-use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
+use amiquip::{
+    AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
+};
 use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -365,4 +367,74 @@ fn direct_reply_to_callers_are_served() {
         other => panic!("no direct reply: {other:?}"),
     }
     stop_all(servers);
+}
+
+#[test]
+fn requests_past_their_deadline_are_dropped_unanswered() {
+    let queue = QueueGuard::new("deadline");
+    let server = TestServer::start(server_options(queue.name(), "deadline"));
+    let mut admin = Admin::connect().expect("admin");
+    admin.wait_for_consumers(queue.name(), 1).expect("consumes");
+    let mut headers = FieldTable::new();
+    headers.insert(
+        wire::DEADLINE_HEADER.to_string(),
+        AmqpValue::LongLongInt(1_000), // 1970: long gone
+    );
+    let expired = wire::request_properties("nobody-listens-here", "gone").with_headers(headers);
+    admin
+        .publish(queue.name(), b"1000000", expired)
+        .expect("publish");
+    // The next call is served after the expired request was taken off the queue.
+    assert_eq!(client(queue.name()).call(12).expect("call"), "144");
+    admin.wait_for_empty(queue.name()).expect("empty");
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.dropped), (1, 1), "{stats:?}");
+}
+
+/// The broker's id of the connection whose client properties mention `needle`.
+fn connection_pid(needle: &str) -> Result<Option<String>, Error> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .map_err(|e| Error::Config(format!("cannot run rabbitmqctl: {e}")))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|line| line.contains(needle))
+        .and_then(|line| line.split_whitespace().next())
+        .map(String::from))
+}
+
+#[test]
+fn server_reconnects_after_the_broker_closes_its_connection() {
+    let queue = QueueGuard::new("reconnect");
+    let name = testing::unique_name("reconnecting-server");
+    let mut options = server_options(queue.name(), &name);
+    options.broker.client_name = format!("test {name}");
+    let server = TestServer::start(options);
+    let mut admin = Admin::connect().expect("admin");
+    admin.wait_for_consumers(queue.name(), 1).expect("consumes");
+    let mut pid = None;
+    testing::wait_until("the server's connection", Duration::from_secs(20), || {
+        pid = connection_pid(&name)?;
+        Ok(pid.is_some())
+    })
+    .expect("listed");
+    let pid = pid.expect("found");
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "closed by the reconnect test"])
+        .output()
+        .expect("rabbitmqctl close_connection");
+    assert!(status.status.success(), "{status:?}");
+    // A new connection appears (different pid) and consumes again.
+    testing::wait_until("a new connection", Duration::from_secs(30), || {
+        Ok(connection_pid(&name)?.is_some_and(|p| p != pid))
+    })
+    .expect("reconnected");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("consumes again");
+    assert_eq!(client(queue.name()).call(20).expect("call"), "6765");
+    let stats = server.stop();
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert_eq!(stats.answered, 1);
 }
