@@ -15,24 +15,24 @@ pub const DEFAULT_PORT: u16 = 5672;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// Broker URI, amqp://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
-    #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI",
+    #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI", global = true,
           conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
     pub uri: Option<String>,
 
     /// Broker host name or IP address.
-    #[arg(long, env = "AMQP_HOST", default_value = "localhost")]
+    #[arg(long, env = "AMQP_HOST", default_value = "localhost", global = true)]
     pub host: String,
 
     /// Broker AMQP port.
-    #[arg(long, env = "AMQP_PORT", default_value_t = DEFAULT_PORT)]
+    #[arg(long, env = "AMQP_PORT", default_value_t = DEFAULT_PORT, global = true)]
     pub port: u16,
 
     /// Virtual host.
-    #[arg(long, env = "AMQP_VHOST", default_value = "/")]
+    #[arg(long, env = "AMQP_VHOST", default_value = "/", global = true)]
     pub vhost: String,
 
     /// User name.
-    #[arg(long, env = "AMQP_USER", default_value = "guest")]
+    #[arg(long, env = "AMQP_USER", default_value = "guest", global = true)]
     pub user: String,
 
     /// Password (prefer the AMQP_PASSWORD variable: flags show up in `ps`).
@@ -46,7 +46,8 @@ pub struct BrokerArgs {
     pub password: String,
 
     /// Seconds to wait for the TCP connection and the AMQP handshake.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds,
+          global = true)]
     pub connect_timeout: Duration,
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`client`]: [`FibonacciRpcClient`], one connection making calls and matching replies by
 //!   correlation id.
+//! - [`bench`]: `rpc-client bench`, throughput and latency percentiles of many calls.
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies), used by the server crate too.
 //! - [`config`]: broker flags, `amqp://` URIs and password masking.
@@ -20,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -29,6 +31,6 @@ pub mod logging;
 pub mod testing;
 pub mod wire;
 
-pub use client::{ClientOptions, FibonacciRpcClient, Reply};
+pub use client::{ClientOptions, FibonacciRpcClient, Reply, ReplyQueue};
 pub use config::{BrokerArgs, BrokerOptions};
 pub use error::Error;

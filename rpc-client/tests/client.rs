@@ -101,6 +101,7 @@ fn options(queue: &str, timeout: Duration) -> ClientOptions {
         broker: testing::broker(),
         queue: queue.to_string(),
         timeout,
+        ..ClientOptions::default()
     }
 }
 
@@ -350,5 +351,48 @@ fn late_reply_to_a_timed_out_call_does_not_disturb_the_next() {
     client.set_timeout(Duration::from_secs(10));
     assert_eq!(client.call(10).expect("own answer"), "55");
     assert_eq!(client.call(11).expect("own answer"), "89");
+    responder.stop();
+}
+
+#[test]
+fn a_batch_reports_each_call_on_its_own() {
+    let queue = QueueGuard::new("batch");
+    let responder = Responder::start(queue.name(), true);
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_secs(2))).expect("c");
+    let numbers = [5, SILENT, 6, REFUSED, 7, MALFORMED, 8];
+    let mut outcomes: Vec<Option<Result<String, String>>> = vec![None; numbers.len()];
+    let started = Instant::now();
+    client
+        .call_many(numbers, 8, |index, _, result| {
+            outcomes[index] = Some(result.map(|r| r.value).map_err(|e| format!("{e:?}")));
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("batch");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("reported")).collect();
+    assert_eq!(outcomes[0], Ok("5".to_string()));
+    assert!(
+        matches!(&outcomes[1], Err(e) if e.starts_with("Timeout")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(outcomes[2], Ok("8".to_string()));
+    assert!(
+        matches!(&outcomes[3], Err(e) if e.starts_with("Server")),
+        "{:?}",
+        outcomes[3]
+    );
+    assert_eq!(outcomes[4], Ok("13".to_string()));
+    assert!(
+        matches!(&outcomes[5], Err(e) if e.starts_with("BadReply")),
+        "{:?}",
+        outcomes[5]
+    );
+    assert_eq!(outcomes[6], Ok("21".to_string()));
     responder.stop();
 }

@@ -58,6 +58,7 @@ fn serves_and_stops_cleanly_on_sigterm() {
         broker: testing::broker(),
         queue: queue.name().to_string(),
         timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
     })
     .expect("client");
     let reply = client.call_reply(30);

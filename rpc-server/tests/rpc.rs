@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ERROR_HEADER, SERVER_HEADER};
-use rpc_client::{ClientOptions, Error, FibonacciRpcClient};
+use rpc_client::{ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
 use rpc_server::{QueueType, ServerOptions, Stats};
 use std::collections::HashMap;
 use std::thread::JoinHandle;
@@ -56,6 +56,7 @@ fn client(queue: &str) -> FibonacciRpcClient {
         broker: testing::broker(),
         queue: queue.to_string(),
         timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
     };
     FibonacciRpcClient::connect(&options).expect("client connects")
 }
@@ -437,4 +438,55 @@ fn server_reconnects_after_the_broker_closes_its_connection() {
     let stats = server.stop();
     assert!(stats.reconnects >= 1, "{stats:?}");
     assert_eq!(stats.answered, 1);
+}
+
+#[test]
+fn many_calls_in_flight_are_matched_to_their_replies() {
+    for reply_queue in [ReplyQueue::Exclusive, ReplyQueue::Direct] {
+        let queue = QueueGuard::new("in-flight");
+        let servers = start_servers(queue.name(), 2);
+        let mut client = FibonacciRpcClient::connect(&ClientOptions {
+            broker: testing::broker(),
+            queue: queue.name().to_string(),
+            reply_queue,
+            ..ClientOptions::default()
+        })
+        .expect("client");
+        if reply_queue == ReplyQueue::Direct {
+            assert_eq!(client.reply_queue(), "amq.rabbitmq.reply-to");
+        }
+        // Mixed sizes, so replies come back out of order.
+        let numbers: Vec<u64> = (0..200)
+            .map(|i| if i % 7 == 0 { 40_000 + i } else { i })
+            .collect();
+        let mut got: Vec<Option<String>> = vec![None; numbers.len()];
+        let mut order = Vec::new();
+        client
+            .call_many(numbers.iter().copied(), 16, |index, n, result| {
+                assert_eq!(numbers[index], n);
+                assert!(got[index].is_none(), "call {index} answered twice");
+                got[index] = Some(result.expect("call").value);
+                order.push(index);
+                std::ops::ControlFlow::Continue(())
+            })
+            .expect("batch");
+        for (index, n) in numbers.iter().enumerate() {
+            assert_eq!(
+                got[index].as_deref(),
+                Some(fib_by_addition(*n).as_str()),
+                "fib({n})"
+            );
+        }
+        assert_ne!(
+            order,
+            (0..numbers.len()).collect::<Vec<_>>(),
+            "replies all in order?"
+        );
+        assert_eq!(
+            client.call(30).expect("single call after a batch"),
+            "832040"
+        );
+        let answered: u64 = stop_all(servers).iter().map(|s| s.answered).sum();
+        assert_eq!(answered, 201);
+    }
 }

@@ -1,0 +1,126 @@
+//! The floor under our RPC layer: the thinnest request/reply echo amiquip can do.
+//!
+//! `cargo bench -p rpc-client --bench echo_floor -- [--calls N] [--in-flight K] [--prefetch P]`
+//!
+//! An echo thread consumes a queue and publishes each body back to its `reply_to` with the
+//! same `correlation_id`, then acks; the caller keeps K requests in flight on an exclusive,
+//! no-ack callback queue and counts replies. No parsing, no Fibonacci, no correlation-id
+//! bookkeeping: whatever our RPC layer costs on top shows as the distance to this figure.
+//! Both ends use `TCP_NODELAY` connections like the real binaries. Prints the same
+//! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
+
+use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
+use rpc_client::connection::{connect, consume};
+use rpc_client::testing::{broker, unique_name, Admin};
+use std::time::Instant;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn main() {
+    let calls = arg("--calls", 20_000);
+    let in_flight = arg("--in-flight", 1).max(1);
+    let prefetch = u16::try_from(arg("--prefetch", 100)).expect("--prefetch fits u16");
+    let queue = unique_name("echo-floor");
+    let admin = Admin::connect().expect("connect");
+    admin.declare(&queue, false).expect("declare");
+
+    let echo_queue = queue.clone();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let echo = std::thread::spawn(move || {
+        let mut connection = connect(&broker()).expect("echo connects");
+        let channel = connection.open_channel(None).expect("channel");
+        channel.qos(0, prefetch, false).expect("qos");
+        let requests = consume(&channel, &echo_queue, ConsumerOptions::default()).expect("consume");
+        loop {
+            crossbeam_channel::select! {
+                recv(requests) -> message => {
+                    let Ok(ConsumerMessage::Delivery(d)) = message else { return };
+                    let reply_to = d.properties.reply_to().clone().expect("reply_to");
+                    let properties = AmqpProperties::default()
+                        .with_correlation_id(d.properties.correlation_id().clone().expect("id"));
+                    channel
+                        .basic_publish("", Publish::with_properties(&d.body, reply_to, properties))
+                        .expect("publish");
+                    d.ack(&channel).expect("ack");
+                }
+                recv(stopped) -> _ => return,
+            }
+        }
+    });
+
+    let mut connection = connect(&broker()).expect("caller connects");
+    let channel = connection.open_channel(None).expect("channel");
+    let reply_queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .expect("reply queue")
+        .name()
+        .to_string();
+    let replies = consume(
+        &channel,
+        &reply_queue,
+        ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        },
+    )
+    .expect("consume replies");
+    let send = |i: u64| {
+        let properties = AmqpProperties::default()
+            .with_reply_to(reply_queue.clone())
+            .with_correlation_id(i.to_string());
+        channel
+            .basic_publish(
+                "",
+                Publish::with_properties(b"30", queue.as_str(), properties),
+            )
+            .expect("publish");
+    };
+    let warmup = 500.min(calls);
+    let run = |count: u64| {
+        let mut sent = 0;
+        while sent < count.min(in_flight) {
+            send(sent);
+            sent += 1;
+        }
+        for _ in 0..count {
+            match replies.recv() {
+                Ok(ConsumerMessage::Delivery(_)) => {}
+                other => panic!("reply consumer ended: {other:?}"),
+            }
+            if sent < count {
+                send(sent);
+                sent += 1;
+            }
+        }
+    };
+    run(warmup);
+    let started = Instant::now();
+    run(calls);
+    let seconds = started.elapsed().as_secs_f64();
+    println!("calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors");
+    println!(
+        "{calls}\t{in_flight}\texclusive\t30\t{seconds:.3}\t{:.0}\t\t\t\t\t0",
+        calls as f64 / seconds
+    );
+    let _ = stop.send(());
+    echo.join().expect("echo thread");
+    let mut admin = admin;
+    admin.delete(&queue).expect("delete queue");
+}

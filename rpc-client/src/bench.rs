@@ -1,0 +1,130 @@
+//! `rpc-client bench`: many calls of one fib(n), throughput and latency percentiles.
+
+use crate::client::FibonacciRpcClient;
+use crate::error::Error;
+use hdrhistogram::Histogram;
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Calls to time.
+    pub calls: u64,
+    /// Calls outstanding at once.
+    pub in_flight: usize,
+    /// The n of every call.
+    pub n: u64,
+    /// Untimed calls first (connection warm-up, broker caches).
+    pub warmup: u64,
+    /// Print a progress line on stderr about once a second.
+    pub progress: bool,
+}
+
+/// What was measured.
+#[derive(Debug)]
+pub struct BenchReport {
+    /// Calls timed.
+    pub calls: u64,
+    /// Calls that failed or returned a different value than the first reply.
+    pub errors: u64,
+    /// The first failure, for the message.
+    pub first_error: Option<String>,
+    /// Wall time of the timed calls.
+    pub elapsed: Duration,
+    /// Latency of successful calls, in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl BenchReport {
+    /// Timed calls per second.
+    pub fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency quantile `q` (0..=1) in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1e3
+    }
+
+    /// Highest latency in milliseconds.
+    pub fn max_ms(&self) -> f64 {
+        self.latency_us.max() as f64 / 1e3
+    }
+}
+
+/// Runs the warm-up, then the timed calls, over `client`.
+pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<BenchReport, Error> {
+    let mut expected: Option<String> = None;
+    let mut report = BenchReport {
+        calls: options.calls,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        // 1 µs to 1 hour at 3 significant digits.
+        latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| Error::Config(format!("histogram: {e}")))?,
+    };
+    let n = options.n;
+    client.call_many(
+        (0..options.warmup).map(|_| n),
+        options.in_flight,
+        |_, _, result| {
+            if let Ok(reply) = result {
+                expected.get_or_insert(reply.value);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    // On a terminal the line is rewritten every second; in a log, a line every 5 s.
+    let terminal = std::io::stderr().is_terminal();
+    let (interval, end) = if terminal {
+        (Duration::from_secs(1), '\r')
+    } else {
+        (Duration::from_secs(5), '\n')
+    };
+    let started = Instant::now();
+    let mut next_progress = started + interval;
+    let mut done = 0u64;
+    client.call_many(
+        (0..options.calls).map(|_| n),
+        options.in_flight,
+        |_, _, result| {
+            done += 1;
+            match result {
+                Ok(reply)
+                    if expected.get_or_insert_with(|| reply.value.clone()) == &reply.value =>
+                {
+                    let us = u64::try_from(reply.elapsed.as_micros()).unwrap_or(u64::MAX);
+                    report.latency_us.saturating_record(us.max(1));
+                }
+                Ok(reply) => {
+                    report.errors += 1;
+                    report
+                        .first_error
+                        .get_or_insert_with(|| format!("fib({n}) answered {}", reply.value));
+                }
+                Err(err) => {
+                    report.errors += 1;
+                    report.first_error.get_or_insert_with(|| err.to_string());
+                }
+            }
+            if options.progress && done % 256 == 0 && Instant::now() >= next_progress {
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                let _ = write!(
+                    std::io::stderr(),
+                    "bench: {done}/{} calls, {rate:.0} calls/s{end}",
+                    options.calls
+                );
+                next_progress += interval;
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    report.elapsed = started.elapsed();
+    if options.progress && terminal && report.elapsed >= interval {
+        let _ = writeln!(std::io::stderr());
+    }
+    Ok(report)
+}
