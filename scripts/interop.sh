@@ -14,11 +14,10 @@
 # Prints "interop: N passed, M failed"; exits non-zero if anything failed.
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # also cds to the repository root
 
 BIN_DIR=${RPC_BIN_DIR:-target/release}
-VENV=target/py-venv
-PY=$VENV/bin/python
 PEERS=scripts/interop
 REQS=$PEERS/requirements.txt
 NS=(0 1 2 10 30 94)
@@ -34,25 +33,6 @@ log() { printf 'interop: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
 # ---- setup -------------------------------------------------------------------
-
-ensure_venv() {
-  if [[ -x $PY ]] && cmp -s "$REQS" "$VENV/.requirements.txt"; then
-    return 0
-  fi
-  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-      log "installing python3-venv with apt-get"
-      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    else
-      die "python3 venv/ensurepip module missing; install python3-venv (as root: apt-get install python3-venv)"
-    fi
-  fi
-  log "creating $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$PY" -m pip install -q --disable-pip-version-check -r "$REQS"
-  cp "$REQS" "$VENV/.requirements.txt"
-}
 
 ensure_binaries() {
   [[ -x $BIN_DIR/rpc-server && -x $BIN_DIR/rpc-client ]] && return 0
@@ -219,7 +199,7 @@ run_own_declaration() {
 }
 
 mkdir -p "$LOG_DIR"
-ensure_venv
+ensure_venv "$REQS"  # lib.sh: target/py-venv ($PY) with pika
 ensure_binaries
 log "run $RUN_ID, logs in $LOG_DIR"
 run_flavour classic

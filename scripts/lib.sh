@@ -33,6 +33,11 @@ amqp_probe() {
     [[ $reply == 010000????????000a000a ]]
 }
 
+# An amqp(s):// URI with its password masked, for messages: amqp://guest:****@host:5672.
+mask_uri() {
+    sed -E 's#^([a-z]+://[^:@/?]*):[^@/?]*@#\1:****@#' <<<"$1"
+}
+
 # Succeed if host:port accepts TCP connections.
 tcp_probe() {
     # shellcheck disable=SC2016 # expanded by the inner bash
@@ -78,6 +83,35 @@ apt_install() {
     msg "installing $* with apt-get"
     "${ROOT_CMD[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "$@" </dev/null >&2 || return 1
+}
+
+# The Python virtualenv that scripts/interop.sh and scripts/bench.sh share.
+PY_VENV=target/py-venv
+PY=$PY_VENV/bin/python
+
+# ensure_venv REQUIREMENTS-FILE...: make $PY_VENV a venv holding the packages
+# of each file (pip install -r). A file is installed again only when it differs
+# from the copy kept in the venv ($PY_VENV/.req-<file name>), so scripts with
+# different requirement files share one venv without undoing each other.
+ensure_venv() {
+    local reqs stamp
+    if [[ ! -x $PY ]]; then
+        if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+            apt_install python3-venv ||
+                die "python3 venv/ensurepip module missing; install python3-venv (as root: apt-get install python3-venv)"
+        fi
+        msg "creating $PY_VENV"
+        rm -rf "$PY_VENV"
+        python3 -m venv "$PY_VENV" || die "python3 -m venv $PY_VENV failed"
+    fi
+    for reqs in "$@"; do
+        stamp=$PY_VENV/.req-$(basename "$reqs")
+        cmp -s "$reqs" "$stamp" && continue
+        msg "installing $reqs into $PY_VENV"
+        "$PY" -m pip install -q --disable-pip-version-check -r "$reqs" ||
+            die "pip install -r $reqs failed"
+        cp "$reqs" "$stamp"
+    done
 }
 
 # Is pid a live rpc-server process? (Guards against reused pids: a pid from a

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Full check: broker, formatting, clippy, shellcheck, unit/integration tests,
-# release build, end-to-end run against RabbitMQ, interop with Python peers.
+# release build, end-to-end run against RabbitMQ, interop with Python peers,
+# and last the fault run (kills servers, restarts the broker application).
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -120,7 +121,7 @@ stage_e2e() {
         fi
     }
 
-    scripts/start-servers.sh 2 -- --queue "$queue"
+    env -u RPC_URIS scripts/start-servers.sh 2 -- --queue "$queue"
     check 0 832040 --queue "$queue" 30
     check 0 $'55\n6765\n832040' --queue "$queue" 10 20 30
     check 0 $'0\n1\n1\n2\n3\n5\n8\n13\n21\n34' --queue "$queue" 0 1 2 3 4 5 6 7 8 9
@@ -160,6 +161,24 @@ stage_interop() {
     scripts/interop.sh
 }
 
+# The fault run (rpc-server/tests/faults.rs): servers killed and stopped under load, a
+# broker restart (rabbitmqctl stop_app / start_app, which drops every connection on the
+# broker), malformed requests, reply floods. Last and alone; leaves the broker running.
+stage_faults() {
+    PATH=$PATH:/usr/sbin:/sbin
+    if ! command -v rabbitmqctl >/dev/null 2>&1 || ! find_root_cmd; then
+        warn "the fault run restarts the local broker with rabbitmqctl, which needs root: skipping"
+        return "$SKIP"
+    fi
+    local rc=0
+    RABBITMQCTL="${ROOT_CMD[*]} rabbitmqctl" \
+        cargo test --release -p rpc-server --test faults -- --ignored --nocapture --test-threads=1 ||
+        rc=$?
+    # The test starts the broker application again even when it fails; make sure.
+    scripts/broker.sh || rc=1
+    return "$rc"
+}
+
 run_stage "broker (scripts/broker.sh)" stage_broker
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
@@ -168,6 +187,7 @@ run_stage "cargo test --workspace" stage_test
 run_stage "cargo build --release" stage_build
 run_stage "end-to-end (2 servers, rpc-client)" stage_e2e
 run_stage "interop (scripts/interop.sh)" stage_interop
+run_stage "fault run (serial: restarts the broker)" stage_faults
 
 echo
 ((${#skipped_stages[@]} == 0)) || msg "skipped: ${skipped_stages[*]}"

@@ -103,6 +103,7 @@ struct Pending {
 impl FibonacciRpcClient {
     /// Connects, sets up the callback queue and starts consuming it.
     pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
+        wire::parse_queue_name(&options.queue).map_err(Error::Config)?;
         let mut connection = connection::connect(&options.broker)?;
         let channel = connection.open_channel(None)?;
         let reply_queue = match options.reply_queue {

@@ -11,6 +11,9 @@ use std::time::Duration;
 /// The RabbitMQ default AMQP port.
 pub const DEFAULT_PORT: u16 = 5672;
 
+/// The RabbitMQ default AMQP-over-TLS port.
+pub const DEFAULT_TLS_PORT: u16 = 5671;
+
 /// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
@@ -45,6 +48,15 @@ pub struct BrokerArgs {
     )]
     pub password: String,
 
+    /// Use TLS (implied by an amqps:// URI; the default port becomes 5671).
+    #[arg(long, global = true)]
+    pub tls: bool,
+
+    /// PEM file with the CA certificate(s) that signed the broker's certificate, trusted in
+    /// addition to the system's. Server names are always checked.
+    #[arg(long, env = "AMQP_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Seconds to wait for the TCP connection and the AMQP handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds,
           global = true)]
@@ -58,14 +70,23 @@ impl BrokerArgs {
             Some(uri) => BrokerOptions::from_uri(uri)?,
             None => BrokerOptions {
                 host: self.host.clone(),
-                port: self.port,
+                port: if self.tls && self.port == DEFAULT_PORT {
+                    DEFAULT_TLS_PORT
+                } else {
+                    self.port
+                },
                 vhost: self.vhost.clone(),
                 user: self.user.clone(),
                 password: self.password.clone(),
+                tls: self.tls,
                 ..BrokerOptions::default()
             },
         };
         options.connect_timeout = self.connect_timeout;
+        options.tls_ca.clone_from(&self.tls_ca);
+        if options.tls_ca.is_some() && !options.tls {
+            bail!("--tls-ca needs TLS: use an amqps:// URI or --tls");
+        }
         if options.host.is_empty() {
             bail!("the broker host is empty");
         }
@@ -92,6 +113,10 @@ pub struct BrokerOptions {
     pub connect_timeout: Duration,
     /// AMQP heartbeat interval in seconds (0 turns heartbeats off).
     pub heartbeat: u16,
+    /// Connect with TLS (`amqps://`), checking the broker's certificate and name.
+    pub tls: bool,
+    /// Extra CA certificates (PEM) to trust for TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Shown by the broker as the connection's `information` client property
     /// (`rabbitmqctl list_connections client_properties`), so operators can tell who is who.
     pub client_name: String,
@@ -109,6 +134,8 @@ impl Default for BrokerOptions {
             password: "guest".into(),
             connect_timeout: Duration::from_secs(10),
             heartbeat: 10,
+            tls: false,
+            tls_ca: None,
             client_name: format!("rabbit-rpc {}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -120,7 +147,7 @@ impl BrokerOptions {
     /// Missing parts take the defaults of [`BrokerOptions::default`]; user, password and vhost
     /// are percent-decoded (`/%2F` and an empty path both mean the vhost `/`). The query
     /// parameters `heartbeat` (seconds) and `connection_timeout` (milliseconds) are understood.
-    /// `amqps://` is refused: this build has no TLS.
+    /// `amqps://` selects TLS and the default port 5671.
     pub fn from_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
         parse_uri(uri).with_context(|| format!("invalid broker URI '{}'", mask_uri(uri)))
     }
@@ -133,7 +160,8 @@ impl BrokerOptions {
             self.host.clone()
         };
         format!(
-            "amqp://{}:****@{}:{}/{}",
+            "{}://{}:****@{}:{}/{}",
+            if self.tls { "amqps" } else { "amqp" },
             percent_encode(&self.user),
             host,
             self.port,
@@ -153,6 +181,7 @@ impl fmt::Debug for BrokerOptions {
         f.debug_struct("BrokerOptions")
             .field("uri", &self.display_uri())
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls_ca", &self.tls_ca)
             .field("heartbeat", &self.heartbeat)
             .finish()
     }
@@ -162,10 +191,12 @@ fn parse_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
     let mut options = BrokerOptions::default();
     let rest = if let Some(rest) = uri.strip_prefix("amqp://") {
         rest
-    } else if uri.starts_with("amqps://") {
-        bail!("amqps:// (TLS) is not supported by this build; use amqp://");
+    } else if let Some(rest) = uri.strip_prefix("amqps://") {
+        options.tls = true;
+        options.port = DEFAULT_TLS_PORT;
+        rest
     } else {
-        bail!("expected a URI starting with amqp://");
+        bail!("expected a URI starting with amqp:// or amqps://");
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -335,6 +366,17 @@ mod tests {
     }
 
     #[test]
+    fn amqps_selects_tls_and_port_5671() {
+        let o = BrokerOptions::from_uri("amqps://u:p@rabbit.example/v").expect("valid");
+        assert!(o.tls);
+        assert_eq!(o.port, 5671);
+        assert_eq!(o.display_uri(), "amqps://u:****@rabbit.example:5671/v");
+        let o = BrokerOptions::from_uri("amqps://h:5999").expect("valid");
+        assert_eq!(o.port, 5999);
+        assert!(!BrokerOptions::from_uri("amqp://h").expect("valid").tls);
+    }
+
+    #[test]
     fn query_parameters() {
         let o =
             BrokerOptions::from_uri("amqp://h?heartbeat=5&connection_timeout=2500").expect("valid");
@@ -347,7 +389,6 @@ mod tests {
     fn bad_uris_are_refused_without_leaking_the_password() {
         for uri in [
             "http://u:secret@h",
-            "amqps://u:secret@h",
             "amqp://u:secret@h:notaport",
             "amqp://u:secret@h:99999",
             "amqp://u:secret@[::1",

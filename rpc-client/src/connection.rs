@@ -65,23 +65,51 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
         .heartbeat(options.heartbeat)
         .connection_timeout(Some(options.connect_timeout))
         .information(Some(options.client_name.clone()));
-    Connection::insecure_open_stream(stream, amqp_options, ConnectionTuning::default()).map_err(
-        |err| match err {
-            amiquip::Error::InvalidCredentials => format!(
-                "login refused for user '{}' (check the user name and password)",
-                options.user
-            ),
-            amiquip::Error::ConnectionTimeout => format!(
-                "no AMQP handshake within {:.1}s (is this a RabbitMQ port?)",
-                options.connect_timeout.as_secs_f64()
-            ),
-            amiquip::Error::ServerClosedConnection { code: 530, .. } => format!(
-                "access to vhost '{}' refused for user '{}'",
-                options.vhost, options.user
-            ),
-            other => other.to_string(),
-        },
-    )
+    let opened = if options.tls {
+        let connector = tls_connector(options)?;
+        Connection::open_tls_stream(
+            connector,
+            &options.host,
+            stream,
+            amqp_options,
+            ConnectionTuning::default(),
+        )
+    } else {
+        Connection::insecure_open_stream(stream, amqp_options, ConnectionTuning::default())
+    };
+    opened.map_err(|err| match err {
+        amiquip::Error::TlsHandshake { source } => {
+            format!("TLS handshake with '{}' failed: {source}", options.host)
+        }
+        amiquip::Error::InvalidCredentials => format!(
+            "login refused for user '{}' (check the user name and password)",
+            options.user
+        ),
+        amiquip::Error::ConnectionTimeout => format!(
+            "no AMQP handshake within {:.1}s (is this a RabbitMQ port?)",
+            options.connect_timeout.as_secs_f64()
+        ),
+        amiquip::Error::ServerClosedConnection { code: 530, .. } => format!(
+            "access to vhost '{}' refused for user '{}'",
+            options.vhost, options.user
+        ),
+        other => other.to_string(),
+    })
+}
+
+/// A TLS connector trusting the system's CAs plus `options.tls_ca`; names are checked.
+fn tls_connector(options: &BrokerOptions) -> Result<native_tls::TlsConnector, String> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = &options.tls_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read --tls-ca {}: {e}", path.display()))?;
+        let certificate = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| format!("--tls-ca {} is not a PEM certificate: {e}", path.display()))?;
+        builder.add_root_certificate(certificate);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up TLS: {e}"))
 }
 
 /// Starts consuming `queue` on `channel` and returns the receiver of its messages.

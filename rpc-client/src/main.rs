@@ -25,7 +25,8 @@ struct Cli {
     in_flight: u16,
 
     /// Request queue the servers consume.
-    #[arg(long, env = "RPC_QUEUE", default_value = rpc_client::wire::DEFAULT_QUEUE, global = true)]
+    #[arg(long, env = "RPC_QUEUE", default_value = rpc_client::wire::DEFAULT_QUEUE, global = true,
+          value_parser = rpc_client::wire::parse_queue_name)]
     queue: String,
 
     /// Seconds to wait for each reply.

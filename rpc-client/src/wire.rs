@@ -85,6 +85,18 @@ impl fmt::Display for RequestError {
     }
 }
 
+/// Checks a queue name the way the broker will: at most 255 bytes of UTF-8 (AMQP short
+/// string). Usable as a clap value parser.
+pub fn parse_queue_name(name: &str) -> Result<String, String> {
+    if name.len() > 255 {
+        return Err(format!(
+            "queue names are at most 255 bytes; this one has {}",
+            name.len()
+        ));
+    }
+    Ok(name.to_string())
+}
+
 /// The body of a request for fib(`n`).
 pub fn encode_request(n: u64) -> Vec<u8> {
     n.to_string().into_bytes()
@@ -303,6 +315,13 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn queue_names() {
+        assert_eq!(parse_queue_name("rpc_queue").as_deref(), Ok("rpc_queue"));
+        assert!(parse_queue_name(&"q".repeat(255)).is_ok());
+        assert!(parse_queue_name(&"q".repeat(256)).is_err());
     }
 
     #[test]

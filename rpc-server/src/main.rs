@@ -14,7 +14,8 @@ use std::time::Duration;
 #[command(version, about)]
 struct Cli {
     /// Request queue to consume.
-    #[arg(long, env = "RPC_QUEUE", default_value = wire::DEFAULT_QUEUE)]
+    #[arg(long, env = "RPC_QUEUE", default_value = wire::DEFAULT_QUEUE,
+          value_parser = wire::parse_queue_name)]
     queue: String,
 
     /// Type of the request queue if this server has to declare it (an existing queue is used as is).

@@ -39,6 +39,7 @@ pub struct Stats {
 /// then. On shutdown it finishes the request in hand, cancels the consumer and closes the
 /// channel, which returns prefetched requests it had not started to the queue.
 pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<Stats> {
+    wire::parse_queue_name(&options.queue).map_err(anyhow::Error::msg)?;
     let mut stats = Stats::default();
     let mut failures: u32 = 0;
     loop {

@@ -84,6 +84,7 @@ fn bad_arguments_fail_with_one_line_and_exit_2() {
         &["--max-n", "-5"],
         &["--uri", "amqp://u:secret@h:notaport"],
         &["--queue-type", "stream"],
+        &["--queue", &"q".repeat(256)],
     ] {
         let (output, shown) = finish(spawn_server(args));
         assert_eq!(output.status.code(), Some(2), "{args:?}\n{shown}");
