@@ -16,6 +16,7 @@ step "broker"
 scripts/broker.sh
 
 step "cargo build --release"
+ensure_build_deps
 cargo build --release
 
 step "starting $count server(s)"

@@ -85,6 +85,23 @@ apt_install() {
         apt-get install -y -qq --no-install-recommends "$@" </dev/null >&2 || return 1
 }
 
+# ensure_build_deps: what `cargo build` needs beyond Rust itself: a C compiler, and
+# OpenSSL's headers with pkg-config (TLS support through native-tls / openssl-sys).
+# Installs Debian's packages when they are missing and root is available.
+ensure_build_deps() {
+    local missing=()
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found: install Rust (https://rustup.rs), then run this again"
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    if ! pkg-config --exists openssl 2>/dev/null; then
+        missing+=(libssl-dev)
+    fi
+    ((${#missing[@]} == 0)) && return 0
+    apt_install "${missing[@]}" ||
+        die "missing build dependencies; as root run: apt-get install ${missing[*]}"
+}
+
 # The Python virtualenv that scripts/interop.sh and scripts/bench.sh share.
 PY_VENV=target/py-venv
 PY=$PY_VENV/bin/python

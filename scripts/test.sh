@@ -50,6 +50,8 @@ need_component() {
 
 stage_broker() { scripts/broker.sh; }
 
+stage_build_deps() { ensure_build_deps; }
+
 stage_fmt() {
     need_component rustfmt fmt
     cargo fmt --all -- --check
@@ -180,6 +182,7 @@ stage_faults() {
 }
 
 run_stage "broker (scripts/broker.sh)" stage_broker
+run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
 run_stage "shellcheck" stage_shellcheck
