@@ -40,8 +40,8 @@ pub enum ReplyQueue {
 /// What a client needs to know: the broker, the request queue and how long to wait.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Where the broker is.
-    pub broker: BrokerOptions,
+    /// The brokers to try, in order (the nodes of a cluster, or just one).
+    pub brokers: Vec<BrokerOptions>,
     /// The request queue servers consume (`rpc_queue`).
     pub queue: String,
     /// How long one call waits for its reply.
@@ -54,7 +54,7 @@ impl Default for ClientOptions {
     /// Local broker, `rpc_queue`, 30 s timeout, exclusive callback queue.
     fn default() -> Self {
         ClientOptions {
-            broker: BrokerOptions::default(),
+            brokers: vec![BrokerOptions::default()],
             queue: wire::DEFAULT_QUEUE.to_string(),
             timeout: Duration::from_secs(30),
             reply_queue: ReplyQueue::Exclusive,
@@ -101,10 +101,14 @@ struct Pending {
 }
 
 impl FibonacciRpcClient {
-    /// Connects, sets up the callback queue and starts consuming it.
+    /// Connects to the first broker that answers, sets up the callback queue and starts
+    /// consuming it.
     pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
         wire::parse_queue_name(&options.queue).map_err(Error::Config)?;
-        let mut connection = connection::connect(&options.broker)?;
+        if options.brokers.is_empty() {
+            return Err(Error::Config("no broker to connect to".into()));
+        }
+        let (mut connection, _) = connection::connect_first(&options.brokers, 0)?;
         let channel = connection.open_channel(None)?;
         let reply_queue = match options.reply_queue {
             ReplyQueue::Exclusive => channel

@@ -17,10 +17,16 @@ pub const DEFAULT_TLS_PORT: u16 = 5671;
 /// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// Broker URI, amqp://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
+    /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
+    /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
+    /// that answers is used, and the next one after a connection loss.
     #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI", global = true,
-          conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
-    pub uri: Option<String>,
+          value_delimiter = ',', conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
+    pub uri: Vec<String>,
+
+    /// Try the URIs in random order (spreads many processes over a cluster's nodes).
+    #[arg(long, global = true)]
+    pub shuffle: bool,
 
     /// Broker host name or IP address.
     #[arg(long, env = "AMQP_HOST", default_value = "localhost", global = true)]
@@ -64,11 +70,10 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// Resolves the flags (or the URI) into connection options.
-    pub fn to_options(&self) -> anyhow::Result<BrokerOptions> {
-        let mut options = match &self.uri {
-            Some(uri) => BrokerOptions::from_uri(uri)?,
-            None => BrokerOptions {
+    /// Resolves the flags (or the URIs) into the list of brokers to try, in order.
+    pub fn to_options(&self) -> anyhow::Result<Vec<BrokerOptions>> {
+        let mut brokers = if self.uri.is_empty() {
+            vec![BrokerOptions {
                 host: self.host.clone(),
                 port: if self.tls && self.port == DEFAULT_PORT {
                     DEFAULT_TLS_PORT
@@ -80,18 +85,54 @@ impl BrokerArgs {
                 password: self.password.clone(),
                 tls: self.tls,
                 ..BrokerOptions::default()
-            },
+            }]
+        } else {
+            self.uri
+                .iter()
+                .map(|uri| uri.trim())
+                .filter(|uri| !uri.is_empty())
+                .map(BrokerOptions::from_uri)
+                .collect::<anyhow::Result<Vec<_>>>()?
         };
-        options.connect_timeout = self.connect_timeout;
-        options.tls_ca.clone_from(&self.tls_ca);
-        if options.tls_ca.is_some() && !options.tls {
-            bail!("--tls-ca needs TLS: use an amqps:// URI or --tls");
+        if brokers.is_empty() {
+            bail!("--uri / AMQP_URI holds no URI");
         }
-        if options.host.is_empty() {
-            bail!("the broker host is empty");
+        for options in &mut brokers {
+            options.connect_timeout = self.connect_timeout;
+            options.tls_ca.clone_from(&self.tls_ca);
+            if options.tls_ca.is_some() && !options.tls {
+                bail!("--tls-ca needs TLS: use an amqps:// URI or --tls");
+            }
+            if options.host.is_empty() {
+                bail!("the broker host is empty");
+            }
         }
-        Ok(options)
+        if self.shuffle {
+            shuffle(&mut brokers);
+        }
+        Ok(brokers)
     }
+}
+
+/// Fisher-Yates with the standard library's randomly seeded hasher as the source.
+fn shuffle<T>(items: &mut [T]) {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    for i in (1..items.len()).rev() {
+        let mut hasher = state.build_hasher();
+        hasher.write_usize(i);
+        let j = (hasher.finish() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The masked URIs of `brokers`, comma-separated, for messages.
+pub fn display_list(brokers: &[BrokerOptions]) -> String {
+    brokers
+        .iter()
+        .map(BrokerOptions::display_uri)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything needed to open an AMQP connection.
@@ -420,6 +461,30 @@ mod tests {
         };
         assert_eq!(o.to_string(), "amqp://guest:****@localhost:5672/%2F");
         assert!(!format!("{o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn shuffle_keeps_every_item() {
+        let mut items: Vec<u32> = (0..50).collect();
+        shuffle(&mut items);
+        let mut sorted = items.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn several_uris() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            broker: BrokerArgs,
+        }
+        let cli = Cli::parse_from(["x", "--uri", "amqp://a:1,amqp://b:2", "--uri", "amqps://c"]);
+        let brokers = cli.broker.to_options().expect("valid");
+        let hosts: Vec<_> = brokers.iter().map(|b| (b.host.as_str(), b.port)).collect();
+        assert_eq!(hosts, [("a", 1), ("b", 2), ("c", 5671)]);
+        assert!(Cli::try_parse_from(["x", "--uri", "amqp://a", "--host", "b"]).is_err());
     }
 
     #[test]

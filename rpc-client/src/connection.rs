@@ -43,6 +43,32 @@ pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
     Err(fail(last_error))
 }
 
+/// Connects to the first broker of `brokers` that answers, trying them in order starting at
+/// `start` (wrapping around). Returns the connection and the index of the broker it reached;
+/// fails only when every broker failed, with each one's reason.
+pub fn connect_first(
+    brokers: &[BrokerOptions],
+    start: usize,
+) -> Result<(Connection, usize), Error> {
+    let count = brokers.len();
+    let mut reasons = Vec::new();
+    for offset in 0..count {
+        let index = (start + offset) % count;
+        match connect(&brokers[index]) {
+            Ok(connection) => return Ok((connection, index)),
+            Err(Error::Connect { uri, reason }) if count > 1 => {
+                log::warn!("cannot connect to {uri}: {reason}");
+                reasons.push(format!("{uri}: {reason}"));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(Error::Connect {
+        uri: format!("any of {count} brokers"),
+        reason: reasons.join("; "),
+    })
+}
+
 fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String> {
     let stream =
         TcpStream::connect_timeout(&addr, options.connect_timeout).map_err(|e| match e.kind() {

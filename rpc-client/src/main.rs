@@ -90,13 +90,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let mut broker = cli
+    let mut brokers = cli
         .broker
         .to_options()
         .map_err(|e| Error::Config(format!("{e:#}")))?;
-    broker.client_name = format!("rpc-client {}", env!("CARGO_PKG_VERSION"));
+    for broker in &mut brokers {
+        broker.client_name = format!("rpc-client {}", env!("CARGO_PKG_VERSION"));
+    }
     let options = ClientOptions {
-        broker,
+        brokers,
         queue: cli.queue.clone(),
         timeout: cli.timeout,
         reply_queue: cli.reply_queue,

@@ -98,7 +98,7 @@ fn small_fib(n: u64) -> u64 {
 
 fn options(queue: &str, timeout: Duration) -> ClientOptions {
     ClientOptions {
-        broker: testing::broker(),
+        brokers: vec![testing::broker()],
         queue: queue.to_string(),
         timeout,
         ..ClientOptions::default()
@@ -163,7 +163,7 @@ fn connect_failures_are_connection_errors() {
     wrong_password.password = "definitely-wrong".into();
     for broker in [refused, wrong_password] {
         let options = ClientOptions {
-            broker,
+            brokers: vec![broker],
             ..ClientOptions::default()
         };
         match FibonacciRpcClient::connect(&options) {
@@ -172,7 +172,7 @@ fn connect_failures_are_connection_errors() {
                 assert!(!err.to_string().contains("definitely-wrong"), "{err}");
             }
             Err(other) => panic!("expected a connect error, got {other}"),
-            Ok(_) => panic!("connected to {}", options.broker),
+            Ok(_) => panic!("connected to {}", options.brokers[0]),
         }
     }
 }

@@ -22,8 +22,9 @@ pub enum QueueType {
 /// Everything [`crate::server::run`] needs.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Where the broker is.
-    pub broker: BrokerOptions,
+    /// The brokers to try, in order (the nodes of a cluster, or just one). After a
+    /// connection loss the server tries the next one first.
+    pub brokers: Vec<BrokerOptions>,
     /// The request queue to consume.
     pub queue: String,
     /// Type of the queue if we have to declare it.
@@ -47,7 +48,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            broker: BrokerOptions::default(),
+            brokers: vec![BrokerOptions::default()],
             queue: wire::DEFAULT_QUEUE.to_string(),
             queue_type: QueueType::Classic,
             durable: false,

@@ -60,11 +60,14 @@ fn main() -> ExitCode {
     cli.log.init(log::LevelFilter::Info);
     let name = cli.name.unwrap_or_else(default_name);
     let options = match cli.broker.to_options() {
-        Ok(broker) => ServerOptions {
-            broker: BrokerOptions {
-                client_name: format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION")),
-                ..broker
-            },
+        Ok(brokers) => ServerOptions {
+            brokers: brokers
+                .into_iter()
+                .map(|broker| BrokerOptions {
+                    client_name: format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION")),
+                    ..broker
+                })
+                .collect(),
             queue: cli.queue,
             queue_type: cli.queue_type,
             durable: cli.durable,

@@ -40,11 +40,21 @@ pub struct Stats {
 /// channel, which returns prefetched requests it had not started to the queue.
 pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> anyhow::Result<Stats> {
     wire::parse_queue_name(&options.queue).map_err(anyhow::Error::msg)?;
+    if options.brokers.is_empty() {
+        bail!("no broker to connect to");
+    }
     let mut stats = Stats::default();
     let mut failures: u32 = 0;
+    let mut next_broker = 0;
     loop {
         let mut consumed = false;
-        let err = match serve(options, &shutdown, &mut stats, &mut consumed) {
+        let err = match serve(
+            options,
+            &shutdown,
+            &mut stats,
+            &mut next_broker,
+            &mut consumed,
+        ) {
             Ok(()) => return Ok(stats),
             Err(err) => err,
         };
@@ -80,14 +90,20 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 }
 
 /// One connection's worth of serving: returns `Ok` on shutdown, `Err` when the connection
-/// could not be made or was lost. Sets `consumed` once it consumes the queue.
+/// could not be made or was lost. Tries the brokers from `next_broker` on, and leaves it at
+/// the one after the broker it reached, so a lost connection moves on to the next node.
+/// Sets `consumed` once it consumes the queue.
 fn serve(
     options: &ServerOptions,
     shutdown: &Receiver<()>,
     stats: &mut Stats,
+    next_broker: &mut usize,
     consumed: &mut bool,
 ) -> anyhow::Result<()> {
-    let mut connection = rpc_client::connection::connect(&options.broker)?;
+    let (mut connection, reached) =
+        rpc_client::connection::connect_first(&options.brokers, *next_broker)?;
+    *next_broker = reached + 1;
+    let broker = &options.brokers[reached];
     let channel = connection.open_channel(None)?;
     ensure_queue(&mut connection, options)?;
     channel
@@ -105,7 +121,7 @@ fn serve(
         "{} waiting for RPC requests on queue '{}' at {} (prefetch {}, max n {})",
         options.name,
         options.queue,
-        options.broker,
+        broker,
         options.prefetch,
         options.max_n
     );

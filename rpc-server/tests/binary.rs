@@ -55,7 +55,7 @@ fn serves_and_stops_cleanly_on_sigterm() {
         panic!("{err}\n{}", finish(server).1);
     }
     let mut client = FibonacciRpcClient::connect(&ClientOptions {
-        broker: testing::broker(),
+        brokers: vec![testing::broker()],
         queue: queue.name().to_string(),
         timeout: Duration::from_secs(20),
         ..ClientOptions::default()

@@ -421,10 +421,10 @@ fn start_servers(queue: &str, prefix: &str, count: usize) -> Vec<ServerProc> {
 
 fn client_options(queue: &str, timeout: Duration) -> ClientOptions {
     ClientOptions {
-        broker: BrokerOptions {
+        brokers: vec![BrokerOptions {
             connect_timeout: CONNECT_TIMEOUT,
             ..testing::broker()
-        },
+        }],
         queue: queue.to_string(),
         timeout,
         // The flood scenario publishes into the callback queue: a real, exclusive one.
@@ -468,7 +468,7 @@ impl Caller {
             Some(client) => client,
             None => {
                 // One address: a TCP connect and a handshake, each with its own limit.
-                budget += 2 * self.options.broker.connect_timeout;
+                budget += 2 * self.options.brokers[0].connect_timeout;
                 self.connects += 1;
                 match FibonacciRpcClient::connect(&self.options) {
                     Ok(client) => client,
@@ -1525,7 +1525,7 @@ fn client_against_bad_peers(sc: &mut Scenario) {
     let expect_connect_error =
         |sc: &mut Scenario, what: &str, broker: BrokerOptions, within: Duration, needle: &str| {
             let options = ClientOptions {
-                broker,
+                brokers: vec![broker],
                 ..client_options("unused", CALL_TIMEOUT)
             };
             let started = Instant::now();
@@ -1540,7 +1540,7 @@ fn client_against_bad_peers(sc: &mut Scenario) {
                     sc.check(text.contains(needle), || {
                         format!("{what}: {text:?} does not mention {needle:?}")
                     });
-                    sc.check(!text.contains(&options.broker.password), || {
+                    sc.check(!text.contains(&options.brokers[0].password), || {
                         format!("{what}: password in {text:?}")
                     });
                     sc.check(elapsed < within, || {

@@ -44,7 +44,7 @@ fn stop_all(servers: Vec<TestServer>) -> Vec<Stats> {
 
 fn server_options(queue: &str, name: &str) -> ServerOptions {
     ServerOptions {
-        broker: testing::broker(),
+        brokers: vec![testing::broker()],
         queue: queue.to_string(),
         name: name.to_string(),
         ..ServerOptions::default()
@@ -53,7 +53,7 @@ fn server_options(queue: &str, name: &str) -> ServerOptions {
 
 fn client(queue: &str) -> FibonacciRpcClient {
     let options = ClientOptions {
-        broker: testing::broker(),
+        brokers: vec![testing::broker()],
         queue: queue.to_string(),
         timeout: Duration::from_secs(30),
         ..ClientOptions::default()
@@ -410,7 +410,7 @@ fn server_reconnects_after_the_broker_closes_its_connection() {
     let queue = QueueGuard::new("reconnect");
     let name = testing::unique_name("reconnecting-server");
     let mut options = server_options(queue.name(), &name);
-    options.broker.client_name = format!("test {name}");
+    options.brokers[0].client_name = format!("test {name}");
     let server = TestServer::start(options);
     let mut admin = Admin::connect().expect("admin");
     admin.wait_for_consumers(queue.name(), 1).expect("consumes");
@@ -446,7 +446,7 @@ fn many_calls_in_flight_are_matched_to_their_replies() {
         let queue = QueueGuard::new("in-flight");
         let servers = start_servers(queue.name(), 2);
         let mut client = FibonacciRpcClient::connect(&ClientOptions {
-            broker: testing::broker(),
+            brokers: vec![testing::broker()],
             queue: queue.name().to_string(),
             reply_queue,
             ..ClientOptions::default()
@@ -489,4 +489,28 @@ fn many_calls_in_flight_are_matched_to_their_replies() {
         let answered: u64 = stop_all(servers).iter().map(|s| s.answered).sum();
         assert_eq!(answered, 201);
     }
+}
+
+#[test]
+fn client_and_server_skip_brokers_that_do_not_answer() {
+    let queue = QueueGuard::new("failover");
+    let mut dead = testing::broker();
+    dead.port = 1; // nothing listens there
+    let brokers = vec![dead, testing::broker()];
+    let server = TestServer::start(ServerOptions {
+        brokers: brokers.clone(),
+        ..server_options(queue.name(), "failover")
+    });
+    let mut admin = Admin::connect().expect("admin");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes via the second broker");
+    let mut client = FibonacciRpcClient::connect(&ClientOptions {
+        brokers,
+        queue: queue.name().to_string(),
+        ..ClientOptions::default()
+    })
+    .expect("client connects via the second broker");
+    assert_eq!(client.call(25).expect("call"), "75025");
+    assert_eq!(server.stop().answered, 1);
 }
