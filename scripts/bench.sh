@@ -213,7 +213,8 @@ vmhwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 # start_server PREFETCH: one rpc-server on $QUEUE.
 start_server() {
     QUEUE_USED=1
-    scripts/start-servers.sh 1 -- --queue "$QUEUE" --prefetch "$1" >>"$WORK/servers.log" 2>&1 || {
+    # -q: no per-request log line, as a server run for throughput would be (README).
+    scripts/start-servers.sh 1 -- -q --queue "$QUEUE" --prefetch "$1" >>"$WORK/servers.log" 2>&1 || {
         cat "$WORK/servers.log" >&2
         die "could not start rpc-server (prefetch $1)"
     }
@@ -384,7 +385,7 @@ FLAGS=()
 row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); } # ID MEASUREMENT SETUP RESULT RATIO
 cell() { result "$1"; }
 floor_setup() { printf 'echo thread (amiquip), prefetch %s, exclusive reply queue' "$1"; }
-ours_setup() { printf 'rpc-server ×1 (release), prefetch %s' "$1"; }
+ours_setup() { printf 'rpc-server ×1 (release, -q), prefetch %s' "$1"; }
 # below_floor ID ANCHOR: flag row ID if its calls/s are below 0.95 × ANCHOR's.
 below_floor() {
     local r

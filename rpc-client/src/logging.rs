@@ -32,24 +32,32 @@ impl LogArgs {
     /// Installs the stderr logger. Our crates log at the selected level; dependencies only
     /// at warn and above unless `RUST_LOG` says otherwise.
     pub fn init(&self, default: LevelFilter) {
-        let level = self.level(default);
-        let mut builder = env_logger::Builder::new();
-        builder
-            .filter_level(level.min(LevelFilter::Warn))
-            .filter_module("rpc_client", level)
-            .filter_module("rpc_server", level)
-            // amiquip warns about channel closes we provoke on purpose (a 404 on a
-            // passive declare) and reports real failures as errors we log ourselves.
-            .filter_module("amiquip", level.min(LevelFilter::Error))
-            .target(env_logger::Target::Stderr);
-        if let Ok(spec) = std::env::var("RUST_LOG") {
-            builder.parse_filters(&spec);
-        }
-        // amiquip logs the SASL response, password included, at debug level.
-        builder.filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info);
-        // A second init (tests) is harmless.
-        let _ = builder.try_init();
+        init_levels(self.level(default), &[]);
     }
+}
+
+/// Installs the stderr logger with our crates at `level`, the log targets in `overrides` at
+/// their own levels, dependencies at warn and above; `RUST_LOG`, when set, wins.
+pub fn init_levels(level: LevelFilter, overrides: &[(&str, LevelFilter)]) {
+    let mut builder = env_logger::Builder::new();
+    builder
+        .filter_level(level.min(LevelFilter::Warn))
+        .filter_module("rpc_client", level)
+        .filter_module("rpc_server", level)
+        // amiquip warns about channel closes we provoke on purpose (a 404 on a
+        // passive declare) and reports real failures as errors we log ourselves.
+        .filter_module("amiquip", level.min(LevelFilter::Error))
+        .target(env_logger::Target::Stderr);
+    for (target, target_level) in overrides {
+        builder.filter_module(target, *target_level);
+    }
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    // amiquip logs the SASL response, password included, at debug level.
+    builder.filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info);
+    // A second init (tests) is harmless.
+    let _ = builder.try_init();
 }
 
 #[cfg(test)]

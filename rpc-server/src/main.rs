@@ -57,7 +57,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init(log::LevelFilter::Info);
+    // -q drops only the per-request lines; -qq leaves warnings and errors.
+    let (level, requests) = match cli.log.quiet {
+        1 => (log::LevelFilter::Info, log::LevelFilter::Off),
+        _ => {
+            let level = cli.log.level(log::LevelFilter::Info);
+            (level, level)
+        }
+    };
+    rpc_client::logging::init_levels(level, &[(rpc_server::server::REQUEST_LOG, requests)]);
     let name = cli.name.unwrap_or_else(default_name);
     let options = match cli.broker.to_options() {
         Ok(brokers) => ServerOptions {
