@@ -9,8 +9,8 @@
 //! Both ends use `TCP_NODELAY` connections like the real binaries. Prints the same
 //! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
 
-use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
-use rpc_client::connection::{connect, consume};
+use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish};
+use rpc_client::connection::{callback_queue, connect, consume};
 use rpc_client::testing::{broker, unique_name, Admin};
 use std::time::Instant;
 
@@ -60,27 +60,7 @@ fn main() {
 
     let mut connection = connect(&broker()).expect("caller connects");
     let channel = connection.open_channel(None).expect("channel");
-    let reply_queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-        )
-        .expect("reply queue")
-        .name()
-        .to_string();
-    let replies = consume(
-        &channel,
-        &reply_queue,
-        ConsumerOptions {
-            no_ack: true,
-            ..ConsumerOptions::default()
-        },
-    )
-    .expect("consume replies");
+    let (reply_queue, replies) = callback_queue(&channel).expect("callback queue");
     let send = |i: u64| {
         let properties = AmqpProperties::default()
             .with_reply_to(reply_queue.clone())

@@ -12,10 +12,7 @@ use crate::config::BrokerOptions;
 use crate::connection;
 use crate::error::Error;
 use crate::wire;
-use amiquip::{
-    Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish, QueueDeclareOptions,
-    Return,
-};
+use amiquip::{Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish, Return};
 use crossbeam_channel::{select, Receiver};
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -110,30 +107,21 @@ impl FibonacciRpcClient {
         }
         let (mut connection, _) = connection::connect_first(&options.brokers, 0)?;
         let channel = connection.open_channel(None)?;
-        let reply_queue = match options.reply_queue {
-            ReplyQueue::Exclusive => channel
-                .queue_declare(
-                    "",
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
+        let (reply_queue, replies) = match options.reply_queue {
+            ReplyQueue::Exclusive => connection::callback_queue(&channel)?,
+            // Direct reply-to requires no-ack consuming on the channel that publishes.
+            ReplyQueue::Direct => (
+                DIRECT_REPLY_TO.to_string(),
+                connection::consume(
+                    &channel,
+                    DIRECT_REPLY_TO,
+                    ConsumerOptions {
+                        no_ack: true,
+                        ..ConsumerOptions::default()
                     },
-                )?
-                .name()
-                .to_string(),
-            ReplyQueue::Direct => DIRECT_REPLY_TO.to_string(),
+                )?,
+            ),
         };
-        // Direct reply-to requires no-ack consuming on the channel that publishes.
-        let replies = connection::consume(
-            &channel,
-            &reply_queue,
-            ConsumerOptions {
-                no_ack: true,
-                exclusive: options.reply_queue == ReplyQueue::Exclusive,
-                ..ConsumerOptions::default()
-            },
-        )?;
         // Requests are published mandatory: the broker returns them at once when no queue of
         // that name exists, instead of dropping them while we wait out the timeout.
         let returns = channel.listen_for_returns()?;

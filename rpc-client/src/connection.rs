@@ -9,7 +9,7 @@ use crate::config::BrokerOptions;
 use crate::error::Error;
 use amiquip::{
     Auth, Channel, Connection, ConnectionOptions, ConnectionTuning, ConsumerMessage,
-    ConsumerOptions,
+    ConsumerOptions, QueueDeclareOptions,
 };
 use crossbeam_channel::Receiver;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -136,6 +136,34 @@ fn tls_connector(options: &BrokerOptions) -> Result<native_tls::TlsConnector, St
     builder
         .build()
         .map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+/// Declares a callback queue (exclusive, auto-delete, named by the broker) and consumes it
+/// without acks; returns its name and the receiver of the replies that arrive on it.
+pub fn callback_queue(
+    channel: &Channel,
+) -> Result<(String, Receiver<ConsumerMessage>), amiquip::Error> {
+    let name = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+        )?
+        .name()
+        .to_string();
+    let replies = consume(
+        channel,
+        &name,
+        ConsumerOptions {
+            no_ack: true,
+            exclusive: true,
+            ..ConsumerOptions::default()
+        },
+    )?;
+    Ok((name, replies))
 }
 
 /// Starts consuming `queue` on `channel` and returns the receiver of its messages.

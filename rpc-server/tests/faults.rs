@@ -20,9 +20,7 @@
 //! Server logs go to `target/tmp/faults/` (kept for inspection; replaced by the next run).
 //! `FAULT_SCENARIOS=4,5` runs only the scenarios with those numbers.
 
-use amiquip::{
-    AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
-};
+use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use rpc_client::error::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ERROR_HEADER};
@@ -1209,30 +1207,8 @@ fn malformed_requests_scenario(sc: &mut Scenario) {
     let queue = QueueGuard::new("fault-malformed");
     let mut servers = start_servers(queue.name(), "malformed", 1);
     let mut admin = Admin::connect().expect("admin");
-    let (reply_queue, replies) = {
-        let channel = admin.channel();
-        let declared = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .expect("declare the reply queue");
-        let name = declared.name().to_string();
-        let replies = rpc_client::connection::consume(
-            channel,
-            &name,
-            ConsumerOptions {
-                no_ack: true,
-                ..ConsumerOptions::default()
-            },
-        )
-        .expect("consume the reply queue");
-        (name, replies)
-    };
+    let (reply_queue, replies) =
+        rpc_client::connection::callback_queue(admin.channel()).expect("declare the reply queue");
     let requests = malformed_requests(&reply_queue);
     assert!(requests.len() >= 1000, "only {} requests", requests.len());
     let started = Instant::now();

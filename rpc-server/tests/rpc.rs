@@ -1,9 +1,7 @@
 //! Behaviour of rpc-server against the real broker, called through the rpc-client library and
 //! raw AMQP. Every test uses its own uuid-named queue and deletes it.
 
-use amiquip::{
-    AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
-};
+use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable};
 use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -188,31 +186,13 @@ fn raw_round_trip(
     queue: &str,
     requests: &[(&[u8], bool)],
 ) -> Vec<(AmqpProperties, Vec<u8>)> {
-    let channel = admin.channel();
-    let replies = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-        )
-        .expect("reply queue");
-    let consumer = rpc_client::connection::consume(
-        channel,
-        replies.name(),
-        ConsumerOptions {
-            no_ack: true,
-            ..ConsumerOptions::default()
-        },
-    )
-    .expect("consume replies");
+    let (reply_queue, consumer) =
+        rpc_client::connection::callback_queue(admin.channel()).expect("reply queue");
     let mut expected = 0;
     for (i, (body, with_reply_to)) in requests.iter().enumerate() {
         let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
         if *with_reply_to {
-            properties = properties.with_reply_to(replies.name().to_string());
+            properties = properties.with_reply_to(reply_queue.clone());
             expected += 1;
         }
         admin.publish(queue, body, properties).expect("publish");
