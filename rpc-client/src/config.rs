@@ -97,6 +97,10 @@ impl BrokerArgs {
         if brokers.is_empty() {
             bail!("--uri / AMQP_URI holds no URI");
         }
+        if let Some(path) = &self.tls_ca {
+            // Fail at start-up, not at every connection attempt.
+            crate::connection::load_ca(path).map_err(anyhow::Error::msg)?;
+        }
         for options in &mut brokers {
             options.connect_timeout = self.connect_timeout;
             options.tls_ca.clone_from(&self.tls_ca);

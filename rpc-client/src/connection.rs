@@ -127,15 +127,29 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
 fn tls_connector(options: &BrokerOptions) -> Result<native_tls::TlsConnector, String> {
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = &options.tls_ca {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read --tls-ca {}: {e}", path.display()))?;
-        let certificate = native_tls::Certificate::from_pem(&pem)
-            .map_err(|e| format!("--tls-ca {} is not a PEM certificate: {e}", path.display()))?;
-        builder.add_root_certificate(certificate);
+        for certificate in load_ca(path)? {
+            builder.add_root_certificate(certificate);
+        }
     }
     builder
         .build()
         .map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+/// Reads every certificate of a PEM file (a CA bundle may hold several).
+pub fn load_ca(path: &std::path::Path) -> Result<Vec<native_tls::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read --tls-ca {}: {e}", path.display()))?;
+    let certificates = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
+        format!(
+            "--tls-ca {} is not a PEM certificate file: {e}",
+            path.display()
+        )
+    })?;
+    if certificates.is_empty() {
+        return Err(format!("--tls-ca {} holds no certificate", path.display()));
+    }
+    Ok(certificates)
 }
 
 /// Declares a callback queue (exclusive, auto-delete, named by the broker) and consumes it
