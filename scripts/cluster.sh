@@ -8,6 +8,8 @@
 #   scripts/cluster.sh stop-node I [--app]   stop node I (with --app: only its RabbitMQ app)
 #   scripts/cluster.sh start-node I  start node I (or its app) again
 #   scripts/cluster.sh leader QUEUE [VHOST]  print the node hosting the quorum queue's leader
+#   scripts/cluster.sh ctl I ARGS... rabbitmqctl ARGS against node I, with the cluster's cookie
+#                                    (e.g. ctl 2 list_connections port client_properties)
 # Node I is rpcI@localhost with AMQP on 127.0.0.1:PORT (the I-th of CLUSTER_PORTS, default
 # 5681,5682,5683; one node per port) and Erlang distribution on 127.0.0.1:PORT+20000. Each
 # node keeps its config, data, logs and pid file in target/cluster/<node>/; the nodes and the
@@ -23,7 +25,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | leader QUEUE [VHOST]"
+    die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | leader QUEUE [VHOST] | ctl I ARGS..."
 }
 
 CLUSTER_DIR=$REPO_ROOT/target/cluster
@@ -491,6 +493,14 @@ cmd_leader() {
     printf '%s\n' "$leader"
 }
 
+# rabbitmqctl ARGS against node I (killed after CLUSTER_STOP_WAIT seconds); its exit status.
+cmd_ctl() {
+    local i=$1
+    shift
+    node_index "$i"
+    ctl "$stop_secs" "$i" "$@"
+}
+
 [[ $# -gt 0 ]] || usage
 command=$1
 shift
@@ -504,6 +514,7 @@ case $command in
     stop-node) [[ $# -ge 1 && $# -le 2 ]] || usage; cmd_stop_node "$@" ;;
     start-node) [[ $# -eq 1 ]] || usage; cmd_start_node "$1" ;;
     leader) [[ $# -ge 1 && $# -le 2 ]] || usage; cmd_leader "$@" ;;
+    ctl) [[ $# -ge 2 ]] || usage; cmd_ctl "$@" ;;
     -h | --help | help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) usage ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Full check: broker, formatting, clippy, shellcheck, unit/integration tests,
-# release build, end-to-end run against RabbitMQ, interop with Python peers,
-# and last the fault run (kills servers, restarts the broker application).
+# release build, end-to-end run against RabbitMQ, interop with Python peers, TLS (a
+# throwaway node with a TLS listener), and last the fault run (kills servers, restarts the
+# broker application).
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -163,6 +164,17 @@ stage_interop() {
     scripts/interop.sh
 }
 
+# TLS: a throwaway CA and RabbitMQ node (rpctls@localhost, ports 5690/5691) beside the
+# main broker; amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
+# Exits 77 (skipped) when no RabbitMQ node can be run here.
+stage_tls() { scripts/tls-test.sh; }
+
+# The cluster test (rpc-server/tests/cluster.rs, issue 5): a local three-node cluster
+# (scripts/cluster.sh, beside the main broker), 3 servers and 6 callers on a quorum queue, the
+# node hosting its leader stopped under load. Exits 77 (skipped) when no RabbitMQ node can be
+# run here; takes the cluster down again either way.
+stage_cluster() { scripts/cluster-test.sh; }
+
 # The fault run (rpc-server/tests/faults.rs): servers killed and stopped under load, a
 # broker restart (rabbitmqctl stop_app / start_app, which drops every connection on the
 # broker), malformed requests, reply floods. Last and alone; leaves the broker running.
@@ -190,6 +202,8 @@ run_stage "cargo test --workspace" stage_test
 run_stage "cargo build --release" stage_build
 run_stage "end-to-end (2 servers, rpc-client)" stage_e2e
 run_stage "interop (scripts/interop.sh)" stage_interop
+run_stage "TLS (scripts/tls-test.sh)" stage_tls
+run_stage "cluster (scripts/cluster-test.sh)" stage_cluster
 run_stage "fault run (serial: restarts the broker)" stage_faults
 
 echo

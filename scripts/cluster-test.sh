@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Cluster test (issue 5): the node hosting a quorum queue's leader is lost under load.
+#   scripts/cluster-test.sh
+# Starts the local three-node cluster of scripts/cluster.sh (rpc1..3@localhost, AMQP on
+# 127.0.0.1:5681-5683, state in target/cluster/; the machine's own broker is not touched) and
+# runs the ignored test rpc-server/tests/cluster.rs against it:
+#   CLUSTER_URIS=$(scripts/cluster.sh uris) \
+#       cargo test --release -p rpc-server --test cluster -- --ignored --nocapture
+# 3 rpc-servers (one per node) and 6 callers on a quorum queue; the leader's node is stopped
+# and started again; no call may be lost or hang, and everyone must end up on the surviving
+# nodes (see the test's documentation). At exit, even after a failure or an interrupt, the
+# cluster is taken down and target/cluster/ removed (a cluster that was already up too). The
+# servers' logs stay in target/tmp/cluster/. Takes about a minute.
+# Exits with the test's status; 77 (skipped) if no RabbitMQ node can be run here (RabbitMQ or
+# Erlang not installed: scripts/broker.sh installs Debian's package, as root).
+# Env: CLUSTER_KEEP=1 leaves the cluster up at the end (scripts/cluster.sh down stops it);
+# those of scripts/cluster.sh (CLUSTER_PORTS, CLUSTER_WAIT, RABBITMQ_BIN, ...).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
+
+SKIP=77
+skip() {
+    msg "skipped: $*"
+    exit "$SKIP"
+}
+
+# The same checks as scripts/cluster.sh, but a missing RabbitMQ is a skip, not a failure.
+RMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+[[ -x $RMQ_BIN/rabbitmq-server && -x $RMQ_BIN/rabbitmqctl ]] ||
+    skip "no rabbitmq-server/rabbitmqctl in $RMQ_BIN: cannot run a RabbitMQ cluster here (scripts/broker.sh installs Debian's package as root)"
+command -v erl >/dev/null 2>&1 || skip "erl (Erlang) not found in PATH: cannot run a RabbitMQ cluster here"
+command -v epmd >/dev/null 2>&1 || skip "epmd (Erlang) not found in PATH: cannot run a RabbitMQ cluster here"
+ensure_build_deps
+
+# One run at a time: a second run would stop the first one's nodes.
+mkdir -p target
+exec 9>target/cluster-test.lock
+if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+    msg "another cluster-test.sh run holds target/cluster-test.lock; waiting for it (up to 15 min)"
+    flock -w 900 9 || die "target/cluster-test.lock is still held after 15 min"
+fi
+
+t0=$SECONDS
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ ${CLUSTER_KEEP:-} == 1 ]]; then
+        msg "CLUSTER_KEEP=1: leaving the cluster up (scripts/cluster.sh down stops it)"
+    elif ! scripts/cluster.sh down; then
+        warn "scripts/cluster.sh down failed; see scripts/cluster.sh status"
+        ((rc != 0)) || rc=1
+    fi
+    if ((rc == 0)); then
+        msg "passed in $((SECONDS - t0))s"
+    else
+        msg "FAILED (exit $rc) after $((SECONDS - t0))s; server logs in target/tmp/cluster/"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+scripts/cluster.sh up
+uris=$(scripts/cluster.sh uris)
+msg "running the cluster test (cargo test --release -p rpc-server --test cluster)"
+CLUSTER_URIS=$uris cargo test --release -p rpc-server --test cluster -- --ignored --nocapture
