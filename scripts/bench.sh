@@ -39,7 +39,7 @@ QUICK=${BENCH_QUICK:-0}
 if ((QUICK)); then
     d_seq=2000 d_inflight=5000 d_py=1000 d_oneshot=5 d_fib="10000 100000 1000000" warmup=200 d_repeat=1
 else
-    d_seq=20000 d_inflight=100000 d_py=10000 d_oneshot=20 d_fib="10000 100000 1000000 10000000" warmup=500 d_repeat=2
+    d_seq=20000 d_inflight=100000 d_py=10000 d_oneshot=20 d_fib="10000 100000 1000000 10000000" warmup=500 d_repeat=3
 fi
 REPEAT=${BENCH_REPEAT:-$d_repeat}
 SEQ_CALLS=${BENCH_CALLS:-$d_seq}
@@ -309,6 +309,7 @@ done
 
 # (e) one-shot processes: median wall time.
 ONESHOT_OURS=("$CLIENT" --queue "$QUEUE" 30)
+ONESHOT_DIRECT=("$CLIENT" --reply-queue direct --queue "$QUEUE" 30)
 ONESHOT_PY=("$PY" "$PEERS/rpc_client.py" --queue "$QUEUE" 30)
 declare -A MEDIAN_MS=()
 oneshot_loop() { # ID CMD...: median ms over ONESHOT_RUNS runs (after 2 untimed ones)
@@ -326,7 +327,8 @@ oneshot_loop() { # ID CMD...: median ms over ONESHOT_RUNS runs (after 2 untimed 
 msg "e: one-shot wall time, $ONESHOT_RUNS runs each ($([[ -n $HYPERFINE ]] && echo hyperfine || echo shell loop))"
 if [[ -n $HYPERFINE ]]; then
     if attempt e-hyperfine "$HYPERFINE" -N --style basic --warmup 2 --runs "$ONESHOT_RUNS" \
-        --export-json "$WORK/e.json" -n ours "${ONESHOT_OURS[*]}" -n python "${ONESHOT_PY[*]}"; then
+        --export-json "$WORK/e.json" -n ours "${ONESHOT_OURS[*]}" \
+        -n ours-direct "${ONESHOT_DIRECT[*]}" -n python "${ONESHOT_PY[*]}"; then
         while read -r name ms; do
             MEDIAN_MS[e-$name]=$ms
         done < <("$PY" -c 'import json, sys
@@ -335,6 +337,7 @@ for r in json.load(open(sys.argv[1]))["results"]:
     fi
 else
     attempt e-ours oneshot_loop e-ours "${ONESHOT_OURS[@]}" || true
+    attempt e-ours-direct oneshot_loop e-ours-direct "${ONESHOT_DIRECT[@]}" || true
     attempt e-python oneshot_loop e-python "${ONESHOT_PY[@]}" || true
 fi
 # ... and their peak RSS (largest of 3 runs).
@@ -426,6 +429,9 @@ how=$([[ -n $HYPERFINE ]] && echo "hyperfine" || echo "shell loop")
 ms_cell() { [[ -n ${1:-} ]] && printf '%s ms' "$1" || printf 'failed'; }
 row e-ours "one-shot \`rpc-client 30\`: median wall time of $ONESHOT_RUNS runs ($how)" "$(ours_setup 1)" \
     "$(ms_cell "${MEDIAN_MS[e-ours]:-}")" "$(ratio "${MEDIAN_MS[e-ours]:-}" "${MEDIAN_MS[e-python]:-}") × e-python (lower is better)"
+row e-ours-direct "one-shot \`rpc-client --reply-queue direct 30\`: median wall time of $ONESHOT_RUNS runs ($how)" \
+    "$(ours_setup 1)" "$(ms_cell "${MEDIAN_MS[e-ours-direct]:-}")" \
+    "$(ratio "${MEDIAN_MS[e-ours-direct]:-}" "${MEDIAN_MS[e-python]:-}") × e-python (lower is better)"
 row e-python "one-shot \`python rpc_client.py 30\` (tutorial client): median of $ONESHOT_RUNS runs" "$(ours_setup 1)" \
     "$(ms_cell "${MEDIAN_MS[e-python]:-}")" "anchor"
 lt "${MEDIAN_MS[e-python]:-}" "${MEDIAN_MS[e-ours]:-}" && FLAGS+=("e-ours: slower than the Python one-shot client")

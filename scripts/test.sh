@@ -175,6 +175,10 @@ stage_tls() { scripts/tls-test.sh; }
 # run here; takes the cluster down again either way.
 stage_cluster() { scripts/cluster-test.sh; }
 
+# The benchmark in its quick mode: proves scripts/bench.sh and every bench target still
+# run. It prints figures and flags; speed is judged from a full run, not asserted here.
+stage_bench() { BENCH_QUICK=1 scripts/bench.sh; }
+
 # The fault run (rpc-server/tests/faults.rs): servers killed and stopped under load, a
 # broker restart (rabbitmqctl stop_app / start_app, which drops every connection on the
 # broker), malformed requests, reply floods. Last and alone; leaves the broker running.
@@ -204,6 +208,7 @@ run_stage "end-to-end (2 servers, rpc-client)" stage_e2e
 run_stage "interop (scripts/interop.sh)" stage_interop
 run_stage "TLS (scripts/tls-test.sh)" stage_tls
 run_stage "cluster (scripts/cluster-test.sh)" stage_cluster
+run_stage "bench smoke (BENCH_QUICK=1 scripts/bench.sh)" stage_bench
 run_stage "fault run (serial: restarts the broker)" stage_faults
 
 echo
