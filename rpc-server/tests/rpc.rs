@@ -494,3 +494,32 @@ fn client_and_server_skip_brokers_that_do_not_answer() {
     assert_eq!(client.call(25).expect("call"), "75025");
     assert_eq!(server.stop().answered, 1);
 }
+
+#[test]
+fn a_high_prefetch_server_acks_everything_it_answered() {
+    let queue = QueueGuard::new("prefetch");
+    let server = TestServer::start(ServerOptions {
+        prefetch: 100,
+        ..server_options(queue.name(), "prefetch-100")
+    });
+    let mut admin = Admin::connect().expect("admin");
+    admin.wait_for_consumers(queue.name(), 1).expect("consumes");
+    let mut answered = 0;
+    client(queue.name())
+        .call_many((0..500).map(|i| i % 90), 250, |_, n, result| {
+            assert_eq!(result.expect("call").value, fib_by_addition(n));
+            answered += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("batch");
+    assert_eq!(answered, 500);
+    let stats = server.stop();
+    assert_eq!(stats.answered, 500);
+    // Anything answered but not acked would be back in the queue now that the server is gone.
+    let state = admin.queue_state(queue.name()).expect("queue state");
+    assert_eq!(
+        state,
+        Some((0, 0)),
+        "(ready messages, consumers) after the server stopped"
+    );
+}
