@@ -25,11 +25,6 @@ pub const ERROR_HEADER: &str = "x-rpc-error";
 /// Header naming the server that produced a reply (informational).
 pub const SERVER_HEADER: &str = "x-rpc-server";
 
-/// Request header with the caller's deadline in milliseconds since the Unix epoch (`i64`).
-/// A server drops a request whose deadline has passed instead of computing an answer nobody
-/// waits for. Tutorial clients do not send it; their requests are always served.
-pub const DEADLINE_HEADER: &str = "x-rpc-deadline";
-
 /// Longest request body a server reads; a u64 has at most 20 digits.
 pub const MAX_REQUEST_BODY: usize = 64;
 
@@ -157,42 +152,44 @@ pub fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpPropertie
         .with_correlation_id(correlation_id.to_string())
 }
 
-/// [`request_properties`] for a caller that waits `timeout`: the request expires in the queue
-/// after that (`expiration`), and carries the deadline for servers ([`DEADLINE_HEADER`]).
+/// [`request_properties`] for a caller that waits `timeout`: `expiration` = the timeout, so
+/// the broker drops the request once nobody waits for it, and `timestamp` (Unix seconds), so
+/// that a server holding the request can tell the same ([`deadline_passed`]). Both are
+/// standard AMQP properties; tutorial servers ignore them.
 pub fn request_properties_with_deadline(
     reply_to: &str,
     correlation_id: &str,
     timeout: Duration,
 ) -> AmqpProperties {
     let timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX));
-    let deadline = unix_millis().saturating_add(timeout_ms as i64);
-    let mut headers = FieldTable::new();
-    headers.insert(
-        DEADLINE_HEADER.to_string(),
-        AmqpValue::LongLongInt(deadline),
-    );
     request_properties(reply_to, correlation_id)
         .with_expiration(timeout_ms.to_string())
-        .with_headers(headers)
+        .with_timestamp(unix_millis() / 1000)
 }
 
-/// Has the deadline of this request ([`DEADLINE_HEADER`]) passed? False when it has none.
+/// Has the caller of this request given up? True when it carries `timestamp` and
+/// `expiration` and that time has passed. The timestamp's second counts as a whole, so a
+/// request is never dropped while its caller still waits (it may be served up to a second
+/// after). False for requests without both properties, such as the tutorial clients'.
 pub fn deadline_passed(properties: &AmqpProperties) -> bool {
-    match properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.get(DEADLINE_HEADER))
-    {
-        Some(AmqpValue::LongLongInt(deadline)) => unix_millis() > *deadline,
-        _ => false,
-    }
+    let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
+        return false;
+    };
+    let Ok(expiration_ms) = expiration.parse::<u64>() else {
+        return false;
+    };
+    let deadline_ms = sent
+        .saturating_add(1)
+        .saturating_mul(1000)
+        .saturating_add(expiration_ms);
+    unix_millis() > deadline_ms
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn unix_millis() -> i64 {
+fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Properties of a reply: the request's correlation id (if it had one) and our headers.
@@ -328,11 +325,15 @@ mod tests {
     fn deadlines() {
         let live = request_properties_with_deadline("q", "id", Duration::from_secs(60));
         assert_eq!(live.expiration().as_deref(), Some("60000"));
+        assert!(live.timestamp().is_some());
         assert!(!deadline_passed(&live));
-        let mut headers = FieldTable::new();
-        headers.insert(DEADLINE_HEADER.into(), AmqpValue::LongLongInt(1));
-        assert!(deadline_passed(
-            &AmqpProperties::default().with_headers(headers)
+        let sent_long_ago = request_properties("q", "id")
+            .with_timestamp(1_000)
+            .with_expiration("1000".into());
+        assert!(deadline_passed(&sent_long_ago));
+        // Without both properties (tutorial clients), a request is always served.
+        assert!(!deadline_passed(
+            &request_properties("q", "id").with_timestamp(1_000)
         ));
         assert!(!deadline_passed(&request_properties("q", "id")));
     }

@@ -1166,14 +1166,15 @@ fn malformed_requests(reply_to: &str) -> Vec<RawRequest> {
     for (i, (body, code)) in bodies.iter().enumerate() {
         let mut properties = wire::request_properties(reply_to, &format!("m-{i}"));
         if i % 7 == 3 {
-            // Odd properties and a deadline header of the wrong type: ignored.
+            // Odd properties, a stray header and a timestamp without expiration: ignored.
             let mut headers = FieldTable::new();
             headers.insert(
-                wire::DEADLINE_HEADER.into(),
+                "x-deadline".into(),
                 AmqpValue::LongString("tomorrow".into()),
             );
             properties = properties
                 .with_headers(headers)
+                .with_timestamp(1_000)
                 .with_content_type("application/json".into())
                 .with_content_encoding("gzip".into());
         }

@@ -1,7 +1,7 @@
 //! Behaviour of rpc-server against the real broker, called through the rpc-client library and
 //! raw AMQP. Every test uses its own uuid-named queue and deletes it.
 
-use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable};
+use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions};
 use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -356,12 +356,11 @@ fn requests_past_their_deadline_are_dropped_unanswered() {
     let server = TestServer::start(server_options(queue.name(), "deadline"));
     let mut admin = Admin::connect().expect("admin");
     admin.wait_for_consumers(queue.name(), 1).expect("consumes");
-    let mut headers = FieldTable::new();
-    headers.insert(
-        wire::DEADLINE_HEADER.to_string(),
-        AmqpValue::LongLongInt(1_000), // 1970: long gone
-    );
-    let expired = wire::request_properties("nobody-listens-here", "gone").with_headers(headers);
+    // Sent in 1970 with a 10 s expiration: its caller is long gone. (The broker only expires
+    // messages by their time in the queue, so it delivers this one.)
+    let expired = wire::request_properties("nobody-listens-here", "gone")
+        .with_timestamp(1_000)
+        .with_expiration("10000".into());
     admin
         .publish(queue.name(), b"1000000", expired)
         .expect("publish");
