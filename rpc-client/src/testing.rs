@@ -63,7 +63,12 @@ pub struct Admin {
 impl Admin {
     /// Connects to [`broker`].
     pub fn connect() -> Result<Admin, Error> {
-        let mut connection = connection::connect(&broker())?;
+        Admin::connect_to(&[broker()])
+    }
+
+    /// Connects to the first of `brokers` that answers (the nodes of a cluster).
+    pub fn connect_to(brokers: &[BrokerOptions]) -> Result<Admin, Error> {
+        let (mut connection, _) = connection::connect_first(brokers, 0)?;
         let channel = connection.open_channel(None)?;
         Ok(Admin {
             channel,
@@ -149,24 +154,44 @@ impl Admin {
 }
 
 /// Deletes its queue when dropped, so a failing test still cleans up.
-pub struct QueueGuard(pub String);
+pub struct QueueGuard {
+    name: String,
+    brokers: Vec<BrokerOptions>,
+}
 
 impl QueueGuard {
-    /// A fresh [`unique_name`] queue name, deleted on drop.
+    /// A fresh [`unique_name`] queue name on [`broker`], deleted on drop.
     pub fn new(prefix: &str) -> QueueGuard {
-        QueueGuard(unique_name(prefix))
+        QueueGuard::on(vec![broker()], prefix)
+    }
+
+    /// A fresh [`unique_name`] queue name, deleted through the first of `brokers` that answers.
+    pub fn on(brokers: Vec<BrokerOptions>, prefix: &str) -> QueueGuard {
+        QueueGuard {
+            name: unique_name(prefix),
+            brokers,
+        }
     }
 
     /// The queue name.
     pub fn name(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// Deletes the queue now, reporting failure; nothing is left for drop.
+    pub fn delete(&mut self) -> Result<(), Error> {
+        Admin::connect_to(&self.brokers)?.delete(&self.name)?;
+        self.brokers.clear();
+        Ok(())
     }
 }
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        if let Ok(mut admin) = Admin::connect() {
-            let _ = admin.delete(&self.0);
+        if !self.brokers.is_empty() {
+            if let Err(err) = self.delete() {
+                eprintln!("cannot delete test queue '{}': {err}", self.name);
+            }
         }
     }
 }

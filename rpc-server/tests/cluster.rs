@@ -25,10 +25,7 @@
 //! started again at the end, also when the test fails; the queue is deleted and every process
 //! the test started is stopped. Server logs are kept in `target/tmp/cluster/`.
 
-use amiquip::{
-    AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions, QueueDeleteOptions,
-};
-use rpc_client::connection;
+use rpc_client::testing::{Admin, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -144,63 +141,6 @@ fn leader(queue: &str) -> Result<(usize, String), String> {
     Ok((index, node))
 }
 
-/// A plain connection to the first node of a list that answers.
-struct Admin {
-    // Field order is drop order: the channel closes before its connection.
-    channel: Channel,
-    connection: Connection,
-}
-
-impl Admin {
-    fn connect(brokers: &[BrokerOptions]) -> Result<Admin, Error> {
-        let (mut connection, _) = connection::connect_first(brokers, 0)?;
-        let channel = connection.open_channel(None)?;
-        Ok(Admin {
-            channel,
-            connection,
-        })
-    }
-
-    fn declare_quorum(&self, queue: &str) -> Result<(), Error> {
-        let mut arguments = FieldTable::new();
-        arguments.insert(
-            "x-queue-type".into(),
-            AmqpValue::LongString("quorum".into()),
-        );
-        self.channel.queue_declare(
-            queue,
-            QueueDeclareOptions {
-                durable: true,
-                arguments,
-                ..QueueDeclareOptions::default()
-            },
-        )?;
-        Ok(())
-    }
-
-    /// Consumers of `queue`, or `None` if it does not exist.
-    fn consumers(&mut self, queue: &str) -> Result<Option<u32>, Error> {
-        // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let probe = self.connection.open_channel(None)?;
-        match probe.queue_declare_passive(queue) {
-            Ok(q) => {
-                let count = q.declared_consumer_count().unwrap_or(0);
-                drop(q);
-                let _ = probe.close();
-                Ok(Some(count))
-            }
-            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    fn delete(&mut self, queue: &str) -> Result<(), Error> {
-        let channel = self.connection.open_channel(None)?;
-        channel.queue_delete(queue, QueueDeleteOptions::default())?;
-        Ok(())
-    }
-}
-
 /// Waits up to `within` until `queue` has `want` consumers, asking the first of `brokers` that
 /// answers (a new connection after any error). Returns how long it waited.
 fn wait_for_consumers(
@@ -214,13 +154,16 @@ fn wait_for_consumers(
     let mut last = String::from("nothing yet");
     loop {
         if admin.is_none() {
-            match Admin::connect(brokers) {
+            match Admin::connect_to(brokers) {
                 Ok(a) => admin = Some(a),
                 Err(err) => last = format!("cannot connect: {err}"),
             }
         }
         if let Some(a) = admin.as_mut() {
-            match a.consumers(queue) {
+            match a
+                .queue_state(queue)
+                .map(|state| state.map(|(_, consumers)| consumers))
+            {
                 Ok(Some(count)) if count == want => return Ok(started.elapsed()),
                 Ok(Some(count)) => last = format!("{count} consumer(s)"),
                 Ok(None) => last = "no such queue".into(),
@@ -236,31 +179,6 @@ fn wait_for_consumers(
             ));
         }
         thread::sleep(Duration::from_millis(100)); // polling interval
-    }
-}
-
-/// Deletes the queue when dropped (after the servers are gone, or they would declare it again).
-struct QueueGuard {
-    name: String,
-    brokers: Vec<BrokerOptions>,
-}
-
-impl QueueGuard {
-    fn delete(&mut self) -> Result<(), String> {
-        let mut admin = Admin::connect(&self.brokers).map_err(|e| e.to_string())?;
-        admin.delete(&self.name).map_err(|e| e.to_string())?;
-        self.brokers.clear(); // done: nothing left for drop
-        Ok(())
-    }
-}
-
-impl Drop for QueueGuard {
-    fn drop(&mut self) {
-        if !self.brokers.is_empty() {
-            if let Err(err) = self.delete() {
-                eprintln!("cluster test: cannot delete queue '{}': {err}", self.name);
-            }
-        }
     }
 }
 
@@ -792,17 +710,14 @@ fn node_loss() {
 
     // Declared in this order, dropped in the reverse one on a panic: callers stopped, servers
     // killed, the node started again, the queue deleted.
-    let id = uuid::Uuid::new_v4();
-    let mut queue = QueueGuard {
-        name: format!("cluster-node-loss-{id}"),
-        brokers: brokers.clone(),
-    };
-    let q = queue.name.clone();
+    // Deleted (after the servers are gone, or they would declare it again) on drop too.
+    let mut queue = QueueGuard::on(brokers.clone(), "cluster-node-loss");
+    let q = queue.name().to_string();
     // Declared through a node picked at random: a quorum queue's leader starts on the node
     // that declared it, so runs lose different nodes (the one the others joined, or not).
-    let declare_node = usize::from(id.as_bytes()[0]) % brokers.len();
-    Admin::connect(&brokers[declare_node..=declare_node])
-        .and_then(|admin| admin.declare_quorum(&q))
+    let declare_node = usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % brokers.len();
+    Admin::connect_to(&brokers[declare_node..=declare_node])
+        .and_then(|admin| admin.declare(&q, true))
         .unwrap_or_else(|e| panic!("cannot declare the quorum queue '{q}': {e}"));
     let mut node = NodeGuard { stopped: None };
     let mut servers: Vec<ServerProc> = (0..SERVERS)
