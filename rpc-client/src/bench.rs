@@ -110,7 +110,7 @@ pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<Be
                     report.first_error.get_or_insert_with(|| err.to_string());
                 }
             }
-            if options.progress && done % 256 == 0 && Instant::now() >= next_progress {
+            if options.progress && done.is_multiple_of(256) && Instant::now() >= next_progress {
                 let rate = done as f64 / started.elapsed().as_secs_f64();
                 let _ = write!(
                     std::io::stderr(),
