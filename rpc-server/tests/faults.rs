@@ -1684,9 +1684,8 @@ fn fault_run() {
     let scenarios: Vec<Scenario> = all
         .into_iter()
         .filter(|(name, _)| {
-            only.as_ref().map_or(true, |only| {
-                only.iter().any(|o| name.split(' ').next() == Some(o))
-            })
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|o| name.split(' ').next() == Some(o)))
         })
         .map(|(name, body)| run_scenario(name, body))
         .collect();
