@@ -25,12 +25,14 @@
 //! started again at the end, also when the test fails; the queue is deleted and every process
 //! the test started is stopped. Server logs are kept in `target/tmp/cluster/`.
 
+mod common;
+
+use common::ServerProc;
 use rpc_client::testing::{Admin, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -222,108 +224,6 @@ impl Drop for NodeGuard {
 // ---------------------------------------------------------------------------------------------
 // Server processes
 // ---------------------------------------------------------------------------------------------
-
-/// An `rpc-server` process, killed (SIGKILL) and reaped on drop if it still runs.
-struct ServerProc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl ServerProc {
-    fn spawn(name: &str, uris: &str, queue: &str) -> ServerProc {
-        let log = log_dir().join(format!("{name}.log"));
-        let stderr = File::create(&log).expect("create the server log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rpc-server"))
-            .args(["--queue-type", "quorum", "--queue", queue, "--name", name])
-            .env("AMQP_URI", uris) // not on the command line: ps would show the passwords
-            .env_remove("AMQP_HOST") // these conflict with AMQP_URI
-            .env_remove("AMQP_PORT")
-            .env_remove("AMQP_VHOST")
-            .env_remove("AMQP_USER")
-            .env_remove("AMQP_PASSWORD")
-            .env_remove("RPC_QUEUE")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn rpc-server");
-        ServerProc {
-            name: name.to_string(),
-            child,
-            log,
-            status: None,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait rpc-server");
-        }
-        self.status
-    }
-
-    /// SIGTERM, then up to 10 s for the exit; a failure message unless it exited 0.
-    fn stop(&mut self) -> Result<(), String> {
-        if let Some(status) = self.exited() {
-            return Err(format!("{} had already exited: {status}", self.name));
-        }
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status();
-        if !killed.is_ok_and(|s| s.success()) {
-            return Err(format!("kill -TERM {pid} ({}) failed", self.name));
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.exited().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50)); // polling interval
-        }
-        match self.exited() {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!(
-                "{} exited with {status} after SIGTERM\n{}",
-                self.name,
-                self.log_tail(15)
-            )),
-            None => Err(format!(
-                "{} still runs 10 s after SIGTERM\n{}",
-                self.name,
-                self.log_tail(15)
-            )),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(String::from)
-            .collect()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n    ");
-        format!("  last lines of {}:\n    {tail}", self.log.display())
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Callers
@@ -721,7 +621,13 @@ fn node_loss() {
         .unwrap_or_else(|e| panic!("cannot declare the quorum queue '{q}': {e}"));
     let mut node = NodeGuard { stopped: None };
     let mut servers: Vec<ServerProc> = (0..SERVERS)
-        .map(|i| ServerProc::spawn(&format!("s{}", i + 1), &rotated(&uris, i).join(","), &q))
+        .map(|i| {
+            // The URIs go in the environment: ps would show their passwords.
+            let uris = rotated(&uris, i).join(",");
+            let name = format!("s{}", i + 1);
+            let args = ["--queue-type", "quorum"];
+            ServerProc::spawn(&log_dir(), &name, &q, &args, &[("AMQP_URI", uris.as_str())])
+        })
         .collect();
     if let Err(err) = wait_for_consumers(&brokers, &q, SERVERS as u32, Duration::from_secs(30)) {
         let logs: Vec<String> = servers.iter().map(|s| s.log_tail(10)).collect();
@@ -1005,7 +911,7 @@ fn node_loss() {
         }
     }
     for server in &mut servers {
-        let stopped = server.stop();
+        let stopped = server.stop(Duration::from_secs(10)).map(|_| ());
         check(stopped.is_ok(), stopped.err().unwrap_or_default());
         let panics = server.log_lines("panicked").len();
         check(

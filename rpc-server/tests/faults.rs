@@ -20,18 +20,20 @@
 //! Server logs go to `target/tmp/faults/` (kept for inspection; replaced by the next run).
 //! `FAULT_SCENARIOS=4,5` runs only the scenarios with those numbers.
 
+mod common;
+
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
+use common::ServerProc;
 use rpc_client::error::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ERROR_HEADER};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -291,123 +293,33 @@ fn log_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults")
 }
 
-/// An `rpc-server` process, killed (SIGKILL) and reaped on drop if it still runs.
-struct ServerProc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl ServerProc {
-    fn spawn(queue: &str, name: &str) -> ServerProc {
-        let log = log_dir().join(format!("{name}.log"));
-        let stderr = File::create(&log).expect("create the server log");
-        let broker = testing::broker();
-        let child = Command::new(env!("CARGO_BIN_EXE_rpc-server"))
-            .args(["--queue", queue, "--name", name])
-            .args(["--host", &broker.host, "--port", &broker.port.to_string()])
-            .args(["--vhost", &broker.vhost, "--user", &broker.user])
-            .env("AMQP_PASSWORD", &broker.password)
-            .env_remove("AMQP_URI") // would conflict with --host
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn rpc-server");
-        ServerProc {
-            name: name.to_string(),
-            child,
-            log,
-            status: None,
-        }
-    }
-
-    /// The exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait rpc-server");
-        }
-        self.status
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed", self.child.id());
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL rpc-server");
-    }
-
-    /// Waits up to `within` for the process to exit.
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let _ = testing::wait_until(&format!("{} to exit", self.name), within, || {
-            Ok(self.exited().is_some())
-        });
-        self.exited()
-    }
-
-    /// SIGTERM, then up to 5 s for the exit. Returns a failure message unless it exited 0.
-    fn stop(&mut self) -> Result<Duration, String> {
-        let started = Instant::now();
-        if let Some(status) = self.exited() {
-            return Err(format!("{} had already exited: {status}", self.name));
-        }
-        self.sigterm();
-        match self.wait_exit(Duration::from_secs(5)) {
-            Some(status) if status.success() => Ok(started.elapsed()),
-            Some(status) => Err(format!(
-                "{} exited with {status} after SIGTERM\n{}",
-                self.name,
-                self.log_tail(15)
-            )),
-            None => Err(format!(
-                "{} still runs 5 s after SIGTERM\n{}",
-                self.name,
-                self.log_tail(15)
-            )),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n    ");
-        format!("  last lines of {}:\n    {tail}", self.log.display())
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// One `rpc-server` on the test broker, given as flags (the password in the environment).
+fn spawn_server(queue: &str, name: &str) -> ServerProc {
+    let broker = testing::broker();
+    let port = broker.port.to_string();
+    let args = [
+        "--host",
+        broker.host.as_str(),
+        "--port",
+        port.as_str(),
+        "--vhost",
+        broker.vhost.as_str(),
+        "--user",
+        broker.user.as_str(),
+    ];
+    ServerProc::spawn(
+        &log_dir(),
+        name,
+        queue,
+        &args,
+        &[("AMQP_PASSWORD", broker.password.as_str())],
+    )
 }
 
 /// Starts servers `<prefix>-a`, `<prefix>-b`, … on `queue` and waits until all consume it.
 fn start_servers(queue: &str, prefix: &str, count: usize) -> Vec<ServerProc> {
     let mut servers: Vec<ServerProc> = (0..count)
-        .map(|i| ServerProc::spawn(queue, &format!("{prefix}-{}", (b'a' + i as u8) as char)))
+        .map(|i| spawn_server(queue, &format!("{prefix}-{}", (b'a' + i as u8) as char)))
         .collect();
     let mut admin = Admin::connect().expect("admin connects");
     if let Err(err) = admin.wait_for_consumers(queue, count as u32) {
@@ -737,7 +649,7 @@ fn wait_for_consumers(queue: &str, consumers: u32, within: Duration) -> Result<(
 /// Stops every server with SIGTERM and checks that each exits 0 within 5 s.
 fn stop_servers(scenario: &mut Scenario, servers: &mut [ServerProc]) {
     for server in servers.iter_mut() {
-        let result = server.stop();
+        let result = server.stop(Duration::from_secs(5));
         scenario.check(result.is_ok(), || result.err().unwrap_or_default());
         let panics = server.log_count("panicked");
         scenario.check(panics == 0, || {
@@ -823,7 +735,7 @@ fn sigterm_one_of_two_servers(sc: &mut Scenario) {
         s.answers_by("term-a") >= 3 && s.answers_by("term-b") >= 3
     });
     let at_term = stream.answers();
-    let stopped = servers[0].stop();
+    let stopped = servers[0].stop(Duration::from_secs(5));
     match &stopped {
         Ok(took) => sc.note(format!(
             "term-a exited 0 {:.2}s after SIGTERM, after {at_term} answers",
