@@ -21,11 +21,6 @@ set -euo pipefail
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 
-SKIP=77
-skip() {
-    msg "skipped: $*"
-    exit "$SKIP"
-}
 
 # The same checks as scripts/cluster.sh, but a missing RabbitMQ is a skip, not a failure.
 RMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}

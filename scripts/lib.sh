@@ -9,6 +9,13 @@ cd "$REPO_ROOT" || exit 1
 
 msg() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
+# Exit status of a check that cannot run here (test.sh counts it as skipped, not failed).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+SKIP=77
+skip() {
+    msg "skipped: $*"
+    exit "$SKIP"
+}
 die() {
     printf '%s: error: %s\n' "$PROG" "$*" >&2
     exit 1

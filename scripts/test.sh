@@ -14,7 +14,7 @@ passed=0
 failed=0
 failed_stages=()
 skipped_stages=()
-SKIP=77 # a stage returning this was skipped (counted neither passed nor failed)
+# A stage returning $SKIP (77, from lib.sh) was skipped: counted neither passed nor failed.
 
 # run_stage NAME FUNCTION: run FUNCTION in a subshell with errexit in force.
 run_stage() {

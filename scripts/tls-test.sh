@@ -26,11 +26,6 @@ set -euo pipefail
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 
-SKIP=77
-skip() {
-    msg "skipped: $*"
-    exit "$SKIP"
-}
 
 PLAIN_PORT=${TLS_TEST_PORT:-5690}
 if ! [[ $PLAIN_PORT =~ ^[1-9][0-9]*$ ]] || ((PLAIN_PORT > 45534)); then

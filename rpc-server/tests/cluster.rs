@@ -27,14 +27,14 @@
 
 mod common;
 
-use common::ServerProc;
+use common::{expected, lock, ServerProc};
 use rpc_client::testing::{Admin, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -68,22 +68,6 @@ const AFTER: u8 = 2;
 /// wrong caller is a wrong answer.
 fn caller_n(caller: usize, k: u64) -> u64 {
     BASE_N - 2 * caller as u64 - k % 2
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// fib(n) in decimal, computed once per n.
-fn expected(n: u64) -> Arc<String> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<String>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(value) = lock(cache).get(&n) {
-        return Arc::clone(value);
-    }
-    let value = Arc::new(rpc_server::fib::fib_decimal(n));
-    lock(cache).insert(n, Arc::clone(&value));
-    value
 }
 
 /// `items` rotated to start at `start`.

@@ -23,7 +23,7 @@
 mod common;
 
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
-use common::ServerProc;
+use common::{expected, lock, ServerProc};
 use rpc_client::error::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ERROR_HEADER};
@@ -35,7 +35,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -55,23 +55,6 @@ const OUTAGE: Duration = Duration::from_secs(2);
 /// delivered to the wrong caller is a wrong answer.
 fn slow_n(caller: usize, k: u64) -> u64 {
     SLOW_N - 2 * caller as u64 - k % 2
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// fib(n) in decimal, computed once per n. (The same code as the server's: this checks that
-/// each caller receives its own answer intact; the arithmetic is tested in tests/rpc.rs.)
-fn expected(n: u64) -> Arc<String> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<String>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(value) = lock(cache).get(&n) {
-        return Arc::clone(value);
-    }
-    let value = Arc::new(rpc_server::fib::fib_decimal(n));
-    lock(cache).insert(n, Arc::clone(&value));
-    value
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,12 +1,33 @@
-//! What the process-level tests (`faults.rs`, `cluster.rs`) share: `rpc-server` processes.
+//! What the process-level tests (`faults.rs`, `cluster.rs`) share: `rpc-server` processes,
+//! the expected answers, a poison-tolerant lock.
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 use rpc_client::testing;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Locks `mutex`, also after a panic in another caller thread (the test reports that).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// fib(n) in decimal, computed once per n. (The same code as the server's: this checks that
+/// each caller receives its own answer intact; the arithmetic is tested in tests/rpc.rs.)
+pub fn expected(n: u64) -> Arc<String> {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(value) = lock(cache).get(&n) {
+        return Arc::clone(value);
+    }
+    let value = Arc::new(rpc_server::fib::fib_decimal(n));
+    lock(cache).insert(n, Arc::clone(&value));
+    value
+}
 
 /// Environment variables the binary reads; cleared so only what a test passes applies.
 const INHERITED: [&str; 9] = [
