@@ -10,7 +10,8 @@
 //! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
 
 use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish};
-use rpc_client::connection::{callback_queue, connect, consume};
+use rpc_client::connection::connect;
+use rpc_client::consume::{callback_queue, consume};
 use rpc_client::testing::{broker, unique_name, Admin};
 use std::time::Instant;
 

@@ -1,6 +1,7 @@
-//! `rpc-client bench`: many calls of one fib(n), throughput and latency percentiles.
+//! `rpc-client bench`: many calls of one fib(n), throughput and latency percentiles, printed as
+//! prose or as one TSV row.
 
-use crate::client::FibonacciRpcClient;
+use crate::client::{FibonacciRpcClient, ReplyQueue};
 use crate::error::Error;
 use hdrhistogram::Histogram;
 use std::io::{IsTerminal, Write};
@@ -54,6 +55,50 @@ impl BenchReport {
     }
 }
 
+impl BenchReport {
+    /// Writes the report for `options` and `reply_queue`: two lines of prose, or with `tsv` a
+    /// header line and one row of tab-separated values (for scripts).
+    pub fn write(
+        &self,
+        out: &mut dyn Write,
+        options: &BenchOptions,
+        reply_queue: ReplyQueue,
+        tsv: bool,
+    ) -> std::io::Result<()> {
+        let reply_queue = match reply_queue {
+            ReplyQueue::Exclusive => "exclusive",
+            ReplyQueue::Direct => "direct",
+        };
+        let (p50, p90, p99, max) = (
+            self.latency_ms(0.5),
+            self.latency_ms(0.9),
+            self.latency_ms(0.99),
+            self.max_ms(),
+        );
+        let (calls, n, in_flight) = (self.calls, options.n, options.in_flight);
+        let (seconds, rate, errors) = (self.elapsed.as_secs_f64(), self.rate(), self.errors);
+        if tsv {
+            writeln!(
+                out,
+                "calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors"
+            )?;
+            writeln!(
+                out,
+                "{calls}\t{in_flight}\t{reply_queue}\t{n}\t{seconds:.3}\t{rate:.0}\t{p50:.3}\t{p90:.3}\t{p99:.3}\t{max:.3}\t{errors}",
+            )
+        } else {
+            writeln!(
+                out,
+                "bench: {calls} calls of fib({n}), {in_flight} in flight, {reply_queue} reply queue"
+            )?;
+            writeln!(
+                out,
+                "bench: {rate:.0} calls/s ({seconds:.3} s); latency ms p50 {p50:.3} p90 {p90:.3} p99 {p99:.3} max {max:.3}; errors {errors}"
+            )
+        }
+    }
+}
+
 /// Runs the warm-up, then the timed calls, over `client`.
 pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<BenchReport, Error> {
     let mut expected: Option<String> = None;
@@ -63,8 +108,9 @@ pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<Be
         first_error: None,
         elapsed: Duration::ZERO,
         // 1 µs to 1 hour at 3 significant digits.
+        // Constant, valid bounds: this cannot fail.
         latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .map_err(|e| Error::Config(format!("histogram: {e}")))?,
+            .expect("1 µs to 1 h at 3 digits is a valid histogram"),
     };
     let n = options.n;
     client.call_many(

@@ -8,10 +8,10 @@
 //! message) are discarded. [`FibonacciRpcClient::call_many`] keeps several calls in flight and
 //! matches replies to calls by their ids.
 
-use crate::config::BrokerOptions;
-use crate::connection;
 use crate::error::Error;
+use crate::uri::BrokerOptions;
 use crate::wire;
+use crate::{connection, consume};
 use amiquip::{Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish, Return};
 use crossbeam_channel::{select, Receiver};
 use std::collections::{HashMap, VecDeque};
@@ -108,11 +108,11 @@ impl FibonacciRpcClient {
         let (mut connection, _) = connection::connect_first(&options.brokers, 0)?;
         let channel = connection.open_channel(None)?;
         let (reply_queue, replies) = match options.reply_queue {
-            ReplyQueue::Exclusive => connection::callback_queue(&channel)?,
+            ReplyQueue::Exclusive => consume::callback_queue(&channel)?,
             // Direct reply-to requires no-ack consuming on the channel that publishes.
             ReplyQueue::Direct => (
                 DIRECT_REPLY_TO.to_string(),
-                connection::consume(
+                consume::consume(
                     &channel,
                     DIRECT_REPLY_TO,
                     ConsumerOptions {

@@ -1,46 +1,46 @@
-//! Opening an AMQP connection with `TCP_NODELAY` and a connect timeout.
+//! Opening an AMQP connection with `TCP_NODELAY` and a connect timeout, to one broker or to the
+//! first of several that answers.
 //!
 //! amiquip's `Connection::insecure_open` leaves Nagle's algorithm on; a request/reply protocol
 //! then waits for the peer's delayed ACK on every round trip (measured: about 20–25 sequential
 //! calls/s instead of thousands). So we open the TCP stream ourselves, with a timeout, switch
 //! Nagle off and hand the stream to amiquip.
 
-use crate::config::BrokerOptions;
 use crate::error::Error;
-use amiquip::{
-    Auth, Channel, Connection, ConnectionOptions, ConnectionTuning, ConsumerMessage,
-    ConsumerOptions, QueueDeclareOptions,
-};
-use crossbeam_channel::Receiver;
+use crate::tls::{self, TlsError};
+use crate::uri::BrokerOptions;
+use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
+use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
 /// Connects and logs in to the broker described by `options`.
 ///
 /// Tries every address the host resolves to, in order, each with `options.connect_timeout`
 /// for the TCP connect and again for the AMQP handshake. Errors name the masked URI.
 pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
-    let fail = |reason: String| Error::Connect {
+    let fail = |reason: Failure| Error::Connect {
         uri: options.display_uri(),
-        reason,
+        reason: reason.to_string(),
     };
     let addrs: Vec<SocketAddr> = (options.host.as_str(), options.port)
         .to_socket_addrs()
-        .map_err(|e| fail(format!("cannot resolve host '{}': {e}", options.host)))?
+        .map_err(|e| fail(Failure::Resolve(options.host.clone(), e)))?
         .collect();
-    let mut last_error = format!("host '{}' has no address", options.host);
+    let mut last = Failure::NoAddress(options.host.clone());
     for addr in addrs {
         match open(addr, options) {
             Ok(connection) => {
                 log::debug!("connected to {options} ({addr})");
                 return Ok(connection);
             }
-            Err(reason) => {
-                log::debug!("connecting to {addr} failed: {reason}");
-                last_error = reason;
+            Err(failure) => {
+                log::debug!("connecting to {addr} failed: {failure}");
+                last = failure;
             }
         }
     }
-    Err(fail(last_error))
+    Err(fail(last))
 }
 
 /// Connects to the first broker of `brokers` that answers, trying them in order starting at
@@ -51,6 +51,9 @@ pub fn connect_first(
     start: usize,
 ) -> Result<(Connection, usize), Error> {
     let count = brokers.len();
+    if count == 0 {
+        return Err(Error::Config("no broker to connect to".into()));
+    }
     let mut reasons = Vec::new();
     for offset in 0..count {
         let index = (start + offset) % count;
@@ -69,19 +72,65 @@ pub fn connect_first(
     })
 }
 
-fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String> {
+/// Why one address could not be connected to.
+enum Failure {
+    Resolve(String, std::io::Error),
+    NoAddress(String),
+    TcpTimeout(SocketAddr, Duration),
+    Tcp(SocketAddr, std::io::Error),
+    Socket(&'static str, std::io::Error),
+    Tls(TlsError),
+    TlsHandshake(String, String),
+    LoginRefused(String),
+    HandshakeTimeout(Duration),
+    VhostRefused { vhost: String, user: String },
+    Amqp(amiquip::Error),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Resolve(host, e) => write!(f, "cannot resolve host '{host}': {e}"),
+            Failure::NoAddress(host) => write!(f, "host '{host}' has no address"),
+            Failure::TcpTimeout(addr, limit) => write!(
+                f,
+                "no answer from {addr} within {:.1}s",
+                limit.as_secs_f64()
+            ),
+            Failure::Tcp(addr, e) => write!(f, "{addr}: {e}"),
+            Failure::Socket(what, e) => write!(f, "cannot {what}: {e}"),
+            Failure::Tls(e) => e.fmt(f),
+            Failure::TlsHandshake(host, e) => write!(f, "TLS handshake with '{host}' failed: {e}"),
+            Failure::LoginRefused(user) => write!(
+                f,
+                "login refused for user '{user}' (check the user name and password)"
+            ),
+            Failure::HandshakeTimeout(limit) => write!(
+                f,
+                "no AMQP handshake within {:.1}s (is this a RabbitMQ port?)",
+                limit.as_secs_f64()
+            ),
+            Failure::VhostRefused { vhost, user } => {
+                write!(f, "access to vhost '{vhost}' refused for user '{user}'")
+            }
+            Failure::Amqp(e) => e.fmt(f),
+        }
+    }
+}
+
+fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, Failure> {
     let stream =
         TcpStream::connect_timeout(&addr, options.connect_timeout).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => format!(
-                "no answer from {addr} within {:.1}s",
-                options.connect_timeout.as_secs_f64()
-            ),
-            _ => format!("{addr}: {e}"),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                Failure::TcpTimeout(addr, options.connect_timeout)
+            }
+            _ => Failure::Tcp(addr, e),
         })?;
     stream
         .set_nodelay(true)
-        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    let stream = mio::net::TcpStream::from_stream(stream).map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Socket("set TCP_NODELAY", e))?;
+    let stream = mio::net::TcpStream::from_stream(stream)
+        .map_err(|e| Failure::Socket("register the socket", e))?;
     let amqp_options = ConnectionOptions::<Auth>::default()
         .auth(Auth::Plain {
             username: options.user.clone(),
@@ -92,7 +141,7 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
         .connection_timeout(Some(options.connect_timeout))
         .information(Some(options.client_name.clone()));
     let opened = if options.tls {
-        let connector = tls_connector(options)?;
+        let connector = tls::connector(options.tls_ca.as_deref()).map_err(Failure::Tls)?;
         Connection::open_tls_stream(
             connector,
             &options.host,
@@ -105,96 +154,14 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, String>
     };
     opened.map_err(|err| match err {
         amiquip::Error::TlsHandshake { source } => {
-            format!("TLS handshake with '{}' failed: {source}", options.host)
+            Failure::TlsHandshake(options.host.clone(), source.to_string())
         }
-        amiquip::Error::InvalidCredentials => format!(
-            "login refused for user '{}' (check the user name and password)",
-            options.user
-        ),
-        amiquip::Error::ConnectionTimeout => format!(
-            "no AMQP handshake within {:.1}s (is this a RabbitMQ port?)",
-            options.connect_timeout.as_secs_f64()
-        ),
-        amiquip::Error::ServerClosedConnection { code: 530, .. } => format!(
-            "access to vhost '{}' refused for user '{}'",
-            options.vhost, options.user
-        ),
-        other => other.to_string(),
-    })
-}
-
-/// A TLS connector trusting the system's CAs plus `options.tls_ca`; names are checked.
-fn tls_connector(options: &BrokerOptions) -> Result<native_tls::TlsConnector, String> {
-    let mut builder = native_tls::TlsConnector::builder();
-    if let Some(path) = &options.tls_ca {
-        for certificate in load_ca(path)? {
-            builder.add_root_certificate(certificate);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot set up TLS: {e}"))
-}
-
-/// Reads every certificate of a PEM file (a CA bundle may hold several).
-pub fn load_ca(path: &std::path::Path) -> Result<Vec<native_tls::Certificate>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read --tls-ca {}: {e}", path.display()))?;
-    let certificates = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-        format!(
-            "--tls-ca {} is not a PEM certificate file: {e}",
-            path.display()
-        )
-    })?;
-    if certificates.is_empty() {
-        return Err(format!("--tls-ca {} holds no certificate", path.display()));
-    }
-    Ok(certificates)
-}
-
-/// Declares a callback queue (exclusive, auto-delete, named by the broker) and consumes it
-/// without acks; returns its name and the receiver of the replies that arrive on it.
-pub fn callback_queue(
-    channel: &Channel,
-) -> Result<(String, Receiver<ConsumerMessage>), amiquip::Error> {
-    let name = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-        )?
-        .name()
-        .to_string();
-    let replies = consume(
-        channel,
-        &name,
-        ConsumerOptions {
-            no_ack: true,
-            exclusive: true,
-            ..ConsumerOptions::default()
+        amiquip::Error::InvalidCredentials => Failure::LoginRefused(options.user.clone()),
+        amiquip::Error::ConnectionTimeout => Failure::HandshakeTimeout(options.connect_timeout),
+        amiquip::Error::ServerClosedConnection { code: 530, .. } => Failure::VhostRefused {
+            vhost: options.vhost.clone(),
+            user: options.user.clone(),
         },
-    )?;
-    Ok((name, replies))
-}
-
-/// Starts consuming `queue` on `channel` and returns the receiver of its messages.
-///
-/// amiquip's `Consumer` borrows its channel and cancels itself when dropped, and amiquip's I/O
-/// thread treats a consumer whose receiver is gone as a fatal connection error (it can still be
-/// delivering, or sending `ClientCancelled`, after a cancel returns). So instead of a
-/// `Consumer`, callers get a receiver they can keep next to the channel in one struct; the
-/// subscription ends when the channel or connection closes. What stays allocated is the
-/// consumer tag and a receiver handle, once per call of this function.
-pub fn consume(
-    channel: &Channel,
-    queue: &str,
-    options: ConsumerOptions,
-) -> Result<Receiver<ConsumerMessage>, amiquip::Error> {
-    let consumer = channel.basic_consume(queue, options)?;
-    let receiver = consumer.receiver().clone();
-    std::mem::forget(consumer);
-    Ok(receiver)
+        other => Failure::Amqp(other),
+    })
 }

@@ -1,4 +1,5 @@
-//! The ways a call can fail, and the exit code the `rpc-client` binary gives each.
+//! The ways a call can fail ([`Error`]), and the exit code the `rpc-client` binary gives each
+//! ([`exit_code`]).
 //!
 //! Library users match on [`Error`]; the binary maps it to a process exit code with
 //! [`Error::exit_code`] so scripts can tell "no broker" from "no answer" from "bad request".
@@ -6,10 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Process exit codes of `rpc-client` (also listed in the README).
+/// Process exit codes of `rpc-client`, defined once: `--help` prints [`exit_code::TABLE`] and a
+/// test checks that the README's table says the same.
 pub mod exit_code {
-    /// Every call was answered with a result.
-    pub const OK: u8 = 0;
     /// Anything not covered below, e.g. a reply that is not a number.
     pub const OTHER: u8 = 1;
     /// Bad command-line arguments (clap's own usage errors use 2 as well).
@@ -22,6 +22,44 @@ pub mod exit_code {
     pub const SERVER_ERROR: u8 = 5;
     /// The request could not be routed: no queue of that name exists (no server ever ran).
     pub const NO_ROUTE: u8 = 6;
+
+    /// Every exit code of `rpc-client` with its meaning (Markdown), as the README lists them.
+    pub const TABLE: &[(u8, &str)] = &[
+        (0, "every call answered"),
+        (OTHER, "other error, e.g. a reply that is not a number"),
+        (USAGE, "bad arguments (`-1`, `abc`, a malformed `--uri`, …)"),
+        (CONNECTION, "broker unreachable, login refused, or connection lost"),
+        (
+            TIMEOUT,
+            "no reply within `--timeout` (the message says whether the queue has a consumer)",
+        ),
+        (
+            SERVER_ERROR,
+            "the server answered with an error reply (e.g. n above its `--max-n`)",
+        ),
+        (
+            NO_ROUTE,
+            "no request queue of that name: the request was returned unroutable (no server ever ran)",
+        ),
+    ];
+
+    /// `table` as the "Exit codes:" section of `--help`.
+    pub fn help(table: &[(u8, &str)]) -> String {
+        let mut text = String::from("Exit codes:");
+        for (code, meaning) in table {
+            text.push_str(&format!("\n  {code}  {}", meaning.replace('`', "")));
+        }
+        text
+    }
+
+    /// `table` as the README's Markdown table.
+    pub fn markdown(table: &[(u8, &str)]) -> String {
+        let mut text = String::from("| code | meaning |\n|---:|---|");
+        for (code, meaning) in table {
+            text.push_str(&format!("\n| {code} | {meaning} |"));
+        }
+        text
+    }
 }
 
 /// Why connecting or calling failed.
@@ -155,5 +193,29 @@ fn classify(err: &amiquip::Error) -> Option<String> {
         | E::EventLoopClientDropped
         | E::IoThreadPanic => Some(err.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    #[test]
+    fn readme_lists_the_exit_codes() {
+        let readme = include_str!("../../README.md");
+        let table = exit_code::markdown(exit_code::TABLE);
+        assert!(
+            readme.contains(&table),
+            "README.md must hold this table, as written:\n{table}"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_code() {
+        let help = exit_code::help(exit_code::TABLE);
+        for (code, _) in exit_code::TABLE {
+            assert!(help.contains(&format!("\n  {code}  ")), "{help}");
+        }
+        assert!(!help.contains('`'));
     }
 }

@@ -2,15 +2,28 @@
 //!
 //! # Layout
 //!
+//! Calling:
 //! - [`client`]: [`FibonacciRpcClient`], one connection making calls and matching replies by
 //!   correlation id.
-//! - [`bench`]: `rpc-client bench`, throughput and latency percentiles of many calls.
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies), used by the server crate too.
-//! - [`config`]: broker flags, `amqp://` URIs and password masking.
-//! - [`connection`]: opening a connection with `TCP_NODELAY` and a connect timeout.
-//! - [`error`]: [`Error`] and the exit codes of `rpc-client`.
-//! - [`logging`]: `-v`/`-q` and the stderr logger.
+//! - [`error`]: [`Error`] and the exit codes of `rpc-client` ([`error::exit_code`]).
+//!
+//! Reaching the broker (shared with `rpc-server`):
+//! - [`uri`]: [`BrokerOptions`], `amqp://` URIs and password masking.
+//! - [`connection`]: opening a connection (TCP_NODELAY, connect timeout, first of several
+//!   brokers).
+//! - [`tls`]: CA files and the TLS connector for `amqps://`.
+//! - [`consume`]: consuming a queue; the client's callback queue.
+//! - [`random`]: shuffling brokers and jittering backoff.
+//!
+//! The command line (shared flags, then `rpc-client`'s own):
+//! - [`args`]: broker, log and `--generate` flags of both binaries; the only module that knows
+//!   flag names.
+//! - [`logging`]: the stderr logger; callers name their own log targets.
+//! - [`cli`]: `rpc-client`'s command line and [`cli::run`].
+//! - [`output`]: results printed in argument order.
+//! - [`bench`]: `rpc-client bench`, throughput and latency percentiles.
 //! - `testing` (feature `test-support`): helpers for tests against a real broker.
 //!
 //! ```no_run
@@ -21,16 +34,23 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod args;
 pub mod bench;
+pub mod cli;
 pub mod client;
-pub mod config;
 pub mod connection;
+pub mod consume;
 pub mod error;
 pub mod logging;
+pub mod output;
+pub mod random;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tls;
+pub mod uri;
 pub mod wire;
 
+pub use args::BrokerArgs;
 pub use client::{ClientOptions, FibonacciRpcClient, Reply, ReplyQueue};
-pub use config::{BrokerArgs, BrokerOptions};
 pub use error::Error;
+pub use uri::BrokerOptions;

@@ -4,9 +4,9 @@
 //! them when done ([`QueueGuard`]) and poll conditions with a deadline ([`wait_until`])
 //! instead of sleeping.
 
-use crate::config::BrokerOptions;
 use crate::connection;
 use crate::error::Error;
+use crate::uri::BrokerOptions;
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
     QueueDeleteOptions,

@@ -34,7 +34,7 @@ impl Responder {
         let handle = std::thread::spawn(move || {
             let admin = Admin::connect().expect("responder connects");
             admin.declare(&queue_name, false).expect("declare");
-            let requests = rpc_client::connection::consume(
+            let requests = rpc_client::consume::consume(
                 admin.channel(),
                 &queue_name,
                 ConsumerOptions::default(),

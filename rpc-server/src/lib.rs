@@ -2,18 +2,31 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: [`run`], the consume loop (reply, then ack) with a caller-supplied shutdown
-//!   signal (Ctrl-C/SIGTERM in `main`, a channel in tests).
+//! - [`server`]: [`run`], the consume loop (reply, then ack; reconnect after a loss) with a
+//!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests).
+//! - [`handler`]: the reply to one request body: fib(n), or an error reply.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
-//! - [`config`]: [`ServerOptions`] and how the request queue is declared.
+//! - [`queue`]: making sure the request queue exists, declared from the options if not.
+//! - [`ack`]: acking answered requests several at a time.
+//! - [`reconnect`]: backoff between connection attempts, and when to give up.
+//! - [`options`]: [`ServerOptions`] and [`QueueType`].
+//! - [`error`]: [`Error`] and the exit codes of `rpc-server`.
+//! - [`cli`]: `rpc-server`'s command line and [`cli::run`] (signals, logging).
 //!
 //! The wire contract, broker options and connection code live in the `rpc-client` crate
-//! (`rpc_client::wire`, `rpc_client::config`, `rpc_client::connection`), shared by both.
+//! (`rpc_client::wire`, `rpc_client::uri`, `rpc_client::connection`), shared by both.
 #![deny(missing_docs)]
 
-pub mod config;
+pub mod ack;
+pub mod cli;
+pub mod error;
 pub mod fib;
+pub mod handler;
+pub mod options;
+pub mod queue;
+pub mod reconnect;
 pub mod server;
 
-pub use config::{QueueType, ServerOptions};
+pub use error::Error;
+pub use options::{QueueType, ServerOptions};
 pub use server::{run, Stats};

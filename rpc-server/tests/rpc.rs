@@ -15,12 +15,12 @@ use std::time::Duration;
 /// A server running `rpc_server::run` on a thread, stopped through its shutdown channel.
 struct TestServer {
     stop: Sender<()>,
-    handle: JoinHandle<anyhow::Result<Stats>>,
+    handle: JoinHandle<Result<Stats, rpc_server::Error>>,
 }
 
 impl TestServer {
     fn start(options: ServerOptions) -> TestServer {
-        rpc_client::logging::LogArgs::default().init(log::LevelFilter::Warn);
+        rpc_client::logging::init(log::LevelFilter::Warn, &[]);
         let (stop, shutdown) = crossbeam_channel::bounded(1);
         let handle = std::thread::spawn(move || rpc_server::run(&options, shutdown));
         TestServer { stop, handle }
@@ -187,7 +187,7 @@ fn raw_round_trip(
     requests: &[(&[u8], bool)],
 ) -> Vec<(AmqpProperties, Vec<u8>)> {
     let (reply_queue, consumer) =
-        rpc_client::connection::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
     let mut expected = 0;
     for (i, (body, with_reply_to)) in requests.iter().enumerate() {
         let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
@@ -324,7 +324,7 @@ fn direct_reply_to_callers_are_served() {
     let servers = start_servers(queue.name(), 1);
     let admin = Admin::connect().expect("admin");
     let channel = admin.channel();
-    let consumer = rpc_client::connection::consume(
+    let consumer = rpc_client::consume::consume(
         channel,
         "amq.rabbitmq.reply-to",
         ConsumerOptions {

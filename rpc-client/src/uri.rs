@@ -1,10 +1,10 @@
-//! Where the broker is and how to log in: command-line flags, `amqp://` URIs and password masking.
+//! Where the broker is and how to log in: [`BrokerOptions`], `amqp://` URIs and password
+//! masking.
 //!
-//! Both binaries take the same broker flags ([`BrokerArgs`]); they resolve to one
-//! [`BrokerOptions`], which is what [`crate::connection::connect`] needs. Anything that prints a
-//! broker address prints [`BrokerOptions::display_uri`] or [`mask_uri`], never the password.
+//! [`BrokerOptions`] is what [`crate::connection::connect`] needs; the command-line flags that
+//! fill it are in [`crate::args`]. Anything that prints a broker address prints
+//! [`BrokerOptions::display_uri`] or [`mask_uri`], never the password.
 
-use anyhow::{bail, Context as _};
 use std::fmt;
 use std::time::Duration;
 
@@ -13,131 +13,6 @@ pub const DEFAULT_PORT: u16 = 5672;
 
 /// The RabbitMQ default AMQP-over-TLS port.
 pub const DEFAULT_TLS_PORT: u16 = 5671;
-
-/// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
-#[derive(Debug, Clone, clap::Args)]
-pub struct BrokerArgs {
-    /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
-    /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
-    /// that answers is used, and the next one after a connection loss.
-    #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI", global = true,
-          value_delimiter = ',', conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
-    pub uri: Vec<String>,
-
-    /// Try the URIs in random order (spreads many processes over a cluster's nodes).
-    #[arg(long, global = true)]
-    pub shuffle: bool,
-
-    /// Broker host name or IP address.
-    #[arg(long, env = "AMQP_HOST", default_value = "localhost", global = true)]
-    pub host: String,
-
-    /// Broker AMQP port.
-    #[arg(long, env = "AMQP_PORT", default_value_t = DEFAULT_PORT, global = true)]
-    pub port: u16,
-
-    /// Virtual host.
-    #[arg(long, env = "AMQP_VHOST", default_value = "/", global = true)]
-    pub vhost: String,
-
-    /// User name.
-    #[arg(long, env = "AMQP_USER", default_value = "guest", global = true)]
-    pub user: String,
-
-    /// Password (prefer the AMQP_PASSWORD variable: flags show up in `ps`).
-    #[arg(
-        long,
-        env = "AMQP_PASSWORD",
-        hide_env_values = true,
-        default_value = "guest",
-        hide_default_value = true
-    )]
-    pub password: String,
-
-    /// Use TLS (implied by an amqps:// URI; the default port becomes 5671).
-    #[arg(long, global = true)]
-    pub tls: bool,
-
-    /// PEM file with the CA certificate(s) that signed the broker's certificate, trusted in
-    /// addition to the system's. Server names are always checked.
-    #[arg(long, env = "AMQP_TLS_CA", value_name = "FILE", global = true)]
-    pub tls_ca: Option<std::path::PathBuf>,
-
-    /// Seconds to wait for the TCP connection and the AMQP handshake.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds,
-          global = true)]
-    pub connect_timeout: Duration,
-}
-
-impl BrokerArgs {
-    /// Resolves the flags (or the URIs) into the list of brokers to try, in order.
-    pub fn to_options(&self) -> anyhow::Result<Vec<BrokerOptions>> {
-        let mut brokers = if self.uri.is_empty() {
-            vec![BrokerOptions {
-                host: self.host.clone(),
-                port: if self.tls && self.port == DEFAULT_PORT {
-                    DEFAULT_TLS_PORT
-                } else {
-                    self.port
-                },
-                vhost: self.vhost.clone(),
-                user: self.user.clone(),
-                password: self.password.clone(),
-                tls: self.tls,
-                ..BrokerOptions::default()
-            }]
-        } else {
-            self.uri
-                .iter()
-                .map(|uri| uri.trim())
-                .filter(|uri| !uri.is_empty())
-                .map(BrokerOptions::from_uri)
-                .collect::<anyhow::Result<Vec<_>>>()?
-        };
-        if brokers.is_empty() {
-            bail!("--uri / AMQP_URI holds no URI");
-        }
-        if let Some(path) = &self.tls_ca {
-            // Fail at start-up, not at every connection attempt.
-            crate::connection::load_ca(path).map_err(anyhow::Error::msg)?;
-        }
-        for options in &mut brokers {
-            options.connect_timeout = self.connect_timeout;
-            options.tls_ca.clone_from(&self.tls_ca);
-            if options.tls_ca.is_some() && !options.tls {
-                bail!("--tls-ca needs TLS: use an amqps:// URI or --tls");
-            }
-            if options.host.is_empty() {
-                bail!("the broker host is empty");
-            }
-        }
-        if self.shuffle {
-            shuffle(&mut brokers);
-        }
-        Ok(brokers)
-    }
-}
-
-/// Fisher-Yates with the standard library's randomly seeded hasher as the source.
-fn shuffle<T>(items: &mut [T]) {
-    use std::hash::{BuildHasher, Hasher};
-    let state = std::collections::hash_map::RandomState::new();
-    for i in (1..items.len()).rev() {
-        let mut hasher = state.build_hasher();
-        hasher.write_usize(i);
-        let j = (hasher.finish() % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
-}
-
-/// The masked URIs of `brokers`, comma-separated, for messages.
-pub fn display_list(brokers: &[BrokerOptions]) -> String {
-    brokers
-        .iter()
-        .map(BrokerOptions::display_uri)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Everything needed to open an AMQP connection.
 ///
@@ -193,8 +68,11 @@ impl BrokerOptions {
     /// are percent-decoded (`/%2F` and an empty path both mean the vhost `/`). The query
     /// parameters `heartbeat` (seconds) and `connection_timeout` (milliseconds) are understood.
     /// `amqps://` selects TLS and the default port 5671.
-    pub fn from_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
-        parse_uri(uri).with_context(|| format!("invalid broker URI '{}'", mask_uri(uri)))
+    pub fn from_uri(uri: &str) -> Result<BrokerOptions, UriError> {
+        parse_uri(uri).map_err(|problem| UriError {
+            uri: mask_uri(uri),
+            problem,
+        })
     }
 
     /// The options as a URI with the password masked, for logs and error messages.
@@ -232,7 +110,8 @@ impl fmt::Debug for BrokerOptions {
     }
 }
 
-fn parse_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
+fn parse_uri(uri: &str) -> Result<BrokerOptions, UriProblem> {
+    use UriProblem as P;
     let mut options = BrokerOptions::default();
     let rest = if let Some(rest) = uri.strip_prefix("amqp://") {
         rest
@@ -241,7 +120,7 @@ fn parse_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
         options.port = DEFAULT_TLS_PORT;
         rest
     } else {
-        bail!("expected a URI starting with amqp:// or amqps://");
+        return Err(P::Scheme);
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -257,23 +136,21 @@ fn parse_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
                 Some((user, password)) => (user, Some(password)),
                 None => (userinfo, None),
             };
-            options.user = percent_decode(user).context("bad user name")?;
+            options.user = percent_decode(user, "user name")?;
             if let Some(password) = password {
-                options.password = percent_decode(password).context("bad password")?;
+                options.password = percent_decode(password, "password")?;
             }
             host_port
         }
         None => authority,
     };
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .context("unclosed '[' in IPv6 host")?;
+        let (host, after) = bracketed.split_once(']').ok_or(P::UnclosedBracket)?;
         match after {
             "" => (host, None),
             _ => match after.strip_prefix(':') {
                 Some(port) => (host, Some(port)),
-                None => bail!("unexpected text after ']'"),
+                None => return Err(P::AfterBracket),
             },
         }
     } else {
@@ -283,35 +160,88 @@ fn parse_uri(uri: &str) -> anyhow::Result<BrokerOptions> {
         }
     };
     if !host.is_empty() {
-        options.host = percent_decode(host).context("bad host")?;
+        options.host = percent_decode(host, "host")?;
     }
     if let Some(port) = port {
-        options.port = port.parse().with_context(|| format!("bad port '{port}'"))?;
+        options.port = port.parse().map_err(|_| P::Port(port.to_string()))?;
     }
     if let Some(path) = path {
         if !path.is_empty() {
-            options.vhost = percent_decode(path).context("bad vhost")?;
+            options.vhost = percent_decode(path, "vhost")?;
         }
     }
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || P::Parameter {
+            name: key.to_string(),
+            value: value.to_string(),
+        };
         match key {
-            "heartbeat" => {
-                options.heartbeat = value
-                    .parse()
-                    .with_context(|| format!("bad heartbeat '{value}'"))?;
-            }
+            "heartbeat" => options.heartbeat = value.parse().map_err(|_| bad())?,
             "connection_timeout" => {
-                let ms: u64 = value
-                    .parse()
-                    .with_context(|| format!("bad connection_timeout '{value}'"))?;
+                let ms: u64 = value.parse().map_err(|_| bad())?;
                 options.connect_timeout = Duration::from_millis(ms);
             }
-            other => bail!("unsupported URI parameter '{other}'"),
+            other => return Err(P::UnknownParameter(other.to_string())),
         }
     }
     Ok(options)
 }
+
+/// A broker URI that cannot be used: the URI (password masked) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriError {
+    /// The URI as given, with its password masked.
+    pub uri: String,
+    /// What is wrong with it.
+    pub problem: UriProblem,
+}
+
+/// What is wrong with a broker URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UriProblem {
+    /// Neither `amqp://` nor `amqps://`.
+    Scheme,
+    /// A `%` not followed by two hex digits, in the named part.
+    Percent(&'static str),
+    /// The named part is not UTF-8 once percent-decoded.
+    NotUtf8(&'static str),
+    /// `[` without `]` around an IPv6 host.
+    UnclosedBracket,
+    /// Something other than `:PORT` after `]`.
+    AfterBracket,
+    /// Not a port number.
+    Port(String),
+    /// A known query parameter with a bad value.
+    Parameter {
+        /// The parameter.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A query parameter we do not support.
+    UnknownParameter(String),
+}
+
+impl fmt::Display for UriError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid broker URI '{}': ", self.uri)?;
+        match &self.problem {
+            UriProblem::Scheme => f.write_str("expected a URI starting with amqp:// or amqps://"),
+            UriProblem::Percent(part) => {
+                write!(f, "bad {part}: '%' must be followed by two hex digits")
+            }
+            UriProblem::NotUtf8(part) => write!(f, "bad {part}: percent-decoded text is not UTF-8"),
+            UriProblem::UnclosedBracket => f.write_str("unclosed '[' in IPv6 host"),
+            UriProblem::AfterBracket => f.write_str("unexpected text after ']'"),
+            UriProblem::Port(port) => write!(f, "bad port '{port}'"),
+            UriProblem::Parameter { name, value } => write!(f, "bad {name} '{value}'"),
+            UriProblem::UnknownParameter(name) => write!(f, "unsupported URI parameter '{name}'"),
+        }
+    }
+}
+
+impl std::error::Error for UriError {}
 
 /// Returns `uri` with the password of its user-info replaced by `****`.
 ///
@@ -341,19 +271,7 @@ pub fn mask_uri(uri: &str) -> String {
     )
 }
 
-/// Parses a positive number of seconds (`30`, `0.5`) for `--timeout`-style flags.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
-        return Err(format!("'{text}' must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn percent_decode(text: &str) -> anyhow::Result<String> {
+fn percent_decode(text: &str, part: &'static str) -> Result<String, UriProblem> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -362,7 +280,7 @@ fn percent_decode(text: &str) -> anyhow::Result<String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .context("'%' must be followed by two hex digits")?;
+                .ok_or(UriProblem::Percent(part))?;
             out.push(hex);
             i += 3;
         } else {
@@ -370,7 +288,7 @@ fn percent_decode(text: &str) -> anyhow::Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).context("percent-decoded text is not UTF-8")
+    String::from_utf8(out).map_err(|_| UriProblem::NotUtf8(part))
 }
 
 fn percent_encode(text: &str) -> String {
@@ -465,38 +383,5 @@ mod tests {
         };
         assert_eq!(o.to_string(), "amqp://guest:****@localhost:5672/%2F");
         assert!(!format!("{o:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn shuffle_keeps_every_item() {
-        let mut items: Vec<u32> = (0..50).collect();
-        shuffle(&mut items);
-        let mut sorted = items.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn several_uris() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            broker: BrokerArgs,
-        }
-        let cli = Cli::parse_from(["x", "--uri", "amqp://a:1,amqp://b:2", "--uri", "amqps://c"]);
-        let brokers = cli.broker.to_options().expect("valid");
-        let hosts: Vec<_> = brokers.iter().map(|b| (b.host.as_str(), b.port)).collect();
-        assert_eq!(hosts, [("a", 1), ("b", 2), ("c", 5671)]);
-        assert!(Cli::try_parse_from(["x", "--uri", "amqp://a", "--host", "b"]).is_err());
-    }
-
-    #[test]
-    fn seconds() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("-3").is_err());
-        assert!(parse_seconds("NaN").is_err());
-        assert!(parse_seconds("soon").is_err());
     }
 }

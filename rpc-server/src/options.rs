@@ -1,4 +1,5 @@
-//! What a server is told: broker, request queue, how to declare it, prefetch and limits.
+//! What a server is told ([`ServerOptions`]): broker, request queue, how to declare it,
+//! prefetch, limits and reconnecting.
 
 use rpc_client::{wire, BrokerOptions};
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub enum QueueType {
     Quorum,
 }
 
-/// Everything [`crate::server::run`] needs.
+/// Everything a server needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The brokers to try, in order (the nodes of a cluster, or just one). After a
@@ -38,8 +39,8 @@ pub struct ServerOptions {
     pub max_n: u64,
     /// Name sent in the `x-rpc-server` reply header and used in logs.
     pub name: String,
-    /// Consecutive failed connection attempts after which [`crate::run`] gives up;
-    /// `None` retries for ever.
+    /// Consecutive failed connection attempts after which the server gives up; `None`
+    /// retries for ever.
     pub max_retries: Option<u32>,
     /// Longest wait between two connection attempts.
     pub max_backoff: Duration,

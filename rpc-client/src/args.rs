@@ -1,0 +1,284 @@
+//! The command-line flags both binaries share: where the broker is ([`BrokerArgs`]), how much
+//! to log ([`LogArgs`]), durations ([`parse_seconds`]) and `--generate` for man pages and shell
+//! completions ([`GenerateArgs`]).
+//!
+//! This is the one module that knows flag names; the rest of the library takes plain options
+//! ([`BrokerOptions`]) and reports typed errors.
+
+use crate::error::Error;
+use crate::random::shuffle;
+use crate::tls::load_ca;
+use crate::uri::{BrokerOptions, DEFAULT_PORT, DEFAULT_TLS_PORT};
+use log::LevelFilter;
+use std::io::Write;
+use std::time::Duration;
+
+/// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
+    /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
+    /// that answers is used, and the next one after a connection loss.
+    #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI", global = true,
+          value_delimiter = ',', conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
+    pub uri: Vec<String>,
+
+    /// Try the URIs in random order (spreads many processes over a cluster's nodes).
+    #[arg(long, global = true)]
+    pub shuffle: bool,
+
+    /// Broker host name or IP address.
+    #[arg(long, env = "AMQP_HOST", default_value = "localhost", global = true)]
+    pub host: String,
+
+    /// Broker AMQP port.
+    #[arg(long, env = "AMQP_PORT", default_value_t = DEFAULT_PORT, global = true)]
+    pub port: u16,
+
+    /// Virtual host.
+    #[arg(long, env = "AMQP_VHOST", default_value = "/", global = true)]
+    pub vhost: String,
+
+    /// User name.
+    #[arg(long, env = "AMQP_USER", default_value = "guest", global = true)]
+    pub user: String,
+
+    /// Password (prefer the AMQP_PASSWORD variable: flags show up in `ps`).
+    #[arg(
+        long,
+        env = "AMQP_PASSWORD",
+        hide_env_values = true,
+        default_value = "guest",
+        hide_default_value = true,
+        global = true
+    )]
+    pub password: String,
+
+    /// Use TLS (implied by an amqps:// URI; the default port becomes 5671).
+    #[arg(long, global = true)]
+    pub tls: bool,
+
+    /// PEM file with the CA certificate(s) that signed the broker's certificate, trusted in
+    /// addition to the system's. Server names are always checked.
+    #[arg(long, env = "AMQP_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Seconds to wait for the TCP connection and the AMQP handshake.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds,
+          global = true)]
+    pub connect_timeout: Duration,
+}
+
+impl BrokerArgs {
+    /// Resolves the flags (or the URIs) into the list of brokers to try, in order. Every
+    /// connection presents itself to the broker as `client_name` (see
+    /// [`BrokerOptions::client_name`]). Errors name the flag at fault ([`Error::Config`]).
+    pub fn to_options(&self, client_name: &str) -> Result<Vec<BrokerOptions>, Error> {
+        let config = |message: String| Error::Config(message);
+        let mut brokers = if self.uri.is_empty() {
+            vec![BrokerOptions {
+                host: self.host.clone(),
+                port: if self.tls && self.port == DEFAULT_PORT {
+                    DEFAULT_TLS_PORT
+                } else {
+                    self.port
+                },
+                vhost: self.vhost.clone(),
+                user: self.user.clone(),
+                password: self.password.clone(),
+                tls: self.tls,
+                ..BrokerOptions::default()
+            }]
+        } else {
+            self.uri
+                .iter()
+                .map(|uri| uri.trim())
+                .filter(|uri| !uri.is_empty())
+                .map(|uri| BrokerOptions::from_uri(uri).map_err(|e| config(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        if brokers.is_empty() {
+            return Err(config("--uri / AMQP_URI holds no URI".into()));
+        }
+        if let Some(path) = &self.tls_ca {
+            // Fail at start-up, not at every connection attempt.
+            load_ca(path).map_err(|e| config(format!("--tls-ca: {e}")))?;
+        }
+        for options in &mut brokers {
+            options.connect_timeout = self.connect_timeout;
+            options.tls_ca.clone_from(&self.tls_ca);
+            options.client_name = client_name.to_string();
+            if options.tls_ca.is_some() && !options.tls {
+                return Err(config(
+                    "--tls-ca needs TLS: use an amqps:// URI or --tls".into(),
+                ));
+            }
+            if options.host.is_empty() {
+                return Err(config("the broker host is empty".into()));
+            }
+        }
+        if self.shuffle {
+            shuffle(&mut brokers);
+        }
+        Ok(brokers)
+    }
+}
+
+/// Verbosity flags (flatten into a clap parser). `RUST_LOG`, when set, wins over both.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct LogArgs {
+    /// More log output on stderr (repeatable: -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (repeatable: -qq).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+impl LogArgs {
+    /// The level these flags select, starting from `default`.
+    pub fn level(&self, default: LevelFilter) -> LevelFilter {
+        const LEVELS: [LevelFilter; 6] = [
+            LevelFilter::Off,
+            LevelFilter::Error,
+            LevelFilter::Warn,
+            LevelFilter::Info,
+            LevelFilter::Debug,
+            LevelFilter::Trace,
+        ];
+        let start = LEVELS.iter().position(|l| *l == default).unwrap_or(2) as i32;
+        let index = (start + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 5);
+        LEVELS[index as usize]
+    }
+}
+
+/// `--generate KIND`: print a man page or a shell completion script and exit.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct GenerateArgs {
+    /// Print a man page (man) or a completion script (complete-bash, complete-zsh,
+    /// complete-fish, complete-elvish, complete-powershell) to stdout and exit.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    /// A roff man page (`man -l -`).
+    Man,
+    /// A bash completion script.
+    CompleteBash,
+    /// A zsh completion script.
+    CompleteZsh,
+    /// A fish completion script.
+    CompleteFish,
+    /// An elvish completion script.
+    CompleteElvish,
+    /// A PowerShell completion script.
+    CompletePowershell,
+}
+
+impl Generate {
+    /// Writes what `self` names for `command` (the binary's clap definition) to `out`.
+    pub fn write(self, mut command: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+        use clap_complete::Shell;
+        let shell = match self {
+            Generate::Man => return clap_mangen::Man::new(command).render(out),
+            Generate::CompleteBash => Shell::Bash,
+            Generate::CompleteZsh => Shell::Zsh,
+            Generate::CompleteFish => Shell::Fish,
+            Generate::CompleteElvish => Shell::Elvish,
+            Generate::CompletePowershell => Shell::PowerShell,
+        };
+        let name = command.get_name().to_string();
+        clap_complete::generate(shell, &mut command, name, out);
+        Ok(())
+    }
+}
+
+/// Parses a positive number of seconds (`30`, `0.5`) for `--timeout`-style flags.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("'{text}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    #[test]
+    fn several_uris() {
+        let cli = Cli::parse_from(["x", "--uri", "amqp://a:1,amqp://b:2", "--uri", "amqps://c"]);
+        let brokers = cli.broker.to_options("test").expect("valid");
+        let hosts: Vec<_> = brokers.iter().map(|b| (b.host.as_str(), b.port)).collect();
+        assert_eq!(hosts, [("a", 1), ("b", 2), ("c", 5671)]);
+        assert!(brokers.iter().all(|b| b.client_name == "test"));
+        assert!(Cli::try_parse_from(["x", "--uri", "amqp://a", "--host", "b"]).is_err());
+    }
+
+    #[test]
+    fn bad_uri_is_a_config_error_without_the_password() {
+        let cli = Cli::parse_from(["x", "--uri", "amqp://u:secret@h:notaport"]);
+        match cli.broker.to_options("test") {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("bad port"), "{message}");
+                assert!(!message.contains("secret"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_flag_moves_the_default_port() {
+        let cli = Cli::parse_from(["x", "--tls", "--host", "h"]);
+        let brokers = cli.broker.to_options("test").expect("valid");
+        assert_eq!((brokers[0].port, brokers[0].tls), (DEFAULT_TLS_PORT, true));
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-3").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn flags_move_the_level() {
+        let args = |verbose, quiet| LogArgs { verbose, quiet };
+        assert_eq!(args(0, 0).level(LevelFilter::Info), LevelFilter::Info);
+        assert_eq!(args(1, 0).level(LevelFilter::Info), LevelFilter::Debug);
+        assert_eq!(args(9, 0).level(LevelFilter::Info), LevelFilter::Trace);
+        assert_eq!(args(0, 1).level(LevelFilter::Warn), LevelFilter::Error);
+        assert_eq!(args(0, 9).level(LevelFilter::Warn), LevelFilter::Off);
+    }
+
+    #[test]
+    fn generate_writes_man_and_completions() {
+        use clap::CommandFactory;
+        let mut man = Vec::new();
+        Generate::Man
+            .write(Cli::command().name("x"), &mut man)
+            .expect("render");
+        assert!(String::from_utf8_lossy(&man).contains("connect\\-timeout"));
+        let mut bash = Vec::new();
+        Generate::CompleteBash
+            .write(Cli::command().name("x"), &mut bash)
+            .expect("render");
+        assert!(String::from_utf8_lossy(&bash).contains("--connect-timeout"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The `rpc-server` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
+
+use crate::error::{exit_code, Error};
+use crate::handler::REQUEST_LOG;
+use crate::options::{default_name, QueueType, ServerOptions, DEFAULT_MAX_N};
+use anyhow::Context as _;
+use clap::CommandFactory;
+use log::LevelFilter;
+use rpc_client::args::{parse_seconds, BrokerArgs, GenerateArgs, LogArgs};
+use rpc_client::output::ignore_broken_pipe;
+use rpc_client::{logging, wire};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Serve Fibonacci RPC requests from a RabbitMQ queue (the tutorial-six contract).
+#[derive(Debug, clap::Parser)]
+#[command(name = "rpc-server", version, about,
+          after_help = rpc_client::error::exit_code::help(exit_code::TABLE))]
+pub struct Cli {
+    /// Request queue to consume.
+    #[arg(long, env = "RPC_QUEUE", default_value = wire::DEFAULT_QUEUE,
+          value_parser = wire::parse_queue_name)]
+    pub queue: String,
+
+    /// Type of the request queue if this server has to declare it (an existing queue is used as is).
+    #[arg(long, value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+
+    /// Declare a classic request queue durable (quorum queues always are).
+    #[arg(long)]
+    pub durable: bool,
+
+    /// Requests the broker may hand this server before it acks: 1 for slow work and fair
+    /// dispatch over several servers, higher (e.g. 50) for many fast requests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Largest n served; larger requests get an error reply.
+    #[arg(long, default_value_t = DEFAULT_MAX_N)]
+    pub max_n: u64,
+
+    /// Name put in the x-rpc-server header of replies and in logs [default: HOSTNAME-PID].
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Give up after this many consecutive failed connection attempts [default: never].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+
+    /// Longest wait between two connection attempts, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub max_backoff: Duration,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub generate: GenerateArgs,
+}
+
+impl Cli {
+    /// The server's options from the flags.
+    pub fn to_options(&self) -> Result<ServerOptions, Error> {
+        let name = self.name.clone().unwrap_or_else(default_name);
+        let client_name = format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION"));
+        Ok(ServerOptions {
+            brokers: self.broker.to_options(&client_name)?,
+            queue: self.queue.clone(),
+            queue_type: self.queue_type,
+            durable: self.durable,
+            prefetch: self.prefetch,
+            max_n: self.max_n,
+            name,
+            max_retries: self.max_retries,
+            max_backoff: self.max_backoff,
+        })
+    }
+
+    /// The log level, and the level of the per-request lines: `-q` drops only those, `-qq`
+    /// leaves warnings and errors.
+    pub fn log_levels(&self) -> (LevelFilter, LevelFilter) {
+        match self.log.quiet {
+            1 => (LevelFilter::Info, LevelFilter::Off),
+            _ => {
+                let level = self.log.level(LevelFilter::Info);
+                (level, level)
+            }
+        }
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM (or prints what `--generate` asks for). A first
+/// signal asks for a clean stop; a second one exits at once with [`exit_code::FORCED`].
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(kind) = cli.generate.generate {
+        return Ok(ignore_broken_pipe(
+            kind.write(Cli::command(), &mut std::io::stdout().lock()),
+        )?);
+    }
+    let (level, requests) = cli.log_levels();
+    logging::init(
+        level,
+        &[
+            ("rpc_client", level),
+            ("rpc_server", level),
+            (REQUEST_LOG, requests),
+        ],
+    );
+    let options = cli.to_options()?;
+    let (stop, shutdown) = crossbeam_channel::bounded(1);
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) > 0 {
+            eprintln!("rpc-server: second signal, exiting now");
+            std::process::exit(exit_code::FORCED.into());
+        }
+        let _ = stop.try_send(());
+    })
+    .context("cannot install the signal handler")?;
+    crate::run(&options, shutdown)?;
+    Ok(())
+}
+
+/// The exit code for an error [`run`] returned.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<Error>() {
+        Some(Error::Config(_)) => exit_code::USAGE,
+        _ => exit_code::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        // clap checks its definition only when it parses, and only in debug builds.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_renders() {
+        let mut page = Vec::new();
+        rpc_client::args::Generate::Man
+            .write(Cli::command(), &mut page)
+            .expect("render");
+        assert!(String::from_utf8_lossy(&page).contains("Exit codes"));
+    }
+}
