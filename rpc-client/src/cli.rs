@@ -119,13 +119,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = bench::run(&mut client, &options)?;
-            report.write(&mut stdout, &options, cli.reply_queue, tsv)?;
+            ignore_broken_pipe(report.write(&mut stdout, &options, cli.reply_queue, tsv))?;
             if let Some(first) = report.first_error {
                 anyhow::bail!("{} of {calls} calls failed; first: {first}", report.errors);
             }
         }
     }
-    client.close()?;
+    // Every result is out: a close the broker cannot finish is not the calls' failure.
+    if let Err(err) = client.close() {
+        log::warn!("{err}");
+    }
     Ok(())
 }
 

@@ -8,11 +8,15 @@
 //! message) are discarded. [`FibonacciRpcClient::call_many`] keeps several calls in flight and
 //! matches replies to calls by their ids.
 
+use crate::connection::Link;
 use crate::error::Error;
 use crate::uri::BrokerOptions;
 use crate::wire;
 use crate::{connection, consume};
-use amiquip::{Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish, Return};
+use amiquip::{
+    Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+    Return,
+};
 use crossbeam_channel::{select, Receiver};
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -21,6 +25,14 @@ use uuid::Uuid;
 
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The longest a call waits past its timeout: for the consumer-count probe that says whether
+/// any server consumes the queue. A probe that takes longer abandons the connection.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(1);
+
+/// The longest closing the connection may take; a close that cannot finish abandons the
+/// connection instead (an answered call stays answered).
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Where replies come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -72,12 +84,16 @@ pub struct Reply {
 
 /// A connection to the broker that calls fib(n) remotely.
 pub struct FibonacciRpcClient {
-    // Field order is drop order: the channel closes before its connection, and the receivers
-    // outlive both (amiquip's I/O thread must never find them gone).
+    // Field order is drop order: the channel closes before its connection, the receivers
+    // outlive both (amiquip's I/O thread must never find them gone), and the link's watchdog
+    // bounds the closes (see `Drop`).
     channel: Channel,
-    connection: Connection,
+    link: Option<Link>,
     replies: Receiver<ConsumerMessage>,
     returns: Receiver<Return>,
+    blocked: Receiver<ConnectionBlockedNotification>,
+    /// The broker's reason while it blocks our publishers (a resource alarm).
+    blocked_by: Option<String>,
     reply_queue: String,
     queue: String,
     timeout: Duration,
@@ -88,6 +104,16 @@ enum Event {
     Reply(Delivery),
     Returned(Return),
     TimedOut,
+}
+
+/// Runs `call` with at most `limit` on `link` (see [`crate::watchdog::Watchdog::bounded`]).
+fn bounded<T>(
+    link: &Link,
+    what: &'static str,
+    limit: Duration,
+    call: impl FnOnce() -> Result<T, amiquip::Error>,
+) -> Result<T, Error> {
+    link.watchdog.bounded(what, limit, call)
 }
 
 /// A call of [`FibonacciRpcClient::call_many`] waiting for its reply.
@@ -105,36 +131,88 @@ impl FibonacciRpcClient {
         if options.brokers.is_empty() {
             return Err(Error::Config("no broker to connect to".into()));
         }
-        let (mut connection, _) = connection::connect_first(&options.brokers, 0)?;
-        let channel = connection.open_channel(None)?;
-        let (reply_queue, replies) = match options.reply_queue {
-            ReplyQueue::Exclusive => consume::callback_queue(&channel)?,
-            // Direct reply-to requires no-ack consuming on the channel that publishes.
-            ReplyQueue::Direct => (
-                DIRECT_REPLY_TO.to_string(),
-                consume::consume(
-                    &channel,
-                    DIRECT_REPLY_TO,
-                    ConsumerOptions {
-                        no_ack: true,
-                        ..ConsumerOptions::default()
-                    },
-                )?,
-            ),
+        let (mut link, _) = connection::open_first(&options.brokers, 0)?;
+        let setup_limit = options
+            .brokers
+            .iter()
+            .map(|broker| broker.connect_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(10));
+        let set_up = Self::set_up(&mut link, options.reply_queue, setup_limit);
+        let (channel, reply_queue, replies, returns, blocked) = match set_up {
+            Ok(parts) => parts,
+            Err(err) => {
+                link.bound_close(CLOSE_LIMIT);
+                return Err(err);
+            }
         };
-        // Requests are published mandatory: the broker returns them at once when no queue of
-        // that name exists, instead of dropping them while we wait out the timeout.
-        let returns = channel.listen_for_returns()?;
         log::debug!("callback queue {reply_queue}");
         Ok(FibonacciRpcClient {
             channel,
-            connection,
+            link: Some(link),
             replies,
             returns,
+            blocked,
+            blocked_by: None,
             reply_queue,
             queue: options.queue.clone(),
             timeout: options.timeout,
         })
+    }
+
+    /// Opens the channel, the callback queue and the listeners, each round trip bounded.
+    #[allow(clippy::type_complexity)]
+    fn set_up(
+        link: &mut Link,
+        reply_queue: ReplyQueue,
+        limit: Duration,
+    ) -> Result<
+        (
+            Channel,
+            String,
+            Receiver<ConsumerMessage>,
+            Receiver<Return>,
+            Receiver<ConnectionBlockedNotification>,
+        ),
+        Error,
+    > {
+        let Link {
+            connection,
+            watchdog,
+        } = link;
+        let blocked = watchdog.bounded("to the blocked-notification listener", limit, || {
+            connection.listen_for_connection_blocked()
+        })?;
+        let channel = watchdog.bounded("to the channel open", limit, || {
+            connection.open_channel(None)
+        })?;
+        let (reply_queue, replies) = match reply_queue {
+            ReplyQueue::Exclusive => {
+                watchdog.bounded("to the callback queue's declare and consume", limit, || {
+                    consume::callback_queue(&channel)
+                })?
+            }
+            // Direct reply-to requires no-ack consuming on the channel that publishes.
+            ReplyQueue::Direct => (
+                DIRECT_REPLY_TO.to_string(),
+                watchdog.bounded("to the direct reply-to consume", limit, || {
+                    consume::consume(
+                        &channel,
+                        DIRECT_REPLY_TO,
+                        ConsumerOptions {
+                            no_ack: true,
+                            ..ConsumerOptions::default()
+                        },
+                    )
+                })?,
+            ),
+        };
+        // Requests are published mandatory: the broker returns them at once when no queue of
+        // that name exists, instead of dropping them while we wait out the timeout.
+        let returns = watchdog.bounded("to the return listener", limit, || {
+            channel.listen_for_returns()
+        })?;
+        Ok((channel, reply_queue, replies, returns, blocked))
     }
 
     /// Calls fib(`n`) and returns it in decimal.
@@ -267,24 +345,28 @@ impl FibonacciRpcClient {
         &self.reply_queue
     }
 
-    /// Closes the channel and the connection, reporting any error (dropping closes too).
-    pub fn close(self) -> Result<(), Error> {
-        let FibonacciRpcClient {
-            channel,
+    /// Closes the channel and the connection, reporting any error (dropping closes too). Takes
+    /// at most [`CLOSE_LIMIT`]: a close the broker does not answer in time abandons the
+    /// connection and reports [`Error::Stalled`].
+    pub fn close(mut self) -> Result<(), Error> {
+        let Some(Link {
             connection,
-            replies,
-            returns,
-            ..
-        } = self;
+            watchdog,
+        }) = self.link.take()
+        else {
+            return Ok(());
+        };
         // Closing the connection closes its channel on the broker too: one round trip
         // instead of two. The channel handle then only finds its I/O loop gone.
-        connection.close()?;
-        drop((channel, replies, returns));
-        Ok(())
+        watchdog.bounded("to the connection close", CLOSE_LIMIT, || {
+            connection.close()
+        })
     }
 
-    /// Publishes a request for fib(`n`) and returns its correlation id.
+    /// Publishes a request for fib(`n`) and returns its correlation id. Fails at once while
+    /// the broker blocks our publishers.
     fn publish(&mut self, n: u64) -> Result<String, Error> {
+        self.check_blocked()?;
         let correlation_id = Uuid::new_v4().to_string();
         let body = wire::encode_request(n);
         let mut publish = Publish::with_properties(
@@ -297,35 +379,90 @@ impl FibonacciRpcClient {
             ),
         );
         publish.mandatory = true;
-        self.channel.basic_publish("", publish)?;
+        let channel = &self.channel;
+        bounded(
+            self.link()?,
+            "to the request's publish",
+            self.timeout,
+            || channel.basic_publish("", publish),
+        )?;
         Ok(correlation_id)
     }
 
-    /// Waits until `deadline` for a reply or a returned request.
-    fn next_event(&self, deadline: Instant) -> Result<Event, Error> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        select! {
-            recv(self.replies) -> message => match message {
-                Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
-                Ok(ConsumerMessage::ServerClosedChannel(err))
-                | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
-                Ok(other) => Err(Error::ConnectionLost(format!(
-                    "reply consumer stopped: {other:?}"
-                ))),
-                Err(_) => Err(Error::ConnectionLost("reply consumer closed".into())),
-            },
-            recv(self.returns) -> returned => match returned {
-                Ok(returned) => Ok(Event::Returned(returned)),
-                Err(_) => Err(Error::ConnectionLost("channel closed".into())),
-            },
-            default(remaining) => Ok(Event::TimedOut),
+    /// The open link, or [`Error::ConnectionLost`] after a close.
+    fn link(&self) -> Result<&Link, Error> {
+        self.link
+            .as_ref()
+            .ok_or_else(|| Error::ConnectionLost("the client was closed".into()))
+    }
+
+    /// Takes the blocked/unblocked notifications that arrived, and fails while blocked.
+    fn check_blocked(&mut self) -> Result<(), Error> {
+        while let Ok(note) = self.blocked.try_recv() {
+            self.note_blocked(note);
+        }
+        match &self.blocked_by {
+            Some(reason) => Err(Error::Blocked(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn note_blocked(&mut self, note: ConnectionBlockedNotification) {
+        match note {
+            ConnectionBlockedNotification::Blocked(reason) => {
+                let reason = wire::printable(&reason);
+                log::warn!("the broker blocks this connection: {reason}");
+                self.blocked_by = Some(reason);
+            }
+            ConnectionBlockedNotification::Unblocked => {
+                log::info!("the broker unblocked this connection");
+                self.blocked_by = None;
+            }
+        }
+    }
+
+    /// Waits until `deadline` for a reply or a returned request; fails at once when the
+    /// broker blocks our publishers (our requests would wait in its buffers).
+    fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let note = select! {
+                recv(self.replies) -> message => return match message {
+                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
+                    Ok(ConsumerMessage::ServerClosedChannel(err))
+                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
+                    Ok(other) => Err(Error::ConnectionLost(format!(
+                        "reply consumer stopped: {other:?}"
+                    ))),
+                    Err(_) => Err(self.lost("reply consumer closed")),
+                },
+                recv(self.returns) -> returned => return match returned {
+                    Ok(returned) => Ok(Event::Returned(returned)),
+                    Err(_) => Err(self.lost("channel closed")),
+                },
+                recv(self.blocked) -> note => match note {
+                    Ok(note) => note,
+                    Err(_) => return Err(self.lost("connection closed")),
+                },
+                default(remaining) => return Ok(Event::TimedOut),
+            };
+            self.note_blocked(note);
+            self.check_blocked()?;
+        }
+    }
+
+    /// A lost connection: [`Error::Stalled`] if our watchdog abandoned it, with its reason.
+    fn lost(&self, what: &str) -> Error {
+        match self.link.as_ref().and_then(|link| link.watchdog.fired()) {
+            Some(why) => Error::Stalled(why),
+            None => Error::ConnectionLost(what.to_string()),
         }
     }
 
     /// Turns the reply to our call for fib(`n`) into its result.
     fn finish(&self, n: u64, started: Instant, delivery: &Delivery) -> Result<Reply, Error> {
         let value = wire::parse_reply(&delivery.properties, &delivery.body)?;
-        let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(String::from);
+        let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
         let elapsed = started.elapsed();
         log::info!(
             "fib({n}) answered by {} in {:.2} ms",
@@ -342,29 +479,65 @@ impl FibonacciRpcClient {
     fn no_route(&self, returned: Return) -> Error {
         Error::NoRoute {
             queue: self.queue.clone(),
-            reason: returned.reply_text,
+            reason: wire::printable(&returned.reply_text),
         }
     }
 
+    /// The error of a call that got no reply in time: a timeout saying whether the queue has
+    /// consumers, or [`Error::Stalled`] if even that question got no answer in
+    /// [`PROBE_LIMIT`].
     fn timed_out(&mut self, n: u64, started: Instant) -> Error {
-        Error::Timeout {
-            n,
-            waited: started.elapsed(),
-            queue: self.queue.clone(),
-            consumers: self.consumer_count(),
+        let waited = started.elapsed();
+        match self.consumer_count() {
+            Ok(consumers) => Error::Timeout {
+                n,
+                waited,
+                queue: self.queue.clone(),
+                consumers,
+            },
+            Err(Error::Stalled(why)) => Error::Stalled(format!(
+                "no reply for fib({n}) within {:.1}s, then {why}",
+                waited.as_secs_f64()
+            )),
+            Err(err) => err,
         }
     }
 
-    /// Consumers of the request queue, for the timeout message; `None` if it can't be told.
-    fn consumer_count(&mut self) -> Option<u32> {
+    /// Consumers of the request queue, for the timeout message; `None` if it can't be told,
+    /// an error only if the broker did not answer within [`PROBE_LIMIT`].
+    fn consumer_count(&mut self) -> Result<Option<u32>, Error> {
+        let link = self
+            .link
+            .as_mut()
+            .ok_or_else(|| Error::ConnectionLost("closed".into()))?;
+        let Link {
+            connection,
+            watchdog,
+        } = link;
+        let queue = self.queue.as_str();
         // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let probe = self.connection.open_channel(None).ok()?;
-        let count = probe
-            .queue_declare_passive(self.queue.as_str())
-            .ok()?
-            .declared_consumer_count();
-        let _ = probe.close();
-        count
+        let probe = watchdog.bounded("to the consumer-count probe", PROBE_LIMIT, || {
+            let probe = connection.open_channel(None)?;
+            let count = probe
+                .queue_declare_passive(queue)?
+                .declared_consumer_count();
+            probe.close()?;
+            Ok(count)
+        });
+        match probe {
+            Ok(count) => Ok(count),
+            Err(Error::Stalled(why)) => Err(Error::Stalled(why)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for FibonacciRpcClient {
+    /// Bounds the closes amiquip makes when the channel and the connection are dropped.
+    fn drop(&mut self) {
+        if let Some(link) = &self.link {
+            link.bound_close(CLOSE_LIMIT);
+        }
     }
 }
 

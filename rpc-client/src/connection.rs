@@ -1,5 +1,6 @@
-//! Opening an AMQP connection with `TCP_NODELAY` and a connect timeout, to one broker or to the
-//! first of several that answers.
+//! Opening an AMQP connection with `TCP_NODELAY`, within one time limit for the TCP connect, TLS
+//! and the AMQP handshake together, to one broker or to the first of several that answers.
+//! [`open_link`] also hands over the connection's [`Watchdog`], which bounds its later calls.
 //!
 //! amiquip's `Connection::insecure_open` leaves Nagle's algorithm on; a request/reply protocol
 //! then waits for the peer's delayed ACK on every round trip (measured: about 20–25 sequential
@@ -9,16 +10,51 @@
 use crate::error::Error;
 use crate::tls::{self, TlsError};
 use crate::uri::BrokerOptions;
+use crate::watchdog::Watchdog;
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// An open connection and the watchdog that bounds its blocking calls.
+///
+/// Field order is drop order: the connection closes while the watchdog still watches (arm it
+/// first if the close must be bounded).
+pub struct Link {
+    /// The AMQP connection.
+    pub connection: Connection,
+    /// Shuts the connection's socket down when a bounded call overruns.
+    pub watchdog: Watchdog,
+}
+
+impl Link {
+    /// Bounds what follows, typically dropping the connection and its channels (amiquip waits
+    /// for the broker's answer to each close): at most `limit`, then the socket is shut down.
+    pub fn bound_close(&self, limit: Duration) {
+        self.watchdog.arm(Instant::now() + limit, "to the close");
+    }
+}
+
+/// Connects and logs in to the broker described by `options`, like [`open_link`], for callers
+/// that need no bounds on later calls.
+pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
+    open_link(options).map(|link| link.connection)
+}
+
+/// Like [`open_first`], without the watchdog.
+pub fn connect_first(
+    brokers: &[BrokerOptions],
+    start: usize,
+) -> Result<(Connection, usize), Error> {
+    open_first(brokers, start).map(|(link, index)| (link.connection, index))
+}
 
 /// Connects and logs in to the broker described by `options`.
 ///
-/// Tries every address the host resolves to, in order, each with `options.connect_timeout`
-/// for the TCP connect and again for the AMQP handshake. Errors name the masked URI.
-pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
+/// Tries every address the host resolves to, in order. `options.connect_timeout` bounds the
+/// TCP connect, TLS and the AMQP handshake of one address together, however slowly the peer
+/// sends its bytes. Errors name the masked URI.
+pub fn open_link(options: &BrokerOptions) -> Result<Link, Error> {
     let fail = |reason: Failure| Error::Connect {
         uri: options.display_uri(),
         reason: reason.to_string(),
@@ -46,10 +82,7 @@ pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
 /// Connects to the first broker of `brokers` that answers, trying them in order starting at
 /// `start` (wrapping around). Returns the connection and the index of the broker it reached;
 /// fails only when every broker failed, with each one's reason.
-pub fn connect_first(
-    brokers: &[BrokerOptions],
-    start: usize,
-) -> Result<(Connection, usize), Error> {
+pub fn open_first(brokers: &[BrokerOptions], start: usize) -> Result<(Link, usize), Error> {
     let count = brokers.len();
     if count == 0 {
         return Err(Error::Config("no broker to connect to".into()));
@@ -57,7 +90,7 @@ pub fn connect_first(
     let mut reasons = Vec::new();
     for offset in 0..count {
         let index = (start + offset) % count;
-        match connect(&brokers[index]) {
+        match open_link(&brokers[index]) {
             Ok(connection) => return Ok((connection, index)),
             Err(Error::Connect { uri, reason }) if count > 1 => {
                 log::warn!("cannot connect to {uri}: {reason}");
@@ -83,6 +116,7 @@ enum Failure {
     TlsHandshake(String, String),
     LoginRefused(String),
     HandshakeTimeout(Duration),
+    Watchdog(std::io::Error),
     VhostRefused { vhost: String, user: String },
     Amqp(amiquip::Error),
 }
@@ -113,24 +147,33 @@ impl fmt::Display for Failure {
             Failure::VhostRefused { vhost, user } => {
                 write!(f, "access to vhost '{vhost}' refused for user '{user}'")
             }
+            Failure::Watchdog(e) => write!(f, "cannot start the connection's watchdog: {e}"),
             Failure::Amqp(e) => e.fmt(f),
         }
     }
 }
 
-fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, Failure> {
-    let stream =
-        TcpStream::connect_timeout(&addr, options.connect_timeout).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                Failure::TcpTimeout(addr, options.connect_timeout)
-            }
-            _ => Failure::Tcp(addr, e),
-        })?;
+fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, Failure> {
+    let limit = options.connect_timeout;
+    let deadline = Instant::now() + limit;
+    let stream = TcpStream::connect_timeout(&addr, limit).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            Failure::TcpTimeout(addr, limit)
+        }
+        _ => Failure::Tcp(addr, e),
+    })?;
     stream
         .set_nodelay(true)
         .map_err(|e| Failure::Socket("set TCP_NODELAY", e))?;
+    let watchdog = Watchdog::new(
+        stream
+            .try_clone()
+            .map_err(|e| Failure::Socket("clone the socket", e))?,
+    )
+    .map_err(Failure::Watchdog)?;
     let stream = mio::net::TcpStream::from_stream(stream)
         .map_err(|e| Failure::Socket("register the socket", e))?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
     let amqp_options = ConnectionOptions::<Auth>::default()
         .auth(Auth::Plain {
             username: options.user.clone(),
@@ -138,8 +181,10 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, Failure
         })
         .virtual_host(options.vhost.clone())
         .heartbeat(options.heartbeat)
-        .connection_timeout(Some(options.connect_timeout))
+        .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
         .information(Some(options.client_name.clone()));
+    // TLS and the handshake share what is left of the limit, however slowly bytes arrive.
+    watchdog.arm(deadline, "to the handshake");
     let opened = if options.tls {
         let connector = tls::connector(options.tls_ca.as_deref()).map_err(Failure::Tls)?;
         Connection::open_tls_stream(
@@ -152,16 +197,24 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Connection, Failure
     } else {
         Connection::insecure_open_stream(stream, amqp_options, ConnectionTuning::default())
     };
-    opened.map_err(|err| match err {
+    watchdog.disarm();
+    let timed_out = watchdog.fired().is_some();
+    // amiquip reports any failure after the credentials were sent as a refused login.
+    let connection = opened.map_err(|err| match err {
         amiquip::Error::TlsHandshake { source } => {
             Failure::TlsHandshake(options.host.clone(), source.to_string())
         }
         amiquip::Error::InvalidCredentials => Failure::LoginRefused(options.user.clone()),
-        amiquip::Error::ConnectionTimeout => Failure::HandshakeTimeout(options.connect_timeout),
+        amiquip::Error::ConnectionTimeout => Failure::HandshakeTimeout(limit),
         amiquip::Error::ServerClosedConnection { code: 530, .. } => Failure::VhostRefused {
             vhost: options.vhost.clone(),
             user: options.user.clone(),
         },
+        _ if timed_out => Failure::HandshakeTimeout(limit),
         other => Failure::Amqp(other),
+    })?;
+    Ok(Link {
+        connection,
+        watchdog,
     })
 }

@@ -74,6 +74,12 @@ pub enum Error {
     },
     /// The connection or channel was closed while it was in use.
     ConnectionLost(String),
+    /// The broker did not answer a round trip in time, so the connection was abandoned (its
+    /// socket shut down); says what was waited for.
+    Stalled(String),
+    /// The broker blocks this connection's publishers (a resource alarm: memory or disk);
+    /// holds the broker's reason.
+    Blocked(String),
     /// No reply with our correlation id arrived in time.
     Timeout {
         /// The argument of the call.
@@ -112,7 +118,10 @@ impl Error {
     /// The `rpc-client` exit code for this error (see [`exit_code`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Connect { .. } | Error::ConnectionLost(_) => exit_code::CONNECTION,
+            Error::Connect { .. }
+            | Error::ConnectionLost(_)
+            | Error::Stalled(_)
+            | Error::Blocked(_) => exit_code::CONNECTION,
             Error::Timeout { .. } => exit_code::TIMEOUT,
             Error::NoRoute { .. } => exit_code::NO_ROUTE,
             Error::Server { .. } => exit_code::SERVER_ERROR,
@@ -131,6 +140,15 @@ impl fmt::Display for Error {
         match self {
             Error::Connect { uri, reason } => write!(f, "cannot connect to {uri}: {reason}"),
             Error::ConnectionLost(why) => write!(f, "connection to the broker lost: {why}"),
+            Error::Stalled(why) => write!(
+                f,
+                "connection to the broker lost: {why}; the connection was abandoned"
+            ),
+            Error::Blocked(reason) => write!(
+                f,
+                "the broker is blocking publishers: resource alarm (memory or disk); \
+                 broker's reason: {reason}"
+            ),
             Error::Timeout {
                 n,
                 waited,
@@ -161,7 +179,11 @@ impl fmt::Display for Error {
             ),
             Error::Server { code, message } => write!(f, "server error ({code}): {message}"),
             Error::BadReply(why) => write!(f, "bad reply: {why}"),
-            Error::Amqp(err) => write!(f, "AMQP error: {err}"),
+            Error::Amqp(err) => write!(
+                f,
+                "AMQP error: {}",
+                crate::wire::printable(&err.to_string())
+            ),
             Error::Config(why) => f.write_str(why),
         }
     }
@@ -191,7 +213,7 @@ fn classify(err: &amiquip::Error) -> Option<String> {
         | E::ClientClosedConnection
         | E::EventLoopDropped
         | E::EventLoopClientDropped
-        | E::IoThreadPanic => Some(err.to_string()),
+        | E::IoThreadPanic => Some(crate::wire::printable(&err.to_string())),
         _ => None,
     }
 }

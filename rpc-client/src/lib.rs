@@ -14,6 +14,7 @@
 //! - [`connection`]: opening a connection (TCP_NODELAY, connect timeout, first of several
 //!   brokers).
 //! - [`tls`]: CA files and the TLS connector for `amqps://`.
+//! - [`watchdog`]: time limits on each broker round trip; a stalled connection is abandoned.
 //! - [`consume`]: consuming a queue; the client's callback queue.
 //! - [`random`]: shuffling brokers and jittering backoff.
 //!
@@ -48,6 +49,7 @@ pub mod random;
 pub mod testing;
 pub mod tls;
 pub mod uri;
+pub mod watchdog;
 pub mod wire;
 
 pub use args::BrokerArgs;

@@ -80,9 +80,14 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// Checks a queue name the way the broker will: at most 255 bytes of UTF-8 (AMQP short
-/// string). Usable as a clap value parser.
+/// Checks a request queue name: not empty, at most 255 bytes of UTF-8 (AMQP short string).
+/// Usable as a clap value parser.
 pub fn parse_queue_name(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        // To the broker an empty name means "name one for me" (a new queue per declare) or
+        // "the last queue declared on this channel": never a request queue.
+        return Err("the queue name is empty".into());
+    }
     if name.len() > 255 {
         return Err(format!(
             "queue names are at most 255 bytes; this one has {}",
@@ -138,11 +143,23 @@ pub fn parse_request(body: &[u8], max_n: u64) -> Result<u64, RequestError> {
     Ok(n)
 }
 
-/// Keeps log lines and error messages one line long and free of control characters.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+/// The most characters of text from the network that [`printable`] keeps.
+pub const MAX_PRINTABLE: usize = 300;
+
+/// Makes text from the network safe for a terminal or a log line: control characters (escape
+/// sequences, CR/LF that would forge log lines) and bidirectional overrides become `?`, and
+/// only the first [`MAX_PRINTABLE`] characters are kept, followed by `…` when there were more.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_PRINTABLE + 3));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_PRINTABLE {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        out.push(if c.is_control() || bidi { '?' } else { c });
+    }
+    out
 }
 
 /// Properties of a request: where to reply and which call it is.
@@ -167,10 +184,16 @@ pub fn request_properties_with_deadline(
         .with_timestamp(unix_millis() / 1000)
 }
 
-/// Has the caller of this request given up? True when it carries `timestamp` and
-/// `expiration` and that time has passed. The timestamp's second counts as a whole, so a
-/// request is never dropped while its caller still waits (it may be served up to a second
-/// after). False for requests without both properties, such as the tutorial clients'.
+/// How far apart the clocks of a client and a server may be for [`deadline_passed`]: a
+/// request is dropped only when its deadline passed more than this long ago by the server's
+/// clock, so skewed clocks never make a server drop requests whose caller still waits.
+pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Has the caller of this request surely given up? True when it carries `timestamp` and
+/// `expiration` and that deadline passed more than [`CLOCK_SKEW_TOLERANCE`] ago by our clock
+/// (the timestamp's second counts as a whole). False for requests without both properties,
+/// such as the tutorial clients'. Requests that wait in the queue need no such check: the
+/// broker drops them at their `expiration` without comparing clocks.
 pub fn deadline_passed(properties: &AmqpProperties) -> bool {
     let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
         return false;
@@ -178,10 +201,12 @@ pub fn deadline_passed(properties: &AmqpProperties) -> bool {
     let Ok(expiration_ms) = expiration.parse::<u64>() else {
         return false;
     };
+    let tolerance_ms = CLOCK_SKEW_TOLERANCE.as_millis() as u64;
     let deadline_ms = sent
         .saturating_add(1)
         .saturating_mul(1000)
-        .saturating_add(expiration_ms);
+        .saturating_add(expiration_ms)
+        .saturating_add(tolerance_ms);
     unix_millis() > deadline_ms
 }
 
@@ -234,9 +259,7 @@ pub fn parse_reply(properties: &AmqpProperties, body: &[u8]) -> Result<String, E
     if has_error {
         let message = String::from_utf8_lossy(body);
         return Err(Error::Server {
-            code: header(properties, ERROR_HEADER)
-                .unwrap_or("unknown")
-                .to_string(),
+            code: printable(header(properties, ERROR_HEADER).unwrap_or("unknown")),
             message: printable(message.trim()),
         });
     }
@@ -319,6 +342,7 @@ mod tests {
         assert_eq!(parse_queue_name("rpc_queue").as_deref(), Ok("rpc_queue"));
         assert!(parse_queue_name(&"q".repeat(255)).is_ok());
         assert!(parse_queue_name(&"q".repeat(256)).is_err());
+        assert!(parse_queue_name("").is_err());
     }
 
     #[test]
@@ -331,11 +355,40 @@ mod tests {
             .with_timestamp(1_000)
             .with_expiration("1000".into());
         assert!(deadline_passed(&sent_long_ago));
+        // A client whose clock is 120 s behind (or a server 120 s ahead): still served.
+        let skewed = request_properties("q", "id")
+            .with_timestamp(unix_millis() / 1000 - 120)
+            .with_expiration("30000".into());
+        assert!(!deadline_passed(&skewed));
         // Without both properties (tutorial clients), a request is always served.
         assert!(!deadline_passed(
             &request_properties("q", "id").with_timestamp(1_000)
         ));
         assert!(!deadline_passed(&request_properties("q", "id")));
+    }
+
+    #[test]
+    fn network_text_is_made_printable_and_bounded() {
+        assert_eq!(printable("a\x1b[2Jb\r\nc\u{202E}d"), "a?[2Jb??c?d");
+        let long = printable(&"x".repeat(5_000_000));
+        assert_eq!(long.chars().count(), MAX_PRINTABLE + 1);
+        assert!(long.ends_with('…'));
+        let hostile = reply_properties(Some("id"), "s1", None).with_headers({
+            let mut headers = FieldTable::new();
+            headers.insert(
+                ERROR_HEADER.to_string(),
+                AmqpValue::LongString("\x1b]0;owned\x07".into()),
+            );
+            headers
+        });
+        match parse_reply(&hostile, "line\nforged: yes".repeat(100_000).as_bytes()) {
+            Err(Error::Server { code, message }) => {
+                assert_eq!(code, "?]0;owned?");
+                assert!(!message.contains('\n'));
+                assert!(message.chars().count() <= MAX_PRINTABLE + 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

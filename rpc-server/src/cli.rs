@@ -12,6 +12,15 @@ use rpc_client::{logging, wire};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Default of `--heartbeat`: a dead link is noticed within about 10 s (two intervals), for
+/// one 8-byte frame each way every 5 s when idle.
+pub const DEFAULT_HEARTBEAT: u16 = 5;
+
+/// After the first SIGINT/SIGTERM the process ends within this, whatever the broker or the
+/// link does: the clean stop has [`crate::server::STOP_LIMIT`] of it; past this the server exits
+/// with [`exit_code::UNCLEAN_STOP`], leaving its unacked requests to the broker.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
 /// Serve Fibonacci RPC requests from a RabbitMQ queue (the tutorial-six contract).
 #[derive(Debug, clap::Parser)]
 #[command(name = "rpc-server", version, about,
@@ -47,6 +56,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
 
+    /// AMQP heartbeat interval in seconds: a dead link (a cut cable, a stalled proxy) is noticed
+    /// after two intervals without a frame from the broker, then the server reconnects.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEARTBEAT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub heartbeat: u16,
+
     /// Longest wait between two connection attempts, in seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub max_backoff: Duration,
@@ -69,8 +84,12 @@ impl Cli {
     pub fn to_options(&self) -> Result<ServerOptions, Error> {
         let name = self.name.clone().unwrap_or_else(default_name);
         let client_name = format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION"));
+        let mut brokers = self.broker.to_options(&client_name)?;
+        for broker in &mut brokers {
+            broker.heartbeat = self.heartbeat;
+        }
         Ok(ServerOptions {
-            brokers: self.broker.to_options(&client_name)?,
+            brokers,
             queue: self.queue.clone(),
             queue_type: self.queue_type,
             durable: self.durable,
@@ -96,7 +115,8 @@ impl Cli {
 }
 
 /// Runs the server until SIGINT or SIGTERM (or prints what `--generate` asks for). A first
-/// signal asks for a clean stop; a second one exits at once with [`exit_code::FORCED`].
+/// signal asks for a clean stop, and the process ends within [`STOP_BOUND`] whatever happens;
+/// a second one exits at once with [`exit_code::FORCED`].
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(kind) = cli.generate.generate {
         return Ok(ignore_broken_pipe(
@@ -121,6 +141,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(exit_code::FORCED.into());
         }
         let _ = stop.try_send(());
+        // The clean stop is bounded by itself; this makes sure no stop is ever lost.
+        let _ = std::thread::Builder::new()
+            .name("stop-bound".into())
+            .spawn(|| {
+                std::thread::sleep(STOP_BOUND);
+                eprintln!(
+                    "rpc-server: no clean stop within {}s of the signal; exiting",
+                    STOP_BOUND.as_secs()
+                );
+                std::process::exit(exit_code::UNCLEAN_STOP.into());
+            });
     })
     .context("cannot install the signal handler")?;
     crate::run(&options, shutdown)?;
@@ -131,6 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<Error>() {
         Some(Error::Config(_)) => exit_code::USAGE,
+        Some(Error::UncleanStop(_)) => exit_code::UNCLEAN_STOP,
         _ => exit_code::FAILURE,
     }
 }

@@ -10,6 +10,8 @@ pub mod exit_code {
     pub const FAILURE: u8 = 1;
     /// Bad command-line arguments (clap's own usage errors use 2 as well).
     pub const USAGE: u8 = 2;
+    /// Stopped on a signal, but the broker prevented the clean close.
+    pub const UNCLEAN_STOP: u8 = 3;
     /// A second SIGINT/SIGTERM ended the server without its clean stop.
     pub const FORCED: u8 = 130;
 
@@ -24,6 +26,10 @@ pub mod exit_code {
             USAGE,
             "bad arguments (a malformed `--uri`, an unreadable `--tls-ca`, a queue name over 255 bytes, …)",
         ),
+        (
+            UNCLEAN_STOP,
+            "stopped after SIGINT or SIGTERM, but the broker prevented a clean close (within the stop bound; unacked requests go back to the queue)",
+        ),
         (FORCED, "a second SIGINT or SIGTERM ended it at once"),
     ];
 }
@@ -36,24 +42,38 @@ pub enum Error {
     /// Connecting failed, or the connection was lost (from the client library, which opens
     /// connections for both binaries).
     Connection(rpc_client::Error),
-    /// A broker operation failed: what we were doing, and the AMQP error.
+    /// A broker operation failed: what we were doing, and why.
     Broker {
         /// What the server was doing, e.g. "cannot set the prefetch".
         doing: String,
-        /// The error from amiquip (boxed: it is large, and errors are rare).
-        source: Box<amiquip::Error>,
+        /// Why (boxed: it is large, and errors are rare).
+        source: Box<rpc_client::Error>,
     },
     /// The request consumer stopped: cancelled by the broker, or its channel went away.
     ConsumerStopped(String),
+    /// A stop was asked for (SIGINT/SIGTERM, or the shutdown channel) and the server stopped,
+    /// but the broker prevented a clean close: unacked requests go back to the queue.
+    UncleanStop(Box<Error>),
 }
 
 impl Error {
-    /// A [`Error::Broker`] for `doing`, for `map_err`.
+    /// A [`Error::Broker`] for `doing`, for `map_err` on amiquip's errors.
     pub fn broker(doing: impl Into<String>) -> impl FnOnce(amiquip::Error) -> Error {
         let doing = doing.into();
         move |source| Error::Broker {
             doing,
-            source: Box::new(source),
+            source: Box::new(source.into()),
+        }
+    }
+
+    /// This error, saying what the server was doing (connection and broker errors only).
+    pub fn context(self, doing: impl Into<String>) -> Error {
+        match self {
+            Error::Connection(source) => Error::Broker {
+                doing: doing.into(),
+                source: Box::new(source),
+            },
+            other => other,
         }
     }
 }
@@ -65,6 +85,10 @@ impl fmt::Display for Error {
             Error::Connection(err) => err.fmt(f),
             Error::Broker { doing, source } => write!(f, "{doing}: {source}"),
             Error::ConsumerStopped(why) => write!(f, "consumer stopped: {why}"),
+            Error::UncleanStop(why) => write!(
+                f,
+                "stopped without a clean close ({why}); unacked requests go back to the queue"
+            ),
         }
     }
 }

@@ -3,19 +3,27 @@
 use crate::error::Error;
 use crate::options::{QueueType, ServerOptions};
 use amiquip::{AmqpValue, Connection, FieldTable, QueueDeclareOptions};
+use rpc_client::watchdog::Watchdog;
+use std::time::Duration;
 
 /// Uses the request queue if it exists, whatever its type; declares it otherwise.
 ///
 /// An existing queue is used as it is: tutorial servers of other languages declare it classic
 /// or quorum, and all of them share one queue. Probing and declaring happen on channels of
 /// their own, because a failed passive declare (404) or a conflicting declare (406) closes the
-/// channel it was sent on.
-pub fn ensure_queue(connection: &mut Connection, options: &ServerOptions) -> Result<(), Error> {
+/// channel it was sent on. Each round trip waits at most `limit`.
+pub fn ensure_queue(
+    connection: &mut Connection,
+    watchdog: &Watchdog,
+    options: &ServerOptions,
+    limit: Duration,
+) -> Result<(), Error> {
     let queue = options.queue.as_str();
-    let probe = connection
-        .open_channel(None)
-        .map_err(Error::broker("cannot open a channel"))?;
-    match probe.queue_declare_passive(queue) {
+    let probe = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
+    let checked = watchdog.bounded("to the request queue's check", limit, || {
+        probe.queue_declare_passive(queue)
+    });
+    match checked.map_err(Error::from) {
         Ok(declared) => {
             log::info!(
                 "using existing queue '{queue}' ({} messages waiting, {} consumers)",
@@ -23,17 +31,16 @@ pub fn ensure_queue(connection: &mut Connection, options: &ServerOptions) -> Res
                 declared.declared_consumer_count().unwrap_or(0)
             );
             drop(declared);
-            probe
-                .close()
-                .map_err(Error::broker("cannot close the probe channel"))?;
+            watchdog.bounded("to a channel close", limit, || probe.close())?;
             return Ok(());
         }
-        Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
-        Err(err) => return Err(Error::broker(format!("cannot check queue '{queue}'"))(err)),
+        Err(Error::Connection(rpc_client::Error::Amqp(amiquip::Error::ServerClosedChannel {
+            code: 404,
+            ..
+        }))) => {}
+        Err(err) => return Err(err.context(format!("cannot check queue '{queue}'"))),
     }
-    let declare = connection
-        .open_channel(None)
-        .map_err(Error::broker("cannot open a channel"))?;
+    let declare = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
     let mut arguments = FieldTable::new();
     if options.queue_type == QueueType::Quorum {
         arguments.insert(
@@ -42,15 +49,17 @@ pub fn ensure_queue(connection: &mut Connection, options: &ServerOptions) -> Res
         );
     }
     let durable = options.durable || options.queue_type == QueueType::Quorum;
-    let declared = declare.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            durable,
-            arguments,
-            ..QueueDeclareOptions::default()
-        },
-    );
-    match declared {
+    let declared = watchdog.bounded("to the request queue's declare", limit, || {
+        declare.queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable,
+                arguments,
+                ..QueueDeclareOptions::default()
+            },
+        )
+    });
+    match declared.map_err(Error::from) {
         Ok(declared) => {
             log::info!(
                 "declared queue '{queue}' ({:?}, {})",
@@ -58,17 +67,17 @@ pub fn ensure_queue(connection: &mut Connection, options: &ServerOptions) -> Res
                 if durable { "durable" } else { "transient" }
             );
             drop(declared);
-            declare
-                .close()
-                .map_err(Error::broker("cannot close the declare channel"))
+            watchdog.bounded("to a channel close", limit, || declare.close())?;
+            Ok(())
         }
         // Another process declared it differently between our check and our declare.
-        Err(amiquip::Error::ServerClosedChannel { code: 406, .. }) => {
+        Err(Error::Connection(rpc_client::Error::Amqp(amiquip::Error::ServerClosedChannel {
+            code: 406,
+            ..
+        }))) => {
             log::info!("queue '{queue}' was just declared by someone else; using it");
             Ok(())
         }
-        Err(err) => Err(Error::broker(format!("cannot declare queue '{queue}'"))(
-            err,
-        )),
+        Err(err) => Err(err.context(format!("cannot declare queue '{queue}'"))),
     }
 }

@@ -11,10 +11,15 @@ use crate::handler::fib_reply;
 use crate::options::ServerOptions;
 use crate::queue::ensure_queue;
 use crate::reconnect::Reconnect;
-use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
+use amiquip::{
+    Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
-use rpc_client::connection::connect_first;
+use rpc_client::connection::{open_first, Link};
+use rpc_client::consume::consume;
+use rpc_client::watchdog::Watchdog;
 use rpc_client::wire;
+use std::time::{Duration, Instant};
 
 /// Most answered requests acked with one `multiple` ack.
 const ACK_BATCH: usize = 64;
@@ -32,14 +37,23 @@ pub struct Stats {
     pub reconnects: u64,
 }
 
+/// The longest a clean stop may take once asked for: the last acks, the channel close and the
+/// connection close together. A broker that does not answer in time (a resource alarm, a
+/// stalled link) has the connection abandoned; its unacked requests go back to the queue.
+pub const STOP_LIMIT: Duration = Duration::from_secs(4);
+
 /// Serves requests until `shutdown` receives a message or its sender is dropped.
 ///
 /// Connects, makes sure the request queue exists (an existing one is used as declared, a
-/// missing one is declared from `options`), sets the prefetch and consumes. When the connection
-/// fails or is lost it reconnects with capped exponential backoff and starts over, until
-/// `options.max_retries` consecutive failures (never, if `None`); it returns the last error
-/// then. On shutdown it finishes the request in hand, cancels the consumer and closes the
-/// channel, which returns prefetched requests it had not started to the queue.
+/// missing one is declared from `options`), sets the prefetch and consumes. Every broker round
+/// trip waits at most the broker's connect timeout; a connection that does not answer in time
+/// is abandoned. When the connection fails or is lost it reconnects with capped exponential
+/// backoff and starts over, until `options.max_retries` consecutive failures (never, if
+/// `None`); it returns the last error then. On shutdown it finishes the request in hand, acks
+/// it and closes the channel (which returns prefetched requests it had not started to the
+/// queue) and the connection, within [`STOP_LIMIT`]. A stop is never lost: once asked for, the
+/// server never reconnects; if the broker prevented the clean close it returns
+/// [`Error::UncleanStop`].
 pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Error> {
     wire::parse_queue_name(&options.queue).map_err(Error::Config)?;
     if options.brokers.is_empty() {
@@ -51,10 +65,13 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Err
         stats: Stats::default(),
         reconnect: Reconnect::new(options.max_retries, options.max_backoff),
         next_broker: 0,
+        stopping: false,
+        deliveries: None,
     };
     loop {
         let err = match server.serve() {
             Ok(()) => return Ok(server.stats),
+            Err(err) if server.stopping => return Err(Error::UncleanStop(Box::new(err))),
             Err(err) => err,
         };
         let Some(delay) = server.reconnect.failed() else {
@@ -82,32 +99,73 @@ struct Server<'a> {
     /// The broker to try first on the next connection: the one after the last one reached,
     /// so that a lost connection moves on to the next node.
     next_broker: usize,
+    /// A stop was asked for: whatever happens next, the server does not reconnect.
+    stopping: bool,
+    /// The current connection's request receiver, kept until the connection is closed:
+    /// amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error.
+    deliveries: Option<Receiver<ConsumerMessage>>,
 }
 
 impl Server<'_> {
-    /// One connection's worth of serving: `Ok` on shutdown, `Err` when the connection could
-    /// not be made or was lost.
+    /// One connection's worth of serving: `Ok` after a clean stop, `Err` when the connection
+    /// could not be made, was lost, or could not be closed cleanly.
     fn serve(&mut self) -> Result<(), Error> {
         let options = self.options;
-        let (mut connection, reached) = connect_first(&options.brokers, self.next_broker)?;
+        let (mut link, reached) = open_first(&options.brokers, self.next_broker)?;
         self.next_broker = reached + 1;
-        let channel = connection
-            .open_channel(None)
-            .map_err(Error::broker("cannot open a channel"))?;
-        ensure_queue(&mut connection, options)?;
-        channel
-            .qos(0, options.prefetch, false)
-            .map_err(Error::broker("cannot set the prefetch"))?;
-        let consumer = channel
-            .basic_consume(options.queue.as_str(), ConsumerOptions::default())
-            .map_err(Error::broker(format!(
-                "cannot consume queue '{}'",
-                options.queue
-            )))?;
-        // amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error, and
-        // it sends ClientCancelled after the cancel call has already returned: keep a receiver
-        // alive until the connection is closed.
-        let deliveries = consumer.receiver().clone();
+        let limit = options.brokers[reached].connect_timeout;
+        let served = self.serve_link(&mut link, reached, limit);
+        if served.is_err() {
+            // Closing an unusable connection must not wait for long either.
+            link.bound_close(STOP_LIMIT);
+        }
+        // After a stop, serve_link armed the watchdog for the rest of the stop.
+        let Link {
+            connection,
+            watchdog,
+        } = link;
+        let closed = connection.close();
+        self.deliveries = None;
+        served?;
+        if let Some(why) = watchdog.fired() {
+            return Err(rpc_client::Error::Stalled(why).into());
+        }
+        closed.map_err(Error::broker("cannot close the connection"))
+    }
+
+    /// Sets up consuming on `link` and serves until a stop (`Ok`, with the channel closed and
+    /// the watchdog armed for the connection close) or a failure.
+    fn serve_link(
+        &mut self,
+        link: &mut Link,
+        reached: usize,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        let options = self.options;
+        let Link {
+            connection,
+            watchdog,
+        } = link;
+        let mut blocked =
+            watchdog.bounded("to the blocked-notification listener", limit, || {
+                connection.listen_for_connection_blocked()
+            })?;
+        let channel =
+            watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
+        ensure_queue(connection, watchdog, options, limit)?;
+        watchdog
+            .bounded("to the prefetch setting (qos)", limit, || {
+                channel.qos(0, options.prefetch, false)
+            })
+            .map_err(|e| Error::from(e).context("cannot set the prefetch"))?;
+        let deliveries = watchdog
+            .bounded("to the consume", limit, || {
+                consume(&channel, &options.queue, ConsumerOptions::default())
+            })
+            .map_err(|e| {
+                Error::from(e).context(format!("cannot consume queue '{}'", options.queue))
+            })?;
+        self.deliveries = Some(deliveries.clone());
         self.reconnect.succeeded();
         log::info!(
             "{} waiting for RPC requests on queue '{}' at {} (prefetch {}, max n {})",
@@ -127,9 +185,9 @@ impl Server<'_> {
                         if !self.shutdown.is_empty() {
                             break;
                         }
-                        let delivery = self.handle(&channel, delivery)?;
+                        let delivery = self.handle(watchdog, &channel, delivery, limit)?;
                         if let Some(newest) = acks.answered(delivery, !deliveries.is_empty()) {
-                            ack(&channel, newest)?;
+                            watchdog.bounded("to an ack", limit, || newest.ack_multiple(&channel))?;
                         }
                     }
                     Ok(ConsumerMessage::ServerCancelled) => {
@@ -143,14 +201,26 @@ impl Server<'_> {
                         return Err(Error::broker("the broker closed the connection")(err));
                     }
                     Ok(other) => return Err(Error::ConsumerStopped(format!("{other:?}"))),
-                    Err(_) => return Err(Error::ConsumerStopped("connection closed".into())),
+                    Err(_) => return Err(lost(watchdog, "connection closed")),
+                },
+                recv(blocked) -> note => match note {
+                    Ok(ConnectionBlockedNotification::Blocked(reason)) => log::warn!(
+                        "the broker blocks this connection's publishers (resource alarm): {}",
+                        wire::printable(&reason)
+                    ),
+                    Ok(ConnectionBlockedNotification::Unblocked) => {
+                        log::info!("the broker unblocked this connection")
+                    }
+                    // The connection is going away; the deliveries say why.
+                    Err(_) => blocked = crossbeam_channel::never(),
                 },
                 recv(self.shutdown) -> _ => break,
             }
         }
-        if let Some(newest) = acks.take() {
-            ack(&channel, newest)?;
-        }
+        // From here on the server stops, whatever fails: within STOP_LIMIT for the last acks,
+        // the channel close and (in serve) the connection close together.
+        self.stopping = true;
+        watchdog.arm(Instant::now() + STOP_LIMIT, "to the clean stop");
         let stats = self.stats;
         log::info!(
             "shutting down: {} answered, {} refused, {} dropped, {} reconnects",
@@ -159,24 +229,26 @@ impl Server<'_> {
             stats.dropped,
             stats.reconnects
         );
-        consumer
-            .cancel()
-            .map_err(Error::broker("cannot cancel the consumer"))?;
-        drop(consumer);
+        if let Some(newest) = acks.take() {
+            newest
+                .ack_multiple(&channel)
+                .map_err(|e| stop_failed(watchdog, "cannot ack", e))?;
+        }
         // Closing the channel returns prefetched, unacked requests to the queue.
         channel
             .close()
-            .map_err(Error::broker("cannot close the channel"))?;
-        connection
-            .close()
-            .map_err(Error::broker("cannot close the connection"))?;
-        drop(deliveries);
-        Ok(())
+            .map_err(|e| stop_failed(watchdog, "cannot close the channel", e))
     }
 
     /// Answers one request and returns it, to be acked. Only broker failures are errors; bad
     /// input is answered.
-    fn handle(&mut self, channel: &Channel, delivery: Delivery) -> Result<Delivery, Error> {
+    fn handle(
+        &mut self,
+        watchdog: &Watchdog,
+        channel: &Channel,
+        delivery: Delivery,
+        limit: Duration,
+    ) -> Result<Delivery, Error> {
         if wire::deadline_passed(&delivery.properties) {
             // The caller has given up (this can be a redelivery after a server died):
             // answering would only cost work.
@@ -193,25 +265,36 @@ impl Server<'_> {
             return Ok(delivery);
         };
         let (body, error) = fib_reply(&delivery.body, self.options.max_n);
-        match error {
-            None => self.stats.answered += 1,
-            Some(_) => self.stats.refused += 1,
-        }
         let properties = wire::reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &self.options.name,
             error,
         );
-        channel
-            .basic_publish("", Publish::with_properties(&body, reply_to, properties))
-            .map_err(Error::broker("cannot publish the reply"))?;
+        watchdog
+            .bounded("to the reply's publish", limit, || {
+                channel.basic_publish("", Publish::with_properties(&body, reply_to, properties))
+            })
+            .map_err(|e| Error::from(e).context("cannot publish the reply"))?;
+        match error {
+            None => self.stats.answered += 1,
+            Some(_) => self.stats.refused += 1,
+        }
         Ok(delivery)
     }
 }
 
-/// Acks `newest` and every unacked request before it.
-fn ack(channel: &Channel, newest: Delivery) -> Result<(), Error> {
-    newest
-        .ack_multiple(channel)
-        .map_err(Error::broker("cannot ack"))
+/// The connection went away: abandoned by our watchdog (with its reason), or lost.
+fn lost(watchdog: &Watchdog, what: &str) -> Error {
+    match watchdog.fired() {
+        Some(why) => rpc_client::Error::Stalled(why).into(),
+        None => Error::ConsumerStopped(what.to_string()),
+    }
+}
+
+/// A step of the clean stop failed: because the stop deadline passed, or for `err`.
+fn stop_failed(watchdog: &Watchdog, doing: &str, err: amiquip::Error) -> Error {
+    match watchdog.fired() {
+        Some(why) => rpc_client::Error::Stalled(why).into(),
+        None => Error::broker(doing)(err),
+    }
 }
