@@ -257,8 +257,11 @@ impl Server<'_> {
             return Ok(delivery);
         }
         let Some(reply_to) = delivery.properties.reply_to().clone() else {
+            // amiquip hands over empty properties when it cannot read them (a correlation_id or
+            // content_type that is not UTF-8): then there is no reply_to to answer to either.
             log::warn!(
-                "dropping a request without reply_to ({} bytes)",
+                "dropping a request without a readable reply_to ({} bytes; properties that \
+                 are not UTF-8 cannot be read)",
                 delivery.body.len()
             );
             self.stats.dropped += 1;
