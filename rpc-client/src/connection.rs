@@ -57,6 +57,10 @@ pub fn connect_first(
 pub fn open_link(options: &BrokerOptions) -> Result<Link, Error> {
     let fail = |reason: Failure| Error::Connect {
         uri: options.display_uri(),
+        refused: matches!(
+            reason,
+            Failure::LoginRefused(_) | Failure::VhostRefused { .. }
+        ),
         reason: reason.to_string(),
     };
     let addrs: Vec<SocketAddr> = (options.host.as_str(), options.port)
@@ -88,13 +92,19 @@ pub fn open_first(brokers: &[BrokerOptions], start: usize) -> Result<(Link, usiz
         return Err(Error::Config("no broker to connect to".into()));
     }
     let mut reasons = Vec::new();
+    let mut all_refused = true;
     for offset in 0..count {
         let index = (start + offset) % count;
         match open_link(&brokers[index]) {
             Ok(connection) => return Ok((connection, index)),
-            Err(Error::Connect { uri, reason }) if count > 1 => {
+            Err(Error::Connect {
+                uri,
+                reason,
+                refused,
+            }) if count > 1 => {
                 log::warn!("cannot connect to {uri}: {reason}");
                 reasons.push(format!("{uri}: {reason}"));
+                all_refused &= refused;
             }
             Err(err) => return Err(err),
         }
@@ -102,6 +112,7 @@ pub fn open_first(brokers: &[BrokerOptions], start: usize) -> Result<(Link, usiz
     Err(Error::Connect {
         uri: format!("any of {count} brokers"),
         reason: reasons.join("; "),
+        refused: all_refused,
     })
 }
 

@@ -20,7 +20,8 @@ pub mod exit_code {
     pub const TIMEOUT: u8 = 4;
     /// The server answered with an error reply (for example n above its `--max-n`).
     pub const SERVER_ERROR: u8 = 5;
-    /// The request could not be routed: no queue of that name exists (no server ever ran).
+    /// The request could not be routed: no queue of that name exists (no server has declared
+    /// it).
     pub const NO_ROUTE: u8 = 6;
 
     /// Every exit code of `rpc-client` with its meaning (Markdown), as the README lists them.
@@ -39,7 +40,7 @@ pub mod exit_code {
         ),
         (
             NO_ROUTE,
-            "no request queue of that name: the request was returned unroutable (no server ever ran)",
+            "no request queue of that name: the request was returned unroutable (no server has declared it: none runs, or one cannot declare it)",
         ),
     ];
 
@@ -71,6 +72,9 @@ pub enum Error {
         uri: String,
         /// What went wrong, one line.
         reason: String,
+        /// The broker refused the login or the virtual host: trying again with the same
+        /// settings cannot succeed.
+        refused: bool,
     },
     /// The connection or channel was closed while it was in use.
     ConnectionLost(String),
@@ -138,7 +142,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connect { uri, reason } => write!(f, "cannot connect to {uri}: {reason}"),
+            Error::Connect { uri, reason, .. } => write!(f, "cannot connect to {uri}: {reason}"),
             Error::ConnectionLost(why) => write!(f, "connection to the broker lost: {why}"),
             Error::Stalled(why) => write!(
                 f,
@@ -175,7 +179,8 @@ impl fmt::Display for Error {
             }
             Error::NoRoute { queue, reason } => write!(
                 f,
-                "no queue '{queue}' ({reason}): is an rpc-server running?"
+                "no queue '{queue}' exists (the broker returned the request: {reason}), so no \
+                 server has declared it: none runs, or one cannot declare it (see its log)"
             ),
             Error::Server { code, message } => write!(f, "server error ({code}): {message}"),
             Error::BadReply(why) => write!(f, "bad reply: {why}"),
@@ -192,11 +197,31 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl From<amiquip::Error> for Error {
-    /// Connection-level failures become [`Error::ConnectionLost`]; the rest stay AMQP errors.
+    /// Connection-level failures become [`Error::ConnectionLost`], except a close by the broker,
+    /// which stays an AMQP error so that its reply code can be read ([`Error::broker_code`]);
+    /// both exit 3.
     fn from(err: amiquip::Error) -> Self {
         match classify(&err) {
-            Some(why) => Error::ConnectionLost(why),
-            None => Error::Amqp(err),
+            Some(why) if !matches!(err, amiquip::Error::ServerClosedConnection { .. }) => {
+                Error::ConnectionLost(why)
+            }
+            _ => Error::Amqp(err),
+        }
+    }
+}
+
+impl Error {
+    /// The reply code and text with which the broker closed the channel or the connection,
+    /// if that is what happened (e.g. 403 ACCESS_REFUSED, 404 NOT_FOUND, 406
+    /// PRECONDITION_FAILED, 541 INTERNAL_ERROR). The text comes from the network: print it
+    /// through [`crate::wire::printable`].
+    pub fn broker_code(&self) -> Option<(u16, &str)> {
+        match self {
+            Error::Amqp(amiquip::Error::ServerClosedChannel { code, message, .. })
+            | Error::Amqp(amiquip::Error::ServerClosedConnection { code, message }) => {
+                Some((*code, message.as_str()))
+            }
+            _ => None,
         }
     }
 }

@@ -81,7 +81,7 @@ impl Admin {
         &self.channel
     }
 
-    /// Declares `queue` as a classic transient queue, or as a durable quorum queue.
+    /// Declares `queue` durable: classic (rpc-server's default), or quorum.
     pub fn declare(&self, queue: &str, quorum: bool) -> Result<(), Error> {
         let mut arguments = FieldTable::new();
         if quorum {
@@ -93,7 +93,7 @@ impl Admin {
         self.channel.queue_declare(
             queue,
             QueueDeclareOptions {
-                durable: quorum,
+                durable: true,
                 arguments,
                 ..QueueDeclareOptions::default()
             },

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     TooLarge,
     /// The server failed while handling a valid request.
     Internal,
+    /// The request came back after its handling failed before (see the server's redelivery
+    /// rule); it is not handled again.
+    Redelivered,
 }
 
 impl ErrorCode {
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::TooLarge => "too-large",
             ErrorCode::Internal => "internal",
+            ErrorCode::Redelivered => "redelivered",
         }
     }
 }

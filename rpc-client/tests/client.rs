@@ -277,7 +277,7 @@ fn missing_request_queue_fails_at_once() {
             assert_eq!(err.exit_code(), exit_code::NO_ROUTE);
             let text = err.to_string();
             assert!(text.contains(&format!("no queue '{queue}'")), "{text}");
-            assert!(text.contains("is an rpc-server running?"), "{text}");
+            assert!(text.contains("no server has declared it"), "{text}");
         }
         other => panic!("expected NoRoute, got {other:?}"),
     }

@@ -2,7 +2,9 @@
 
 use crate::error::{exit_code, Error};
 use crate::handler::REQUEST_LOG;
-use crate::options::{default_name, QueueType, ServerOptions, DEFAULT_MAX_N};
+use crate::options::{
+    default_name, QueueType, ServerOptions, DEFAULT_MAX_N, DEFAULT_MAX_REPLY_BYTES,
+};
 use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;
@@ -35,8 +37,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
 
-    /// Declare a classic request queue durable (quorum queues always are).
-    #[arg(long)]
+    /// Declare a classic request queue transient, as the original tutorial did (for old peers
+    /// that declare it so; RabbitMQ 4.3 refuses it by default).
+    #[arg(long, conflicts_with = "durable")]
+    pub transient: bool,
+
+    /// Declare the request queue durable: the default (kept for old command lines).
+    #[arg(long, hide = true)]
     pub durable: bool,
 
     /// Requests the broker may hand this server before it acks: 1 for slow work and fair
@@ -47,6 +54,12 @@ pub struct Cli {
     /// Largest n served; larger requests get an error reply.
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     pub max_n: u64,
+
+    /// Largest reply body published, in bytes; a larger result gets a too-large error reply
+    /// (RabbitMQ 4.x refuses messages over 16 MiB by default).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REPLY_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_reply_bytes: u32,
 
     /// Name put in the x-rpc-server header of replies and in logs [default: HOSTNAME-PID].
     #[arg(long)]
@@ -92,9 +105,10 @@ impl Cli {
             brokers,
             queue: self.queue.clone(),
             queue_type: self.queue_type,
-            durable: self.durable,
+            transient: self.transient,
             prefetch: self.prefetch,
             max_n: self.max_n,
+            max_reply_bytes: self.max_reply_bytes as usize,
             name,
             max_retries: self.max_retries,
             max_backoff: self.max_backoff,
@@ -163,6 +177,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<Error>() {
         Some(Error::Config(_)) => exit_code::USAGE,
         Some(Error::UncleanStop(_)) => exit_code::UNCLEAN_STOP,
+        Some(Error::Refused { .. }) => exit_code::REFUSED,
         _ => exit_code::FAILURE,
     }
 }

@@ -12,6 +12,8 @@ pub mod exit_code {
     pub const USAGE: u8 = 2;
     /// Stopped on a signal, but the broker prevented the clean close.
     pub const UNCLEAN_STOP: u8 = 3;
+    /// The broker refused something that retrying cannot fix (see [`crate::Error::Refused`]).
+    pub const REFUSED: u8 = 4;
     /// A second SIGINT/SIGTERM ended the server without its clean stop.
     pub const FORCED: u8 = 130;
 
@@ -29,6 +31,10 @@ pub mod exit_code {
         (
             UNCLEAN_STOP,
             "stopped after SIGINT or SIGTERM, but the broker prevented a clean close (within the stop bound; unacked requests go back to the queue)",
+        ),
+        (
+            REFUSED,
+            "the broker refused what retrying cannot fix: the login, the vhost, a permission, or a deprecated feature such as `--transient` on RabbitMQ 4.3; the message says which",
         ),
         (FORCED, "a second SIGINT or SIGTERM ended it at once"),
     ];
@@ -51,6 +57,17 @@ pub enum Error {
     },
     /// The request consumer stopped: cancelled by the broker, or its channel went away.
     ConsumerStopped(String),
+    /// The broker refused something that trying again with the same settings cannot fix, so
+    /// the server stopped instead of reconnecting: the login or the virtual host (403/530 at
+    /// connect), a permission (403 ACCESS_REFUSED), an exclusive queue of another connection
+    /// (405 RESOURCE_LOCKED), a denied deprecated feature (541, e.g. transient non-exclusive
+    /// queues on RabbitMQ 4.3).
+    Refused {
+        /// What to do about it, one line.
+        hint: String,
+        /// The error as it happened.
+        cause: Box<Error>,
+    },
     /// A stop was asked for (SIGINT/SIGTERM, or the shutdown channel) and the server stopped,
     /// but the broker prevented a clean close: unacked requests go back to the queue.
     UncleanStop(Box<Error>),
@@ -63,6 +80,49 @@ impl Error {
         move |source| Error::Broker {
             doing,
             source: Box::new(source.into()),
+        }
+    }
+
+    /// If retrying with the same settings cannot fix this error: what to do about it.
+    /// Everything else (connection refused or lost, a node down, a stalled link, a queue
+    /// deleted under us, a channel closed for a consumer timeout) is worth a reconnect.
+    pub fn refusal(&self) -> Option<String> {
+        let client = self.client_error()?;
+        if let rpc_client::Error::Connect { refused: true, .. } = client {
+            return Some("check the user name, password and virtual host".into());
+        }
+        let (code, text) = client.broker_code()?;
+        let hint = match code {
+            403 => {
+                "access refused: check the user's permissions (configure, write, read) on \
+                    the vhost and the request queue"
+            }
+            405 => "the request queue is exclusive to another connection",
+            530 => "the user may not use this virtual host",
+            541 if text.contains("transient_nonexcl_queues") => {
+                "the broker denies transient non-exclusive queues (RabbitMQ 4.3's default): \
+                 run without --transient"
+            }
+            541 if text.contains("deprecated") => "the broker denies a deprecated feature",
+            _ => return None,
+        };
+        Some(hint.to_string())
+    }
+
+    /// Whether the broker closed the channel because a request was not acked within its
+    /// `consumer_timeout` (406 "delivery acknowledgement ... timed out").
+    pub fn consumer_timeout(&self) -> bool {
+        self.client_error()
+            .and_then(rpc_client::Error::broker_code)
+            .is_some_and(|(code, text)| code == 406 && text.contains("acknowledgement"))
+    }
+
+    /// The client library's error inside this one, if any.
+    fn client_error(&self) -> Option<&rpc_client::Error> {
+        match self {
+            Error::Connection(err) => Some(err),
+            Error::Broker { source, .. } => Some(source),
+            _ => None,
         }
     }
 
@@ -85,6 +145,9 @@ impl fmt::Display for Error {
             Error::Connection(err) => err.fmt(f),
             Error::Broker { doing, source } => write!(f, "{doing}: {source}"),
             Error::ConsumerStopped(why) => write!(f, "consumer stopped: {why}"),
+            Error::Refused { hint, cause } => {
+                write!(f, "{cause}; not retrying: {hint}")
+            }
             Error::UncleanStop(why) => write!(
                 f,
                 "stopped without a clean close ({why}); unacked requests go back to the queue"

@@ -8,6 +8,8 @@
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
 //! - [`queue`]: making sure the request queue exists, declared from the options if not.
 //! - [`ack`]: acking answered requests several at a time.
+//! - [`confirms`]: replies counted once the broker confirms them.
+//! - [`redelivery`]: the rule for requests that keep coming back.
 //! - [`reconnect`]: backoff between connection attempts, and when to give up.
 //! - [`options`]: [`ServerOptions`] and [`QueueType`].
 //! - [`error`]: [`Error`] and the exit codes of `rpc-server`.
@@ -19,12 +21,14 @@
 
 pub mod ack;
 pub mod cli;
+pub mod confirms;
 pub mod error;
 pub mod fib;
 pub mod handler;
 pub mod options;
 pub mod queue;
 pub mod reconnect;
+pub mod redelivery;
 pub mod server;
 
 pub use error::Error;

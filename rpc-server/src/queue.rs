@@ -48,7 +48,7 @@ pub fn ensure_queue(
             AmqpValue::LongString("quorum".to_string()),
         );
     }
-    let durable = options.durable || options.queue_type == QueueType::Quorum;
+    let durable = !options.transient;
     let declared = watchdog.bounded("to the request queue's declare", limit, || {
         declare.queue_declare(
             queue,

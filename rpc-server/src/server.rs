@@ -6,19 +6,22 @@
 //! hands each server one request at a time, so N servers share slow work evenly.
 
 use crate::ack::AckBatch;
+use crate::confirms::{ReplyKind, Settled, Unconfirmed};
 use crate::error::Error;
 use crate::handler::fib_reply;
-use crate::options::ServerOptions;
+use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
 use crate::reconnect::Reconnect;
+use crate::redelivery::Redeliveries;
 use amiquip::{
-    Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+    AmqpProperties, Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
+    Delivery, Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
 use rpc_client::consume::consume;
 use rpc_client::watchdog::Watchdog;
-use rpc_client::wire;
+use rpc_client::wire::{self, ErrorCode};
 use std::time::{Duration, Instant};
 
 /// Most answered requests acked with one `multiple` ack.
@@ -27,10 +30,13 @@ const ACK_BATCH: usize = 64;
 /// Counts of what a server did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Requests answered with a result.
+    /// Requests answered with a result the broker confirmed.
     pub answered: u64,
-    /// Requests answered with an error reply.
+    /// Requests answered with an error reply the broker confirmed.
     pub refused: u64,
+    /// Replies the broker refused (nacked), or that were not confirmed before the
+    /// connection closed.
+    pub unconfirmed: u64,
     /// Requests without `reply_to`, or whose caller's deadline had passed: acked, not answered.
     pub dropped: u64,
     /// Times the server lost its connection (or could not connect) and tried again.
@@ -59,6 +65,11 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Err
     if options.brokers.is_empty() {
         return Err(Error::Config("no broker to connect to".into()));
     }
+    if options.transient && options.queue_type == QueueType::Quorum {
+        return Err(Error::Config(
+            "quorum queues are always durable: --transient goes with --queue-type classic".into(),
+        ));
+    }
     let mut server = Server {
         options,
         shutdown,
@@ -67,13 +78,29 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Err
         next_broker: 0,
         stopping: false,
         deliveries: None,
+        redeliveries: Redeliveries::default(),
     };
     loop {
         let err = match server.serve() {
             Ok(()) => return Ok(server.stats),
             Err(err) if server.stopping => return Err(Error::UncleanStop(Box::new(err))),
-            Err(err) => err,
+            Err(err) => match err.refusal() {
+                Some(hint) => {
+                    return Err(Error::Refused {
+                        hint,
+                        cause: Box::new(err),
+                    })
+                }
+                None => err,
+            },
         };
+        if err.consumer_timeout() {
+            log::error!(
+                "the broker closed the channel: a request took longer than its consumer_timeout \
+                 (raise consumer_timeout on the broker, or lower --max-n); the request comes \
+                 back and is then answered with a 'redelivered' error reply"
+            );
+        }
         let Some(delay) = server.reconnect.failed() else {
             return Err(err);
         };
@@ -104,6 +131,8 @@ struct Server<'a> {
     /// The current connection's request receiver, kept until the connection is closed:
     /// amiquip's I/O thread treats a consumer whose receiver is gone as a fatal error.
     deliveries: Option<Receiver<ConsumerMessage>>,
+    /// Requests started and not confirmed, to recognise one that keeps coming back.
+    redeliveries: Redeliveries,
 }
 
 impl Server<'_> {
@@ -152,6 +181,13 @@ impl Server<'_> {
             })?;
         let channel =
             watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
+        // Replies count once the broker confirms them (see crate::confirms).
+        let confirms = watchdog.bounded("to enabling publisher confirms", limit, || {
+            let confirms = channel.listen_for_publisher_confirms()?;
+            channel.enable_publisher_confirms()?;
+            Ok(confirms)
+        })?;
+        let mut unconfirmed: Unconfirmed<AmqpProperties> = Unconfirmed::default();
         ensure_queue(connection, watchdog, options, limit)?;
         watchdog
             .bounded("to the prefetch setting (qos)", limit, || {
@@ -185,7 +221,8 @@ impl Server<'_> {
                         if !self.shutdown.is_empty() {
                             break;
                         }
-                        let delivery = self.handle(watchdog, &channel, delivery, limit)?;
+                        let delivery =
+                            self.handle(watchdog, &channel, delivery, limit, &mut unconfirmed)?;
                         if let Some(newest) = acks.answered(delivery, !deliveries.is_empty()) {
                             watchdog.bounded("to an ack", limit, || newest.ack_multiple(&channel))?;
                         }
@@ -201,6 +238,10 @@ impl Server<'_> {
                         return Err(Error::broker("the broker closed the connection")(err));
                     }
                     Ok(other) => return Err(Error::ConsumerStopped(format!("{other:?}"))),
+                    Err(_) => return Err(lost(watchdog, "connection closed")),
+                },
+                recv(confirms) -> confirm => match confirm {
+                    Ok(confirm) => self.settle(unconfirmed.confirm(confirm)),
                     Err(_) => return Err(lost(watchdog, "connection closed")),
                 },
                 recv(blocked) -> note => match note {
@@ -221,19 +262,28 @@ impl Server<'_> {
         // the channel close and (in serve) the connection close together.
         self.stopping = true;
         watchdog.arm(Instant::now() + STOP_LIMIT, "to the clean stop");
-        let stats = self.stats;
-        log::info!(
-            "shutting down: {} answered, {} refused, {} dropped, {} reconnects",
-            stats.answered,
-            stats.refused,
-            stats.dropped,
-            stats.reconnects
-        );
         if let Some(newest) = acks.take() {
             newest
                 .ack_multiple(&channel)
                 .map_err(|e| stop_failed(watchdog, "cannot ack", e))?;
         }
+        // The last confirms, so that the counts are final.
+        while !unconfirmed.is_empty() {
+            match confirms.recv() {
+                Ok(confirm) => self.settle(unconfirmed.confirm(confirm)),
+                Err(_) => break,
+            }
+        }
+        self.stats.unconfirmed += unconfirmed.len() as u64;
+        let stats = self.stats;
+        log::info!(
+            "shutting down: {} answered, {} refused, {} dropped, {} unconfirmed, {} reconnects",
+            stats.answered,
+            stats.refused,
+            stats.dropped,
+            stats.unconfirmed,
+            stats.reconnects
+        );
         // Closing the channel returns prefetched, unacked requests to the queue.
         channel
             .close()
@@ -248,6 +298,7 @@ impl Server<'_> {
         channel: &Channel,
         delivery: Delivery,
         limit: Duration,
+        unconfirmed: &mut Unconfirmed<AmqpProperties>,
     ) -> Result<Delivery, Error> {
         if wire::deadline_passed(&delivery.properties) {
             // The caller has given up (this can be a redelivery after a server died):
@@ -267,7 +318,20 @@ impl Server<'_> {
             self.stats.dropped += 1;
             return Ok(delivery);
         };
-        let (body, error) = fib_reply(&delivery.body, self.options.max_n);
+        let (body, error) = match self
+            .redeliveries
+            .check(delivery.redelivered, &delivery.properties)
+        {
+            Some(why) => {
+                log::warn!("refusing a redelivered request: {why}");
+                (why.into_bytes(), Some(ErrorCode::Redelivered))
+            }
+            None => fib_reply(
+                &delivery.body,
+                self.options.max_n,
+                self.options.max_reply_bytes,
+            ),
+        };
         let properties = wire::reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &self.options.name,
@@ -278,11 +342,29 @@ impl Server<'_> {
                 channel.basic_publish("", Publish::with_properties(&body, reply_to, properties))
             })
             .map_err(|e| Error::from(e).context("cannot publish the reply"))?;
-        match error {
-            None => self.stats.answered += 1,
-            Some(_) => self.stats.refused += 1,
-        }
+        let kind = match error {
+            None => ReplyKind::Answer,
+            Some(_) => ReplyKind::Refusal,
+        };
+        unconfirmed.published(kind, delivery.properties.clone());
         Ok(delivery)
+    }
+
+    /// Counts replies the broker confirmed (or refused) and forgets their requests.
+    fn settle(&mut self, settled: Vec<Settled<AmqpProperties>>) {
+        for reply in settled {
+            match (reply.accepted, reply.kind) {
+                (true, ReplyKind::Answer) => self.stats.answered += 1,
+                (true, ReplyKind::Refusal) => self.stats.refused += 1,
+                (false, _) => {
+                    log::warn!("the broker refused (nacked) a reply");
+                    self.stats.unconfirmed += 1;
+                }
+            }
+            if reply.accepted {
+                self.redeliveries.finished(&reply.tag);
+            }
+        }
     }
 }
 

@@ -282,6 +282,7 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
             answered: 2,
             refused: bad.len() as u64 + 1,
             dropped: 1,
+            unconfirmed: 0,
             reconnects: 0,
         }
     );

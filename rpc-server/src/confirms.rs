@@ -1,0 +1,145 @@
+//! Replies the broker has not confirmed yet ([`Unconfirmed`]).
+//!
+//! The server publishes replies with publisher confirms on: the broker acks each reply once it
+//! has routed it, or nacks it. A reply counts as answered (or refused) only then, and only then
+//! is its request forgotten by [`crate::redelivery::Redeliveries`]: a reply the broker refuses
+//! by closing the channel (a message over its `max_message_size`) is never confirmed, so its
+//! request, when it comes back, is recognised.
+
+use amiquip::Confirm;
+use std::collections::VecDeque;
+
+/// What a reply was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A result.
+    Answer,
+    /// An error reply.
+    Refusal,
+}
+
+/// A reply the broker confirmed (`accepted`) or refused, with what it carried along.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled<T> {
+    /// What the reply was.
+    pub kind: ReplyKind,
+    /// The broker acked it (false: nacked).
+    pub accepted: bool,
+    /// What the caller attached when it was sent.
+    pub tag: T,
+}
+
+/// Replies published on one channel and not yet confirmed, in publish order. Each carries a
+/// `T` of the caller's (the request's identity).
+#[derive(Debug)]
+pub struct Unconfirmed<T> {
+    /// The broker's sequence number of the next publish on this channel (the first is 1).
+    next: u64,
+    pending: VecDeque<(u64, ReplyKind, T)>,
+}
+
+impl<T> Default for Unconfirmed<T> {
+    fn default() -> Self {
+        Unconfirmed {
+            next: 1,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Unconfirmed<T> {
+    /// Records a reply just published.
+    pub fn published(&mut self, kind: ReplyKind, tag: T) {
+        self.pending.push_back((self.next, kind, tag));
+        self.next += 1;
+    }
+
+    /// Replies still waiting for the broker's word.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether every reply was confirmed.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The replies a confirm settles (one, or all up to its tag when `multiple`).
+    pub fn confirm(&mut self, confirm: Confirm) -> Vec<Settled<T>> {
+        let (payload, accepted) = match confirm {
+            Confirm::Ack(payload) => (payload, true),
+            Confirm::Nack(payload) => (payload, false),
+        };
+        let mut settled = Vec::new();
+        if payload.multiple {
+            while self
+                .pending
+                .front()
+                .is_some_and(|(seq, _, _)| *seq <= payload.delivery_tag)
+            {
+                if let Some((_, kind, tag)) = self.pending.pop_front() {
+                    settled.push(Settled {
+                        kind,
+                        accepted,
+                        tag,
+                    });
+                }
+            }
+        } else if let Some(i) = self
+            .pending
+            .iter()
+            .position(|(seq, _, _)| *seq == payload.delivery_tag)
+        {
+            if let Some((_, kind, tag)) = self.pending.remove(i) {
+                settled.push(Settled {
+                    kind,
+                    accepted,
+                    tag,
+                });
+            }
+        }
+        settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiquip::ConfirmPayload;
+
+    fn ack(delivery_tag: u64, multiple: bool) -> Confirm {
+        Confirm::Ack(ConfirmPayload {
+            delivery_tag,
+            multiple,
+        })
+    }
+
+    #[test]
+    fn single_and_multiple_confirms() {
+        let mut unconfirmed = Unconfirmed::default();
+        for id in ["a", "b", "c", "d"] {
+            unconfirmed.published(ReplyKind::Answer, id);
+        }
+        fn tags(settled: Vec<Settled<&'static str>>) -> Vec<&'static str> {
+            settled.into_iter().map(|s| s.tag).collect()
+        }
+        assert_eq!(tags(unconfirmed.confirm(ack(2, false))), ["b"]);
+        assert_eq!(tags(unconfirmed.confirm(ack(3, true))), ["a", "c"]);
+        assert_eq!(unconfirmed.len(), 1);
+        let nacked = unconfirmed.confirm(Confirm::Nack(ConfirmPayload {
+            delivery_tag: 4,
+            multiple: false,
+        }));
+        assert_eq!(nacked.len(), 1);
+        assert!(!nacked[0].accepted);
+        assert!(unconfirmed.is_empty());
+    }
+
+    #[test]
+    fn unknown_tags_settle_nothing() {
+        let mut unconfirmed = Unconfirmed::default();
+        unconfirmed.published(ReplyKind::Refusal, ());
+        assert!(unconfirmed.confirm(ack(7, false)).is_empty());
+        assert_eq!(unconfirmed.len(), 1);
+    }
+}

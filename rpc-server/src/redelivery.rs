@@ -1,0 +1,160 @@
+//! Requests that keep coming back ([`Redeliveries`]): the rule that keeps a request whose
+//! handling fails again and again from being computed without end.
+//!
+//! A request comes back (`redelivered`) when the server holding it lost its channel before the
+//! ack: it died, its connection was lost, the broker refused its reply, or the handling took
+//! longer than the broker's `consumer_timeout`. The first two heal by themselves; the others
+//! fail the same way every time. The rule:
+//!
+//! - On a quorum queue the broker counts earlier deliveries in the `x-delivery-count` header: a
+//!   request delivered [`MAX_DELIVERIES`] times before is answered with a `redelivered` error
+//!   reply instead of being handled again.
+//! - On any queue, a server that started handling a request and lost it before the ack
+//!   remembers it: if the request comes back to it, it answers with the error reply. (Another
+//!   server may still handle it once; each server at most once more.)
+//!
+//! A request that merely waited in a dead server's buffer comes back once and is answered as
+//! usual.
+
+use amiquip::{AmqpProperties, AmqpValue};
+use std::collections::{HashSet, VecDeque};
+
+/// Earlier deliveries (`x-delivery-count`) after which a request is answered with an error
+/// reply instead of being handled again.
+pub const MAX_DELIVERIES: u64 = 2;
+
+/// Most requests remembered as started and not acked (the oldest are forgotten first).
+const REMEMBERED: usize = 10_000;
+
+/// The requests this server started and did not see acked, by correlation id and `reply_to`.
+#[derive(Debug, Default)]
+pub struct Redeliveries {
+    started: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Redeliveries {
+    /// Whether a request must not be handled again: why, for the error reply, if so.
+    /// Otherwise records it as started (see [`Redeliveries::finished`]).
+    pub fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Option<String> {
+        if let Some(count) = delivery_count(properties) {
+            if count >= MAX_DELIVERIES {
+                return Some(format!(
+                    "this request was delivered {count} times before and its handling failed \
+                     each time (a server died, its reply was refused, or it took longer than \
+                     the broker's consumer_timeout); it is not handled again"
+                ));
+            }
+        }
+        let key = key(properties)?;
+        if redelivered && self.started.contains(&key) {
+            return Some(
+                "this server lost this request once while handling it (its channel closed: \
+                 a reply the broker refused, or longer than the broker's consumer_timeout); \
+                 it is not handled again"
+                    .into(),
+            );
+        }
+        if self.started.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > REMEMBERED {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.started.remove(&oldest);
+                }
+            }
+        }
+        None
+    }
+
+    /// The request was answered and acked: forget it.
+    pub fn finished(&mut self, properties: &AmqpProperties) {
+        if let Some(key) = key(properties) {
+            if self.started.remove(&key) {
+                self.order.retain(|k| k != &key);
+            }
+        }
+    }
+}
+
+/// `x-delivery-count`: how often the broker delivered the request before (quorum queues).
+fn delivery_count(properties: &AmqpProperties) -> Option<u64> {
+    match properties.headers().as_ref()?.get("x-delivery-count")? {
+        AmqpValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AmqpValue::LongInt(n) => u64::try_from(*n).ok(),
+        AmqpValue::LongUInt(n) => Some(u64::from(*n)),
+        AmqpValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AmqpValue::ShortUInt(n) => Some(u64::from(*n)),
+        AmqpValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AmqpValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+/// A request's identity: its correlation id and where it wants the reply.
+fn key(properties: &AmqpProperties) -> Option<String> {
+    let id = properties.correlation_id().as_deref()?;
+    let reply_to = properties.reply_to().as_deref().unwrap_or("");
+    Some(format!("{id}\u{0}{reply_to}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiquip::FieldTable;
+
+    fn request(id: &str) -> AmqpProperties {
+        AmqpProperties::default()
+            .with_correlation_id(id.into())
+            .with_reply_to("q".into())
+    }
+
+    #[test]
+    fn a_request_lost_while_handling_is_not_handled_again() {
+        let mut seen = Redeliveries::default();
+        assert_eq!(seen.check(false, &request("a")), None);
+        // The channel closed before the ack: it comes back.
+        assert!(seen.check(true, &request("a")).is_some());
+    }
+
+    #[test]
+    fn finished_requests_are_forgotten() {
+        let mut seen = Redeliveries::default();
+        assert_eq!(seen.check(false, &request("a")), None);
+        seen.finished(&request("a"));
+        // A duplicate delivery after a clean ack (another server's crash) is answered.
+        assert_eq!(seen.check(true, &request("a")), None);
+    }
+
+    #[test]
+    fn a_redelivery_from_another_server_is_handled_once() {
+        let mut seen = Redeliveries::default();
+        assert_eq!(seen.check(true, &request("b")), None);
+    }
+
+    #[test]
+    fn quorum_delivery_count_limits_every_server() {
+        let mut seen = Redeliveries::default();
+        let counted = |n: i64| {
+            let mut headers = FieldTable::new();
+            headers.insert("x-delivery-count".into(), AmqpValue::LongLongInt(n));
+            request("c").with_headers(headers)
+        };
+        assert_eq!(seen.check(true, &counted(1)), None);
+        seen.finished(&counted(1));
+        assert!(seen.check(true, &counted(2)).is_some());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut seen = Redeliveries::default();
+        for i in 0..REMEMBERED + 10 {
+            let _ = seen.check(false, &request(&i.to_string()));
+        }
+        assert_eq!(seen.started.len(), REMEMBERED);
+        // The oldest were forgotten, the newest are remembered.
+        assert_eq!(seen.check(true, &request("0")), None);
+        assert!(seen
+            .check(true, &request(&(REMEMBERED + 9).to_string()))
+            .is_some());
+    }
+}
