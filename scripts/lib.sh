@@ -40,9 +40,15 @@ amqp_probe() {
     [[ $reply == 010000????????000a000a ]]
 }
 
-# An amqp(s):// URI with its password masked, for messages: amqp://guest:****@host:5672.
-mask_uri() {
-    sed -E 's#^([a-z]+://[^:@/?]*):[^@/?]*@#\1:****@#' <<<"$1"
+# xtask ARGS...: the workspace's dev tool (scripts/xtask: URIs, queue admin through the broker,
+# the bench table), built once (cargo build --release -p xtask) by the first script that uses it.
+xtask() {
+    if [[ -z ${XTASK_BUILT:-} ]]; then
+        ensure_build_deps
+        cargo build --release -q -p xtask || die "cargo build --release -p xtask failed"
+        export XTASK_BUILT=1
+    fi
+    "$REPO_ROOT/target/release/xtask" "$@"
 }
 
 # Succeed if host:port accepts TCP connections.
@@ -149,6 +155,21 @@ is_our_server() {
         [[ $stat == "$pid (rpc-server) "[!ZX]* ]] || return 1
     fi
     return 0
+}
+
+# stop_pid PID [SECS]: SIGTERM, then SIGKILL if PID still runs after SECS (default 10) seconds;
+# returns its exit status if it is our child. The caller makes sure PID is its process.
+stop_pid() {
+    local pid=$1 secs=${2:-10} rc=0 deadline
+    deadline=$((SECONDS + secs))
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "pid $pid did not exit within ${secs}s of SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    return "$rc"
 }
 
 # Pid files in the run dir whose process is still alive (one path per line).
