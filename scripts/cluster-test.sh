@@ -16,18 +16,11 @@
 # Env: CLUSTER_KEEP=1 leaves the cluster up at the end (scripts/cluster.sh down stops it);
 # those of scripts/cluster.sh (CLUSTER_PORTS, CLUSTER_WAIT, RABBITMQ_BIN, ...).
 set -euo pipefail
-# shellcheck source=scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/node.sh
+. "$(dirname "${BASH_SOURCE[0]}")/node.sh"
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
-
-
-# The same checks as scripts/cluster.sh, but a missing RabbitMQ is a skip, not a failure.
-RMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
-[[ -x $RMQ_BIN/rabbitmq-server && -x $RMQ_BIN/rabbitmqctl ]] ||
-    skip "no rabbitmq-server/rabbitmqctl in $RMQ_BIN: cannot run a RabbitMQ cluster here (scripts/broker.sh installs Debian's package as root)"
-command -v erl >/dev/null 2>&1 || skip "erl (Erlang) not found in PATH: cannot run a RabbitMQ cluster here"
-command -v epmd >/dev/null 2>&1 || skip "epmd (Erlang) not found in PATH: cannot run a RabbitMQ cluster here"
+node_installed # a missing RabbitMQ is a skip here, not a failure as in scripts/cluster.sh
 ensure_build_deps
 
 # One run at a time: a second run would stop the first one's nodes.
