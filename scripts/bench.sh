@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks, all in one run on one broker, printed as one markdown table (also
-# saved to target/bench/bench.md), every row with its ratio to an anchor row:
+# Benchmarks, all in one run on one broker, printed as one markdown table (also saved to
+# target/bench/bench.md; made by `xtask bench-table` from the facts the run collects in
+# facts.tsv), every row with its ratio to an anchor row:
 #   (a) echo floor: cargo bench --bench echo_floor (bare amiquip echo), 1/8/64 in flight
 #   (b) the tutorial's Python pika client, sequential calls/s (scripts/interop/bench_pika.py)
 #   (c) rpc-client bench, 1 in flight, exclusive and direct reply-to   (vs a, b)
@@ -85,8 +86,8 @@ stop_server() {
 cleanup() {
     local rc=$?
     stop_server
-    if [[ -n $QUEUE_USED ]] && ! py_admin delete "$QUEUE" 2>>"$WORK/admin.err"; then
-        warn "could not delete queue $QUEUE (see $WORK/admin.err); delete it by hand"
+    if [[ -n $QUEUE_USED ]] && ! xtask queue delete "$QUEUE"; then
+        warn "could not delete queue $QUEUE; delete it by hand"
     fi
     if ((rc == 0)); then
         rm -rf "$WORK"
@@ -100,49 +101,8 @@ trap 'exit 143' TERM
 
 # ---- helpers -----------------------------------------------------------------
 
-# py_admin version | delete QUEUE | wait-consumer QUEUE SECS: small broker chores in pika.
-py_admin() {
-    "$PY" - "$@" <<'EOF'
-import os, sys, time, pika
-url = os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/")
-action = sys.argv[1]
-if action == "wait-consumer":
-    deadline = time.monotonic() + float(sys.argv[3])
-    while True:
-        try:
-            conn = pika.BlockingConnection(pika.URLParameters(url))
-            try:
-                q = conn.channel().queue_declare(queue=sys.argv[2], passive=True)
-                if q.method.consumer_count > 0:
-                    sys.exit(0)
-            finally:
-                if conn.is_open:
-                    conn.close()
-        except pika.exceptions.AMQPError:
-            pass
-        if time.monotonic() > deadline:
-            sys.exit(f"no consumer on {sys.argv[2]} within {sys.argv[3]}s")
-        time.sleep(0.2)
-conn = pika.BlockingConnection(pika.URLParameters(url))
-if action == "version":
-    p = conn._impl.server_properties
-    print(f"{p.get('product', '?')} {p.get('version', '?')} ({p.get('platform', '?')})")
-elif action == "delete":
-    conn.channel().queue_delete(queue=sys.argv[2])
-conn.close()
-EOF
-}
-
-# ratio A B -> A/B with 2 decimals, or n/a.
-ratio() {
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {
-        if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
-}
-# lt A B -> succeed if both are numbers and A < B.
-lt() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { exit !(a != "" && b != "" && a + 0 < b + 0) }'; }
-mib() { awk -v k="${1:-}" 'BEGIN { if (k == "") print "n/a"; else printf "%.1f MiB\n", k / 1024 }'; }
-# col FILE N -> field N of the last line of a tab-separated file.
-col() { awk -F'\t' -v n="$2" 'END { print $n }' "$1"; }
+# fact KIND ID VALUE...: one line of the facts xtask bench-table makes the report of.
+fact() { (IFS=$'\t' && printf '%s\n' "$*") >>"$WORK/facts.tsv"; }
 
 # attempt ID CMD...: run CMD, stdout to $WORK/ID.out, stderr to $WORK/ID.err. If it
 # fails, wait for the broker (and our server's consumer) and try once more.
@@ -160,7 +120,7 @@ attempt() {
         msg "$id: waiting for the broker, then retrying once"
         BROKER_WAIT=$BROKER_WAIT_SECS scripts/broker.sh || break
         if [[ -n $SERVER_UP ]]; then
-            py_admin wait-consumer "$QUEUE" 60 || break
+            xtask queue wait-consumers "$QUEUE" 1 --timeout 60 || break
         fi
         msg "$id: broker back; retrying"
     done
@@ -168,47 +128,32 @@ attempt() {
     return 1
 }
 
-# Results, by row id, of its best run: rate (calls/s), p50/p99 (ms); errors of all its
-# runs; RUNS, the calls/s of every run; RESULT is the display cell.
-declare -A RATE=() ERRS=() RUNS=() RESULT=()
-# record_tsv ID FILE: read the `rpc-client bench --tsv` columns from FILE into row ID.
+# record_tsv ID FILE: the `--tsv` result line of one run of row ID (calls/s in column 6).
 record_tsv() {
-    local id=$1 f=$2 rate p50 p99 errors
-    rate=$(col "$f" 6) p50=$(col "$f" 7) p99=$(col "$f" 9) errors=$(col "$f" 11)
-    [[ $rate =~ ^[0-9]+$ ]] || {
-        warn "$id: no calls/s in $f"
+    local line
+    line=$(tail -n 1 "$2")
+    [[ $(cut -f 6 <<<"$line") =~ ^[0-9]+$ ]] || {
+        warn "$1: no calls/s in $2"
         return 1
     }
-    RUNS[$id]+="${RUNS[$id]:+, }$rate"
-    ERRS[$id]=$((${ERRS[$id]:-0} + ${errors:-0}))
-    if [[ -z ${RATE[$id]:-} ]] || ((rate > RATE[$id])); then
-        RATE[$id]=$rate
-        RESULT[$id]="$rate calls/s"
-        [[ -z $p50 ]] || RESULT[$id]+=", p50 $p50 ms, p99 $p99 ms"
-    fi
+    fact run "$1" "$line"
 }
-# result ID: the display cell of a calls/s row.
-result() {
-    local id=$1
-    [[ -n ${RESULT[$id]:-} ]] || {
-        printf 'failed'
-        return 0
-    }
-    printf '%s' "${RESULT[$id]}"
-    ((REPEAT == 1)) || printf ' (best of runs: %s)' "${RUNS[$id]}"
-    ((${ERRS[$id]:-0} == 0)) || printf ', **%s failed calls**' "${ERRS[$id]}"
-}
-
 # Peak RSS in kB of a command, via GNU time (RSS_CMD is empty without it).
 RSS_CMD=()
-declare -A RSS=()
-# rss_of ID: the %M that GNU time wrote to $WORK/ID.rss (its last line).
-rss_of() {
-    if [[ -s $WORK/$1.rss ]]; then tail -n 1 "$WORK/$1.rss" | tr -dc '0-9'; fi
+# rss ID FILE: the %M that GNU time wrote to FILE (its last line), as a fact.
+rss() {
+    local kb
+    [[ -s $2 ]] && kb=$(tail -n 1 "$2" | tr -dc '0-9') && [[ -n $kb ]] && fact rss "$1" "$kb"
+    return 0
 }
 
 server_pid() { cat "$RUN_DIR/server-1.pid" 2>/dev/null || true; }
-vmhwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+# vmhwm ID: the peak RSS of our server, as a fact.
+vmhwm() {
+    local kb
+    kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$(server_pid)/status" 2>/dev/null) || kb=
+    [[ -z $kb ]] || fact rss "$1" "$kb"
+}
 
 # start_server PREFETCH: one rpc-server on $QUEUE.
 start_server() {
@@ -254,16 +199,25 @@ msg "building (cargo build --release; cargo bench --no-run for echo_floor and fi
     tail -n 30 "$WORK/build.log" >&2
     die "build failed (log: $WORK/build.log)"
 }
+export XTASK_BUILT=1 # cargo build --release built it too (lib.sh)
 
 mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-broker_version=$(py_admin version 2>>"$WORK/admin.err") || broker_version="unknown (see $WORK/admin.err)"
+broker_version=$(xtask broker-version) || broker_version="unknown (see above)"
 py_versions=$("$PY" -c 'import sys, pika, gmpy2
 print(f"Python {sys.version.split()[0]}, pika {pika.__version__}, gmpy2 {gmpy2.version()} ({gmpy2.mp_version()})")')
 MACHINE="$(nproc) cores (nproc), ${model:-unknown CPU}, $(awk -v k="$mem_kb" 'BEGIN { printf "%.1f", k / 1048576 }') GiB RAM, Linux $(uname -r)"
 SOFTWARE="$broker_version; $(rustc --version); $py_versions"
 msg "machine: $MACHINE"
 msg "software: $SOFTWARE"
+fact set machine "$MACHINE"
+fact set software "$SOFTWARE"
+fact set mode "$MODE"
+fact set broker "$(xtask mask-uri <<<"${AMQP_URI:-amqp://guest:guest@localhost:5672}")"
+for v in warmup:$warmup repeat:$REPEAT seq_calls:$SEQ_CALLS inflight_calls:$INFLIGHT_CALLS \
+    py_calls:$PY_CALLS prefetch:$PREFETCH oneshot_runs:$ONESHOT_RUNS "depths:${DEPTHS[*]}" "fib_ns:${FIB_NS[*]}"; do
+    fact set "${v%%:*}" "${v#*:}"
+done
 
 # ---- runners -----------------------------------------------------------------
 
@@ -283,21 +237,20 @@ pika_bench() { # ID RUN REPLY-QUEUE CALLS
     record_tsv "$1" "$WORK/$1.$2.out" || true
 }
 client_bench() { # ID RUN IN-FLIGHT REPLY-QUEUE CALLS
-    local rss=() v
+    local rss=()
     ((${#RSS_CMD[@]} == 0)) || rss=("${RSS_CMD[@]}" "$WORK/$1.$2.rss")
     msg "$1 (run $2/$REPEAT): rpc-client bench, $3 in flight, $4 reply queue, $5 calls"
     attempt "$1.$2" ${rss[@]+"${rss[@]}"} "$CLIENT" --queue "$QUEUE" --reply-queue "$4" \
         bench --calls "$5" --in-flight "$3" --n 30 --warmup "$warmup" --tsv || return 0
     record_tsv "$1" "$WORK/$1.$2.out" || true
-    v=$(rss_of "$1.$2")
-    if [[ -n $v ]] && { [[ -z ${RSS[$1]:-} ]] || ((v > RSS[$1])); }; then RSS[$1]=$v; fi
+    rss "$1" "$WORK/$1.$2.rss"
 }
 
 # ---- sequential rows on a prefetch-1 server: (a) K=1, (b), (c), (e) ------------------
 
 start_server 1
 sleep 1 # idle a moment before reading the idle peak
-RSS[server_idle]=$(vmhwm "$(server_pid)")
+vmhwm server_idle
 
 for ((run = 1; run <= REPEAT; run++)); do
     echo_floor a1 "$run" 1 1 "$SEQ_CALLS"
@@ -311,29 +264,26 @@ done
 ONESHOT_OURS=("$CLIENT" --queue "$QUEUE" 30)
 ONESHOT_DIRECT=("$CLIENT" --reply-queue direct --queue "$QUEUE" 30)
 ONESHOT_PY=("$PY" "$PEERS/rpc_client.py" --queue "$QUEUE" 30)
-declare -A MEDIAN_MS=()
-oneshot_loop() { # ID CMD...: median ms over ONESHOT_RUNS runs (after 2 untimed ones)
-    local id=$1 i t0 t1 times=()
+oneshot_loop() { # ID CMD...: the wall time of ONESHOT_RUNS runs (after 2 untimed ones)
+    local id=$1 i t0 t1
     shift
     for ((i = -2; i < ONESHOT_RUNS; i++)); do
-        t0=$EPOCHREALTIME
+        t0=${EPOCHREALTIME/[.,]/}
         "$@" >/dev/null || return 1
-        t1=$EPOCHREALTIME
-        ((i < 0)) || times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) * 1000 }')")
+        t1=${EPOCHREALTIME/[.,]/}
+        ((i < 0)) || fact oneshot "$id" "$(printf '%d.%06d' $(((t1 - t0) / 1000000)) $(((t1 - t0) % 1000000)))"
     done
-    MEDIAN_MS[$id]=$(printf '%s\n' "${times[@]}" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
 }
-msg "e: one-shot wall time, $ONESHOT_RUNS runs each ($([[ -n $HYPERFINE ]] && echo hyperfine || echo shell loop))"
+HOW=$([[ -n $HYPERFINE ]] && echo hyperfine || echo "shell loop")
+fact set oneshot_how "$HOW"
+msg "e: one-shot wall time, $ONESHOT_RUNS runs each ($HOW)"
 if [[ -n $HYPERFINE ]]; then
     if attempt e-hyperfine "$HYPERFINE" -N --style basic --warmup 2 --runs "$ONESHOT_RUNS" \
-        --export-json "$WORK/e.json" -n ours "${ONESHOT_OURS[*]}" \
+        --export-csv "$WORK/e.csv" -n ours "${ONESHOT_OURS[*]}" \
         -n ours-direct "${ONESHOT_DIRECT[*]}" -n python "${ONESHOT_PY[*]}"; then
-        while read -r name ms; do
-            MEDIAN_MS[e-$name]=$ms
-        done < <("$PY" -c 'import json, sys
-for r in json.load(open(sys.argv[1]))["results"]:
-    print(r["command"], "%.3f" % (r["median"] * 1e3))' "$WORK/e.json")
+        while IFS=, read -r name _ _ median _; do # command,mean,stddev,median,... in seconds
+            [[ $name == command ]] || fact oneshot "e-$name" "$median"
+        done <"$WORK/e.csv"
     fi
 else
     attempt e-ours oneshot_loop e-ours "${ONESHOT_OURS[@]}" || true
@@ -344,17 +294,13 @@ fi
 if ((${#RSS_CMD[@]})); then
     for who in ours python; do
         if [[ $who == ours ]]; then cmd=("${ONESHOT_OURS[@]}"); else cmd=("${ONESHOT_PY[@]}"); fi
-        best=
         for i in 1 2 3; do
             attempt "g-$who-$i" "${RSS_CMD[@]}" "$WORK/g-$who-$i.rss" "${cmd[@]}" || continue
-            v=$(rss_of "g-$who-$i")
-            [[ -n $v ]] || continue
-            if [[ -z $best ]] || ((v > best)); then best=$v; fi
+            rss "oneshot-$who" "$WORK/g-$who-$i.rss"
         done
-        RSS[oneshot-$who]=$best
     done
 fi
-RSS[server_seq]=$(vmhwm "$(server_pid)")
+vmhwm server_seq
 stop_server
 
 # ---- (d) in-flight rows on a prefetch-$PREFETCH server -----------------------------
@@ -368,7 +314,7 @@ for ((run = 1; run <= REPEAT; run++)); do
         done
     done
 done
-RSS[server_inflight]=$(vmhwm "$(server_pid)")
+vmhwm server_inflight
 stop_server
 
 # ---- (f) fib -------------------------------------------------------------------------
@@ -383,120 +329,17 @@ attempt f-gmpy2 "$PY" "$PEERS/fib_gmpy2.py" "${FIB_NS[@]}" || true
 
 # ---- the table -------------------------------------------------------------------------
 
-ROWS=()
-FLAGS=()
-row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); } # ID MEASUREMENT SETUP RESULT RATIO
-cell() { result "$1"; }
-floor_setup() { printf 'echo thread (amiquip), prefetch %s, exclusive reply queue' "$1"; }
-ours_setup() { printf 'rpc-server ×1 (release, -q), prefetch %s' "$1"; }
-# below_floor ID ANCHOR: flag row ID if its calls/s are below 0.95 × ANCHOR's.
-below_floor() {
-    local r
-    r=$(awk -v a="${RATE[$1]:-}" -v b="${RATE[$2]:-}" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.3f", a / b }')
-    if [[ -n $r ]] && lt "$r" 0.95; then
-        FLAGS+=("$1: $r × the echo floor $2 (below 0.95)")
-    fi
-}
-label() { case $1 in 1) echo "1 in flight (sequential)" ;; *) echo "$1 in flight" ;; esac; }
-
-row a1 "echo floor, $(label 1), $SEQ_CALLS calls" "$(floor_setup 1)" "$(cell a1)" "anchor"
-for k in "${DEPTHS[@]}"; do
-    row "a$k" "echo floor, $(label "$k"), $INFLIGHT_CALLS calls" "$(floor_setup "$PREFETCH")" "$(cell "a$k")" "anchor"
+for who in ours gmp gmpy2; do # fib: lines "n digits compute_ms decimal_ms total_ms"
+    [[ -f $WORK/f-$who.out ]] || continue
+    while IFS=$'\t' read -r n rest; do
+        [[ $n =~ ^[0-9]+$ ]] && fact fib "$who" "$n" "$rest"
+    done <"$WORK/f-$who.out"
 done
-for rq in exclusive direct; do
-    row "b-$rq" "tutorial Python client (pika), sequential, $rq reply queue, $PY_CALLS calls" \
-        "$(ours_setup 1)" "$(cell "b-$rq")" "$(ratio "${RATE[b-$rq]:-}" "${RATE[a1]:-}") × a1"
-done
-for rq in exclusive direct; do
-    id=c-$rq
-    row "$id" "rpc-client bench, $(label 1), $rq reply queue, $SEQ_CALLS calls" "$(ours_setup 1)" "$(cell "$id")" \
-        "$(ratio "${RATE[$id]:-}" "${RATE[a1]:-}") × a1; $(ratio "${RATE[$id]:-}" "${RATE[b-$rq]:-}") × b-$rq"
-    below_floor "$id" a1
-    lt "${RATE[$id]:-}" "${RATE[b-$rq]:-}" && FLAGS+=("$id: slower than the Python tutorial client b-$rq")
-done
-for k in "${DEPTHS[@]}"; do
-    for rq in exclusive direct; do
-        id=d$k-$rq
-        row "$id" "rpc-client bench, $(label "$k"), $rq reply queue, $INFLIGHT_CALLS calls" \
-            "$(ours_setup "$PREFETCH")" "$(cell "$id")" "$(ratio "${RATE[$id]:-}" "${RATE[a$k]:-}") × a$k"
-        below_floor "$id" "a$k"
-    done
-done
-for id in "${!ERRS[@]}"; do
-    ((ERRS[$id] == 0)) || FLAGS+=("$id: ${ERRS[$id]} failed calls")
-done
-how=$([[ -n $HYPERFINE ]] && echo "hyperfine" || echo "shell loop")
-ms_cell() { [[ -n ${1:-} ]] && printf '%s ms' "$1" || printf 'failed'; }
-row e-ours "one-shot \`rpc-client 30\`: median wall time of $ONESHOT_RUNS runs ($how)" "$(ours_setup 1)" \
-    "$(ms_cell "${MEDIAN_MS[e-ours]:-}")" "$(ratio "${MEDIAN_MS[e-ours]:-}" "${MEDIAN_MS[e-python]:-}") × e-python (lower is better)"
-row e-ours-direct "one-shot \`rpc-client --reply-queue direct 30\`: median wall time of $ONESHOT_RUNS runs ($how)" \
-    "$(ours_setup 1)" "$(ms_cell "${MEDIAN_MS[e-ours-direct]:-}")" \
-    "$(ratio "${MEDIAN_MS[e-ours-direct]:-}" "${MEDIAN_MS[e-python]:-}") × e-python (lower is better)"
-row e-python "one-shot \`python rpc_client.py 30\` (tutorial client): median of $ONESHOT_RUNS runs" "$(ours_setup 1)" \
-    "$(ms_cell "${MEDIAN_MS[e-python]:-}")" "anchor"
-lt "${MEDIAN_MS[e-python]:-}" "${MEDIAN_MS[e-ours]:-}" && FLAGS+=("e-ours: slower than the Python one-shot client")
-
-# fib: one row per n, ours beside gmpy2's.
-for n in "${FIB_NS[@]}"; do
-    ours=$(awk -F'\t' -v n="$n" '$1 == n' "$WORK/f-ours.out" 2>/dev/null || true)
-    gmp=$(awk -F'\t' -v n="$n" '$1 == n' "$WORK/f-gmpy2.out" 2>/dev/null || true)
-    if [[ -z $ours || -z $gmp ]]; then
-        row "f-$n" "fib($n) + decimal" "best of runs" "failed" "n/a"
-        continue
-    fi
-    IFS=$'\t' read -r _ digits oc od ot <<<"$ours"
-    IFS=$'\t' read -r _ _ gc gd gt <<<"$gmp"
-    runs="best of $(awk -v n="$n" 'BEGIN { print (n <= 100000) ? 20 : (n <= 1000000) ? 5 : 2 }') runs each"
-    row "f-$n" "fib($n) + to decimal ($digits digits): ours (dashu-int, default) vs gmpy2 (GMP)" \
-        "$runs" "ours $ot ms ($oc + $od); gmpy2 $gt ms ($gc + $gd)" \
-        "$(ratio "$ot" "$gt") × gmpy2 (compute $(ratio "$oc" "$gc"), decimal $(ratio "$od" "$gd"); lower is better)"
-    withgmp=$(awk -F'\t' -v n="$n" '$1 == n' "$WORK/f-gmp.out" 2>/dev/null || true)
-    if [[ -n $withgmp ]]; then
-        IFS=$'\t' read -r _ _ xc xd xt <<<"$withgmp"
-        row "f-$n-gmp" "fib($n) + to decimal: ours built with --features gmp vs gmpy2" \
-            "$runs" "ours $xt ms ($xc + $xd); gmpy2 $gt ms" \
-            "$(ratio "$xt" "$gt") × gmpy2 (compute $(ratio "$xc" "$gc"), decimal $(ratio "$xd" "$gd"))"
-    fi
-done
-
-# peak RSS
-biggest=
-for id in "${!RSS[@]}"; do
-    [[ $id == [cd]* && -n ${RSS[$id]} ]] || continue
-    if [[ -z $biggest ]] || ((RSS[$id] > RSS[$biggest])); then biggest=$id; fi
-done
-row g-server-idle "peak RSS (VmHWM) of rpc-server, idle after start" "$(ours_setup 1)" "$(mib "${RSS[server_idle]:-}")" "anchor"
-row g-server-seq "peak RSS of that rpc-server after rows b, c, e" "$(ours_setup 1)" "$(mib "${RSS[server_seq]:-}")" \
-    "$(ratio "${RSS[server_seq]:-}" "${RSS[server_idle]:-}") × g-server-idle"
-row g-server-inflight "peak RSS of rpc-server after the in-flight rows d" "$(ours_setup "$PREFETCH")" \
-    "$(mib "${RSS[server_inflight]:-}")" "$(ratio "${RSS[server_inflight]:-}" "${RSS[server_idle]:-}") × g-server-idle"
-row g-oneshot-ours "peak RSS of one-shot \`rpc-client 30\` (GNU time %M, max of 3)" "$(ours_setup 1)" \
-    "$(mib "${RSS[oneshot-ours]:-}")" "$(ratio "${RSS[oneshot-ours]:-}" "${RSS[oneshot-python]:-}") × g-oneshot-python"
-row g-oneshot-python "peak RSS of one-shot \`python rpc_client.py 30\` (tutorial client)" "$(ours_setup 1)" \
-    "$(mib "${RSS[oneshot-python]:-}")" "anchor"
-row g-client-bench "peak RSS of the largest rpc-client bench run (${biggest:-none})" "as in ${biggest:-n/a}" \
-    "$(mib "${RSS[${biggest:-none}]:-}")" "$(ratio "${RSS[${biggest:-none}]:-}" "${RSS[oneshot-ours]:-}") × g-oneshot-ours"
-
+((${#FAILED_ROWS[@]} == 0)) || for id in "${FAILED_ROWS[@]}"; do fact failed "$id"; done
+fact set date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 elapsed=$((SECONDS - started))
-((${#FAILED_ROWS[@]} == 0)) || FLAGS+=("not measured (failed twice): ${FAILED_ROWS[*]}")
-{
-    printf '# rabbit-rpc bench (%s run), %s\n\n' "$MODE" "$(date -u '+%Y-%m-%d %H:%M UTC')"
-    printf -- '- machine: %s\n' "$MACHINE"
-    printf -- '- software: %s\n' "$SOFTWARE"
-    printf -- '- broker: %s, one queue per run; fib(30) per call; warm-up %s calls per row\n' \
-        "${AMQP_URI:+AMQP_URI (password hidden)}${AMQP_URI:-amqp://guest:****@localhost:5672}" "$warmup"
-    printf -- '- ratio: this row ÷ the anchor named (calls/s: higher is better; ms, MiB: lower is better)\n\n'
-    printf '| row | measurement | setup | result | ratio |\n|---|---|---|---|---|\n'
-    printf '%s\n' "${ROWS[@]}"
-    printf '\n'
-    if ((${#FLAGS[@]})); then
-        printf 'Flags:\n'
-        printf -- '- %s\n' "${FLAGS[@]}"
-    else
-        printf 'Flags: none (every rpc-client row at least 0.95 × its echo floor, no errors).\n'
-    fi
-    printf '\nrun time: %d s\n' "$elapsed"
-} >"$WORK/bench.md"
+fact set elapsed "$elapsed"
+xtask bench-table <"$WORK/facts.tsv" >"$WORK/bench.md" || die "xtask bench-table failed (facts: $WORK/facts.tsv)"
 cp "$WORK/bench.md" "$OUT_DIR/bench.md"
 cat "$OUT_DIR/bench.md"
 msg "table saved to $OUT_DIR/bench.md ($elapsed s)"

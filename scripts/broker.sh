@@ -2,38 +2,17 @@
 # Make sure a RabbitMQ broker answers AMQP on ${AMQP_HOST:-127.0.0.1}:${AMQP_PORT:-5672}.
 # For a local host, installs (Debian rabbitmq-server) and starts it if needed;
 # for a remote host only checks. Idempotent.
-# Env: AMQP_HOST, AMQP_PORT, BROKER_WAIT (seconds to wait for startup, default 60).
+# Env: AMQP_URI, AMQP_HOST, AMQP_PORT, BROKER_WAIT (seconds to wait for startup, default 60).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-host=${AMQP_HOST:-127.0.0.1}
-port=${AMQP_PORT:-5672}
+# Like the binaries, AMQP_URI (amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; of a list, the first)
+# wins over AMQP_HOST/AMQP_PORT; xtask reads them.
+addr=$(xtask broker-addr) || exit 1
+IFS=$'\t' read -r host port scheme <<<"$addr"
 probe=amqp_probe
-# Like the binaries, AMQP_URI (amqp[s]://USER:PASSWORD@HOST:PORT/VHOST) wins.
-if [[ -n ${AMQP_URI:-} ]]; then
-    scheme=${AMQP_URI%%://*}
-    authority=${AMQP_URI#*://}
-    authority=${authority%%[/?]*}
-    authority=${authority##*@} # drop USER:PASSWORD
-    if [[ $authority == \[*\]* ]]; then # [IPv6]:port
-        host=${authority%%]*}
-        host=${host#[}
-        port=${authority#*]}
-    else
-        host=${authority%%:*}
-        port=${authority#"$host"}
-    fi
-    port=${port#:}
-    host=${host:-localhost}
-    case $scheme in
-        amqp) port=${port:-5672} ;;
-        amqps) # TLS: we can only see that the port accepts connections
-            port=${port:-5671}
-            probe=tcp_probe ;;
-        *) die "AMQP_URI must start with amqp:// or amqps://" ;;
-    esac
-fi
+[[ $scheme == amqp ]] || probe=tcp_probe # TLS: we can only see that the port accepts connections
 wait_secs=${BROKER_WAIT:-60}
 [[ $wait_secs =~ ^[0-9]+$ ]] || die "BROKER_WAIT must be a number of seconds, got '$wait_secs'"
 

@@ -13,34 +13,19 @@
 # Binaries: ${RPC_BIN_DIR:-target/release}. Runtime files: target/interop/, target/py-venv.
 # Prints "interop: N passed, M failed"; exits non-zero if anything failed.
 set -euo pipefail
-
 # shellcheck source=scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # also cds to the repository root
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # also cds to the repository root
 
-BIN_DIR=${RPC_BIN_DIR:-target/release}
+[[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 PEERS=scripts/interop
-REQS=$PEERS/requirements.txt
 NS=(0 1 2 10 30 94)
 EXPECTED=$'0\n1\n1\n55\n832040\n19740274219868223167'
 CALL_TIMEOUT=15    # per-reply timeout given to the clients
-READY_TIMEOUT=20   # deadline for a server to report readiness
+READY_TIMEOUT=20   # deadline for a server to consume its queue
 STOP_TIMEOUT=10    # deadline for a process to exit after SIGTERM
 
 RUN_ID=$(cat /proc/sys/kernel/random/uuid)
 LOG_DIR=target/interop/$RUN_ID
-
-log() { printf 'interop: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-
-# ---- setup -------------------------------------------------------------------
-
-ensure_binaries() {
-  [[ -x $BIN_DIR/rpc-server && -x $BIN_DIR/rpc-client ]] && return 0
-  [[ $BIN_DIR == target/release ]] || die "rpc-server/rpc-client not found in RPC_BIN_DIR=$BIN_DIR"
-  log "building release binaries"
-  cargo build --release
-  [[ -x $BIN_DIR/rpc-server && -x $BIN_DIR/rpc-client ]] || die "cargo build did not produce $BIN_DIR/rpc-{server,client}"
-}
 
 # ---- process and queue bookkeeping ---------------------------------------------
 
@@ -50,29 +35,13 @@ QUEUES=()   # every queue name we (or a peer we started) declared
 # stop_proc PID -> sets STOP_RC to its exit status (TERM, then KILL after the deadline)
 STOP_RC=0
 stop_proc() {
-  local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT))
   STOP_RC=0
-  kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid ignored SIGTERM for ${STOP_TIMEOUT}s; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || STOP_RC=$?
+  stop_pid "$1" "$STOP_TIMEOUT" || STOP_RC=$?
 }
 
 delete_queues() {
   ((${#QUEUES[@]})) || return 0
-  [[ -x $PY ]] || return 0
-  "$PY" - "${QUEUES[@]}" <<'EOF' || log "warning: could not delete queues: ${QUEUES[*]}"
-import os, sys, pika
-url = os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/")
-conn = pika.BlockingConnection(pika.URLParameters(url))
-ch = conn.channel()
-for q in sys.argv[1:]:
-    ch.queue_delete(queue=q)
-conn.close()
-EOF
+  xtask queue delete "${QUEUES[@]}" || warn "could not delete queues: ${QUEUES[*]}"
 }
 
 cleanup() {
@@ -86,16 +55,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_ready PID FILE PATTERN -> 0 once FILE contains PATTERN; 1 if PID died or deadline hit
+# wait_ready PID QUEUE -> 0 once PID is the one consumer of QUEUE; 1 if it died or the deadline hit
 wait_ready() {
-  local pid=$1 file=$2 pattern=$3 deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    grep -qF -- "$pattern" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before becoming ready"; return 1; }
-    sleep 0.1
-  done
-  log "pid $pid not ready within ${READY_TIMEOUT}s"
-  return 1
+  xtask queue wait-consumers "$2" 1 --exactly --timeout "$READY_TIMEOUT" --pid "$1"
 }
 
 # Started servers leave their pid in LAST_PID (not $! from a subshell).
@@ -107,14 +69,14 @@ start_their_server() {  # QUEUE FLAVOUR LOGNAME
     >"$LOG_DIR/$3.out" 2>"$LOG_DIR/$3.err" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
-  wait_ready "$LAST_PID" "$LOG_DIR/$3.out" ready
+  wait_ready "$LAST_PID" "$1"
 }
 
 start_our_server() {  # QUEUE LOGNAME
   "$BIN_DIR/rpc-server" --queue "$1" >"$LOG_DIR/$2.out" 2>"$LOG_DIR/$2.err" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
-  wait_ready "$LAST_PID" "$LOG_DIR/$2.err" "waiting for RPC requests on queue"
+  wait_ready "$LAST_PID" "$1"
 }
 
 # ---- test cases ------------------------------------------------------------------
@@ -199,9 +161,15 @@ run_own_declaration() {
 }
 
 mkdir -p "$LOG_DIR"
-ensure_venv "$REQS"  # lib.sh: target/py-venv ($PY) with pika
-ensure_binaries
-log "run $RUN_ID, logs in $LOG_DIR"
+ensure_venv "$PEERS/requirements.txt" # lib.sh: target/py-venv ($PY) with pika
+if [[ ! -x $BIN_DIR/rpc-server || ! -x $BIN_DIR/rpc-client ]]; then
+  [[ $BIN_DIR == target/release ]] || die "rpc-server/rpc-client not found in RPC_BIN_DIR=$BIN_DIR"
+  msg "building release binaries"
+  ensure_build_deps
+  cargo build --release
+fi
+xtask --version >/dev/null
+msg "run $RUN_ID, logs in $LOG_DIR"
 run_flavour classic
 run_flavour quorum
 run_own_declaration

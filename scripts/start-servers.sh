@@ -3,8 +3,9 @@
 #   scripts/start-servers.sh [--uris URI,URI...] [N] [-- EXTRA-SERVER-ARGS...]
 #   e.g. scripts/start-servers.sh 3 -- --queue q1
 # Server i runs with --name server-<i>; its log and pid file are
-# $RPC_RUN_DIR/server-<i>.{log,pid} (default target/run). Waits until every
-# server consumes from its queue. Stop them with scripts/stop-servers.sh.
+# $RPC_RUN_DIR/server-<i>.{log,pid} (default target/run). Waits until the broker counts
+# N consumers on their queue (--queue in the server arguments, else RPC_QUEUE, else rpc_queue).
+# Stop them with scripts/stop-servers.sh.
 # With a list of broker URIs (--uris, or the RPC_URIS variable, which keeps the
 # passwords out of ps), server i connects to URI number (i-1) mod (number of
 # URIs), passed in its AMQP_URI environment variable: N servers spread over
@@ -53,20 +54,29 @@ if [[ -n $uri_list ]]; then
         u=${u#"${u%%[![:space:]]*}"} # trim blanks
         u=${u%"${u##*[![:space:]]}"}
         [[ -n $u ]] || continue
-        [[ $u == amqp://* || $u == amqps://* ]] || die "not an amqp:// or amqps:// URI in RPC_URIS/--uris: '$(mask_uri "$u")'"
+        xtask mask-uri --check <<<"$u" >/dev/null || die "a URI in RPC_URIS/--uris is not valid (see above)"
         uris+=("$u")
     done
     ((${#uris[@]} > 0)) || die "RPC_URIS/--uris holds no URI"
-    for a in "${extra[@]}"; do
-        case $a in
-            --uri | --uri=* | --host | --host=* | --port | --port=* | --vhost | --vhost=* | \
-                --user | --user=* | --password | --password=*)
-                die "broker flag $a among the server arguments conflicts with RPC_URIS/--uris" ;;
-        esac
-    done
 fi
+# The queue and broker of the servers, for the readiness check through the broker.
+queue=${RPC_QUEUE:-rpc_queue}
+check_env=()
+[[ -z $uri_list ]] || check_env=("AMQP_URI=$uri_list")
+for ((k = 0; k < ${#extra[@]}; k++)); do
+    a=${extra[k]}
+    case $a in
+        --queue=* | --uri=* | --host=* | --port=* | --vhost=* | --user=* | --password=*) v=${a#*=} a=${a%%=*} ;;
+        --queue | --uri | --host | --port | --vhost | --user | --password) k=$((k + 1)) v=${extra[k]:-} ;;
+        *) continue ;;
+    esac
+    [[ -z $uri_list || $a == --queue ]] || die "broker flag $a among the server arguments conflicts with RPC_URIS/--uris"
+    case $a in
+        --queue) queue=$v ;;
+        *) a=${a#--} && check_env+=("AMQP_${a^^}=$v") ;;
+    esac
+done
 wait_secs=${START_WAIT:-30}
-ready_text="waiting for RPC requests on queue"
 
 bin=$BIN_DIR/rpc-server
 if [[ ! -x $bin ]]; then
@@ -87,7 +97,7 @@ for ((i = 1; i <= count; i++)); do
     log=$RUN_DIR/server-$i.log
     if ((${#uris[@]} > 0)); then
         uri=${uris[(i - 1) % ${#uris[@]}]}
-        msg "server-$i -> $(mask_uri "$uri")"
+        msg "server-$i -> $(xtask mask-uri <<<"$uri")"
         (
             # The URI replaces these (rpc-server refuses AMQP_URI together with them).
             unset AMQP_HOST AMQP_PORT AMQP_VHOST AMQP_USER AMQP_PASSWORD
@@ -101,36 +111,24 @@ for ((i = 1; i <= count; i++)); do
     echo "${pids[i]}" >"$RUN_DIR/server-$i.pid"
 done
 
-fail() {
-    local i=$1 why=$2
-    msg "server-$i (pid ${pids[i]}) $why; last lines of $RUN_DIR/server-$i.log:"
-    tail -n 20 "$RUN_DIR/server-$i.log" | sed 's/^/    /' >&2
-    RPC_RUN_DIR=$RUN_DIR "$REPO_ROOT/scripts/stop-servers.sh" || true
-    die "starting servers failed"
-}
-
-deadline=$((SECONDS + wait_secs))
-pending=$count
-declare -A ready=()
-while ((pending > 0)); do
+pid_args=()
+for ((i = 1; i <= count; i++)); do pid_args+=(--pid "${pids[i]}"); done
+if ! (
+    ((${#check_env[@]} == 0)) || export "${check_env[@]}"
+    xtask queue wait-consumers "$queue" "$count" --timeout "$wait_secs" "${pid_args[@]}"
+); then
     for ((i = 1; i <= count; i++)); do
-        [[ -n ${ready[$i]:-} ]] && continue
-        if grep -qF "$ready_text" "$RUN_DIR/server-$i.log"; then
-            ready[$i]=1
-            pending=$((pending - 1))
-        elif ! kill -0 "${pids[i]}" 2>/dev/null; then
+        status=running
+        if ! is_our_server "${pids[i]}"; then
             status=0
             wait "${pids[i]}" || status=$?
-            fail "$i" "exited (status $status) before it was ready"
+            status="exited with status $status"
         fi
+        msg "server-$i (pid ${pids[i]}, $status); last lines of $RUN_DIR/server-$i.log:"
+        tail -n 10 "$RUN_DIR/server-$i.log" | sed 's/^/    /' >&2
     done
-    ((pending == 0)) && break
-    ((SECONDS < deadline)) || {
-        for ((i = 1; i <= count; i++)); do
-            [[ -n ${ready[$i]:-} ]] || fail "$i" "was not ready within ${wait_secs}s"
-        done
-    }
-    sleep 0.2
-done
+    RPC_RUN_DIR=$RUN_DIR "$REPO_ROOT/scripts/stop-servers.sh" || true
+    die "starting servers failed"
+fi
 
-msg "$count server(s) ready (pids ${pids[*]}); logs in $RUN_DIR/server-<i>.log"
+msg "$count server(s) ready (pids ${pids[*]}, consuming '$queue'); logs in $RUN_DIR/server-<i>.log"
