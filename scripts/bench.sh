@@ -330,12 +330,9 @@ attempt f-gmpy2 "$PY" "$PEERS/fib_gmpy2.py" "${FIB_NS[@]}" || true
 # ---- the table -------------------------------------------------------------------------
 
 for who in ours gmp gmpy2; do # fib: lines "n digits compute_ms decimal_ms total_ms"
-    [[ -f $WORK/f-$who.out ]] || continue
-    while IFS=$'\t' read -r n rest; do
-        [[ $n =~ ^[0-9]+$ ]] && fact fib "$who" "$n" "$rest"
-    done <"$WORK/f-$who.out"
+    [[ ! -f $WORK/f-$who.out ]] || grep -E $'^[0-9]+\t' "$WORK/f-$who.out" | sed "s/^/fib\t$who\t/" >>"$WORK/facts.tsv" || true
 done
-((${#FAILED_ROWS[@]} == 0)) || for id in "${FAILED_ROWS[@]}"; do fact failed "$id"; done
+printf 'failed\t%s\n' ${FAILED_ROWS[@]+"${FAILED_ROWS[@]}"} | grep -v $'\t$' >>"$WORK/facts.tsv" || true
 fact set date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 elapsed=$((SECONDS - started))
 fact set elapsed "$elapsed"

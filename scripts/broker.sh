@@ -10,14 +10,17 @@ set -euo pipefail
 # Like the binaries, AMQP_URI (amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; of a list, the first)
 # wins over AMQP_HOST/AMQP_PORT; xtask reads them.
 addr=$(xtask broker-addr) || exit 1
-IFS=$'\t' read -r host port scheme <<<"$addr"
-probe=amqp_probe
-[[ $scheme == amqp ]] || probe=tcp_probe # TLS: we can only see that the port accepts connections
+IFS=$'\t' read -r host port scheme place <<<"$addr"
+# probe [SECS]: does the broker answer AMQP (amqps: TLS and AMQP are not checked, only that
+# the port accepts connections)?
+tcp=()
+[[ $scheme == amqp ]] || tcp=(--tcp)
+probe() { xtask probe "$host" "$port" --timeout "${1:-3}" "${tcp[@]}" 2>/dev/null; }
 wait_secs=${BROKER_WAIT:-60}
 [[ $wait_secs =~ ^[0-9]+$ ]] || die "BROKER_WAIT must be a number of seconds, got '$wait_secs'"
 
-if "$probe" "$host" "$port"; then
-    if [[ $probe == tcp_probe ]]; then
+if probe; then
+    if [[ $scheme == amqps ]]; then
         msg "$host:$port accepts connections (amqps: TLS and AMQP not checked)"
     else
         msg "RabbitMQ answers AMQP on $host:$port"
@@ -25,7 +28,7 @@ if "$probe" "$host" "$port"; then
     exit 0
 fi
 
-if ! is_local_host "$host"; then
+if [[ $place != local ]]; then
     die "nothing answers AMQP on $host:$port (remote host: not starting anything; check the broker there)"
 fi
 
@@ -40,7 +43,7 @@ then run $0 again"
     fi
     apt_install rabbitmq-server || die "installing rabbitmq-server with apt-get failed (see above)"
     # The package may have started the service already.
-    if "$probe" "$host" "$port"; then
+    if probe; then
         msg "RabbitMQ answers AMQP on $host:$port"
         exit 0
     fi
@@ -69,7 +72,7 @@ if rabbitmqctl_ -q ping >/dev/null 2>&1; then
     # listens elsewhere.
     msg "the local RabbitMQ node is running; waiting up to ${wait_secs}s for it to finish booting"
     rabbitmqctl_ -q await_startup --timeout "$wait_secs" >/dev/null 2>&1 || true
-    if "$probe" "$host" "$port"; then
+    if probe; then
         msg "RabbitMQ answers AMQP on $host:$port"
         exit 0
     fi
@@ -92,7 +95,7 @@ else
 fi
 
 deadline=$((SECONDS + wait_secs))
-until "$probe" "$host" "$port" 2; do
+until probe 2; do
     if ((SECONDS >= deadline)); then
         msg "RabbitMQ did not accept AMQP on $host:$port within ${wait_secs}s"
         show_logs

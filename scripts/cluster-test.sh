@@ -24,12 +24,7 @@ node_installed # a missing RabbitMQ is a skip here, not a failure as in scripts/
 ensure_build_deps
 
 # One run at a time: a second run would stop the first one's nodes.
-mkdir -p target
-exec 9>target/cluster-test.lock
-if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-    msg "another cluster-test.sh run holds target/cluster-test.lock; waiting for it (up to 15 min)"
-    flock -w 900 9 || die "target/cluster-test.lock is still held after 15 min"
-fi
+one_run cluster-test
 
 t0=$SECONDS
 cleanup() {

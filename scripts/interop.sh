@@ -32,13 +32,6 @@ LOG_DIR=target/interop/$RUN_ID
 PIDS=()     # every background process we started
 QUEUES=()   # every queue name we (or a peer we started) declared
 
-# stop_proc PID -> sets STOP_RC to its exit status (TERM, then KILL after the deadline)
-STOP_RC=0
-stop_proc() {
-  STOP_RC=0
-  stop_pid "$1" "$STOP_TIMEOUT" || STOP_RC=$?
-}
-
 delete_queues() {
   ((${#QUEUES[@]})) || return 0
   xtask queue delete "${QUEUES[@]}" || warn "could not delete queues: ${QUEUES[*]}"
@@ -47,7 +40,7 @@ delete_queues() {
 cleanup() {
   local pid
   for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-    kill -0 "$pid" 2>/dev/null && stop_proc "$pid"
+    ! kill -0 "$pid" 2>/dev/null || stop_pid "$pid" "$STOP_TIMEOUT" || true
   done
   delete_queues
 }
@@ -55,28 +48,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_ready PID QUEUE -> 0 once PID is the one consumer of QUEUE; 1 if it died or the deadline hit
-wait_ready() {
-  xtask queue wait-consumers "$2" 1 --exactly --timeout "$READY_TIMEOUT" --pid "$1"
-}
-
-# Started servers leave their pid in LAST_PID (not $! from a subshell).
+# start_server QUEUE LOGNAME CMD...: start a server on QUEUE in the background (its pid in
+# LAST_PID); 0 once it is the one consumer of QUEUE, 1 if it died or the deadline passed.
 LAST_PID=
-start_their_server() {  # QUEUE FLAVOUR LOGNAME
-  local extra=()
-  [[ $2 == quorum ]] && extra=(--quorum)
-  "$PY" "$PEERS/rpc_server.py" --queue "$1" ${extra[@]+"${extra[@]}"} \
-    >"$LOG_DIR/$3.out" 2>"$LOG_DIR/$3.err" &
+start_server() {
+  local q=$1 log=$2
+  shift 2
+  "$@" --queue "$q" >"$LOG_DIR/$log.out" 2>"$LOG_DIR/$log.err" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
-  wait_ready "$LAST_PID" "$1"
-}
-
-start_our_server() {  # QUEUE LOGNAME
-  "$BIN_DIR/rpc-server" --queue "$1" >"$LOG_DIR/$2.out" 2>"$LOG_DIR/$2.err" &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-  wait_ready "$LAST_PID" "$1"
+  xtask queue wait-consumers "$q" 1 --exactly --timeout "$READY_TIMEOUT" --pid "$LAST_PID"
 }
 
 # ---- test cases ------------------------------------------------------------------
@@ -109,25 +90,26 @@ check() {
 }
 
 run_flavour() {
-  local fl=$1 q="interop-$1-$RUN_ID" pid rc
+  local fl=$1 q="interop-$1-$RUN_ID" pid rc=0 theirs=("$PY" "$PEERS/rpc_server.py")
   QUEUES+=("$q")
+  [[ $fl == classic ]] || theirs+=(--quorum)
 
   # (a) their client -> our server; the tutorial server declares the queue first.
-  if start_their_server "$q" "$fl" "$fl-predeclare"; then
-    stop_proc "$LAST_PID"
+  if start_server "$q" "$fl-predeclare" "${theirs[@]}"; then
+    stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
   else
     fail "$fl: tutorial server declares $q" "$LOG_DIR/$fl-predeclare.err"
   fi
   local a1="$fl: their client -> our server"
   local a2="$fl: their client (direct reply-to) -> our server"
   local a3="$fl: our server exits 0 on SIGTERM"
-  if start_our_server "$q" "$fl-our-server"; then
+  if start_server "$q" "$fl-our-server" "$BIN_DIR/rpc-server"; then
     pid=$LAST_PID
     check "$a1" "$fl-a-client" "$EXPECTED" "$LOG_DIR/$fl-our-server.err" \
       "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-"$fl" --timeout "$CALL_TIMEOUT" "${NS[@]}"
     check "$a2" "$fl-a-client-drt" "$EXPECTED" "$LOG_DIR/$fl-our-server.err" \
       "$PY" "$PEERS/rpc_client.py" --queue "$q" --direct-reply-to --timeout "$CALL_TIMEOUT" "${NS[@]}"
-    stop_proc "$pid"; rc=$STOP_RC
+    stop_pid "$pid" "$STOP_TIMEOUT" || rc=$?
     if ((rc == 0)); then pass "$a3"; else fail "$a3 (exit $rc)" "$LOG_DIR/$fl-our-server.err"; fi
   else
     fail "$a1 (our server not ready on existing $fl queue)" "$LOG_DIR/$fl-our-server.err"
@@ -136,11 +118,11 @@ run_flavour() {
   fi
 
   # (b) our client -> their server
-  if start_their_server "$q" "$fl" "$fl-their-server"; then
+  if start_server "$q" "$fl-their-server" "${theirs[@]}"; then
     pid=$LAST_PID
     check "$fl: our client -> their server" "$fl-b-client" "$EXPECTED" "$LOG_DIR/$fl-their-server.err" \
       "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" "${NS[@]}"
-    stop_proc "$pid"
+    stop_pid "$pid" "$STOP_TIMEOUT" || true
   else
     fail "$fl: our client -> their server (their server not ready)" "$LOG_DIR/$fl-their-server.err"
   fi
@@ -151,10 +133,10 @@ run_flavour() {
 run_own_declaration() {
   local q="interop-classic-own-$RUN_ID" name="classic: our server's declaration matches the tutorial's"
   QUEUES+=("$q")
-  if start_our_server "$q" own-our-server; then
+  if start_server "$q" own-our-server "$BIN_DIR/rpc-server"; then
     check "$name" own-client 55 "$LOG_DIR/own-our-server.err" \
       "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-classic --timeout "$CALL_TIMEOUT" 10
-    stop_proc "$LAST_PID"
+    stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
   else
     fail "$name (our server not ready on fresh queue)" "$LOG_DIR/own-our-server.err"
   fi

@@ -27,21 +27,9 @@ die() {
 BIN_DIR=${RPC_BIN_DIR:-target/release}
 RUN_DIR=${RPC_RUN_DIR:-target/run}
 
-# The amqp_probe helper: succeed if host:port answers the AMQP 0-9-1 protocol
-# header with a Connection.Start frame (type 1, channel 0, class 10, method 10).
-amqp_probe() {
-    local host=$1 port=$2 secs=${3:-3} reply
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    reply=$(timeout "$secs" bash -c '
-        exec 3<>"/dev/tcp/$1/$2" || exit 1
-        printf "AMQP\000\000\011\001" >&3
-        head -c 11 <&3 | od -An -tx1
-    ' amqp_probe "$host" "$port" 2>/dev/null | tr -d ' \n') || return 1
-    [[ $reply == 010000????????000a000a ]]
-}
-
-# xtask ARGS...: the workspace's dev tool (scripts/xtask: URIs, queue admin through the broker,
-# the bench table), built once (cargo build --release -p xtask) by the first script that uses it.
+# xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
+# broker, the bench table), built once (cargo build --release -p xtask) by the first script
+# that uses it.
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps
@@ -49,25 +37,6 @@ xtask() {
         export XTASK_BUILT=1
     fi
     "$REPO_ROOT/target/release/xtask" "$@"
-}
-
-# Succeed if host:port accepts TCP connections.
-tcp_probe() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout "${3:-3}" bash -c 'exec 3<>"/dev/tcp/$1/$2"' tcp_probe "$1" "$2" 2>/dev/null
-}
-
-# Is host an address of this machine?
-is_local_host() {
-    local host=$1 a
-    case $host in
-        localhost | localhost.* | 127.* | ::1 | '[::1]' | 0.0.0.0) return 0 ;;
-    esac
-    [[ $host == "$(hostname 2>/dev/null)" || $host == "$(hostname -f 2>/dev/null)" ]] && return 0
-    for a in $(hostname -I 2>/dev/null); do
-        [[ $host == "$a" ]] && return 0
-    done
-    return 1
 }
 
 # Sets ROOT_CMD to the prefix that runs a command as root: () when we are root,
@@ -144,6 +113,17 @@ ensure_venv() {
     done
 }
 
+# one_run NAME: one run of this script at a time, through target/NAME.lock on fd 9 (waits up
+# to 15 min). Long-lived children get fd 9 closed (9>&-): one left behind must not hold it.
+one_run() {
+    mkdir -p target
+    exec 9>"target/$1.lock"
+    if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+        msg "another $PROG run holds target/$1.lock; waiting for it (up to 15 min)"
+        flock -w 900 9 || die "target/$1.lock is still held after 15 min"
+    fi
+}
+
 # Is pid a live rpc-server process? (Guards against reused pids: a pid from a
 # stale pid file is only trusted if that process is still an rpc-server.)
 is_our_server() {
@@ -157,15 +137,15 @@ is_our_server() {
     return 0
 }
 
-# stop_pid PID [SECS]: SIGTERM, then SIGKILL if PID still runs after SECS (default 10) seconds;
-# returns its exit status if it is our child. The caller makes sure PID is its process.
+# stop_pid PID [SECS [ALIVE]]: SIGTERM, then SIGKILL if PID still runs (the command ALIVE PID,
+# default kill -0) after SECS (default 10) seconds; returns its exit status if it is our child.
 stop_pid() {
-    local pid=$1 secs=${2:-10} rc=0 deadline
-    deadline=$((SECONDS + secs))
+    local pid=$1 secs=${2:-10} alive=${3:-kill -0} rc=0 deadline
+    deadline=$((SECONDS + secs + 1)) # SECONDS is whole seconds: wait at least secs
     kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        warn "pid $pid did not exit within ${secs}s of SIGTERM; sending SIGKILL"
+    while $alive "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if $alive "$pid" 2>/dev/null; then
+        warn "pid $pid still running ${secs}s after SIGTERM; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || rc=$?

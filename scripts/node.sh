@@ -79,7 +79,7 @@ node_pid() {
 # Is the node's name registered with epmd (by any VM)?
 node_epmd_has() { epmd -names 2>/dev/null | grep -q "^name ${NODE%@*} at port "; }
 
-node_amqp_up() { amqp_probe "$NODE_HOST" "$NODE_PORT" 2; }
+node_amqp_up() { xtask probe "$NODE_HOST" "$NODE_PORT" --timeout 2 2>/dev/null; }
 
 # Boot state of the RabbitMQ app: stopped, booting, ready or stopping.
 node_app_state() { node_ctl 30 -q eval 'rabbit_boot_state:get().' 2>/dev/null; }
@@ -118,7 +118,7 @@ node_preflight() {
     local port
     node_epmd_has && die "$NODE is registered with epmd but is not the node recorded in $NODE_DIR (a leftover whose state was removed?); stop that VM first"
     for port in "$NODE_PORT" "$NODE_DIST" "${NODE_MORE_PORTS[@]+"${NODE_MORE_PORTS[@]}"}"; do
-        if tcp_probe "$NODE_HOST" "$port" 1; then
+        if xtask probe "$NODE_HOST" "$port" --tcp --timeout 1 2>/dev/null; then
             die "port $NODE_HOST:$port (of $NODE) is in use by another process; pick another port"
         fi
     done

@@ -16,39 +16,20 @@ if ((${#pid_files[@]} == 0)); then
     exit 0
 fi
 
-declare -A running=() # pid -> pid file
+stopping=()
 for f in "${pid_files[@]}"; do
     pid=$(<"$f")
     if is_our_server "$pid"; then
-        running[$pid]=$f
-        kill -TERM "$pid" 2>/dev/null || true
+        stopping+=("$pid")
+        { stop_pid "$pid" "$wait_secs" is_our_server || true; rm -f "$f"; } &
     else
         rm -f "$f"
     fi
 done
-if ((${#running[@]} == 0)); then
+if ((${#stopping[@]} == 0)); then
     msg "no servers from $RUN_DIR were running"
     exit 0
 fi
-msg "sent SIGTERM to ${#running[@]} server(s): ${!running[*]}"
-
-deadline=$((SECONDS + wait_secs + 1)) # SECONDS is whole seconds: wait at least wait_secs
-while :; do
-    for pid in "${!running[@]}"; do
-        if ! is_our_server "$pid"; then
-            rm -f "${running[$pid]}"
-            unset "running[$pid]"
-        fi
-    done
-    ((${#running[@]} > 0)) || break
-    if ((SECONDS >= deadline)); then
-        for pid in "${!running[@]}"; do
-            warn "pid $pid (${running[$pid]}) still running after ${wait_secs}s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            rm -f "${running[$pid]}"
-        done
-        break
-    fi
-    sleep 0.1
-done
+msg "sent SIGTERM to ${#stopping[@]} server(s): ${stopping[*]}"
+wait
 msg "servers stopped"

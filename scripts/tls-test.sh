@@ -56,14 +56,7 @@ fi
 xtask --version >/dev/null
 
 # One run at a time: a second run would take the first one's node for a leftover and stop it.
-# (Long-lived children get fd 9 closed, 9>&-: a node left behind by a killed run must not
-# hold the lock.)
-mkdir -p target
-exec 9>target/tls-test.lock
-if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-    msg "another tls-test.sh run holds target/tls-test.lock; waiting for it (up to 15 min)"
-    flock -w 900 9 || die "target/tls-test.lock still held after 15 min"
-fi
+one_run tls-test
 
 # Succeeds once the TLS listener completes a handshake with a certificate for localhost
 # signed by our CA.
@@ -105,7 +98,7 @@ SERVER_PID=
 CREATED=
 stop_server() {
     # is_our_server (lib.sh): alive, not a zombie, and an rpc-server (not a reused pid).
-    [[ -z $SERVER_PID ]] || ! is_our_server "$SERVER_PID" || stop_pid "$SERVER_PID" || true
+    [[ -z $SERVER_PID ]] || ! is_our_server "$SERVER_PID" || stop_pid "$SERVER_PID" 10 is_our_server || true
     SERVER_PID=
 }
 

@@ -2,6 +2,9 @@
 
 use anyhow::{bail, Context as _, Result};
 use rpc_client::BrokerOptions;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
 
 /// Seconds allowed for each TCP connect and AMQP handshake, so waits keep their deadlines.
 const CONNECT_TIMEOUT_MS: u32 = 3000;
@@ -86,6 +89,44 @@ pub fn version() -> Result<String> {
     Ok(text)
 }
 
+/// Is `host` an address of this machine? (Loopback, or an address a socket can bind to.)
+pub fn is_local(host: &str) -> bool {
+    (host, 0).to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|addr| {
+            addr.ip().is_loopback()
+                || addr.ip().is_unspecified()
+                || UdpSocket::bind((addr.ip(), 0)).is_ok()
+        })
+    })
+}
+
+/// Connects to `host:port` within `timeout` and, with `amqp`, checks that it answers the
+/// AMQP 0-9-1 protocol header with a Connection.Start frame (type 1, channel 0, class 10,
+/// method 10) within `timeout` more.
+pub fn probe(host: &str, port: u16, amqp: bool, timeout: Duration) -> Result<()> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve '{host}'"))?
+        .next()
+        .with_context(|| format!("'{host}' has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("{host}:{port} does not accept connections"))?;
+    if !amqp {
+        return Ok(());
+    }
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"AMQP\x00\x00\x09\x01")?;
+    let mut frame = [0u8; 11];
+    stream
+        .read_exact(&mut frame)
+        .with_context(|| format!("{host}:{port} does not answer AMQP"))?;
+    if frame[0] != 1 || frame[1..3] != [0, 0] || frame[7..11] != [0, 10, 0, 10] {
+        bail!("{host}:{port} does not answer with AMQP 0-9-1 Connection.Start");
+    }
+    Ok(())
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn encode(text: &str) -> String {
     text.bytes()
@@ -115,5 +156,11 @@ mod tests {
         assert_eq!(broker.user, "al@ice");
         assert_eq!(broker.vhost, "/");
         assert!(!broker.display_uri().contains("ss/w"));
+    }
+
+    #[test]
+    fn loopback_is_local_and_a_documentation_address_is_not() {
+        assert!(is_local("127.0.0.1") && is_local("localhost"));
+        assert!(!is_local("192.0.2.1"));
     }
 }

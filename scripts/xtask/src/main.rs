@@ -30,9 +30,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print "HOST PORT amqp|amqps" (tab-separated) of the broker scripts/broker.sh checks:
-    /// the first URI of AMQP_URI, else AMQP_HOST (default 127.0.0.1) and AMQP_PORT (5672).
+    /// Print "HOST PORT amqp|amqps local|remote" (tab-separated) of the broker scripts/broker.sh
+    /// checks: the first URI of AMQP_URI, else AMQP_HOST (default 127.0.0.1) and AMQP_PORT
+    /// (5672); local when the host is an address of this machine.
     BrokerAddr,
+    /// Succeed if HOST:PORT answers the AMQP 0-9-1 protocol header with Connection.Start
+    /// (with --tcp: if it accepts TCP connections), within the timeout.
+    Probe {
+        host: String,
+        port: u16,
+        #[arg(long)]
+        tcp: bool,
+        /// Seconds for the connect and the answer, each.
+        #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+        timeout: f64,
+    },
     /// Print the broker's product, version and platform, as it announces them.
     BrokerVersion,
     /// Print each URI (the arguments, or else the lines of stdin, which keeps passwords out of
@@ -98,8 +110,16 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::BrokerAddr => {
             let (host, port, tls) = broker::address()?;
-            println!("{host}\t{port}\t{}", if tls { "amqps" } else { "amqp" });
+            let scheme = if tls { "amqps" } else { "amqp" };
+            let place = if broker::is_local(&host) { "local" } else { "remote" };
+            println!("{host}\t{port}\t{scheme}\t{place}");
         }
+        Command::Probe {
+            host,
+            port,
+            tcp,
+            timeout,
+        } => broker::probe(&host, port, !tcp, seconds(timeout)?)?,
         Command::BrokerVersion => println!("{}", broker::version()?),
         Command::MaskUri { check, uris } => {
             let uris = if uris.is_empty() {
@@ -125,6 +145,13 @@ fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn seconds(secs: f64) -> Result<Duration> {
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e6) {
+        bail!("--timeout must be a positive number of seconds, got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn admin() -> Result<Admin> {
