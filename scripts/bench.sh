@@ -35,33 +35,10 @@ set -euo pipefail
 [[ $# -eq 0 ]] || die "usage: $PROG   (no arguments; settings are environment variables, see the header)"
 
 started=$SECONDS
-QUICK=${BENCH_QUICK:-0}
-[[ $QUICK == 0 || $QUICK == 1 ]] || die "BENCH_QUICK must be 0 or 1, got '$QUICK'"
-if ((QUICK)); then
-    d_seq=2000 d_inflight=5000 d_py=1000 d_oneshot=5 d_fib="10000 100000 1000000" warmup=200 d_repeat=1
-else
-    d_seq=20000 d_inflight=100000 d_py=10000 d_oneshot=20 d_fib="10000 100000 1000000 10000000" warmup=500 d_repeat=3
-fi
-REPEAT=${BENCH_REPEAT:-$d_repeat}
-SEQ_CALLS=${BENCH_CALLS:-$d_seq}
-INFLIGHT_CALLS=${BENCH_INFLIGHT_CALLS:-$d_inflight}
-PY_CALLS=${BENCH_PY_CALLS:-$d_py}
-ONESHOT_RUNS=${BENCH_ONESHOT_RUNS:-$d_oneshot}
-PREFETCH=${BENCH_PREFETCH:-100}
-BROKER_WAIT_SECS=${BENCH_BROKER_WAIT:-120}
-read -r -a DEPTHS <<<"${BENCH_DEPTHS:-8 64}"
-read -r -a FIB_NS <<<"${BENCH_FIB_NS:-$d_fib}"
-for v in REPEAT SEQ_CALLS INFLIGHT_CALLS PY_CALLS ONESHOT_RUNS PREFETCH BROKER_WAIT_SECS; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
-done
-((PREFETCH <= 65535)) || die "BENCH_PREFETCH must be at most 65535"
-((${#DEPTHS[@]} > 0 && ${#FIB_NS[@]} > 0)) || die "BENCH_DEPTHS and BENCH_FIB_NS must not be empty"
-for v in "${DEPTHS[@]}" "${FIB_NS[@]}"; do
-    [[ $v =~ ^[1-9][0-9]*$ ]] || die "BENCH_DEPTHS and BENCH_FIB_NS take positive integers, got '$v'"
-done
-for v in "${DEPTHS[@]}"; do
-    ((v >= 2 && v <= 65535)) || die "in-flight depths must be 2..65535, got $v (1 is the sequential row)"
-done
+QUICK='' warmup='' REPEAT='' SEQ_CALLS='' INFLIGHT_CALLS='' PY_CALLS='' ONESHOT_RUNS='' PREFETCH=''
+BROKER_WAIT_SECS='' DEPTHS=() FIB_NS=()
+settings=$(xtask bench-settings) || exit 1 # checked numbers: shell assignments of the above
+eval "$settings"
 
 OUT_DIR=target/bench
 RUN_ID=$(cat /proc/sys/kernel/random/uuid)

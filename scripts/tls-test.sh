@@ -28,9 +28,7 @@ NODE_WAIT=${TLS_TEST_WAIT:-120}
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 
 PLAIN_PORT=${TLS_TEST_PORT:-5690}
-if ! [[ $PLAIN_PORT =~ ^[1-9][0-9]*$ ]] || ((PLAIN_PORT > 45534)); then
-    die "TLS_TEST_PORT must be a port number up to 45534, got '$PLAIN_PORT'"
-fi
+node_select rpctls "$PLAIN_PORT" "$REPO_ROOT/target/tls" # checks the port
 TLS_PORT=$((PLAIN_PORT + 1))
 HOST=127.0.0.1
 TLS_REL=target/tls # relative to the repo root (lib.sh cd's there), for messages and flags
@@ -39,7 +37,6 @@ CA=$TLS_REL/ca.pem
 QUEUE=rpc_tls
 client=$BIN_DIR/rpc-client
 server=$BIN_DIR/rpc-server
-node_select rpctls "$PLAIN_PORT" "$TLS_DIR"
 
 # --- prerequisites -------------------------------------------------------------------------
 

@@ -174,6 +174,65 @@ fn label(depth: u64) -> String {
     }
 }
 
+/// scripts/bench.sh's settings as shell assignments, from `var` (its BENCH_* variables, the
+/// defaults of a full run or, with BENCH_QUICK=1, of a quick smoke run).
+pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let quick = match var("BENCH_QUICK").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(other) => bail!("BENCH_QUICK must be 0 or 1, got '{other}'"),
+    };
+    let (seq, inflight, py, oneshot, repeat, warmup) = if quick {
+        ("2000", "5000", "1000", "5", "1", "200")
+    } else {
+        ("20000", "100000", "10000", "20", "3", "500")
+    };
+    let fib_ns = if quick {
+        "10000 100000 1000000"
+    } else {
+        "10000 100000 1000000 10000000"
+    };
+    let mut out = format!("QUICK={}\nwarmup={warmup}\n", u8::from(quick));
+    for (name, variable, default, max) in [
+        ("REPEAT", "BENCH_REPEAT", repeat, u64::MAX),
+        ("SEQ_CALLS", "BENCH_CALLS", seq, u64::MAX),
+        ("INFLIGHT_CALLS", "BENCH_INFLIGHT_CALLS", inflight, u64::MAX),
+        ("PY_CALLS", "BENCH_PY_CALLS", py, u64::MAX),
+        ("ONESHOT_RUNS", "BENCH_ONESHOT_RUNS", oneshot, u64::MAX),
+        ("PREFETCH", "BENCH_PREFETCH", "100", 65535),
+        ("BROKER_WAIT_SECS", "BENCH_BROKER_WAIT", "120", u64::MAX),
+        ("DEPTHS", "BENCH_DEPTHS", "8 64", 65535),
+        ("FIB_NS", "BENCH_FIB_NS", fib_ns, u64::MAX),
+    ] {
+        let text = var(variable).unwrap_or_else(|| default.into());
+        let values = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().ok().filter(|&n| n >= 1 && n <= max))
+            .collect::<Option<Vec<_>>>()
+            .filter(|values| !values.is_empty())
+            .with_context(|| {
+                let limit = if max < u64::MAX {
+                    format!(" up to {max}")
+                } else {
+                    String::new()
+                };
+                format!("{variable} must be a positive integer{limit}, got '{text}'")
+            })?;
+        if name == "DEPTHS" && values.contains(&1) {
+            bail!("BENCH_DEPTHS: in-flight depths must be 2..65535 (1 is the sequential row)");
+        }
+        let values: Vec<String> = values.iter().map(u64::to_string).collect();
+        if matches!(name, "DEPTHS" | "FIB_NS") {
+            let _ = writeln!(out, "{name}=({})", values.join(" "));
+        } else if values.len() == 1 {
+            let _ = writeln!(out, "{name}={}", values[0]);
+        } else {
+            bail!("{variable} must be one positive integer, got '{text}'");
+        }
+    }
+    Ok(out)
+}
+
 /// The whole report: header, table, flags and run time.
 pub fn render(text: &str) -> Result<String> {
     let facts = Facts::parse(text)?;
@@ -477,6 +536,23 @@ mod tests {
         assert!(table.contains("| f-10 | fib(10) + to decimal (2 digits)"));
         assert!(table.contains("| 4.0 MiB |"), "{table}");
         assert!(table.contains("| b-direct |") && table.contains("| failed |"));
+    }
+
+    #[test]
+    fn settings_defaults_and_errors() {
+        let quick = settings(|name| (name == "BENCH_QUICK").then(|| "1".into())).expect("ok");
+        assert!(quick.contains("QUICK=1\nwarmup=200\nREPEAT=1\n"), "{quick}");
+        assert!(
+            quick.contains("DEPTHS=(8 64)\n") && quick.contains("FIB_NS=(10000 100000 1000000)\n")
+        );
+        let bad = |var: &'static str, value: &'static str| {
+            settings(move |name| (name == var).then(|| value.into())).expect_err(value)
+        };
+        assert!(format!("{:#}", bad("BENCH_PREFETCH", "70000")).contains("integer up to 65535"));
+        assert!(format!("{:#}", bad("BENCH_DEPTHS", "1 8")).contains("1 is the sequential row"));
+        bad("BENCH_CALLS", "many");
+        bad("BENCH_REPEAT", "1 2");
+        bad("BENCH_QUICK", "yes");
     }
 
     #[test]

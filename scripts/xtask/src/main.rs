@@ -62,6 +62,9 @@ enum Command {
     },
     /// Read the facts scripts/bench.sh collected (TSV, stdin), print its markdown report.
     BenchTable,
+    /// Print scripts/bench.sh's settings from its BENCH_* variables, checked, as shell
+    /// assignments.
+    BenchSettings,
 }
 
 #[derive(Subcommand)]
@@ -111,7 +114,11 @@ fn run(command: Command) -> Result<()> {
         Command::BrokerAddr => {
             let (host, port, tls) = broker::address()?;
             let scheme = if tls { "amqps" } else { "amqp" };
-            let place = if broker::is_local(&host) { "local" } else { "remote" };
+            let place = if broker::is_local(&host) {
+                "local"
+            } else {
+                "remote"
+            };
             println!("{host}\t{port}\t{scheme}\t{place}");
         }
         Command::Probe {
@@ -143,8 +150,15 @@ fn run(command: Command) -> Result<()> {
             let facts = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
             print!("{}", bench_table::render(&facts)?);
         }
+        Command::BenchSettings => print!("{}", bench_table::settings(var)?),
     }
     Ok(())
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 fn seconds(secs: f64) -> Result<Duration> {
