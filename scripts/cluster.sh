@@ -220,25 +220,17 @@ node_index() {
 cmd_stop_node() {
     local mode=${2:-} t0=$SECONDS
     node_index "$1"
-    case $mode in
-        --app)
-            node_amqp_up || node_pid >/dev/null || {
-                msg "$NODE is not running"
-                return 0
-            }
-            msg "stopping the RabbitMQ app on $NODE (its VM stays up)"
-            node_ctl "$NODE_STOP_WAIT" -q stop_app >/dev/null || die "rabbitmqctl stop_app failed on $NODE"
-            ;;
-        '')
-            node_pid >/dev/null || node_epmd_has || {
-                msg "$NODE is not running"
-                return 0
-            }
-            msg "stopping $NODE"
-            node_stop || die "could not stop $NODE"
-            ;;
-        *) usage ;;
-    esac
+    [[ -z $mode || $mode == --app ]] || usage
+    if ! node_pid >/dev/null && ! node_epmd_has; then
+        msg "$NODE is not running"
+        return 0
+    elif [[ $mode == --app ]]; then
+        msg "stopping the RabbitMQ app on $NODE (its VM stays up)"
+        node_ctl "$NODE_STOP_WAIT" -q stop_app >/dev/null || die "rabbitmqctl stop_app failed on $NODE"
+    else
+        msg "stopping $NODE"
+        node_stop || die "could not stop $NODE"
+    fi
     msg "$NODE stopped in $((SECONDS - t0))s"
 }
 

@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Full check: broker, formatting, clippy, shellcheck, unit/integration tests,
-# release build, end-to-end run of the scripts against RabbitMQ, interop with Python peers, TLS
-# (a throwaway node with a TLS listener), the cluster test, a quick benchmark, and last the
-# fault run (kills servers, restarts a throwaway node of its own; the broker on 5672 is never
-# restarted).
+# Full check: build dependencies, broker, fmt, clippy, shellcheck, unit/integration tests,
+# release build, end-to-end run of the scripts, interop with Python peers, TLS, cluster, a quick
+# benchmark, and last the fault run on a throwaway node (the broker on 5672 is never restarted).
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -50,9 +48,9 @@ need_component() {
     fi
 }
 
-stage_broker() { scripts/broker.sh; }
-
 stage_build_deps() { ensure_build_deps; }
+
+stage_broker() { scripts/broker.sh; }
 
 stage_fmt() {
     need_component rustfmt fmt
@@ -131,8 +129,8 @@ stage_faults() {
         cargo test --release -p rpc-server --test faults -- --ignored --nocapture --test-threads=1
 }
 
-run_stage "broker (scripts/broker.sh)" stage_broker
 run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
+run_stage "broker (scripts/broker.sh)" stage_broker
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
 run_stage "shellcheck" stage_shellcheck
