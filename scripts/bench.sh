@@ -151,17 +151,15 @@ msg "run $RUN_ID ($MODE), queue $QUEUE, raw outputs in $WORK"
 scripts/broker.sh
 ensure_venv "$PEERS/requirements.txt" "$PEERS/requirements-bench.txt"
 
-if [[ -x /usr/bin/time ]] && /usr/bin/time -f %M -o /dev/null true 2>/dev/null; then
-    RSS_CMD=(/usr/bin/time -f %M -o)
-elif ((!QUICK)) && apt_install time && [[ -x /usr/bin/time ]]; then
+# works CMD...: CMD runs and succeeds. Full runs install GNU time and hyperfine if they can.
+works() { "$@" >/dev/null 2>&1; }
+if works /usr/bin/time -f %M -o /dev/null true || { ((!QUICK)) && apt_install time && works /usr/bin/time -f %M -o /dev/null true; }; then
     RSS_CMD=(/usr/bin/time -f %M -o)
 else
     warn "GNU time (/usr/bin/time) missing: client RSS rows will read n/a"
 fi
 HYPERFINE=
-if command -v hyperfine >/dev/null 2>&1; then
-    HYPERFINE=hyperfine
-elif ((!QUICK)) && apt_install hyperfine && command -v hyperfine >/dev/null 2>&1; then
+if works hyperfine --version || { ((!QUICK)) && apt_install hyperfine && works hyperfine --version; }; then
     HYPERFINE=hyperfine
 else
     msg "hyperfine not available: timing one-shot runs with a shell loop"

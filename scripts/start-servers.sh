@@ -23,22 +23,11 @@ count_given=
 uri_list=${RPC_URIS:-}
 while [[ $# -gt 0 && $1 != -- ]]; do
     case $1 in
-        --uris)
-            [[ $# -ge 2 ]] || usage
-            uri_list=$2
-            shift 2
-            ;;
-        --uris=*)
-            uri_list=${1#--uris=}
-            shift
-            ;;
-        *)
-            [[ -z $count_given && $1 =~ ^[1-9][0-9]*$ ]] || usage
-            count=$1
-            count_given=1
-            shift
-            ;;
+        --uris) [[ $# -ge 2 ]] || usage; uri_list=$2; shift ;;
+        --uris=*) uri_list=${1#--uris=} ;;
+        *) [[ -z $count_given && $1 =~ ^[1-9][0-9]*$ ]] || usage; count=$1 count_given=1 ;;
     esac
+    shift
 done
 if [[ $# -gt 0 ]]; then
     [[ $1 == -- ]] || usage

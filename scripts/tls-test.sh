@@ -175,10 +175,7 @@ run_client() {
     local name=$1 t0 t1
     shift
     local -a vars=()
-    while [[ $1 != -- ]]; do
-        vars+=("$1")
-        shift
-    done
+    while [[ $1 != -- ]]; do vars+=("$1") && shift; done
     shift
     ERR=$TLS_REL/client-$name.err
     RC=0
