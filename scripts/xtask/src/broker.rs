@@ -59,7 +59,7 @@ pub fn from_env() -> Result<Vec<BrokerOptions>> {
                 let sep = if uri.contains('?') { '&' } else { '?' };
                 format!("{uri}{sep}connection_timeout={CONNECT_TIMEOUT_MS}")
             };
-            BrokerOptions::from_uri(&uri)
+            Ok(BrokerOptions::from_uri(&uri)?)
         })
         .collect()
 }
