@@ -2,19 +2,68 @@
 //!
 //! Tests use their own uuid-named queues ([`unique_name`]) so they can run in parallel, delete
 //! them when done ([`QueueGuard`]) and poll conditions with a deadline ([`wait_until`])
-//! instead of sleeping.
+//! instead of sleeping. [`broker`] checks once per process that the test broker answers, so
+//! a missing broker fails every test at once with one message instead of each after its
+//! own timeouts.
 
-use crate::connection;
-use crate::error::Error;
-use crate::uri::BrokerOptions;
+use crate::connection::connect_first;
+use crate::BrokerOptions;
+use crate::Error;
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// How long the one-time check of [`broker`] waits for the TCP connect and the handshake, each.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The test broker: `AMQP_URI` if set, else `amqp://guest:guest@127.0.0.1:5672`.
+///
+/// The first call in a process logs in to it once (a few seconds at most); if that fails,
+/// this and every later call panics with one message saying how to start a broker.
 pub fn broker() -> BrokerOptions {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let options = broker_options();
+    if let Err(message) = CHECKED.get_or_init(|| probe(&options)) {
+        panic!("{message}");
+    }
+    options
+}
+
+/// Logs in to `options` once, with a short limit; the failure message names `scripts/broker.sh`.
+fn probe(options: &BrokerOptions) -> Result<(), String> {
+    let quick = BrokerOptions {
+        connect_timeout: PROBE_TIMEOUT,
+        ..options.clone()
+    };
+    match connect_first(std::slice::from_ref(&quick), 0) {
+        Ok((connection, _)) => {
+            let _ = connection.close();
+            Ok(())
+        }
+        Err(err) => {
+            let reason = match err {
+                Error::Connect { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            let source = if std::env::var_os("AMQP_URI").is_some() {
+                "AMQP_URI"
+            } else {
+                "the default; AMQP_URI is unset"
+            };
+            Err(format!(
+                "no RabbitMQ broker answers at {options} ({source}): {reason}; start one with \
+                 scripts/broker.sh, or point AMQP_URI at one"
+            ))
+        }
+    }
+}
+
+/// [`broker`] without the check: `AMQP_URI` if set, else `amqp://guest:guest@127.0.0.1:5672`,
+/// with a 5 s connect timeout. For tests that wait for a broker to come (back) up.
+pub fn broker_options() -> BrokerOptions {
     let options = match std::env::var("AMQP_URI") {
         Ok(uri) => BrokerOptions::from_uri(&uri).unwrap_or_else(|e| panic!("AMQP_URI: {e:#}")),
         Err(_) => BrokerOptions {
@@ -37,6 +86,16 @@ pub fn unique_name(prefix: &str) -> String {
 pub fn wait_until(
     what: &str,
     timeout: Duration,
+    condition: impl FnMut() -> Result<bool, Error>,
+) -> Result<(), String> {
+    poll_until(what, timeout, Duration::from_millis(20), condition)
+}
+
+/// Polls `condition` every `every` until it holds; fails with `what` after `timeout`.
+pub fn poll_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
     mut condition: impl FnMut() -> Result<bool, Error>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -49,8 +108,68 @@ pub fn wait_until(
         if Instant::now() >= deadline {
             return Err(format!("timed out after {timeout:?} waiting for {what}"));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every.min(deadline.saturating_duration_since(Instant::now())));
     }
+}
+
+/// Installs a stderr logger for tests (captured per test): our crates and dependencies at warn
+/// and above unless `RUST_LOG` says otherwise. A second call is harmless.
+pub fn init_logging() {
+    let mut builder = env_logger::Builder::new();
+    builder
+        .is_test(true)
+        .filter_level(log::LevelFilter::Warn)
+        // amiquip warns about channel closes tests provoke on purpose (a 404 on a passive
+        // declare).
+        .filter_module("amiquip", log::LevelFilter::Error);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    // amiquip logs the SASL response, password included, at debug level.
+    builder.filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info);
+    let _ = builder.try_init();
+}
+
+/// Waits up to `within` until `queue` has exactly `consumers` consumers, asking the first of
+/// `brokers` that answers; a connection that fails is replaced by a new one (the brokers may
+/// be restarting). Returns how long it waited; the error says what it saw last.
+pub fn wait_for_consumers(
+    brokers: &[BrokerOptions],
+    queue: &str,
+    consumers: u32,
+    within: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut admin: Option<Admin> = None;
+    let mut last = String::from("nothing yet");
+    wait_until(
+        &format!("{consumers} consumer(s) on '{queue}'"),
+        within,
+        || {
+            let a = match admin.as_mut() {
+                Some(a) => a,
+                None => match Admin::connect_to(brokers) {
+                    Ok(a) => admin.insert(a),
+                    Err(err) => {
+                        last = format!("cannot connect: {err}");
+                        return Ok(false);
+                    }
+                },
+            };
+            match a.queue_state(queue) {
+                Ok(Some((_, count))) if count == consumers => return Ok(true),
+                Ok(Some((_, count))) => last = format!("{count} consumer(s)"),
+                Ok(None) => last = "no such queue".into(),
+                Err(err) => {
+                    last = format!("error: {err}");
+                    admin = None; // a new connection next time
+                }
+            }
+            Ok(false)
+        },
+    )
+    .map(|()| started.elapsed())
+    .map_err(|err| format!("{err} (last seen: {last})"))
 }
 
 /// A plain connection for arranging and inspecting broker state in tests.
@@ -58,6 +177,8 @@ pub struct Admin {
     // Field order is drop order: the channel closes before its connection.
     channel: Channel,
     connection: Connection,
+    /// The brokers it was connected through, for [`Admin::wait_for_consumers`].
+    brokers: Vec<BrokerOptions>,
 }
 
 impl Admin {
@@ -68,11 +189,12 @@ impl Admin {
 
     /// Connects to the first of `brokers` that answers (the nodes of a cluster).
     pub fn connect_to(brokers: &[BrokerOptions]) -> Result<Admin, Error> {
-        let (mut connection, _) = connection::connect_first(brokers, 0)?;
+        let (mut connection, _) = connect_first(brokers, 0)?;
         let channel = connection.open_channel(None)?;
         Ok(Admin {
             channel,
             connection,
+            brokers: brokers.to_vec(),
         })
     }
 
@@ -115,13 +237,10 @@ impl Admin {
         }
     }
 
-    /// Waits until `queue` has exactly `consumers` consumers.
+    /// Waits up to 20 s until `queue` has exactly `consumers` consumers (see the function
+    /// [`wait_for_consumers`], which this calls with the brokers this admin connected through).
     pub fn wait_for_consumers(&mut self, queue: &str, consumers: u32) -> Result<(), String> {
-        wait_until(
-            &format!("{consumers} consumer(s) on '{queue}'"),
-            Duration::from_secs(20),
-            || Ok(self.queue_state(queue)?.map(|(_, c)| c) == Some(consumers)),
-        )
+        wait_for_consumers(&self.brokers, queue, consumers, Duration::from_secs(20)).map(|_| ())
     }
 
     /// Waits until `queue` holds no ready messages.

@@ -1,7 +1,10 @@
 //! Behaviour of rpc-server against the real broker, called through the rpc-client library and
 //! raw AMQP. Every test uses its own uuid-named queue and deletes it.
 
+mod common;
+
 use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions};
+use common::broker::Ctl;
 use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -20,7 +23,7 @@ struct TestServer {
 
 impl TestServer {
     fn start(options: ServerOptions) -> TestServer {
-        rpc_client::logging::init(log::LevelFilter::Warn, &[]);
+        testing::init_logging();
         let (stop, shutdown) = crossbeam_channel::bounded(1);
         let handle = std::thread::spawn(move || rpc_server::run(&options, shutdown));
         TestServer { stop, handle }
@@ -372,13 +375,13 @@ fn requests_past_their_deadline_are_dropped_unanswered() {
     assert_eq!((stats.answered, stats.dropped), (1, 1), "{stats:?}");
 }
 
-/// The broker's id of the connection whose client properties mention `needle`.
+/// The broker's id of the connection whose client properties mention `needle` (from
+/// `$RABBITMQCTL list_connections`, by default the local `rabbitmqctl`).
 fn connection_pid(needle: &str) -> Result<Option<String>, Error> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .map_err(|e| Error::Config(format!("cannot run rabbitmqctl: {e}")))?;
-    Ok(String::from_utf8_lossy(&output.stdout)
+    let output = Ctl::from_env()
+        .run(&["list_connections", "-q", "pid", "client_properties"])
+        .map_err(Error::Config)?;
+    Ok(output
         .lines()
         .find(|line| line.contains(needle))
         .and_then(|line| line.split_whitespace().next())
@@ -401,11 +404,9 @@ fn server_reconnects_after_the_broker_closes_its_connection() {
     })
     .expect("listed");
     let pid = pid.expect("found");
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "closed by the reconnect test"])
-        .output()
-        .expect("rabbitmqctl close_connection");
-    assert!(status.status.success(), "{status:?}");
+    Ctl::from_env()
+        .run(&["close_connection", &pid, "closed by the reconnect test"])
+        .unwrap_or_else(|e| panic!("{e}"));
     // A new connection appears (different pid) and consumes again.
     testing::wait_until("a new connection", Duration::from_secs(30), || {
         Ok(connection_pid(&name)?.is_some_and(|p| p != pid))
