@@ -234,7 +234,7 @@ fn setup(cluster: Cluster) -> Run {
         node: NodeGuard::default(),
         queue,
         cluster,
-        checks: Checks::new("cluster test"),
+        checks: Checks::quiet("cluster test"),
     }
 }
 

@@ -215,18 +215,30 @@ pub fn print_table(title: &str, first_column: &str, rows: &[Row]) {
 /// The checks and notes of a run (or of one scenario of it): a failed check is recorded and
 /// the run goes on; the test asserts at the end that none failed.
 pub struct Checks {
-    /// Prefix of the lines printed as checks fail and notes are taken.
+    /// Prefix of the lines printed as checks fail (and notes are taken).
     pub name: String,
     pub failures: Vec<String>,
     pub notes: Vec<String>,
+    /// Print each note as it is taken (else only the caller prints them, at the end).
+    echo_notes: bool,
 }
 
 impl Checks {
+    /// Checks that print each note as it is taken.
     pub fn new(name: impl Into<String>) -> Checks {
         Checks {
             name: name.into(),
             failures: Vec::new(),
             notes: Vec::new(),
+            echo_notes: true,
+        }
+    }
+
+    /// Checks that keep their notes for the caller to print.
+    pub fn quiet(name: impl Into<String>) -> Checks {
+        Checks {
+            echo_notes: false,
+            ..Checks::new(name)
         }
     }
 
@@ -241,7 +253,9 @@ impl Checks {
 
     /// A note for the report.
     pub fn note(&mut self, note: String) {
-        println!("{}: {note}", self.name);
+        if self.echo_notes {
+            println!("{}: {note}", self.name);
+        }
         self.notes.push(note);
     }
 }
@@ -367,13 +381,22 @@ pub struct Pace {
     pub error: Duration,
 }
 
+/// A call in progress.
+#[derive(Clone, Copy)]
+struct InCall {
+    started: Instant,
+    budget: Duration,
+    n: u64,
+    phase: u8,
+}
+
 struct Shared {
     t0: Instant,
     stop: AtomicBool,
     phase: AtomicU8,
     calls: Mutex<Vec<Call>>,
-    /// Per caller, while it is in a call: when the call started, its budget, n and phase.
-    in_call: Vec<Mutex<Option<(Instant, Duration, u64, u8)>>>,
+    /// Per caller, the call it is in, if any.
+    in_call: Vec<Mutex<Option<InCall>>>,
     /// Per caller: connections made.
     connects: Vec<AtomicU64>,
 }
@@ -495,7 +518,7 @@ impl Callers {
                 self.shared
                     .in_call
                     .iter()
-                    .filter_map(|c| lock(c).map(|c| c.1)),
+                    .filter_map(|c| lock(c).map(|c| c.budget)),
             )
             .max()
             .unwrap_or(Duration::ZERO);
@@ -509,14 +532,14 @@ impl Callers {
                 if handle.join().is_err() {
                     panic!("caller c{} panicked", index + 1);
                 }
-            } else if let Some((started, budget, n, phase)) = *lock(&self.shared.in_call[index]) {
+            } else if let Some(call) = *lock(&self.shared.in_call[index]) {
                 calls.push(Call {
                     caller: index,
-                    n,
-                    phase,
-                    at: started - self.shared.t0,
-                    elapsed: started.elapsed(),
-                    budget,
+                    n: call.n,
+                    phase: call.phase,
+                    at: call.started - self.shared.t0,
+                    elapsed: call.started.elapsed(),
+                    budget: call.budget,
                     outcome: Outcome::Lost,
                     detail: "never returned".into(),
                     server: None,
@@ -555,7 +578,12 @@ fn caller_loop(mut caller: Caller, n_of: fn(usize, u64) -> u64, pace: Pace, shar
         let started = Instant::now();
         // The longest this call may take: a connect to every broker first, if needed.
         let budget = caller.options.timeout + GRACE + connect_budget(&caller.options.brokers);
-        *lock(&shared.in_call[index]) = Some((started, budget, n, phase));
+        *lock(&shared.in_call[index]) = Some(InCall {
+            started,
+            budget,
+            n,
+            phase,
+        });
         let mut call = caller.call(n);
         *lock(&shared.in_call[index]) = None;
         shared.connects[index].store(caller.connects, Ordering::SeqCst);

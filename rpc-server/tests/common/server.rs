@@ -264,7 +264,12 @@ pub fn start_servers(
             ServerProc::on_broker(log_dir, &name, queue, broker, &[])
         })
         .collect();
-    await_consumers(&servers, &[broker.clone()], queue, Duration::from_secs(20));
+    await_consumers(
+        &servers,
+        std::slice::from_ref(broker),
+        queue,
+        Duration::from_secs(20),
+    );
     servers
 }
 
