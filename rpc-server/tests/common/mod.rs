@@ -1,5 +1,5 @@
-//! The harness of the process-level tests (the fault run `faults/`, the cluster test
-//! `cluster.rs`, the binary tests `binary.rs`):
+//! The harness of the process-level tests: the fault run (`faults/`), the cluster test
+//! (`cluster.rs`), the binary tests (`binary.rs`; `rpc.rs` uses its `rabbitmqctl`).
 //!
 //! - [`load`]: calls and how they ended, reconnecting callers and streams of them, the tally
 //!   and the results table, the checks and notes of a run, the phases of a fault;

@@ -132,6 +132,8 @@ pub fn client_options(queue: &str, timeout: Duration) -> ClientOptions {
 
 /// What one scenario did: the tally, the wrong, lost and hung calls, checks and notes.
 pub struct Scenario {
+    /// Number and name, as in the table.
+    pub name: String,
     pub checks: Checks,
     pub tally: Tally,
     /// Wrong, lost and hung calls, shown under the table (the first few).
@@ -181,6 +183,7 @@ fn run_scenario(def: &Def) -> Scenario {
     println!("fault run: ===== {name}");
     let mut scenario = Scenario {
         checks: Checks::new(format!("fault run: {name}")),
+        name,
         tally: Tally::default(),
         bad_calls: Vec::new(),
         took: Duration::ZERO,
@@ -205,7 +208,6 @@ fn run_scenario(def: &Def) -> Scenario {
             format!("{count} of {} call(s) {what}", t.calls)
         });
     }
-    scenario.checks.name = name;
     scenario
 }
 
@@ -215,22 +217,22 @@ fn print_results(scenarios: &[Scenario], took: Duration) {
         .iter()
         .map(|s| {
             total.add(&s.tally);
-            Row::new(s.checks.name.clone(), s.tally, Some(s.took))
+            Row::new(s.name.clone(), s.tally, Some(s.took))
         })
         .collect();
     rows.push(Row::new("total", total, Some(took)));
     print_table("fault run: results", "scenario", &rows);
     for scenario in scenarios {
         for note in &scenario.checks.notes {
-            println!("  {}: {note}", scenario.checks.name);
+            println!("  {}: {note}", scenario.name);
         }
     }
     for scenario in scenarios {
         for call in scenario.bad_calls.iter().take(10) {
-            println!("  {}: {call}", scenario.checks.name);
+            println!("  {}: {call}", scenario.name);
         }
         for failure in &scenario.checks.failures {
-            println!("  {}: FAILED: {failure}", scenario.checks.name);
+            println!("  {}: FAILED: {failure}", scenario.name);
         }
     }
 }
@@ -302,7 +304,7 @@ fn fault_run() {
             s.checks
                 .failures
                 .iter()
-                .map(move |f| format!("{}: {f}", s.checks.name))
+                .map(move |f| format!("{}: {f}", s.name))
         })
         .collect();
     assert!(
