@@ -32,10 +32,8 @@
 mod common;
 
 use common::broker::{cluster_sh, Ctl, NodeGuard};
-use common::load::{
-    print_table, Call, CallerReport, Callers, Checks, Outcome, Pace, Row, Tally, AFTER, BEFORE,
-    DURING,
-};
+use common::callers::{CallerReport, Callers, Pace};
+use common::load::{print_table, Call, Checks, Outcome, Row, Tally, AFTER, BEFORE, DURING};
 use common::server::{await_consumers, stop_servers, ServerProc};
 use common::{expected, fresh_log_dir, log_dir, secs};
 use rpc_client::testing::{self, Admin, QueueGuard};

@@ -1,8 +1,9 @@
 //! The harness of the process-level tests: the fault run (`faults/`), the cluster test
 //! (`cluster.rs`), the binary tests (`binary.rs`; `rpc.rs` uses its `rabbitmqctl`).
 //!
-//! - [`load`]: calls and how they ended, reconnecting callers and streams of them, the tally
-//!   and the results table, the checks and notes of a run, the phases of a fault;
+//! - [`load`]: calls and how they ended, the phases of a fault, the tally and the results
+//!   table, the checks and notes of a run;
+//! - [`callers`]: reconnecting callers, alone or as threads calling back to back;
 //! - [`broker`]: broker control, `rabbitmqctl` and `scripts/cluster.sh` run one way (with a
 //!   deadline, their exit status checked), a stopped broker application or cluster node
 //!   started again on drop;
@@ -12,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod callers;
 pub mod load;
 pub mod server;
 

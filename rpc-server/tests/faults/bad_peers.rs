@@ -1,7 +1,8 @@
 //! 6. The client against a closed port, a port that never speaks AMQP, wrong credentials, a
 //!    missing queue and a queue without consumers: each fails quickly with the right error.
 
-use crate::common::load::{Call, Caller, Outcome, GRACE};
+use crate::common::callers::Caller;
+use crate::common::load::{Call, Outcome, GRACE};
 use crate::{client_options, Def, Scenario, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use rpc_client::error::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};

@@ -6,7 +6,8 @@
 //! a shared broker.
 
 use crate::common::broker::{BrokerApp, Ctl};
-use crate::common::load::{Call, Caller, Outcome, AFTER, BEFORE, DURING, GRACE};
+use crate::common::callers::Caller;
+use crate::common::load::{Call, Outcome, AFTER, BEFORE, DURING, GRACE};
 use crate::{
     client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario,
     CALL_TIMEOUT, CONNECT_TIMEOUT,

@@ -34,7 +34,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use common::load::{print_table, Call, Callers, Checks, Pace, Row, Tally};
+use common::callers::{Callers, Pace};
+use common::load::{print_table, Call, Checks, Row, Tally};
 use common::server::{self, ServerProc};
 use common::{expected, fresh_log_dir, log_dir};
 use rpc_client::testing;

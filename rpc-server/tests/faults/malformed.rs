@@ -1,7 +1,8 @@
 //! 4. More than 1,000 malformed requests, published raw: the server answers each one that has
 //!    a `reply_to` with an error reply, drops the others, keeps running and still serves.
 
-use crate::common::load::{Call, Caller, Outcome, GRACE};
+use crate::common::callers::Caller;
+use crate::common::load::{Call, Outcome, GRACE};
 use crate::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT, SLOW_N};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use crossbeam_channel::Receiver;

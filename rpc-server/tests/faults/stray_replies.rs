@@ -2,7 +2,7 @@
 //!    makes at least 300 calls: all of them are answered right.
 
 use crate::common::expected;
-use crate::common::load::Caller;
+use crate::common::callers::Caller;
 use crate::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT};
 use amiquip::AmqpProperties;
 use rpc_client::testing::{self, Admin, QueueGuard};
