@@ -100,7 +100,11 @@ impl Caller {
                 // the next call starts on a new connection, at the next broker.
                 if matches!(
                     err,
-                    Error::Connect { .. } | Error::ConnectionLost(_) | Error::Amqp(_)
+                    Error::Connect { .. }
+                        | Error::ConnectionLost(_)
+                        | Error::Stalled(_)
+                        | Error::Blocked(_)
+                        | Error::Amqp(_)
                 ) {
                     self.client = None;
                     self.options.brokers.rotate_left(1);
