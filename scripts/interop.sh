@@ -2,14 +2,18 @@
 # Interop test: our rpc-server / rpc-client against RabbitMQ tutorial-six peers
 # written in Python with pika (scripts/interop/rpc_{server,client}.py).
 #
-# For each queue flavour (classic, quorum) on its own queue interop-<flavour>-<uuid>:
+# For each queue flavour on its own queue interop-<flavour>-<uuid> (classic: the original
+# tutorial's non-durable queue; durable: classic and durable; quorum: today's tutorial's):
 #   (a) their client -> our server (own reply queue, then direct reply-to);
 #       the queue is declared first by the Python server, so ours meets it existing;
 #   (b) our client -> their server.
-# Plus: our rpc-server's own declaration of a fresh queue must be equivalent to the
-# tutorial's classic declaration, and rpc-server must exit 0 on SIGTERM.
+# Plus: our rpc-server's own declaration of a fresh queue must be equivalent to a durable
+# classic declaration (and with --transient, to the original tutorial's), and rpc-server must
+# exit 0 on SIGTERM.
 #
 # Broker: $AMQP_URI if set (read by all four programs), else local guest/guest.
+# INTEROP_FLAVOURS (default "classic durable quorum"): leave out classic against a broker that
+# denies transient non-exclusive queues (RabbitMQ 4.3's default).
 # Binaries: ${RPC_BIN_DIR:-target/release}. Runtime files: target/interop/, target/py-venv.
 # Prints "interop: N passed, M failed"; exits non-zero if anything failed.
 set -euo pipefail
@@ -92,7 +96,7 @@ check() {
 run_flavour() {
   local fl=$1 q="interop-$1-$RUN_ID" pid rc=0 theirs=("$PY" "$PEERS/rpc_server.py")
   QUEUES+=("$q")
-  [[ $fl == classic ]] || theirs+=(--quorum)
+  [[ $fl == classic ]] || theirs+=("--$fl")
 
   # (a) their client -> our server; the tutorial server declares the queue first.
   if start_server "$q" "$fl-predeclare" "${theirs[@]}"; then
@@ -128,17 +132,19 @@ run_flavour() {
   fi
 }
 
-# Our server declares a fresh queue; the tutorial client's classic declaration must
-# be accepted as equivalent (else the broker closes its channel with 406).
+# run_own_declaration FLAVOUR [SERVER-FLAGS...]: our server declares a fresh queue; a client
+# declaring it as FLAVOUR must be accepted as equivalent (else the broker closes its channel
+# with 406).
 run_own_declaration() {
-  local q="interop-classic-own-$RUN_ID" name="classic: our server's declaration matches the tutorial's"
+  local fl=$1 q="interop-$1-own-$RUN_ID" name="$1: our server's declaration ($*) matches the peer's"
+  shift
   QUEUES+=("$q")
-  if start_server "$q" own-our-server "$BIN_DIR/rpc-server"; then
-    check "$name" own-client 55 "$LOG_DIR/own-our-server.err" \
-      "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-classic --timeout "$CALL_TIMEOUT" 10
+  if start_server "$q" "own-$fl-our-server" "$BIN_DIR/rpc-server" "$@"; then
+    check "$name" "own-$fl-client" 55 "$LOG_DIR/own-$fl-our-server.err" \
+      "$PY" "$PEERS/rpc_client.py" --queue "$q" --declare-"$fl" --timeout "$CALL_TIMEOUT" 10
     stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
   else
-    fail "$name (our server not ready on fresh queue)" "$LOG_DIR/own-our-server.err"
+    fail "$name (our server not ready on fresh queue)" "$LOG_DIR/own-$fl-our-server.err"
   fi
 }
 
@@ -152,9 +158,15 @@ if [[ ! -x $BIN_DIR/rpc-server || ! -x $BIN_DIR/rpc-client ]]; then
 fi
 xtask --version >/dev/null
 msg "run $RUN_ID, logs in $LOG_DIR"
-run_flavour classic
-run_flavour quorum
-run_own_declaration
+read -r -a flavours <<<"${INTEROP_FLAVOURS:-classic durable quorum}"
+for fl in "${flavours[@]}"; do
+  case $fl in
+    classic | durable | quorum) run_flavour "$fl" ;;
+    *) die "INTEROP_FLAVOURS: unknown flavour '$fl' (classic, durable, quorum)" ;;
+  esac
+done
+run_own_declaration durable
+[[ " ${flavours[*]} " != *" classic "* ]] || run_own_declaration classic --transient
 
 printf 'interop: %d passed, %d failed\n' "$PASSED" "$FAILED"
 ((FAILED == 0))

@@ -14,7 +14,9 @@
 # BASE/home/.erlang.cookie (HOME points there, so the main broker's cookie is untouched).
 # Env: NODE_WAIT (seconds to boot, default 120), NODE_STOP_WAIT (seconds per stop, default
 # 60), NODE_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler, to share the machine),
-# RABBITMQ_BIN (default /usr/lib/rabbitmq/bin).
+# RABBITMQ_BIN (default /usr/lib/rabbitmq/bin). Sourced with NODE_ROOT set (a directory with
+# a Debian root, see rabbitmq4.sh), the node's commands run chrooted there: BASE and
+# RABBITMQ_BIN are paths inside it, and NODE_EPMD_PORT gives the node an epmd of its own.
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -26,10 +28,13 @@ NODE_STOP_WAIT=${NODE_STOP_WAIT:-60}
 # Not /usr/sbin/rabbitmqctl: Debian's wrapper there switches to the rabbitmq user when run as
 # root, and with it to that user's HOME and Erlang cookie (the main broker's).
 RMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+NODE_ROOT=${NODE_ROOT:-}
+NODE_RUN=()
+[[ -z $NODE_ROOT ]] || NODE_RUN=(chroot "$NODE_ROOT")
 
 # node_installed: skip (exit 77) unless a RabbitMQ node can run here.
 node_installed() {
-    [[ -x $RMQ_BIN/rabbitmq-server && -x $RMQ_BIN/rabbitmqctl ]] ||
+    [[ -x $NODE_ROOT$RMQ_BIN/rabbitmq-server && -x $NODE_ROOT$RMQ_BIN/rabbitmqctl ]] ||
         skip "no rabbitmq-server/rabbitmqctl in $RMQ_BIN: cannot run a RabbitMQ node (scripts/broker.sh installs Debian's package as root; or set RABBITMQ_BIN)"
     if ! command -v erl >/dev/null 2>&1 || ! command -v epmd >/dev/null 2>&1; then
         skip "erl/epmd (Erlang) not found in PATH: cannot run a RabbitMQ node"
@@ -52,6 +57,13 @@ node_select() {
         "HOME=$NODE_BASE/home" "RABBITMQ_CONF_ENV_FILE=$NODE_BASE/rabbitmq-env.conf"
         ERL_EPMD_ADDRESS=127.0.0.1 'ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}'
         LC_ALL=C.UTF-8)
+    NODE_EPMD=()
+    if [[ -n ${NODE_EPMD_PORT:-} ]]; then
+        NODE_EPMD=("ERL_EPMD_PORT=$NODE_EPMD_PORT")
+        NODE_ENV+=("${NODE_EPMD[@]}")
+    fi
+    # Where the host sees the node's files.
+    NODE_HOST_DIR=$NODE_ROOT$NODE_DIR
 }
 
 node_uri() { printf 'amqp://guest:guest@%s:%s' "$NODE_HOST" "$NODE_PORT"; }
@@ -60,15 +72,15 @@ node_uri() { printf 'amqp://guest:guest@%s:%s' "$NODE_HOST" "$NODE_PORT"; }
 node_ctl() {
     local secs=$1
     shift
-    timeout "$secs" env "${NODE_ENV[@]}" "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@" </dev/null 9>&-
+    timeout "$secs" "${NODE_RUN[@]}" env "${NODE_ENV[@]}" "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@" </dev/null 9>&-
 }
 
 # Pid of the node's VM from its pid file, if that process is alive and is this node (its
 # environment names the node: guards against a reused pid). Fails otherwise.
 node_pid() {
     local pid stat
-    [[ -r $NODE_PID_FILE ]] || return 1
-    pid=$(<"$NODE_PID_FILE")
+    [[ -r $NODE_ROOT$NODE_PID_FILE ]] || return 1
+    pid=$(<"$NODE_ROOT$NODE_PID_FILE")
     [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
     stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
     [[ $stat == "$pid "*") "[!ZX]* ]] || return 1
@@ -77,7 +89,7 @@ node_pid() {
 }
 
 # Is the node's name registered with epmd (by any VM)?
-node_epmd_has() { epmd -names 2>/dev/null | grep -q "^name ${NODE%@*} at port "; }
+node_epmd_has() { env "${NODE_EPMD[@]}" epmd -names 2>/dev/null | grep -q "^name ${NODE%@*} at port "; }
 
 node_amqp_up() { xtask probe "$NODE_HOST" "$NODE_PORT" --timeout 2 2>/dev/null; }
 
@@ -87,7 +99,7 @@ node_app_state() { node_ctl 30 -q eval 'rabbit_boot_state:get().' 2>/dev/null; }
 # The node's last error lines.
 node_show_log() {
     local f
-    for f in "$NODE_LOG" "$NODE_DIR/log/startup.log"; do
+    for f in "$NODE_ROOT$NODE_LOG" "$NODE_HOST_DIR/log/startup.log"; do
         [[ -s $f ]] || continue
         msg "--- last errors in $f:"
         { grep -E '\[(error|critical)\]' "$f" || tail -n 8 "$f"; } | tail -n 8 | sed 's/^/    /' >&2
@@ -97,18 +109,19 @@ node_show_log() {
 # node_write_config CONF-LINE...: a fresh node directory and cookie (kept if there), and the
 # node's rabbitmq.conf with these lines.
 node_write_config() {
-    mkdir -p "$NODE_DIR/log" "$NODE_DIR/mnesia" "$NODE_DIR/conf.d" "$NODE_BASE/home"
-    if [[ ! -s $NODE_BASE/home/.erlang.cookie ]]; then
-        (umask 077 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$NODE_BASE/home/.erlang.cookie")
-        chmod 400 "$NODE_BASE/home/.erlang.cookie"
+    local dir=$NODE_HOST_DIR home=$NODE_ROOT$NODE_BASE/home
+    mkdir -p "$dir/log" "$dir/mnesia" "$dir/conf.d" "$home"
+    if [[ ! -s $home/.erlang.cookie ]]; then
+        (umask 077 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$home/.erlang.cookie")
+        chmod 400 "$home/.erlang.cookie"
     fi
     # Deliberately empty: it replaces /etc/rabbitmq/rabbitmq-env.conf (the main broker's).
-    : >"$NODE_BASE/rabbitmq-env.conf"
+    : >"$NODE_ROOT$NODE_BASE/rabbitmq-env.conf"
     {
         printf '# %s, written by scripts/%s (the AMQP listener comes from the environment).\n' "$NODE" "$PROG"
         printf '%s\n' "log.file.level = info" "$@"
-    } >"$NODE_DIR/rabbitmq.conf"
-    echo '[].' >"$NODE_DIR/enabled_plugins"
+    } >"$dir/rabbitmq.conf"
+    echo '[].' >"$dir/enabled_plugins"
 }
 
 # node_preflight: dies unless the node (not running) can start: its name, its AMQP and
@@ -129,9 +142,9 @@ node_preflight() {
 node_start() {
     local deadline
     node_preflight
-    rm -f "$NODE_PID_FILE"
+    rm -f "$NODE_ROOT$NODE_PID_FILE"
     msg "starting $NODE (AMQP $NODE_HOST:$NODE_PORT, distribution $NODE_HOST:$NODE_DIST)"
-    env "${NODE_ENV[@]}" \
+    "${NODE_RUN[@]}" env "${NODE_ENV[@]}" \
         RABBITMQ_NODENAME="$NODE" \
         RABBITMQ_NODE_IP_ADDRESS="$NODE_HOST" \
         RABBITMQ_NODE_PORT="$NODE_PORT" \
@@ -145,7 +158,7 @@ node_start() {
         RABBITMQ_PID_FILE="$NODE_PID_FILE" \
         ERL_CRASH_DUMP="$NODE_DIR/log/erl_crash.dump" \
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${NODE_ERL_ARGS-+S 1:1}" \
-        "$RMQ_BIN/rabbitmq-server" -detached </dev/null 9>&- >"$NODE_DIR/log/startup.log" 2>&1 || {
+        "$RMQ_BIN/rabbitmq-server" -detached </dev/null 9>&- >"$NODE_HOST_DIR/log/startup.log" 2>&1 || {
         node_show_log
         die "rabbitmq-server -detached failed for $NODE"
     }

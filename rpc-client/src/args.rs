@@ -211,7 +211,6 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[derive(clap::Parser)]
     struct Cli {
@@ -219,19 +218,34 @@ mod tests {
         broker: BrokerArgs,
     }
 
+    impl Cli {
+        /// Parses `args` alone: the AMQP_* variables of whoever runs the tests are ignored.
+        fn try_parse_from(args: &[&str]) -> Result<Cli, clap::Error> {
+            use clap::{CommandFactory, FromArgMatches};
+            let matches = Cli::command()
+                .mut_args(|arg| arg.env(None))
+                .try_get_matches_from(args)?;
+            Cli::from_arg_matches(&matches)
+        }
+
+        fn parse_from(args: &[&str]) -> Cli {
+            Cli::try_parse_from(args).expect("valid arguments")
+        }
+    }
+
     #[test]
     fn several_uris() {
-        let cli = Cli::parse_from(["x", "--uri", "amqp://a:1,amqp://b:2", "--uri", "amqps://c"]);
+        let cli = Cli::parse_from(&["x", "--uri", "amqp://a:1,amqp://b:2", "--uri", "amqps://c"]);
         let brokers = cli.broker.to_options("test").expect("valid");
         let hosts: Vec<_> = brokers.iter().map(|b| (b.host.as_str(), b.port)).collect();
         assert_eq!(hosts, [("a", 1), ("b", 2), ("c", 5671)]);
         assert!(brokers.iter().all(|b| b.client_name == "test"));
-        assert!(Cli::try_parse_from(["x", "--uri", "amqp://a", "--host", "b"]).is_err());
+        assert!(Cli::try_parse_from(&["x", "--uri", "amqp://a", "--host", "b"]).is_err());
     }
 
     #[test]
     fn bad_uri_is_a_config_error_without_the_password() {
-        let cli = Cli::parse_from(["x", "--uri", "amqp://u:secret@h:notaport"]);
+        let cli = Cli::parse_from(&["x", "--uri", "amqp://u:secret@h:notaport"]);
         match cli.broker.to_options("test") {
             Err(Error::Config(message)) => {
                 assert!(message.contains("bad port"), "{message}");
@@ -243,7 +257,7 @@ mod tests {
 
     #[test]
     fn tls_flag_moves_the_default_port() {
-        let cli = Cli::parse_from(["x", "--tls", "--host", "h"]);
+        let cli = Cli::parse_from(&["x", "--tls", "--host", "h"]);
         let brokers = cli.broker.to_options("test").expect("valid");
         assert_eq!((brokers[0].port, brokers[0].tls), (DEFAULT_TLS_PORT, true));
     }

@@ -35,6 +35,8 @@ def main():
                       help="declare QUEUE durable quorum before calling")
     decl.add_argument("--declare-classic", action="store_true",
                       help="declare QUEUE classic non-durable before calling")
+    decl.add_argument("--declare-durable", action="store_true",
+                      help="declare QUEUE classic durable before calling")
     args = p.parse_args()
 
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
@@ -44,6 +46,8 @@ def main():
                          arguments={"x-queue-type": "quorum"})
     elif args.declare_classic:
         ch.queue_declare(queue=args.queue)
+    elif args.declare_durable:
+        ch.queue_declare(queue=args.queue, durable=True)
 
     if args.direct_reply_to:
         reply_to = DIRECT_REPLY_TO

@@ -26,9 +26,12 @@ def fib(n):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--queue", default="rpc_queue")
-    p.add_argument("--quorum", action="store_true",
-                   help="declare the queue durable with x-queue-type=quorum "
-                        "(default: classic, non-durable)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--quorum", action="store_true",
+                      help="declare the queue durable with x-queue-type=quorum, as today's "
+                           "tutorial does (default: classic, non-durable, as the original did)")
+    kind.add_argument("--durable", action="store_true",
+                      help="declare the queue classic and durable")
     p.add_argument("--url", help="broker URL (default: $AMQP_URI or local guest)",
                    default=os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/"))
     args = p.parse_args()
@@ -38,6 +41,8 @@ def main():
     if args.quorum:
         ch.queue_declare(queue=args.queue, durable=True,
                          arguments={"x-queue-type": "quorum"})
+    elif args.durable:
+        ch.queue_declare(queue=args.queue, durable=True)
     else:
         ch.queue_declare(queue=args.queue)
     ch.basic_qos(prefetch_count=1)
