@@ -19,6 +19,8 @@ const SILENT: u64 = 777;
 const REFUSED: u64 = 999;
 /// Answered (wrongly, with 999) only after 1.2 s: late for a short timeout.
 const SLOW: u64 = 555;
+/// Answered with an error reply whose header values and body would attack a terminal.
+const HOSTILE: u64 = 888;
 
 /// A stand-in server: answers fib(n) for small n, and misbehaves on cue.
 struct Responder {
@@ -59,6 +61,8 @@ impl Responder {
                     REFUSED => (b"refused on purpose".to_vec(), Some(ErrorCode::BadRequest)),
                     SILENT => (Vec::new(), None),
                     SLOW => (b"999".to_vec(), None),
+                    HOSTILE => (Vec::new(), None), // see hostile_reply
+
                     n => (small_fib(n).to_string().into_bytes(), None),
                 };
                 if n == SLOW {
@@ -68,7 +72,10 @@ impl Responder {
                     let props = wire::reply_properties(Some("not-a-call-of-yours"), "r", None);
                     admin.publish(&reply_to, b"999999", props).expect("stray");
                 }
-                if n != SILENT {
+                if n == HOSTILE {
+                    let (props, body) = hostile_reply(id);
+                    admin.publish(&reply_to, &body, props).expect("reply");
+                } else if n != SILENT {
                     let props = wire::reply_properties(id, "responder", error);
                     admin.publish(&reply_to, &body, props).expect("reply");
                 }
@@ -86,6 +93,27 @@ impl Responder {
         let _ = self.stop.send(());
         self.handle.join().expect("responder thread");
     }
+}
+
+/// An error reply meant to clear the screen, set the window title, forge log lines, and flood
+/// stderr with 5 MB on one line.
+fn hostile_reply(id: Option<&str>) -> (AmqpProperties, Vec<u8>) {
+    let mut headers = amiquip::FieldTable::new();
+    headers.insert(
+        wire::ERROR_HEADER.to_string(),
+        amiquip::AmqpValue::LongString("\x1b]0;owned\x07".into()),
+    );
+    headers.insert(
+        wire::SERVER_HEADER.to_string(),
+        amiquip::AmqpValue::LongString("evil\x1b[2J\r\n[INFO] forged".into()),
+    );
+    let mut props = AmqpProperties::default().with_headers(headers);
+    if let Some(id) = id {
+        props = props.with_correlation_id(id.to_string());
+    }
+    let mut body = b"bad\r\n[ERROR] forged line\x1b[31m".to_vec();
+    body.resize(5_000_000, b'x');
+    (props, body)
 }
 
 fn small_fib(n: u64) -> u64 {
@@ -395,4 +423,49 @@ fn a_batch_reports_each_call_on_its_own() {
     );
     assert_eq!(outcomes[6], Ok("21".to_string()));
     responder.stop();
+}
+
+#[test]
+fn hostile_replies_reach_the_terminal_printable_and_bounded() {
+    let queue = QueueGuard::new("hostile");
+    let responder = Responder::start(queue.name(), false);
+    let (output, _) = rpc_client(&["-v", "--queue", queue.name(), "--timeout", "10", "888"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(exit_code::SERVER_ERROR)),
+        "{stderr}"
+    );
+    assert!(
+        !output.stderr.contains(&0x1b),
+        "an escape reached stderr: {stderr:?}"
+    );
+    assert!(
+        !output.stderr.contains(&b'\r'),
+        "a CR reached stderr: {stderr:?}"
+    );
+    assert!(
+        !stderr.contains("\n[ERROR] forged"),
+        "a forged line: {stderr:?}"
+    );
+    assert!(stderr.len() < 4_000, "{} bytes of stderr", stderr.len());
+    responder.stop();
+}
+
+#[test]
+fn an_empty_queue_name_is_a_usage_error() {
+    let (out, shown) = rpc_client(&["--queue", "", "30"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::USAGE)),
+        "{shown}"
+    );
+    let options = ClientOptions {
+        queue: String::new(),
+        ..options("unused", Duration::from_secs(1))
+    };
+    match FibonacciRpcClient::connect(&options) {
+        Err(err @ Error::Config(_)) => assert_eq!(err.exit_code(), exit_code::USAGE),
+        other => panic!("expected a configuration error, got {:?}", other.err()),
+    }
 }

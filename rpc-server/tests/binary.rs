@@ -97,3 +97,25 @@ fn unreachable_broker_fails_fast_with_a_masked_uri() {
     assert_eq!(stderr.lines().count(), 1, "{shown}");
     assert!(!stderr.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn bad_arguments_exit_2_before_connecting() {
+    for (name, args) in [
+        ("empty-queue", &["--queue", ""][..]),
+        ("long-queue", &["--queue", &"q".repeat(256)][..]),
+        (
+            "quorum-transient",
+            &["--queue-type", "quorum", "--transient", "--queue", "q"][..],
+        ),
+    ] {
+        let mut server = ServerProc::spawn_args(&logs(), name, args, &[("AMQP_PORT", "1")]);
+        let (status, shown) = server.finish(EXIT_WITHIN);
+        assert_eq!(status.code(), Some(2), "{shown}");
+        let first = server.log_text().lines().next().unwrap_or_default().to_string();
+        assert!(
+            first.starts_with("error: ") || first.starts_with("rpc-server: "),
+            "{shown}"
+        );
+        assert!(!shown.contains("panicked"), "{shown}");
+    }
+}

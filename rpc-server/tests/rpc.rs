@@ -378,14 +378,9 @@ fn requests_past_their_deadline_are_dropped_unanswered() {
 /// The broker's id of the connection whose client properties mention `needle` (from
 /// `$RABBITMQCTL list_connections`, by default the local `rabbitmqctl`).
 fn connection_pid(needle: &str) -> Result<Option<String>, Error> {
-    let output = Ctl::from_env()
-        .run(&["list_connections", "-q", "pid", "client_properties"])
-        .map_err(Error::Config)?;
-    Ok(output
-        .lines()
-        .find(|line| line.contains(needle))
-        .and_then(|line| line.split_whitespace().next())
-        .map(String::from))
+    Ctl::from_env()
+        .connection_pid(needle)
+        .map_err(Error::Config)
 }
 
 #[test]
@@ -523,4 +518,52 @@ fn a_high_prefetch_server_acks_everything_it_answered() {
         Some((0, 0)),
         "(ready messages, consumers) after the server stopped"
     );
+}
+
+#[test]
+fn skewed_clocks_do_not_drop_requests() {
+    // A caller whose clock is 120 s behind the server's (or a server 120 s ahead), and one
+    // 120 s ahead: both still wait (30 s timeout), both are answered.
+    let queue = QueueGuard::new("skew");
+    let server = TestServer::start(server_options(queue.name(), "skew"));
+    let admin = Admin::connect().expect("admin");
+    let (reply_queue, consumer) =
+        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    for (id, sent) in [("behind", now - 120), ("ahead", now + 120)] {
+        let properties = wire::request_properties(&reply_queue, id)
+            .with_timestamp(sent)
+            .with_expiration("30000".into());
+        admin
+            .publish(queue.name(), b"30", properties)
+            .expect("publish");
+    }
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        match consumer.recv_timeout(Duration::from_secs(20)) {
+            Ok(ConsumerMessage::Delivery(d)) => {
+                assert_eq!(d.body, b"832040");
+                answered.push(d.properties.correlation_id().clone().unwrap_or_default());
+            }
+            other => panic!("waiting for the skewed requests' replies: {other:?}"),
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, ["ahead", "behind"]);
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.dropped), (2, 0), "{stats:?}");
+}
+
+#[test]
+fn an_empty_queue_name_is_refused() {
+    let mut options = server_options("", "nameless");
+    options.queue = String::new();
+    let (_stop, shutdown) = crossbeam_channel::bounded(1);
+    match rpc_server::run(&options, shutdown) {
+        Err(rpc_server::Error::Config(message)) => assert!(message.contains("empty"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

@@ -63,6 +63,62 @@ impl Ctl {
         command.args(&self.prefix[1..]).args(args);
         run(command, CTL_DEADLINE)
     }
+
+    /// The pid (as rabbitmqctl names it) of the connection whose client properties contain
+    /// `needle` (e.g. a server's `--name`), if one is open.
+    pub fn connection_pid(&self, needle: &str) -> Result<Option<String>, String> {
+        let output = self.run(&["list_connections", "-q", "pid", "client_properties"])?;
+        Ok(output
+            .lines()
+            .find(|line| line.contains(needle))
+            .and_then(|line| line.split_whitespace().next())
+            .map(String::from))
+    }
+
+    /// Closes the connection whose client properties contain `needle`, once it is open
+    /// (waiting up to `within`).
+    pub fn close_connection(&self, needle: &str, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pid) = self.connection_pid(needle)? {
+                return self
+                    .run(&["close_connection", &pid, "closed by a test"])
+                    .map(|_| ());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no connection of '{needle}' within {within:?}"));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sets the memory high watermark (a fraction of the machine's memory): 0.00001 sets off a
+    /// memory alarm, 0.4 is RabbitMQ's default.
+    pub fn set_memory_watermark(&self, fraction: &str) -> Result<(), String> {
+        self.run(&["set_vm_memory_high_watermark", fraction])
+            .map(|_| ())
+    }
+}
+
+/// A memory alarm on a node, cleared again on drop (also when a test panics).
+pub struct MemoryAlarm {
+    ctl: Ctl,
+}
+
+impl MemoryAlarm {
+    /// Sets off the alarm.
+    pub fn raise(ctl: Ctl) -> Result<MemoryAlarm, String> {
+        ctl.set_memory_watermark("0.00001")?;
+        Ok(MemoryAlarm { ctl })
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        if let Err(err) = self.ctl.set_memory_watermark("0.4") {
+            eprintln!("cannot clear the memory alarm: {err}");
+        }
+    }
 }
 
 /// `scripts/cluster.sh` of this repository.

@@ -1,5 +1,6 @@
-//! The fault run (issue 3): servers killed with SIGKILL and stopped with SIGTERM under load, a
-//! broker restart, malformed requests, a flood of stray replies and unreachable brokers.
+//! The fault run: servers killed with SIGKILL and stopped with SIGTERM under load, a broker
+//! restart, malformed requests, a flood of stray replies, unreachable brokers, a memory alarm,
+//! and stalled or trickled links (every wait has a bound).
 //!
 //! One ignored test runs the scenarios one after another and prints, per scenario and in total,
 //! how the calls ended: answered right, answered with an error (an error reply or a clear local
@@ -59,6 +60,8 @@ scenarios![
     malformed,
     stray_replies,
     bad_peers,
+    alarm,
+    stalls,
 ];
 
 /// A scenario of the run.
