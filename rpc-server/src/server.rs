@@ -311,8 +311,8 @@ impl Server<'_> {
             // amiquip hands over empty properties when it cannot read them (a correlation_id or
             // content_type that is not UTF-8): then there is no reply_to to answer to either.
             log::warn!(
-                "dropping a request without a readable reply_to ({} bytes; properties that \
-                 are not UTF-8 cannot be read)",
+                "dropping a request without reply_to ({} bytes; properties that are not \
+                 UTF-8 cannot be read, so they count as missing)",
                 delivery.body.len()
             );
             self.stats.dropped += 1;
