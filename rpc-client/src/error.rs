@@ -187,7 +187,7 @@ impl fmt::Display for Error {
             Error::Amqp(err) => write!(
                 f,
                 "AMQP error: {}",
-                crate::wire::printable(&err.to_string())
+                crate::text::printable(&err.to_string())
             ),
             Error::Config(why) => f.write_str(why),
         }
@@ -214,7 +214,7 @@ impl Error {
     /// The reply code and text with which the broker closed the channel or the connection,
     /// if that is what happened (e.g. 403 ACCESS_REFUSED, 404 NOT_FOUND, 406
     /// PRECONDITION_FAILED, 541 INTERNAL_ERROR). The text comes from the network: print it
-    /// through [`crate::wire::printable`].
+    /// through [`crate::text::printable`].
     pub fn broker_code(&self) -> Option<(u16, &str)> {
         match self {
             Error::Amqp(amiquip::Error::ServerClosedChannel { code, message, .. })
@@ -238,7 +238,7 @@ fn classify(err: &amiquip::Error) -> Option<String> {
         | E::ClientClosedConnection
         | E::EventLoopDropped
         | E::EventLoopClientDropped
-        | E::IoThreadPanic => Some(crate::wire::printable(&err.to_string())),
+        | E::IoThreadPanic => Some(crate::text::printable(&err.to_string())),
         _ => None,
     }
 }

@@ -8,6 +8,7 @@
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies), used by the server crate too.
 //! - [`error`]: [`Error`] and the exit codes of `rpc-client` ([`error::exit_code`]).
+//! - [`text`]: text from the network made printable and bounded.
 //!
 //! Reaching the broker (shared with `rpc-server`):
 //! - [`uri`]: [`BrokerOptions`], `amqp://` URIs and password masking.
@@ -47,6 +48,7 @@ pub mod output;
 pub mod random;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod text;
 pub mod tls;
 pub mod uri;
 pub mod watchdog;

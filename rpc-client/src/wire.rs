@@ -12,6 +12,7 @@
 //! Both crates use this module, so the contract is written down once.
 
 use crate::error::Error;
+pub use crate::text::{printable, MAX_PRINTABLE};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -145,25 +146,6 @@ pub fn parse_request(body: &[u8], max_n: u64) -> Result<u64, RequestError> {
         ));
     }
     Ok(n)
-}
-
-/// The most characters of text from the network that [`printable`] keeps.
-pub const MAX_PRINTABLE: usize = 300;
-
-/// Makes text from the network safe for a terminal or a log line: control characters (escape
-/// sequences, CR/LF that would forge log lines) and bidirectional overrides become `?`, and
-/// only the first [`MAX_PRINTABLE`] characters are kept, followed by `…` when there were more.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_PRINTABLE + 3));
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_PRINTABLE {
-            out.push('…');
-            break;
-        }
-        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-        out.push(if c.is_control() || bidi { '?' } else { c });
-    }
-    out
 }
 
 /// Properties of a request: where to reply and which call it is.
@@ -372,11 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn network_text_is_made_printable_and_bounded() {
-        assert_eq!(printable("a\x1b[2Jb\r\nc\u{202E}d"), "a?[2Jb??c?d");
-        let long = printable(&"x".repeat(5_000_000));
-        assert_eq!(long.chars().count(), MAX_PRINTABLE + 1);
-        assert!(long.ends_with('…'));
+    fn hostile_error_replies_are_made_printable_and_bounded() {
         let hostile = reply_properties(Some("id"), "s1", None).with_headers({
             let mut headers = FieldTable::new();
             headers.insert(

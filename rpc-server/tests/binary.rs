@@ -111,7 +111,12 @@ fn bad_arguments_exit_2_before_connecting() {
         let mut server = ServerProc::spawn_args(&logs(), name, args, &[("AMQP_PORT", "1")]);
         let (status, shown) = server.finish(EXIT_WITHIN);
         assert_eq!(status.code(), Some(2), "{shown}");
-        let first = server.log_text().lines().next().unwrap_or_default().to_string();
+        let first = server
+            .log_text()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         assert!(
             first.starts_with("error: ") || first.starts_with("rpc-server: "),
             "{shown}"
