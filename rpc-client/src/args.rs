@@ -161,6 +161,30 @@ pub struct GenerateArgs {
     pub generate: Option<Generate>,
 }
 
+impl GenerateArgs {
+    /// If `--generate` was given: prints what it asks for `command` (the binary's clap
+    /// definition) on stdout (a closed pipe is not an error) and returns `Some` with the
+    /// outcome; `None` otherwise.
+    pub fn print(&self, command: clap::Command) -> Option<std::io::Result<()>> {
+        let kind = self.generate?;
+        let written = kind.write(command, &mut std::io::stdout().lock());
+        Some(crate::output::ignore_broken_pipe(written))
+    }
+}
+
+/// Checks a binary's clap definition (for its unit tests): clap's own consistency checks,
+/// which it makes only when parsing and only in debug builds, and a man page that renders
+/// with the exit codes.
+#[cfg(any(test, feature = "test-support"))]
+pub fn check_command(command: clap::Command) {
+    command.clone().debug_assert();
+    let mut page = Vec::new();
+    Generate::Man
+        .write(command, &mut page)
+        .expect("render the man page");
+    assert!(String::from_utf8_lossy(&page).contains("Exit codes"));
+}
+
 /// What `--generate` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Generate {

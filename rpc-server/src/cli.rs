@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;
 use rpc_client::args::{parse_seconds, BrokerArgs, GenerateArgs, LogArgs};
-use rpc_client::output::ignore_broken_pipe;
 use rpc_client::{logging, wire};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -132,10 +131,8 @@ impl Cli {
 /// signal asks for a clean stop, and the process ends within [`STOP_BOUND`] whatever happens;
 /// a second one exits at once with [`exit_code::FORCED`].
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(kind) = cli.generate.generate {
-        return Ok(ignore_broken_pipe(
-            kind.write(Cli::command(), &mut std::io::stdout().lock()),
-        )?);
+    if let Some(printed) = cli.generate.print(Cli::command()) {
+        return Ok(printed?);
     }
     let (level, requests) = cli.log_levels();
     logging::init(
@@ -188,16 +185,6 @@ mod tests {
 
     #[test]
     fn command_line_is_consistent() {
-        // clap checks its definition only when it parses, and only in debug builds.
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn man_page_renders() {
-        let mut page = Vec::new();
-        rpc_client::args::Generate::Man
-            .write(Cli::command(), &mut page)
-            .expect("render");
-        assert!(String::from_utf8_lossy(&page).contains("Exit codes"));
+        rpc_client::args::check_command(Cli::command());
     }
 }
