@@ -526,7 +526,8 @@ fn skewed_clocks_do_not_drop_requests() {
     // 120 s ahead: both still wait (30 s timeout), both are answered.
     let queue = QueueGuard::new("skew");
     let server = TestServer::start(server_options(queue.name(), "skew"));
-    let admin = Admin::connect().expect("admin");
+    let mut admin = Admin::connect().expect("admin");
+    admin.wait_for_consumers(queue.name(), 1).expect("consumes");
     let (reply_queue, consumer) =
         rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
     let now = std::time::SystemTime::now()
