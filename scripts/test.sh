@@ -143,6 +143,27 @@ stage_rabbitmq4() {
     (stage_e2e)
     # The original tutorial's transient classic queue is what 4.3 denies.
     INTEROP_FLAVOURS="durable quorum" scripts/interop.sh
+    (refusals_on_4x)
+}
+
+# On 4.x with 4.3's defaults: --transient stops at once with exit 4 and the broker's reason; a
+# reply over --max-reply-bytes is an error reply (exit 5), not a publish the broker refuses.
+refusals_on_4x() {
+    local rc=0 out
+    # Global, not local: the EXIT trap runs after the function has returned.
+    queue=rpc-4x-$(cat /proc/sys/kernel/random/uuid)
+    export RPC_RUN_DIR=target/run/${queue#rpc-}
+    trap 'scripts/stop-servers.sh || true; xtask queue delete "$queue" "$queue-transient" || true' EXIT
+    out=$(timeout 60 "$BIN_DIR/rpc-server" --queue "$queue-transient" --transient 2>&1 </dev/null) || rc=$?
+    [[ $rc == 4 && $out == *transient_nonexcl_queues* && $out == *"not retrying"* ]] ||
+        die "rpc-server --transient on 4.x: exit $rc (want 4): $out"
+    msg "ok: rpc-server --transient exits 4: ${out##*not retrying: }"
+    scripts/start-servers.sh 1 -- --queue "$queue" --max-reply-bytes 5
+    rc=0
+    out=$(timeout 60 "$BIN_DIR/rpc-client" --queue "$queue" --timeout 10 30 2>&1 </dev/null) || rc=$?
+    [[ $rc == 5 && $out == *too-large* ]] || die "a reply over --max-reply-bytes: exit $rc (want 5): $out"
+    msg "ok: a reply over --max-reply-bytes is an error reply: $out"
+    scripts/stop-servers.sh
 }
 
 run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
