@@ -33,6 +33,9 @@ RUN_DIR=${RPC_RUN_DIR:-target/run}
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps
+        if [[ ! -x $REPO_ROOT/target/release/xtask ]]; then
+            msg "building the scripts' dev tool (cargo build --release -p xtask; the first build takes a few minutes)"
+        fi
         cargo build --release -q -p xtask || die "cargo build --release -p xtask failed"
         export XTASK_BUILT=1
     fi

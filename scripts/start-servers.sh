@@ -77,7 +77,7 @@ fi
 mkdir -p "$RUN_DIR"
 live=$(live_pid_files)
 if [[ -n $live ]]; then
-    die "servers from $RUN_DIR are still running ($(tr '\n' ' ' <<<"$live")); run scripts/stop-servers.sh first"
+    die "servers from $RUN_DIR are still running (${live//$'\n'/ }); run scripts/stop-servers.sh first"
 fi
 rm -f "$RUN_DIR"/server-*.pid "$RUN_DIR"/server-*.log
 
