@@ -28,15 +28,17 @@ BIN_DIR=${RPC_BIN_DIR:-target/release}
 RUN_DIR=${RPC_RUN_DIR:-target/run}
 
 # xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
-# broker, the bench table), built once (cargo build --release -p xtask) by the first script
-# that uses it.
+# broker, the bench table), built once by the first script that uses it. It is built with the
+# whole workspace (cargo build --release): building it alone resolves its dependencies'
+# features differently, and the release build of the binaries that follows would compile
+# much of it again.
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps
         if [[ ! -x $REPO_ROOT/target/release/xtask ]]; then
-            msg "building the scripts' dev tool (cargo build --release -p xtask; the first build takes a few minutes)"
+            msg "cargo build --release (the binaries and the scripts' dev tool; the first build takes a few minutes)"
         fi
-        cargo build --release -q -p xtask || die "cargo build --release -p xtask failed"
+        cargo build --release -q || die "cargo build --release failed"
         export XTASK_BUILT=1
     fi
     "$REPO_ROOT/target/release/xtask" "$@"
