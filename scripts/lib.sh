@@ -28,10 +28,9 @@ BIN_DIR=${RPC_BIN_DIR:-target/release}
 RUN_DIR=${RPC_RUN_DIR:-target/run}
 
 # xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
-# broker, the bench table), built once by the first script that uses it. It is built with the
-# whole workspace (cargo build --release): building it alone resolves its dependencies'
-# features differently, and the release build of the binaries that follows would compile
-# much of it again.
+# broker, the bench table), built once by the first script that uses it, together with the
+# whole workspace (cargo build --release): built alone, the release build of the binaries that
+# followed compiled much of it again.
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps
