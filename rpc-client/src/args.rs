@@ -152,6 +152,23 @@ impl LogArgs {
     }
 }
 
+/// The flags both binaries take, flattened once into each command line: the broker, logging
+/// and `--generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub generate: GenerateArgs,
+}
+
 /// `--generate KIND`: print a man page or a shell completion script and exit.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct GenerateArgs {

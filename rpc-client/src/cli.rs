@@ -1,6 +1,6 @@
 //! The `rpc-client` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
 
-use crate::args::{parse_seconds, BrokerArgs, GenerateArgs, LogArgs};
+use crate::args::{parse_seconds, CommonArgs};
 use crate::bench::{self, BenchOptions};
 use crate::client::{ClientOptions, FibonacciRpcClient, ReplyQueue};
 use crate::error::{exit_code, Error};
@@ -43,15 +43,7 @@ pub struct Cli {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub log: LogArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub generate: GenerateArgs,
+    pub common: CommonArgs,
 
     /// What to do instead of printing fib(N).
     #[command(subcommand)]
@@ -84,16 +76,16 @@ pub enum Command {
 /// Runs the command line: prints the results (or the benchmark, or what `--generate` asks
 /// for) on stdout; logs go to stderr.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(printed) = cli.generate.print(Cli::command()) {
+    if let Some(printed) = cli.common.generate.print(Cli::command()) {
         return Ok(printed?);
     }
     logging::init(
-        cli.log.level(log::LevelFilter::Warn),
-        &[("rpc_client", cli.log.level(log::LevelFilter::Warn))],
+        cli.common.log.level(log::LevelFilter::Warn),
+        &[("rpc_client", cli.common.log.level(log::LevelFilter::Warn))],
     );
     let client_name = format!("rpc-client {}", env!("CARGO_PKG_VERSION"));
     let options = ClientOptions {
-        brokers: cli.broker.to_options(&client_name)?,
+        brokers: cli.common.broker.to_options(&client_name)?,
         queue: cli.queue,
         timeout: cli.timeout,
         reply_queue: cli.reply_queue,

@@ -8,7 +8,7 @@ use crate::options::{
 use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;
-use rpc_client::args::{parse_seconds, BrokerArgs, GenerateArgs, LogArgs};
+use rpc_client::args::{parse_seconds, CommonArgs};
 use rpc_client::{logging, wire};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -80,15 +80,7 @@ pub struct Cli {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub log: LogArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub generate: GenerateArgs,
+    pub common: CommonArgs,
 }
 
 impl Cli {
@@ -96,7 +88,7 @@ impl Cli {
     pub fn to_options(&self) -> Result<ServerOptions, Error> {
         let name = self.name.clone().unwrap_or_else(default_name);
         let client_name = format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION"));
-        let mut brokers = self.broker.to_options(&client_name)?;
+        let mut brokers = self.common.broker.to_options(&client_name)?;
         for broker in &mut brokers {
             broker.heartbeat = self.heartbeat;
         }
@@ -117,10 +109,10 @@ impl Cli {
     /// The log level, and the level of the per-request lines: `-q` drops only those, `-qq`
     /// leaves warnings and errors.
     pub fn log_levels(&self) -> (LevelFilter, LevelFilter) {
-        match self.log.quiet {
+        match self.common.log.quiet {
             1 => (LevelFilter::Info, LevelFilter::Off),
             _ => {
-                let level = self.log.level(LevelFilter::Info);
+                let level = self.common.log.level(LevelFilter::Info);
                 (level, level)
             }
         }
@@ -131,7 +123,7 @@ impl Cli {
 /// signal asks for a clean stop, and the process ends within [`STOP_BOUND`] whatever happens;
 /// a second one exits at once with [`exit_code::FORCED`].
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(printed) = cli.generate.print(Cli::command()) {
+    if let Some(printed) = cli.common.generate.print(Cli::command()) {
         return Ok(printed?);
     }
     let (level, requests) = cli.log_levels();
