@@ -41,6 +41,11 @@ pub enum ErrorCode {
     /// The request came back after its handling failed before (see the server's redelivery
     /// rule); it is not handled again.
     Redelivered,
+    /// The server's command failed: it exited non-zero or was killed by a signal.
+    ExecFailed,
+    /// The server's command did not finish within the server's `--exec-timeout` and was
+    /// killed.
+    ExecTimeout,
 }
 
 impl ErrorCode {
@@ -51,6 +56,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too-large",
             ErrorCode::Internal => "internal",
             ErrorCode::Redelivered => "redelivered",
+            ErrorCode::ExecFailed => "exec-failed",
+            ErrorCode::ExecTimeout => "exec-timeout",
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The `rpc-server` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
 
+use crate::command::{
+    CommandHandler, CommandOptions, COMMAND_LOG, DEFAULT_MAX_REQUEST_BYTES,
+};
 use crate::error::{exit_code, Error};
-use crate::handler::REQUEST_LOG;
+use crate::handler::{Fibonacci, Handler, REQUEST_LOG};
 use crate::options::{
     default_name, QueueType, ServerOptions, DEFAULT_MAX_N, DEFAULT_MAX_REPLY_BYTES,
 };
@@ -10,21 +13,27 @@ use clap::CommandFactory;
 use log::LevelFilter;
 use rpc_client::args::{parse_seconds, CommonArgs};
 use rpc_client::{logging, wire};
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default of `--heartbeat`: a dead link is noticed within about 10 s (two intervals), for
 /// one 8-byte frame each way every 5 s when idle.
 pub const DEFAULT_HEARTBEAT: u16 = 5;
 
-/// After the first SIGINT/SIGTERM the process ends within this, whatever the broker or the
+/// After the first SIGINT/SIGTERM the process ends within this (plus the handler's time limit,
+/// for a command the exec timeout, to finish the requests in hand), whatever the broker or the
 /// link does: the clean stop has [`crate::server::STOP_LIMIT`] of it; past this the server exits
 /// with [`exit_code::UNCLEAN_STOP`], leaving its unacked requests to the broker.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
-/// Serve Fibonacci RPC requests from a RabbitMQ queue (the tutorial-six contract).
+/// Serve RPC requests from a RabbitMQ queue (the tutorial-six contract): Fibonacci by
+/// default, or the command given after `--`, run once per request with the request body on its
+/// stdin and its stdout as the reply.
 #[derive(Debug, clap::Parser)]
 #[command(name = "rpc-server", version, about,
+          override_usage = "rpc-server [OPTIONS] [-- CMD [ARGS]...]",
           after_help = rpc_client::error::exit_code::help(exit_code::TABLE))]
 pub struct Cli {
     /// Request queue to consume.
@@ -50,7 +59,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
-    /// Largest n served; larger requests get an error reply.
+    /// Requests handled at once in this process, each acked after its own reply (the prefetch
+    /// is raised to at least this): for commands that wait on I/O, or Fibonacci on many cores.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+
+    /// Largest n served by Fibonacci; larger requests get an error reply.
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     pub max_n: u64,
 
@@ -59,6 +74,23 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REPLY_BYTES as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_reply_bytes: u32,
+
+    /// Seconds a command may run per request; past it its whole process group is killed and
+    /// the request gets an exec-timeout error reply.
+    #[arg(long, value_name = "SECS", requires = "command",
+          default_value = "30", value_parser = parse_seconds)]
+    pub exec_timeout: Duration,
+
+    /// Largest request body passed to a command, in bytes; a larger one gets a too-large error
+    /// reply.
+    #[arg(long, value_name = "BYTES", requires = "command",
+          default_value_t = DEFAULT_MAX_REQUEST_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_bytes: u32,
+
+    /// content_type of a command's replies [default: the request's content_type].
+    #[arg(long, value_name = "TYPE", requires = "command")]
+    pub reply_content_type: Option<String>,
 
     /// Name put in the x-rpc-server header of replies and in logs [default: HOSTNAME-PID].
     #[arg(long)]
@@ -81,6 +113,12 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
+
+    /// The command to serve, after `--`: run once per request, directly (never through a
+    /// shell), request body on stdin, stdout as the reply; exit status 0 is a reply, anything
+    /// else an exec-failed error reply with the last line of its stderr.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 impl Cli {
@@ -98,12 +136,31 @@ impl Cli {
             queue_type: self.queue_type,
             transient: self.transient,
             prefetch: self.prefetch,
+            workers: self.workers.into(),
             max_n: self.max_n,
             max_reply_bytes: self.max_reply_bytes as usize,
             name,
             max_retries: self.max_retries,
             max_backoff: self.max_backoff,
         })
+    }
+
+    /// The handler the flags ask for: the command after `--`, or Fibonacci.
+    pub fn to_handler(&self) -> Result<Arc<dyn Handler>, Error> {
+        let Some((program, args)) = self.command.split_first() else {
+            return Ok(Arc::new(Fibonacci {
+                max_n: self.max_n,
+                max_reply_bytes: self.max_reply_bytes as usize,
+            }));
+        };
+        let options = CommandOptions {
+            exec_timeout: self.exec_timeout,
+            max_request_bytes: self.max_request_bytes as usize,
+            max_reply_bytes: self.max_reply_bytes as usize,
+            reply_content_type: self.reply_content_type.clone(),
+            ..CommandOptions::new(program, args)
+        };
+        Ok(Arc::new(CommandHandler::new(options)?))
     }
 
     /// The log level, and the level of the per-request lines: `-q` drops only those, `-qq`
@@ -133,9 +190,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ("rpc_client", level),
             ("rpc_server", level),
             (REQUEST_LOG, requests),
+            (COMMAND_LOG, level),
         ],
     );
     let options = cli.to_options()?;
+    let handler = cli.to_handler()?;
+    let stop_bound = STOP_BOUND + handler.time_limit().unwrap_or_default();
     let (stop, shutdown) = crossbeam_channel::bounded(1);
     let signals = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
@@ -147,17 +207,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // The clean stop is bounded by itself; this makes sure no stop is ever lost.
         let _ = std::thread::Builder::new()
             .name("stop-bound".into())
-            .spawn(|| {
-                std::thread::sleep(STOP_BOUND);
+            .spawn(move || {
+                std::thread::sleep(stop_bound);
                 eprintln!(
                     "rpc-server: no clean stop within {}s of the signal; exiting",
-                    STOP_BOUND.as_secs()
+                    stop_bound.as_secs()
                 );
                 std::process::exit(exit_code::UNCLEAN_STOP.into());
             });
     })
     .context("cannot install the signal handler")?;
-    crate::run(&options, shutdown)?;
+    crate::serve(&options, handler, shutdown)?;
     Ok(())
 }
 

@@ -1,7 +1,21 @@
-//! What the server answers to one request body ([`fib_reply`]): fib(n) in decimal, or an error
-//! reply saying why not.
+//! What a server answers ([`Handler`]): a request's body and properties in, a reply body or a
+//! refusal out. [`Fibonacci`] is the default handler; [`crate::command::CommandHandler`] runs a
+//! command per request; any `Fn(&Request) -> Reply` closure is a handler too.
+//!
+//! ```no_run
+//! use rpc_server::handler::{Reply, Request};
+//! use rpc_server::ServerOptions;
+//! use std::sync::Arc;
+//!
+//! let options = ServerOptions { queue: "upper".into(), ..ServerOptions::default() };
+//! let upper = |request: &Request| Reply::answer(request.body.to_ascii_uppercase());
+//! let (_stop, shutdown) = crossbeam_channel::bounded(1);
+//! rpc_server::serve(&options, Arc::new(upper), shutdown)?;
+//! # Ok::<(), rpc_server::Error>(())
+//! ```
 
 use crate::fib;
+use amiquip::AmqpProperties;
 use rpc_client::wire::{self, ErrorCode};
 
 /// Log target of the one line per request (` [.] fib(30)`), so it can be turned off alone:
@@ -10,6 +24,111 @@ pub const REQUEST_LOG: &str = "rpc_server::request";
 
 /// log10 of the golden ratio: fib(n) has about `n * LOG10_PHI` decimal digits.
 const LOG10_PHI: f64 = 0.208_987_640_249_978_7;
+
+/// One request as a handler sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The request body, as published.
+    pub body: &'a [u8],
+    /// The request's AMQP properties (`correlation_id`, `content_type`, `headers`, …).
+    pub properties: &'a AmqpProperties,
+}
+
+impl Request<'_> {
+    /// A string header of the request, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        wire::header(self.properties, name)
+    }
+}
+
+/// What a handler answers: a reply body, or a refusal sent as an error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The reply body; for a refusal, a one-line message.
+    pub body: Vec<u8>,
+    /// The reply's `content_type` property, if any.
+    pub content_type: Option<String>,
+    /// `Some` makes this an error reply with that code in the `x-rpc-error` header.
+    pub error: Option<ErrorCode>,
+}
+
+impl Reply {
+    /// A reply with `body`.
+    pub fn answer(body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            body: body.into(),
+            content_type: None,
+            error: None,
+        }
+    }
+
+    /// An error reply with `code` and a one-line `message` (made printable and bounded here).
+    pub fn refuse(code: ErrorCode, message: &str) -> Reply {
+        Reply {
+            body: wire::printable(message).into_bytes(),
+            content_type: None,
+            error: Some(code),
+        }
+    }
+
+    /// The same reply with `content_type` set.
+    pub fn with_content_type(mut self, content_type: Option<String>) -> Reply {
+        self.content_type = content_type;
+        self
+    }
+}
+
+/// Computes the reply to one request. Called from the server's worker threads, so it must be
+/// `Send + Sync`; with `--workers N`, up to N calls run at once. Bad input is answered with a
+/// refusal, never a panic; a handler that panics anyway gets an `internal` error reply.
+pub trait Handler: Send + Sync {
+    /// The reply to `request`.
+    fn handle(&self, request: &Request<'_>) -> Reply;
+
+    /// The longest one call can take, if bounded: the server waits this long for requests in
+    /// hand when asked to stop. `None` when calls are quick.
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// What this handler serves, for the server's log.
+    fn describe(&self) -> String {
+        "a Rust handler".into()
+    }
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Request<'_>) -> Reply + Send + Sync,
+{
+    fn handle(&self, request: &Request<'_>) -> Reply {
+        self(request)
+    }
+}
+
+/// The tutorial's procedure: the body is n in ASCII decimal, the reply fib(n) in decimal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fibonacci {
+    /// Largest n served; larger ones get a `too-large` error reply.
+    pub max_n: u64,
+    /// Largest reply body; a larger fib(n) gets a `too-large` error reply.
+    pub max_reply_bytes: usize,
+}
+
+impl Handler for Fibonacci {
+    fn handle(&self, request: &Request<'_>) -> Reply {
+        let (body, error) = fib_reply(request.body, self.max_n, self.max_reply_bytes);
+        Reply {
+            body,
+            content_type: None,
+            error,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("fib(n), max n {}", self.max_n)
+    }
+}
 
 /// The reply to a request `body`: fib(n) for a valid n up to `max_n` whose decimal form has at
 /// most `max_reply_bytes` digits, else an error reply's message with its code. Bad input is
@@ -31,13 +150,9 @@ pub fn fib_reply(body: &[u8], max_n: u64, max_reply_bytes: usize) -> (Vec<u8>, O
             if estimate > max_reply_bytes as f64 + 1.0 {
                 return too_large(n, format!("about {estimate:.0}"));
             }
-            match std::panic::catch_unwind(|| fib::fib_decimal(n)) {
-                Ok(value) if value.len() > max_reply_bytes => too_large(n, value.len().to_string()),
-                Ok(value) => (value.into_bytes(), None),
-                Err(_) => (
-                    format!("computing fib({n}) failed").into_bytes(),
-                    Some(ErrorCode::Internal),
-                ),
+            match fib::fib_decimal(n) {
+                value if value.len() > max_reply_bytes => too_large(n, value.len().to_string()),
+                value => (value.into_bytes(), None),
             }
         }
         Err(err) => {
@@ -69,5 +184,23 @@ mod tests {
         let (message, code) = fib_reply(b"100000000", u64::MAX, 1000);
         assert_eq!(code, Some(ErrorCode::TooLarge));
         assert!(String::from_utf8_lossy(&message).contains("about 20898764"));
+    }
+
+    #[test]
+    fn closures_and_fibonacci_are_handlers() {
+        let properties = AmqpProperties::default();
+        let request = Request {
+            body: b"10",
+            properties: &properties,
+        };
+        let fib = Fibonacci {
+            max_n: 100,
+            max_reply_bytes: 100,
+        };
+        assert_eq!(fib.handle(&request), Reply::answer("55"));
+        let echo = |request: &Request| Reply::answer(request.body);
+        assert_eq!(echo.handle(&request), Reply::answer("10"));
+        let refused = Reply::refuse(ErrorCode::BadRequest, "two\nlines");
+        assert_eq!(refused.body, b"two?lines");
     }
 }

@@ -1,10 +1,15 @@
-//! Fibonacci RPC over RabbitMQ, server side.
+//! RPC over RabbitMQ, server side: serves Fibonacci (the tutorial's procedure), a command run
+//! per request, or any Rust handler.
 //!
 //! # Layout
 //!
-//! - [`server`]: [`run`], the consume loop (reply, then ack; reconnect after a loss) with a
-//!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests).
-//! - [`handler`]: the reply to one request body: fib(n), or an error reply.
+//! - [`server`]: [`serve`], the consume loop (reply, then ack; reconnect after a loss) with a
+//!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests); [`run`]
+//!   serves Fibonacci.
+//! - [`handler`]: [`Handler`], what a server answers to one request; [`handler::Fibonacci`].
+//! - [`command`]: [`command::CommandHandler`], a command run per request (stdin = request,
+//!   stdout = reply), bounded in time and size.
+//! - [`workers`]: the threads that run the handler, N requests at once.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
 //! - [`queue`]: making sure the request queue exists, declared from the options if not.
 //! - [`ack`]: acking answered requests several at a time.
@@ -21,6 +26,7 @@
 
 pub mod ack;
 pub mod cli;
+pub mod command;
 pub mod confirms;
 pub mod error;
 pub mod fib;
@@ -30,7 +36,9 @@ pub mod queue;
 pub mod reconnect;
 pub mod redelivery;
 pub mod server;
+pub mod workers;
 
 pub use error::Error;
 pub use options::{QueueType, ServerOptions};
-pub use server::{run, Stats};
+pub use handler::{Handler, Reply, Request};
+pub use server::{run, serve, Stats};

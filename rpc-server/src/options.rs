@@ -40,7 +40,11 @@ pub struct ServerOptions {
     /// Unacknowledged requests the broker may hand this server at once: 1 spreads slow work
     /// evenly over servers, a higher value raises throughput for fast work.
     pub prefetch: u16,
-    /// Largest n served; larger requests get a `too-large` error reply.
+    /// Requests handled at once, each on a worker thread of its own (at least 1); the
+    /// prefetch is raised to at least this.
+    pub workers: usize,
+    /// Largest n served by Fibonacci ([`crate::run`]); larger requests get a `too-large` error
+    /// reply.
     pub max_n: u64,
     /// Largest reply body published; a larger result gets a `too-large` error reply.
     pub max_reply_bytes: usize,
@@ -61,12 +65,22 @@ impl Default for ServerOptions {
             queue_type: QueueType::Classic,
             transient: false,
             prefetch: 1,
+            workers: 1,
             max_n: DEFAULT_MAX_N,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             name: default_name(),
             max_retries: None,
             max_backoff: Duration::from_secs(10),
         }
+    }
+}
+
+impl ServerOptions {
+    /// The prefetch asked of the broker: `prefetch`, raised to `workers` so that every worker
+    /// can have a request.
+    pub fn prefetch(&self) -> u16 {
+        let workers = u16::try_from(self.workers).unwrap_or(u16::MAX);
+        self.prefetch.max(workers).max(1)
     }
 }
 

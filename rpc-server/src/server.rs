@@ -1,18 +1,20 @@
-//! The consume loop ([`run`]): take a request, compute the reply, publish it, then ack; after a
-//! lost connection, reconnect and start over.
+//! The consume loop ([`serve`], and [`run`] for Fibonacci): take a request, have a worker
+//! compute the reply, publish it, then ack; after a lost connection, reconnect and start over.
 //!
 //! Acking only after the reply is published means a server that dies mid-request loses
 //! nothing: the broker redelivers the request to another server. A prefetch of 1 (the default)
-//! hands each server one request at a time, so N servers share slow work evenly.
+//! hands each server one request at a time, so N servers share slow work evenly; with
+//! `workers` N the prefetch is at least N, and each request is acked after its own reply.
 
 use crate::ack::AckBatch;
 use crate::confirms::{ReplyKind, Settled, Unconfirmed};
 use crate::error::Error;
-use crate::handler::fib_reply;
+use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
 use crate::reconnect::Reconnect;
 use crate::redelivery::Redeliveries;
+use crate::workers::{Done, Workers};
 use amiquip::{
     AmqpProperties, Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
     Delivery, Publish,
@@ -22,6 +24,8 @@ use rpc_client::connection::{open_first, Link};
 use rpc_client::consume::consume;
 use rpc_client::watchdog::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most answered requests acked with one `multiple` ack.
@@ -48,19 +52,36 @@ pub struct Stats {
 /// stalled link) has the connection abandoned; its unacked requests go back to the queue.
 pub const STOP_LIMIT: Duration = Duration::from_secs(4);
 
-/// Serves requests until `shutdown` receives a message or its sender is dropped.
+/// Serves Fibonacci (the tutorial's procedure, with `options.max_n` and
+/// `options.max_reply_bytes`) until `shutdown` receives a message or its sender is dropped;
+/// see [`serve`].
+pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Error> {
+    let fibonacci = Fibonacci {
+        max_n: options.max_n,
+        max_reply_bytes: options.max_reply_bytes,
+    };
+    serve(options, Arc::new(fibonacci), shutdown)
+}
+
+/// Serves requests with `handler` until `shutdown` receives a message or its sender is
+/// dropped.
 ///
 /// Connects, makes sure the request queue exists (an existing one is used as declared, a
 /// missing one is declared from `options`), sets the prefetch and consumes. Every broker round
 /// trip waits at most the broker's connect timeout; a connection that does not answer in time
 /// is abandoned. When the connection fails or is lost it reconnects with capped exponential
 /// backoff and starts over, until `options.max_retries` consecutive failures (never, if
-/// `None`); it returns the last error then. On shutdown it finishes the request in hand, acks
-/// it and closes the channel (which returns prefetched requests it had not started to the
+/// `None`); it returns the last error then. Up to `options.workers` requests are handled at
+/// once, on threads of their own. On shutdown it finishes the requests in hand, replies, acks
+/// them and closes the channel (which returns prefetched requests it had not started to the
 /// queue) and the connection, within [`STOP_LIMIT`]. A stop is never lost: once asked for, the
 /// server never reconnects; if the broker prevented the clean close it returns
 /// [`Error::UncleanStop`].
-pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Error> {
+pub fn serve(
+    options: &ServerOptions,
+    handler: Arc<dyn Handler>,
+    shutdown: Receiver<()>,
+) -> Result<Stats, Error> {
     wire::parse_queue_name(&options.queue).map_err(Error::Config)?;
     if options.brokers.is_empty() {
         return Err(Error::Config("no broker to connect to".into()));
@@ -70,8 +91,14 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Err
             "quorum queues are always durable: --transient goes with --queue-type classic".into(),
         ));
     }
+    let description = handler.describe();
+    let workers = Workers::start(handler, options.workers)
+        .map_err(|err| Error::Config(format!("cannot start the worker threads: {err}")))?;
     let mut server = Server {
         options,
+        description,
+        workers,
+        generation: 0,
         shutdown,
         stats: Stats::default(),
         reconnect: Reconnect::new(options.max_retries, options.max_backoff),
@@ -120,6 +147,12 @@ pub fn run(options: &ServerOptions, shutdown: Receiver<()>) -> Result<Stats, Err
 /// A server between connections: what it was told and what it has done so far.
 struct Server<'a> {
     options: &'a ServerOptions,
+    /// What the handler serves, for the log.
+    description: String,
+    workers: Workers,
+    /// Counts connections: replies computed for requests of an earlier one are dropped (the
+    /// broker gives those requests to a server again).
+    generation: u64,
     shutdown: Receiver<()>,
     stats: Stats,
     reconnect: Reconnect,
@@ -189,9 +222,10 @@ impl Server<'_> {
         })?;
         let mut unconfirmed: Unconfirmed<AmqpProperties> = Unconfirmed::default();
         ensure_queue(connection, watchdog, options, limit)?;
+        let prefetch = options.prefetch();
         watchdog
             .bounded("to the prefetch setting (qos)", limit, || {
-                channel.qos(0, options.prefetch, false)
+                channel.qos(0, prefetch, false)
             })
             .map_err(|e| Error::from(e).context("cannot set the prefetch"))?;
         let deliveries = watchdog
@@ -204,28 +238,50 @@ impl Server<'_> {
         self.deliveries = Some(deliveries.clone());
         self.reconnect.succeeded();
         log::info!(
-            "{} waiting for RPC requests on queue '{}' at {} (prefetch {}, max n {})",
+            "{} waiting for RPC requests on queue '{}' at {} (serving {}; prefetch {prefetch}, \
+             workers {})",
             options.name,
             options.queue,
             options.brokers[reached],
-            options.prefetch,
-            options.max_n
+            self.description,
+            options.workers.max(1),
         );
+        self.generation += 1;
+        let generation = self.generation;
+        // Delivery tags of this connection's requests the workers are handling.
+        let mut in_hand: BTreeSet<u64> = BTreeSet::new();
         let mut acks = AckBatch::new(ACK_BATCH);
+        let no_deliveries = crossbeam_channel::never();
+        let no_stop = crossbeam_channel::never();
         loop {
+            if self.stopping && in_hand.is_empty() {
+                break;
+            }
+            // New requests only while a worker is free and no stop was asked for; the ones
+            // waiting meanwhile stay with amiquip (and go back to the queue on a stop).
+            let intake = if !self.stopping && self.workers.has_room() {
+                &deliveries
+            } else {
+                &no_deliveries
+            };
+            let stop = if self.stopping { &no_stop } else { &self.shutdown };
             select! {
-                recv(deliveries) -> message => match message {
+                recv(intake) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => {
                         // A stop request wins over requests already buffered here: those go
                         // back to the queue when the channel closes.
                         if !self.shutdown.is_empty() {
-                            break;
+                            self.stop_asked();
+                            continue;
                         }
-                        let delivery =
-                            self.handle(watchdog, &channel, delivery, limit, &mut unconfirmed)?;
-                        if let Some(newest) = acks.answered(delivery, !deliveries.is_empty()) {
-                            watchdog.bounded("to an ack", limit, || newest.ack_multiple(&channel))?;
-                        }
+                        let tag = delivery.delivery_tag();
+                        let Some(delivery) =
+                            self.admit(watchdog, &channel, delivery, limit, &mut unconfirmed)?
+                        else {
+                            in_hand.insert(tag);
+                            continue;
+                        };
+                        self.ack(watchdog, &channel, &mut acks, &in_hand, delivery, &deliveries, limit)?;
                     }
                     Ok(ConsumerMessage::ServerCancelled) => {
                         return Err(Error::ConsumerStopped(format!(
@@ -240,6 +296,22 @@ impl Server<'_> {
                     Ok(other) => return Err(Error::ConsumerStopped(format!("{other:?}"))),
                     Err(_) => return Err(lost(watchdog, "connection closed")),
                 },
+                recv(self.workers.done()) -> done => {
+                    let Ok(Done { generation: came_on, delivery, reply }) = done else {
+                        return Err(Error::ConsumerStopped("the worker threads are gone".into()));
+                    };
+                    self.workers.finished();
+                    if came_on != generation {
+                        log::info!(
+                            "dropping the reply to a request of a lost connection (the broker \
+                             hands the request out again)"
+                        );
+                        continue;
+                    }
+                    in_hand.remove(&delivery.delivery_tag());
+                    self.reply(watchdog, &channel, &delivery, reply, limit, &mut unconfirmed)?;
+                    self.ack(watchdog, &channel, &mut acks, &in_hand, delivery, &deliveries, limit)?;
+                }
                 recv(confirms) -> confirm => match confirm {
                     Ok(confirm) => self.settle(unconfirmed.confirm(confirm)),
                     Err(_) => return Err(lost(watchdog, "connection closed")),
@@ -255,12 +327,11 @@ impl Server<'_> {
                     // The connection is going away; the deliveries say why.
                     Err(_) => blocked = crossbeam_channel::never(),
                 },
-                recv(self.shutdown) -> _ => break,
+                recv(stop) -> _ => self.stop_asked(),
             }
         }
         // From here on the server stops, whatever fails: within STOP_LIMIT for the last acks,
         // the channel close and (in serve) the connection close together.
-        self.stopping = true;
         watchdog.arm(Instant::now() + STOP_LIMIT, "to the clean stop");
         if let Some(newest) = acks.take() {
             newest
@@ -290,24 +361,36 @@ impl Server<'_> {
             .map_err(|e| stop_failed(watchdog, "cannot close the channel", e))
     }
 
-    /// Answers one request and returns it, to be acked. Only broker failures are errors; bad
-    /// input is answered.
-    fn handle(
+    /// A stop was asked for: no new requests; the ones in hand are finished, then the server
+    /// stops, and never reconnects whatever fails from here on.
+    fn stop_asked(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            let busy = self.workers.busy();
+            if busy > 0 {
+                log::info!("stopping: finishing {busy} request(s) in hand");
+            }
+        }
+    }
+
+    /// Takes in one request: returns it, to be acked, if it is answered (or dropped) at once;
+    /// `None` if it went to a worker. Only broker failures are errors; bad input is answered.
+    fn admit(
         &mut self,
         watchdog: &Watchdog,
         channel: &Channel,
         delivery: Delivery,
         limit: Duration,
         unconfirmed: &mut Unconfirmed<AmqpProperties>,
-    ) -> Result<Delivery, Error> {
+    ) -> Result<Option<Delivery>, Error> {
         if wire::deadline_passed(&delivery.properties) {
             // The caller has given up (this can be a redelivery after a server died):
             // answering would only cost work.
             log::info!("dropping a request whose caller's deadline has passed");
             self.stats.dropped += 1;
-            return Ok(delivery);
+            return Ok(Some(delivery));
         }
-        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+        if delivery.properties.reply_to().is_none() {
             // amiquip hands over empty properties when it cannot read them (a correlation_id or
             // content_type that is not UTF-8): then there is no reply_to to answer to either.
             log::warn!(
@@ -316,38 +399,91 @@ impl Server<'_> {
                 delivery.body.len()
             );
             self.stats.dropped += 1;
-            return Ok(delivery);
-        };
-        let (body, error) = match self
+            return Ok(Some(delivery));
+        }
+        if let Some(why) = self
             .redeliveries
             .check(delivery.redelivered, &delivery.properties)
         {
-            Some(why) => {
-                log::warn!("refusing a redelivered request: {why}");
-                (why.into_bytes(), Some(ErrorCode::Redelivered))
-            }
-            None => fib_reply(
-                &delivery.body,
-                self.options.max_n,
-                self.options.max_reply_bytes,
-            ),
+            log::warn!("refusing a redelivered request: {why}");
+            let reply = Reply::refuse(ErrorCode::Redelivered, &why);
+            self.reply(watchdog, channel, &delivery, reply, limit, unconfirmed)?;
+            return Ok(Some(delivery));
+        }
+        self.workers.submit(self.generation, delivery);
+        Ok(None)
+    }
+
+    /// Publishes `reply` to the request `delivery`. A reply over the server's limit becomes a
+    /// `too-large` error reply: the broker would refuse it.
+    fn reply(
+        &mut self,
+        watchdog: &Watchdog,
+        channel: &Channel,
+        delivery: &Delivery,
+        mut reply: Reply,
+        limit: Duration,
+        unconfirmed: &mut Unconfirmed<AmqpProperties>,
+    ) -> Result<(), Error> {
+        let Some(reply_to) = delivery.properties.reply_to().as_deref() else {
+            return Ok(());
         };
-        let properties = wire::reply_properties(
+        let max = self.options.max_reply_bytes;
+        if reply.body.len() > max {
+            let message = format!(
+                "the reply is {} bytes, above this server's reply limit of {max} bytes",
+                reply.body.len()
+            );
+            log::warn!("refusing request: {message}");
+            reply = Reply::refuse(ErrorCode::TooLarge, &message);
+        }
+        let mut properties = wire::reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &self.options.name,
-            error,
+            reply.error,
         );
+        if let Some(content_type) = reply.content_type {
+            properties = properties.with_content_type(content_type);
+        }
+        let body = reply.body;
         watchdog
             .bounded("to the reply's publish", limit, || {
                 channel.basic_publish("", Publish::with_properties(&body, reply_to, properties))
             })
             .map_err(|e| Error::from(e).context("cannot publish the reply"))?;
-        let kind = match error {
+        let kind = match reply.error {
             None => ReplyKind::Answer,
             Some(_) => ReplyKind::Refusal,
         };
         unconfirmed.published(kind, delivery.properties.clone());
-        Ok(delivery)
+        Ok(())
+    }
+
+    /// Acks an answered request: with the ones before it in one `multiple` ack when none
+    /// before it is still in hand (see [`AckBatch`]), else on its own.
+    #[allow(clippy::too_many_arguments)]
+    fn ack(
+        &self,
+        watchdog: &Watchdog,
+        channel: &Channel,
+        acks: &mut AckBatch<Delivery>,
+        in_hand: &BTreeSet<u64>,
+        delivery: Delivery,
+        deliveries: &Receiver<ConsumerMessage>,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        if in_hand
+            .first()
+            .is_some_and(|&oldest| oldest < delivery.delivery_tag())
+        {
+            return Ok(watchdog.bounded("to an ack", limit, || delivery.ack(channel))?);
+        }
+        // Acks wait for more answers only while the next request can be taken at once.
+        let more_waiting = !deliveries.is_empty() && self.workers.has_room() && !self.stopping;
+        if let Some(newest) = acks.answered(delivery, more_waiting) {
+            watchdog.bounded("to an ack", limit, || newest.ack_multiple(channel))?;
+        }
+        Ok(())
     }
 
     /// Counts replies the broker confirmed (or refused) and forgets their requests.

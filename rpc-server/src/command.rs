@@ -1,0 +1,633 @@
+//! Serving a command ([`CommandHandler`]): each request runs the command once, directly (never
+//! through a shell), with the request body on its stdin; its stdout is the reply body.
+//!
+//! - Exit status 0 is a reply. A non-zero status or death by a signal is an `exec-failed`
+//!   error reply, past the time limit an `exec-timeout` one, more stdout than the reply limit
+//!   a `too-large` one; their messages give the status and the last line of stderr, printable
+//!   and bounded.
+//! - The command runs in a process group of its own; when it ends (or is ended), whatever it
+//!   left running in that group is killed too, so no request leaves processes behind.
+//! - stdin, stdout and stderr are served by threads of their own: a command that never reads
+//!   its stdin, or writes more than a pipe holds, cannot deadlock the server.
+//! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
+//! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
+//!   `AMQP_PASSWORD`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
+//!   trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when present.
+//!
+//! ```no_run
+//! use rpc_server::command::{CommandHandler, CommandOptions};
+//! use rpc_server::ServerOptions;
+//! use std::sync::Arc;
+//!
+//! let upper = CommandHandler::new(CommandOptions::new("tr", ["a-z", "A-Z"]))?;
+//! let options = ServerOptions { queue: "upper".into(), ..ServerOptions::default() };
+//! let (_stop, shutdown) = crossbeam_channel::bounded(1);
+//! rpc_server::serve(&options, Arc::new(upper), shutdown)?;
+//! # Ok::<(), rpc_server::Error>(())
+//! ```
+
+use crate::error::Error;
+use crate::handler::{Handler, Reply, Request, REQUEST_LOG};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rpc_client::wire::{self, ErrorCode};
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Log target of the commands' stderr lines.
+pub const COMMAND_LOG: &str = "rpc_server::command";
+
+/// The request's `correlation_id`.
+pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
+/// The request's `content_type`.
+pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
+/// The request's `traceparent` header (W3C trace context), under the name OpenTelemetry uses
+/// for environment variables.
+pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
+/// The request's `tracestate` header (W3C trace context).
+pub const ENV_TRACESTATE: &str = "TRACESTATE";
+
+/// Environment variables of the server the command does not get: they hold broker
+/// credentials (see `rpc_client::args`).
+const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD"];
+
+/// Default for `--exec-timeout`.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for `--max-request-bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// stderr lines logged per request; the rest are counted.
+const LOGGED_STDERR_LINES: usize = 20;
+
+/// Bytes of one stderr line kept (for the log and the error message); the rest is dropped.
+const STDERR_LINE_BYTES: usize = 1024;
+
+/// Environment values from a request longer than this are not passed on.
+const MAX_ENV_VALUE: usize = 4096;
+
+/// How long the server may wait past `--exec-timeout` for a killed command to be gone.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for stderr to close once the command's group is gone.
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// What command to run and within which limits.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    /// The program: a path, or a name looked up in `PATH` once, when the handler is made.
+    pub program: OsString,
+    /// Its arguments, passed as they are.
+    pub args: Vec<OsString>,
+    /// Longest a run may take; past it the command's process group is killed.
+    pub exec_timeout: Duration,
+    /// Largest request body passed to the command; larger ones get a `too-large` error reply.
+    pub max_request_bytes: usize,
+    /// Most stdout bytes taken as the reply; a command writing more is killed and the request
+    /// gets a `too-large` error reply.
+    pub max_reply_bytes: usize,
+    /// The replies' `content_type`; `None` uses the request's.
+    pub reply_content_type: Option<String>,
+}
+
+impl CommandOptions {
+    /// `program` with `args` and the default limits.
+    pub fn new<I, S>(program: impl Into<OsString>, args: I) -> CommandOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        CommandOptions {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            exec_timeout: DEFAULT_EXEC_TIMEOUT,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_reply_bytes: crate::options::DEFAULT_MAX_REPLY_BYTES,
+            reply_content_type: None,
+        }
+    }
+}
+
+/// Runs a command per request (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct CommandHandler {
+    options: CommandOptions,
+    /// The program found when the handler was made.
+    path: PathBuf,
+    /// The program as given, for argv\[0\] and messages.
+    shown: String,
+}
+
+impl CommandHandler {
+    /// A handler for `options`; fails if the program cannot be found or is not executable.
+    pub fn new(options: CommandOptions) -> Result<CommandHandler, Error> {
+        let path = find_program(&options.program).map_err(Error::Config)?;
+        let shown = wire::printable(&options.program.to_string_lossy());
+        Ok(CommandHandler {
+            options,
+            path,
+            shown,
+        })
+    }
+
+    /// The command line, for logs.
+    pub fn describe_command(&self) -> String {
+        let mut line = self.shown.clone();
+        for arg in &self.options.args {
+            line.push(' ');
+            line.push_str(&wire::printable(&arg.to_string_lossy()));
+        }
+        line
+    }
+
+    fn command(&self, request: &Request<'_>) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.path);
+        command
+            .arg0(&self.options.program)
+            .args(&self.options.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for name in HIDDEN_ENV {
+            command.env_remove(name);
+        }
+        let properties = request.properties;
+        let values = [
+            (ENV_CORRELATION_ID, properties.correlation_id().as_deref()),
+            (ENV_CONTENT_TYPE, properties.content_type().as_deref()),
+            (ENV_TRACEPARENT, request.header("traceparent")),
+            (ENV_TRACESTATE, request.header("tracestate")),
+        ];
+        for (name, value) in values {
+            match value {
+                Some(value) if value.len() <= MAX_ENV_VALUE && !value.contains('\0') => {
+                    command.env(name, value);
+                }
+                Some(_) => {
+                    log::warn!("not passing {name}: over {MAX_ENV_VALUE} bytes or with a NUL");
+                    command.env_remove(name);
+                }
+                None => {
+                    command.env_remove(name);
+                }
+            }
+        }
+        command
+    }
+
+    fn run(&self, request: &Request<'_>) -> Result<Vec<u8>, Reply> {
+        let limits = &self.options;
+        if request.body.len() > limits.max_request_bytes {
+            return Err(Reply::refuse(
+                ErrorCode::TooLarge,
+                &format!(
+                    "the request body is {} bytes, above this server's limit of {} bytes",
+                    request.body.len(),
+                    limits.max_request_bytes
+                ),
+            ));
+        }
+        let started = Instant::now();
+        let deadline = started + limits.exec_timeout;
+        let mut child = self.command(request).spawn().map_err(|err| {
+            log::error!("cannot run {}: {err}", self.shown);
+            Reply::refuse(
+                ErrorCode::ExecFailed,
+                &format!("the server cannot run its command: {err}"),
+            )
+        })?;
+        let pid = child.id();
+        let mut run = match Run::new(&mut child, request.body, limits.max_reply_bytes) {
+            Ok(run) => run,
+            Err(err) => {
+                kill_group(pid);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Reply::refuse(
+                    ErrorCode::ExecFailed,
+                    &format!("the server cannot serve its command's pipes: {err}"),
+                ));
+            }
+        };
+        let ended = run.wait(deadline);
+        // Whatever the command left running in its group goes with it.
+        kill_group(pid);
+        let stderr = run.last_stderr_line(Instant::now() + STDERR_GRACE);
+        let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
+        log::info!(
+            target: REQUEST_LOG,
+            " [.] {} ({} bytes in) {:?} in {:.1} ms",
+            self.shown,
+            request.body.len(),
+            ended,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        match ended {
+            Ended::Exited(status) if status.success() => Ok(run.stdout.unwrap_or_default()),
+            Ended::Exited(status) => Err(Reply::refuse(
+                ErrorCode::ExecFailed,
+                &format!("the command {}{stderr}", describe_status(status)),
+            )),
+            Ended::TimedOut => Err(Reply::refuse(
+                ErrorCode::ExecTimeout,
+                &format!(
+                    "the command did not finish within {}s and was killed{stderr}",
+                    limits.exec_timeout.as_secs_f64()
+                ),
+            )),
+            Ended::TooMuchOutput => Err(Reply::refuse(
+                ErrorCode::TooLarge,
+                &format!(
+                    "the command wrote more than this server's reply limit of {} bytes and was \
+                     killed",
+                    limits.max_reply_bytes
+                ),
+            )),
+            Ended::Lost(err) => Err(Reply::refuse(
+                ErrorCode::ExecFailed,
+                &format!("the server lost track of its command: {err}"),
+            )),
+        }
+    }
+}
+
+impl Handler for CommandHandler {
+    fn handle(&self, request: &Request<'_>) -> Reply {
+        let content_type = self
+            .options
+            .reply_content_type
+            .clone()
+            .or_else(|| request.properties.content_type().clone());
+        match self.run(request) {
+            Ok(body) => Reply::answer(body).with_content_type(content_type),
+            Err(refusal) => {
+                log::warn!(
+                    "refusing request: {}",
+                    String::from_utf8_lossy(&refusal.body)
+                );
+                refusal
+            }
+        }
+    }
+
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.options.exec_timeout + KILL_GRACE + STDERR_GRACE)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the command `{}`, exec timeout {}s",
+            self.describe_command(),
+            self.options.exec_timeout.as_secs_f64()
+        )
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+enum Ended {
+    Exited(ExitStatus),
+    TimedOut,
+    TooMuchOutput,
+    Lost(io::Error),
+}
+
+/// One running command and the threads serving its pipes.
+struct Run<'a> {
+    child: &'a mut Child,
+    pid: u32,
+    stdout_done: Receiver<io::Result<Vec<u8>>>,
+    stderr_done: Receiver<Option<String>>,
+    stdout: Option<Vec<u8>>,
+}
+
+impl<'a> Run<'a> {
+    /// Starts the threads serving the pipes of `child`.
+    fn new(child: &'a mut Child, body: &[u8], max_reply_bytes: usize) -> io::Result<Run<'a>> {
+        let pid = child.id();
+        if let Some(mut stdin) = child.stdin.take() {
+            if !body.is_empty() {
+                // A command that never reads its stdin must not block the server: the writer
+                // ends when the command (and its group) is gone and the pipe breaks.
+                let body: Arc<[u8]> = body.into();
+                spawn("command-stdin", move || {
+                    let _ = stdin.write_all(&body);
+                })?;
+            }
+        }
+        let (stdout_tx, stdout_done) = crossbeam_channel::bounded(1);
+        if let Some(stdout) = child.stdout.take() {
+            spawn("command-stdout", move || {
+                let _ = stdout_tx.send(read_bounded(stdout, max_reply_bytes));
+            })?;
+        }
+        let (stderr_tx, stderr_done) = crossbeam_channel::bounded(1);
+        if let Some(stderr) = child.stderr.take() {
+            spawn("command-stderr", move || {
+                let _ = stderr_tx.send(log_stderr(stderr, pid));
+            })?;
+        }
+        Ok(Run {
+            child,
+            pid,
+            stdout_done,
+            stderr_done,
+            stdout: None,
+        })
+    }
+
+    /// Waits for stdout to close and the command to exit, until `deadline`; kills the group
+    /// when the deadline passes or stdout overflows.
+    fn wait(&mut self, deadline: Instant) -> Ended {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self.stdout_done.recv_timeout(remaining) {
+            Ok(Ok(stdout)) => self.stdout = Some(stdout),
+            Ok(Err(err)) if err.kind() == io::ErrorKind::FileTooLarge => {
+                return self.kill(Ended::TooMuchOutput)
+            }
+            Ok(Err(err)) => return self.kill(Ended::Lost(err)),
+            Err(RecvTimeoutError::Timeout) => return self.kill(Ended::TimedOut),
+            Err(RecvTimeoutError::Disconnected) => {
+                let lost = io::Error::other("the command's stdout was not piped");
+                return self.kill(Ended::Lost(lost));
+            }
+        }
+        // stdout is closed: the command is exiting, normally within microseconds.
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ended::Exited(status),
+                Ok(None) if Instant::now() >= deadline => return self.kill(Ended::TimedOut),
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(err) => return self.kill(Ended::Lost(err)),
+            }
+        }
+    }
+
+    /// Kills the command's group and reaps the command; `why` is how the run ended.
+    fn kill(&mut self, why: Ended) -> Ended {
+        // The command is not reaped yet, so its pid still names its group.
+        kill_group(self.pid);
+        let _ = self.child.kill();
+        if let Err(err) = self.child.wait() {
+            log::warn!("cannot reap a killed command: {err}");
+        }
+        why
+    }
+
+    /// The last non-empty line the command wrote to stderr, printable; waits for stderr to
+    /// close until `deadline`.
+    fn last_stderr_line(&self, deadline: Instant) -> Option<String> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.stderr_done.recv_timeout(remaining).ok().flatten()
+    }
+}
+
+/// Starts a detached helper thread.
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .map(drop)
+}
+
+/// Kills process group `pid` (the command and whatever it started), if it is still there.
+fn kill_group(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// All of `stdout`, or an error of kind `FileTooLarge` as soon as it passes `limit` bytes.
+fn read_bounded(stdout: ChildStdout, limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let read = stdout
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut out)?;
+    if read > limit {
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, "too much output"));
+    }
+    Ok(out)
+}
+
+/// Logs the command's stderr, a line at a time (the first [`LOGGED_STDERR_LINES`]), and returns
+/// its last non-empty line, printable.
+fn log_stderr(mut stderr: ChildStderr, pid: u32) -> Option<String> {
+    let mut chunk = [0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut lines = 0usize;
+    let mut finish = |line: &mut Vec<u8>, last: &mut Option<Vec<u8>>| {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            line.clear();
+            return;
+        }
+        lines += 1;
+        if lines <= LOGGED_STDERR_LINES {
+            log::warn!(target: COMMAND_LOG, "[{pid}] {}", shown(line));
+        }
+        *last = Some(std::mem::take(line));
+    };
+    loop {
+        let read = match stderr.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &byte in &chunk[..read] {
+            if byte == b'\n' {
+                finish(&mut line, &mut last);
+            } else if line.len() < STDERR_LINE_BYTES {
+                line.push(byte);
+            }
+        }
+    }
+    finish(&mut line, &mut last);
+    if lines > LOGGED_STDERR_LINES {
+        log::warn!(
+            target: COMMAND_LOG,
+            "[{pid}] … {} more stderr lines not logged",
+            lines - LOGGED_STDERR_LINES
+        );
+    }
+    last.map(|line| shown(&line))
+}
+
+fn shown(line: &[u8]) -> String {
+    wire::printable(String::from_utf8_lossy(line).trim_end())
+}
+
+/// "exited with status 3", "was killed by signal 9 (SIGKILL)".
+fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| format!(" ({})", s.as_str()))
+                .unwrap_or_default();
+            format!("was killed by signal {signal}{name}")
+        }
+        None => format!("ended: {status}"),
+    }
+}
+
+/// Finds `program` as a shell would (a path if it has a `/`, else the first executable file of
+/// that name in `PATH`) and checks it can be run.
+fn find_program(program: &OsStr) -> Result<PathBuf, String> {
+    let shown = wire::printable(&program.to_string_lossy());
+    if program.is_empty() {
+        return Err("the command after -- is empty".into());
+    }
+    let path = Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') {
+        return match executable(path) {
+            Ok(()) => Ok(path.to_path_buf()),
+            Err(why) => Err(format!("cannot run the command '{shown}': {why}")),
+        };
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(path))
+        .find(|candidate| executable(candidate).is_ok())
+        .ok_or_else(|| format!("cannot run the command '{shown}': not found in PATH"))
+}
+
+fn executable(path: &Path) -> Result<(), String> {
+    let metadata = std::fs::metadata(path).map_err(|err| err.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a file".into());
+    }
+    if metadata.permissions().mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+
+    fn handler(program: &str, args: &[&str]) -> CommandHandler {
+        let mut options = CommandOptions::new(program, args.iter().copied());
+        options.exec_timeout = Duration::from_secs(2);
+        options.max_reply_bytes = 1 << 20;
+        CommandHandler::new(options).expect("command found")
+    }
+
+    fn call(handler: &CommandHandler, body: &[u8]) -> Reply {
+        let properties = AmqpProperties::default()
+            .with_correlation_id("id-1".into())
+            .with_content_type("text/plain".into());
+        handler.handle(&Request {
+            body,
+            properties: &properties,
+        })
+    }
+
+    fn message(reply: &Reply) -> String {
+        String::from_utf8_lossy(&reply.body).into_owned()
+    }
+
+    #[test]
+    fn stdout_is_the_reply_with_the_request_content_type() {
+        let reply = call(&handler("tr", &["a-z", "A-Z"]), b"hello");
+        assert_eq!(reply.error, None, "{}", message(&reply));
+        assert_eq!(reply.body, b"HELLO");
+        assert_eq!(reply.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn failures_give_status_and_last_stderr_line() {
+        let script = "echo first >&2; echo 'last words' >&2; exit 3";
+        let reply = call(&handler("sh", &["-c", script]), b"");
+        assert_eq!(reply.error, Some(ErrorCode::ExecFailed));
+        assert_eq!(
+            message(&reply),
+            "the command exited with status 3: last words"
+        );
+        let reply = call(&handler("sh", &["-c", "kill -9 $$"]), b"");
+        assert_eq!(reply.error, Some(ErrorCode::ExecFailed));
+        assert!(message(&reply).contains("signal 9 (SIGKILL)"), "{}", message(&reply));
+    }
+
+    #[test]
+    fn hanging_commands_and_their_children_are_killed() {
+        let started = Instant::now();
+        // The background sleep holds stdout open too: killing the group ends both.
+        let reply = call(&handler("sh", &["-c", "sleep 30 & sleep 30"]), b"x");
+        assert_eq!(reply.error, Some(ErrorCode::ExecTimeout), "{}", message(&reply));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn floods_and_unread_stdin_do_not_deadlock() {
+        let mut options = CommandOptions::new("yes", Vec::<String>::new());
+        options.max_reply_bytes = 100_000;
+        let reply = CommandHandler::new(options)
+            .expect("yes")
+            .handle(&Request {
+                body: b"",
+                properties: &AmqpProperties::default(),
+            });
+        assert_eq!(reply.error, Some(ErrorCode::TooLarge), "{}", message(&reply));
+        // 4 MiB to a command that never reads it, more than any pipe holds.
+        let reply = call(&handler("true", &[]), &vec![b'x'; 4 << 20]);
+        assert_eq!(reply.error, None, "{}", message(&reply));
+        assert!(reply.body.is_empty());
+        // And a large body through, both ways (the test handlers' limit is 1 MiB).
+        let body = vec![b'y'; 1 << 20];
+        let reply = call(&handler("cat", &[]), &body);
+        assert!(reply.error.is_none() && reply.body == body, "cat changed the body");
+    }
+
+    #[test]
+    fn environment_carries_the_request_and_hides_credentials() {
+        let mut headers = FieldTable::new();
+        headers.insert(
+            "traceparent".into(),
+            AmqpValue::LongString("00-abc-def-01".into()),
+        );
+        let properties = AmqpProperties::default()
+            .with_correlation_id("id-7".into())
+            .with_headers(headers);
+        let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|${AMQP_PASSWORD-unset}\"";
+        let reply = handler("sh", &["-c", script]).handle(&Request {
+            body: b"",
+            properties: &properties,
+        });
+        assert_eq!(message(&reply), "id-7||00-abc-def-01|unset\n");
+    }
+
+    #[test]
+    fn oversized_requests_and_missing_programs_are_refused() {
+        let mut options = CommandOptions::new("cat", Vec::<String>::new());
+        options.max_request_bytes = 4;
+        let reply = CommandHandler::new(options).expect("cat").handle(&Request {
+            body: b"12345",
+            properties: &AmqpProperties::default(),
+        });
+        assert_eq!(reply.error, Some(ErrorCode::TooLarge));
+        let missing = CommandHandler::new(CommandOptions::new("no-such-program-x", ["a"]));
+        assert!(matches!(missing, Err(Error::Config(m)) if m.contains("not found in PATH")));
+        let file = std::env::temp_dir().join(format!("rpc-server-not-exec-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").expect("temp file");
+        let not_exec = CommandHandler::new(CommandOptions::new(&file, ["a"]));
+        let _ = std::fs::remove_file(&file);
+        assert!(matches!(not_exec, Err(Error::Config(m)) if m.contains("not executable")));
+    }
+}

@@ -1,0 +1,116 @@
+//! The threads that run the handler ([`Workers`]): up to N requests handled at once while the
+//! consume loop keeps talking to the broker (replies, acks, confirms, heartbeats, a stop).
+
+use crate::handler::{Handler, Reply, Request};
+use amiquip::Delivery;
+use crossbeam_channel::{Receiver, Sender};
+use rpc_client::wire::ErrorCode;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// A request for a worker; `generation` names the connection it came on.
+struct Job {
+    generation: u64,
+    delivery: Delivery,
+}
+
+/// A handled request: the delivery (to ack) and its reply.
+pub struct Done {
+    /// The connection the request came on (see [`Workers::submit`]).
+    pub generation: u64,
+    /// The request.
+    pub delivery: Delivery,
+    /// What the handler answered.
+    pub reply: Reply,
+}
+
+/// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
+/// the request it is handling.
+pub struct Workers {
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+    size: usize,
+    busy: usize,
+}
+
+impl Workers {
+    /// Starts `size` (at least 1) threads running `handler`.
+    pub fn start(handler: Arc<dyn Handler>, size: usize) -> std::io::Result<Workers> {
+        let size = size.max(1);
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let (finished, done) = crossbeam_channel::unbounded();
+        for index in 0..size {
+            let queue = queue.clone();
+            let finished = finished.clone();
+            let handler = Arc::clone(&handler);
+            std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || {
+                    for Job {
+                        generation,
+                        delivery,
+                    } in queue
+                    {
+                        let reply = handle(handler.as_ref(), &delivery);
+                        let done = Done {
+                            generation,
+                            delivery,
+                            reply,
+                        };
+                        if finished.send(done).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+        }
+        Ok(Workers {
+            jobs,
+            done,
+            size,
+            busy: 0,
+        })
+    }
+
+    /// Whether a worker is free for another request.
+    pub fn has_room(&self) -> bool {
+        self.busy < self.size
+    }
+
+    /// Requests being handled.
+    pub fn busy(&self) -> usize {
+        self.busy
+    }
+
+    /// Hands `delivery`, which came on connection `generation`, to a free worker.
+    pub fn submit(&mut self, generation: u64, delivery: Delivery) {
+        self.busy += 1;
+        // The workers hold the receiver for as long as `self` lives.
+        let _ = self.jobs.send(Job {
+            generation,
+            delivery,
+        });
+    }
+
+    /// Handled requests, as they finish; each one received must be passed to
+    /// [`Workers::finished`].
+    pub fn done(&self) -> &Receiver<Done> {
+        &self.done
+    }
+
+    /// A request received from [`Workers::done`] frees its worker.
+    pub fn finished(&mut self) {
+        self.busy = self.busy.saturating_sub(1);
+    }
+}
+
+/// The handler's reply to `delivery`; a panic becomes an `internal` error reply.
+fn handle(handler: &dyn Handler, delivery: &Delivery) -> Reply {
+    let request = Request {
+        body: &delivery.body,
+        properties: &delivery.properties,
+    };
+    catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
+        log::error!("the handler panicked; answering with an internal error reply");
+        Reply::refuse(ErrorCode::Internal, "the server failed while handling the request")
+    })
+}
