@@ -1,8 +1,6 @@
 //! The `rpc-server` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
 
-use crate::command::{
-    CommandHandler, CommandOptions, COMMAND_LOG, DEFAULT_MAX_REQUEST_BYTES,
-};
+use crate::command::{CommandHandler, CommandOptions, COMMAND_LOG, DEFAULT_MAX_REQUEST_BYTES};
 use crate::error::{exit_code, Error};
 use crate::handler::{Fibonacci, Handler, REQUEST_LOG};
 use crate::options::{
@@ -238,5 +236,26 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         rpc_client::args::check_command(Cli::command());
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_is_the_command() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["rpc-server", "--queue", "upper", "--", "tr", "a-z", "A-Z"])
+            .expect("parses");
+        assert_eq!(cli.command, ["tr", "a-z", "A-Z"]);
+        assert_eq!(cli.exec_timeout, crate::command::DEFAULT_EXEC_TIMEOUT);
+        assert!(cli.to_handler().is_ok());
+        // Flags after -- belong to the command.
+        let cli = Cli::try_parse_from(["rpc-server", "--", "sh", "-c", "exit 3", "--workers"])
+            .expect("parses");
+        assert_eq!(cli.command.len(), 4);
+        assert_eq!(cli.workers, 1);
+        // Command-only flags need a command.
+        assert!(Cli::try_parse_from(["rpc-server", "--exec-timeout", "5"]).is_err());
+        let missing = Cli::try_parse_from(["rpc-server", "--", "no-such-program-x"])
+            .expect("parses")
+            .to_handler();
+        assert!(matches!(missing, Err(Error::Config(_))));
     }
 }

@@ -416,7 +416,10 @@ fn read_bounded(stdout: ChildStdout, limit: usize) -> io::Result<Vec<u8>> {
         .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut out)?;
     if read > limit {
-        return Err(io::Error::new(io::ErrorKind::FileTooLarge, "too much output"));
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            "too much output",
+        ));
     }
     Ok(out)
 }
@@ -562,7 +565,11 @@ mod tests {
         );
         let reply = call(&handler("sh", &["-c", "kill -9 $$"]), b"");
         assert_eq!(reply.error, Some(ErrorCode::ExecFailed));
-        assert!(message(&reply).contains("signal 9 (SIGKILL)"), "{}", message(&reply));
+        assert!(
+            message(&reply).contains("signal 9 (SIGKILL)"),
+            "{}",
+            message(&reply)
+        );
     }
 
     #[test]
@@ -570,21 +577,33 @@ mod tests {
         let started = Instant::now();
         // The background sleep holds stdout open too: killing the group ends both.
         let reply = call(&handler("sh", &["-c", "sleep 30 & sleep 30"]), b"x");
-        assert_eq!(reply.error, Some(ErrorCode::ExecTimeout), "{}", message(&reply));
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(
+            reply.error,
+            Some(ErrorCode::ExecTimeout),
+            "{}",
+            message(&reply)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
     fn floods_and_unread_stdin_do_not_deadlock() {
         let mut options = CommandOptions::new("yes", Vec::<String>::new());
         options.max_reply_bytes = 100_000;
-        let reply = CommandHandler::new(options)
-            .expect("yes")
-            .handle(&Request {
-                body: b"",
-                properties: &AmqpProperties::default(),
-            });
-        assert_eq!(reply.error, Some(ErrorCode::TooLarge), "{}", message(&reply));
+        let reply = CommandHandler::new(options).expect("yes").handle(&Request {
+            body: b"",
+            properties: &AmqpProperties::default(),
+        });
+        assert_eq!(
+            reply.error,
+            Some(ErrorCode::TooLarge),
+            "{}",
+            message(&reply)
+        );
         // 4 MiB to a command that never reads it, more than any pipe holds.
         let reply = call(&handler("true", &[]), &vec![b'x'; 4 << 20]);
         assert_eq!(reply.error, None, "{}", message(&reply));
@@ -592,7 +611,10 @@ mod tests {
         // And a large body through, both ways (the test handlers' limit is 1 MiB).
         let body = vec![b'y'; 1 << 20];
         let reply = call(&handler("cat", &[]), &body);
-        assert!(reply.error.is_none() && reply.body == body, "cat changed the body");
+        assert!(
+            reply.error.is_none() && reply.body == body,
+            "cat changed the body"
+        );
     }
 
     #[test]
@@ -605,7 +627,8 @@ mod tests {
         let properties = AmqpProperties::default()
             .with_correlation_id("id-7".into())
             .with_headers(headers);
-        let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|${AMQP_PASSWORD-unset}\"";
+        let script =
+            "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|${AMQP_PASSWORD-unset}\"";
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
             properties: &properties,

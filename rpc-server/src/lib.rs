@@ -39,6 +39,6 @@ pub mod server;
 pub mod workers;
 
 pub use error::Error;
-pub use options::{QueueType, ServerOptions};
 pub use handler::{Handler, Reply, Request};
+pub use options::{QueueType, ServerOptions};
 pub use server::{run, serve, Stats};

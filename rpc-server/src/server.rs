@@ -264,7 +264,11 @@ impl Server<'_> {
             } else {
                 &no_deliveries
             };
-            let stop = if self.stopping { &no_stop } else { &self.shutdown };
+            let stop = if self.stopping {
+                &no_stop
+            } else {
+                &self.shutdown
+            };
             select! {
                 recv(intake) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => {

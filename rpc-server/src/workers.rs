@@ -111,6 +111,9 @@ fn handle(handler: &dyn Handler, delivery: &Delivery) -> Reply {
     };
     catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
         log::error!("the handler panicked; answering with an internal error reply");
-        Reply::refuse(ErrorCode::Internal, "the server failed while handling the request")
+        Reply::refuse(
+            ErrorCode::Internal,
+            "the server failed while handling the request",
+        )
     })
 }
