@@ -222,10 +222,11 @@ impl CommandHandler {
         let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
         log::info!(
             target: REQUEST_LOG,
-            " [.] {} ({} bytes in) {:?} in {:.1} ms",
+            " [.] {}: {}, {} bytes in, {} bytes out, {:.1} ms",
             self.shown,
-            request.body.len(),
             ended,
+            request.body.len(),
+            run.stdout.as_ref().map_or(0, Vec::len),
             started.elapsed().as_secs_f64() * 1e3
         );
         match ended {
@@ -296,6 +297,17 @@ enum Ended {
     TimedOut,
     TooMuchOutput,
     Lost(io::Error),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(status) => f.write_str(&describe_status(*status)),
+            Ended::TimedOut => f.write_str("timed out, killed"),
+            Ended::TooMuchOutput => f.write_str("too much output, killed"),
+            Ended::Lost(err) => write!(f, "lost: {err}"),
+        }
+    }
 }
 
 /// One running command and the threads serving its pipes.
