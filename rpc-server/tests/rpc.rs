@@ -10,10 +10,13 @@ use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ERROR_HEADER, SERVER_HEADER};
 use rpc_client::{ClientOptions, Error, FibonacciRpcClient, ReplyQueue};
-use rpc_server::{QueueType, ServerOptions, Stats};
+use rpc_server::{Handler, QueueType, Reply, Request, ServerOptions, Stats};
 use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A server running `rpc_server::run` on a thread, stopped through its shutdown channel.
 struct TestServer {
@@ -26,6 +29,14 @@ impl TestServer {
         testing::init_logging();
         let (stop, shutdown) = crossbeam_channel::bounded(1);
         let handle = std::thread::spawn(move || rpc_server::run(&options, shutdown));
+        TestServer { stop, handle }
+    }
+
+    /// A server of `handler` instead of Fibonacci.
+    fn serving(options: ServerOptions, handler: Arc<dyn Handler>) -> TestServer {
+        testing::init_logging();
+        let (stop, shutdown) = crossbeam_channel::bounded(1);
+        let handle = std::thread::spawn(move || rpc_server::serve(&options, handler, shutdown));
         TestServer { stop, handle }
     }
 
@@ -567,4 +578,94 @@ fn an_empty_queue_name_is_refused() {
         Err(rpc_server::Error::Config(message)) => assert!(message.contains("empty"), "{message}"),
         other => panic!("expected a configuration error, got {other:?}"),
     }
+}
+
+/// A handler that counts the requests it starts in `started`, takes `pause`, then answers
+/// with the request body (a decimal number, so the Fibonacci client accepts it as a reply).
+fn slow_echo(pause: Duration, started: Arc<AtomicUsize>) -> Arc<dyn Handler> {
+    Arc::new(move |request: &Request| {
+        started.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(pause);
+        Reply::answer(request.body)
+    })
+}
+
+#[test]
+fn workers_handle_requests_at_once_and_a_stop_waits_for_them() {
+    let queue = QueueGuard::new("workers");
+    let options = ServerOptions {
+        workers: 2,
+        ..server_options(queue.name(), "workers-0")
+    };
+    let started = Arc::new(AtomicUsize::new(0));
+    let handler = slow_echo(Duration::from_secs(1), Arc::clone(&started));
+    let server = TestServer::serving(options, handler);
+    let mut admin = Admin::connect().expect("admin connects");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes");
+    let mut client = client(queue.name());
+    // Two 1-second requests at once: about 1 s with two workers (2 s one after the other).
+    let begun = Instant::now();
+    let mut answers = Vec::new();
+    client
+        .call_many([7, 8], 2, |_, n, result| {
+            answers.push((n, result.map(|reply| reply.value)));
+            ControlFlow::Continue(())
+        })
+        .expect("calls");
+    let took = begun.elapsed();
+    answers.sort_by_key(|(n, _)| *n);
+    assert_eq!(answers[0].1.as_deref().ok(), Some("7"), "{answers:?}");
+    assert_eq!(answers[1].1.as_deref().ok(), Some("8"), "{answers:?}");
+    assert!(
+        took < Duration::from_millis(1800),
+        "two requests took {took:?}"
+    );
+    // A stop asked while two requests are in hand answers both before it returns.
+    let caller = std::thread::spawn(move || {
+        let mut replies = Vec::new();
+        let sent = client.call_many([5, 6], 2, |_, _, result| {
+            replies.push(result.map(|reply| reply.value));
+            ControlFlow::Continue(())
+        });
+        (sent, replies)
+    });
+    testing::poll_until(
+        "both requests in hand",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || Ok(started.load(Ordering::SeqCst) == 4),
+    )
+    .expect("both requests in hand");
+    let stats = server.stop();
+    let (sent, replies) = caller.join().expect("caller");
+    sent.expect("calls");
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    assert_eq!(stats.answered, 4, "{stats:?}");
+}
+
+#[test]
+fn a_panicking_handler_gets_an_internal_error_reply_and_the_server_goes_on() {
+    let queue = QueueGuard::new("panics");
+    let handler: Arc<dyn Handler> = Arc::new(|request: &Request| {
+        if request.body == b"13" {
+            panic!("unlucky");
+        }
+        Reply::answer(request.body)
+    });
+    let server = TestServer::serving(server_options(queue.name(), "panics-0"), handler);
+    Admin::connect()
+        .expect("admin connects")
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes");
+    let mut client = client(queue.name());
+    match client.call(13) {
+        Err(Error::Server { code, .. }) => assert_eq!(code, "internal"),
+        other => panic!("expected an internal error reply, got {other:?}"),
+    }
+    assert_eq!(client.call(12).expect("the server goes on"), "12");
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.refused), (1, 1), "{stats:?}");
 }
