@@ -6,6 +6,9 @@ body=str(n) to the default exchange with routing key QUEUE, a fresh uuid4
 correlation_id and reply_to set to an exclusive server-named callback queue
 (or amq.rabbitmq.reply-to with --direct-reply-to); waits for the reply whose
 correlation_id matches, discards any others, and prints the body, one per line.
+With --raw the arguments are request bodies sent as they are (their bytes, e.g.
+UTF-8 text) instead of numbers, and each reply body is printed decoded as UTF-8:
+a client of any served command (rpc-server -- CMD), not only of Fibonacci.
 
 Exit status: 0 ok, 1 timeout or error (message on stderr).
 """
@@ -22,7 +25,11 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("n", nargs="+", type=int)
+    p.add_argument("n", nargs="+", metavar="N",
+                   help="n of each fib(n); with --raw, each request body")
+    p.add_argument("--raw", action="store_true",
+                   help="send each argument as the request body as is; print replies "
+                        "decoded as UTF-8")
     p.add_argument("--queue", default="rpc_queue")
     p.add_argument("--url", help="broker URL (default: $AMQP_URI or local guest)",
                    default=os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/"))
@@ -38,6 +45,15 @@ def main():
     decl.add_argument("--declare-durable", action="store_true",
                       help="declare QUEUE classic durable before calling")
     args = p.parse_args()
+    if args.raw:
+        # The arguments' own bytes (os.fsencode undoes Python's decoding of argv).
+        bodies = [os.fsencode(a) for a in args.n]
+        sys.stdout.reconfigure(encoding="utf-8")
+    else:
+        try:
+            bodies = [str(int(a)).encode() for a in args.n]
+        except ValueError as err:
+            p.error(f"N must be an integer ({err}); use --raw to send text")
 
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
@@ -64,28 +80,35 @@ def main():
     ch.basic_consume(queue=reply_to, on_message_callback=on_reply,
                      auto_ack=True)
 
-    for n in args.n:
+    for body in bodies:
         corr_id = str(uuid.uuid4())
         ch.basic_publish(
             exchange="",
             routing_key=args.queue,
             properties=pika.BasicProperties(reply_to=reply_to,
                                             correlation_id=corr_id),
-            body=str(n),
+            body=body,
         )
         deadline = time.monotonic() + args.timeout
         while corr_id not in replies:
             left = deadline - time.monotonic()
             if left <= 0:
                 print(f"rpc_client.py: timed out after {args.timeout:g}s "
-                      f"waiting for reply to fib({n}) on queue {args.queue!r}",
+                      f"waiting for the reply to {body.decode(errors='replace')!r} "
+                      f"on queue {args.queue!r}",
                       file=sys.stderr)
                 conn.close()
                 return 1
             conn.process_data_events(time_limit=min(left, 1.0))
-        body = replies.pop(corr_id)
+        reply = replies.pop(corr_id)
         replies.clear()  # anything else carries a stale or foreign id
-        print(body.decode(), flush=True)
+        try:
+            print(reply.decode("utf-8"), flush=True)
+        except UnicodeDecodeError as err:
+            print(f"rpc_client.py: reply to {body.decode(errors='replace')!r} is not "
+                  f"UTF-8 ({err})", file=sys.stderr)
+            conn.close()
+            return 1
 
     conn.close()
     return 0
