@@ -2,6 +2,8 @@
 # Start N rpc-server processes in the background (default 2).
 #   scripts/start-servers.sh [--uris URI,URI...] [N] [-- EXTRA-SERVER-ARGS...]
 #   e.g. scripts/start-servers.sh 3 -- --queue q1
+# The server arguments may end with a command to serve after a second `--`, passed on as is:
+#   scripts/start-servers.sh 2 -- -q --queue upper -- tr a-z A-Z
 # Server i runs with --name server-<i>; its log and pid file are
 # $RPC_RUN_DIR/server-<i>.{log,pid} (default target/run). Waits until the broker counts
 # N consumers on their queue (--queue in the server arguments, else RPC_QUEUE, else rpc_queue).
@@ -55,6 +57,7 @@ check_env=()
 for ((k = 0; k < ${#extra[@]}; k++)); do
     a=${extra[k]}
     case $a in
+        --) break ;; # the rest is the served command and its arguments
         --queue=* | --uri=* | --host=* | --port=* | --vhost=* | --user=* | --password=*) v=${a#*=} a=${a%%=*} ;;
         --queue | --uri | --host | --port | --vhost | --user | --password) k=$((k + 1)) v=${extra[k]:-} ;;
         *) continue ;;
