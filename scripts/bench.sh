@@ -9,12 +9,16 @@
 #   (e) one-shot wall time: rpc-client 30 vs the tutorial client rpc_client.py 30 (median)
 #   (f) fib(n) + decimal, n = 10^4..10^7: cargo bench --bench fib vs gmpy2 (best of runs)
 #   (g) peak RSS (VmHWM / GNU time %M) of rpc-server idle and after serving, of clients
-# The servers are ONE release rpc-server on a fresh queue bench-<uuid> (started with
-# scripts/start-servers.sh in a run dir of its own), --prefetch 1 for the sequential
+#   (h) the cost of a process per request: rpc-client bench --n 30 against rpc-server serving
+#       `-- cat` (which echoes the body 30, a valid decimal reply) vs the Fibonacci server:
+#       h1-* sequential (prefetch 1), h8-* 8 in flight (prefetch 8), h8-cat-w2 with --workers 2
+# The servers of (a)-(g) are ONE release rpc-server on a fresh queue bench-<uuid> (started
+# with scripts/start-servers.sh in a run dir of its own), --prefetch 1 for the sequential
 # rows, --prefetch $BENCH_PREFETCH for the in-flight rows; the echo floor uses the
-# same prefetch as the row it anchors. Each calls/s row is measured BENCH_REPEAT
+# same prefetch as the row it anchors. Those of (h) run side by side, each on a queue
+# bench-<uuid>-<row> of its own. Each calls/s row is measured BENCH_REPEAT
 # times, anchor and compared rows alternating, and its best run is shown (the
-# machine may be busy with other work). Queue and servers are removed on exit.
+# machine may be busy with other work). Queues and servers are removed on exit.
 #
 # Env (defaults; BENCH_QUICK=1 is a ~30 s smoke run with the values in brackets):
 #   BENCH_REPEAT=2 [1]                   runs of each calls/s row (best shown)
@@ -25,6 +29,9 @@
 #   BENCH_PREFETCH=100                   server and echo prefetch for the in-flight rows
 #   BENCH_ONESHOT_RUNS=20 [5]            runs of each one-shot client (e)
 #   BENCH_FIB_NS="10000 100000 1000000 10000000" [without 10^7]
+#   BENCH_H_CALLS=2000 [300]             calls per sequential (h) row (a process per call)
+#   BENCH_H_INFLIGHT_CALLS=4000 [600]    calls per in-flight (h) row
+#   BENCH_ONLY=abcdefgh                  measure only these row groups, e.g. BENCH_ONLY=h
 #   BENCH_BROKER_WAIT=120                seconds to wait for the broker before a retry
 # A measurement that fails (say, the broker restarted under it) is retried once after
 # the broker answers again. Exits non-zero if a row could not be measured.
@@ -36,7 +43,7 @@ set -euo pipefail
 
 started=$SECONDS
 QUICK='' warmup='' REPEAT='' SEQ_CALLS='' INFLIGHT_CALLS='' PY_CALLS='' ONESHOT_RUNS='' PREFETCH=''
-BROKER_WAIT_SECS='' DEPTHS=() FIB_NS=()
+BROKER_WAIT_SECS='' DEPTHS=() FIB_NS=() H_SEQ_CALLS='' H_INFLIGHT_CALLS='' ONLY=
 settings=$(xtask bench-settings) || exit 1 # checked numbers: shell assignments of the above
 eval "$settings"
 
@@ -44,27 +51,29 @@ OUT_DIR=target/bench
 RUN_ID=$(cat /proc/sys/kernel/random/uuid)
 WORK=$OUT_DIR/run-$RUN_ID # raw outputs and server logs; removed after a clean run
 QUEUE=bench-$RUN_ID
-export RPC_RUN_DIR=$WORK/servers
 unset RPC_URIS # start-servers.sh: every server on the one broker of AMQP_URI
-RUN_DIR=$RPC_RUN_DIR
+RUN_DIR=$WORK/servers # of the server on $QUEUE; those of (h) in $RUN_DIR-<row>
 PEERS=scripts/interop
 CLIENT=$BIN_DIR/rpc-client
 mkdir -p "$WORK" "$RUN_DIR"
 
 # ---- cleanup -----------------------------------------------------------------
 
-SERVER_UP=      # a server of ours consumes $QUEUE
-QUEUE_USED=     # $QUEUE may exist on the broker
-stop_server() {
-    [[ -n $SERVER_UP ]] || return 0
-    SERVER_UP=
-    scripts/stop-servers.sh >>"$WORK/servers.log" 2>&1 || warn "stop-servers.sh failed; see $WORK/servers.log"
+SERVERS_UP=()   # run dir:queue of each server of ours now running
+QUEUES_USED=()  # queues that may exist on the broker
+stop_servers() {
+    local s
+    for s in ${SERVERS_UP[@]+"${SERVERS_UP[@]}"}; do
+        RPC_RUN_DIR=${s%%:*} scripts/stop-servers.sh >>"$WORK/servers.log" 2>&1 ||
+            warn "stop-servers.sh failed; see $WORK/servers.log"
+    done
+    SERVERS_UP=()
 }
 cleanup() {
     local rc=$?
-    stop_server
-    if [[ -n $QUEUE_USED ]] && ! xtask queue delete "$QUEUE"; then
-        warn "could not delete queue $QUEUE; delete it by hand"
+    stop_servers
+    if ((${#QUEUES_USED[@]})) && ! xtask queue delete "${QUEUES_USED[@]}"; then
+        warn "could not delete queues ${QUEUES_USED[*]}; delete them by hand"
     fi
     if ((rc == 0)); then
         rm -rf "$WORK"
@@ -85,7 +94,7 @@ fact() { (IFS=$'\t' && printf '%s\n' "$*") >>"$WORK/facts.tsv"; }
 # fails, wait for the broker (and our server's consumer) and try once more.
 FAILED_ROWS=()
 attempt() {
-    local id=$1 try rc
+    local id=$1 try rc s
     shift
     for try in 1 2; do
         rc=0
@@ -96,9 +105,9 @@ attempt() {
         ((try == 1)) || break
         msg "$id: waiting for the broker, then retrying once"
         BROKER_WAIT=$BROKER_WAIT_SECS scripts/broker.sh || break
-        if [[ -n $SERVER_UP ]]; then
-            xtask queue wait-consumers "$QUEUE" 1 --timeout 60 || break
-        fi
+        for s in ${SERVERS_UP[@]+"${SERVERS_UP[@]}"}; do
+            xtask queue wait-consumers "${s#*:}" 1 --timeout 60 || break 2
+        done
         msg "$id: broker back; retrying"
     done
     FAILED_ROWS+=("$id")
@@ -125,23 +134,29 @@ rss() {
 }
 
 server_pid() { cat "$RUN_DIR/server-1.pid" 2>/dev/null || true; }
-# vmhwm ID: the peak RSS of our server, as a fact.
+# vmhwm ID: the peak RSS of our server on $QUEUE, as a fact.
 vmhwm() {
     local kb
     kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$(server_pid)/status" 2>/dev/null) || kb=
     [[ -z $kb ]] || fact rss "$1" "$kb"
 }
 
-# start_server PREFETCH: one rpc-server on $QUEUE.
+# start_server RUN-DIR QUEUE PREFETCH [SERVER-ARGS...]: one rpc-server on QUEUE (SERVER-ARGS
+# may end with `-- CMD ARGS...`, a command to serve), its pid file in RUN-DIR.
 start_server() {
-    QUEUE_USED=1
+    local dir=$1 queue=$2 prefetch=$3
+    shift 3
+    QUEUES_USED+=("$queue")
     # -q: no per-request log line, as a server run for throughput would be (README).
-    scripts/start-servers.sh 1 -- -q --queue "$QUEUE" --prefetch "$1" >>"$WORK/servers.log" 2>&1 || {
+    RPC_RUN_DIR=$dir scripts/start-servers.sh 1 -- -q --queue "$queue" --prefetch "$prefetch" "$@" \
+        >>"$WORK/servers.log" 2>&1 || {
         cat "$WORK/servers.log" >&2
-        die "could not start rpc-server (prefetch $1)"
+        die "could not start rpc-server (queue $queue, prefetch $prefetch${*:+, $*})"
     }
-    SERVER_UP=1
+    SERVERS_UP+=("$dir:$queue")
 }
+# want GROUPS: is any of these row groups (letters a-h) to be measured (BENCH_ONLY)?
+want() { [[ $ONLY == *["$1"]* ]]; }
 
 # ---- setup -------------------------------------------------------------------
 
@@ -190,7 +205,8 @@ fact set software "$SOFTWARE"
 fact set mode "$MODE"
 fact set broker "$(xtask mask-uri <<<"${AMQP_URI:-amqp://guest:guest@localhost:5672}")"
 for v in warmup:$warmup repeat:$REPEAT seq_calls:$SEQ_CALLS inflight_calls:$INFLIGHT_CALLS \
-    py_calls:$PY_CALLS prefetch:$PREFETCH oneshot_runs:$ONESHOT_RUNS "depths:${DEPTHS[*]}" "fib_ns:${FIB_NS[*]}"; do
+    py_calls:$PY_CALLS prefetch:$PREFETCH oneshot_runs:$ONESHOT_RUNS "depths:${DEPTHS[*]}" "fib_ns:${FIB_NS[*]}" \
+    h_seq_calls:$H_SEQ_CALLS h_inflight_calls:$H_INFLIGHT_CALLS only:$ONLY; do
     fact set "${v%%:*}" "${v#*:}"
 done
 
@@ -211,29 +227,17 @@ pika_bench() { # ID RUN REPLY-QUEUE CALLS
         --warmup "$warmup" ${extra[@]+"${extra[@]}"} || return 0
     record_tsv "$1" "$WORK/$1.$2.out" || true
 }
-client_bench() { # ID RUN IN-FLIGHT REPLY-QUEUE CALLS
+client_bench() { # ID RUN IN-FLIGHT REPLY-QUEUE CALLS [QUEUE (default $QUEUE)]
     local rss=()
     ((${#RSS_CMD[@]} == 0)) || rss=("${RSS_CMD[@]}" "$WORK/$1.$2.rss")
     msg "$1 (run $2/$REPEAT): rpc-client bench, $3 in flight, $4 reply queue, $5 calls"
-    attempt "$1.$2" ${rss[@]+"${rss[@]}"} "$CLIENT" --queue "$QUEUE" --reply-queue "$4" \
+    attempt "$1.$2" ${rss[@]+"${rss[@]}"} "$CLIENT" --queue "${6:-$QUEUE}" --reply-queue "$4" \
         bench --calls "$5" --in-flight "$3" --n 30 --warmup "$warmup" --tsv || return 0
     record_tsv "$1" "$WORK/$1.$2.out" || true
     rss "$1" "$WORK/$1.$2.rss"
 }
 
-# ---- sequential rows on a prefetch-1 server: (a) K=1, (b), (c), (e) ------------------
-
-start_server 1
-sleep 1 # idle a moment before reading the idle peak
-vmhwm server_idle
-
-for ((run = 1; run <= REPEAT; run++)); do
-    echo_floor a1 "$run" 1 1 "$SEQ_CALLS"
-    for rq in exclusive direct; do
-        pika_bench "b-$rq" "$run" "$rq" "$PY_CALLS"
-        client_bench "c-$rq" "$run" 1 "$rq" "$SEQ_CALLS"
-    done
-done
+# ---- sequential rows on a prefetch-1 server: (a) K=1, (b), (c), (e), (g) --------------
 
 # (e) one-shot processes: median wall time.
 ONESHOT_OURS=("$CLIENT" --queue "$QUEUE" 30)
@@ -249,24 +253,29 @@ oneshot_loop() { # ID CMD...: the wall time of ONESHOT_RUNS runs (after 2 untime
         ((i < 0)) || fact oneshot "$id" "$(printf '%d.%06d' $(((t1 - t0) / 1000000)) $(((t1 - t0) % 1000000)))"
     done
 }
-HOW=$([[ -n $HYPERFINE ]] && echo hyperfine || echo "shell loop")
-fact set oneshot_how "$HOW"
-msg "e: one-shot wall time, $ONESHOT_RUNS runs each ($HOW)"
-if [[ -n $HYPERFINE ]]; then
-    if attempt e-hyperfine "$HYPERFINE" -N --style basic --warmup 2 --runs "$ONESHOT_RUNS" \
-        --export-csv "$WORK/e.csv" -n ours "${ONESHOT_OURS[*]}" \
-        -n ours-direct "${ONESHOT_DIRECT[*]}" -n python "${ONESHOT_PY[*]}"; then
-        while IFS=, read -r name _ _ median _; do # command,mean,stddev,median,... in seconds
-            [[ $name == command ]] || fact oneshot "e-$name" "$median"
-        done <"$WORK/e.csv"
+oneshot_rows() {
+    local name median how
+    how=$([[ -n $HYPERFINE ]] && echo hyperfine || echo "shell loop")
+    fact set oneshot_how "$how"
+    msg "e: one-shot wall time, $ONESHOT_RUNS runs each ($how)"
+    if [[ -n $HYPERFINE ]]; then
+        if attempt e-hyperfine "$HYPERFINE" -N --style basic --warmup 2 --runs "$ONESHOT_RUNS" \
+            --export-csv "$WORK/e.csv" -n ours "${ONESHOT_OURS[*]}" \
+            -n ours-direct "${ONESHOT_DIRECT[*]}" -n python "${ONESHOT_PY[*]}"; then
+            while IFS=, read -r name _ _ median _; do # command,mean,stddev,median,... in seconds
+                [[ $name == command ]] || fact oneshot "e-$name" "$median"
+            done <"$WORK/e.csv"
+        fi
+    else
+        attempt e-ours oneshot_loop e-ours "${ONESHOT_OURS[@]}" || true
+        attempt e-ours-direct oneshot_loop e-ours-direct "${ONESHOT_DIRECT[@]}" || true
+        attempt e-python oneshot_loop e-python "${ONESHOT_PY[@]}" || true
     fi
-else
-    attempt e-ours oneshot_loop e-ours "${ONESHOT_OURS[@]}" || true
-    attempt e-ours-direct oneshot_loop e-ours-direct "${ONESHOT_DIRECT[@]}" || true
-    attempt e-python oneshot_loop e-python "${ONESHOT_PY[@]}" || true
-fi
-# ... and their peak RSS (largest of 3 runs).
-if ((${#RSS_CMD[@]})); then
+}
+# (g) the one-shot clients' peak RSS (largest of 3 runs).
+oneshot_rss() {
+    local who cmd i
+    ((${#RSS_CMD[@]})) || return 0
     for who in ours python; do
         if [[ $who == ours ]]; then cmd=("${ONESHOT_OURS[@]}"); else cmd=("${ONESHOT_PY[@]}"); fi
         for i in 1 2 3; do
@@ -274,33 +283,77 @@ if ((${#RSS_CMD[@]})); then
             rss "oneshot-$who" "$WORK/g-$who-$i.rss"
         done
     done
+}
+
+if want abceg; then
+    start_server "$RUN_DIR" "$QUEUE" 1
+    sleep 1 # idle a moment before reading the idle peak
+    vmhwm server_idle
+    for ((run = 1; run <= REPEAT; run++)); do
+        if want a; then echo_floor a1 "$run" 1 1 "$SEQ_CALLS"; fi
+        for rq in exclusive direct; do
+            if want b; then pika_bench "b-$rq" "$run" "$rq" "$PY_CALLS"; fi
+            if want c; then client_bench "c-$rq" "$run" 1 "$rq" "$SEQ_CALLS"; fi
+        done
+    done
+    if want e; then oneshot_rows; fi
+    if want g; then oneshot_rss; fi
+    vmhwm server_seq
+    stop_servers
 fi
-vmhwm server_seq
-stop_server
 
 # ---- (d) in-flight rows on a prefetch-$PREFETCH server -----------------------------
 
-start_server "$PREFETCH"
-for ((run = 1; run <= REPEAT; run++)); do
-    for k in "${DEPTHS[@]}"; do
-        echo_floor "a$k" "$run" "$k" "$PREFETCH" "$INFLIGHT_CALLS"
-        for rq in exclusive direct; do
-            client_bench "d$k-$rq" "$run" "$k" "$rq" "$INFLIGHT_CALLS"
+if want adg; then
+    start_server "$RUN_DIR" "$QUEUE" "$PREFETCH"
+    for ((run = 1; run <= REPEAT; run++)); do
+        for k in "${DEPTHS[@]}"; do
+            if want a; then echo_floor "a$k" "$run" "$k" "$PREFETCH" "$INFLIGHT_CALLS"; fi
+            for rq in exclusive direct; do
+                if want dg; then client_bench "d$k-$rq" "$run" "$k" "$rq" "$INFLIGHT_CALLS"; fi
+            done
         done
     done
-done
-vmhwm server_inflight
-stop_server
+    vmhwm server_inflight
+    stop_servers
+fi
+
+# ---- (h) a process per request: Fibonacci vs `-- cat` servers, side by side ----------
+
+# h_rows IN-FLIGHT CALLS ROW...: rows ROW (named h<K>-fib, h<K>-cat...) on their servers.
+h_rows() {
+    local k=$1 calls=$2 row run
+    shift 2
+    for ((run = 1; run <= REPEAT; run++)); do
+        for row in "$@"; do
+            client_bench "$row" "$run" "$k" exclusive "$calls" "$QUEUE-$row"
+        done
+    done
+}
+if want h; then
+    start_server "$RUN_DIR-h1-fib" "$QUEUE-h1-fib" 1
+    start_server "$RUN_DIR-h1-cat" "$QUEUE-h1-cat" 1 -- cat
+    h_rows 1 "$H_SEQ_CALLS" h1-fib h1-cat
+    stop_servers
+    # 8 in flight (xtask bench-table's H_DEPTH), each server with prefetch 8.
+    start_server "$RUN_DIR-h8-fib" "$QUEUE-h8-fib" 8
+    start_server "$RUN_DIR-h8-cat" "$QUEUE-h8-cat" 8 -- cat
+    start_server "$RUN_DIR-h8-cat-w2" "$QUEUE-h8-cat-w2" 8 --workers 2 -- cat
+    h_rows 8 "$H_INFLIGHT_CALLS" h8-fib h8-cat h8-cat-w2
+    stop_servers
+fi
 
 # ---- (f) fib -------------------------------------------------------------------------
 
-msg "f: fib(n) + decimal for n = ${FIB_NS[*]}: cargo bench --bench fib, then gmpy2"
-attempt f-ours cargo bench -q -p rpc-server --bench fib -- "${FIB_NS[@]}" || true
-# The optional GMP build (LGPL; off by default). Its first build compiles GMP (minutes).
-if ((!QUICK)); then
-    attempt f-gmp cargo bench -q -p rpc-server --features gmp --bench fib -- "${FIB_NS[@]}" || true
+if want f; then
+    msg "f: fib(n) + decimal for n = ${FIB_NS[*]}: cargo bench --bench fib, then gmpy2"
+    attempt f-ours cargo bench -q -p rpc-server --bench fib -- "${FIB_NS[@]}" || true
+    # The optional GMP build (LGPL; off by default). Its first build compiles GMP (minutes).
+    if ((!QUICK)); then
+        attempt f-gmp cargo bench -q -p rpc-server --features gmp --bench fib -- "${FIB_NS[@]}" || true
+    fi
+    attempt f-gmpy2 "$PY" "$PEERS/fib_gmpy2.py" "${FIB_NS[@]}" || true
 fi
-attempt f-gmpy2 "$PY" "$PEERS/fib_gmpy2.py" "${FIB_NS[@]}" || true
 
 # ---- the table -------------------------------------------------------------------------
 

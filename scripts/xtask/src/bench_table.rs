@@ -4,7 +4,8 @@
 //!
 //! - `set KEY VALUE`: a setting or a header line (`mode`, `date`, `machine`, `software`,
 //!   `broker`, `warmup`, `repeat`, `seq_calls`, `inflight_calls`, `py_calls`, `prefetch`,
-//!   `depths` and `fib_ns` (space-separated), `oneshot_runs`, `oneshot_how`, `elapsed`);
+//!   `depths` and `fib_ns` (space-separated), `oneshot_runs`, `oneshot_how`, `h_seq_calls`,
+//!   `h_inflight_calls`, `only` (the letters of the row groups measured), `elapsed`);
 //! - `run ID LINE...`: one run of a calls/s row, the last line of a `--tsv` bench output
 //!   (calls/s in its column 6, p50 in 7, p99 in 9, failed calls in 11); the best run is shown;
 //! - `rss ID KB`: a peak RSS (the largest of an ID's counts);
@@ -17,6 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 const REPLY_QUEUES: [&str; 2] = ["exclusive", "direct"];
+
+/// The row groups, by the first letter of their ids (`BENCH_ONLY` picks some).
+const GROUPS: &str = "abcdefgh";
+
+/// Calls in flight in the `h8-*` rows (and their servers' prefetch).
+const H_DEPTH: u64 = 8;
 
 #[derive(Default)]
 struct Row {
@@ -154,6 +161,16 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The wall time per call that row `a` spends beyond its anchor `b` (rates in calls/s).
+fn extra_per_call(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+            format!("{:+.3} ms per call", 1000.0 / a - 1000.0 / b)
+        }
+        _ => "n/a".into(),
+    }
+}
+
 fn number(text: &str) -> Option<f64> {
     text.parse().ok()
 }
@@ -187,17 +204,33 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<String> {
     } else {
         ("20000", "100000", "10000", "20", "3", "500")
     };
+    let (h_seq, h_inflight) = if quick {
+        ("300", "600")
+    } else {
+        ("2000", "4000")
+    };
     let fib_ns = if quick {
         "10000 100000 1000000"
     } else {
         "10000 100000 1000000 10000000"
     };
-    let mut out = format!("QUICK={}\nwarmup={warmup}\n", u8::from(quick));
+    let only = var("BENCH_ONLY").unwrap_or_else(|| GROUPS.into());
+    if only.is_empty() || !only.chars().all(|c| GROUPS.contains(c)) {
+        bail!("BENCH_ONLY must be letters of row groups among '{GROUPS}' (e.g. h), got '{only}'");
+    }
+    let mut out = format!("QUICK={}\nwarmup={warmup}\nONLY={only}\n", u8::from(quick));
     for (name, variable, default, max) in [
         ("REPEAT", "BENCH_REPEAT", repeat, u64::MAX),
         ("SEQ_CALLS", "BENCH_CALLS", seq, u64::MAX),
         ("INFLIGHT_CALLS", "BENCH_INFLIGHT_CALLS", inflight, u64::MAX),
         ("PY_CALLS", "BENCH_PY_CALLS", py, u64::MAX),
+        ("H_SEQ_CALLS", "BENCH_H_CALLS", h_seq, u64::MAX),
+        (
+            "H_INFLIGHT_CALLS",
+            "BENCH_H_INFLIGHT_CALLS",
+            h_inflight,
+            u64::MAX,
+        ),
         ("ONESHOT_RUNS", "BENCH_ONESHOT_RUNS", oneshot, u64::MAX),
         ("PREFETCH", "BENCH_PREFETCH", "100", 65535),
         ("BROKER_WAIT_SECS", "BENCH_BROKER_WAIT", "120", u64::MAX),
@@ -469,12 +502,59 @@ pub fn render(text: &str) -> Result<String> {
         &mib(big),
         &format!("{} × g-oneshot-ours", ratio(big, ours)),
     ]);
+
+    // (h) the cost of a process per request: the same client against Fibonacci and `cat`.
+    for (k, calls) in [
+        (1, f.get("h_seq_calls")),
+        (H_DEPTH, f.get("h_inflight_calls")),
+    ] {
+        let anchor = format!("h{k}-fib");
+        let what = format!(
+            "rpc-client bench --n 30, {}, exclusive reply queue, {calls} calls",
+            label(k)
+        );
+        let server = |how: &str| format!("rpc-server ×1 (release, -q){how}, prefetch {k}");
+        row([
+            &anchor,
+            &what,
+            &server(", Fibonacci"),
+            &f.cell(&anchor),
+            "anchor",
+        ]);
+        let mut compared = vec![(format!("h{k}-cat"), " `-- cat` (a process per request)")];
+        if k > 1 {
+            compared.push((
+                format!("h{k}-cat-w2"),
+                " `--workers 2 -- cat` (2 processes at once)",
+            ));
+        }
+        for (id, how) in compared {
+            row([
+                &id,
+                &what,
+                &server(how),
+                &f.cell(&id),
+                &format!(
+                    "{} × {anchor}; {}",
+                    ratio(f.rate(&id), f.rate(&anchor)),
+                    extra_per_call(f.rate(&id), f.rate(&anchor))
+                ),
+            ]);
+        }
+    }
+
     if !f.failed.is_empty() {
         flags.push(format!(
             "not measured (failed twice): {}",
             f.failed.join(" ")
         ));
     }
+
+    let only = match f.get("only") {
+        "" => GROUPS,
+        only => only,
+    };
+    rows.retain(|cells| cells[0].chars().next().is_some_and(|c| only.contains(c)));
 
     let mut out = String::new();
     let _ = writeln!(
@@ -491,7 +571,21 @@ pub fn render(text: &str) -> Result<String> {
         f.get("broker"),
         f.get("warmup")
     );
-    out.push_str("- ratio: this row ÷ the anchor named (calls/s: higher is better; ms, MiB: lower is better)\n\n");
+    out.push_str("- ratio: this row ÷ the anchor named (calls/s: higher is better; ms, MiB: lower is better)\n");
+    if only.contains('h') {
+        out.push_str(
+            "- rows h: the cost of a process per request: `rpc-server -- cat` runs `cat` once per \
+             call and echoes the body `30`, which the Fibonacci client accepts as a decimal reply; \
+             \"ms per call\": the wall time per call beyond the Fibonacci anchor's (1/rate − 1/anchor rate)\n",
+        );
+    }
+    if only != GROUPS {
+        let _ = writeln!(
+            out,
+            "- only the row groups {only} were measured (BENCH_ONLY)"
+        );
+    }
+    out.push('\n');
     out.push_str("| row | measurement | setup | result | ratio |\n|---|---|---|---|---|\n");
     for cells in &rows {
         let _ = writeln!(out, "| {} |", cells.join(" | "));
@@ -539,9 +633,64 @@ mod tests {
     }
 
     #[test]
+    fn process_per_request_rows() {
+        let facts = "set\trepeat\t1\nset\th_seq_calls\t300\nset\th_inflight_calls\t600\n\
+            run\th1-fib\t.\t.\t.\t.\t.\t1000\t0.9\t.\t1.5\t.\t0\n\
+            run\th1-cat\t.\t.\t.\t.\t.\t400\t2.4\t.\t3.0\t.\t0\n\
+            run\th8-fib\t.\t.\t.\t.\t.\t5000\t1.5\t.\t2.0\t.\t0\n\
+            run\th8-cat\t.\t.\t.\t.\t.\t500\t16\t.\t20\t.\t0\n";
+        let table = render(facts).expect("renders");
+        let seq =
+            "rpc-client bench --n 30, 1 in flight (sequential), exclusive reply queue, 300 calls";
+        assert!(
+            table.contains(&format!(
+                "| h1-fib | {seq} | rpc-server ×1 (release, -q), Fibonacci, prefetch 1 \
+                 | 1000 calls/s, p50 0.9 ms, p99 1.5 ms | anchor |"
+            )),
+            "{table}"
+        );
+        assert!(table.contains(&format!(
+            "| h1-cat | {seq} | rpc-server ×1 (release, -q) `-- cat` (a process per request), \
+             prefetch 1 | 400 calls/s, p50 2.4 ms, p99 3.0 ms | 0.40 × h1-fib; +1.500 ms per call |"
+        )));
+        assert!(table.contains("| h8-cat | rpc-client bench --n 30, 8 in flight, exclusive"));
+        assert!(table.contains("| 0.10 × h8-fib; +1.800 ms per call |"));
+        assert!(table.contains(
+            "`--workers 2 -- cat` (2 processes at once), prefetch 8 | failed | n/a × h8-fib; n/a |"
+        ));
+        assert!(table.contains("- rows h: the cost of a process per request"));
+        // Without BENCH_ONLY every group is shown; with it, only the groups measured.
+        assert!(table.contains("| a1 |") && !table.contains("BENCH_ONLY"));
+        let only = render(&format!("set\tonly\th\n{facts}")).expect("renders");
+        assert!(
+            only.contains("| h1-cat |") && only.contains("- only the row groups h were measured")
+        );
+        assert!(
+            !only.contains("| a1 |") && !only.contains("| g-server-idle |"),
+            "{only}"
+        );
+        let no_h = render("set\tonly\tabc\n").expect("renders");
+        assert!(!no_h.contains("| h1-fib |") && !no_h.contains("rows h:"));
+    }
+
+    #[test]
     fn settings_defaults_and_errors() {
         let quick = settings(|name| (name == "BENCH_QUICK").then(|| "1".into())).expect("ok");
-        assert!(quick.contains("QUICK=1\nwarmup=200\nREPEAT=1\n"), "{quick}");
+        assert!(
+            quick.contains("QUICK=1\nwarmup=200\nONLY=abcdefgh\nREPEAT=1\n"),
+            "{quick}"
+        );
+        assert!(
+            quick.contains("H_SEQ_CALLS=300\nH_INFLIGHT_CALLS=600\n"),
+            "{quick}"
+        );
+        let full = settings(|_| None).expect("ok");
+        assert!(
+            full.contains("H_SEQ_CALLS=2000\nH_INFLIGHT_CALLS=4000\n"),
+            "{full}"
+        );
+        let only_h = settings(|name| (name == "BENCH_ONLY").then(|| "h".into())).expect("ok");
+        assert!(only_h.contains("\nONLY=h\n"), "{only_h}");
         assert!(
             quick.contains("DEPTHS=(8 64)\n") && quick.contains("FIB_NS=(10000 100000 1000000)\n")
         );
@@ -553,6 +702,10 @@ mod tests {
         bad("BENCH_CALLS", "many");
         bad("BENCH_REPEAT", "1 2");
         bad("BENCH_QUICK", "yes");
+        bad("BENCH_H_CALLS", "0");
+        bad("BENCH_H_INFLIGHT_CALLS", "-5");
+        assert!(format!("{:#}", bad("BENCH_ONLY", "hx")).contains("among 'abcdefgh'"));
+        bad("BENCH_ONLY", "h;rm");
     }
 
     #[test]
