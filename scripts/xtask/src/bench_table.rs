@@ -591,7 +591,9 @@ pub fn render(text: &str) -> Result<String> {
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out.push('\n');
-    if flags.is_empty() {
+    if flags.is_empty() && !only.contains(['c', 'd']) {
+        out.push_str("Flags: none (no errors).\n");
+    } else if flags.is_empty() {
         out.push_str(
             "Flags: none (every rpc-client row at least 0.95 × its echo floor, no errors).\n",
         );
@@ -669,6 +671,7 @@ mod tests {
             !only.contains("| a1 |") && !only.contains("| g-server-idle |"),
             "{only}"
         );
+        assert!(only.contains("Flags: none (no errors)."), "{only}");
         let no_h = render("set\tonly\tabc\n").expect("renders");
         assert!(!no_h.contains("| h1-fib |") && !no_h.contains("rows h:"));
     }
