@@ -10,6 +10,8 @@
 #   (c) their client in raw mode (rpc_client.py --raw) -> our server serving a command,
 #       rpc-server -- tr a-z A-Z (ASCII text and a body with spaces and UTF-8);
 #   (d) our client's `call` (raw bodies) -> their Fibonacci server and -> our command server.
+# Plus: a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
+# last stderr line) as their raw client and our client's `call` (exit 5) see it.
 #       GUARD: (d) runs only once rpc-client has a `call` subcommand, else prints SKIP lines
 #       (see has_call below, the one place to change when it is merged).
 # Plus: our rpc-server's own declaration of a fresh queue must be equivalent to a durable
@@ -118,6 +120,19 @@ has_call() {
   return 1
 }
 
+# check_error NAME LOGNAME SERVER_LOG WANT_RC WANT_TEXT CMD...: run a client that must exit
+# WANT_RC with WANT_TEXT in its stderr.
+check_error() {
+  local name=$1 logname=$2 server_log=$3 want_rc=$4 want=$5 rc=0
+  shift 5
+  timeout 120 "$@" >"$LOG_DIR/$logname.out" 2>"$LOG_DIR/$logname.err" || rc=$?
+  if ((rc == want_rc)) && grep -qF -- "$want" "$LOG_DIR/$logname.err"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, want $want_rc and '$want' on stderr)" "$LOG_DIR/$logname.err" "$server_log"
+  fi
+}
+
 run_flavour() {
   local fl=$1 q="interop-$1-$RUN_ID" pid rc=0 theirs=("$PY" "$PEERS/rpc_server.py")
   QUEUES+=("$q")
@@ -212,6 +227,28 @@ run_own_declaration() {
   fi
 }
 
+# run_error_reply: our server serving a command that fails; clients get an error reply.
+run_error_reply() {
+  local q="interop-error-$RUN_ID" log="$LOG_DIR/error-our-server.err"
+  local e1="error reply: their client (raw) <- our server -- failing command"
+  local e2="error reply: our client (call) <- our server -- failing command"
+  local fails=(sh -c 'cat >/dev/null; echo "no such record" >&2; exit 3')
+  QUEUES+=("$q")
+  if start_server "$q" error-our-server "$BIN_DIR/rpc-server" --queue "$q" -- "${fails[@]}"; then
+    check_error "$e1" error-client "$log" 5 \
+      "error reply (x-rpc-error: exec-failed): the command exited with status 3: no such record" \
+      "$PY" "$PEERS/rpc_client.py" --raw --queue "$q" --timeout "$CALL_TIMEOUT" x
+    if has_call "$e2"; then
+      check_error "$e2" error-call "$log" 5 "no such record" \
+        "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call x
+    fi
+    stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
+  else
+    fail "$e1 (our server not ready)" "$log"
+    if has_call "$e2"; then fail "$e2 (our server not ready)"; fi
+  fi
+}
+
 mkdir -p "$LOG_DIR"
 ensure_venv "$PEERS/requirements.txt" # lib.sh: target/py-venv ($PY) with pika
 if [[ ! -x $BIN_DIR/rpc-server || ! -x $BIN_DIR/rpc-client ]]; then
@@ -230,6 +267,7 @@ for fl in "${flavours[@]}"; do
   esac
 done
 run_own_declaration durable
+run_error_reply
 [[ " ${flavours[*]} " != *" classic "* ]] || run_own_declaration classic --transient
 
 printf 'interop: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"

@@ -8,9 +8,11 @@ correlation_id and reply_to set to an exclusive server-named callback queue
 correlation_id matches, discards any others, and prints the body, one per line.
 With --raw the arguments are request bodies sent as they are (their bytes, e.g.
 UTF-8 text) instead of numbers, and each reply body is printed decoded as UTF-8:
-a client of any served command (rpc-server -- CMD), not only of Fibonacci.
+a client of any served command (rpc-server -- CMD), not only of Fibonacci; an
+error reply (header x-rpc-error, which the tutorial does not know) is then
+reported on stderr with exit status 5.
 
-Exit status: 0 ok, 1 timeout or error (message on stderr).
+Exit status: 0 ok, 1 timeout or error, 5 error reply with --raw (message on stderr).
 """
 import argparse
 import os
@@ -73,7 +75,7 @@ def main():
     replies = {}
 
     def on_reply(_channel, _method, props, body):
-        replies[props.correlation_id] = body
+        replies[props.correlation_id] = (props.headers or {}).get("x-rpc-error"), body
 
     # Consume before publishing (mandatory for direct reply-to, which also
     # requires auto_ack; the tutorial uses auto_ack for its own queue too).
@@ -100,8 +102,14 @@ def main():
                 conn.close()
                 return 1
             conn.process_data_events(time_limit=min(left, 1.0))
-        reply = replies.pop(corr_id)
+        error, reply = replies.pop(corr_id)
         replies.clear()  # anything else carries a stale or foreign id
+        if args.raw and error is not None:
+            code = error.decode(errors="replace") if isinstance(error, bytes) else error
+            print(f"rpc_client.py: error reply (x-rpc-error: {code}): "
+                  f"{reply.decode(errors='replace')}", file=sys.stderr)
+            conn.close()
+            return 5
         try:
             print(reply.decode("utf-8"), flush=True)
         except UnicodeDecodeError as err:
