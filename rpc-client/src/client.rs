@@ -1,75 +1,16 @@
 //! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
 //!
-//! One connection, one channel and one callback queue per client (not per call): an exclusive,
-//! auto-delete, server-named queue, or RabbitMQ's direct reply-to pseudo-queue. Each call
-//! publishes a request with a fresh uuid v4 `correlation_id` and waits, up to the timeout, for
-//! the reply carrying that id. Replies with any other id (a late reply to a call that timed
-//! out, a second reply after a server crashed between replying and acking, someone else's
-//! message) are discarded. [`FibonacciRpcClient::call_many`] keeps several calls in flight and
-//! matches replies to calls by their ids.
+//! A thin layer over [`RpcClient`](crate::rpc::RpcClient): a request body is n in decimal,
+//! a reply body fib(n) in decimal ([`wire::parse_value`]). The connection, the callback queue,
+//! deadlines, correlation ids and timeouts are the bytes-level client's (see [`crate::rpc`]).
 
-use crate::connection::Link;
 use crate::error::Error;
-use crate::uri::BrokerOptions;
+use crate::rpc::{RpcClient, RpcReply, RpcRequest};
 use crate::wire;
-use crate::{connection, consume};
-use amiquip::{
-    Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery, Publish,
-    Return,
-};
-use crossbeam_channel::{select, Receiver};
-use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
-use uuid::Uuid;
+use std::time::Duration;
 
-/// RabbitMQ's direct reply-to pseudo-queue.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// The longest a call waits past its timeout: for the consumer-count probe that says whether
-/// any server consumes the queue. A probe that takes longer abandons the connection.
-pub const PROBE_LIMIT: Duration = Duration::from_secs(1);
-
-/// The longest closing the connection may take; a close that cannot finish abandons the
-/// connection instead (an answered call stays answered).
-pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
-
-/// Where replies come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ReplyQueue {
-    /// An exclusive, auto-delete, server-named queue per client (the tutorial's way).
-    #[default]
-    Exclusive,
-    /// RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no queue at all, replies go
-    /// straight to the client's channel. Cheaper, but a reply is dropped if the client's
-    /// connection goes away.
-    Direct,
-}
-
-/// What a client needs to know: the broker, the request queue and how long to wait.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The brokers to try, in order (the nodes of a cluster, or just one).
-    pub brokers: Vec<BrokerOptions>,
-    /// The request queue servers consume (`rpc_queue`).
-    pub queue: String,
-    /// How long one call waits for its reply.
-    pub timeout: Duration,
-    /// Where replies come back.
-    pub reply_queue: ReplyQueue,
-}
-
-impl Default for ClientOptions {
-    /// Local broker, `rpc_queue`, 30 s timeout, exclusive callback queue.
-    fn default() -> Self {
-        ClientOptions {
-            brokers: vec![BrokerOptions::default()],
-            queue: wire::DEFAULT_QUEUE.to_string(),
-            timeout: Duration::from_secs(30),
-            reply_queue: ReplyQueue::Exclusive,
-        }
-    }
-}
+pub use crate::rpc::{ClientOptions, ReplyQueue, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
 
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,135 +25,37 @@ pub struct Reply {
 
 /// A connection to the broker that calls fib(n) remotely.
 pub struct FibonacciRpcClient {
-    // Field order is drop order: the channel closes before its connection, the receivers
-    // outlive both (amiquip's I/O thread must never find them gone), and the link's watchdog
-    // bounds the closes (see `Drop`).
-    channel: Channel,
-    link: Option<Link>,
-    replies: Receiver<ConsumerMessage>,
-    returns: Receiver<Return>,
-    blocked: Receiver<ConnectionBlockedNotification>,
-    /// The broker's reason while it blocks our publishers (a resource alarm).
-    blocked_by: Option<String>,
-    reply_queue: String,
-    queue: String,
-    timeout: Duration,
+    rpc: RpcClient,
 }
 
-/// What the broker sent us next.
-enum Event {
-    Reply(Delivery),
-    Returned(Return),
-    TimedOut,
+/// How a call of fib(`n`) is named in messages (`no reply for fib(30) within …`).
+fn describe(n: u64) -> String {
+    format!("fib({n})")
 }
 
-/// Runs `call` with at most `limit` on `link` (see [`crate::watchdog::Watchdog::bounded`]).
-fn bounded<T>(
-    link: &Link,
-    what: &'static str,
-    limit: Duration,
-    call: impl FnOnce() -> Result<T, amiquip::Error>,
-) -> Result<T, Error> {
-    link.watchdog.bounded(what, limit, call)
+/// The request for fib(`n`).
+fn request(n: u64) -> RpcRequest {
+    RpcRequest::new(wire::encode_request(n))
 }
 
-/// A call of [`FibonacciRpcClient::call_many`] waiting for its reply.
-struct Pending {
-    index: usize,
-    n: u64,
-    started: Instant,
+/// The result in a reply as received: an error reply's [`Error::Server`], a body that is not
+/// a decimal number's [`Error::BadReply`], or fib(n) (the body's buffer, not a copy).
+fn fib_reply(reply: RpcReply) -> Result<Reply, Error> {
+    if let Some(err) = reply.error() {
+        return Err(err);
+    }
+    Ok(Reply {
+        value: wire::parse_value(reply.body)?,
+        server: reply.server,
+        elapsed: reply.elapsed,
+    })
 }
 
 impl FibonacciRpcClient {
     /// Connects to the first broker that answers, sets up the callback queue and starts
     /// consuming it.
     pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
-        wire::parse_queue_name(&options.queue).map_err(Error::Config)?;
-        if options.brokers.is_empty() {
-            return Err(Error::Config("no broker to connect to".into()));
-        }
-        let (mut link, _) = connection::open_first(&options.brokers, 0)?;
-        let setup_limit = options
-            .brokers
-            .iter()
-            .map(|broker| broker.connect_timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(10));
-        let set_up = Self::set_up(&mut link, options.reply_queue, setup_limit);
-        let (channel, reply_queue, replies, returns, blocked) = match set_up {
-            Ok(parts) => parts,
-            Err(err) => {
-                link.bound_close(CLOSE_LIMIT);
-                return Err(err);
-            }
-        };
-        log::debug!("callback queue {reply_queue}");
-        Ok(FibonacciRpcClient {
-            channel,
-            link: Some(link),
-            replies,
-            returns,
-            blocked,
-            blocked_by: None,
-            reply_queue,
-            queue: options.queue.clone(),
-            timeout: options.timeout,
-        })
-    }
-
-    /// Opens the channel, the callback queue and the listeners, each round trip bounded.
-    #[allow(clippy::type_complexity)]
-    fn set_up(
-        link: &mut Link,
-        reply_queue: ReplyQueue,
-        limit: Duration,
-    ) -> Result<
-        (
-            Channel,
-            String,
-            Receiver<ConsumerMessage>,
-            Receiver<Return>,
-            Receiver<ConnectionBlockedNotification>,
-        ),
-        Error,
-    > {
-        let Link {
-            connection,
-            watchdog,
-        } = link;
-        let blocked = watchdog.bounded("to the blocked-notification listener", limit, || {
-            connection.listen_for_connection_blocked()
-        })?;
-        let channel = watchdog.bounded("to the channel open", limit, || {
-            connection.open_channel(None)
-        })?;
-        let (reply_queue, replies) = match reply_queue {
-            ReplyQueue::Exclusive => {
-                watchdog.bounded("to the callback queue's declare and consume", limit, || {
-                    consume::callback_queue(&channel)
-                })?
-            }
-            // Direct reply-to requires no-ack consuming on the channel that publishes.
-            ReplyQueue::Direct => (
-                DIRECT_REPLY_TO.to_string(),
-                watchdog.bounded("to the direct reply-to consume", limit, || {
-                    consume::consume(
-                        &channel,
-                        DIRECT_REPLY_TO,
-                        ConsumerOptions {
-                            no_ack: true,
-                            ..ConsumerOptions::default()
-                        },
-                    )
-                })?,
-            ),
-        };
-        // Requests are published mandatory: the broker returns them at once when no queue of
-        // that name exists, instead of dropping them while we wait out the timeout.
-        let returns = watchdog.bounded("to the return listener", limit, || {
-            channel.listen_for_returns()
-        })?;
-        Ok((channel, reply_queue, replies, returns, blocked))
+        RpcClient::connect(options).map(|rpc| FibonacciRpcClient { rpc })
     }
 
     /// Calls fib(`n`) and returns it in decimal.
@@ -226,26 +69,7 @@ impl FibonacciRpcClient {
     /// [`Error::NoRoute`] at once if the request queue does not exist, [`Error::Timeout`]
     /// (saying whether the queue has consumers), or a connection error.
     pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
-        let started = Instant::now();
-        let deadline = started + self.timeout;
-        let correlation_id = self.publish(n)?;
-        loop {
-            match self.next_event(deadline)? {
-                Event::Reply(delivery) => {
-                    if delivery.properties.correlation_id().as_deref() == Some(&correlation_id) {
-                        return self.finish(n, started, &delivery);
-                    }
-                    discard(&delivery);
-                }
-                Event::Returned(returned) => {
-                    if returned.properties.correlation_id().as_deref() == Some(&correlation_id) {
-                        return Err(self.no_route(returned));
-                    }
-                    // The return of an earlier call that timed out.
-                }
-                Event::TimedOut => return Err(self.timed_out(n, started)),
-            }
-        }
+        fib_reply(self.rpc.call_tagged(&request(n), || describe(n))?)
     }
 
     /// Calls fib(n) for every n of `numbers`, with up to `in_flight` calls outstanding at
@@ -266,284 +90,28 @@ impl FibonacciRpcClient {
         I: IntoIterator<Item = u64>,
         F: FnMut(usize, u64, Result<Reply, Error>) -> ControlFlow<()>,
     {
-        let in_flight = in_flight.max(1);
-        let mut numbers = numbers.into_iter().enumerate();
-        let mut pending: HashMap<String, Pending> = HashMap::with_capacity(in_flight);
-        // Calls in the order they were sent, which is also the order of their deadlines.
-        let mut sent: VecDeque<(Instant, String)> = VecDeque::with_capacity(in_flight);
-        let mut sending = true;
-        loop {
-            while sending && pending.len() < in_flight {
-                let Some((index, n)) = numbers.next() else {
-                    sending = false;
-                    break;
-                };
-                let started = Instant::now();
-                let id = self.publish(n)?;
-                sent.push_back((started + self.timeout, id.clone()));
-                pending.insert(id, Pending { index, n, started });
-            }
-            // Forget answered calls at the front; the first one left times out first.
-            while sent
-                .front()
-                .is_some_and(|(_, id)| !pending.contains_key(id))
-            {
-                sent.pop_front();
-            }
-            let Some((deadline, _)) = sent.front() else {
-                return Ok(()); // nothing outstanding and nothing more to send
-            };
-            let (call, result) = match self.next_event(*deadline)? {
-                Event::Reply(delivery) => {
-                    let id = delivery
-                        .properties
-                        .correlation_id()
-                        .as_deref()
-                        .unwrap_or("");
-                    let Some(call) = pending.remove(id) else {
-                        discard(&delivery);
-                        continue;
-                    };
-                    let result = self.finish(call.n, call.started, &delivery);
-                    (call, result)
-                }
-                Event::Returned(returned) => {
-                    let id = returned
-                        .properties
-                        .correlation_id()
-                        .as_deref()
-                        .unwrap_or("");
-                    let Some(call) = pending.remove(id) else {
-                        continue;
-                    };
-                    (call, Err(self.no_route(returned)))
-                }
-                Event::TimedOut => {
-                    let Some((_, id)) = sent.pop_front() else {
-                        continue;
-                    };
-                    let Some(call) = pending.remove(&id) else {
-                        continue;
-                    };
-                    let err = self.timed_out(call.n, call.started);
-                    (call, Err(err))
-                }
-            };
-            if on_reply(call.index, call.n, result).is_break() {
-                return Ok(());
-            }
-        }
+        self.rpc.call_many_tagged(
+            numbers.into_iter().map(|n| (n, request(n))),
+            in_flight,
+            |_, n| describe(*n),
+            |index, n, result| on_reply(index, n, result.and_then(fib_reply)),
+        )
     }
 
     /// Changes how long each following call waits for its reply.
     pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
+        self.rpc.set_timeout(timeout);
     }
 
     /// The name of this client's callback queue (the `reply_to` of its requests).
     pub fn reply_queue(&self) -> &str {
-        &self.reply_queue
+        self.rpc.reply_queue()
     }
 
     /// Closes the channel and the connection, reporting any error (dropping closes too). Takes
     /// at most [`CLOSE_LIMIT`]: a close the broker does not answer in time abandons the
     /// connection and reports [`Error::Stalled`].
-    pub fn close(mut self) -> Result<(), Error> {
-        let Some(Link {
-            connection,
-            watchdog,
-        }) = self.link.take()
-        else {
-            return Ok(());
-        };
-        // Closing the connection closes its channel on the broker too: one round trip
-        // instead of two. The channel handle then only finds its I/O loop gone.
-        watchdog.bounded("to the connection close", CLOSE_LIMIT, || {
-            connection.close()
-        })
+    pub fn close(self) -> Result<(), Error> {
+        self.rpc.close()
     }
-
-    /// Publishes a request for fib(`n`) and returns its correlation id. Fails at once while
-    /// the broker blocks our publishers.
-    fn publish(&mut self, n: u64) -> Result<String, Error> {
-        self.check_blocked()?;
-        let correlation_id = Uuid::new_v4().to_string();
-        let body = wire::encode_request(n);
-        let mut publish = Publish::with_properties(
-            &body,
-            self.queue.as_str(),
-            wire::request_properties_with_deadline(
-                &self.reply_queue,
-                &correlation_id,
-                self.timeout,
-            ),
-        );
-        publish.mandatory = true;
-        let channel = &self.channel;
-        bounded(
-            self.link()?,
-            "to the request's publish",
-            self.timeout,
-            || channel.basic_publish("", publish),
-        )?;
-        Ok(correlation_id)
-    }
-
-    /// The open link, or [`Error::ConnectionLost`] after a close.
-    fn link(&self) -> Result<&Link, Error> {
-        self.link
-            .as_ref()
-            .ok_or_else(|| Error::ConnectionLost("the client was closed".into()))
-    }
-
-    /// Takes the blocked/unblocked notifications that arrived, and fails while blocked.
-    fn check_blocked(&mut self) -> Result<(), Error> {
-        while let Ok(note) = self.blocked.try_recv() {
-            self.note_blocked(note);
-        }
-        match &self.blocked_by {
-            Some(reason) => Err(Error::Blocked(reason.clone())),
-            None => Ok(()),
-        }
-    }
-
-    fn note_blocked(&mut self, note: ConnectionBlockedNotification) {
-        match note {
-            ConnectionBlockedNotification::Blocked(reason) => {
-                let reason = wire::printable(&reason);
-                log::warn!("the broker blocks this connection: {reason}");
-                self.blocked_by = Some(reason);
-            }
-            ConnectionBlockedNotification::Unblocked => {
-                log::info!("the broker unblocked this connection");
-                self.blocked_by = None;
-            }
-        }
-    }
-
-    /// Waits until `deadline` for a reply or a returned request; fails at once when the
-    /// broker blocks our publishers (our requests would wait in its buffers).
-    fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let note = select! {
-                recv(self.replies) -> message => return match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
-                    Ok(ConsumerMessage::ServerClosedChannel(err))
-                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
-                    Ok(other) => Err(Error::ConnectionLost(format!(
-                        "reply consumer stopped: {other:?}"
-                    ))),
-                    Err(_) => Err(self.lost("reply consumer closed")),
-                },
-                recv(self.returns) -> returned => return match returned {
-                    Ok(returned) => Ok(Event::Returned(returned)),
-                    Err(_) => Err(self.lost("channel closed")),
-                },
-                recv(self.blocked) -> note => match note {
-                    Ok(note) => note,
-                    Err(_) => return Err(self.lost("connection closed")),
-                },
-                default(remaining) => return Ok(Event::TimedOut),
-            };
-            self.note_blocked(note);
-            self.check_blocked()?;
-        }
-    }
-
-    /// A lost connection: [`Error::Stalled`] if our watchdog abandoned it, with its reason.
-    fn lost(&self, what: &str) -> Error {
-        match self.link.as_ref().and_then(|link| link.watchdog.fired()) {
-            Some(why) => Error::Stalled(why),
-            None => Error::ConnectionLost(what.to_string()),
-        }
-    }
-
-    /// Turns the reply to our call for fib(`n`) into its result.
-    fn finish(&self, n: u64, started: Instant, delivery: &Delivery) -> Result<Reply, Error> {
-        let value = wire::parse_reply(&delivery.properties, &delivery.body)?;
-        let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
-        let elapsed = started.elapsed();
-        log::info!(
-            "fib({n}) answered by {} in {:.2} ms",
-            server.as_deref().unwrap_or("a server without a name"),
-            elapsed.as_secs_f64() * 1e3
-        );
-        Ok(Reply {
-            value,
-            server,
-            elapsed,
-        })
-    }
-
-    fn no_route(&self, returned: Return) -> Error {
-        Error::NoRoute {
-            queue: self.queue.clone(),
-            reason: wire::printable(&returned.reply_text),
-        }
-    }
-
-    /// The error of a call that got no reply in time: a timeout saying whether the queue has
-    /// consumers, or [`Error::Stalled`] if even that question got no answer in
-    /// [`PROBE_LIMIT`].
-    fn timed_out(&mut self, n: u64, started: Instant) -> Error {
-        let waited = started.elapsed();
-        match self.consumer_count() {
-            Ok(consumers) => Error::Timeout {
-                n,
-                waited,
-                queue: self.queue.clone(),
-                consumers,
-            },
-            Err(Error::Stalled(why)) => Error::Stalled(format!(
-                "no reply for fib({n}) within {:.1}s, then {why}",
-                waited.as_secs_f64()
-            )),
-            Err(err) => err,
-        }
-    }
-
-    /// Consumers of the request queue, for the timeout message; `None` if it can't be told,
-    /// an error only if the broker did not answer within [`PROBE_LIMIT`].
-    fn consumer_count(&mut self) -> Result<Option<u32>, Error> {
-        let link = self
-            .link
-            .as_mut()
-            .ok_or_else(|| Error::ConnectionLost("closed".into()))?;
-        let Link {
-            connection,
-            watchdog,
-        } = link;
-        let queue = self.queue.as_str();
-        // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let probe = watchdog.bounded("to the consumer-count probe", PROBE_LIMIT, || {
-            let probe = connection.open_channel(None)?;
-            let count = probe
-                .queue_declare_passive(queue)?
-                .declared_consumer_count();
-            probe.close()?;
-            Ok(count)
-        });
-        match probe {
-            Ok(count) => Ok(count),
-            Err(Error::Stalled(why)) => Err(Error::Stalled(why)),
-            Err(_) => Ok(None),
-        }
-    }
-}
-
-impl Drop for FibonacciRpcClient {
-    /// Bounds the closes amiquip makes when the channel and the connection are dropped.
-    fn drop(&mut self) {
-        if let Some(link) = &self.link {
-            link.bound_close(CLOSE_LIMIT);
-        }
-    }
-}
-
-fn discard(delivery: &Delivery) {
-    log::debug!(
-        "discarding reply with unknown correlation id {:?}",
-        delivery.properties.correlation_id()
-    );
 }

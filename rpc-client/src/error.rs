@@ -86,8 +86,8 @@ pub enum Error {
     Blocked(String),
     /// No reply with our correlation id arrived in time.
     Timeout {
-        /// The argument of the call.
-        n: u64,
+        /// The call, as messages name it: `fib(30)`, `request 2 (5 bytes)`.
+        call: String,
         /// How long the call waited.
         waited: Duration,
         /// The request queue.
@@ -154,16 +154,12 @@ impl fmt::Display for Error {
                  broker's reason: {reason}"
             ),
             Error::Timeout {
-                n,
+                call,
                 waited,
                 queue,
                 consumers,
             } => {
-                write!(
-                    f,
-                    "no reply for fib({n}) within {:.1}s",
-                    waited.as_secs_f64()
-                )?;
+                write!(f, "no reply for {call} within {:.1}s", waited.as_secs_f64())?;
                 match consumers {
                     Some(0) => write!(
                         f,

@@ -3,8 +3,10 @@
 //! # Layout
 //!
 //! Calling:
-//! - [`client`]: [`FibonacciRpcClient`], one connection making calls and matching replies by
-//!   correlation id.
+//! - [`rpc`]: [`RpcClient`], one connection making raw calls ([`RpcRequest`] in, [`RpcReply`]
+//!   out: bytes, content type, headers) and matching replies by correlation id; its
+//!   [`ClientOptions`].
+//! - [`client`]: [`FibonacciRpcClient`], fib(n) calls on top of [`RpcClient`].
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies), used by the server crate too.
 //! - [`error`]: [`Error`] and the exit codes of `rpc-client` ([`error::exit_code`]).
@@ -24,14 +26,31 @@
 //!   flag names.
 //! - [`logging`]: the stderr logger; callers name their own log targets.
 //! - [`cli`]: `rpc-client`'s command line and [`cli::run`].
-//! - [`output`]: results printed in argument order.
+//! - [`output`]: results printed in argument order: values, reply bodies, or JSON lines.
+//! - [`json`]: JSON strings and base64 for `rpc-client call --json`.
 //! - [`bench`]: `rpc-client bench`, throughput and latency percentiles.
 //! - `testing` (feature `test-support`): helpers for tests against a real broker.
+//!
+//! Calling fib(n):
 //!
 //! ```no_run
 //! use rpc_client::{ClientOptions, FibonacciRpcClient};
 //! let mut client = FibonacciRpcClient::connect(&ClientOptions::default())?;
 //! assert_eq!(client.call(30)?, "832040");
+//! # Ok::<(), rpc_client::Error>(())
+//! ```
+//!
+//! Any request, as bytes, to a server of your own on queue `echo`:
+//!
+//! ```no_run
+//! use rpc_client::{ClientOptions, RpcClient, RpcRequest};
+//! let options = ClientOptions {
+//!     queue: "echo".into(),
+//!     ..ClientOptions::default()
+//! };
+//! let mut client = RpcClient::connect(&options)?;
+//! let reply = client.call(&RpcRequest::new(b"\x00\x01 any bytes".to_vec()))?;
+//! println!("{:?} from {:?}", reply.body, reply.server);
 //! # Ok::<(), rpc_client::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -43,9 +62,11 @@ pub mod client;
 pub mod connection;
 pub mod consume;
 pub mod error;
+pub mod json;
 pub mod logging;
 pub mod output;
 pub mod random;
+pub mod rpc;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod text;
@@ -55,6 +76,7 @@ pub mod watchdog;
 pub mod wire;
 
 pub use args::BrokerArgs;
-pub use client::{ClientOptions, FibonacciRpcClient, Reply, ReplyQueue};
+pub use client::{FibonacciRpcClient, Reply};
 pub use error::Error;
+pub use rpc::{ClientOptions, ReplyQueue, RpcClient, RpcReply, RpcRequest};
 pub use uri::BrokerOptions;
