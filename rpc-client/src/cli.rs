@@ -2,12 +2,18 @@
 
 use crate::args::{parse_seconds, CommonArgs};
 use crate::bench::{self, BenchOptions};
-use crate::client::{ClientOptions, FibonacciRpcClient, ReplyQueue};
+use crate::client::FibonacciRpcClient;
 use crate::error::{exit_code, Error};
-use crate::output::{ignore_broken_pipe, print_in_order, PrintError};
+use crate::output::{ignore_broken_pipe, print_in_order, print_replies_in_order};
+use crate::output::{PrintError, ReplyFormat};
+use crate::rpc::{ClientOptions, ReplyQueue, RpcClient, RpcRequest, MAX_SHORT_STRING};
 use crate::{logging, wire};
 use clap::{CommandFactory, Subcommand};
+use std::io::Read;
 use std::time::Duration;
+
+/// The largest body `rpc-client call -` reads from stdin: 16 MiB.
+pub const MAX_STDIN_BODY: usize = 16 << 20;
 
 /// Call fib(N) on an rpc-server through RabbitMQ and print the results, one per line.
 #[derive(Debug, clap::Parser)]
@@ -71,6 +77,95 @@ pub enum Command {
         #[arg(long)]
         tsv: bool,
     },
+    /// Send each BODY as a raw request and print each reply's body, in argument order.
+    ///
+    /// A reply body is printed as received, followed by a newline unless it ends with one.
+    /// An error reply stops the calls (exit 5), except with --json.
+    Call {
+        /// A request body: the argument's UTF-8 bytes, or `-` for all of stdin (at most
+        /// 16 MiB; one `-` only). Put `--` before bodies that start with `-`.
+        #[arg(required = true, value_name = "BODY")]
+        bodies: Vec<String>,
+        /// A request header, NAME=VALUE, split at the first `=` (repeatable).
+        #[arg(long = "header", value_name = "K=V", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// The requests' content type.
+        #[arg(long, value_name = "TYPE", value_parser = parse_content_type)]
+        content_type: Option<String>,
+        /// One JSON object per reply and line: body (UTF-8 text, or base64 with "encoding":
+        /// "base64"), encoding, content_type, headers, server, elapsed_ms; an error reply is
+        /// {"error": {"code", "message"}, "server", "elapsed_ms"} and the calls go on (exit 5
+        /// at the end).
+        #[arg(long)]
+        json: bool,
+        /// Calls sent before waiting for replies (replies are still printed in order).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+        in_flight: u16,
+    },
+}
+
+/// Parses `--header K=V`: split at the first `=`; K not empty and at most 255 bytes.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    let Some((name, value)) = text.split_once('=') else {
+        return Err("expected NAME=VALUE (no '=' in it)".into());
+    };
+    if name.is_empty() {
+        return Err("the header name (before '=') is empty".into());
+    }
+    if name.len() > MAX_SHORT_STRING {
+        return Err(format!(
+            "the header name is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+            name.len()
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// Parses `--content-type`: at most 255 bytes.
+pub fn parse_content_type(text: &str) -> Result<String, String> {
+    if text.len() > MAX_SHORT_STRING {
+        return Err(format!(
+            "the content type is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// The request bodies of `rpc-client call`: each argument's bytes, or for `-` all of `stdin`
+/// (at most `limit` bytes). More than one `-`, or more than `limit` bytes on stdin, is an
+/// [`Error::Config`] (exit 2).
+pub fn read_bodies(
+    bodies: Vec<String>,
+    stdin: impl Read,
+    limit: usize,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    if bodies.iter().filter(|body| *body == "-").count() > 1 {
+        return Err(Error::Config("only one BODY may be '-' (stdin)".into()).into());
+    }
+    let mut stdin = Some(stdin);
+    let mut read_bodies = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let Some(input) = stdin.take_if(|_| body == "-") else {
+            read_bodies.push(body.into_bytes());
+            continue;
+        };
+        let mut read = Vec::new();
+        let max = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+        input
+            .take(max)
+            .read_to_end(&mut read)
+            .map_err(|e| anyhow::anyhow!("cannot read the body from stdin: {e}"))?;
+        if read.len() > limit {
+            return Err(Error::Config(format!(
+                "stdin holds more than {} MiB: a body read from stdin ('-') is at most that",
+                limit >> 20
+            ))
+            .into());
+        }
+        read_bodies.push(read);
+    }
+    Ok(read_bodies)
 }
 
 /// Runs the command line: prints the results (or the benchmark, or what `--generate` asks
@@ -90,10 +185,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         timeout: cli.timeout,
         reply_queue: cli.reply_queue,
     };
-    let mut client = FibonacciRpcClient::connect(&options)?;
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        None => print_in_order(&mut client, &cli.numbers, cli.in_flight.into(), &mut stdout)?,
+        None => {
+            let mut client = FibonacciRpcClient::connect(&options)?;
+            print_in_order(&mut client, &cli.numbers, cli.in_flight.into(), &mut stdout)?;
+            close(client.close());
+        }
+        Some(Command::Call {
+            bodies,
+            headers,
+            content_type,
+            json,
+            in_flight,
+        }) => {
+            let requests: Vec<RpcRequest> =
+                read_bodies(bodies, std::io::stdin().lock(), MAX_STDIN_BODY)?
+                    .into_iter()
+                    .map(|body| RpcRequest {
+                        body,
+                        content_type: content_type.clone(),
+                        headers: headers.clone(),
+                    })
+                    .collect();
+            let format = if json {
+                ReplyFormat::Json
+            } else {
+                ReplyFormat::Body
+            };
+            let mut client = RpcClient::connect(&options)?;
+            print_replies_in_order(
+                &mut client,
+                &requests,
+                in_flight.into(),
+                format,
+                &mut stdout,
+            )?;
+            close(client.close());
+        }
         Some(Command::Bench {
             calls,
             in_flight,
@@ -101,25 +230,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             warmup,
             tsv,
         }) => {
-            let options = BenchOptions {
+            let bench_options = BenchOptions {
                 calls,
                 in_flight: in_flight.into(),
                 n,
                 warmup,
                 progress: true,
             };
-            let report = bench::run(&mut client, &options)?;
-            ignore_broken_pipe(report.write(&mut stdout, &options, cli.reply_queue, tsv))?;
+            let mut client = FibonacciRpcClient::connect(&options)?;
+            let report = bench::run(&mut client, &bench_options)?;
+            ignore_broken_pipe(report.write(&mut stdout, &bench_options, cli.reply_queue, tsv))?;
+            close(client.close());
             if let Some(first) = report.first_error {
                 anyhow::bail!("{} of {calls} calls failed; first: {first}", report.errors);
             }
         }
     }
-    // Every result is out: a close the broker cannot finish is not the calls' failure.
-    if let Err(err) = client.close() {
+    Ok(())
+}
+
+/// Every result is out: a close the broker cannot finish is not the calls' failure.
+fn close(closed: Result<(), Error>) {
+    if let Err(err) = closed {
         log::warn!("{err}");
     }
-    Ok(())
 }
 
 /// The exit code for an error [`run`] returned.
@@ -140,5 +274,35 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         crate::args::check_command(Cli::command());
+    }
+
+    #[test]
+    fn headers() {
+        let ok = |text: &str| parse_header(text).expect("valid");
+        assert_eq!(ok("k=v"), ("k".into(), "v".into()));
+        assert_eq!(ok("k=a=b"), ("k".into(), "a=b".into()));
+        assert_eq!(ok("k="), ("k".into(), String::new()));
+        assert!(parse_header("k").is_err());
+        assert!(parse_header("=v").is_err());
+        assert!(parse_header(&format!("{}=v", "k".repeat(256))).is_err());
+        assert!(parse_content_type(&"t".repeat(255)).is_ok());
+        assert!(parse_content_type(&"t".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn bodies_from_arguments_and_stdin() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let stdin = &b"from\nstdin\xff"[..];
+        let bodies = read_bodies(args(&["a", "-", ""]), stdin, 100).expect("read");
+        assert_eq!(bodies, [&b"a"[..], b"from\nstdin\xff", b""]);
+        // Exactly at the limit is fine; one byte over is a usage error.
+        assert!(read_bodies(args(&["-"]), stdin, stdin.len()).is_ok());
+        let over = read_bodies(args(&["-"]), stdin, stdin.len() - 1).expect_err("too long");
+        assert!(
+            matches!(over.downcast_ref(), Some(Error::Config(_))),
+            "{over}"
+        );
+        let twice = read_bodies(args(&["-", "x", "-"]), stdin, 100).expect_err("two dashes");
+        assert!(twice.to_string().contains("only one"), "{twice}");
     }
 }
