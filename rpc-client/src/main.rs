@@ -1,6 +1,7 @@
 //! `rpc-client N...`: prints fib(N) for each argument, one per line, computed by an rpc-server.
-//! `rpc-client bench`: measures calls/s and latency. The command line is in
-//! [`rpc_client::cli`]; this only runs it and turns its outcome into the exit code.
+//! `rpc-client bench`: measures calls/s and latency. `rpc-client call BODY...`: sends raw
+//! requests and prints the reply bodies. The command line is in [`rpc_client::cli`]; this only
+//! runs it and turns its outcome into the exit code.
 
 use clap::Parser;
 use rpc_client::cli::{self, Cli};
