@@ -12,8 +12,6 @@
 #   (d) our client's `call` (raw bodies) -> their Fibonacci server and -> our command server.
 # Plus: a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
 # last stderr line) as their raw client and our client's `call` (exit 5) see it.
-#       GUARD: (d) runs only once rpc-client has a `call` subcommand, else prints SKIP lines
-#       (see has_call below, the one place to change when it is merged).
 # Plus: our rpc-server's own declaration of a fresh queue must be equivalent to a durable
 # classic declaration (and with --transient, to the original tutorial's), and rpc-server must
 # exit 0 on SIGTERM.
@@ -22,7 +20,7 @@
 # INTEROP_FLAVOURS (default "classic durable quorum"): leave out classic against a broker that
 # denies transient non-exclusive queues (RabbitMQ 4.3's default).
 # Binaries: ${RPC_BIN_DIR:-target/release}. Runtime files: target/interop/, target/py-venv.
-# Prints "interop: N passed, M failed, K skipped"; exits non-zero if anything failed.
+# Prints "interop: N passed, M failed"; exits non-zero if anything failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # also cds to the repository root
@@ -79,9 +77,7 @@ start_server() {
 
 PASSED=0
 FAILED=0
-SKIPPED=0
 pass() { PASSED=$((PASSED + 1)); printf 'ok   %s\n' "$1"; }
-skip_check() { SKIPPED=$((SKIPPED + 1)); printf 'SKIP %s\n' "$1"; }
 fail() {
   FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$1"
   shift
@@ -104,20 +100,6 @@ check() {
     printf 'expected:\n%s\n' "$expected" >"$LOG_DIR/$logname.expected"
     fail "$name (exit $rc, got: $(tr '\n' ' ' <"$LOG_DIR/$logname.out"))" "$LOG_DIR/$logname.err" "$server_log"
   fi
-}
-
-# has_call NAME: 0 if check NAME, one of rpc-client's `call` subcommand, can run.
-# GUARD while `call` is being written: it runs only if `rpc-client call --help` works, else
-# NAME is counted as skipped. Once `call` is merged, make this function `return 0` alone.
-CLIENT_CALL=   # yes / no, asked once
-has_call() {
-  if [[ -z $CLIENT_CALL ]]; then
-    CLIENT_CALL=no
-    ! "$BIN_DIR/rpc-client" call --help >/dev/null 2>&1 || CLIENT_CALL=yes
-  fi
-  [[ $CLIENT_CALL == no ]] || return 0
-  skip_check "$1 (rpc-client has no 'call' subcommand yet)"
-  return 1
 }
 
 # check_error NAME LOGNAME SERVER_LOG WANT_RC WANT_TEXT CMD...: run a client that must exit
@@ -168,14 +150,12 @@ run_flavour() {
     pid=$LAST_PID
     check "$b1" "$fl-b-client" "$EXPECTED" "$LOG_DIR/$fl-their-server.err" \
       "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" "${NS[@]}"
-    if has_call "$d1"; then
-      check "$d1" "$fl-d-client-call" 832040 "$LOG_DIR/$fl-their-server.err" \
-        "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call 30
-    fi
+    check "$d1" "$fl-d-client-call" 832040 "$LOG_DIR/$fl-their-server.err" \
+      "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call 30
     stop_pid "$pid" "$STOP_TIMEOUT" || true
   else
     fail "$b1 (their server not ready)" "$LOG_DIR/$fl-their-server.err"
-    if has_call "$d1"; then fail "$d1 (their server not ready)"; fi
+    fail "$d1 (their server not ready)"
   fi
 
   # (c) their client, raw -> our command server, and (d) our client's `call` -> it
@@ -191,14 +171,10 @@ run_flavour() {
       "$PY" "$PEERS/rpc_client.py" --raw --queue "$q" --timeout "$CALL_TIMEOUT" "${RAW_BODIES[@]}"
     check "$c2" "$fl-c-client-drt" "$RAW_EXPECTED" "$log" \
       "$PY" "$PEERS/rpc_client.py" --raw --queue "$q" --direct-reply-to --timeout "$CALL_TIMEOUT" "${RAW_BODIES[@]}"
-    if has_call "$d2"; then
-      check "$d2" "$fl-d-call" "$RAW_EXPECTED" "$log" \
-        "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call "${RAW_BODIES[@]}"
-    fi
-    if has_call "$d3"; then
-      check "$d3" "$fl-d-call-stdin" "${RAW_EXPECTED#*$'\n'}" "$log" \
-        "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call - < <(printf '%s' "${RAW_BODIES[1]}")
-    fi
+    check "$d2" "$fl-d-call" "$RAW_EXPECTED" "$log" \
+      "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call "${RAW_BODIES[@]}"
+    check "$d3" "$fl-d-call-stdin" "${RAW_EXPECTED#*$'\n'}" "$log" \
+      "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call - < <(printf '%s' "${RAW_BODIES[1]}")
     rc=0
     stop_pid "$pid" "$STOP_TIMEOUT" || rc=$?
     if ((rc == 0)); then pass "$c3"; else fail "$c3 (exit $rc)" "$log"; fi
@@ -206,7 +182,7 @@ run_flavour() {
     local name
     for name in "$c1" "$c2" "$c3"; do fail "$name (our command server not ready)" "$log"; done
     for name in "$d2" "$d3"; do
-      if has_call "$name"; then fail "$name (our command server not ready)"; fi
+      fail "$name (our command server not ready)"
     done
   fi
 }
@@ -238,14 +214,12 @@ run_error_reply() {
     check_error "$e1" error-client "$log" 5 \
       "error reply (x-rpc-error: exec-failed): the command exited with status 3: no such record" \
       "$PY" "$PEERS/rpc_client.py" --raw --queue "$q" --timeout "$CALL_TIMEOUT" x
-    if has_call "$e2"; then
-      check_error "$e2" error-call "$log" 5 "no such record" \
-        "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call x
-    fi
+    check_error "$e2" error-call "$log" 5 "no such record" \
+      "$BIN_DIR/rpc-client" --queue "$q" --timeout "$CALL_TIMEOUT" call x
     stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
   else
     fail "$e1 (our server not ready)" "$log"
-    if has_call "$e2"; then fail "$e2 (our server not ready)"; fi
+    fail "$e2 (our server not ready)"
   fi
 }
 
@@ -270,5 +244,5 @@ run_own_declaration durable
 run_error_reply
 [[ " ${flavours[*]} " != *" classic "* ]] || run_own_declaration classic --transient
 
-printf 'interop: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+printf 'interop: %d passed, %d failed\n' "$PASSED" "$FAILED"
 ((FAILED == 0))

@@ -355,20 +355,52 @@ impl<'a> Run<'a> {
     }
 
     /// Waits for stdout to close and the command to exit, until `deadline`; kills the group
-    /// when the deadline passes or stdout overflows.
+    /// when the deadline passes or stdout overflows. Once the command has exited, whatever it
+    /// left in its group is killed, so that a background child holding stdout open does not
+    /// keep the reply waiting.
     fn wait(&mut self, deadline: Instant) -> Ended {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match self.stdout_done.recv_timeout(remaining) {
-            Ok(Ok(stdout)) => self.stdout = Some(stdout),
-            Ok(Err(err)) if err.kind() == io::ErrorKind::FileTooLarge => {
-                return self.kill(Ended::TooMuchOutput)
+        // How often to look for the exit while stdout is open: soon at first (most commands
+        // are quick), then every 5 ms at most.
+        let mut pause = Duration::from_micros(50);
+        let mut exited: Option<ExitStatus> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return self.kill(Ended::TimedOut);
             }
-            Ok(Err(err)) => return self.kill(Ended::Lost(err)),
-            Err(RecvTimeoutError::Timeout) => return self.kill(Ended::TimedOut),
-            Err(RecvTimeoutError::Disconnected) => {
-                let lost = io::Error::other("the command's stdout was not piped");
-                return self.kill(Ended::Lost(lost));
+            let wait = match exited {
+                Some(_) => remaining,
+                None => pause.min(remaining),
+            };
+            match self.stdout_done.recv_timeout(wait) {
+                Ok(Ok(stdout)) => {
+                    self.stdout = Some(stdout);
+                    break;
+                }
+                Ok(Err(err)) if err.kind() == io::ErrorKind::FileTooLarge => {
+                    return self.kill(Ended::TooMuchOutput)
+                }
+                Ok(Err(err)) => return self.kill(Ended::Lost(err)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let lost = io::Error::other("the command's stdout was not piped");
+                    return self.kill(Ended::Lost(lost));
+                }
             }
+            if exited.is_none() {
+                match self.child.try_wait() {
+                    Ok(Some(status)) => {
+                        // Leftovers of the group may hold stdout open: they go now.
+                        kill_group(self.pid);
+                        exited = Some(status);
+                    }
+                    Ok(None) => pause = (pause * 2).min(Duration::from_millis(5)),
+                    Err(err) => return self.kill(Ended::Lost(err)),
+                }
+            }
+        }
+        if let Some(status) = exited {
+            return Ended::Exited(status);
         }
         // stdout is closed: the command is exiting, normally within microseconds.
         let mut pause = Duration::from_micros(50);
@@ -387,7 +419,7 @@ impl<'a> Run<'a> {
 
     /// Kills the command's group and reaps the command; `why` is how the run ended.
     fn kill(&mut self, why: Ended) -> Ended {
-        // The command is not reaped yet, so its pid still names its group.
+        // A group's id is not reused while a member of it lives, reaped leader or not.
         kill_group(self.pid);
         let _ = self.child.kill();
         if let Err(err) = self.child.wait() {

@@ -123,6 +123,27 @@ impl ServerProc {
         self.status
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many processes it has started that still run (its children), from `/proc`.
+    pub fn children(&self) -> usize {
+        let parent = self.pid().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("stat")).ok())
+            .filter(|stat| {
+                // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                let after_comm = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+                after_comm.split(' ').nth(1) == Some(parent.as_str())
+            })
+            .count()
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let status = Command::new("kill")
