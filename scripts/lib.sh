@@ -148,11 +148,14 @@ stop_pid() {
     deadline=$((SECONDS + secs + 1)) # SECONDS is whole seconds: wait at least secs
     kill -TERM "$pid" 2>/dev/null || true
     while $alive "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    local killed=
     if $alive "$pid" 2>/dev/null; then
         warn "pid $pid still running ${secs}s after SIGTERM; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
+        killed=1
     fi
     wait "$pid" 2>/dev/null || rc=$?
+    [[ -z $killed ]] || rc=137 # also for a pid that is not our child
     return "$rc"
 }
 

@@ -54,10 +54,17 @@ fi
 queue=${RPC_QUEUE:-rpc_queue}
 check_env=()
 [[ -z $uri_list ]] || check_env=("AMQP_URI=$uri_list")
+exec_timeout=30 # rpc-server's default --exec-timeout
+serves_command=
 for ((k = 0; k < ${#extra[@]}; k++)); do
     a=${extra[k]}
     case $a in
-        --) break ;; # the rest is the served command and its arguments
+        --) # the rest is the served command and its arguments
+            serves_command=1
+            break
+            ;;
+        --exec-timeout=*) exec_timeout=${a#*=} && continue ;;
+        --exec-timeout) k=$((k + 1)) && exec_timeout=${extra[k]:-} && continue ;;
         --queue=* | --uri=* | --host=* | --port=* | --vhost=* | --user=* | --password=*) v=${a#*=} a=${a%%=*} ;;
         --queue | --uri | --host | --port | --vhost | --user | --password) k=$((k + 1)) v=${extra[k]:-} ;;
         *) continue ;;
@@ -69,6 +76,13 @@ for ((k = 0; k < ${#extra[@]}; k++)); do
     esac
 done
 wait_secs=${START_WAIT:-30}
+# How long stop-servers.sh waits after SIGTERM: rpc-server's own stop bound (10 s; plus
+# --exec-timeout and 6 s for a command) and 2 s to spare.
+stop_wait=12
+if [[ -n $serves_command ]]; then
+    [[ $exec_timeout =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--exec-timeout '$exec_timeout' is not a number of seconds"
+    stop_wait=$((18 + ${exec_timeout%.*} + 1))
+fi
 
 bin=$BIN_DIR/rpc-server
 if [[ ! -x $bin ]]; then
@@ -83,6 +97,7 @@ if [[ -n $live ]]; then
     die "servers from $RUN_DIR are still running (${live//$'\n'/ }); run scripts/stop-servers.sh first"
 fi
 rm -f "$RUN_DIR"/server-*.pid "$RUN_DIR"/server-*.log
+echo "$stop_wait" >"$RUN_DIR/stop-wait"
 
 pids=()
 for ((i = 1; i <= count; i++)); do

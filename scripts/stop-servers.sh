@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Stop the rpc-server processes recorded in $RPC_RUN_DIR/server-*.pid
-# (default target/run): SIGTERM, wait up to STOP_WAIT (default 10) seconds,
-# then SIGKILL stragglers. Removes the pid files. Never kills by name.
+# (default target/run): SIGTERM, wait up to STOP_WAIT seconds, then SIGKILL stragglers
+# and exit 1. STOP_WAIT defaults to the servers' own stop bound as start-servers.sh
+# recorded it in $RPC_RUN_DIR/stop-wait: 12 s, or for servers of a command 18 s plus
+# their --exec-timeout (the commands in hand may finish). Removes the pid files. Never
+# kills by name.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-wait_secs=${STOP_WAIT:-10}
+recorded=
+[[ ! -f $RUN_DIR/stop-wait ]] || recorded=$(<"$RUN_DIR/stop-wait")
+[[ $recorded =~ ^[0-9]+$ ]] || recorded=12
+wait_secs=${STOP_WAIT:-$recorded}
 [[ $# -eq 0 ]] || die "usage: $PROG (stops the servers recorded in $RUN_DIR)"
 
 shopt -s nullglob
@@ -16,12 +22,18 @@ if ((${#pid_files[@]} == 0)); then
     exit 0
 fi
 
-stopping=()
+stopping=() stoppers=()
 for f in "${pid_files[@]}"; do
     pid=$(<"$f")
     if is_our_server "$pid"; then
         stopping+=("$pid")
-        { stop_pid "$pid" "$wait_secs" is_our_server || true; rm -f "$f"; } &
+        (
+            rc=0
+            stop_pid "$pid" "$wait_secs" is_our_server || rc=$?
+            rm -f "$f"
+            ((rc != 137)) # had to be killed: the commands it had in hand may live on
+        ) &
+        stoppers+=($!)
     else
         rm -f "$f"
     fi
@@ -30,6 +42,8 @@ if ((${#stopping[@]} == 0)); then
     msg "no servers from $RUN_DIR were running"
     exit 0
 fi
-msg "sent SIGTERM to ${#stopping[@]} server(s): ${stopping[*]}"
-wait
+msg "sent SIGTERM to ${#stopping[@]} server(s): ${stopping[*]}; waiting up to ${wait_secs}s"
+killed=0
+for p in "${stoppers[@]}"; do wait "$p" || killed=$((killed + 1)); done
+((killed == 0)) || die "$killed server(s) had to be killed (SIGKILL); see their logs in $RUN_DIR"
 msg "servers stopped"

@@ -48,7 +48,7 @@ pub mod exit_code {
     pub fn help(table: &[(u8, &str)]) -> String {
         let mut text = String::from("Exit codes:");
         for (code, meaning) in table {
-            text.push_str(&format!("\n  {code}  {}", meaning.replace('`', "")));
+            text.push_str(&format!("\n  {code:>3}  {}", meaning.replace('`', "")));
         }
         text
     }
@@ -257,7 +257,7 @@ mod tests {
     fn help_lists_every_code() {
         let help = exit_code::help(exit_code::TABLE);
         for (code, _) in exit_code::TABLE {
-            assert!(help.contains(&format!("\n  {code}  ")), "{help}");
+            assert!(help.contains(&format!(" {code}  ")), "{help}");
         }
         assert!(!help.contains('`'));
     }

@@ -73,20 +73,20 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_reply_bytes: u32,
 
-    /// Seconds a command may run per request; past it its whole process group is killed and
-    /// the request gets an exec-timeout error reply.
+    /// With -- CMD: seconds a command may run per request; past it its whole process group is
+    /// killed and the request gets an exec-timeout error reply.
     #[arg(long, value_name = "SECS", requires = "command",
           default_value = "30", value_parser = parse_seconds)]
     pub exec_timeout: Duration,
 
-    /// Largest request body passed to a command, in bytes; a larger one gets a too-large error
-    /// reply.
+    /// With -- CMD: largest request body passed to the command, in bytes; a larger one gets a
+    /// too-large error reply.
     #[arg(long, value_name = "BYTES", requires = "command",
           default_value_t = DEFAULT_MAX_REQUEST_BYTES as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_request_bytes: u32,
 
-    /// content_type of a command's replies [default: the request's content_type].
+    /// With -- CMD: content_type of the replies [default: the request's content_type].
     #[arg(long, value_name = "TYPE", requires = "command")]
     pub reply_content_type: Option<String>,
 
@@ -113,8 +113,11 @@ pub struct Cli {
     pub common: CommonArgs,
 
     /// The command to serve, after `--`: run once per request, directly (never through a
-    /// shell), request body on stdin, stdout as the reply; exit status 0 is a reply, anything
-    /// else an exec-failed error reply with the last line of its stderr.
+    /// shell), in a process group of its own, request body on stdin, stdout as the reply.
+    /// Exit status 0 is a reply, anything else an exec-failed error reply with the last line
+    /// of its stderr (which goes to the log). Its environment is the server's without
+    /// AMQP_URI and AMQP_PASSWORD, plus RPC_CORRELATION_ID, RPC_CONTENT_TYPE, TRACEPARENT and
+    /// TRACESTATE from the request.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
@@ -192,6 +195,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ],
     );
     let options = cli.to_options()?;
+    if cli.command.is_empty() && std::env::args_os().skip(1).any(|arg| arg == "--") {
+        // A wrapper passing an empty "$@" must not start a Fibonacci server by mistake.
+        return Err(Error::Config(
+            "nothing after --: give the command to serve, or leave out -- to serve Fibonacci"
+                .into(),
+        )
+        .into());
+    }
     let handler = cli.to_handler()?;
     let stop_bound = STOP_BOUND + handler.time_limit().unwrap_or_default();
     let (stop, shutdown) = crossbeam_channel::bounded(1);

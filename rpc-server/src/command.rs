@@ -135,12 +135,12 @@ impl CommandHandler {
         })
     }
 
-    /// The command line, for logs.
+    /// The command line, for logs, each word quoted as a shell would need it.
     pub fn describe_command(&self) -> String {
-        let mut line = self.shown.clone();
+        let mut line = quoted(&self.shown);
         for arg in &self.options.args {
             line.push(' ');
-            line.push_str(&wire::printable(&arg.to_string_lossy()));
+            line.push_str(&quoted(&wire::printable(&arg.to_string_lossy())));
         }
         line
     }
@@ -516,6 +516,15 @@ fn shown(line: &[u8]) -> String {
     wire::printable(String::from_utf8_lossy(line).trim_end())
 }
 
+/// `word` as it would be typed in a shell: as is when it is plain, else in single quotes.
+fn quoted(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// "exited with status 3", "was killed by signal 9 (SIGKILL)".
 fn describe_status(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
@@ -678,6 +687,12 @@ mod tests {
             properties: &properties,
         });
         assert_eq!(message(&reply), "id-7||00-abc-def-01|unset\n");
+    }
+
+    #[test]
+    fn command_lines_are_logged_as_typed() {
+        let handler = handler("sh", &["-c", "sleep 2; it's"]);
+        assert_eq!(handler.describe_command(), "sh -c 'sleep 2; it'\\''s'");
     }
 
     #[test]
