@@ -19,7 +19,8 @@ pub const MAX_STDIN_BODY: usize = 16 << 20;
 #[derive(Debug, clap::Parser)]
 #[command(name = "rpc-client", version, about,
           after_help = exit_code::help(exit_code::TABLE),
-          subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+          subcommand_negates_reqs = true,
+          override_usage = "rpc-client [OPTIONS] N...\n       rpc-client [OPTIONS] call [BODY]...\n       rpc-client [OPTIONS] bench")]
 pub struct Cli {
     /// The n of each fib(n) to compute; results are printed in this order.
     #[arg(
