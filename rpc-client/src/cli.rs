@@ -81,7 +81,10 @@ pub enum Command {
     /// Send each BODY as a raw request and print each reply's body, in argument order.
     ///
     /// A reply body is printed as received, followed by a newline unless it ends with one.
-    /// An error reply stops the calls (exit 5), except with --json.
+    /// An error reply stops the calls (exit 5), except with --json. A call that fails here
+    /// (no reply in time, no queue, connection lost) stops the calls, also with --json: its
+    /// message goes to stderr and the exit code says which.
+    #[command(after_help = exit_code::help(exit_code::TABLE))]
     Call {
         /// A request body: the argument's UTF-8 bytes, or `-` for all of stdin (at most
         /// 16 MiB; one `-` only). Put `--` before bodies that start with `-`.
