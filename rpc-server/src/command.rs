@@ -7,8 +7,8 @@
 //!   and bounded.
 //! - The command runs in a process group of its own; when it ends (or is ended), whatever it
 //!   left running in that group is killed too, so no request leaves processes behind.
-//! - stdin, stdout and stderr are served by threads of their own: a command that never reads
-//!   its stdin, or writes more than a pipe holds, cannot deadlock the server.
+//! - stdin, stdout and stderr are served by one `poll` loop, non-blocking: a command that never
+//!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
 //!   `AMQP_PASSWORD`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
@@ -28,15 +28,17 @@
 
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request, REQUEST_LOG};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rpc_client::wire::{self, ErrorCode};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Log target of the commands' stderr lines.
@@ -71,11 +73,8 @@ const STDERR_LINE_BYTES: usize = 1024;
 /// Environment values from a request longer than this are not passed on.
 const MAX_ENV_VALUE: usize = 4096;
 
-/// How long the server may wait past `--exec-timeout` for a killed command to be gone.
-const KILL_GRACE: Duration = Duration::from_secs(5);
-
-/// How long to wait for stderr to close once the command's group is gone.
-const STDERR_GRACE: Duration = Duration::from_secs(1);
+/// How long past `--exec-timeout` a run may take, to kill and reap the command.
+const KILL_GRACE: Duration = Duration::from_secs(6);
 
 /// What command to run and within which limits.
 #[derive(Debug, Clone)]
@@ -203,7 +202,7 @@ impl CommandHandler {
             )
         })?;
         let pid = child.id();
-        let mut run = match Run::new(&mut child, request.body, limits.max_reply_bytes) {
+        let mut run = match Run::new(&mut child) {
             Ok(run) => run,
             Err(err) => {
                 kill_group(pid);
@@ -215,10 +214,10 @@ impl CommandHandler {
                 ));
             }
         };
-        let ended = run.wait(deadline);
+        let ended = run.wait(request.body, limits.max_reply_bytes, deadline);
         // Whatever the command left running in its group goes with it.
         kill_group(pid);
-        let stderr = run.last_stderr_line(Instant::now() + STDERR_GRACE);
+        let stderr = run.errors.finish();
         let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
         log::info!(
             target: REQUEST_LOG,
@@ -226,11 +225,11 @@ impl CommandHandler {
             self.shown,
             ended,
             request.body.len(),
-            run.stdout.as_ref().map_or(0, Vec::len),
+            run.output.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
         match ended {
-            Ended::Exited(status) if status.success() => Ok(run.stdout.unwrap_or_default()),
+            Ended::Exited(status) if status.success() => Ok(std::mem::take(&mut run.output)),
             Ended::Exited(status) => Err(Reply::refuse(
                 ErrorCode::ExecFailed,
                 &format!("the command {}{stderr}", describe_status(status)),
@@ -278,7 +277,7 @@ impl Handler for CommandHandler {
     }
 
     fn time_limit(&self) -> Option<Duration> {
-        Some(self.options.exec_timeout + KILL_GRACE + STDERR_GRACE)
+        Some(self.options.exec_timeout + KILL_GRACE)
     }
 
     fn describe(&self) -> String {
@@ -310,99 +309,115 @@ impl std::fmt::Display for Ended {
     }
 }
 
-/// One running command and the threads serving its pipes.
+/// One running command, its pipes served by one `poll` loop on the calling thread: a command
+/// that never reads its stdin, or writes more than a pipe holds, cannot block it, and no
+/// thread is started per request (a process per request costs enough).
 struct Run<'a> {
     child: &'a mut Child,
     pid: u32,
-    stdout_done: Receiver<io::Result<Vec<u8>>>,
-    stderr_done: Receiver<Option<String>>,
-    stdout: Option<Vec<u8>>,
+    stdin: Option<ChildStdin>,
+    /// Bytes of the body written to stdin so far.
+    written: usize,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    /// What the command wrote to stdout.
+    output: Vec<u8>,
+    errors: StderrLog,
+}
+
+/// Which pipes `poll` found ready (or closed).
+#[derive(Debug, Default)]
+struct Ready {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
 }
 
 impl<'a> Run<'a> {
-    /// Starts the threads serving the pipes of `child`.
-    fn new(child: &'a mut Child, body: &[u8], max_reply_bytes: usize) -> io::Result<Run<'a>> {
+    /// Takes the pipes of `child` and makes them non-blocking.
+    fn new(child: &'a mut Child) -> io::Result<Run<'a>> {
         let pid = child.id();
-        if let Some(mut stdin) = child.stdin.take() {
-            if !body.is_empty() {
-                // A command that never reads its stdin must not block the server: the writer
-                // ends when the command (and its group) is gone and the pipe breaks.
-                let body: Arc<[u8]> = body.into();
-                spawn("command-stdin", move || {
-                    let _ = stdin.write_all(&body);
-                })?;
-            }
-        }
-        let (stdout_tx, stdout_done) = crossbeam_channel::bounded(1);
-        if let Some(stdout) = child.stdout.take() {
-            spawn("command-stdout", move || {
-                let _ = stdout_tx.send(read_bounded(stdout, max_reply_bytes));
-            })?;
-        }
-        let (stderr_tx, stderr_done) = crossbeam_channel::bounded(1);
-        if let Some(stderr) = child.stderr.take() {
-            spawn("command-stderr", move || {
-                let _ = stderr_tx.send(log_stderr(stderr, pid));
-            })?;
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let fds = [
+            stdin.as_ref().map(AsFd::as_fd),
+            stdout.as_ref().map(AsFd::as_fd),
+            stderr.as_ref().map(AsFd::as_fd),
+        ];
+        for fd in fds.into_iter().flatten() {
+            let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         }
         Ok(Run {
             child,
             pid,
-            stdout_done,
-            stderr_done,
-            stdout: None,
+            stdin,
+            written: 0,
+            stdout,
+            stderr,
+            output: Vec::new(),
+            errors: StderrLog::new(pid),
         })
     }
 
-    /// Waits for stdout to close and the command to exit, until `deadline`; kills the group
-    /// when the deadline passes or stdout overflows. Once the command has exited, whatever it
-    /// left in its group is killed, so that a background child holding stdout open does not
-    /// keep the reply waiting.
-    fn wait(&mut self, deadline: Instant) -> Ended {
-        // How often to look for the exit while stdout is open: soon at first (most commands
-        // are quick), then every 5 ms at most.
-        let mut pause = Duration::from_micros(50);
+    /// Feeds `body` to stdin and reads stdout (at most `limit` bytes) and stderr until both are
+    /// closed and the command has exited, until `deadline`; kills the group when the deadline
+    /// passes or stdout overflows. Once the command has exited, whatever it left in its group
+    /// is killed, so that a background child holding a pipe open does not keep the reply
+    /// waiting.
+    fn wait(&mut self, body: &[u8], limit: usize, deadline: Instant) -> Ended {
+        if body.is_empty() {
+            self.stdin = None;
+        }
+        // How often to look for the exit while the pipes are open: soon at first, then every
+        // 50 ms at most. A command that exits closes its pipes, which wakes `poll` at once.
+        let mut slice = Duration::from_millis(1);
         let mut exited: Option<ExitStatus> = None;
-        loop {
+        while self.stdout.is_some() || self.stderr.is_some() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return self.kill(Ended::TimedOut);
             }
-            let wait = match exited {
+            let timeout = match exited {
                 Some(_) => remaining,
-                None => pause.min(remaining),
+                None => slice.min(remaining),
             };
-            match self.stdout_done.recv_timeout(wait) {
-                Ok(Ok(stdout)) => {
-                    self.stdout = Some(stdout);
-                    break;
-                }
-                Ok(Err(err)) if err.kind() == io::ErrorKind::FileTooLarge => {
-                    return self.kill(Ended::TooMuchOutput)
-                }
-                Ok(Err(err)) => return self.kill(Ended::Lost(err)),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let lost = io::Error::other("the command's stdout was not piped");
-                    return self.kill(Ended::Lost(lost));
+            let ready = match self.poll(timeout) {
+                Ok(ready) => ready,
+                Err(err) => return self.kill(Ended::Lost(err)),
+            };
+            if ready.stdin {
+                self.write_stdin(body);
+            }
+            if ready.stdout {
+                match self.read_stdout(limit) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::FileTooLarge => {
+                        return self.kill(Ended::TooMuchOutput)
+                    }
+                    Err(err) => return self.kill(Ended::Lost(err)),
                 }
             }
-            if exited.is_none() {
+            if ready.stderr {
+                self.read_stderr();
+            }
+            if exited.is_none() && !(ready.stdin || ready.stdout || ready.stderr) {
                 match self.child.try_wait() {
                     Ok(Some(status)) => {
-                        // Leftovers of the group may hold stdout open: they go now.
+                        // Leftovers of the group may hold the pipes open: they go now.
                         kill_group(self.pid);
                         exited = Some(status);
                     }
-                    Ok(None) => pause = (pause * 2).min(Duration::from_millis(5)),
+                    Ok(None) => slice = (slice * 2).min(Duration::from_millis(50)),
                     Err(err) => return self.kill(Ended::Lost(err)),
                 }
             }
         }
+        self.stdin = None;
         if let Some(status) = exited {
             return Ended::Exited(status);
         }
-        // stdout is closed: the command is exiting, normally within microseconds.
+        // Both pipes are closed: the command is exiting, normally within microseconds.
         let mut pause = Duration::from_micros(50);
         loop {
             match self.child.try_wait() {
@@ -417,6 +432,108 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Waits up to `timeout` (rounded up to whole milliseconds) for a pipe to be ready.
+    fn poll(&self, timeout: Duration) -> io::Result<Ready> {
+        let pipes = [
+            (self.stdin.as_ref().map(AsFd::as_fd), PollFlags::POLLOUT),
+            (self.stdout.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+            (self.stderr.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+        ];
+        let mut fds = Vec::with_capacity(3);
+        let mut slots = [None; 3];
+        for (slot, (fd, events)) in slots.iter_mut().zip(pipes) {
+            if let Some(fd) = fd {
+                *slot = Some(fds.len());
+                fds.push(PollFd::new(fd, events));
+            }
+        }
+        let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(Ready::default()),
+            Err(err) => return Err(err.into()),
+        }
+        // Readable, writable, or closed (POLLHUP, POLLERR): the read or write says which.
+        let ready = |slot: Option<usize>| {
+            slot.and_then(|i| fds.get(i))
+                .and_then(PollFd::revents)
+                .is_some_and(|events| !events.is_empty())
+        };
+        Ok(Ready {
+            stdin: ready(slots[0]),
+            stdout: ready(slots[1]),
+            stderr: ready(slots[2]),
+        })
+    }
+
+    /// Writes what the pipe takes of the rest of `body`; closes stdin when all is written, or
+    /// when the command closed its end (it need not read its stdin).
+    fn write_stdin(&mut self, body: &[u8]) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        match stdin.write(body.get(self.written..).unwrap_or_default()) {
+            Ok(written) => {
+                self.written += written;
+                if self.written >= body.len() {
+                    self.stdin = None;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => self.stdin = None,
+        }
+    }
+
+    /// Reads what stdout holds; an error of kind `FileTooLarge` past `limit` bytes.
+    fn read_stdout(&mut self, limit: usize) -> io::Result<()> {
+        let Some(stdout) = self.stdout.as_mut() else {
+            return Ok(());
+        };
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stdout.read(&mut chunk) {
+                Ok(0) => {
+                    self.stdout = None;
+                    return Ok(());
+                }
+                Ok(read) => {
+                    if self.output.len() + read > limit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::FileTooLarge,
+                            "too much output",
+                        ));
+                    }
+                    self.output.extend_from_slice(&chunk[..read]);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Reads what stderr holds into the log.
+    fn read_stderr(&mut self) {
+        let Some(stderr) = self.stderr.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => self.errors.feed(&chunk[..read]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.stderr = None;
+    }
+
     /// Kills the command's group and reaps the command; `why` is how the run ended.
     fn kill(&mut self, why: Ended) -> Ended {
         // A group's id is not reused while a member of it lives, reaped leader or not.
@@ -427,21 +544,62 @@ impl<'a> Run<'a> {
         }
         why
     }
-
-    /// The last non-empty line the command wrote to stderr, printable; waits for stderr to
-    /// close until `deadline`.
-    fn last_stderr_line(&self, deadline: Instant) -> Option<String> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        self.stderr_done.recv_timeout(remaining).ok().flatten()
-    }
 }
 
-/// Starts a detached helper thread.
-fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(work)
-        .map(drop)
+/// The command's stderr, a line at a time: the first [`LOGGED_STDERR_LINES`] go to the log,
+/// the last non-empty one is kept for the error reply.
+struct StderrLog {
+    pid: u32,
+    line: Vec<u8>,
+    last: Option<Vec<u8>>,
+    lines: usize,
+}
+
+impl StderrLog {
+    fn new(pid: u32) -> StderrLog {
+        StderrLog {
+            pid,
+            line: Vec::new(),
+            last: None,
+            lines: 0,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.end_line();
+            } else if self.line.len() < STDERR_LINE_BYTES {
+                self.line.push(byte);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.line.iter().all(u8::is_ascii_whitespace) {
+            self.line.clear();
+            return;
+        }
+        self.lines += 1;
+        if self.lines <= LOGGED_STDERR_LINES {
+            log::warn!(target: COMMAND_LOG, "[{}] {}", self.pid, shown(&self.line));
+        }
+        self.last = Some(std::mem::take(&mut self.line));
+    }
+
+    /// The last non-empty line, printable, once the command is done.
+    fn finish(&mut self) -> Option<String> {
+        self.end_line();
+        if self.lines > LOGGED_STDERR_LINES {
+            log::warn!(
+                target: COMMAND_LOG,
+                "[{}] … {} more stderr lines not logged",
+                self.pid,
+                self.lines - LOGGED_STDERR_LINES
+            );
+        }
+        self.last.as_deref().map(shown)
+    }
 }
 
 /// Kills process group `pid` (the command and whatever it started), if it is still there.
@@ -451,65 +609,6 @@ fn kill_group(pid: u32) {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
-}
-
-/// All of `stdout`, or an error of kind `FileTooLarge` as soon as it passes `limit` bytes.
-fn read_bounded(stdout: ChildStdout, limit: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let read = stdout
-        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
-        .read_to_end(&mut out)?;
-    if read > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            "too much output",
-        ));
-    }
-    Ok(out)
-}
-
-/// Logs the command's stderr, a line at a time (the first [`LOGGED_STDERR_LINES`]), and returns
-/// its last non-empty line, printable.
-fn log_stderr(mut stderr: ChildStderr, pid: u32) -> Option<String> {
-    let mut chunk = [0u8; 8192];
-    let mut line: Vec<u8> = Vec::new();
-    let mut last: Option<Vec<u8>> = None;
-    let mut lines = 0usize;
-    let mut finish = |line: &mut Vec<u8>, last: &mut Option<Vec<u8>>| {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            line.clear();
-            return;
-        }
-        lines += 1;
-        if lines <= LOGGED_STDERR_LINES {
-            log::warn!(target: COMMAND_LOG, "[{pid}] {}", shown(line));
-        }
-        *last = Some(std::mem::take(line));
-    };
-    loop {
-        let read = match stderr.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        for &byte in &chunk[..read] {
-            if byte == b'\n' {
-                finish(&mut line, &mut last);
-            } else if line.len() < STDERR_LINE_BYTES {
-                line.push(byte);
-            }
-        }
-    }
-    finish(&mut line, &mut last);
-    if lines > LOGGED_STDERR_LINES {
-        log::warn!(
-            target: COMMAND_LOG,
-            "[{pid}] … {} more stderr lines not logged",
-            lines - LOGGED_STDERR_LINES
-        );
-    }
-    last.map(|line| shown(&line))
 }
 
 fn shown(line: &[u8]) -> String {
