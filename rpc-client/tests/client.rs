@@ -253,23 +253,9 @@ fn connect_failures_are_connection_errors() {
     }
 }
 
-/// Runs the rpc-client binary against the test broker.
+/// Runs the rpc-client binary against the test broker, with an empty stdin.
 fn rpc_client(args: &[&str]) -> (Output, String) {
-    let broker = testing::broker();
-    let output = Command::new(env!("CARGO_BIN_EXE_rpc-client"))
-        .args(["--host", &broker.host, "--port", &broker.port.to_string()])
-        .args(args)
-        .env_remove("AMQP_URI")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run rpc-client");
-    let shown = format!(
-        "rpc-client {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output, shown)
+    rpc_client_with_stdin(args, b"")
 }
 
 #[test]
