@@ -188,6 +188,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         queue: cli.queue,
         timeout: cli.timeout,
         reply_queue: cli.reply_queue,
+        ..ClientOptions::default()
     };
     let mut stdout = std::io::stdout().lock();
     match cli.command {

@@ -20,6 +20,8 @@
 //! - [`watchdog`]: time limits on each broker round trip; a stalled connection is abandoned.
 //! - [`consume`]: consuming a queue; the client's callback queue.
 //! - [`random`]: shuffling brokers and jittering backoff.
+//! - [`reconnect`]: backoff between connection attempts (0.1 s doubling, jitter), shared with
+//!   the server.
 //!
 //! The command line (shared flags, then `rpc-client`'s own):
 //! - [`args`]: broker, log and `--generate` flags of both binaries; the only module that knows
@@ -66,6 +68,7 @@ pub mod json;
 pub mod logging;
 pub mod output;
 pub mod random;
+pub mod reconnect;
 pub mod rpc;
 #[cfg(feature = "test-support")]
 pub mod testing;

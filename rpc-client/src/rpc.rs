@@ -85,16 +85,23 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Where replies come back.
     pub reply_queue: ReplyQueue,
+    /// The procedure may run twice for one call (it is idempotent): after a lost connection,
+    /// re-send even the requests the broker may already have handed to a server
+    /// (at-least-once). Off (the default), such a call fails instead, saying that it may or
+    /// may not have run (at-most-once); requests the broker never took are re-sent either way.
+    /// [`crate::FibonacciRpcClient`] always sets it: fib(n) is pure.
+    pub idempotent: bool,
 }
 
 impl Default for ClientOptions {
-    /// Local broker, `rpc_queue`, 30 s timeout, exclusive callback queue.
+    /// Local broker, `rpc_queue`, 30 s timeout, exclusive callback queue, at-most-once.
     fn default() -> Self {
         ClientOptions {
             brokers: vec![BrokerOptions::default()],
             queue: wire::DEFAULT_QUEUE.to_string(),
             timeout: Duration::from_secs(30),
             reply_queue: ReplyQueue::Exclusive,
+            idempotent: false,
         }
     }
 }

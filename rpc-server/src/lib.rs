@@ -15,7 +15,8 @@
 //! - [`ack`]: acking answered requests several at a time.
 //! - [`confirms`]: replies counted once the broker confirms them.
 //! - [`redelivery`]: the rule for requests that keep coming back.
-//! - [`reconnect`]: backoff between connection attempts, and when to give up.
+//! - backoff between connection attempts comes from `rpc_client::reconnect`, shared with the
+//!   recovering client.
 //! - [`options`]: [`ServerOptions`] and [`QueueType`].
 //! - [`error`]: [`Error`] and the exit codes of `rpc-server`.
 //! - [`cli`]: `rpc-server`'s command line and [`cli::run`] (signals, logging).
@@ -33,7 +34,6 @@ pub mod fib;
 pub mod handler;
 pub mod options;
 pub mod queue;
-pub mod reconnect;
 pub mod redelivery;
 pub mod server;
 pub mod workers;

@@ -12,7 +12,6 @@ use crate::error::Error;
 use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
-use crate::reconnect::Reconnect;
 use crate::redelivery::Redeliveries;
 use crate::workers::{Done, Workers};
 use amiquip::{
@@ -22,6 +21,7 @@ use amiquip::{
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
 use rpc_client::consume::consume;
+use rpc_client::reconnect::Reconnect;
 use rpc_client::watchdog::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
 use std::collections::BTreeSet;

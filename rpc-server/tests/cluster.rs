@@ -254,6 +254,7 @@ fn load_before(run: &Run) -> Callers {
                 queue: run.q().to_string(),
                 timeout: CALL_TIMEOUT,
                 reply_queue: ReplyQueue::Exclusive,
+                ..ClientOptions::default()
             }
         })
         .collect();

@@ -131,6 +131,7 @@ pub fn client_options(queue: &str, timeout: Duration) -> ClientOptions {
         timeout,
         // The flood scenario publishes into the callback queue: a real, exclusive one.
         reply_queue: ReplyQueue::Exclusive,
+        ..ClientOptions::default()
     }
 }
 
