@@ -163,7 +163,7 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{cause}, after {call} was sent{}: it may or may not have run, so it was not \
-                 sent again (calls that are safe to run twice can be: --idempotent)",
+                 sent again (--idempotent sends it again, if running it twice is safe)",
                 if *confirmed {
                     " and the broker had taken it"
                 } else {

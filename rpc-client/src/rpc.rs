@@ -291,7 +291,7 @@ impl RpcClient {
             .map(|broker| broker.connect_timeout)
             .max()
             .unwrap_or(Duration::from_secs(10));
-        let session = Session::open(&options.brokers, 0, options.reply_queue, setup_limit)?;
+        let session = Session::open(&options.brokers, 0, options.reply_queue, setup_limit, None)?;
         Ok(RpcClient {
             next_broker: session.broker() + 1,
             reply_queue: session.reply_queue().to_string(),
@@ -510,8 +510,8 @@ impl RpcClient {
                     continue;
                 };
                 let err = Error::ConnectionLost(format!(
-                    "{} got no reply within {:.1}s: the connection was lost ({}) and not back \
-                     in time{}",
+                    "{} got no reply within {:.1}s and the connection was not back in time \
+                     (lost: {}{})",
                     describe(call.index, &call.tag),
                     call.started.elapsed().as_secs_f64(),
                     lost_by.as_deref().unwrap_or("closed"),
@@ -635,27 +635,32 @@ impl RpcClient {
         }
     }
 
-    /// Connects again, starting at the broker after the last one reached, each attempt
-    /// bounded by what is left until `deadline`.
+    /// Connects again, starting at the broker after the last one reached; the whole round
+    /// over the brokers and the set-up end by `deadline`.
     fn reopen(&mut self, deadline: Instant) -> Result<(), Error> {
         let remaining = deadline.saturating_duration_since(Instant::now());
+        // Each broker's connect gets its share of the time left.
+        let count = u32::try_from(self.brokers.len()).unwrap_or(u32::MAX).max(1);
+        let share = remaining / count;
         let brokers: Vec<BrokerOptions> = self
             .brokers
             .iter()
             .map(|broker| BrokerOptions {
                 connect_timeout: broker
                     .connect_timeout
-                    .min(remaining)
+                    .min(share)
                     .max(Duration::from_millis(1)),
                 ..broker.clone()
             })
             .collect();
-        let limit = self
-            .setup_limit
-            .min(remaining)
-            .max(Duration::from_millis(1));
         let start = self.next_broker % self.brokers.len();
-        let session = Session::open(&brokers, start, self.reply_kind, limit)?;
+        let session = Session::open(
+            &brokers,
+            start,
+            self.reply_kind,
+            self.setup_limit,
+            Some(deadline),
+        )?;
         self.next_broker = session.broker() + 1;
         self.reply_queue = session.reply_queue().to_string();
         self.session = Some(session);

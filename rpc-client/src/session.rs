@@ -64,18 +64,40 @@ pub struct Session {
     unconfirmed: BTreeMap<u64, (String, Instant)>,
 }
 
+/// The bound on each set-up round trip: `limit`, and no later than `deadline`.
+#[derive(Clone, Copy)]
+struct Bound {
+    limit: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Bound {
+    /// How long the next round trip may take.
+    fn next(self) -> Duration {
+        match self.deadline {
+            Some(deadline) => self
+                .limit
+                .min(deadline.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1)),
+            None => self.limit,
+        }
+    }
+}
+
 impl Session {
     /// Connects to the first broker of `brokers` that answers, starting at `start`, and sets
     /// up the channel (with publisher confirms) and the callback queue, each round trip bounded
-    /// by `limit`.
+    /// by `limit`, and all of them by `deadline` if there is one.
     pub fn open(
         brokers: &[BrokerOptions],
         start: usize,
         reply_queue: ReplyQueue,
         limit: Duration,
+        deadline: Option<Instant>,
     ) -> Result<Session, Error> {
         let (mut link, broker) = open_first(brokers, start)?;
-        match Self::set_up(&mut link, reply_queue, limit) {
+        let bound = Bound { limit, deadline };
+        match Self::set_up(&mut link, reply_queue, bound) {
             Ok(parts) => {
                 let (channel, reply_queue, replies, returns, blocked, confirms) = parts;
                 log::debug!("callback queue {reply_queue}");
@@ -105,7 +127,7 @@ impl Session {
     fn set_up(
         link: &mut Link,
         reply_queue: ReplyQueue,
-        limit: Duration,
+        bound: Bound,
     ) -> Result<
         (
             Channel,
@@ -121,22 +143,23 @@ impl Session {
             connection,
             watchdog,
         } = link;
-        let blocked = watchdog.bounded("to the blocked-notification listener", limit, || {
-            connection.listen_for_connection_blocked()
-        })?;
-        let channel = watchdog.bounded("to the channel open", limit, || {
+        let blocked =
+            watchdog.bounded("to the blocked-notification listener", bound.next(), || {
+                connection.listen_for_connection_blocked()
+            })?;
+        let channel = watchdog.bounded("to the channel open", bound.next(), || {
             connection.open_channel(None)
         })?;
         let (reply_queue, replies) = match reply_queue {
-            ReplyQueue::Exclusive => {
-                watchdog.bounded("to the callback queue's declare and consume", limit, || {
-                    consume::callback_queue(&channel)
-                })?
-            }
+            ReplyQueue::Exclusive => watchdog.bounded(
+                "to the callback queue's declare and consume",
+                bound.next(),
+                || consume::callback_queue(&channel),
+            )?,
             // Direct reply-to requires no-ack consuming on the channel that publishes.
             ReplyQueue::Direct => (
                 DIRECT_REPLY_TO.to_string(),
-                watchdog.bounded("to the direct reply-to consume", limit, || {
+                watchdog.bounded("to the direct reply-to consume", bound.next(), || {
                     consume::consume(
                         &channel,
                         DIRECT_REPLY_TO,
@@ -150,10 +173,10 @@ impl Session {
         };
         // Requests are published mandatory: the broker returns them at once when no queue of
         // that name exists, instead of dropping them while we wait out the timeout.
-        let returns = watchdog.bounded("to the return listener", limit, || {
+        let returns = watchdog.bounded("to the return listener", bound.next(), || {
             channel.listen_for_returns()
         })?;
-        let confirms = watchdog.bounded("to enabling publisher confirms", limit, || {
+        let confirms = watchdog.bounded("to enabling publisher confirms", bound.next(), || {
             let confirms = channel.listen_for_publisher_confirms()?;
             channel.enable_publisher_confirms()?;
             Ok(confirms)

@@ -110,8 +110,15 @@ impl Responder {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
         let queue_name = queue.to_string();
         let handle = std::thread::spawn(move || {
-            let admin = Admin::connect().expect("responder connects");
-            admin.declare(&queue_name, false).expect("declare");
+            let mut admin = Admin::connect().expect("responder connects");
+            // A queue the test declared with arguments of its own is used as it is.
+            if admin
+                .queue_state(&queue_name)
+                .expect("queue state")
+                .is_none()
+            {
+                admin.declare(&queue_name, false).expect("declare");
+            }
             let requests = rpc_client::consume::consume(
                 admin.channel(),
                 &queue_name,
@@ -427,6 +434,50 @@ fn late_reply_to_a_timed_out_call_does_not_disturb_the_next() {
 }
 
 #[test]
+fn a_request_the_broker_refuses_is_sent_again() {
+    // A full queue that rejects new messages: the broker nacks every request published to it
+    // (publisher confirms), and an unconfirmed request would be lost.
+    let queue = QueueGuard::new("nack");
+    let q = queue.name();
+    let mut arguments = amiquip::FieldTable::new();
+    arguments.insert("x-max-length".into(), AmqpValue::LongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AmqpValue::LongString("reject-publish".into()),
+    );
+    let admin = Admin::connect().expect("admin");
+    admin
+        .channel()
+        .queue_declare(
+            q,
+            amiquip::QueueDeclareOptions {
+                arguments,
+                ..amiquip::QueueDeclareOptions::default()
+            },
+        )
+        .expect("declare");
+    // The message that fills it: a request whose reply goes nowhere.
+    let filler = AmqpProperties::default()
+        .with_reply_to("nowhere".into())
+        .with_correlation_id("filler".into());
+    admin.publish(q, b"1", filler).expect("fill");
+    let mut client = FibonacciRpcClient::connect(&options(q, Duration::from_secs(10))).expect("c");
+    let started = Instant::now();
+    let call = std::thread::spawn(move || (client.call(10), started.elapsed()));
+    // Refused for a while (several nacks, 0.1 s doubling), then the queue drains.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !call.is_finished(),
+        "the call ended while the queue was full"
+    );
+    let responder = Responder::start(q, false);
+    let (result, took) = call.join().expect("caller");
+    assert_eq!(result.expect("answered once the queue had room"), "55");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    responder.stop();
+}
+
+#[test]
 fn a_batch_reports_each_call_on_its_own() {
     let queue = QueueGuard::new("batch");
     let responder = Responder::start(queue.name(), true);
@@ -657,6 +708,9 @@ fn binary_call_prints_reply_bodies() {
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert_eq!(out.stdout, b"HELLO\n", "{shown}");
     assert!(out.stderr.is_empty(), "{shown}");
+    let (out, shown) = rpc_client(&["call", "--queue", q, "--idempotent", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert_eq!(out.stdout, b"AGAIN\n", "{shown}");
 
     // In argument order; a body ending with a newline gets no second one; '-' is stdin.
     let (out, shown) = rpc_client_with_stdin(

@@ -1,6 +1,6 @@
 //! The fault run: servers killed with SIGKILL and stopped with SIGTERM under load, a broker
 //! restart, malformed requests, a flood of stray replies, unreachable brokers, a memory alarm,
-//! and stalled or trickled links (every wait has a bound).
+//! stalled or trickled links (every wait has a bound), and client connections closed mid-call.
 //!
 //! One ignored test runs the scenarios one after another and prints, per scenario and in total,
 //! how the calls ended: answered right, answered with an error (an error reply or a clear local
@@ -62,6 +62,7 @@ scenarios![
     bad_peers,
     alarm,
     stalls,
+    client_recovery,
 ];
 
 /// A scenario of the run.
