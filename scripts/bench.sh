@@ -2,10 +2,12 @@
 # Benchmarks, all in one run on one broker, printed as one markdown table (also saved to
 # target/bench/bench.md; made by `xtask bench-table` from the facts the run collects in
 # facts.tsv), every row with its ratio to an anchor row:
-#   (a) echo floor: cargo bench --bench echo_floor (bare amiquip echo), 1/8/64 in flight
+#   (a) echo floor: cargo bench --bench echo_floor (bare amiquip echo), 1/8/64 in flight;
+#       a<K>-confirm the same echo with --confirm (replies published with publisher confirms,
+#       each request acked after its reply's confirm, as rpc-server does)
 #   (b) the tutorial's Python pika client, sequential calls/s (scripts/interop/bench_pika.py)
-#   (c) rpc-client bench, 1 in flight, exclusive and direct reply-to   (vs a, b)
-#   (d) rpc-client bench, 8 and 64 in flight, exclusive and direct     (vs a)
+#   (c) rpc-client bench, 1 in flight, exclusive and direct reply-to   (vs a, a-confirm, b)
+#   (d) rpc-client bench, 8 and 64 in flight, exclusive and direct     (vs a, a-confirm)
 #   (e) one-shot wall time: rpc-client 30 vs the tutorial client rpc_client.py 30 (median)
 #   (f) fib(n) + decimal, n = 10^4..10^7: cargo bench --bench fib vs gmpy2 (best of runs)
 #   (g) peak RSS (VmHWM / GNU time %M) of rpc-server idle and after serving, of clients
@@ -213,10 +215,10 @@ done
 # ---- runners -----------------------------------------------------------------
 
 # Each runner: ID RUN ... ; raw output in $WORK/ID.RUN.out, best run kept in row ID.
-echo_floor() { # ID RUN IN-FLIGHT PREFETCH CALLS
-    msg "$1 (run $2/$REPEAT): echo floor, $3 in flight, prefetch $4, $5 calls"
+echo_floor() { # ID RUN IN-FLIGHT PREFETCH CALLS [--confirm]
+    msg "$1 (run $2/$REPEAT): echo floor${6:+ $6}, $3 in flight, prefetch $4, $5 calls"
     attempt "$1.$2" cargo bench -q -p rpc-client --features test-support --bench echo_floor -- \
-        --calls "$5" --in-flight "$3" --prefetch "$4" || return 0
+        --calls "$5" --in-flight "$3" --prefetch "$4" ${6:+"$6"} || return 0
     record_tsv "$1" "$WORK/$1.$2.out" || true
 }
 pika_bench() { # ID RUN REPLY-QUEUE CALLS
@@ -290,7 +292,10 @@ if want abceg; then
     sleep 1 # idle a moment before reading the idle peak
     vmhwm server_idle
     for ((run = 1; run <= REPEAT; run++)); do
-        if want a; then echo_floor a1 "$run" 1 1 "$SEQ_CALLS"; fi
+        if want a; then
+            echo_floor a1 "$run" 1 1 "$SEQ_CALLS"
+            echo_floor a1-confirm "$run" 1 1 "$SEQ_CALLS" --confirm
+        fi
         for rq in exclusive direct; do
             if want b; then pika_bench "b-$rq" "$run" "$rq" "$PY_CALLS"; fi
             if want c; then client_bench "c-$rq" "$run" 1 "$rq" "$SEQ_CALLS"; fi
@@ -308,7 +313,10 @@ if want adg; then
     start_server "$RUN_DIR" "$QUEUE" "$PREFETCH"
     for ((run = 1; run <= REPEAT; run++)); do
         for k in "${DEPTHS[@]}"; do
-            if want a; then echo_floor "a$k" "$run" "$k" "$PREFETCH" "$INFLIGHT_CALLS"; fi
+            if want a; then
+                echo_floor "a$k" "$run" "$k" "$PREFETCH" "$INFLIGHT_CALLS"
+                echo_floor "a$k-confirm" "$run" "$k" "$PREFETCH" "$INFLIGHT_CALLS" --confirm
+            fi
             for rq in exclusive direct; do
                 if want dg; then client_bench "d$k-$rq" "$run" "$k" "$rq" "$INFLIGHT_CALLS"; fi
             done

@@ -1,18 +1,23 @@
 //! The floor under our RPC layer: the thinnest request/reply echo amiquip can do.
 //!
-//! `cargo bench -p rpc-client --bench echo_floor -- [--calls N] [--in-flight K] [--prefetch P]`
+//! `cargo bench -p rpc-client --bench echo_floor -- [--calls N] [--in-flight K] [--prefetch P]
+//! [--confirm]`
 //!
 //! An echo thread consumes a queue and publishes each body back to its `reply_to` with the
-//! same `correlation_id`, then acks; the caller keeps K requests in flight on an exclusive,
+//! same `correlation_id`, then acks. With `--confirm` it publishes with publisher confirms on
+//! and acks each request only once the broker confirmed its reply, as rpc-server does: every
+//! confirm that is there when it wakes, then one `multiple` ack for the newest request they
+//! cover. The caller keeps K requests in flight on an exclusive,
 //! no-ack callback queue and counts replies. No parsing, no Fibonacci, no correlation-id
 //! bookkeeping: whatever our RPC layer costs on top shows as the distance to this figure.
 //! Both ends use `TCP_NODELAY` connections like the real binaries. Prints the same
 //! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
 
-use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, Publish};
+use amiquip::{AmqpProperties, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use rpc_client::connection::connect;
 use rpc_client::consume::{callback_queue, consume};
 use rpc_client::testing::{broker, unique_name, Admin};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -31,6 +36,7 @@ fn main() {
     let calls = arg("--calls", 20_000);
     let in_flight = arg("--in-flight", 1).max(1);
     let prefetch = u16::try_from(arg("--prefetch", 100)).expect("--prefetch fits u16");
+    let confirm = std::env::args().any(|a| a == "--confirm");
     let queue = unique_name("echo-floor");
     let admin = Admin::connect().expect("connect");
     admin.declare(&queue, false).expect("declare");
@@ -42,6 +48,16 @@ fn main() {
         let channel = connection.open_channel(None).expect("channel");
         channel.qos(0, prefetch, false).expect("qos");
         let requests = consume(&channel, &echo_queue, ConsumerOptions::default()).expect("consume");
+        let confirms = if confirm {
+            let confirms = channel.listen_for_publisher_confirms().expect("confirms");
+            channel.enable_publisher_confirms().expect("confirm mode");
+            confirms
+        } else {
+            crossbeam_channel::never()
+        };
+        // With --confirm: requests whose replies wait for a confirm, by the reply's number.
+        let mut unconfirmed: VecDeque<(u64, Delivery)> = VecDeque::new();
+        let mut published = 0;
         loop {
             crossbeam_channel::select! {
                 recv(requests) -> message => {
@@ -52,7 +68,27 @@ fn main() {
                     channel
                         .basic_publish("", Publish::with_properties(&d.body, reply_to, properties))
                         .expect("publish");
-                    d.ack(&channel).expect("ack");
+                    if confirm {
+                        published += 1;
+                        unconfirmed.push_back((published, d));
+                    } else {
+                        d.ack(&channel).expect("ack");
+                    }
+                }
+                recv(confirms) -> first => {
+                    let Ok(first) = first else { return };
+                    // Replies are confirmed in the order they were published (one queue each).
+                    let mut newest = None;
+                    for confirm in std::iter::once(first).chain(confirms.try_iter()) {
+                        let Confirm::Ack(payload) = confirm else { panic!("reply nacked") };
+                        let upto = payload.delivery_tag;
+                        while unconfirmed.front().is_some_and(|(seq, _)| *seq <= upto) {
+                            newest = unconfirmed.pop_front();
+                        }
+                    }
+                    if let Some((_, d)) = newest {
+                        d.ack_multiple(&channel).expect("ack");
+                    }
                 }
                 recv(stopped) -> _ => return,
             }

@@ -1,9 +1,10 @@
 //! Requests that keep coming back ([`Redeliveries`]): the rule that keeps a request whose
 //! handling fails again and again from being computed without end.
 //!
-//! A request comes back (`redelivered`) when the server holding it lost its channel before the
-//! ack: it died, its connection was lost, the broker refused its reply, or the handling took
-//! longer than the broker's `consumer_timeout`. The first two heal by themselves; the others
+//! A request comes back (`redelivered`) when the server holding it did not ack it: it died, its
+//! connection was lost, the broker refused its reply (a nack: the server rejects the request
+//! back to the queue; or a channel closed for a reply over `max_message_size`), or the
+//! handling took longer than the broker's `consumer_timeout`. The first two heal by themselves; the others
 //! fail the same way every time. The rule:
 //!
 //! - On a quorum queue the broker counts earlier deliveries in the `x-delivery-count` header: a

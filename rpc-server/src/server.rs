@@ -1,13 +1,15 @@
 //! The consume loop ([`serve`], and [`run`] for Fibonacci): take a request, have a worker
-//! compute the reply, publish it, then ack; after a lost connection, reconnect and start over.
+//! compute the reply, publish it, ack the request once the broker confirms the reply; after a
+//! lost connection, reconnect and start over.
 //!
-//! Acking only after the reply is published means a server that dies mid-request loses
-//! nothing: the broker redelivers the request to another server. A prefetch of 1 (the default)
+//! Acking only after the reply is confirmed means that neither a server that dies mid-request
+//! nor a broker that refuses or loses a reply loses the request: the broker delivers it again
+//! (see [`crate::ack`] and [`crate::confirms`]). A prefetch of 1 (the default)
 //! hands each server one request at a time, so N servers share slow work evenly; with
 //! `workers` N the prefetch is at least N, and each request is acked after its own reply.
 
-use crate::ack::AckBatch;
-use crate::confirms::{ReplyKind, Settled, Unconfirmed};
+use crate::ack::Acks;
+use crate::confirms::{ReplyKind, Unconfirmed};
 use crate::error::Error;
 use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
@@ -15,8 +17,8 @@ use crate::queue::ensure_queue;
 use crate::redelivery::Redeliveries;
 use crate::workers::{Done, Workers};
 use amiquip::{
-    AmqpProperties, Channel, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
-    Delivery, Publish,
+    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
+    Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
@@ -24,11 +26,10 @@ use rpc_client::consume::consume;
 use rpc_client::reconnect::Reconnect;
 use rpc_client::watchdog::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most answered requests acked with one `multiple` ack.
+/// Most settled requests acked with one `multiple` ack.
 const ACK_BATCH: usize = 64;
 
 /// Counts of what a server did, returned when it stops.
@@ -208,19 +209,17 @@ impl Server<'_> {
             connection,
             watchdog,
         } = link;
-        let mut blocked =
-            watchdog.bounded("to the blocked-notification listener", limit, || {
-                connection.listen_for_connection_blocked()
-            })?;
+        let blocked = watchdog.bounded("to the blocked-notification listener", limit, || {
+            connection.listen_for_connection_blocked()
+        })?;
         let channel =
             watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
-        // Replies count once the broker confirms them (see crate::confirms).
+        // Requests are acked once their replies are confirmed (see crate::ack, crate::confirms).
         let confirms = watchdog.bounded("to enabling publisher confirms", limit, || {
             let confirms = channel.listen_for_publisher_confirms()?;
             channel.enable_publisher_confirms()?;
             Ok(confirms)
         })?;
-        let mut unconfirmed: Unconfirmed<AmqpProperties> = Unconfirmed::default();
         ensure_queue(connection, watchdog, options, limit)?;
         let prefetch = options.prefetch();
         watchdog
@@ -247,109 +246,35 @@ impl Server<'_> {
             options.workers.max(1),
         );
         self.generation += 1;
-        let generation = self.generation;
-        // Delivery tags of this connection's requests the workers are handling.
-        let mut in_hand: BTreeSet<u64> = BTreeSet::new();
-        let mut acks = AckBatch::new(ACK_BATCH);
-        let no_deliveries = crossbeam_channel::never();
-        let no_stop = crossbeam_channel::never();
-        loop {
-            if self.stopping && in_hand.is_empty() {
-                break;
-            }
-            // New requests only while a worker is free and no stop was asked for; the ones
-            // waiting meanwhile stay with amiquip (and go back to the queue on a stop).
-            let intake = if !self.stopping && self.workers.has_room() {
-                &deliveries
-            } else {
-                &no_deliveries
-            };
-            let stop = if self.stopping {
-                &no_stop
-            } else {
-                &self.shutdown
-            };
-            select! {
-                recv(intake) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => {
-                        // A stop request wins over requests already buffered here: those go
-                        // back to the queue when the channel closes.
-                        if !self.shutdown.is_empty() {
-                            self.stop_asked();
-                            continue;
-                        }
-                        let tag = delivery.delivery_tag();
-                        let Some(delivery) =
-                            self.admit(watchdog, &channel, delivery, limit, &mut unconfirmed)?
-                        else {
-                            in_hand.insert(tag);
-                            continue;
-                        };
-                        self.ack(watchdog, &channel, &mut acks, &in_hand, delivery, &deliveries, limit)?;
-                    }
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        return Err(Error::ConsumerStopped(format!(
-                            "the broker cancelled our consumer: was queue '{}' deleted?",
-                            options.queue
-                        )))
-                    }
-                    Ok(ConsumerMessage::ServerClosedChannel(err))
-                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
-                        return Err(Error::broker("the broker closed the connection")(err));
-                    }
-                    Ok(other) => return Err(Error::ConsumerStopped(format!("{other:?}"))),
-                    Err(_) => return Err(lost(watchdog, "connection closed")),
-                },
-                recv(self.workers.done()) -> done => {
-                    let Ok(Done { generation: came_on, delivery, reply }) = done else {
-                        return Err(Error::ConsumerStopped("the worker threads are gone".into()));
-                    };
-                    self.workers.finished();
-                    if came_on != generation {
-                        log::info!(
-                            "dropping the reply to a request of a lost connection (the broker \
-                             hands the request out again)"
-                        );
-                        continue;
-                    }
-                    in_hand.remove(&delivery.delivery_tag());
-                    self.reply(watchdog, &channel, &delivery, reply, limit, &mut unconfirmed)?;
-                    self.ack(watchdog, &channel, &mut acks, &in_hand, delivery, &deliveries, limit)?;
-                }
-                recv(confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.settle(unconfirmed.confirm(confirm)),
-                    Err(_) => return Err(lost(watchdog, "connection closed")),
-                },
-                recv(blocked) -> note => match note {
-                    Ok(ConnectionBlockedNotification::Blocked(reason)) => log::warn!(
-                        "the broker blocks this connection's publishers (resource alarm): {}",
-                        wire::printable(&reason)
-                    ),
-                    Ok(ConnectionBlockedNotification::Unblocked) => {
-                        log::info!("the broker unblocked this connection")
-                    }
-                    // The connection is going away; the deliveries say why.
-                    Err(_) => blocked = crossbeam_channel::never(),
-                },
-                recv(stop) -> _ => self.stop_asked(),
-            }
+        let mut conn = Conn {
+            watchdog,
+            channel: &channel,
+            limit,
+            acks: Acks::new(ACK_BATCH),
+            unconfirmed: Unconfirmed::default(),
+            window: usize::from(prefetch),
+            stop_deadline: None,
+        };
+        let served = self.consume(&mut conn, &deliveries, &confirms, blocked);
+        if served.is_err() {
+            // Lost with the connection: the broker delivers their requests again.
+            self.stats.unconfirmed += conn.unconfirmed.len() as u64;
         }
-        // From here on the server stops, whatever fails: within STOP_LIMIT for the last acks,
-        // the channel close and (in serve) the connection close together.
-        watchdog.arm(Instant::now() + STOP_LIMIT, "to the clean stop");
-        if let Some(newest) = acks.take() {
-            newest
-                .ack_multiple(&channel)
-                .map_err(|e| stop_failed(watchdog, "cannot ack", e))?;
-        }
-        // The last confirms, so that the counts are final.
-        while !unconfirmed.is_empty() {
-            match confirms.recv() {
-                Ok(confirm) => self.settle(unconfirmed.confirm(confirm)),
+        served?;
+        // From here on the server stops, whatever fails: within STOP_LIMIT for the last
+        // confirms and acks, the channel close and (in serve) the connection close together.
+        let deadline = Instant::now() + STOP_LIMIT;
+        watchdog.arm(deadline, "to the clean stop");
+        conn.stop_deadline = Some(deadline);
+        // The last confirms, so that their requests are acked and the counts are final.
+        while !conn.unconfirmed.is_empty() {
+            match confirms.recv_deadline(deadline) {
+                Ok(confirm) => self.confirmed(&mut conn, confirm)?,
                 Err(_) => break,
             }
         }
-        self.stats.unconfirmed += unconfirmed.len() as u64;
+        conn.flush(false)?;
+        self.stats.unconfirmed += conn.unconfirmed.len() as u64;
         let stats = self.stats;
         log::info!(
             "shutting down: {} answered, {} refused, {} dropped, {} unconfirmed, {} reconnects",
@@ -365,6 +290,121 @@ impl Server<'_> {
             .map_err(|e| stop_failed(watchdog, "cannot close the channel", e))
     }
 
+    /// Takes requests, has them handled, publishes the replies and acks the requests as their
+    /// replies are confirmed, until a stop was asked for and no request is in hand (`Ok`).
+    fn consume(
+        &mut self,
+        conn: &mut Conn<'_>,
+        deliveries: &Receiver<ConsumerMessage>,
+        confirms: &Receiver<Confirm>,
+        mut blocked: Receiver<ConnectionBlockedNotification>,
+    ) -> Result<(), Error> {
+        let options = self.options;
+        let generation = self.generation;
+        let no_deliveries = crossbeam_channel::never();
+        let no_stop = crossbeam_channel::never();
+        let no_confirms = crossbeam_channel::never();
+        // Confirms waited for ACK_DELAY without anything else waking the loop.
+        let mut confirms_due = false;
+        loop {
+            if self.stopping && conn.acks.in_hand() == 0 {
+                return Ok(());
+            }
+            // New requests only while a worker is free and no stop was asked for; the ones
+            // waiting meanwhile stay with amiquip (and go back to the queue on a stop).
+            let intake = if !self.stopping && self.workers.has_room() {
+                deliveries
+            } else {
+                &no_deliveries
+            };
+            let stop = if self.stopping {
+                &no_stop
+            } else {
+                &self.shutdown
+            };
+            // Confirms wake the loop only when requests wait for them and nothing else may
+            // come: the prefetch window is full, a stop is under way, or ACK_DELAY passed
+            // without another event. Otherwise they are drained whenever the loop is awake
+            // anyway, which saves a thread wake-up per confirm.
+            let waiting = !conn.unconfirmed.is_empty();
+            let urgent =
+                waiting && (confirms_due || self.stopping || conn.acks.len() >= conn.window);
+            let confirm_wait = if urgent { confirms } else { &no_confirms };
+            let patience = if waiting && !urgent {
+                ACK_DELAY
+            } else {
+                Duration::MAX
+            };
+            select! {
+                recv(intake) -> message => match message {
+                    Ok(ConsumerMessage::Delivery(delivery)) => {
+                        // A stop request wins over requests already buffered here: those go
+                        // back to the queue when the channel closes.
+                        if !self.shutdown.is_empty() {
+                            self.stop_asked();
+                            continue;
+                        }
+                        conn.acks.taken(delivery.delivery_tag());
+                        self.admit(conn, delivery)?;
+                    }
+                    Ok(ConsumerMessage::ServerCancelled) => {
+                        return Err(Error::ConsumerStopped(format!(
+                            "the broker cancelled our consumer: was queue '{}' deleted?",
+                            options.queue
+                        )))
+                    }
+                    Ok(ConsumerMessage::ServerClosedChannel(err))
+                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
+                        return Err(Error::broker("the broker closed the connection")(err));
+                    }
+                    Ok(other) => return Err(Error::ConsumerStopped(format!("{other:?}"))),
+                    Err(_) => return Err(lost(conn.watchdog, "connection closed")),
+                },
+                recv(self.workers.done()) -> done => {
+                    let Ok(Done { generation: came_on, delivery, reply }) = done else {
+                        return Err(Error::ConsumerStopped("the worker threads are gone".into()));
+                    };
+                    self.workers.finished();
+                    if came_on != generation {
+                        log::info!(
+                            "dropping the reply to a request of a lost connection (the broker \
+                             hands the request out again)"
+                        );
+                        continue;
+                    }
+                    self.reply(conn, delivery, reply, true)?;
+                }
+                recv(confirm_wait) -> confirm => match confirm {
+                    Ok(confirm) => self.confirmed(conn, confirm)?,
+                    Err(_) => return Err(lost(conn.watchdog, "connection closed")),
+                },
+                recv(blocked) -> note => match note {
+                    Ok(ConnectionBlockedNotification::Blocked(reason)) => log::warn!(
+                        "the broker blocks this connection's publishers (resource alarm): {}",
+                        wire::printable(&reason)
+                    ),
+                    Ok(ConnectionBlockedNotification::Unblocked) => {
+                        log::info!("the broker unblocked this connection")
+                    }
+                    // The connection is going away; the deliveries say why.
+                    Err(_) => blocked = crossbeam_channel::never(),
+                },
+                recv(stop) -> _ => self.stop_asked(),
+                default(patience) => confirms_due = true,
+            }
+            // The confirms that came meanwhile.
+            while let Ok(confirm) = confirms.try_recv() {
+                self.confirmed(conn, confirm)?;
+            }
+            if conn.unconfirmed.is_empty() {
+                confirms_due = false;
+            }
+            // Acks wait for more answers only while the next request can be taken at once.
+            let more_waiting = !deliveries.is_empty() && self.workers.has_room() && !self.stopping;
+            conn.flush(more_waiting)?;
+        }
+    }
+
     /// A stop was asked for: no new requests; the ones in hand are finished, then the server
     /// stops, and never reconnects whatever fails from here on.
     fn stop_asked(&mut self) {
@@ -377,22 +417,15 @@ impl Server<'_> {
         }
     }
 
-    /// Takes in one request: returns it, to be acked, if it is answered (or dropped) at once;
-    /// `None` if it went to a worker. Only broker failures are errors; bad input is answered.
-    fn admit(
-        &mut self,
-        watchdog: &Watchdog,
-        channel: &Channel,
-        delivery: Delivery,
-        limit: Duration,
-        unconfirmed: &mut Unconfirmed<AmqpProperties>,
-    ) -> Result<Option<Delivery>, Error> {
+    /// Takes in one request (already [`Acks::taken`]): drops it, refuses it, or hands it to a
+    /// worker. Only broker failures are errors; bad input is answered.
+    fn admit(&mut self, conn: &mut Conn<'_>, delivery: Delivery) -> Result<(), Error> {
         if wire::deadline_passed(&delivery.properties) {
             // The caller has given up (this can be a redelivery after a server died):
             // answering would only cost work.
             log::info!("dropping a request whose caller's deadline has passed");
             self.stats.dropped += 1;
-            return Ok(Some(delivery));
+            return conn.settled(delivery);
         }
         if delivery.properties.reply_to().is_none() {
             // amiquip hands over empty properties when it cannot read them (a correlation_id or
@@ -403,7 +436,7 @@ impl Server<'_> {
                 delivery.body.len()
             );
             self.stats.dropped += 1;
-            return Ok(Some(delivery));
+            return conn.settled(delivery);
         }
         if let Some(why) = self
             .redeliveries
@@ -411,26 +444,26 @@ impl Server<'_> {
         {
             log::warn!("refusing a redelivered request: {why}");
             let reply = Reply::refuse(ErrorCode::Redelivered, &why);
-            self.reply(watchdog, channel, &delivery, reply, limit, unconfirmed)?;
-            return Ok(Some(delivery));
+            // The last word on this request: acked whatever the broker says to this reply.
+            return self.reply(conn, delivery, reply, false);
         }
         self.workers.submit(self.generation, delivery);
-        Ok(None)
+        Ok(())
     }
 
-    /// Publishes `reply` to the request `delivery`. A reply over the server's limit becomes a
-    /// `too-large` error reply: the broker would refuse it.
+    /// Publishes `reply` to the request `delivery`, which is acked once the broker confirms
+    /// the reply. If the broker refuses (nacks) it, the request goes back to the queue when
+    /// `requeue_on_nack`, else it is acked all the same. A reply over the server's limit
+    /// becomes a `too-large` error reply: the broker would refuse it.
     fn reply(
         &mut self,
-        watchdog: &Watchdog,
-        channel: &Channel,
-        delivery: &Delivery,
+        conn: &mut Conn<'_>,
+        delivery: Delivery,
         mut reply: Reply,
-        limit: Duration,
-        unconfirmed: &mut Unconfirmed<AmqpProperties>,
+        requeue_on_nack: bool,
     ) -> Result<(), Error> {
         let Some(reply_to) = delivery.properties.reply_to().as_deref() else {
-            return Ok(());
+            return conn.settled(delivery);
         };
         let max = self.options.max_reply_bytes;
         if reply.body.len() > max {
@@ -450,8 +483,9 @@ impl Server<'_> {
             properties = properties.with_content_type(content_type);
         }
         let body = reply.body;
-        watchdog
-            .bounded("to the reply's publish", limit, || {
+        let channel = conn.channel;
+        conn.watchdog
+            .bounded("to the reply's publish", conn.limit, || {
                 channel.basic_publish("", Publish::with_properties(&body, reply_to, properties))
             })
             .map_err(|e| Error::from(e).context("cannot publish the reply"))?;
@@ -459,52 +493,112 @@ impl Server<'_> {
             None => ReplyKind::Answer,
             Some(_) => ReplyKind::Refusal,
         };
-        unconfirmed.published(kind, delivery.properties.clone());
+        conn.acks.replied(delivery.delivery_tag());
+        conn.unconfirmed.published(
+            kind,
+            Replied {
+                delivery,
+                requeue_on_nack,
+            },
+        );
         Ok(())
     }
 
-    /// Acks an answered request: with the ones before it in one `multiple` ack when none
-    /// before it is still in hand (see [`AckBatch`]), else on its own.
-    #[allow(clippy::too_many_arguments)]
-    fn ack(
-        &self,
-        watchdog: &Watchdog,
-        channel: &Channel,
-        acks: &mut AckBatch<Delivery>,
-        in_hand: &BTreeSet<u64>,
-        delivery: Delivery,
-        deliveries: &Receiver<ConsumerMessage>,
-        limit: Duration,
-    ) -> Result<(), Error> {
-        if in_hand
-            .first()
-            .is_some_and(|&oldest| oldest < delivery.delivery_tag())
-        {
-            return Ok(watchdog.bounded("to an ack", limit, || delivery.ack(channel))?);
-        }
-        // Acks wait for more answers only while the next request can be taken at once.
-        let more_waiting = !deliveries.is_empty() && self.workers.has_room() && !self.stopping;
-        if let Some(newest) = acks.answered(delivery, more_waiting) {
-            watchdog.bounded("to an ack", limit, || newest.ack_multiple(channel))?;
-        }
-        Ok(())
-    }
-
-    /// Counts replies the broker confirmed (or refused) and forgets their requests.
-    fn settle(&mut self, settled: Vec<Settled<AmqpProperties>>) {
-        for reply in settled {
-            match (reply.accepted, reply.kind) {
-                (true, ReplyKind::Answer) => self.stats.answered += 1,
-                (true, ReplyKind::Refusal) => self.stats.refused += 1,
-                (false, _) => {
-                    log::warn!("the broker refused (nacked) a reply");
-                    self.stats.unconfirmed += 1;
-                }
-            }
+    /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
+    /// after a nack, rejected back to the queue (or acked, for a last-word reply).
+    fn confirmed(&mut self, conn: &mut Conn<'_>, confirm: Confirm) -> Result<(), Error> {
+        for reply in conn.unconfirmed.confirm(confirm) {
+            let Replied {
+                delivery,
+                requeue_on_nack,
+            } = reply.tag;
             if reply.accepted {
-                self.redeliveries.finished(&reply.tag);
+                match reply.kind {
+                    ReplyKind::Answer => self.stats.answered += 1,
+                    ReplyKind::Refusal => self.stats.refused += 1,
+                }
+                self.redeliveries.finished(&delivery.properties);
+            } else {
+                self.stats.unconfirmed += 1;
+                if requeue_on_nack {
+                    log::warn!(
+                        "the broker refused (nacked) a reply; its request goes back to the queue"
+                    );
+                    conn.acks.forget(delivery.delivery_tag());
+                    let channel = conn.channel;
+                    conn.call("to a reject", "cannot reject", || {
+                        delivery.reject(channel, true)
+                    })?;
+                    continue;
+                }
+                log::warn!(
+                    "the broker refused (nacked) the error reply to a redelivered request; the \
+                     request is dropped"
+                );
             }
+            conn.settled(delivery)?;
         }
+        Ok(())
+    }
+}
+
+/// How long the consume loop lets confirms wait in their channel while nothing else wakes it,
+/// before it waits for them (and acks their requests).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// A published reply waiting for its confirm: the request it answers.
+struct Replied {
+    delivery: Delivery,
+    /// After a nack the request goes back to the queue (else it is acked: a last word).
+    requeue_on_nack: bool,
+}
+
+/// One channel's state while serving: what to ack, and which replies wait for a confirm.
+struct Conn<'c> {
+    watchdog: &'c Watchdog,
+    channel: &'c Channel,
+    /// Each broker round trip's bound.
+    limit: Duration,
+    acks: Acks<Delivery>,
+    unconfirmed: Unconfirmed<Replied>,
+    /// The prefetch: with that many requests unacked the broker sends no more.
+    window: usize,
+    /// During the clean stop: the watchdog is armed for the whole stop, until then.
+    stop_deadline: Option<Instant>,
+}
+
+impl Conn<'_> {
+    /// Runs `call`, one broker operation, within the round-trip bound (or, during the clean
+    /// stop, within the stop's).
+    fn call(
+        &self,
+        what: &'static str,
+        doing: &str,
+        call: impl FnOnce() -> Result<(), amiquip::Error>,
+    ) -> Result<(), Error> {
+        if self.stop_deadline.is_some() {
+            return call().map_err(|e| stop_failed(self.watchdog, doing, e));
+        }
+        Ok(self.watchdog.bounded(what, self.limit, call)?)
+    }
+
+    /// Nothing more is owed for `delivery`: acks it now or later (see [`Acks::settled`]).
+    fn settled(&mut self, delivery: Delivery) -> Result<(), Error> {
+        let tag = delivery.delivery_tag();
+        if let Some(delivery) = self.acks.settled(tag, delivery) {
+            let channel = self.channel;
+            self.call("to an ack", "cannot ack", || delivery.ack(channel))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the `multiple` ack that is due, if one is (see [`Acks::due`]).
+    fn flush(&mut self, more_waiting: bool) -> Result<(), Error> {
+        if let Some(newest) = self.acks.due(more_waiting) {
+            let channel = self.channel;
+            self.call("to an ack", "cannot ack", || newest.ack_multiple(channel))?;
+        }
+        Ok(())
     }
 }
 

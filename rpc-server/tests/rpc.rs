@@ -3,7 +3,9 @@
 
 mod common;
 
-use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions};
+use amiquip::{
+    AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
+};
 use common::broker::Ctl;
 use crossbeam_channel::Sender;
 use num_bigint::BigUint;
@@ -668,4 +670,68 @@ fn a_panicking_handler_gets_an_internal_error_reply_and_the_server_goes_on() {
     assert_eq!(client.call(12).expect("the server goes on"), "12");
     let stats = server.stop();
     assert_eq!((stats.answered, stats.refused), (1, 1), "{stats:?}");
+}
+
+#[test]
+fn a_reply_the_broker_refuses_leaves_its_request_to_come_back() {
+    // The caller's queue takes nothing: with `x-overflow: reject-publish` the broker nacks
+    // every reply published to it.
+    let queue = QueueGuard::new("nacked");
+    let full = QueueGuard::new("nacked-replies");
+    let admin = Admin::connect().expect("admin connects");
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-max-length".into(), AmqpValue::LongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AmqpValue::LongString("reject-publish".into()),
+    );
+    admin
+        .channel()
+        .queue_declare(
+            full.name(),
+            QueueDeclareOptions {
+                arguments,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .expect("declare the full reply queue");
+    let started = Arc::new(AtomicUsize::new(0));
+    let handler = slow_echo(Duration::ZERO, Arc::clone(&started));
+    // Prefetch 1: the second request is delivered only once the first is acked or rejected.
+    let server = TestServer::serving(server_options(queue.name(), "nacked-0"), handler);
+    let mut admin = admin;
+    admin.wait_for_consumers(queue.name(), 1).expect("consumes");
+    admin
+        .publish(
+            queue.name(),
+            b"7",
+            wire::request_properties(full.name(), "refused"),
+        )
+        .expect("publish");
+    // A second caller, whose reply arrives once the first request is settled for good.
+    assert_eq!(client(queue.name()).call(12).expect("call"), "12");
+    let stats = server.stop();
+    // The first reply was nacked, so its request went back to the queue instead of being
+    // acked; it came back redelivered and got the 'redelivered' error reply (the redelivery
+    // rule), which was nacked too: that last word is acked, so nothing loops.
+    assert_eq!(started.load(Ordering::SeqCst), 2, "requests handled");
+    assert_eq!(
+        (
+            stats.answered,
+            stats.refused,
+            stats.unconfirmed,
+            stats.dropped
+        ),
+        (1, 0, 2, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        admin.queue_state(queue.name()).expect("queue state"),
+        Some((0, 0)),
+        "(ready messages, consumers) after the server stopped"
+    );
+    assert_eq!(
+        admin.queue_state(full.name()).expect("reply queue state"),
+        Some((0, 0))
+    );
 }

@@ -278,19 +278,42 @@ pub fn render(text: &str) -> Result<String> {
     let prefetch = f.get("prefetch");
     let floor_setup =
         |p: &str| format!("echo thread (amiquip), prefetch {p}, exclusive reply queue");
+    let confirmed_setup = |p: &str| {
+        format!(
+            "echo thread (amiquip), prefetch {p}, exclusive reply queue; replies confirmed, \
+             each request acked after its reply's confirm (`--confirm`)"
+        )
+    };
     let ours_setup = |p: &str| format!("rpc-server ×1 (release, -q), prefetch {p}");
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut flags: Vec<String> = Vec::new();
     let mut row = |cells: [&str; 5]| rows.push(cells.map(String::from));
+    // The bare floor flags below 0.95; the floor that pays for confirms as rpc-server does
+    // (`-confirm`) below 0.85.
     let below_floor = |flags: &mut Vec<String>, id: &str, anchor: &str| {
+        let bar = if anchor.ends_with("-confirm") {
+            0.85
+        } else {
+            0.95
+        };
         if let (Some(a), Some(b)) = (f.rate(id), f.rate(anchor)) {
             let r = a / b;
-            if b > 0.0 && format!("{r:.3}").parse::<f64>().unwrap_or(r) < 0.95 {
+            if b > 0.0 && format!("{r:.3}").parse::<f64>().unwrap_or(r) < bar {
                 flags.push(format!(
-                    "{id}: {r:.3} × the echo floor {anchor} (below 0.95)"
+                    "{id}: {r:.3} × the echo floor {anchor} (below {bar:.2})"
                 ));
             }
         }
+    };
+    let confirmed_floor = |rows: &mut Vec<[String; 5]>, anchor: &str, what: String, p: &str| {
+        let id = format!("{anchor}-confirm");
+        rows.push([
+            id.clone(),
+            what,
+            confirmed_setup(p),
+            f.cell(&id),
+            format!("anchor; {} × {anchor}", ratio(f.rate(&id), f.rate(anchor))),
+        ]);
     };
 
     row([
@@ -300,11 +323,26 @@ pub fn render(text: &str) -> Result<String> {
         &f.cell("a1"),
         "anchor",
     ]);
+    confirmed_floor(
+        &mut rows,
+        "a1",
+        format!("echo floor with confirms, {}, {seq} calls", label(1)),
+        "1",
+    );
     for k in f.list("depths") {
         let id = format!("a{k}");
         let what = format!("echo floor, {}, {inflight} calls", label(k));
-        row([&id, &what, &floor_setup(prefetch), &f.cell(&id), "anchor"]);
+        rows.push([
+            id.clone(),
+            what,
+            floor_setup(prefetch),
+            f.cell(&id),
+            "anchor".into(),
+        ]);
+        let what = format!("echo floor with confirms, {}, {inflight} calls", label(k));
+        confirmed_floor(&mut rows, &id, what, prefetch);
     }
+    let mut row = |cells: [&str; 5]| rows.push(cells.map(String::from));
     for rq in REPLY_QUEUES {
         let id = format!("b-{rq}");
         row([
@@ -326,12 +364,14 @@ pub fn render(text: &str) -> Result<String> {
             &ours_setup("1"),
             &f.cell(&id),
             &format!(
-                "{} × a1; {} × {py_id}",
+                "{} × a1; {} × a1-confirm; {} × {py_id}",
                 ratio(f.rate(&id), f.rate("a1")),
+                ratio(f.rate(&id), f.rate("a1-confirm")),
                 ratio(f.rate(&id), f.rate(&py_id))
             ),
         ]);
         below_floor(&mut flags, &id, "a1");
+        below_floor(&mut flags, &id, "a1-confirm");
         if let (Some(ours), Some(theirs)) = (f.rate(&id), f.rate(&py_id)) {
             if ours < theirs {
                 flags.push(format!(
@@ -351,9 +391,14 @@ pub fn render(text: &str) -> Result<String> {
                 ),
                 &ours_setup(prefetch),
                 &f.cell(&id),
-                &format!("{} × {anchor}", ratio(f.rate(&id), f.rate(&anchor))),
+                &format!(
+                    "{} × {anchor}; {} × {anchor}-confirm",
+                    ratio(f.rate(&id), f.rate(&anchor)),
+                    ratio(f.rate(&id), f.rate(&format!("{anchor}-confirm")))
+                ),
             ]);
             below_floor(&mut flags, &id, &anchor);
+            below_floor(&mut flags, &id, &format!("{anchor}-confirm"));
         }
     }
     let mut with_errors: Vec<_> = f.rows.iter().filter(|(_, r)| r.errors > 0).collect();
@@ -595,7 +640,8 @@ pub fn render(text: &str) -> Result<String> {
         out.push_str("Flags: none (no errors).\n");
     } else if flags.is_empty() {
         out.push_str(
-            "Flags: none (every rpc-client row at least 0.95 × its echo floor, no errors).\n",
+            "Flags: none (every rpc-client row at least 0.95 × its echo floor and 0.85 × the \
+             floor with confirms, no errors).\n",
         );
     } else {
         out.push_str("Flags:\n");
@@ -632,6 +678,37 @@ mod tests {
         assert!(table.contains("| f-10 | fib(10) + to decimal (2 digits)"));
         assert!(table.contains("| 4.0 MiB |"), "{table}");
         assert!(table.contains("| b-direct |") && table.contains("| failed |"));
+    }
+
+    #[test]
+    fn confirmed_echo_floor_rows() {
+        let facts = "set\trepeat\t1\nset\tdepths\t64\nset\tprefetch\t100\n\
+            run\ta1\t.\t.\t.\t.\t.\t1000\t\t\t\t\t0\n\
+            run\ta1-confirm\t.\t.\t.\t.\t.\t800\t\t\t\t\t0\n\
+            run\tc-exclusive\t.\t.\t.\t.\t.\t960\t0.3\t.\t0.5\t.\t0\n\
+            run\ta64\t.\t.\t.\t.\t.\t30000\t\t\t\t\t0\n\
+            run\ta64-confirm\t.\t.\t.\t.\t.\t20000\t\t\t\t\t0\n\
+            run\td64-exclusive\t.\t.\t.\t.\t.\t16000\t2\t.\t3\t.\t0\n";
+        let table = render(facts).expect("renders");
+        assert!(
+            table.contains("| a1-confirm | echo floor with confirms, 1 in flight (sequential)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 800 calls/s | anchor; 0.80 × a1 |"),
+            "{table}"
+        );
+        assert!(table.contains("| 0.96 × a1; 1.20 × a1-confirm; n/a × b-exclusive |"));
+        assert!(
+            table.contains("| 20000 calls/s | anchor; 0.67 × a64 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 0.53 × a64; 0.80 × a64-confirm |"),
+            "{table}"
+        );
+        assert!(table.contains("- d64-exclusive: 0.800 × the echo floor a64-confirm (below 0.85)"));
+        assert!(!table.contains("c-exclusive: 1.200"), "{table}");
     }
 
     #[test]
