@@ -63,6 +63,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
 
+    /// Ack each request only once the broker confirmed its reply (publisher confirms): a
+    /// reply the broker refuses or loses sends its request back to the queue. Costs
+    /// throughput; off, a request is acked once its reply is published.
+    #[arg(long)]
+    pub confirm_replies: bool,
+
     /// Largest n served by Fibonacci; larger requests get an error reply.
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     pub max_n: u64,
@@ -143,6 +149,7 @@ impl Cli {
             name,
             max_retries: self.max_retries,
             max_backoff: self.max_backoff,
+            confirm_replies: self.confirm_replies,
         })
     }
 

@@ -35,12 +35,13 @@ const ACK_BATCH: usize = 64;
 /// Counts of what a server did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Requests answered with a result the broker confirmed.
+    /// Requests answered with a result: published, or with
+    /// [`ServerOptions::confirm_replies`] confirmed by the broker.
     pub answered: u64,
-    /// Requests answered with an error reply the broker confirmed.
+    /// Requests answered with an error reply (published, or confirmed likewise).
     pub refused: u64,
-    /// Replies the broker refused (nacked), or that were not confirmed before the
-    /// connection closed.
+    /// With [`ServerOptions::confirm_replies`]: replies the broker refused (nacked), or that
+    /// were not confirmed before the connection closed.
     pub unconfirmed: u64,
     /// Requests without `reply_to`, or whose caller's deadline had passed: acked, not answered.
     pub dropped: u64,
@@ -214,12 +215,17 @@ impl Server<'_> {
         })?;
         let channel =
             watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
-        // Requests are acked once their replies are confirmed (see crate::ack, crate::confirms).
-        let confirms = watchdog.bounded("to enabling publisher confirms", limit, || {
-            let confirms = channel.listen_for_publisher_confirms()?;
-            channel.enable_publisher_confirms()?;
-            Ok(confirms)
-        })?;
+        // With confirm_replies, requests are acked once their replies are confirmed (see
+        // crate::ack, crate::confirms); without, once they are published.
+        let confirms = if options.confirm_replies {
+            watchdog.bounded("to enabling publisher confirms", limit, || {
+                let confirms = channel.listen_for_publisher_confirms()?;
+                channel.enable_publisher_confirms()?;
+                Ok(confirms)
+            })?
+        } else {
+            crossbeam_channel::never()
+        };
         ensure_queue(connection, watchdog, options, limit)?;
         let prefetch = options.prefetch();
         watchdog
@@ -494,6 +500,11 @@ impl Server<'_> {
             Some(_) => ReplyKind::Refusal,
         };
         conn.acks.replied(delivery.delivery_tag());
+        if !self.options.confirm_replies {
+            // Published is as far as the server follows a reply.
+            self.count(kind, &delivery);
+            return conn.settled(delivery);
+        }
         conn.unconfirmed.published(
             kind,
             Replied {
@@ -502,6 +513,16 @@ impl Server<'_> {
             },
         );
         Ok(())
+    }
+
+    /// Counts a reply the server is done with (confirmed, or published without confirms) and
+    /// forgets its request for the redelivery rule.
+    fn count(&mut self, kind: ReplyKind, delivery: &Delivery) {
+        match kind {
+            ReplyKind::Answer => self.stats.answered += 1,
+            ReplyKind::Refusal => self.stats.refused += 1,
+        }
+        self.redeliveries.finished(&delivery.properties);
     }
 
     /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
@@ -513,11 +534,7 @@ impl Server<'_> {
                 requeue_on_nack,
             } = reply.tag;
             if reply.accepted {
-                match reply.kind {
-                    ReplyKind::Answer => self.stats.answered += 1,
-                    ReplyKind::Refusal => self.stats.refused += 1,
-                }
-                self.redeliveries.finished(&delivery.properties);
+                self.count(reply.kind, &delivery);
             } else {
                 self.stats.unconfirmed += 1;
                 if requeue_on_nack {

@@ -698,7 +698,11 @@ fn a_reply_the_broker_refuses_leaves_its_request_to_come_back() {
     let started = Arc::new(AtomicUsize::new(0));
     let handler = slow_echo(Duration::ZERO, Arc::clone(&started));
     // Prefetch 1: the second request is delivered only once the first is acked or rejected.
-    let server = TestServer::serving(server_options(queue.name(), "nacked-0"), handler);
+    let options = ServerOptions {
+        confirm_replies: true,
+        ..server_options(queue.name(), "nacked-0")
+    };
+    let server = TestServer::serving(options, handler);
     let mut admin = admin;
     admin.wait_for_consumers(queue.name(), 1).expect("consumes");
     admin

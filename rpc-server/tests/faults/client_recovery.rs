@@ -70,10 +70,11 @@ fn run(sc: &mut Scenario) {
     let mut once = RpcClient::connect(&named(&q, "recovery-once", false)).expect("once");
     let mut twice = RpcClient::connect(&named(&q, "recovery-twice", true)).expect("twice");
     let started = Instant::now();
+    let timed = move |result: Result<Vec<u8>, Error>| (result, started.elapsed());
     let calls = [
-        thread::spawn(move || fib.call(5).map(|v| v.into_bytes())),
-        thread::spawn(move || once.call(&RpcRequest::new("5")).map(|r| r.body)),
-        thread::spawn(move || twice.call(&RpcRequest::new("5")).map(|r| r.body)),
+        thread::spawn(move || timed(fib.call(5).map(|v| v.into_bytes()))),
+        thread::spawn(move || timed(once.call(&RpcRequest::new("5")).map(|r| r.body))),
+        thread::spawn(move || timed(twice.call(&RpcRequest::new("5")).map(|r| r.body))),
     ];
     // Close the three connections once the server is running all three requests.
     let in_hand = testing::wait_until("three requests in hand", Duration::from_secs(10), || {
@@ -114,10 +115,7 @@ fn run(sc: &mut Scenario) {
     let budget = TIMEOUT + GRACE;
     let results: Vec<(Result<Vec<u8>, Error>, Duration)> = calls
         .into_iter()
-        .map(|call| {
-            let result = call.join().expect("caller thread");
-            (result, started.elapsed())
-        })
+        .map(|call| call.join().expect("caller thread"))
         .collect();
     for ((result, ended), what) in results.iter().zip(["fib", "once", "twice"]) {
         let outcome = match (what, result) {
