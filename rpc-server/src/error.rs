@@ -117,6 +117,18 @@ impl Error {
             .is_some_and(|(code, text)| code == 406 && text.contains("acknowledgement"))
     }
 
+    /// Whether the broker closed the channel (not the whole connection): something this server
+    /// did on it, such as a reply over `max_message_size` or a request held past
+    /// `consumer_timeout`.
+    pub fn channel_closed(&self) -> bool {
+        matches!(
+            self.client_error(),
+            Some(rpc_client::Error::Amqp(
+                amiquip::Error::ServerClosedChannel { .. }
+            ))
+        )
+    }
+
     /// The client library's error inside this one, if any.
     fn client_error(&self) -> Option<&rpc_client::Error> {
         match self {

@@ -10,9 +10,11 @@
 //! - On a quorum queue the broker counts earlier deliveries in the `x-delivery-count` header: a
 //!   request delivered [`MAX_DELIVERIES`] times before is answered with a `redelivered` error
 //!   reply instead of being handled again.
-//! - On any queue, a server that started handling a request and lost it before the ack
-//!   remembers it: if the request comes back to it, it answers with the error reply. (Another
-//!   server may still handle it once; each server at most once more.)
+//! - On any queue, a server that started handling a request and lost it with its channel
+//!   (closed by the broker: a reply it refused, a consumer timeout) remembers it: if the
+//!   request comes back to it, it answers with the error reply. (Another server may still
+//!   handle it once; each server at most once more.) A request lost with the whole connection
+//!   (a node stopped, killed or cut off) is not held against it: [`Redeliveries::forget_started`].
 //!
 //! A request that merely waited in a dead server's buffer comes back once and is answered as
 //! usual.
@@ -21,8 +23,10 @@ use amiquip::{AmqpProperties, AmqpValue};
 use std::collections::{HashSet, VecDeque};
 
 /// Earlier deliveries (`x-delivery-count`) after which a request is answered with an error
-/// reply instead of being handled again.
-pub const MAX_DELIVERIES: u64 = 2;
+/// reply instead of being handled again. Not 2: a request comes back innocently each time the
+/// connection of the server holding it is lost (a node stopped or killed), and a rolling
+/// restart of three nodes can do that to one request up to three times.
+pub const MAX_DELIVERIES: u64 = 5;
 
 /// Most requests remembered as started and not acked (the oldest are forgotten first).
 const REMEMBERED: usize = 10_000;
@@ -65,6 +69,13 @@ impl Redeliveries {
             }
         }
         None
+    }
+
+    /// The connection was lost (not a channel closed by the broker): whatever happened to the
+    /// requests in hand says nothing about them, so none of them counts as lost while handled.
+    pub fn forget_started(&mut self) {
+        self.started.clear();
+        self.order.clear();
     }
 
     /// The request was answered and acked: forget it.
@@ -140,9 +151,17 @@ mod tests {
             headers.insert("x-delivery-count".into(), AmqpValue::LongLongInt(n));
             request("c").with_headers(headers)
         };
-        assert_eq!(seen.check(true, &counted(1)), None);
-        seen.finished(&counted(1));
-        assert!(seen.check(true, &counted(2)).is_some());
+        assert_eq!(seen.check(true, &counted(4)), None);
+        seen.finished(&counted(4));
+        assert!(seen.check(true, &counted(5)).is_some());
+    }
+
+    #[test]
+    fn a_request_lost_with_the_connection_is_handled_again() {
+        let mut seen = Redeliveries::default();
+        assert_eq!(seen.check(false, &request("d")), None);
+        seen.forget_started();
+        assert_eq!(seen.check(true, &request("d")), None);
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub fn serve(
                 None => err,
             },
         };
+        if !err.channel_closed() {
+            // Lost with the connection (a node down, a cut link): not the requests' doing.
+            server.redeliveries.forget_started();
+        }
         if err.consumer_timeout() {
             log::error!(
                 "the broker closed the channel: a request took longer than its consumer_timeout \
