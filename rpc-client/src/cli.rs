@@ -105,6 +105,12 @@ pub enum Command {
         /// Calls sent before waiting for replies (replies are still printed in order).
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
         in_flight: u16,
+        /// The procedure is safe to run twice: after a lost connection, send again requests
+        /// that may already have run (at-least-once). Without it such a call fails with exit
+        /// 3, saying it may or may not have run (at-most-once); requests the broker never
+        /// took are sent again either way.
+        #[arg(long)]
+        idempotent: bool,
     },
 }
 
@@ -203,6 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             content_type,
             json,
             in_flight,
+            idempotent,
         }) => {
             let requests: Vec<RpcRequest> =
                 read_bodies(bodies, std::io::stdin().lock(), MAX_STDIN_BODY)?
@@ -217,6 +224,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ReplyFormat::Json
             } else {
                 ReplyFormat::Body
+            };
+            let options = ClientOptions {
+                idempotent,
+                ..options
             };
             let mut client = RpcClient::connect(&options)?;
             print_replies_in_order(

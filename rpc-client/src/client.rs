@@ -53,9 +53,14 @@ fn fib_reply(reply: RpcReply) -> Result<Reply, Error> {
 
 impl FibonacciRpcClient {
     /// Connects to the first broker that answers, sets up the callback queue and starts
-    /// consuming it.
+    /// consuming it. fib(n) is pure, so calls are idempotent whatever `options` says: after a
+    /// lost connection every unanswered call is sent again (at-least-once).
     pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
-        RpcClient::connect(options).map(|rpc| FibonacciRpcClient { rpc })
+        let options = ClientOptions {
+            idempotent: true,
+            ..options.clone()
+        };
+        RpcClient::connect(&options).map(|rpc| FibonacciRpcClient { rpc })
     }
 
     /// Calls fib(`n`) and returns it in decimal.

@@ -78,6 +78,17 @@ pub enum Error {
     },
     /// The connection or channel was closed while it was in use.
     ConnectionLost(String),
+    /// The connection was lost after the request was sent, and the call is not idempotent
+    /// ([`crate::ClientOptions::idempotent`]), so it was not sent again: the request may or
+    /// may not have run.
+    MaybeRan {
+        /// The call, as messages name it.
+        call: String,
+        /// Why the connection was lost.
+        cause: String,
+        /// The broker had confirmed the request (it reached the queue).
+        confirmed: bool,
+    },
     /// The broker did not answer a round trip in time, so the connection was abandoned (its
     /// socket shut down); says what was waited for.
     Stalled(String),
@@ -124,6 +135,7 @@ impl Error {
         match self {
             Error::Connect { .. }
             | Error::ConnectionLost(_)
+            | Error::MaybeRan { .. }
             | Error::Stalled(_)
             | Error::Blocked(_) => exit_code::CONNECTION,
             Error::Timeout { .. } => exit_code::TIMEOUT,
@@ -144,6 +156,20 @@ impl fmt::Display for Error {
         match self {
             Error::Connect { uri, reason, .. } => write!(f, "cannot connect to {uri}: {reason}"),
             Error::ConnectionLost(why) => write!(f, "connection to the broker lost: {why}"),
+            Error::MaybeRan {
+                call,
+                cause,
+                confirmed,
+            } => write!(
+                f,
+                "{cause}, after {call} was sent{}: it may or may not have run, so it was not \
+                 sent again (calls that are safe to run twice can be: --idempotent)",
+                if *confirmed {
+                    " and the broker had taken it"
+                } else {
+                    ""
+                }
+            ),
             Error::Stalled(why) => write!(
                 f,
                 "connection to the broker lost: {why}; the connection was abandoned"
@@ -219,6 +245,27 @@ impl Error {
             }
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// Whether this means the connection is gone (lost, abandoned, or closed by the broker):
+    /// what a client recovers from by connecting again.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            Error::ConnectionLost(_) | Error::Stalled(_) => true,
+            Error::Amqp(err) => classify(err).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether connecting again cannot help: the broker refused the login or the vhost, or
+    /// the options are unusable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { refused: true, .. } | Error::Config(_)
+        )
     }
 }
 

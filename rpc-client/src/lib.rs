@@ -6,6 +6,9 @@
 //! - [`rpc`]: [`RpcClient`], one connection making raw calls ([`RpcRequest`] in, [`RpcReply`]
 //!   out: bytes, content type, headers) and matching replies by correlation id; its
 //!   [`ClientOptions`].
+//! - `session` (private): one connection's worth of calling: the channel with publisher
+//!   confirms, the callback queue, requests not confirmed yet; [`RpcClient`] opens a new one
+//!   after a lost connection.
 //! - [`client`]: [`FibonacciRpcClient`], fib(n) calls on top of [`RpcClient`].
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies), used by the server crate too.
@@ -70,6 +73,7 @@ pub mod output;
 pub mod random;
 pub mod reconnect;
 pub mod rpc;
+mod session;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod text;

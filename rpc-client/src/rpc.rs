@@ -32,16 +32,12 @@
 //! # Ok::<(), rpc_client::Error>(())
 //! ```
 
-use crate::connection::Link;
 use crate::error::Error;
+use crate::reconnect::Reconnect;
+use crate::session::{Event, Session};
 use crate::uri::BrokerOptions;
 use crate::wire;
-use crate::{connection, consume};
-use amiquip::{
-    AmqpProperties, AmqpValue, Channel, ConnectionBlockedNotification, ConsumerMessage,
-    ConsumerOptions, Delivery, FieldTable, Publish, Return,
-};
-use crossbeam_channel::{select, Receiver};
+use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable, Return};
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -166,7 +162,7 @@ impl RpcRequest {
     }
 
     /// The AMQP properties of this request, on top of `properties` (where to reply, which call).
-    fn properties(&self, mut properties: AmqpProperties) -> AmqpProperties {
+    pub(crate) fn properties(&self, mut properties: AmqpProperties) -> AmqpProperties {
         if let Some(content_type) = &self.content_type {
             properties = properties.with_content_type(content_type.clone());
         }
@@ -230,36 +226,46 @@ impl RpcReply {
     }
 }
 
-/// A connection to the broker that makes raw calls: bytes in, bytes out.
+/// A connection to the broker that makes raw calls: bytes in, bytes out. It recovers from a
+/// lost connection by itself (see [`RpcClient::call_many`]).
 pub struct RpcClient {
-    // Field order is drop order: the channel closes before its connection, the receivers
-    // outlive both (amiquip's I/O thread must never find them gone), and the link's watchdog
-    // bounds the closes (see `Drop`).
-    channel: Channel,
-    link: Option<Link>,
-    replies: Receiver<ConsumerMessage>,
-    returns: Receiver<Return>,
-    blocked: Receiver<ConnectionBlockedNotification>,
-    /// The broker's reason while it blocks our publishers (a resource alarm).
-    blocked_by: Option<String>,
+    /// The current connection; `None` while lost (the next call reconnects) or after a close.
+    session: Option<Session>,
+    brokers: Vec<BrokerOptions>,
+    /// The broker to try first on the next connection: the one after the last one reached.
+    next_broker: usize,
+    reply_kind: ReplyQueue,
+    /// The callback queue of the last connection.
     reply_queue: String,
     queue: String,
     timeout: Duration,
+    idempotent: bool,
+    /// The bound on each set-up round trip of a connection.
+    setup_limit: Duration,
+    closed: bool,
 }
 
-/// What the broker sent us next.
-enum Event {
-    Reply(Delivery),
-    Returned(Return),
-    TimedOut,
-}
-
-/// A call of [`RpcClient::call_many_tagged`] waiting for its reply.
-struct Pending<T> {
+/// A call waiting for its reply.
+struct Pending<T, R> {
     index: usize,
     tag: T,
+    request: R,
     started: Instant,
+    deadline: Instant,
+    /// Its publish sequence number on the current connection; `None` while it is to be
+    /// (re-)sent.
+    seq: Option<u64>,
+    /// How often the broker refused (nacked) it.
+    nacks: u32,
 }
+
+/// The first wait before re-sending a request the broker refused; it doubles per refusal of
+/// the same request, up to [`NACK_BACKOFF_MAX`].
+const NACK_BACKOFF: Duration = Duration::from_millis(100);
+const NACK_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The longest wait between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How [`RpcClient::call`] names a request in messages.
 fn describe_one(request: &RpcRequest) -> String {
@@ -279,88 +285,25 @@ impl RpcClient {
         if options.brokers.is_empty() {
             return Err(Error::Config("no broker to connect to".into()));
         }
-        let (mut link, _) = connection::open_first(&options.brokers, 0)?;
         let setup_limit = options
             .brokers
             .iter()
             .map(|broker| broker.connect_timeout)
             .max()
             .unwrap_or(Duration::from_secs(10));
-        let set_up = Self::set_up(&mut link, options.reply_queue, setup_limit);
-        let (channel, reply_queue, replies, returns, blocked) = match set_up {
-            Ok(parts) => parts,
-            Err(err) => {
-                link.bound_close(CLOSE_LIMIT);
-                return Err(err);
-            }
-        };
-        log::debug!("callback queue {reply_queue}");
+        let session = Session::open(&options.brokers, 0, options.reply_queue, setup_limit)?;
         Ok(RpcClient {
-            channel,
-            link: Some(link),
-            replies,
-            returns,
-            blocked,
-            blocked_by: None,
-            reply_queue,
+            next_broker: session.broker() + 1,
+            reply_queue: session.reply_queue().to_string(),
+            session: Some(session),
+            brokers: options.brokers.clone(),
+            reply_kind: options.reply_queue,
             queue: options.queue.clone(),
             timeout: options.timeout,
+            idempotent: options.idempotent,
+            setup_limit,
+            closed: false,
         })
-    }
-
-    /// Opens the channel, the callback queue and the listeners, each round trip bounded.
-    #[allow(clippy::type_complexity)]
-    fn set_up(
-        link: &mut Link,
-        reply_queue: ReplyQueue,
-        limit: Duration,
-    ) -> Result<
-        (
-            Channel,
-            String,
-            Receiver<ConsumerMessage>,
-            Receiver<Return>,
-            Receiver<ConnectionBlockedNotification>,
-        ),
-        Error,
-    > {
-        let Link {
-            connection,
-            watchdog,
-        } = link;
-        let blocked = watchdog.bounded("to the blocked-notification listener", limit, || {
-            connection.listen_for_connection_blocked()
-        })?;
-        let channel = watchdog.bounded("to the channel open", limit, || {
-            connection.open_channel(None)
-        })?;
-        let (reply_queue, replies) = match reply_queue {
-            ReplyQueue::Exclusive => {
-                watchdog.bounded("to the callback queue's declare and consume", limit, || {
-                    consume::callback_queue(&channel)
-                })?
-            }
-            // Direct reply-to requires no-ack consuming on the channel that publishes.
-            ReplyQueue::Direct => (
-                DIRECT_REPLY_TO.to_string(),
-                watchdog.bounded("to the direct reply-to consume", limit, || {
-                    consume::consume(
-                        &channel,
-                        DIRECT_REPLY_TO,
-                        ConsumerOptions {
-                            no_ack: true,
-                            ..ConsumerOptions::default()
-                        },
-                    )
-                })?,
-            ),
-        };
-        // Requests are published mandatory: the broker returns them at once when no queue of
-        // that name exists, instead of dropping them while we wait out the timeout.
-        let returns = watchdog.bounded("to the return listener", limit, || {
-            channel.listen_for_returns()
-        })?;
-        Ok((channel, reply_queue, replies, returns, blocked))
     }
 
     /// Sends `request` and returns the reply.
@@ -368,6 +311,7 @@ impl RpcClient {
     /// Ends within the timeout with the reply, the server's error reply as [`Error::Server`],
     /// or a local error: [`Error::NoRoute`] at once if the request queue does not exist,
     /// [`Error::Timeout`] (saying whether the queue has consumers), or a connection error.
+    /// A lost connection is recovered as [`RpcClient::call_many`] says.
     pub fn call(&mut self, request: &RpcRequest) -> Result<RpcReply, Error> {
         self.call_tagged(request, || describe_one(request))?
             .into_result()
@@ -379,10 +323,20 @@ impl RpcClient {
     /// `on_reply(index, result)` is called once per request as its outcome is known: in the
     /// order replies arrive, not the order of `requests` (`index` tells which, from 0). Error
     /// replies are [`Error::Server`]; messages name request `index + 1`. Each call has the
-    /// full timeout from the moment it is sent. Returning `ControlFlow::Break` from
-    /// `on_reply` stops sending; replies to calls still outstanding are then discarded. Only
-    /// a lost connection (or a request [`RpcRequest::check`] refuses) ends the batch with
-    /// `Err`.
+    /// full timeout from the moment it is first sent. Returning `ControlFlow::Break` from
+    /// `on_reply` stops sending; replies to calls still outstanding are then discarded.
+    ///
+    /// Requests are published with publisher confirms. One the broker refuses (nacks) never
+    /// reached the queue and is sent again, after 0.1 s doubling per refusal. When the
+    /// connection is lost, the client connects to the next broker (0.1 s doubling between
+    /// rounds over all of them, with jitter), opens a new callback queue, and sends the
+    /// unanswered requests again with their correlation ids and original deadlines: all of
+    /// them when the options say the procedure is `idempotent` (at-least-once); otherwise
+    /// only those the broker never took, while each call whose request was sent fails with
+    /// [`Error::MaybeRan`] (at-most-once). A call whose deadline passes before the
+    /// connection is back fails with [`Error::ConnectionLost`]. Only a refused login, a
+    /// request [`RpcRequest::check`] refuses, a blocked connection or a channel the broker
+    /// closed ends the batch with `Err`.
     pub fn call_many<I, F>(
         &mut self,
         requests: I,
@@ -428,26 +382,21 @@ impl RpcClient {
         request: &RpcRequest,
         describe: impl Fn() -> String,
     ) -> Result<RpcReply, Error> {
-        let started = Instant::now();
-        let deadline = started + self.timeout;
-        let correlation_id = self.publish(request)?;
-        loop {
-            match self.next_event(deadline)? {
-                Event::Reply(delivery) => {
-                    if delivery.properties.correlation_id().as_deref() == Some(&correlation_id) {
-                        return Ok(self.finish(delivery, started, describe));
-                    }
-                    discard(&delivery);
-                }
-                Event::Returned(returned) => {
-                    if returned.properties.correlation_id().as_deref() == Some(&correlation_id) {
-                        return Err(self.no_route(returned));
-                    }
-                    // The return of an earlier call that timed out.
-                }
-                Event::TimedOut => return Err(self.timed_out(&describe(), started)),
-            }
-        }
+        let mut outcome = None;
+        self.call_many_tagged(
+            std::iter::once(((), request)),
+            1,
+            |_, _| describe(),
+            |_, _, result| {
+                outcome = Some(result);
+                ControlFlow::Break(())
+            },
+        )?;
+        outcome.unwrap_or_else(|| {
+            Err(Error::ConnectionLost(
+                "the call ended without an outcome".into(),
+            ))
+        })
     }
 
     /// Sends every `(tag, request)` of `requests` with up to `in_flight` outstanding;
@@ -465,76 +414,220 @@ impl RpcClient {
         I: IntoIterator<Item = (T, R)>,
         F: FnMut(usize, T, Result<RpcReply, Error>) -> ControlFlow<()>,
     {
+        if self.closed {
+            return Err(Error::ConnectionLost("the client was closed".into()));
+        }
         let in_flight = in_flight.max(1);
         let mut requests = requests.into_iter().enumerate();
-        let mut pending: HashMap<String, Pending<T>> = HashMap::with_capacity(in_flight);
-        // Calls in the order they were sent, which is also the order of their deadlines.
-        let mut sent: VecDeque<(Instant, String)> = VecDeque::with_capacity(in_flight);
+        let mut calls: HashMap<String, Pending<T, R>> = HashMap::with_capacity(in_flight);
+        // Calls in the order they were first sent, which is also the order of their deadlines.
+        let mut order: VecDeque<(Instant, String)> = VecDeque::with_capacity(in_flight);
+        // Calls to send now (new, or again after a lost connection), in this order.
+        let mut to_send: VecDeque<String> = VecDeque::new();
+        // Calls the broker refused, to send again from the given time.
+        let mut refused: Vec<(Instant, String)> = Vec::new();
+        let mut backoff = Reconnect::new(None, MAX_BACKOFF);
+        // Why the connection was lost, while it is, and why the last attempt to reconnect
+        // failed.
+        let mut lost_by: Option<String> = None;
+        let mut last_attempt: Option<String> = None;
         let mut sending = true;
         loop {
-            while sending && pending.len() < in_flight {
+            while sending && calls.len() < in_flight {
                 let Some((index, (tag, request))) = requests.next() else {
                     sending = false;
                     break;
                 };
+                request.borrow().check()?;
                 let started = Instant::now();
-                let id = self.publish(request.borrow())?;
-                sent.push_back((started + self.timeout, id.clone()));
-                pending.insert(
+                let id = Uuid::new_v4().to_string();
+                order.push_back((started + self.timeout, id.clone()));
+                to_send.push_back(id.clone());
+                calls.insert(
                     id,
                     Pending {
                         index,
                         tag,
+                        request,
                         started,
+                        deadline: started + self.timeout,
+                        seq: None,
+                        nacks: 0,
                     },
                 );
             }
             // Forget answered calls at the front; the first one left times out first.
-            while sent
-                .front()
-                .is_some_and(|(_, id)| !pending.contains_key(id))
-            {
-                sent.pop_front();
+            while order.front().is_some_and(|(_, id)| !calls.contains_key(id)) {
+                order.pop_front();
             }
-            let Some((deadline, _)) = sent.front() else {
+            let Some(&(deadline, _)) = order.front() else {
                 return Ok(()); // nothing outstanding and nothing more to send
             };
-            let (call, result) = match self.next_event(*deadline)? {
-                Event::Reply(delivery) => {
+            let now = Instant::now();
+            refused.retain(|(due, id)| {
+                let due = *due <= now;
+                if due {
+                    to_send.push_back(id.clone());
+                }
+                !due
+            });
+
+            if self.session.is_none() && deadline > now {
+                // Lost: one round over every broker, else wait and expire what is due.
+                match self.reopen(deadline) {
+                    Ok(()) => {
+                        backoff.succeeded();
+                        last_attempt = None;
+                        if let Some(cause) = lost_by.take() {
+                            log::warn!(
+                                "reconnected to {} after the connection was lost ({cause}); \
+                                 sending {} call(s) again",
+                                self.brokers[self.next_broker - 1],
+                                to_send.len()
+                            );
+                        }
+                    }
+                    Err(err) if err.is_refusal() => return Err(err),
+                    Err(err) => {
+                        let delay = backoff.failed().unwrap_or(MAX_BACKOFF);
+                        log::warn!(
+                            "cannot reconnect ({err}); trying again in {:.1}s",
+                            delay.as_secs_f64()
+                        );
+                        last_attempt = Some(err.to_string());
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        std::thread::sleep(delay.min(left));
+                        continue;
+                    }
+                }
+            }
+            let Some(session) = self.session.as_mut() else {
+                // The connection is lost and the first call's deadline has passed.
+                let Some((_, id)) = order.pop_front() else {
+                    continue;
+                };
+                let Some(call) = calls.remove(&id) else {
+                    continue;
+                };
+                let err = Error::ConnectionLost(format!(
+                    "{} got no reply within {:.1}s: the connection was lost ({}) and not back \
+                     in time{}",
+                    describe(call.index, &call.tag),
+                    call.started.elapsed().as_secs_f64(),
+                    lost_by.as_deref().unwrap_or("closed"),
+                    last_attempt
+                        .as_deref()
+                        .map(|why| format!("; last attempt: {why}"))
+                        .unwrap_or_default()
+                ));
+                if on_reply(call.index, call.tag, Err(err)).is_break() {
+                    return Ok(());
+                }
+                continue;
+            };
+            // Send what is due, each with what is left of its own deadline.
+            let mut lost = None;
+            while let Some(id) = to_send.pop_front() {
+                let Some(call) = calls.get_mut(&id) else {
+                    continue;
+                };
+                let remaining = call.deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    continue; // it times out below
+                }
+                match session.publish(&self.queue, call.request.borrow(), &id, remaining) {
+                    Ok(seq) => call.seq = Some(seq),
+                    Err(err) if err.is_connection_loss() => {
+                        to_send.push_front(id);
+                        lost = Some(err);
+                        break;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            let event = match lost {
+                Some(err) => Err(err),
+                None => {
+                    let wake = refused
+                        .iter()
+                        .map(|(due, _)| *due)
+                        .fold(deadline, Instant::min);
+                    session.next_event(wake)
+                }
+            };
+            let (call, result) = match event {
+                Ok(Event::Reply(delivery)) => {
                     let id = delivery
                         .properties
                         .correlation_id()
                         .as_deref()
                         .unwrap_or("");
-                    let Some(call) = pending.remove(id) else {
+                    let Some(call) = calls.remove(id) else {
                         discard(&delivery);
                         continue;
                     };
-                    let reply =
-                        self.finish(delivery, call.started, || describe(call.index, &call.tag));
+                    if let Some(seq) = call.seq {
+                        session.answered(seq);
+                    }
+                    let reply = finish(delivery, call.started, || describe(call.index, &call.tag));
                     (call, Ok(reply))
                 }
-                Event::Returned(returned) => {
+                Ok(Event::Returned(returned)) => {
                     let id = returned
                         .properties
                         .correlation_id()
                         .as_deref()
                         .unwrap_or("");
-                    let Some(call) = pending.remove(id) else {
+                    let Some(call) = calls.remove(id) else {
                         continue;
                     };
                     (call, Err(self.no_route(returned)))
                 }
-                Event::TimedOut => {
-                    let Some((_, id)) = sent.pop_front() else {
+                Ok(Event::Nacked(ids)) => {
+                    for id in ids {
+                        let Some(call) = calls.get_mut(&id) else {
+                            continue;
+                        };
+                        call.seq = None;
+                        call.nacks += 1;
+                        let wait = NACK_BACKOFF
+                            .saturating_mul(1 << (call.nacks - 1).min(5))
+                            .min(NACK_BACKOFF_MAX);
+                        log::warn!(
+                            "the broker refused (nacked) {}; sending it again in {:.1}s",
+                            describe(call.index, &call.tag),
+                            wait.as_secs_f64()
+                        );
+                        refused.push((Instant::now() + wait, id));
+                    }
+                    continue;
+                }
+                Ok(Event::TimedOut) => {
+                    if Instant::now() < deadline {
+                        continue; // a refused request is due again
+                    }
+                    let Some((_, id)) = order.pop_front() else {
                         continue;
                     };
-                    let Some(call) = pending.remove(&id) else {
+                    let Some(call) = calls.remove(&id) else {
                         continue;
                     };
                     let err = self.timed_out(&describe(call.index, &call.tag), call.started);
                     (call, Err(err))
                 }
+                Err(err) if err.is_connection_loss() => {
+                    let cause = err.to_string();
+                    log::warn!("{cause}; {} call(s) in flight, reconnecting", calls.len());
+                    let failed = self.lose(&mut calls, &mut to_send, &cause, &describe);
+                    lost_by = Some(cause);
+                    for (call, err) in failed {
+                        if on_reply(call.index, call.tag, Err(err)).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err),
             };
             if on_reply(call.index, call.tag, result).is_break() {
                 return Ok(());
@@ -542,12 +635,101 @@ impl RpcClient {
         }
     }
 
+    /// Connects again, starting at the broker after the last one reached, each attempt
+    /// bounded by what is left until `deadline`.
+    fn reopen(&mut self, deadline: Instant) -> Result<(), Error> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let brokers: Vec<BrokerOptions> = self
+            .brokers
+            .iter()
+            .map(|broker| BrokerOptions {
+                connect_timeout: broker
+                    .connect_timeout
+                    .min(remaining)
+                    .max(Duration::from_millis(1)),
+                ..broker.clone()
+            })
+            .collect();
+        let limit = self
+            .setup_limit
+            .min(remaining)
+            .max(Duration::from_millis(1));
+        let start = self.next_broker % self.brokers.len();
+        let session = Session::open(&brokers, start, self.reply_kind, limit)?;
+        self.next_broker = session.broker() + 1;
+        self.reply_queue = session.reply_queue().to_string();
+        self.session = Some(session);
+        Ok(())
+    }
+
+    /// The connection is lost: drops it and sorts the calls in flight. Those whose requests
+    /// the broker never took are queued to be sent again, and so are the others when the
+    /// procedure is idempotent; otherwise those fail with [`Error::MaybeRan`] and are
+    /// returned.
+    fn lose<T, R>(
+        &mut self,
+        calls: &mut HashMap<String, Pending<T, R>>,
+        to_send: &mut VecDeque<String>,
+        cause: &str,
+        describe: &impl Fn(usize, &T) -> String,
+    ) -> Vec<(Pending<T, R>, Error)> {
+        let Some(mut session) = self.session.take() else {
+            return Vec::new();
+        };
+        let nacked = session.take_confirms();
+        // Sent ones in the order they were first sent; to_send keeps what was queued.
+        let mut sent: Vec<(&String, &Pending<T, R>)> = calls
+            .iter()
+            .filter(|(id, call)| call.seq.is_some() && !nacked.contains(id))
+            .collect();
+        sent.sort_by_key(|(_, call)| call.index);
+        let sent: Vec<(String, bool)> = sent
+            .into_iter()
+            .map(|(id, call)| {
+                (
+                    id.clone(),
+                    call.seq.is_some_and(|seq| session.confirmed(seq)),
+                )
+            })
+            .collect();
+        drop(session); // bounded by CLOSE_LIMIT
+        let mut failed = Vec::new();
+        let mut again: VecDeque<String> = VecDeque::new();
+        for (id, confirmed) in sent {
+            if self.idempotent {
+                again.push_back(id);
+                continue;
+            }
+            let Some(call) = calls.remove(&id) else {
+                continue;
+            };
+            let err = Error::MaybeRan {
+                call: describe(call.index, &call.tag),
+                cause: cause.to_string(),
+                confirmed,
+            };
+            failed.push((call, err));
+        }
+        for id in nacked {
+            if calls.contains_key(&id) && !to_send.contains(&id) {
+                again.push_back(id);
+            }
+        }
+        for call in calls.values_mut() {
+            call.seq = None;
+        }
+        again.extend(to_send.drain(..));
+        *to_send = again;
+        failed
+    }
+
     /// Changes how long each following call waits for its reply.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 
-    /// The name of this client's callback queue (the `reply_to` of its requests).
+    /// The name of this client's callback queue (the `reply_to` of its requests); a new one
+    /// after each reconnect.
     pub fn reply_queue(&self) -> &str {
         &self.reply_queue
     }
@@ -556,133 +738,10 @@ impl RpcClient {
     /// at most [`CLOSE_LIMIT`]: a close the broker does not answer in time abandons the
     /// connection and reports [`Error::Stalled`].
     pub fn close(mut self) -> Result<(), Error> {
-        let Some(Link {
-            connection,
-            watchdog,
-        }) = self.link.take()
-        else {
-            return Ok(());
-        };
-        // Closing the connection closes its channel on the broker too: one round trip
-        // instead of two. The channel handle then only finds its I/O loop gone.
-        watchdog.bounded("to the connection close", CLOSE_LIMIT, || {
-            connection.close()
-        })
-    }
-
-    /// Publishes `request` and returns its correlation id. Fails at once while the broker
-    /// blocks our publishers.
-    fn publish(&mut self, request: &RpcRequest) -> Result<String, Error> {
-        request.check()?;
-        self.check_blocked()?;
-        let correlation_id = Uuid::new_v4().to_string();
-        let properties = request.properties(wire::request_properties_with_deadline(
-            &self.reply_queue,
-            &correlation_id,
-            self.timeout,
-        ));
-        let mut publish = Publish::with_properties(&request.body, self.queue.as_str(), properties);
-        publish.mandatory = true;
-        let channel = &self.channel;
-        self.link()?
-            .watchdog
-            .bounded("to the request's publish", self.timeout, || {
-                channel.basic_publish("", publish)
-            })?;
-        Ok(correlation_id)
-    }
-
-    /// The open link, or [`Error::ConnectionLost`] after a close.
-    fn link(&self) -> Result<&Link, Error> {
-        self.link
-            .as_ref()
-            .ok_or_else(|| Error::ConnectionLost("the client was closed".into()))
-    }
-
-    /// Takes the blocked/unblocked notifications that arrived, and fails while blocked.
-    fn check_blocked(&mut self) -> Result<(), Error> {
-        while let Ok(note) = self.blocked.try_recv() {
-            self.note_blocked(note);
-        }
-        match &self.blocked_by {
-            Some(reason) => Err(Error::Blocked(reason.clone())),
+        self.closed = true;
+        match self.session.take() {
+            Some(session) => session.close(),
             None => Ok(()),
-        }
-    }
-
-    fn note_blocked(&mut self, note: ConnectionBlockedNotification) {
-        match note {
-            ConnectionBlockedNotification::Blocked(reason) => {
-                let reason = wire::printable(&reason);
-                log::warn!("the broker blocks this connection: {reason}");
-                self.blocked_by = Some(reason);
-            }
-            ConnectionBlockedNotification::Unblocked => {
-                log::info!("the broker unblocked this connection");
-                self.blocked_by = None;
-            }
-        }
-    }
-
-    /// Waits until `deadline` for a reply or a returned request; fails at once when the
-    /// broker blocks our publishers (our requests would wait in its buffers).
-    fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let note = select! {
-                recv(self.replies) -> message => return match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
-                    Ok(ConsumerMessage::ServerClosedChannel(err))
-                    | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
-                    Ok(other) => Err(Error::ConnectionLost(format!(
-                        "reply consumer stopped: {other:?}"
-                    ))),
-                    Err(_) => Err(self.lost("reply consumer closed")),
-                },
-                recv(self.returns) -> returned => return match returned {
-                    Ok(returned) => Ok(Event::Returned(returned)),
-                    Err(_) => Err(self.lost("channel closed")),
-                },
-                recv(self.blocked) -> note => match note {
-                    Ok(note) => note,
-                    Err(_) => return Err(self.lost("connection closed")),
-                },
-                default(remaining) => return Ok(Event::TimedOut),
-            };
-            self.note_blocked(note);
-            self.check_blocked()?;
-        }
-    }
-
-    /// A lost connection: [`Error::Stalled`] if our watchdog abandoned it, with its reason.
-    fn lost(&self, what: &str) -> Error {
-        match self.link.as_ref().and_then(|link| link.watchdog.fired()) {
-            Some(why) => Error::Stalled(why),
-            None => Error::ConnectionLost(what.to_string()),
-        }
-    }
-
-    /// Turns the reply to our call into an [`RpcReply`], taking its body and properties as
-    /// they are. `describe` names the call in the log.
-    fn finish(
-        &self,
-        delivery: Delivery,
-        started: Instant,
-        describe: impl FnOnce() -> String,
-    ) -> RpcReply {
-        let elapsed = started.elapsed();
-        let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
-        log::info!(
-            "{} answered by {} in {:.2} ms",
-            describe(),
-            server.as_deref().unwrap_or("a server without a name"),
-            elapsed.as_secs_f64() * 1e3
-        );
-        RpcReply {
-            body: delivery.body,
-            properties: delivery.properties,
-            server,
-            elapsed,
         }
     }
 
@@ -698,13 +757,18 @@ impl RpcClient {
     /// [`PROBE_LIMIT`].
     fn timed_out(&mut self, call: &str, started: Instant) -> Error {
         let waited = started.elapsed();
-        match self.consumer_count() {
+        let Some(session) = self.session.as_mut() else {
+            return Error::ConnectionLost(format!("no reply for {call}; the connection is gone"));
+        };
+        match session.consumer_count(&self.queue) {
             Ok(consumers) => Error::Timeout {
                 call: call.to_string(),
                 waited,
                 queue: self.queue.clone(),
                 consumers,
             },
+            // The link is abandoned: the next wait on it fails, and the calls still in flight
+            // are recovered then.
             Err(Error::Stalled(why)) => Error::Stalled(format!(
                 "no reply for {call} within {:.1}s, then {why}",
                 waited.as_secs_f64()
@@ -712,42 +776,24 @@ impl RpcClient {
             Err(err) => err,
         }
     }
-
-    /// Consumers of the request queue, for the timeout message; `None` if it can't be told,
-    /// an error only if the broker did not answer within [`PROBE_LIMIT`].
-    fn consumer_count(&mut self) -> Result<Option<u32>, Error> {
-        let link = self
-            .link
-            .as_mut()
-            .ok_or_else(|| Error::ConnectionLost("closed".into()))?;
-        let Link {
-            connection,
-            watchdog,
-        } = link;
-        let queue = self.queue.as_str();
-        // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let probe = watchdog.bounded("to the consumer-count probe", PROBE_LIMIT, || {
-            let probe = connection.open_channel(None)?;
-            let count = probe
-                .queue_declare_passive(queue)?
-                .declared_consumer_count();
-            probe.close()?;
-            Ok(count)
-        });
-        match probe {
-            Ok(count) => Ok(count),
-            Err(Error::Stalled(why)) => Err(Error::Stalled(why)),
-            Err(_) => Ok(None),
-        }
-    }
 }
 
-impl Drop for RpcClient {
-    /// Bounds the closes amiquip makes when the channel and the connection are dropped.
-    fn drop(&mut self) {
-        if let Some(link) = &self.link {
-            link.bound_close(CLOSE_LIMIT);
-        }
+/// Turns the reply to our call into an [`RpcReply`], taking its body and properties as they
+/// are. `describe` names the call in the log.
+fn finish(delivery: Delivery, started: Instant, describe: impl FnOnce() -> String) -> RpcReply {
+    let elapsed = started.elapsed();
+    let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
+    log::info!(
+        "{} answered by {} in {:.2} ms",
+        describe(),
+        server.as_deref().unwrap_or("a server without a name"),
+        elapsed.as_secs_f64() * 1e3
+    );
+    RpcReply {
+        body: delivery.body,
+        properties: delivery.properties,
+        server,
+        elapsed,
     }
 }
 
