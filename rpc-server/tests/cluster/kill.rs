@@ -11,8 +11,8 @@
 //!    properties) and its calls, re-sent, answered right.
 
 use super::{
-    caller_information, caller_name, leader, list_connections, log_message, ports_of, Cluster, Run,
-    ScenarioResult, NODE_BACK, SERVERS, TAIL,
+    caller_information, caller_name, leader, list_connections, ports_of, Cluster, Run,
+    ScenarioResult, NODE_BACK, TAIL,
 };
 use crate::common::secs;
 use rpc_client::testing;
@@ -92,14 +92,7 @@ fn after_kill(
         Err(err) => panic!("{err}"),
     }
     run.phase(format!("after the kill of node {node}"));
-    let surviving = cluster.without(node);
-    match testing::wait_for_consumers(&surviving, &q, SERVERS as u32, Duration::from_secs(30)) {
-        Ok(waited) => run.checks.note(format!(
-            "{SERVERS} consumers again {:.1}s after the kill (via a surviving node)",
-            secs(waited)
-        )),
-        Err(err) => run.checks.check(false, || err),
-    }
+    run.await_reconsume(node, kill_at);
     if was_leader {
         let mut new_leader = Err(String::from("not asked yet"));
         let every = Duration::from_millis(500); // each question starts a rabbitmqctl
@@ -146,29 +139,6 @@ fn after_kill(
         run.checks.note(format!(
             "{} was on node {node}; recovered, see its placement above",
             caller_name(j)
-        ));
-    }
-    // The server on the lost node reconnected to another node.
-    let server = &run.servers[node - 1];
-    let reconnects = server.log_lines("reconnecting in");
-    let consuming = server.log_lines("waiting for RPC requests");
-    let ok = !reconnects.is_empty() && consuming.len() >= 2;
-    let shown = (
-        server.name.clone(),
-        reconnects.first().map(|l| log_message(l).to_string()),
-        server.log_tail(15),
-    );
-    run.checks.check(ok, || {
-        format!(
-            "{} (on the lost node) did not log a reconnect and a second consume\n{}",
-            shown.0, shown.2
-        )
-    });
-    if let Some(first) = shown.1 {
-        run.checks.note(format!(
-            "{}: {} reconnect attempt(s), first: {first:?}",
-            shown.0,
-            reconnects.len()
         ));
     }
     run.phase(format!("start-node {node}, until whole"));

@@ -451,6 +451,35 @@ impl Run {
         self.callers().set_phase(number);
     }
 
+    /// Waits up to 30 s until server `s<node>` (which started on node `node`) consumes again
+    /// after losing that node: it logs a reconnect and a second "waiting for RPC requests".
+    /// (The queue's consumer count is no proof: a quorum queue keeps the consumer of a node
+    /// that vanished, as suspected down, until the node is back.)
+    pub fn await_reconsume(&mut self, node: usize, since: Duration) {
+        let server = &self.servers[node - 1];
+        let waited = testing::poll_until(
+            &format!("{} to consume again", server.name),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                Ok(!server.log_lines("reconnecting in").is_empty()
+                    && server.log_count("waiting for RPC requests") >= 2)
+            },
+        );
+        let reconnects = server.log_lines("reconnecting in");
+        let (name, tail) = (server.name.clone(), server.log_tail(15));
+        match waited {
+            Ok(()) => self.checks.note(format!(
+                "{name} (on node {node}) consumes again {:.1}s after the fault; {} reconnect \
+                 attempt(s), first: {:?}",
+                secs(self.now().saturating_sub(since)),
+                reconnects.len(),
+                reconnects.first().map(|l| log_message(l))
+            )),
+            Err(err) => self.checks.check(false, || format!("{err}\n{tail}")),
+        }
+    }
+
     /// Lets the calls go on until `at` (from the callers' start): the length of a phase, not
     /// a wait for a condition.
     pub fn run_until(&self, at: Duration) {

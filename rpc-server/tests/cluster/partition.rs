@@ -7,7 +7,7 @@
 //! none may end in an error. Left out, with `cut-node`'s message, where this machine cannot
 //! cut a link (no root, no iptables, no cgroup2).
 
-use super::{Cluster, Run, ScenarioResult, NODE_BACK, SERVERS, TAIL};
+use super::{Cluster, Run, ScenarioResult, NODE_BACK, TAIL};
 use crate::common::broker::{Cut, CutError};
 use crate::common::secs;
 use rpc_client::testing;
@@ -46,14 +46,7 @@ pub fn run(cluster: &Cluster, title: &str) -> ScenarioResult {
         Err(err) => run.checks.check(false, || format!("node {node}: {err}")),
     }
     run.phase(format!("node {node} paused, cut off"));
-    let surviving = cluster.without(node);
-    match testing::wait_for_consumers(&surviving, &q, SERVERS as u32, Duration::from_secs(30)) {
-        Ok(_) => run.checks.note(format!(
-            "{SERVERS} consumers on the majority {:.1}s after the cut",
-            secs(run.now() - cut_at)
-        )),
-        Err(err) => run.checks.check(false, || err),
-    }
+    run.await_reconsume(node, cut_at);
     for other in (1..=cluster.brokers.len()).filter(|&i| i != node) {
         let answers = cluster.answers(other);
         run.checks.check(answers, || {
