@@ -329,6 +329,22 @@ pub struct Run {
     phases: Vec<Phase>,
     log_dir: PathBuf,
     started: Instant,
+    /// Errors of rpc-client processes that failed to set up (exit 3 before sending their
+    /// request: see [`is_setup_failure`]) are counted and shown but allowed.
+    pub allow_setup_failures: bool,
+}
+
+/// An `rpc-client` process that exited 3 before its request was sent: it could not connect,
+/// or its connection's set-up (channel, callback queue) got no answer within its connect
+/// timeout. During a partition, until the cut-off node is noticed (up to 1.25 × net_ticktime),
+/// RabbitMQ 3.10 cannot declare an exclusive queue on any node.
+pub fn is_setup_failure(call: &Call) -> bool {
+    call.caller >= LIBRARY_CALLERS
+        && call.outcome == Outcome::Error
+        && call.detail.starts_with("rpc-client exit 3: ")
+        && (call.detail.contains("cannot connect to")
+            || call.detail.contains("callback queue's declare and consume")
+            || call.detail.contains("to the channel open"))
 }
 
 impl Run {
@@ -368,6 +384,7 @@ impl Run {
             phases: Vec::new(),
             log_dir,
             started,
+            allow_setup_failures: false,
         };
         run.checks.note(format!(
             "{SERVERS} servers consume quorum queue '{q}' (declared through node {}); \
@@ -625,8 +642,20 @@ impl Run {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
-        checks.check(total.errors == 0, || {
-            format!("{} call(s) ended in an error", total.errors)
+        let setup_failures = if self.allow_setup_failures {
+            calls.iter().filter(|c| is_setup_failure(c)).count() as u64
+        } else {
+            0
+        };
+        if setup_failures > 0 {
+            checks.note(format!(
+                "{setup_failures} rpc-client process(es) could not set up a connection (exit 3 \
+                 before sending; allowed in this scenario)"
+            ));
+        }
+        let errors = total.errors - setup_failures;
+        checks.check(errors == 0, || {
+            format!("{errors} call(s) ended in an error")
         });
         checks.check(total.lost == 0, || {
             format!(

@@ -4,7 +4,9 @@
 //! the cut-off node pauses (stops its RabbitMQ app, closing its clients' connections) once it
 //! notices; the majority elects a new leader; servers and callers of the paused node recover
 //! on the majority. After the heal the node rejoins. No call may be lost, hung or wrong, and
-//! none may end in an error. Left out, with `cut-node`'s message, where this machine cannot
+//! none may end in an error, except that new `rpc-client` processes may fail to set up their
+//! connection (exit 3 before sending, counted and shown) until the cut is noticed: RabbitMQ
+//! 3.10 declares no exclusive queue meanwhile, on any node. Left out, with `cut-node`'s message, where this machine cannot
 //! cut a link (no root, no iptables, no cgroup2).
 
 use super::{Cluster, Run, ScenarioResult, NODE_BACK, TAIL};
@@ -18,6 +20,8 @@ const CUT_FOR: Duration = Duration::from_secs(30);
 
 pub fn run(cluster: &Cluster, title: &str) -> ScenarioResult {
     let mut run = Run::start(cluster, "partition", "cut off the leader's node");
+    // Until the cut-off node is noticed, no node can declare a new client's callback queue.
+    run.allow_setup_failures = true;
     let (node, name) = super::leader(run.q()).unwrap_or_else(|e| panic!("{e}"));
     let q = run.q().to_string();
     let cut_at = run.now();
