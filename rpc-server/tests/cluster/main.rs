@@ -765,6 +765,9 @@ fn selected() -> Vec<&'static Def> {
 #[ignore = "needs scripts/cluster.sh up; run by scripts/cluster-test.sh"]
 fn scenarios() {
     let test_started = Instant::now();
+    // The library callers' warnings (a lost connection, a reconnect, calls sent again) on
+    // stderr, with timestamps, for the record.
+    testing::init_logging();
     let cluster = Cluster::from_env();
     let mut table = Vec::new();
     let mut failures = Vec::new();
