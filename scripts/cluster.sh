@@ -7,6 +7,11 @@
 #   scripts/cluster.sh uris          print the nodes' AMQP URIs, comma-separated (for RPC_URIS)
 #   scripts/cluster.sh stop-node I [--app]   stop node I (with --app: only its RabbitMQ app)
 #   scripts/cluster.sh start-node I  start node I (or its app) again
+#   scripts/cluster.sh kill-node I   SIGKILL node I's Erlang VM (no clean stop), wait until gone
+#   scripts/cluster.sh cut-node I    partition: cut node I's Erlang distribution links to the
+#                                    other nodes (iptables rules on loopback; root, iptables and
+#                                    a cgroup2 mount needed); its AMQP port stays reachable
+#   scripts/cluster.sh heal          remove the cut (also done by down)
 #   scripts/cluster.sh leader QUEUE [VHOST]  print the node hosting the quorum queue's leader
 #   scripts/cluster.sh ctl I ARGS... rabbitmqctl ARGS against node I, with the cluster's cookie
 #                                    (e.g. ctl 2 list_connections port client_properties)
@@ -17,7 +22,8 @@
 # Uses the rabbitmq-server package's scripts (run scripts/broker.sh first to install it);
 # needs no root. Env: CLUSTER_PORTS, CLUSTER_WAIT (seconds for up/start-node, default 120),
 # CLUSTER_STOP_WAIT (seconds per stop, default 60), CLUSTER_MEMORY (memory high watermark
-# per node, default 1GiB), CLUSTER_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler
+# per node, default 1GiB), CLUSTER_NET_TICKTIME (Erlang's net_ticktime, seconds, default 10: a
+# cut-off peer is noticed within 1.25 times that), CLUSTER_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler
 # per node, to share the machine), RABBITMQ_BIN (default /usr/lib/rabbitmq/bin).
 set -euo pipefail
 NODE_WAIT=${CLUSTER_WAIT:-120}
@@ -27,7 +33,7 @@ NODE_ERL_ARGS=${CLUSTER_ERL_ARGS-+S 1:1}
 . "$(dirname "${BASH_SOURCE[0]}")/node.sh"
 
 usage() {
-    die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | leader QUEUE [VHOST] | ctl I ARGS..."
+    die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | kill-node I | cut-node I | heal | leader QUEUE [VHOST] | ctl I ARGS..."
 }
 
 CLUSTER_DIR=$REPO_ROOT/target/cluster
@@ -84,7 +90,13 @@ cmd_up() {
             node_write_config "vm_memory_high_watermark.absolute = ${CLUSTER_MEMORY:-1GiB}" \
                 "disk_free_limit.absolute = 1GB" "cluster_name = rpc-cluster" \
                 "# Quorum queues keep their write-ahead log in memory up to this size (default 512 MB)." \
-                "raft.wal_max_size_bytes = 64000000"
+                "raft.wal_max_size_bytes = 64000000" \
+                "# A node cut off from the majority pauses (stops its app) until it sees it again." \
+                "cluster_partition_handling = pause_minority"
+        # A peer that stops answering is down after 7.5-12.5 s (the default, 60 s, would let a
+        # short partition go unnoticed).
+        [[ -s $NODE_HOST_DIR/advanced.config ]] ||
+            printf '%s\n' "[{kernel, [{net_ticktime, ${CLUSTER_NET_TICKTIME:-10}}]}]." >"$NODE_HOST_DIR/advanced.config"
         node_start
         started=1
     done
@@ -146,6 +158,7 @@ cmd_uris() {
 
 cmd_down() {
     local i t0=$SECONDS failed=0
+    [[ ! -e $CUT_STATE ]] || cmd_heal
     if [[ ! -d $CLUSTER_DIR ]]; then
         msg "no cluster state in $CLUSTER_DIR; nothing to stop"
         return 0
@@ -253,6 +266,100 @@ cmd_start_node() {
     msg "$NODE up in $((SECONDS - t0))s; running cluster nodes: $running"
 }
 
+cmd_kill_node() {
+    local pid deadline
+    node_index "$1"
+    pid=$(node_pid) || {
+        msg "$NODE is not running"
+        return 0
+    }
+    msg "killing $NODE (SIGKILL to its VM, pid $pid)"
+    kill -KILL "$pid"
+    deadline=$((SECONDS + 10))
+    while kill -0 "$pid" 2>/dev/null; do
+        ((SECONDS < deadline)) || die "$NODE (pid $pid) still runs 10s after SIGKILL"
+        sleep 0.1
+    done
+    msg "$NODE killed"
+}
+
+# A partition: the node's distribution links cut by iptables rules on loopback (all nodes share
+# 127.0.0.1, so ports tell the links apart). Chain CUT_CHAIN in OUTPUT drops: everything to and
+# from the node's distribution port (links it accepted, the CLI's too); the links it opened to
+# the other nodes' distribution ports (their ephemeral ports, from ss); and any new link it
+# opens to them: its VM is moved to a cgroup of its own, which iptables' cgroup match names
+# (new sockets belong to it). Its AMQP port is not touched: clients see what the node does.
+CUT_CHAIN=RABBIT_RPC_CUT
+CUT_STATE=$CLUSTER_DIR/cut
+
+# The cgroup2 hierarchy (unified, or hybrid's /sys/fs/cgroup/unified), or fails.
+cgroup2_root() {
+    local dir
+    for dir in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+        [[ $(stat -fc %T "$dir" 2>/dev/null) == cgroup2fs ]] && { printf '%s\n' "$dir"; return 0; }
+    done
+    return 1
+}
+
+cmd_cut_node() {
+    local pid root cgroup i dist others=() line local_port peer_port
+    node_index "$1"
+    [[ ! -e $CUT_STATE ]] || die "a cut is in place already ($(<"$CUT_STATE")); run '$PROG heal' first"
+    # What this machine lacks is a skip (77), before anything is changed.
+    ((EUID == 0)) || skip "cut-node needs root (iptables)"
+    command -v iptables >/dev/null || skip "cut-node needs iptables (apt-get install iptables)"
+    command -v ss >/dev/null || skip "cut-node needs ss (apt-get install iproute2)"
+    root=$(cgroup2_root) || skip "cut-node needs a cgroup2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)"
+    iptables -S OUTPUT >/dev/null 2>&1 || skip "cut-node: iptables cannot read the OUTPUT chain here: $(iptables -S OUTPUT 2>&1 | head -n 1)"
+    pid=$(node_pid) || die "$NODE is not running"
+    dist=$NODE_DIST
+    for ((i = 1; i <= N; i++)); do
+        ((i == $1)) || others+=($((PORTS[i - 1] + 20000)))
+    done
+    cgroup=rabbit-rpc-cut-${NODE%@*}
+    printf '%s %s %s\n' "$1" "$pid" "$root/$cgroup" >"$CUT_STATE"
+    mkdir -p "$root/$cgroup"
+    echo "$pid" >"$root/$cgroup/cgroup.procs" || die "cannot move $NODE (pid $pid) to cgroup $root/$cgroup"
+    iptables -N "$CUT_CHAIN" 2>/dev/null || iptables -F "$CUT_CHAIN"
+    iptables -A "$CUT_CHAIN" -p tcp --dport "$dist" -j DROP
+    iptables -A "$CUT_CHAIN" -p tcp --sport "$dist" -j DROP
+    iptables -A "$CUT_CHAIN" -p tcp -m multiport --dports "$(IFS=,; echo "${others[*]}")" \
+        -m cgroup --path "$cgroup" -j DROP
+    # The links it opened before the move (their sockets are in its old cgroup).
+    while read -r line; do
+        [[ $line == *"pid=$pid,"* ]] || continue
+        read -r _ _ local_port peer_port _ <<<"$line"
+        local_port=${local_port##*:} peer_port=${peer_port##*:}
+        [[ " ${others[*]} " == *" $peer_port "* ]] || continue
+        iptables -A "$CUT_CHAIN" -p tcp --sport "$local_port" --dport "$peer_port" -j DROP
+        iptables -A "$CUT_CHAIN" -p tcp --sport "$peer_port" --dport "$local_port" -j DROP
+    done < <(ss -tnpH state established)
+    iptables -C OUTPUT -o lo -j "$CUT_CHAIN" 2>/dev/null || iptables -I OUTPUT -o lo -j "$CUT_CHAIN"
+    msg "cut $NODE off from the other nodes ($(iptables -S "$CUT_CHAIN" | grep -c DROP) iptables rules in chain $CUT_CHAIN); '$PROG heal' removes them"
+}
+
+cmd_heal() {
+    local index pid cgroup root
+    if [[ -e $CUT_STATE ]]; then
+        read -r index pid cgroup <"$CUT_STATE"
+    fi
+    if command -v iptables >/dev/null; then
+        while iptables -D OUTPUT -o lo -j "$CUT_CHAIN" 2>/dev/null; do :; done
+        if iptables -S "$CUT_CHAIN" >/dev/null 2>&1; then
+            iptables -F "$CUT_CHAIN"
+            iptables -X "$CUT_CHAIN"
+        fi
+    fi
+    if [[ -n ${cgroup:-} && -d $cgroup ]]; then
+        root=${cgroup%/*}
+        # Back to the root cgroup (only a live process can move; an empty cgroup can go).
+        if [[ -n ${pid:-} ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid" >"$root/cgroup.procs" || true; fi
+        rmdir "$cgroup" 2>/dev/null || warn "could not remove cgroup $cgroup (still in use?)"
+    fi
+    rm -f "$CUT_STATE"
+    msg "no cut in place${index:+ (healed node $index)}"
+}
+
 cmd_leader() {
     local queue=$1 vhost=${2:-/} i rows row type leader
     for ((i = 1; i <= N; i++)); do
@@ -285,6 +392,9 @@ case $command in
     uris) [[ $# -eq 0 ]] || usage; cmd_uris ;;
     stop-node) [[ $# -ge 1 && $# -le 2 ]] || usage; cmd_stop_node "$@" ;;
     start-node) [[ $# -eq 1 ]] || usage; cmd_start_node "$1" ;;
+    kill-node) [[ $# -eq 1 ]] || usage; cmd_kill_node "$1" ;;
+    cut-node) [[ $# -eq 1 ]] || usage; cmd_cut_node "$1" ;;
+    heal) [[ $# -eq 0 ]] || usage; cmd_heal ;;
     leader) [[ $# -ge 1 && $# -le 2 ]] || usage; cmd_leader "$@" ;;
     ctl) [[ $# -ge 2 ]] || usage; node_index "$1"; shift; node_ctl "$NODE_STOP_WAIT" "$@" ;;
     *) usage ;;

@@ -108,10 +108,11 @@ stage_interop() {
 # Exits 77 (skipped) when no RabbitMQ node can be run here.
 stage_tls() { scripts/tls-test.sh; }
 
-# The cluster test (rpc-server/tests/cluster.rs, issue 5): a local three-node cluster
-# (scripts/cluster.sh, beside the main broker), 3 servers and 6 callers on a quorum queue, the
-# node hosting its leader stopped under load. Exits 77 (skipped) when no RabbitMQ node can be
-# run here; takes the cluster down again either way.
+# The cluster test (rpc-server/tests/cluster/, issues 5 and 16): a local three-node cluster
+# (scripts/cluster.sh, beside the main broker), each scenario once: a rolling restart, kill -9
+# of the leader's node, kill -9 of a caller's node, a 30 s partition; 3 servers and 6 callers
+# (library and rpc-client processes) on a quorum queue, every call answered right. Exits 77
+# (skipped) when no RabbitMQ node can be run here; takes the cluster down again either way.
 stage_cluster() { scripts/cluster-test.sh; }
 
 # The benchmark in its quick mode: proves scripts/bench.sh and every bench target still

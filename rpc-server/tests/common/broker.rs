@@ -241,8 +241,8 @@ impl Drop for BrokerApp {
     }
 }
 
-/// The node of `scripts/cluster.sh` that [`NodeGuard::stop`] stopped, started again on drop
-/// (even when the test panics).
+/// The node of `scripts/cluster.sh` that [`NodeGuard::stop`] stopped (or
+/// [`NodeGuard::kill`] killed), started again on drop (even when the test panics).
 #[derive(Default)]
 pub struct NodeGuard {
     stopped: Option<usize>,
@@ -255,6 +255,19 @@ impl NodeGuard {
         self.stopped = Some(index); // even if stop-node fails half-way, start it again
         cluster_sh(&["stop-node", &index.to_string()])?;
         Ok(started.elapsed())
+    }
+
+    /// `scripts/cluster.sh kill-node INDEX` (SIGKILL to the node's VM); how long it took.
+    pub fn kill(&mut self, index: usize) -> Result<Duration, String> {
+        let started = Instant::now();
+        self.stopped = Some(index);
+        cluster_sh(&["kill-node", &index.to_string()])?;
+        Ok(started.elapsed())
+    }
+
+    /// The node stopped or killed, if any.
+    pub fn stopped(&self) -> Option<usize> {
+        self.stopped
     }
 
     /// `scripts/cluster.sh start-node INDEX` for the stopped node, if any; how long it took.
@@ -276,6 +289,58 @@ impl Drop for NodeGuard {
                 eprintln!(
                     "NODE {index} IS STILL STOPPED: {err}; run scripts/cluster.sh start-node {index}"
                 );
+            }
+        }
+    }
+}
+
+/// A partition made by `scripts/cluster.sh cut-node INDEX`, healed (`scripts/cluster.sh
+/// heal`) on drop, even when the test panics.
+pub struct Cut {
+    node: Option<usize>,
+}
+
+/// Why a cut could not be made.
+pub enum CutError {
+    /// This machine cannot cut a link (no root, no iptables, no cgroup2): cut-node's message.
+    Unsupported(String),
+    /// It should have worked but failed.
+    Failed(String),
+}
+
+impl Cut {
+    /// Cuts node `index` off from the other nodes.
+    pub fn node(index: usize) -> Result<Cut, CutError> {
+        let cut = Cut { node: Some(index) };
+        match cluster_sh(&["cut-node", &index.to_string()]) {
+            Ok(_) => Ok(cut),
+            // cut-node exits 77 before it changes anything when the machine lacks what it needs.
+            Err(err) if err.contains("exit status: 77") => {
+                let mut cut = cut;
+                cut.node = None;
+                Err(CutError::Unsupported(err))
+            }
+            Err(err) => Err(CutError::Failed(err)),
+        }
+    }
+
+    /// Removes the cut; how long it took.
+    pub fn heal(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        if self.node.is_some() {
+            cluster_sh(&["heal"])?;
+            self.node = None;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        if let Some(index) = self.node {
+            eprintln!("healing the cut of node {index}");
+            if let Err(err) = self.heal() {
+                eprintln!("NODE {index} IS STILL CUT OFF: {err}; run scripts/cluster.sh heal");
             }
         }
     }
