@@ -34,7 +34,7 @@
 
 use crate::error::Error;
 use crate::reconnect::Reconnect;
-use crate::session::{Event, Session};
+use crate::session::{Event, Session, CONFIRM_PATIENCE};
 use crate::uri::BrokerOptions;
 use crate::wire;
 use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable, Return};
@@ -582,6 +582,31 @@ impl RpcClient {
                         continue;
                     };
                     (call, Err(self.no_route(returned)))
+                }
+                Ok(Event::Unconfirmed(ids)) => {
+                    // Unconfirmed for long: maybe dropped without a nack. Only a call that may
+                    // run twice can be sent again (the broker may have taken it after all).
+                    for id in ids {
+                        let Some(call) = calls.get_mut(&id) else {
+                            continue;
+                        };
+                        if !self.idempotent {
+                            log::info!(
+                                "no confirm for {} within {:.0}s; waiting for its reply",
+                                describe(call.index, &call.tag),
+                                CONFIRM_PATIENCE.as_secs_f64()
+                            );
+                            continue;
+                        }
+                        log::warn!(
+                            "no confirm for {} within {:.0}s; sending it again",
+                            describe(call.index, &call.tag),
+                            CONFIRM_PATIENCE.as_secs_f64()
+                        );
+                        call.seq = None;
+                        to_send.push_back(id);
+                    }
+                    continue;
                 }
                 Ok(Event::Nacked(ids)) => {
                     for id in ids {

@@ -21,12 +21,17 @@ use amiquip::{
     Publish, Return,
 };
 use crossbeam_channel::{select, Receiver};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// How long a request may go unanswered and unconfirmed before the session listens for its
 /// confirm (and so hears at once of a nack).
 pub const CONFIRM_WAIT: Duration = Duration::from_millis(50);
+
+/// How long a request may go unanswered and unconfirmed before the session reports it
+/// ([`Event::Unconfirmed`]): the broker may have dropped it without a nack (seen when a quorum
+/// queue's leader is killed), or be slow to take it.
+pub const CONFIRM_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the broker sent us next.
 pub enum Event {
@@ -37,6 +42,9 @@ pub enum Event {
     /// The correlation ids of requests the broker refused (nacked): they never reached the
     /// queue.
     Nacked(Vec<String>),
+    /// The correlation ids of requests neither answered nor confirmed for
+    /// [`CONFIRM_PATIENCE`]: dropped, or merely slow; each is reported once.
+    Unconfirmed(Vec<String>),
     /// The deadline passed.
     TimedOut,
 }
@@ -62,6 +70,8 @@ pub struct Session {
     /// Requests published and neither confirmed nor answered: sequence number → correlation
     /// id and when it was published.
     unconfirmed: BTreeMap<u64, (String, Instant)>,
+    /// Requests reported as [`Event::Unconfirmed`] and not confirmed since.
+    overdue: BTreeSet<u64>,
 }
 
 /// The bound on each set-up round trip: `limit`, and no later than `deadline`.
@@ -113,6 +123,7 @@ impl Session {
                     broker,
                     next_seq: 1,
                     unconfirmed: BTreeMap::new(),
+                    overdue: BTreeSet::new(),
                 })
             }
             Err(err) => {
@@ -228,12 +239,13 @@ impl Session {
     /// The request published as `seq` was answered: its confirm no longer matters.
     pub fn answered(&mut self, seq: u64) {
         self.unconfirmed.remove(&seq);
+        self.overdue.remove(&seq);
     }
 
     /// Whether the broker confirmed the request published as `seq`, by the confirms taken in
     /// so far ([`Session::take_confirms`]).
     pub fn confirmed(&self, seq: u64) -> bool {
-        seq < self.next_seq && !self.unconfirmed.contains_key(&seq)
+        seq < self.next_seq && !self.unconfirmed.contains_key(&seq) && !self.overdue.contains(&seq)
     }
 
     /// Takes in the confirms that arrived; returns the correlation ids of nacked requests.
@@ -250,6 +262,11 @@ impl Session {
             Confirm::Ack(payload) => (payload, true),
             Confirm::Nack(payload) => (payload, false),
         };
+        if payload.multiple {
+            self.overdue = self.overdue.split_off(&(payload.delivery_tag + 1));
+        } else {
+            self.overdue.remove(&payload.delivery_tag);
+        }
         let settled: Vec<(String, Instant)> = if payload.multiple {
             let newer = self.unconfirmed.split_off(&(payload.delivery_tag + 1));
             std::mem::replace(&mut self.unconfirmed, newer)
@@ -266,6 +283,21 @@ impl Session {
         }
     }
 
+    /// Takes the requests unconfirmed for [`CONFIRM_PATIENCE`] by `now` out of the watch,
+    /// into `overdue`; returns their correlation ids.
+    fn take_overdue(&mut self, now: Instant) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Some(entry) = self.unconfirmed.first_entry() {
+            if entry.get().1 + CONFIRM_PATIENCE > now {
+                break;
+            }
+            let seq = *entry.key();
+            ids.push(entry.remove().0);
+            self.overdue.insert(seq);
+        }
+        ids
+    }
+
     /// Waits until `deadline` for a reply, a returned request or a nack; fails at once when
     /// the broker blocks our publishers (our requests would wait in its buffers).
     pub fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
@@ -274,15 +306,25 @@ impl Session {
             if !nacked.is_empty() {
                 return Ok(Event::Nacked(nacked));
             }
-            // Wake for confirms only once a request has waited CONFIRM_WAIT unanswered.
             let now = Instant::now();
-            let listen_from = self
+            let overdue = self.take_overdue(now);
+            if !overdue.is_empty() {
+                return Ok(Event::Unconfirmed(overdue));
+            }
+            // Wake for confirms only once a request has waited CONFIRM_WAIT unanswered, and
+            // again when the oldest one has waited CONFIRM_PATIENCE.
+            let oldest = self
                 .unconfirmed
                 .first_key_value()
-                .map(|(_, (_, published))| *published + CONFIRM_WAIT);
-            let (confirms, wake) = match listen_from {
-                Some(from) if from <= now => (self.confirms.clone(), deadline),
-                Some(from) => (crossbeam_channel::never(), from.min(deadline)),
+                .map(|(_, (_, published))| *published);
+            let (confirms, wake) = match oldest {
+                Some(at) if at + CONFIRM_WAIT <= now => {
+                    (self.confirms.clone(), (at + CONFIRM_PATIENCE).min(deadline))
+                }
+                Some(at) => (
+                    crossbeam_channel::never(),
+                    (at + CONFIRM_WAIT).min(deadline),
+                ),
                 None => (crossbeam_channel::never(), deadline),
             };
             let remaining = wake.saturating_duration_since(now);
