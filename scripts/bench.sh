@@ -4,7 +4,8 @@
 # facts.tsv), every row with its ratio to an anchor row:
 #   (a) echo floor: cargo bench --bench echo_floor (bare amiquip echo), 1/8/64 in flight;
 #       a<K>-confirm the same echo with --confirm (replies published with publisher confirms,
-#       each request acked after its reply's confirm, as rpc-server does)
+#       each request acked after its reply's confirm: one confirmed publish per call, as
+#       rpc-client's requests have, and rpc-server --confirm-replies)
 #   (b) the tutorial's Python pika client, sequential calls/s (scripts/interop/bench_pika.py)
 #   (c) rpc-client bench, 1 in flight, exclusive and direct reply-to   (vs a, a-confirm, b)
 #   (d) rpc-client bench, 8 and 64 in flight, exclusive and direct     (vs a, a-confirm)

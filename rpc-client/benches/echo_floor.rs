@@ -5,7 +5,8 @@
 //!
 //! An echo thread consumes a queue and publishes each body back to its `reply_to` with the
 //! same `correlation_id`, then acks. With `--confirm` it publishes with publisher confirms on
-//! and acks each request only once the broker confirmed its reply, as rpc-server does: every
+//! and acks each request only once the broker confirmed its reply, as `rpc-server
+//! --confirm-replies` does (one confirmed publish per call, as rpc-client's requests): every
 //! confirm that is there when it wakes, then one `multiple` ack for the newest request they
 //! cover. The caller keeps K requests in flight on an exclusive,
 //! no-ack callback queue and counts replies. No parsing, no Fibonacci, no correlation-id

@@ -288,8 +288,8 @@ pub fn render(text: &str) -> Result<String> {
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut flags: Vec<String> = Vec::new();
     let mut row = |cells: [&str; 5]| rows.push(cells.map(String::from));
-    // The bare floor flags below 0.95; the floor that pays for confirms as rpc-server does
-    // (`-confirm`) below 0.85.
+    // The bare floor flags below 0.95; the floor that pays for confirms (`-confirm`: one
+    // confirmed publish per call, as rpc-client's requests have) below 0.85.
     let below_floor = |flags: &mut Vec<String>, id: &str, anchor: &str| {
         let bar = if anchor.ends_with("-confirm") {
             0.85
