@@ -27,6 +27,10 @@ set -euo pipefail
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 node_installed # a missing RabbitMQ is a skip here, not a failure as in scripts/cluster.sh
 ensure_build_deps
+# The partition scenario cuts links with iptables; without it (no root) that scenario is skipped.
+if ! command -v iptables >/dev/null 2>&1 && ((EUID == 0)); then
+    apt_install iptables || warn "cannot install iptables: the partition scenario will be skipped"
+fi
 
 # One run at a time: a second run would stop the first one's nodes.
 one_run cluster-test
