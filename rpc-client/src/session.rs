@@ -105,31 +105,45 @@ impl Session {
         limit: Duration,
         deadline: Option<Instant>,
     ) -> Result<Session, Error> {
-        let (mut link, broker) = open_first(brokers, start)?;
         let bound = Bound { limit, deadline };
-        match Self::set_up(&mut link, reply_queue, bound) {
-            Ok(parts) => {
-                let (channel, reply_queue, replies, returns, blocked, confirms) = parts;
-                log::debug!("callback queue {reply_queue}");
-                Ok(Session {
-                    channel,
-                    link: Some(link),
-                    replies,
-                    returns,
-                    blocked,
-                    confirms,
-                    blocked_by: None,
-                    reply_queue,
-                    broker,
-                    next_seq: 1,
-                    unconfirmed: BTreeMap::new(),
-                    overdue: BTreeSet::new(),
-                })
+        let mut start = start;
+        // A broker that accepts the connection and then loses it during the set-up (a node
+        // shutting down closes it with CONNECTION_FORCED) is passed over for the next one.
+        let mut attempts = brokers.len();
+        loop {
+            let (mut link, broker) = open_first(brokers, start)?;
+            let err = match Self::set_up(&mut link, reply_queue, bound) {
+                Ok(parts) => {
+                    let (channel, reply_queue, replies, returns, blocked, confirms) = parts;
+                    log::debug!("callback queue {reply_queue}");
+                    return Ok(Session {
+                        channel,
+                        link: Some(link),
+                        replies,
+                        returns,
+                        blocked,
+                        confirms,
+                        blocked_by: None,
+                        reply_queue,
+                        broker,
+                        next_seq: 1,
+                        unconfirmed: BTreeMap::new(),
+                        overdue: BTreeSet::new(),
+                    });
+                }
+                Err(err) => err,
+            };
+            link.bound_close(CLOSE_LIMIT);
+            attempts -= 1;
+            let expired = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            if attempts == 0 || expired || !err.is_connection_loss() {
+                return Err(err);
             }
-            Err(err) => {
-                link.bound_close(CLOSE_LIMIT);
-                Err(err)
-            }
+            log::warn!(
+                "{}: the connection was lost while setting it up ({err}); trying the next broker",
+                brokers[broker]
+            );
+            start = broker + 1;
         }
     }
 
