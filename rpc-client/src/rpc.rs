@@ -264,6 +264,10 @@ struct Pending<T, R> {
 const NACK_BACKOFF: Duration = Duration::from_millis(100);
 const NACK_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Refusals of one request after which an idempotent client replaces its connection (and so
+/// its channel): each further multiple of it does so again.
+const STUCK_NACKS: u32 = 3;
+
 /// The longest wait between two attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -609,12 +613,14 @@ impl RpcClient {
                     continue;
                 }
                 Ok(Event::Nacked(ids)) => {
+                    let mut stuck = false;
                     for id in ids {
                         let Some(call) = calls.get_mut(&id) else {
                             continue;
                         };
                         call.seq = None;
                         call.nacks += 1;
+                        stuck |= self.idempotent && call.nacks % STUCK_NACKS == 0;
                         let wait = NACK_BACKOFF
                             .saturating_mul(1 << (call.nacks - 1).min(5))
                             .min(NACK_BACKOFF_MAX);
@@ -624,6 +630,22 @@ impl RpcClient {
                             wait.as_secs_f64()
                         );
                         refused.push((Instant::now() + wait, id));
+                    }
+                    if stuck {
+                        // A channel the broker keeps refusing (seen on RabbitMQ 3.10 when a
+                        // quorum queue's leader was killed: a channel opened meanwhile is
+                        // refused for good) is replaced, as if the connection was lost.
+                        let cause = format!(
+                            "the broker refused a request {STUCK_NACKS} times on this connection"
+                        );
+                        log::warn!("{cause}; connecting again");
+                        let failed = self.lose(&mut calls, &mut to_send, &cause, &describe);
+                        lost_by = Some(cause);
+                        for (call, err) in failed {
+                            if on_reply(call.index, call.tag, Err(err)).is_break() {
+                                return Ok(());
+                            }
+                        }
                     }
                     continue;
                 }

@@ -20,7 +20,7 @@
 //! usual.
 
 use amiquip::{AmqpProperties, AmqpValue};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Earlier deliveries (`x-delivery-count`) after which a request is answered with an error
 /// reply instead of being handled again. Not 2: a request comes back innocently each time the
@@ -34,8 +34,13 @@ const REMEMBERED: usize = 10_000;
 /// The requests this server started and did not see acked, by correlation id and `reply_to`.
 #[derive(Debug, Default)]
 pub struct Redeliveries {
-    started: HashSet<String>,
-    order: VecDeque<String>,
+    /// Each request started and not finished, with its number in `order`.
+    started: HashMap<String, u64>,
+    /// Requests in the order they were started, by number; entries of finished ones are
+    /// dropped lazily from the front (most requests finish in order), so finishing one costs
+    /// no scan.
+    order: VecDeque<(u64, String)>,
+    next: u64,
 }
 
 impl Redeliveries {
@@ -52,7 +57,7 @@ impl Redeliveries {
             }
         }
         let key = key(properties)?;
-        if redelivered && self.started.contains(&key) {
+        if redelivered && self.started.contains_key(&key) {
             return Some(
                 "this server lost this request once while handling it (its channel closed: \
                  a reply the broker refused, or longer than the broker's consumer_timeout); \
@@ -60,15 +65,30 @@ impl Redeliveries {
                     .into(),
             );
         }
-        if self.started.insert(key.clone()) {
-            self.order.push_back(key);
-            if self.order.len() > REMEMBERED {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.started.remove(&oldest);
+        if !self.started.contains_key(&key) {
+            let number = self.next;
+            self.next += 1;
+            self.started.insert(key.clone(), number);
+            self.order.push_back((number, key));
+            self.trim();
+        }
+        None
+    }
+
+    /// Drops finished requests from the front of `order`, and the oldest started ones while
+    /// more than [`REMEMBERED`] entries are kept.
+    fn trim(&mut self) {
+        while let Some((number, key)) = self.order.front() {
+            let live = self.started.get(key) == Some(number);
+            if live && self.order.len() <= REMEMBERED {
+                break;
+            }
+            if let Some((number, key)) = self.order.pop_front() {
+                if self.started.get(&key) == Some(&number) {
+                    self.started.remove(&key);
                 }
             }
         }
-        None
     }
 
     /// The connection was lost (not a channel closed by the broker): whatever happened to the
@@ -81,8 +101,8 @@ impl Redeliveries {
     /// The request was answered and acked: forget it.
     pub fn finished(&mut self, properties: &AmqpProperties) {
         if let Some(key) = key(properties) {
-            if self.started.remove(&key) {
-                self.order.retain(|k| k != &key);
+            if self.started.remove(&key).is_some() {
+                self.trim();
             }
         }
     }
