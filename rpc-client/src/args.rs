@@ -18,7 +18,8 @@ use std::time::Duration;
 pub struct BrokerArgs {
     /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
     /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
-    /// that answers is used (rpc-server moves on to the next one after a connection loss).
+    /// that answers is used, and both binaries move on to the next one after a connection
+    /// loss.
     #[arg(long, env = "AMQP_URI", hide_env_values = true, value_name = "URI", global = true,
           value_delimiter = ',', conflicts_with_all = ["host", "port", "vhost", "user", "password"])]
     pub uri: Vec<String>,

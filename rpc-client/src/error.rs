@@ -162,8 +162,9 @@ impl fmt::Display for Error {
                 confirmed,
             } => write!(
                 f,
-                "{cause}, after {call} was sent{}: it may or may not have run, so it was not \
-                 sent again (--idempotent sends it again, if running it twice is safe)",
+                "connection to the broker lost ({cause}) after {call} was sent{}: it may or may \
+                 not have run, so it was not sent again (--idempotent sends it again, if running \
+                 it twice is safe)",
                 if *confirmed {
                     " and the broker had taken it"
                 } else {

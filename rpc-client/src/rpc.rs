@@ -637,12 +637,24 @@ impl RpcClient {
                     let Some(call) = calls.remove(&id) else {
                         continue;
                     };
-                    let err = self.timed_out(&describe(call.index, &call.tag), call.started);
+                    let mut what = describe(call.index, &call.tag);
+                    if call.nacks > 0 {
+                        // Refused to the end: it never reached the queue.
+                        what.push_str(&format!(" (refused by the broker {} times)", call.nacks));
+                    }
+                    let err = self.timed_out(&what, call.started);
                     (call, Err(err))
                 }
                 Err(err) if err.is_connection_loss() => {
                     let cause = err.to_string();
-                    log::warn!("{cause}; {} call(s) in flight, reconnecting", calls.len());
+                    let cause = cause
+                        .strip_prefix("connection to the broker lost: ")
+                        .unwrap_or(&cause)
+                        .to_string();
+                    log::warn!(
+                        "connection to the broker lost ({cause}) with {} call(s) in flight",
+                        calls.len()
+                    );
                     let failed = self.lose(&mut calls, &mut to_send, &cause, &describe);
                     lost_by = Some(cause);
                     for (call, err) in failed {

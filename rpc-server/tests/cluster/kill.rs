@@ -12,7 +12,7 @@
 
 use super::{
     caller_information, caller_name, leader, list_connections, ports_of, Cluster, Run,
-    ScenarioResult, NODE_BACK, TAIL,
+    ScenarioResult, TAIL,
 };
 use crate::common::secs;
 use rpc_client::testing;
@@ -141,19 +141,7 @@ fn after_kill(
             caller_name(j)
         ));
     }
-    run.phase(format!("start-node {node}, until whole"));
-    let back = run
-        .node
-        .start()
-        .and_then(|started| Ok((started, cluster.wait_whole(&q, NODE_BACK)?)));
-    match back {
-        Ok((started, whole)) => run.checks.note(format!(
-            "node {node} started again in {:.1}s; queue members all online {:.1}s later",
-            secs(started),
-            secs(whole)
-        )),
-        Err(err) => run.checks.check(false, || format!("node {node}: {err}")),
-    }
+    run.restart_node(cluster, node);
     run.phase("after the restart");
     let end = run.now() + TAIL;
     run.run_until(end);

@@ -456,6 +456,31 @@ impl Run {
         self.callers().answers_by_caller()
     }
 
+    /// Starts node `node` again (phase "start-node N, until whole") and waits until the
+    /// cluster is whole; notes how long that took, or records the failure. Whether it worked.
+    pub fn restart_node(&mut self, cluster: &Cluster, node: usize) -> bool {
+        let q = self.q().to_string();
+        self.phase(format!("start-node {node}, until whole"));
+        let back = self
+            .node
+            .start()
+            .and_then(|started| Ok((started, cluster.wait_whole(&q, NODE_BACK)?)));
+        match back {
+            Ok((started, whole)) => {
+                self.checks.note(format!(
+                    "node {node} started again in {:.1}s; queue members all online {:.1}s later",
+                    secs(started),
+                    secs(whole)
+                ));
+                true
+            }
+            Err(err) => {
+                self.checks.check(false, || format!("node {node}: {err}"));
+                false
+            }
+        }
+    }
+
     /// Calls started from now on are in a new phase, `label`.
     pub fn phase(&mut self, label: impl Into<String>) {
         let from = self.now();

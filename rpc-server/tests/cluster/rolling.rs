@@ -4,7 +4,7 @@
 //! answered right: clients and servers on a stopped node move to another node, their calls
 //! re-sent.
 
-use super::{Cluster, Run, ScenarioResult, NODE_BACK, SERVERS, TAIL};
+use super::{Cluster, Run, ScenarioResult, SERVERS, TAIL};
 use crate::common::secs;
 use rpc_client::testing;
 use std::time::Duration;
@@ -35,21 +35,8 @@ pub fn run(cluster: &Cluster, title: &str) -> ScenarioResult {
             )),
             Err(err) => run.checks.check(false, || err),
         }
-        run.phase(format!("start-node {node}, until whole"));
-        let back = run
-            .node
-            .start()
-            .and_then(|started| Ok((started, cluster.wait_whole(&q, NODE_BACK)?)));
-        match back {
-            Ok((started, whole)) => run.checks.note(format!(
-                "node {node} started in {:.1}s; queue members all online {:.1}s later",
-                secs(started),
-                secs(whole)
-            )),
-            Err(err) => {
-                run.checks.check(false, || format!("node {node}: {err}"));
-                break;
-            }
+        if !run.restart_node(cluster, node) {
+            break;
         }
     }
     run.phase("after the restarts");

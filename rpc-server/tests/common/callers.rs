@@ -31,19 +31,6 @@ pub struct Binary {
     pub uris: String,
 }
 
-/// Environment variables the binary reads; cleared so only what the caller passes applies.
-const CLIENT_ENV: [&str; 9] = [
-    "AMQP_URI",
-    "AMQP_HOST",
-    "AMQP_PORT",
-    "AMQP_VHOST",
-    "AMQP_USER",
-    "AMQP_PASSWORD",
-    "AMQP_TLS_CA",
-    "RPC_QUEUE",
-    "RUST_LOG",
-];
-
 /// A caller. By default one client, replaced by a new connection after a connection error,
 /// which starts at the next broker of its list; [`Caller::persistent`], one client for the
 /// whole run (a client that recovers by itself); [`Caller::binary`], a process per call.
@@ -221,7 +208,7 @@ impl Caller {
                 &format!("{}", connect_timeout.as_secs_f64()),
             ])
             .args(["--queue", &self.options.queue, "-v", &n.to_string()]);
-        for variable in CLIENT_ENV {
+        for variable in super::server::INHERITED {
             command.env_remove(variable);
         }
         command.env("AMQP_URI", &binary.uris);

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Environment variables the binary reads; cleared so only what a test passes applies.
-const INHERITED: [&str; 9] = [
+pub const INHERITED: [&str; 9] = [
     "AMQP_URI",
     "AMQP_HOST",
     "AMQP_PORT",
