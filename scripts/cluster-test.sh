@@ -14,7 +14,8 @@
 # made). Every call must be answered right: no error, no call lost, hung or wrong (see the
 # test's documentation). At exit, even after a failure or an interrupt, the cluster is taken
 # down (a cut healed) and target/cluster/ removed (a cluster that was already up too). The
-# servers' logs stay in target/tmp/cluster/<scenario>/. Takes about 5 minutes (the node
+# servers' logs stay in target/tmp/cluster/<scenario>/, after a failure the nodes' logs in
+# target/tmp/cluster/nodes/. Takes about 5 minutes (the node
 # restarts dominate).
 # Exits with the test's status; 77 (skipped) if no RabbitMQ node can be run here (RabbitMQ or
 # Erlang not installed: scripts/broker.sh installs Debian's package, as root).
@@ -39,6 +40,16 @@ t0=$SECONDS
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if ((rc != 0)) && [[ -d target/cluster ]]; then
+        # The nodes' logs outlive the cluster when the test failed.
+        local node
+        rm -rf target/tmp/cluster/nodes
+        mkdir -p target/tmp/cluster/nodes
+        for node in target/cluster/rpc*@localhost; do
+            [[ -d $node/log ]] && cp -r "$node/log" "target/tmp/cluster/nodes/${node##*/}"
+        done
+        msg "the nodes' logs are in target/tmp/cluster/nodes/"
+    fi
     if [[ ${CLUSTER_KEEP:-} == 1 ]]; then
         msg "CLUSTER_KEEP=1: leaving the cluster up (scripts/cluster.sh down stops it)"
     elif ! scripts/cluster.sh down; then
