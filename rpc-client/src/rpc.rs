@@ -257,6 +257,8 @@ struct Pending<T, R> {
     seq: Option<u64>,
     /// How often the broker refused (nacked) it.
     nacks: u32,
+    /// How often it went unconfirmed for [`CONFIRM_PATIENCE`] and was sent again.
+    overdue: u32,
 }
 
 /// The first wait before re-sending a request the broker refused; it doubles per refusal of
@@ -267,6 +269,10 @@ const NACK_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Refusals of one request after which an idempotent client replaces its connection (and so
 /// its channel): each further multiple of it does so again.
 const STUCK_NACKS: u32 = 3;
+
+/// Times a request of an idempotent client goes unconfirmed for [`CONFIRM_PATIENCE`] before
+/// the client replaces its connection.
+const STUCK_OVERDUE: u32 = 2;
 
 /// The longest wait between two attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -457,6 +463,7 @@ impl RpcClient {
                         deadline: started + self.timeout,
                         seq: None,
                         nacks: 0,
+                        overdue: 0,
                     },
                 );
             }
@@ -590,6 +597,7 @@ impl RpcClient {
                 Ok(Event::Unconfirmed(ids)) => {
                     // Unconfirmed for long: maybe dropped without a nack. Only a call that may
                     // run twice can be sent again (the broker may have taken it after all).
+                    let mut stuck = false;
                     for id in ids {
                         let Some(call) = calls.get_mut(&id) else {
                             continue;
@@ -608,7 +616,23 @@ impl RpcClient {
                             CONFIRM_PATIENCE.as_secs_f64()
                         );
                         call.seq = None;
+                        call.overdue += 1;
+                        stuck |= call.overdue % STUCK_OVERDUE == 0;
                         to_send.push_back(id);
+                    }
+                    if stuck {
+                        let cause = format!(
+                            "the broker confirmed none of {STUCK_OVERDUE} sendings of a request \
+                             on this connection"
+                        );
+                        let failed =
+                            self.replace_session(&mut calls, &mut to_send, &cause, &describe);
+                        lost_by = Some(cause);
+                        for (call, err) in failed {
+                            if on_reply(call.index, call.tag, Err(err)).is_break() {
+                                return Ok(());
+                            }
+                        }
                     }
                     continue;
                 }
@@ -632,14 +656,11 @@ impl RpcClient {
                         refused.push((Instant::now() + wait, id));
                     }
                     if stuck {
-                        // A channel the broker keeps refusing (seen on RabbitMQ 3.10 when a
-                        // quorum queue's leader was killed: a channel opened meanwhile is
-                        // refused for good) is replaced, as if the connection was lost.
                         let cause = format!(
                             "the broker refused a request {STUCK_NACKS} times on this connection"
                         );
-                        log::warn!("{cause}; connecting again");
-                        let failed = self.lose(&mut calls, &mut to_send, &cause, &describe);
+                        let failed =
+                            self.replace_session(&mut calls, &mut to_send, &cause, &describe);
                         lost_by = Some(cause);
                         for (call, err) in failed {
                             if on_reply(call.index, call.tag, Err(err)).is_break() {
@@ -724,6 +745,21 @@ impl RpcClient {
         self.reply_queue = session.reply_queue().to_string();
         self.session = Some(session);
         Ok(())
+    }
+
+    /// The broker keeps refusing, or never confirms, a request on this connection (seen on
+    /// RabbitMQ 3.10 around a quorum queue's leader change: a channel opened meanwhile is
+    /// refused or ignored for good): replaces the connection, as if it was lost (see
+    /// [`RpcClient::lose`]); the next round reconnects.
+    fn replace_session<T, R>(
+        &mut self,
+        calls: &mut HashMap<String, Pending<T, R>>,
+        to_send: &mut VecDeque<String>,
+        cause: &str,
+        describe: &impl Fn(usize, &T) -> String,
+    ) -> Vec<(Pending<T, R>, Error)> {
+        log::warn!("{cause}; connecting again");
+        self.lose(calls, to_send, cause, describe)
     }
 
     /// The connection is lost: drops it and sorts the calls in flight. Those whose requests
