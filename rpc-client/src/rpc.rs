@@ -441,8 +441,18 @@ impl RpcClient {
         // failed.
         let mut lost_by: Option<String> = None;
         let mut last_attempt: Option<String> = None;
+        // The connection to give up, and why: lost, or one the broker keeps refusing.
+        let mut drop_session: Option<String> = None;
         let mut sending = true;
         loop {
+            if let Some(cause) = drop_session.take() {
+                for (call, err) in self.lose(&mut calls, &mut to_send, &cause, &describe) {
+                    if on_reply(call.index, call.tag, Err(err)).is_break() {
+                        return Ok(());
+                    }
+                }
+                lost_by = Some(cause);
+            }
             while sending && calls.len() < in_flight {
                 let Some((index, (tag, request))) = requests.next() else {
                     sending = false;
@@ -625,14 +635,10 @@ impl RpcClient {
                             "the broker confirmed none of {STUCK_OVERDUE} sendings of a request \
                              on this connection"
                         );
-                        let failed =
-                            self.replace_session(&mut calls, &mut to_send, &cause, &describe);
-                        lost_by = Some(cause);
-                        for (call, err) in failed {
-                            if on_reply(call.index, call.tag, Err(err)).is_break() {
-                                return Ok(());
-                            }
-                        }
+                        // Seen on RabbitMQ 3.10 around a quorum queue's leader change: a channel
+                        // opened meanwhile stays refused or ignored. A new connection clears it.
+                        log::warn!("{cause}; connecting again");
+                        drop_session = Some(cause);
                     }
                     continue;
                 }
@@ -659,14 +665,10 @@ impl RpcClient {
                         let cause = format!(
                             "the broker refused a request {STUCK_NACKS} times on this connection"
                         );
-                        let failed =
-                            self.replace_session(&mut calls, &mut to_send, &cause, &describe);
-                        lost_by = Some(cause);
-                        for (call, err) in failed {
-                            if on_reply(call.index, call.tag, Err(err)).is_break() {
-                                return Ok(());
-                            }
-                        }
+                        // Seen on RabbitMQ 3.10 around a quorum queue's leader change: a channel
+                        // opened meanwhile stays refused or ignored. A new connection clears it.
+                        log::warn!("{cause}; connecting again");
+                        drop_session = Some(cause);
                     }
                     continue;
                 }
@@ -698,13 +700,7 @@ impl RpcClient {
                         "connection to the broker lost ({cause}) with {} call(s) in flight",
                         calls.len()
                     );
-                    let failed = self.lose(&mut calls, &mut to_send, &cause, &describe);
-                    lost_by = Some(cause);
-                    for (call, err) in failed {
-                        if on_reply(call.index, call.tag, Err(err)).is_break() {
-                            return Ok(());
-                        }
-                    }
+                    drop_session = Some(cause);
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -745,21 +741,6 @@ impl RpcClient {
         self.reply_queue = session.reply_queue().to_string();
         self.session = Some(session);
         Ok(())
-    }
-
-    /// The broker keeps refusing, or never confirms, a request on this connection (seen on
-    /// RabbitMQ 3.10 around a quorum queue's leader change: a channel opened meanwhile is
-    /// refused or ignored for good): replaces the connection, as if it was lost (see
-    /// [`RpcClient::lose`]); the next round reconnects.
-    fn replace_session<T, R>(
-        &mut self,
-        calls: &mut HashMap<String, Pending<T, R>>,
-        to_send: &mut VecDeque<String>,
-        cause: &str,
-        describe: &impl Fn(usize, &T) -> String,
-    ) -> Vec<(Pending<T, R>, Error)> {
-        log::warn!("{cause}; connecting again");
-        self.lose(calls, to_send, cause, describe)
     }
 
     /// The connection is lost: drops it and sorts the calls in flight. Those whose requests
