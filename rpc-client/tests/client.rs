@@ -451,6 +451,8 @@ fn a_request_the_broker_refuses_is_sent_again() {
         .queue_declare(
             q,
             amiquip::QueueDeclareOptions {
+                // Durable: RabbitMQ 4.3 denies transient non-exclusive queues.
+                durable: true,
                 arguments,
                 ..amiquip::QueueDeclareOptions::default()
             },

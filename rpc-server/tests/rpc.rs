@@ -690,6 +690,8 @@ fn a_reply_the_broker_refuses_leaves_its_request_to_come_back() {
         .queue_declare(
             full.name(),
             QueueDeclareOptions {
+                // Durable: RabbitMQ 4.3 denies transient non-exclusive queues.
+                durable: true,
                 arguments,
                 ..QueueDeclareOptions::default()
             },
