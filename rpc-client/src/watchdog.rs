@@ -79,8 +79,12 @@ impl Watchdog {
     /// the channel open"). Replaces any deadline armed before.
     pub fn arm(&self, deadline: Instant, what: impl Into<Cow<'static, str>>) {
         let limit = deadline.saturating_duration_since(Instant::now());
+        self.arm_with(deadline, limit, what.into());
+    }
+
+    fn arm_with(&self, deadline: Instant, limit: Duration, what: Cow<'static, str>) {
         let mut state = self.shared.lock();
-        state.armed = Some((deadline, limit, what.into()));
+        state.armed = Some((deadline, limit, what));
         if state.waking_at.is_none_or(|at| deadline < at) {
             self.shared.wake.notify_all();
         }
@@ -114,10 +118,15 @@ impl Watchdog {
         limit: Duration,
         call: impl FnOnce() -> Result<T, amiquip::Error>,
     ) -> Result<T, Error> {
-        self.arm(Instant::now() + limit, what);
+        // One clock read and two locks per call: this wraps every publish and ack.
+        self.arm_with(Instant::now() + limit, limit, Cow::Borrowed(what));
         let result = call();
-        self.disarm();
-        match (result, self.fired()) {
+        let fired = {
+            let mut state = self.shared.lock();
+            state.armed = None;
+            state.fired.clone()
+        };
+        match (result, fired) {
             (Ok(value), None) => Ok(value),
             (_, Some(why)) => Err(Error::Stalled(why)),
             (Err(err), None) => Err(err.into()),

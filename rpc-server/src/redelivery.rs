@@ -21,6 +21,7 @@
 
 use amiquip::{AmqpProperties, AmqpValue};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Earlier deliveries (`x-delivery-count`) after which a request is answered with an error
 /// reply instead of being handled again. Not 2: a request comes back innocently each time the
@@ -35,11 +36,11 @@ const REMEMBERED: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Redeliveries {
     /// Each request started and not finished, with its number in `order`.
-    started: HashMap<String, u64>,
+    started: HashMap<Key, u64, BuildHasherDefault<KeyHasher>>,
     /// Requests in the order they were started, by number; entries of finished ones are
     /// dropped lazily from the front (most requests finish in order), so finishing one costs
     /// no scan.
-    order: VecDeque<(u64, String)>,
+    order: VecDeque<(u64, Key)>,
     next: u64,
 }
 
@@ -68,7 +69,7 @@ impl Redeliveries {
         if !self.started.contains_key(&key) {
             let number = self.next;
             self.next += 1;
-            self.started.insert(key.clone(), number);
+            self.started.insert(key, number);
             self.order.push_back((number, key));
             self.trim();
         }
@@ -123,10 +124,43 @@ fn delivery_count(properties: &AmqpProperties) -> Option<u64> {
 }
 
 /// A request's identity: its correlation id and where it wants the reply.
-fn key(properties: &AmqpProperties) -> Option<String> {
+fn key(properties: &AmqpProperties) -> Option<Key> {
     let id = properties.correlation_id().as_deref()?;
     let reply_to = properties.reply_to().as_deref().unwrap_or("");
-    Some(format!("{id}\u{0}{reply_to}"))
+    // FNV-1a over both, with a byte no UTF-8 text holds between them: no allocation and a
+    // few hundred instructions per request (a formatted String key hashed with SipHash cost
+    // about 3,800 per request, 10% of the serving loop's own work).
+    let fnv = |hash: u64, bytes: &[u8]| {
+        bytes.iter().fold(hash, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let hash = fnv(0xcbf2_9ce4_8422_2325, id.as_bytes());
+    Some(fnv(fnv(hash, &[0xff]), reply_to.as_bytes()))
+}
+
+/// A request's identity for the rule: a 64-bit hash of its correlation id and reply_to. Two
+/// requests in hand at once share one with odds of about 1 in 10^15 (10,000 remembered).
+type Key = u64;
+
+/// The map's hasher: a [`Key`] is a hash already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 #[cfg(test)]

@@ -310,7 +310,6 @@ impl Server<'_> {
         mut blocked: Receiver<ConnectionBlockedNotification>,
     ) -> Result<(), Error> {
         let options = self.options;
-        let generation = self.generation;
         let no_deliveries = crossbeam_channel::never();
         let no_stop = crossbeam_channel::never();
         let no_confirms = crossbeam_channel::never();
@@ -371,18 +370,11 @@ impl Server<'_> {
                     Err(_) => return Err(lost(conn.watchdog, "connection closed")),
                 },
                 recv(self.workers.done()) -> done => {
-                    let Ok(Done { generation: came_on, delivery, reply }) = done else {
+                    let Ok(done) = done else {
                         return Err(Error::ConsumerStopped("the worker threads are gone".into()));
                     };
                     self.workers.finished();
-                    if came_on != generation {
-                        log::info!(
-                            "dropping the reply to a request of a lost connection (the broker \
-                             hands the request out again)"
-                        );
-                        continue;
-                    }
-                    self.reply(conn, delivery, reply, true)?;
+                    self.finish(conn, done)?;
                 }
                 recv(confirm_wait) -> confirm => match confirm {
                     Ok(confirm) => self.confirmed(conn, confirm)?,
@@ -457,8 +449,28 @@ impl Server<'_> {
             // The last word on this request: acked whatever the broker says to this reply.
             return self.reply(conn, delivery, reply, false);
         }
-        self.workers.submit(self.generation, delivery);
-        Ok(())
+        match self.workers.submit(self.generation, delivery) {
+            Some(done) => self.finish(conn, done),
+            None => Ok(()),
+        }
+    }
+
+    /// A request handled (by a worker thread, or inline): its reply is published, unless it
+    /// came on an earlier connection.
+    fn finish(&mut self, conn: &mut Conn<'_>, done: Done) -> Result<(), Error> {
+        let Done {
+            generation,
+            delivery,
+            reply,
+        } = done;
+        if generation != self.generation {
+            log::info!(
+                "dropping the reply to a request of a lost connection (the broker hands the \
+                 request out again)"
+            );
+            return Ok(());
+        }
+        self.reply(conn, delivery, reply, true)
     }
 
     /// Publishes `reply` to the request `delivery`, which is acked once the broker confirms

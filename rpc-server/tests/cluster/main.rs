@@ -47,7 +47,7 @@ mod partition;
 mod rolling;
 
 use common::broker::{cluster_sh, Ctl, NodeGuard};
-use common::callers::{Binary, Caller, CallerReport, Callers, Pace};
+use common::callers::{Binary, Caller, CallerReport, Callers, Pace, EARLIER};
 use common::load::{print_table, Call, Checks, Outcome, Row, Tally};
 use common::server::{await_consumers, stop_servers, ServerProc};
 use common::{expected, fresh_log_dir, log_dir, secs};
@@ -339,12 +339,14 @@ pub struct Run {
 /// timeout. During a partition, until the cut-off node is noticed (up to 1.25 × net_ticktime),
 /// RabbitMQ 3.10 cannot declare an exclusive queue on any node.
 pub fn is_setup_failure(call: &Call) -> bool {
+    let last = call.detail.split(EARLIER).next().unwrap_or_default();
     call.caller >= LIBRARY_CALLERS
         && call.outcome == Outcome::Error
-        && call.detail.starts_with("rpc-client exit 3: ")
-        && (call.detail.contains("cannot connect to")
-            || call.detail.contains("callback queue's declare and consume")
-            || call.detail.contains("to the channel open"))
+        && last.starts_with("rpc-client exit 3: ")
+        && !last.contains("not back in time") // a call that was sent, then lost its connection
+        && (last.contains("cannot connect to")
+            || last.contains("callback queue's declare and consume")
+            || last.contains("to the channel open"))
 }
 
 impl Run {

@@ -228,7 +228,16 @@ impl Caller {
                     .lines()
                     .find_map(|l| l.split_once(" answered by ")?.1.rsplit_once(" in "))
                     .map(|(server, _)| server.to_string());
-                let last = stderr.lines().last().unwrap_or_default().to_string();
+                // The last line says how it ended; the lines before it, what the client went
+                // through (reconnects, refusals, re-sends), shown after EARLIER.
+                let lines: Vec<&str> = stderr.lines().collect();
+                let (last, before) = lines.split_last().unwrap_or((&"", &[]));
+                let before = &before[before.len().saturating_sub(STDERR_KEPT)..];
+                let last = if before.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{last}{EARLIER}{}]", before.join(" | "))
+                };
                 match code {
                     Some(0) => {
                         let want = expected(n);
@@ -276,6 +285,13 @@ impl Caller {
         }
     }
 }
+
+/// Lines of an `rpc-client` process's stderr kept, before its last one, in a call's detail.
+const STDERR_KEPT: usize = 8;
+
+/// Where a call's detail goes on from an `rpc-client` process's last stderr line to the lines
+/// before it.
+pub const EARLIER: &str = " [earlier: ";
 
 /// Runs `command` (stdin closed) for at most `within`: its exit code (None for a signal),
 /// stdout and stderr; `Ok(None)` if it was killed at the deadline.
