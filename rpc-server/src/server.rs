@@ -14,11 +14,11 @@ use crate::error::Error;
 use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
-use crate::redelivery::Redeliveries;
+use crate::redelivery::{self, Redeliveries, Verdict, MAX_DELIVERIES};
 use crate::workers::{Done, Workers};
 use amiquip::{
-    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
-    Publish,
+    Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
+    Delivery, Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
@@ -94,12 +94,14 @@ pub fn serve(
         ));
     }
     let description = handler.describe();
+    let long_calls = handler.time_limit().is_some();
     let workers = Workers::start(handler, options.workers)
         .map_err(|err| Error::Config(format!("cannot start the worker threads: {err}")))?;
     let mut server = Server {
         options,
         description,
         workers,
+        long_calls,
         generation: 0,
         shutdown,
         stats: Stats::default(),
@@ -156,6 +158,9 @@ struct Server<'a> {
     /// What the handler serves, for the log.
     description: String,
     workers: Workers,
+    /// The handler's calls may be long (it has a time limit, e.g. a command): acks are not held
+    /// back while one runs on the consume loop's thread.
+    long_calls: bool,
     /// Counts connections: replies computed for requests of an earlier one are dropped (the
     /// broker gives those requests to a server again).
     generation: u64,
@@ -259,13 +264,17 @@ impl Server<'_> {
         let mut conn = Conn {
             watchdog,
             channel: &channel,
+            confirms: &confirms,
+            connection,
+            login: &options.brokers[reached].user,
+            requeue: None,
             limit,
             acks: Acks::new(ACK_BATCH),
             unconfirmed: Unconfirmed::default(),
             window: usize::from(prefetch),
             stop_deadline: None,
         };
-        let served = self.consume(&mut conn, &deliveries, &confirms, blocked);
+        let served = self.consume(&mut conn, &deliveries, blocked);
         if served.is_err() {
             // Lost with the connection: the broker delivers their requests again.
             self.stats.unconfirmed += conn.unconfirmed.len() as u64;
@@ -285,6 +294,12 @@ impl Server<'_> {
         }
         conn.flush(false)?;
         self.stats.unconfirmed += conn.unconfirmed.len() as u64;
+        if let Some(requeue) = conn.requeue.take() {
+            requeue
+                .channel
+                .close()
+                .map_err(|e| stop_failed(watchdog, "cannot close the channel", e))?;
+        }
         let stats = self.stats;
         log::info!(
             "shutting down: {} answered, {} refused, {} dropped, {} unconfirmed, {} reconnects",
@@ -306,10 +321,10 @@ impl Server<'_> {
         &mut self,
         conn: &mut Conn<'_>,
         deliveries: &Receiver<ConsumerMessage>,
-        confirms: &Receiver<Confirm>,
         mut blocked: Receiver<ConnectionBlockedNotification>,
     ) -> Result<(), Error> {
         let options = self.options;
+        let confirms = conn.confirms;
         let generation = self.generation;
         let no_deliveries = crossbeam_channel::never();
         let no_stop = crossbeam_channel::never();
@@ -448,17 +463,98 @@ impl Server<'_> {
             self.stats.dropped += 1;
             return conn.settled(delivery);
         }
-        if let Some(why) = self
+        match self
             .redeliveries
             .check(delivery.redelivered, &delivery.properties)
         {
-            log::warn!("refusing a redelivered request: {why}");
-            let reply = Reply::refuse(ErrorCode::Redelivered, &why);
-            // The last word on this request: acked whatever the broker says to this reply.
-            return self.reply(conn, delivery, reply, false);
+            Verdict::Handle => {}
+            Verdict::Refuse(why) => return self.refuse_redelivered(conn, delivery, &why),
+            Verdict::Requeue(attempts) => return self.requeue(conn, delivery, attempts),
+        }
+        if self.long_calls && self.workers.inline() {
+            // The call blocks this loop for as long as it runs: ack what is answered first, so
+            // that a server killed during the call leaves no answered request to run again.
+            self.settle_all(conn)?;
         }
         self.workers.submit(self.generation, delivery);
         Ok(())
+    }
+
+    /// Waits (a round trip at most) for the confirms of the replies published so far, and
+    /// acks every settled request.
+    fn settle_all(&mut self, conn: &mut Conn<'_>) -> Result<(), Error> {
+        if !conn.unconfirmed.is_empty() {
+            let deadline = Instant::now() + conn.limit;
+            while !conn.unconfirmed.is_empty() {
+                match conn.confirms.recv_deadline(deadline) {
+                    Ok(confirm) => self.confirmed(conn, confirm)?,
+                    Err(RecvTimeoutError::Timeout) => {
+                        conn.watchdog
+                            .abandon("no answer within the round-trip bound to a reply's confirm");
+                        return Err(lost(conn.watchdog, "confirm timed out"));
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(lost(conn.watchdog, "connection closed"))
+                    }
+                }
+            }
+        }
+        conn.flush(false)
+    }
+
+    /// Answers a request that must not be handled again with a `redelivered` error reply: the
+    /// last word, acked whatever the broker says to the reply.
+    fn refuse_redelivered(
+        &mut self,
+        conn: &mut Conn<'_>,
+        delivery: Delivery,
+        why: &str,
+    ) -> Result<(), Error> {
+        log::warn!("refusing a redelivered request: {why}");
+        let reply = Reply::refuse(ErrorCode::Redelivered, why);
+        self.reply(conn, delivery, reply, false)
+    }
+
+    /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of
+    /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
+    /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
+    /// answered with a `redelivered` error reply instead, so that nothing loops.
+    fn requeue(
+        &mut self,
+        conn: &mut Conn<'_>,
+        delivery: Delivery,
+        attempts: u64,
+    ) -> Result<(), Error> {
+        let properties =
+            redelivery::requeued_properties(&delivery.properties, attempts, conn.login);
+        match conn.publish_confirmed(&self.options.queue, &delivery.body, properties) {
+            Ok(true) => {
+                log::info!(
+                    "a request came back (delivered {attempts} time(s) before; at \
+                     {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
+                    redelivery::ATTEMPTS_HEADER
+                );
+                conn.settled(delivery)
+            }
+            Ok(false) => self.refuse_redelivered(
+                conn,
+                delivery,
+                "this request came back after its handling failed, and the broker refused to \
+                 re-queue it with its count of attempts (nack: is the request queue full?); \
+                 it is not handled again",
+            ),
+            Err(err) if err.channel_closed() => {
+                log::warn!("the broker closed the channel of re-queued requests: {err}");
+                conn.requeue = None;
+                self.refuse_redelivered(
+                    conn,
+                    delivery,
+                    "this request came back after its handling failed, and the broker refused \
+                     to re-queue it with its count of attempts; it is not handled again",
+                )
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Publishes `reply` to the request `delivery`, which is acked once the broker confirms
@@ -578,6 +674,14 @@ struct Replied {
 struct Conn<'c> {
     watchdog: &'c Watchdog,
     channel: &'c Channel,
+    /// The confirms of `channel` (with `confirm_replies`; else a channel that never delivers).
+    confirms: &'c Receiver<Confirm>,
+    connection: &'c mut Connection,
+    /// The user the server logged in as.
+    login: &'c str,
+    /// The channel re-queued requests are published on, with publisher confirms: opened when
+    /// the first redelivered request comes.
+    requeue: Option<Requeue>,
     /// Each broker round trip's bound.
     limit: Duration,
     acks: Acks<Delivery>,
@@ -588,7 +692,89 @@ struct Conn<'c> {
     stop_deadline: Option<Instant>,
 }
 
+/// A channel in confirm mode for re-queued requests, and its confirms.
+struct Requeue {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    /// Messages published on it so far (the broker's sequence number of the last one).
+    published: u64,
+}
+
 impl Conn<'_> {
+    /// Publishes `body` with `properties` to `queue` (through the default exchange) on the
+    /// re-queue channel and waits for the broker's confirm, each within the round-trip bound:
+    /// `Ok(true)` once acked, `Ok(false)` if nacked.
+    fn publish_confirmed(
+        &mut self,
+        queue: &str,
+        body: &[u8],
+        properties: amiquip::AmqpProperties,
+    ) -> Result<bool, Error> {
+        let limit = self.limit;
+        if self.requeue.is_none() {
+            let connection = &mut *self.connection;
+            let requeue = self.watchdog.bounded(
+                "to opening the channel for re-queued requests",
+                limit,
+                || {
+                    let channel = connection.open_channel(None)?;
+                    let confirms = channel.listen_for_publisher_confirms()?;
+                    channel.enable_publisher_confirms()?;
+                    Ok(Requeue {
+                        channel,
+                        confirms,
+                        published: 0,
+                    })
+                },
+            )?;
+            self.requeue = Some(requeue);
+        }
+        let Some(requeue) = self.requeue.as_mut() else {
+            return Err(Error::ConsumerStopped(
+                "no channel for re-queued requests".into(),
+            ));
+        };
+        let channel = &requeue.channel;
+        self.watchdog
+            .bounded("to the re-queued request's publish", limit, || {
+                channel.basic_publish("", Publish::with_properties(body, queue, properties))
+            })
+            .map_err(|e| Error::from(e).context("cannot re-queue a request"))?;
+        requeue.published += 1;
+        let sequence = requeue.published;
+        let deadline = Instant::now() + limit;
+        loop {
+            let confirm = match requeue.confirms.recv_deadline(deadline) {
+                Ok(confirm) => confirm,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.watchdog.abandon(format!(
+                        "no answer within {:.1}s to the re-queued request's confirm",
+                        limit.as_secs_f64()
+                    ));
+                    return Err(lost(self.watchdog, "confirm timed out"));
+                }
+                // The channel or the connection went away: the channel's close says which.
+                Err(RecvTimeoutError::Disconnected) => {
+                    let closed = self.requeue.take().map(|r| r.channel.close());
+                    return Err(match closed {
+                        Some(Err(err)) => Error::broker("cannot re-queue a request")(err),
+                        _ => lost(self.watchdog, "connection closed"),
+                    });
+                }
+            };
+            let (payload, accepted) = match confirm {
+                Confirm::Ack(payload) => (payload, true),
+                Confirm::Nack(payload) => (payload, false),
+            };
+            // One publish at a time: the confirm for it (or a multiple one covering it).
+            if payload.delivery_tag == sequence
+                || (payload.multiple && payload.delivery_tag >= sequence)
+            {
+                return Ok(accepted);
+            }
+        }
+    }
+
     /// Runs `call`, one broker operation, within the round-trip bound (or, during the clean
     /// stop, within the stop's).
     fn call(

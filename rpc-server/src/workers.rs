@@ -95,6 +95,11 @@ impl Workers {
         self.busy < self.size
     }
 
+    /// Whether the handler runs on the caller's thread, in [`Workers::submit`] (one worker).
+    pub fn inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
     /// Requests being handled.
     pub fn busy(&self) -> usize {
         self.busy
