@@ -10,7 +10,7 @@
 
 use crate::ack::Acks;
 use crate::confirms::{ReplyKind, Unconfirmed};
-use crate::error::Error;
+use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
 use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
@@ -125,15 +125,22 @@ pub fn serve(
                 None => err,
             },
         };
-        if !err.channel_closed() {
+        let consumer_timeout = err.consumer_timeout();
+        if !err.channel_closed() && consumer_timeout.is_none() {
             // Lost with the connection (a node down, a cut link): not the requests' doing.
             server.redeliveries.forget_started();
         }
-        if err.consumer_timeout() {
+        if let Some(words) = consumer_timeout {
+            let knob = if server.long_calls {
+                "--exec-timeout"
+            } else {
+                "--max-n"
+            };
             log::error!(
-                "the broker closed the channel: a request took longer than its consumer_timeout \
-                 (raise consumer_timeout on the broker, or lower --max-n); the request comes \
-                 back and is then answered with a 'redelivered' error reply"
+                "consumer timeout ({words}): a request took longer than the broker's consumer \
+                 timeout (raise consumer_timeout on the broker, or the queue's \
+                 x-consumer-timeout, or lower {knob}); the request comes back and is then \
+                 answered with a 'redelivered' error reply"
             );
         }
         let Some(delay) = server.reconnect.failed() else {
@@ -247,15 +254,18 @@ impl Server<'_> {
                 consume(&channel, &options.queue, ConsumerOptions::default())
             })
             .map_err(|e| {
-                Error::from(e).context(format!("cannot consume queue '{}'", options.queue))
+                Error::from(e).context(format!(
+                    "cannot consume queue '{}'",
+                    wire::printable(&options.queue)
+                ))
             })?;
         self.deliveries = Some(deliveries.clone());
         self.reconnect.succeeded();
         log::info!(
             "{} waiting for RPC requests on queue '{}' at {} (serving {}; prefetch {prefetch}, \
              workers {})",
-            options.name,
-            options.queue,
+            wire::printable(&options.name),
+            wire::printable(&options.queue),
             options.brokers[reached],
             self.description,
             options.workers.max(1),
@@ -272,6 +282,7 @@ impl Server<'_> {
             acks: Acks::new(ACK_BATCH),
             unconfirmed: Unconfirmed::default(),
             window: usize::from(prefetch),
+            longest_call: Duration::ZERO,
             stop_deadline: None,
         };
         let served = self.consume(&mut conn, &deliveries, blocked);
@@ -323,7 +334,6 @@ impl Server<'_> {
         deliveries: &Receiver<ConsumerMessage>,
         mut blocked: Receiver<ConnectionBlockedNotification>,
     ) -> Result<(), Error> {
-        let options = self.options;
         let confirms = conn.confirms;
         let generation = self.generation;
         let no_deliveries = crossbeam_channel::never();
@@ -372,12 +382,7 @@ impl Server<'_> {
                         conn.acks.taken(delivery.delivery_tag());
                         self.admit(conn, delivery)?;
                     }
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        return Err(Error::ConsumerStopped(format!(
-                            "the broker cancelled our consumer: was queue '{}' deleted?",
-                            options.queue
-                        )))
-                    }
+                    Ok(ConsumerMessage::ServerCancelled) => return Err(self.cancelled(conn)),
                     Ok(ConsumerMessage::ServerClosedChannel(err))
                     | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
                         return Err(Error::broker("the broker closed the connection")(err));
@@ -386,10 +391,11 @@ impl Server<'_> {
                     Err(_) => return Err(lost(conn.watchdog, "connection closed")),
                 },
                 recv(self.workers.done()) -> done => {
-                    let Ok(Done { generation: came_on, delivery, reply }) = done else {
+                    let Ok(Done { generation: came_on, delivery, reply, took }) = done else {
                         return Err(Error::ConsumerStopped("the worker threads are gone".into()));
                     };
                     self.workers.finished();
+                    conn.longest_call = conn.longest_call.max(took);
                     if came_on != generation {
                         log::info!(
                             "dropping the reply to a request of a lost connection (the broker \
@@ -427,6 +433,49 @@ impl Server<'_> {
             // Acks wait for more answers only while the next request can be taken at once.
             let more_waiting = !deliveries.is_empty() && self.workers.has_room() && !self.stopping;
             conn.flush(more_waiting)?;
+        }
+    }
+
+    /// Why the broker cancelled our consumer (a `basic.cancel`, which carries no reason): the
+    /// request queue was deleted, or (the queue still there, a request in hand or one that
+    /// just took long) most likely a consumer timeout, which RabbitMQ 4.3's quorum queues
+    /// report this way. Asks the broker whether the queue exists, within the round-trip bound.
+    fn cancelled(&self, conn: &mut Conn<'_>) -> Error {
+        let queue = wire::printable(&self.options.queue);
+        let connection = &mut *conn.connection;
+        let name = self.options.queue.as_str();
+        let probed = conn
+            .watchdog
+            .bounded("to the request queue's check", conn.limit, || {
+                let probe = connection.open_channel(None)?;
+                match probe.queue_declare_passive(name) {
+                    Ok(_) => {
+                        probe.close()?;
+                        Ok(true)
+                    }
+                    Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => Ok(false),
+                    Err(err) => Err(err),
+                }
+            });
+        match probed {
+            Ok(false) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer: queue '{queue}' was deleted"
+            )),
+            Ok(true) if self.workers.busy() > 0 || conn.longest_call >= LONG_CALL => {
+                Error::ConsumerStopped(format!(
+                    "{CONSUMER_TIMEOUT_CANCEL} (queue '{queue}'; {} request(s) in hand, the \
+                     longest finished one took {:.1}s): most likely a consumer timeout",
+                    self.workers.busy(),
+                    conn.longest_call.as_secs_f64()
+                ))
+            }
+            Ok(true) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer, though queue '{queue}' still exists"
+            )),
+            Err(err) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer: was queue '{queue}' deleted? (cannot \
+                 check: {err})"
+            )),
         }
     }
 
@@ -659,6 +708,10 @@ impl Server<'_> {
     }
 }
 
+/// A request that took this long before a `basic.cancel` makes the cancel a likely consumer
+/// timeout (the shortest consumer timeout RabbitMQ accepts is 1 s).
+const LONG_CALL: Duration = Duration::from_secs(1);
+
 /// How long the consume loop lets confirms wait in their channel while nothing else wakes it,
 /// before it waits for them (and acks their requests).
 const ACK_DELAY: Duration = Duration::from_millis(2);
@@ -688,6 +741,8 @@ struct Conn<'c> {
     unconfirmed: Unconfirmed<Replied>,
     /// The prefetch: with that many requests unacked the broker sends no more.
     window: usize,
+    /// The longest a handler call of this connection took (for a `basic.cancel`'s cause).
+    longest_call: Duration,
     /// During the clean stop: the watchdog is armed for the whole stop, until then.
     stop_deadline: Option<Instant>,
 }

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rpc_client::wire::ErrorCode;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A request for a worker; `generation` names the connection it came on.
 struct Job {
@@ -27,6 +28,8 @@ pub struct Done {
     pub delivery: Delivery,
     /// What the handler answered.
     pub reply: Reply,
+    /// How long the handler took.
+    pub took: Duration,
 }
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
@@ -69,11 +72,13 @@ impl Workers {
                         delivery,
                     } in queue
                     {
+                        let started = Instant::now();
                         let reply = handle(handler.as_ref(), &delivery);
                         let done = Done {
                             generation,
                             delivery,
                             reply,
+                            took: started.elapsed(),
                         };
                         if finished.send(done).is_err() {
                             break;
@@ -110,12 +115,14 @@ impl Workers {
     pub fn submit(&mut self, generation: u64, delivery: Delivery) {
         self.busy += 1;
         if let Some((handler, finished)) = &self.inline {
+            let started = Instant::now();
             let reply = handle(handler.as_ref(), &delivery);
             // `self` holds the receiver.
             let _ = finished.send(Done {
                 generation,
                 delivery,
                 reply,
+                took: started.elapsed(),
             });
             return;
         }

@@ -59,12 +59,16 @@ fn serves_and_stops_cleanly_on_sigterm() {
 #[test]
 fn bad_arguments_fail_with_one_line_and_exit_2() {
     let long_queue = "q".repeat(256);
+    // 240 bytes: RabbitMQ would cut its "no queue" message inside a '☃' (see
+    // wire::MAX_NON_ASCII_QUEUE_NAME); refused up front instead of reconnecting for ever.
+    let snowmen = "☃".repeat(80);
     for (i, args) in [
         &["--prefetch", "0"][..],
         &["--max-n", "-5"],
         &["--uri", "amqp://u:secret@h:notaport"],
         &["--queue-type", "stream"],
         &["--queue", &long_queue],
+        &["--queue", &snowmen],
     ]
     .into_iter()
     .enumerate()
@@ -123,4 +127,33 @@ fn bad_arguments_exit_2_before_connecting() {
         );
         assert!(!shown.contains("panicked"), "{shown}");
     }
+}
+
+#[test]
+fn a_queue_name_with_control_characters_is_logged_printable() {
+    // A newline would forge a log line, ESC [2J would clear the terminal.
+    let queue = QueueGuard::new("bin-esc\n[ERROR] forged\u{1b}[2J");
+    let mut server =
+        ServerProc::on_broker(&logs(), "bin-esc", queue.name(), &testing::broker(), &[]);
+    let mut admin = Admin::connect().expect("admin");
+    if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
+        server.sigterm();
+        panic!("{err}\n{}", server.finish(EXIT_WITHIN).1);
+    }
+    server.sigterm();
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    assert!(status.success(), "{shown}");
+    let stderr = server.log_text();
+    assert!(
+        stderr.contains("queue 'bin-esc?[ERROR] forged?[2J-"),
+        "the name is shown printable\n{shown}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "an escape reached the log\n{shown}"
+    );
+    assert!(
+        !stderr.contains("\n[ERROR] forged"),
+        "a forged log line\n{shown}"
+    );
 }
