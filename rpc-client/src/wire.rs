@@ -462,7 +462,7 @@ mod tests {
         assert!(parse_queue_name("").is_err());
         // Beyond ASCII: at most MAX_NON_ASCII_QUEUE_NAME bytes (see there).
         assert!(parse_queue_name(&"☃".repeat(53)).is_ok());
-        let refused = parse_queue_name(&"☃".repeat(80)).unwrap_err();
+        let refused = parse_queue_name(&"☃".repeat(80)).expect_err("refused");
         assert!(refused.contains("at most 160 bytes"), "{refused}");
         assert!(refused.contains("has 240"), "{refused}");
     }

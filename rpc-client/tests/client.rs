@@ -578,7 +578,7 @@ fn queue_names_are_printed_printable_and_checked_up_front() {
         Some(i32::from(exit_code::NO_ROUTE)),
         "{shown}"
     );
-    let mut admin = Admin::connect().expect("admin");
+    let admin = Admin::connect().expect("admin");
     admin.declare(&q, false).expect("declare");
     let (out2, shown2) = rpc_client(&["--queue", &q, "--timeout", "0.5", "30"]);
     assert_eq!(

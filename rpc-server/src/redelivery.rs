@@ -38,7 +38,7 @@
 //! A request that merely waited in a dead server's buffer comes back too, is re-published once
 //! (one of its [`MAX_DELIVERIES`]) and answered as usual.
 
-use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+use amiquip::{AmqpProperties, AmqpValue};
 use std::collections::{HashMap, VecDeque};
 
 /// Header of a re-published request: how many times the request was delivered before this
@@ -169,7 +169,7 @@ pub fn requeued_properties(
     attempts: u64,
     login: &str,
 ) -> AmqpProperties {
-    let mut headers = original.headers().clone().unwrap_or_else(FieldTable::new);
+    let mut headers = original.headers().clone().unwrap_or_default();
     headers.remove("x-delivery-count");
     headers.insert(
         ATTEMPTS_HEADER.to_string(),

@@ -12,7 +12,7 @@ use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,7 @@
 //!       quorum queue of RabbitMQ 4.3 reports a consumer timeout; sent here with `rabbitmqctl
 //!       eval` through the server's channel) is logged as a likely consumer timeout, not as a
 //!       deleted queue, and the server consumes again.
+//!
 //!     Every command's pid is recorded: none is left running at the end.
 
 use crate::common::broker::Ctl;
