@@ -570,7 +570,7 @@ fn an_empty_queue_name_is_a_usage_error() {
 #[test]
 fn queue_names_are_printed_printable_and_checked_up_front() {
     // No such queue (exit 6), then one without a consumer (exit 4): both messages name it.
-    let mut queue = QueueGuard::new("esc\n[ERROR] forged\u{1b}[2J");
+    let mut queue = QueueGuard::new("esc\t[ERROR] forged\u{1b}[2J");
     let q = queue.name().to_string();
     let (out, shown) = rpc_client(&["--queue", &q, "--timeout", "0.5", "30"]);
     assert_eq!(
@@ -589,8 +589,7 @@ fn queue_names_are_printed_printable_and_checked_up_front() {
     for stderr in [&out.stderr, &out2.stderr] {
         let stderr = String::from_utf8_lossy(stderr);
         assert!(stderr.contains("'esc?[ERROR] forged?[2J-"), "{stderr:?}");
-        assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
-        assert!(!stderr.contains("\n[ERROR] forged"), "{stderr:?}");
+        assert!(!stderr.contains(['\u{1b}', '\t']), "{stderr:?}");
     }
     queue.delete().expect("delete");
     // 80 '☃' (240 bytes): RabbitMQ would cut its messages quoting the name inside a character.
@@ -601,6 +600,13 @@ fn queue_names_are_printed_printable_and_checked_up_front() {
         "{shown}"
     );
     assert!(shown.contains("beyond ASCII"), "{shown}");
+    let (out, shown) = rpc_client(&["--queue", "a\nb", "30"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::USAGE)),
+        "{shown}"
+    );
+    assert!(shown.contains("line break"), "{shown}");
 }
 
 #[test]
