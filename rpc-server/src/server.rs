@@ -7,6 +7,11 @@
 //! (see [`crate::ack`] and [`crate::confirms`]). A prefetch of 1 (the default)
 //! hands each server one request at a time, so N servers share slow work evenly; with
 //! `workers` N the prefetch is at least N, and each request is acked after its own reply.
+//!
+//! A request that comes back (`redelivered`: its server died or lost it) is not handled as
+//! it comes: it is re-published with its count of deliveries and acked, or, at the limit,
+//! answered with a `redelivered` error reply (see [`crate::redelivery`]), so that a request
+//! that kills its server every time stops after a few, on every queue type.
 
 use crate::ack::Acks;
 use crate::confirms::{ReplyKind, Unconfirmed};
