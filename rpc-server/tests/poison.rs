@@ -248,13 +248,15 @@ fn ack_not_held(name: &str, flag: &str) {
     let hold = fresh_file(&format!("{name}.hold"));
     let pids = fresh_file(&format!("{name}.pids"));
     std::fs::write(&hold, "").expect("hold file");
+    // Removed on drop too, so that a failing test leaves no command waiting on it.
+    let hold = Hold(hold);
     let script = format!(
         "echo $$ >> '{pids}'; body=$(cat); echo \"$body\" >> '{runs}'; \
          if [ \"$body\" = slow ]; then while [ -e '{hold}' ]; do sleep 0.05; done; fi; \
          echo \"$body\"",
         pids = pids.display(),
         runs = runs.display(),
-        hold = hold.display()
+        hold = hold.0.display()
     );
     let args = [flag, "2", "--", "sh", "-c", script.as_str()];
     let broker = testing::broker();
@@ -297,7 +299,7 @@ fn ack_not_held(name: &str, flag: &str) {
         first.shown()
     );
     // The next server runs "slow" again, quickly now; "fast" must not run again.
-    std::fs::remove_file(&hold).expect("remove the hold file");
+    std::fs::remove_file(&hold.0).expect("remove the hold file");
     let mut second =
         ServerProc::on_broker(&logs(), &format!("{name}-2"), queue.name(), &broker, &args);
     let out = caller.join().expect("caller thread");
@@ -326,4 +328,13 @@ fn run_counts(runs: &Path) -> (usize, usize) {
     let text = std::fs::read_to_string(runs).unwrap_or_default();
     let count = |body: &str| text.lines().filter(|line| *line == body).count();
     (count("fast"), count("slow"))
+}
+
+/// A file whose existence keeps the "slow" command waiting; removed on drop.
+struct Hold(PathBuf);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
