@@ -187,6 +187,7 @@ impl fmt::Display for Error {
                 consumers,
             } => {
                 write!(f, "no reply for {call} within {:.1}s", waited.as_secs_f64())?;
+                let queue = crate::text::printable(queue);
                 match consumers {
                     Some(0) => write!(
                         f,
@@ -202,8 +203,9 @@ impl fmt::Display for Error {
             }
             Error::NoRoute { queue, reason } => write!(
                 f,
-                "no queue '{queue}' exists (the broker returned the request: {reason}), so no \
-                 server has declared it: none runs, or one cannot declare it (see its log)"
+                "no queue '{}' exists (the broker returned the request: {reason}), so no \
+                 server has declared it: none runs, or one cannot declare it (see its log)",
+                crate::text::printable(queue)
             ),
             Error::Server { code, message } => write!(f, "server error ({code}): {message}"),
             Error::BadReply(why) => write!(f, "bad reply: {why}"),

@@ -568,6 +568,48 @@ fn an_empty_queue_name_is_a_usage_error() {
 }
 
 #[test]
+fn queue_names_are_printed_printable_and_checked_up_front() {
+    // No such queue (exit 6), then one without a consumer (exit 4): both messages name it.
+    let mut queue = QueueGuard::new("esc\t[ERROR] forged\u{1b}[2J");
+    let q = queue.name().to_string();
+    let (out, shown) = rpc_client(&["--queue", &q, "--timeout", "0.5", "30"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::NO_ROUTE)),
+        "{shown}"
+    );
+    let admin = Admin::connect().expect("admin");
+    admin.declare(&q, false).expect("declare");
+    let (out2, shown2) = rpc_client(&["--queue", &q, "--timeout", "0.5", "30"]);
+    assert_eq!(
+        out2.status.code(),
+        Some(i32::from(exit_code::TIMEOUT)),
+        "{shown2}"
+    );
+    for stderr in [&out.stderr, &out2.stderr] {
+        let stderr = String::from_utf8_lossy(stderr);
+        assert!(stderr.contains("'esc?[ERROR] forged?[2J-"), "{stderr:?}");
+        assert!(!stderr.contains(['\u{1b}', '\t']), "{stderr:?}");
+    }
+    queue.delete().expect("delete");
+    // 80 '☃' (240 bytes): RabbitMQ would cut its messages quoting the name inside a character.
+    let (out, shown) = rpc_client(&["--queue", &"☃".repeat(80), "30"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::USAGE)),
+        "{shown}"
+    );
+    assert!(shown.contains("beyond ASCII"), "{shown}");
+    let (out, shown) = rpc_client(&["--queue", "a\nb", "30"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_code::USAGE)),
+        "{shown}"
+    );
+    assert!(shown.contains("line break"), "{shown}");
+}
+
+#[test]
 fn raw_calls_round_trip_bytes_content_type_and_headers() {
     let queue = QueueGuard::new("raw");
     let responder = Responder::start_raw(queue.name());

@@ -10,6 +10,13 @@
 //! while every older request is settled too. A settled request behind an older one still being
 //! handled is acked on its own at once; one behind an older reply still waiting for its
 //! confirm waits for that confirm (a round trip at most).
+//!
+//! Holding back is for fast handlers only: an answered request whose ack is held while a
+//! request of unknown length runs would be delivered again (and run again) if the server died
+//! meanwhile. So before a handler with a time limit (a command) starts on the consume loop's
+//! own thread, the server waits for the confirms of the replies published so far and acks
+//! every settled request (`Server::settle_all` in [`crate::server`]); with worker threads the
+//! loop stays free and acks as soon as it has no request waiting to be taken.
 
 use std::collections::VecDeque;
 

@@ -26,7 +26,7 @@ pub mod exit_code {
         ),
         (
             USAGE,
-            "bad arguments (a malformed `--uri`, an unreadable `--tls-ca`, a queue name over 255 bytes, …)",
+            "bad arguments (a malformed `--uri`, an unreadable `--tls-ca`, a queue name with a line break, over 255 bytes, or over 160 with characters beyond ASCII, …)",
         ),
         (
             UNCLEAN_STOP,
@@ -39,6 +39,12 @@ pub mod exit_code {
         (FORCED, "a second SIGINT or SIGTERM ended it at once"),
     ];
 }
+
+/// How [`Error::ConsumerStopped`] begins for a `basic.cancel` that was most likely a consumer
+/// timeout: the broker cancelled the consumer while the request queue still exists and a
+/// request was in hand, or had just taken long.
+pub const CONSUMER_TIMEOUT_CANCEL: &str =
+    "the broker cancelled our consumer while the queue still exists, after a long request";
 
 /// Why [`crate::run`] returned an error.
 #[derive(Debug)]
@@ -109,12 +115,21 @@ impl Error {
         Some(hint.to_string())
     }
 
-    /// Whether the broker closed the channel because a request was not acked within its
-    /// `consumer_timeout` (406 "delivery acknowledgement ... timed out").
-    pub fn consumer_timeout(&self) -> bool {
+    /// If the broker stopped the consumer because a request was not acked within its consumer
+    /// timeout: the broker's words. RabbitMQ up to 4.2 closes the channel (406
+    /// "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value
+    /// used: ..."); a quorum queue of 4.3 and later cancels the consumer instead (a
+    /// `basic.cancel` without a reason: see [`CONSUMER_TIMEOUT_CANCEL`]).
+    pub fn consumer_timeout(&self) -> Option<String> {
+        if let Error::ConsumerStopped(why) = self {
+            return why
+                .starts_with(CONSUMER_TIMEOUT_CANCEL)
+                .then(|| CONSUMER_TIMEOUT_CANCEL.to_string());
+        }
         self.client_error()
             .and_then(rpc_client::Error::broker_code)
-            .is_some_and(|(code, text)| code == 406 && text.contains("acknowledgement"))
+            .filter(|(code, text)| *code == 406 && text.contains("acknowledgement"))
+            .map(|(code, text)| format!("{code} {}", rpc_client::wire::printable(text)))
     }
 
     /// Whether the broker closed the channel (not the whole connection): something this server

@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::options::{QueueType, ServerOptions};
 use amiquip::{AmqpValue, Connection, FieldTable, QueueDeclareOptions};
 use rpc_client::watchdog::Watchdog;
+use rpc_client::wire;
 use std::time::Duration;
 
 /// Uses the request queue if it exists, whatever its type; declares it otherwise.
@@ -19,6 +20,8 @@ pub fn ensure_queue(
     limit: Duration,
 ) -> Result<(), Error> {
     let queue = options.queue.as_str();
+    // For messages: the name as given may hold control characters.
+    let shown = wire::printable(queue);
     let probe = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
     let checked = watchdog.bounded("to the request queue's check", limit, || {
         probe.queue_declare_passive(queue)
@@ -26,7 +29,7 @@ pub fn ensure_queue(
     match checked.map_err(Error::from) {
         Ok(declared) => {
             log::info!(
-                "using existing queue '{queue}' ({} messages waiting, {} consumers)",
+                "using existing queue '{shown}' ({} messages waiting, {} consumers)",
                 declared.declared_message_count().unwrap_or(0),
                 declared.declared_consumer_count().unwrap_or(0)
             );
@@ -38,7 +41,7 @@ pub fn ensure_queue(
             code: 404,
             ..
         }))) => {}
-        Err(err) => return Err(err.context(format!("cannot check queue '{queue}'"))),
+        Err(err) => return Err(err.context(format!("cannot check queue '{shown}'"))),
     }
     let declare = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
     let mut arguments = FieldTable::new();
@@ -62,7 +65,7 @@ pub fn ensure_queue(
     match declared.map_err(Error::from) {
         Ok(declared) => {
             log::info!(
-                "declared queue '{queue}' ({:?}, {})",
+                "declared queue '{shown}' ({:?}, {})",
                 options.queue_type,
                 if durable { "durable" } else { "transient" }
             );
@@ -75,9 +78,9 @@ pub fn ensure_queue(
             code: 406,
             ..
         }))) => {
-            log::info!("queue '{queue}' was just declared by someone else; using it");
+            log::info!("queue '{shown}' was just declared by someone else; using it");
             Ok(())
         }
-        Err(err) => Err(err.context(format!("cannot declare queue '{queue}'"))),
+        Err(err) => Err(err.context(format!("cannot declare queue '{shown}'"))),
     }
 }

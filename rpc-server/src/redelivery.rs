@@ -1,36 +1,72 @@
 //! Requests that keep coming back ([`Redeliveries`]): the rule that keeps a request whose
-//! handling fails again and again from being computed without end.
+//! handling fails again and again (it kills its server, its reply is refused, it outlives the
+//! broker's `consumer_timeout`) from being handled without end, on every queue type.
 //!
 //! A request comes back (`redelivered`) when the server holding it did not ack it: it died, its
 //! connection was lost, the broker refused its reply (a nack: the server rejects the request
 //! back to the queue; or a channel closed for a reply over `max_message_size`), or the
-//! handling took longer than the broker's `consumer_timeout`. The first two heal by themselves; the others
-//! fail the same way every time. The rule:
+//! handling took longer than the broker's `consumer_timeout`. From the broker's side a server
+//! killed by its request and a server whose node went away look the same (a lost
+//! connection), so every delivery counts, and the limit, [`MAX_DELIVERIES`], is high enough
+//! for the innocent cases (a rolling restart of three nodes can take one request's server
+//! away three times).
 //!
-//! - On a quorum queue the broker counts earlier deliveries in the `x-delivery-count` header: a
-//!   request delivered [`MAX_DELIVERIES`] times before is answered with a `redelivered` error
-//!   reply instead of being handled again.
-//! - On any queue, a server that started handling a request and lost it with its channel
-//!   (closed by the broker: a reply it refused, a consumer timeout) remembers it: if the
-//!   request comes back to it, it answers with the error reply. (Another server may still
-//!   handle it once; each server at most once more.) A request lost with the whole connection
-//!   (a node stopped, killed or cut off) is not held against it: [`Redeliveries::forget_started`].
+//! Counting. Quorum queues count earlier deliveries in the `x-delivery-count` header, classic
+//! queues count nothing (and since RabbitMQ 4.3 a quorum queue no longer counts a delivery
+//! lost with its consumer, only a `basic.reject`). So the servers count themselves, in the
+//! request: a redelivered
+//! request is **re-published** to the request queue with [`ATTEMPTS_HEADER`] = its earlier
+//! deliveries so far, and the original is acked once the broker confirmed the copy
+//! ([`Verdict::Requeue`]). Only redeliveries pay for this; a first delivery is handled as it
+//! comes. The copy keeps every property of the request (`reply_to`, `correlation_id`,
+//! `expiration`, `timestamp`, headers, ...), except a `user_id` other than the server's own
+//! login (the broker would refuse it) and the broker's `x-delivery-count` (the copy's own
+//! deliveries are counted anew). If the server dies between the copy's confirm and the
+//! original's ack, both copies are in the queue: the request may run twice (its caller keeps
+//! the first answer), and each copy still carries its count. The rule:
 //!
-//! A request that merely waited in a dead server's buffer comes back once and is answered as
-//! usual.
+//! - earlier deliveries = [`ATTEMPTS_HEADER`] + this copy's own (`x-delivery-count`, at least
+//!   1 when `redelivered`); at [`MAX_DELIVERIES`] the request is answered with a `redelivered`
+//!   error reply instead of being handled again;
+//! - a server that started handling a request and lost it with its channel (closed by the
+//!   broker: a reply it refused, a consumer timeout) remembers it: if the request comes back to
+//!   it, it answers with the error reply at once (another server may still handle it). A
+//!   request lost with the whole connection (a node stopped, killed or cut off) is not held
+//!   against it by this memory ([`Redeliveries::forget_started`]); the count above still
+//!   applies.
+//!
+//! A request that merely waited in a dead server's buffer comes back too, is re-published once
+//! (one of its [`MAX_DELIVERIES`]) and answered as usual.
 
 use amiquip::{AmqpProperties, AmqpValue};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Earlier deliveries (`x-delivery-count`) after which a request is answered with an error
-/// reply instead of being handled again. Not 2: a request comes back innocently each time the
-/// connection of the server holding it is lost (a node stopped or killed), and a rolling
-/// restart of three nodes can do that to one request up to three times.
+/// Header of a re-published request: how many times the request was delivered before this
+/// copy was published (our own count; see the module documentation).
+pub const ATTEMPTS_HEADER: &str = "x-rpc-attempts";
+
+/// Earlier deliveries after which a request is answered with an error reply instead of being
+/// handled again: a request that kills its server is run this many times. Not 2: a request
+/// comes back innocently each time the connection of the server holding it is lost (a node
+/// stopped or killed), and a rolling restart of three nodes can do that to one request up to
+/// three times.
 pub const MAX_DELIVERIES: u64 = 5;
 
 /// Most requests remembered as started and not acked (the oldest are forgotten first).
 const REMEMBERED: usize = 10_000;
+
+/// What to do with a request just received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handle it (a first delivery, or a copy re-published with its count).
+    Handle,
+    /// Answer it with a `redelivered` error reply, for this reason, and ack it.
+    Refuse(String),
+    /// It came back: re-publish it with [`ATTEMPTS_HEADER`] = this count of its earlier
+    /// deliveries (see [`requeued_properties`]), then ack it; do not handle it here.
+    Requeue(u64),
+}
 
 /// The requests this server started and did not see acked, by correlation id and `reply_to`.
 #[derive(Debug, Default)]
@@ -45,35 +81,39 @@ pub struct Redeliveries {
 }
 
 impl Redeliveries {
-    /// Whether a request must not be handled again: why, for the error reply, if so.
-    /// Otherwise records it as started (see [`Redeliveries::finished`]).
-    pub fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Option<String> {
-        if let Some(count) = delivery_count(properties) {
-            if count >= MAX_DELIVERIES {
-                return Some(format!(
-                    "this request was delivered {count} times before and its handling failed \
-                     each time (a server died, its reply was refused, or it took longer than \
-                     the broker's consumer_timeout); it is not handled again"
-                ));
-            }
+    /// What to do with a request (see [`Verdict`]); records it as started when it is to be
+    /// handled (see [`Redeliveries::finished`]).
+    pub fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Verdict {
+        let earlier = earlier_deliveries(redelivered, properties);
+        if earlier >= MAX_DELIVERIES {
+            return Verdict::Refuse(format!(
+                "this request was delivered {earlier} times before and its handling failed \
+                 each time (a server died or lost its connection, its reply was refused, or it \
+                 took longer than the broker's consumer_timeout); it is not handled again"
+            ));
         }
-        let key = key(properties)?;
-        if redelivered && self.started.contains_key(&key) {
-            return Some(
+        let key = key(properties);
+        if redelivered && key.as_ref().is_some_and(|k| self.started.contains_key(k)) {
+            return Verdict::Refuse(
                 "this server lost this request once while handling it (its channel closed: \
                  a reply the broker refused, or longer than the broker's consumer_timeout); \
                  it is not handled again"
                     .into(),
             );
         }
-        if !self.started.contains_key(&key) {
-            let number = self.next;
-            self.next += 1;
-            self.started.insert(key, number);
-            self.order.push_back((number, key));
-            self.trim();
+        if redelivered {
+            return Verdict::Requeue(earlier);
         }
-        None
+        if let Some(key) = key {
+            if !self.started.contains_key(&key) {
+                let number = self.next;
+                self.next += 1;
+                self.started.insert(key, number);
+                self.order.push_back((number, key));
+                self.trim();
+            }
+        }
+        Verdict::Handle
     }
 
     /// Drops finished requests from the front of `order`, and the oldest started ones while
@@ -109,9 +149,93 @@ impl Redeliveries {
     }
 }
 
-/// `x-delivery-count`: how often the broker delivered the request before (quorum queues).
-fn delivery_count(properties: &AmqpProperties) -> Option<u64> {
-    match properties.headers().as_ref()?.get("x-delivery-count")? {
+/// How many times a request was delivered before this delivery: the count of earlier copies
+/// ([`ATTEMPTS_HEADER`]) plus this copy's own earlier deliveries (the broker's
+/// `x-delivery-count`, at least 1 when `redelivered`).
+pub fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties) -> u64 {
+    let own = count_header(properties, "x-delivery-count")
+        .unwrap_or(0)
+        .max(u64::from(redelivered));
+    count_header(properties, ATTEMPTS_HEADER)
+        .unwrap_or(0)
+        .saturating_add(own)
+}
+
+/// The properties of the copy of a redelivered request: all of `original`'s, with
+/// [`ATTEMPTS_HEADER`] = `attempts`, without the broker's `x-delivery-count`, and without a
+/// `user_id` other than `login` (the broker refuses a publish whose `user_id` is not the
+/// publisher's login).
+pub fn requeued_properties(
+    original: &AmqpProperties,
+    attempts: u64,
+    login: &str,
+) -> AmqpProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.remove("x-delivery-count");
+    headers.insert(
+        ATTEMPTS_HEADER.to_string(),
+        AmqpValue::LongLongInt(i64::try_from(attempts).unwrap_or(i64::MAX)),
+    );
+    let mut copy = original.clone().with_headers(headers);
+    if original
+        .user_id()
+        .as_deref()
+        .is_some_and(|user| user != login)
+    {
+        copy = strip_user_id(copy);
+    }
+    copy
+}
+
+/// `properties` without `user_id` (amiquip's properties have no setter to clear one field).
+fn strip_user_id(properties: AmqpProperties) -> AmqpProperties {
+    let mut copy = AmqpProperties::default();
+    if let Some(v) = properties.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = properties.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = properties.headers() {
+        copy = copy.with_headers(v.clone());
+    }
+    if let Some(v) = properties.delivery_mode() {
+        copy = copy.with_delivery_mode(*v);
+    }
+    if let Some(v) = properties.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = properties.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = properties.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = properties.expiration() {
+        copy = copy.with_expiration(v.clone());
+    }
+    if let Some(v) = properties.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = properties.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = properties.type_() {
+        copy = copy.with_type_(v.clone());
+    }
+    if let Some(v) = properties.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = properties.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
+}
+
+/// A non-negative integer header (the broker's `x-delivery-count`, our [`ATTEMPTS_HEADER`]).
+/// A value of another type, or negative, counts as absent.
+fn count_header(properties: &AmqpProperties, name: &str) -> Option<u64> {
+    match properties.headers().as_ref()?.get(name)? {
         AmqpValue::LongLongInt(n) => u64::try_from(*n).ok(),
         AmqpValue::LongInt(n) => u64::try_from(*n).ok(),
         AmqpValue::LongUInt(n) => Some(u64::from(*n)),
@@ -166,7 +290,6 @@ impl Hasher for KeyHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::FieldTable;
 
     fn request(id: &str) -> AmqpProperties {
         AmqpProperties::default()
@@ -174,48 +297,104 @@ mod tests {
             .with_reply_to("q".into())
     }
 
+    fn with_header(properties: AmqpProperties, name: &str, n: i64) -> AmqpProperties {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(name.into(), AmqpValue::LongLongInt(n));
+        properties.with_headers(headers)
+    }
+
     #[test]
-    fn a_request_lost_while_handling_is_not_handled_again() {
+    fn a_first_delivery_is_handled_and_a_redelivery_requeued_with_its_count() {
         let mut seen = Redeliveries::default();
-        assert_eq!(seen.check(false, &request("a")), None);
+        assert_eq!(seen.check(false, &request("a")), Verdict::Handle);
+        seen.forget_started();
+        assert_eq!(seen.check(true, &request("a")), Verdict::Requeue(1));
+        let copy = requeued_properties(&request("a"), 1, "guest");
+        assert_eq!(seen.check(false, &copy), Verdict::Handle);
+        seen.forget_started();
+        assert_eq!(seen.check(true, &copy), Verdict::Requeue(2));
+    }
+
+    #[test]
+    fn a_request_that_keeps_killing_its_servers_is_refused_at_the_limit() {
+        // Each server dies (its memory with it): only the count in the request survives.
+        let mut properties = request("p");
+        let mut handled = 1; // the first delivery
+        loop {
+            match Redeliveries::default().check(true, &properties) {
+                Verdict::Requeue(n) => {
+                    properties = requeued_properties(&properties, n, "guest");
+                    assert_eq!(
+                        Redeliveries::default().check(false, &properties),
+                        Verdict::Handle
+                    );
+                    handled += 1;
+                }
+                Verdict::Refuse(why) => {
+                    assert!(why.contains("5 times"), "{why}");
+                    break;
+                }
+                Verdict::Handle => panic!("a redelivery is never handled as it comes"),
+            }
+        }
+        assert_eq!(handled, MAX_DELIVERIES);
+    }
+
+    #[test]
+    fn a_request_lost_with_its_channel_is_refused_by_that_server() {
+        let mut seen = Redeliveries::default();
+        assert_eq!(seen.check(false, &request("a")), Verdict::Handle);
         // The channel closed before the ack: it comes back.
-        assert!(seen.check(true, &request("a")).is_some());
+        assert!(matches!(
+            seen.check(true, &request("a")),
+            Verdict::Refuse(_)
+        ));
     }
 
     #[test]
     fn finished_requests_are_forgotten() {
         let mut seen = Redeliveries::default();
-        assert_eq!(seen.check(false, &request("a")), None);
+        assert_eq!(seen.check(false, &request("a")), Verdict::Handle);
         seen.finished(&request("a"));
-        // A duplicate delivery after a clean ack (another server's crash) is answered.
-        assert_eq!(seen.check(true, &request("a")), None);
+        // A duplicate delivery after a clean ack (another server's crash) is counted, not refused.
+        assert_eq!(seen.check(true, &request("a")), Verdict::Requeue(1));
     }
 
     #[test]
-    fn a_redelivery_from_another_server_is_handled_once() {
+    fn the_broker_count_and_ours_add_up() {
         let mut seen = Redeliveries::default();
-        assert_eq!(seen.check(true, &request("b")), None);
+        let quorum = |n| with_header(request("c"), "x-delivery-count", n);
+        assert_eq!(seen.check(true, &quorum(2)), Verdict::Requeue(2));
+        assert!(matches!(seen.check(true, &quorum(5)), Verdict::Refuse(_)));
+        let copy = with_header(quorum(1), ATTEMPTS_HEADER, 3);
+        assert_eq!(seen.check(true, &copy), Verdict::Requeue(4));
+        let copy = with_header(quorum(2), ATTEMPTS_HEADER, 3);
+        assert!(matches!(seen.check(true, &copy), Verdict::Refuse(_)));
+        // Garbage or negative counts count as absent; a redelivery still counts one.
+        let bad = with_header(request("d"), ATTEMPTS_HEADER, -7);
+        assert_eq!(seen.check(true, &bad), Verdict::Requeue(1));
     }
 
     #[test]
-    fn quorum_delivery_count_limits_every_server() {
-        let mut seen = Redeliveries::default();
-        let counted = |n: i64| {
-            let mut headers = FieldTable::new();
-            headers.insert("x-delivery-count".into(), AmqpValue::LongLongInt(n));
-            request("c").with_headers(headers)
-        };
-        assert_eq!(seen.check(true, &counted(4)), None);
-        seen.finished(&counted(4));
-        assert!(seen.check(true, &counted(5)).is_some());
-    }
-
-    #[test]
-    fn a_request_lost_with_the_connection_is_handled_again() {
-        let mut seen = Redeliveries::default();
-        assert_eq!(seen.check(false, &request("d")), None);
-        seen.forget_started();
-        assert_eq!(seen.check(true, &request("d")), None);
+    fn the_copy_keeps_the_request_but_not_the_broker_count_nor_a_foreign_user() {
+        let original = with_header(request("e"), "x-delivery-count", 2)
+            .with_expiration("3000".into())
+            .with_timestamp(1_700_000_000)
+            .with_content_type("text/plain".into())
+            .with_user_id("someone".into());
+        let original = with_header(original, "x-custom", 9);
+        let copy = requeued_properties(&original, 2, "guest");
+        assert_eq!(copy.reply_to().as_deref(), Some("q"));
+        assert_eq!(copy.correlation_id().as_deref(), Some("e"));
+        assert_eq!(copy.expiration().as_deref(), Some("3000"));
+        assert_eq!(copy.timestamp(), &Some(1_700_000_000));
+        assert_eq!(copy.content_type().as_deref(), Some("text/plain"));
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(count_header(&copy, "x-custom"), Some(9));
+        assert_eq!(count_header(&copy, ATTEMPTS_HEADER), Some(2));
+        assert_eq!(count_header(&copy, "x-delivery-count"), None);
+        let own = requeued_properties(&original.with_user_id("guest".into()), 2, "guest");
+        assert_eq!(own.user_id().as_deref(), Some("guest"));
     }
 
     #[test]
@@ -226,9 +405,10 @@ mod tests {
         }
         assert_eq!(seen.started.len(), REMEMBERED);
         // The oldest were forgotten, the newest are remembered.
-        assert_eq!(seen.check(true, &request("0")), None);
-        assert!(seen
-            .check(true, &request(&(REMEMBERED + 9).to_string()))
-            .is_some());
+        assert_eq!(seen.check(true, &request("0")), Verdict::Requeue(1));
+        assert!(matches!(
+            seen.check(true, &request(&(REMEMBERED + 9).to_string())),
+            Verdict::Refuse(_)
+        ));
     }
 }

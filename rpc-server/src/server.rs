@@ -7,18 +7,23 @@
 //! (see [`crate::ack`] and [`crate::confirms`]). A prefetch of 1 (the default)
 //! hands each server one request at a time, so N servers share slow work evenly; with
 //! `workers` N the prefetch is at least N, and each request is acked after its own reply.
+//!
+//! A request that comes back (`redelivered`: its server died or lost it) is not handled as
+//! it comes: it is re-published with its count of deliveries and acked, or, at the limit,
+//! answered with a `redelivered` error reply (see [`crate::redelivery`]), so that a request
+//! that kills its server every time stops after a few, on every queue type.
 
 use crate::ack::Acks;
 use crate::confirms::{ReplyKind, Unconfirmed};
-use crate::error::Error;
+use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
 use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
-use crate::redelivery::Redeliveries;
+use crate::redelivery::{self, Redeliveries, Verdict, MAX_DELIVERIES};
 use crate::workers::{Done, Workers};
 use amiquip::{
-    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
-    Publish,
+    Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
+    Delivery, Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
@@ -94,12 +99,14 @@ pub fn serve(
         ));
     }
     let description = handler.describe();
+    let long_calls = handler.time_limit().is_some();
     let workers = Workers::start(handler, options.workers)
         .map_err(|err| Error::Config(format!("cannot start the worker threads: {err}")))?;
     let mut server = Server {
         options,
         description,
         workers,
+        long_calls,
         generation: 0,
         shutdown,
         stats: Stats::default(),
@@ -123,15 +130,22 @@ pub fn serve(
                 None => err,
             },
         };
-        if !err.channel_closed() {
+        let consumer_timeout = err.consumer_timeout();
+        if !err.channel_closed() && consumer_timeout.is_none() {
             // Lost with the connection (a node down, a cut link): not the requests' doing.
             server.redeliveries.forget_started();
         }
-        if err.consumer_timeout() {
+        if let Some(words) = consumer_timeout {
+            let knob = if server.long_calls {
+                "--exec-timeout"
+            } else {
+                "--max-n"
+            };
             log::error!(
-                "the broker closed the channel: a request took longer than its consumer_timeout \
-                 (raise consumer_timeout on the broker, or lower --max-n); the request comes \
-                 back and is then answered with a 'redelivered' error reply"
+                "consumer timeout ({words}): a request took longer than the broker's consumer \
+                 timeout (raise consumer_timeout on the broker, or the queue's \
+                 x-consumer-timeout, or lower {knob}); the request comes back and is then \
+                 answered with a 'redelivered' error reply"
             );
         }
         let Some(delay) = server.reconnect.failed() else {
@@ -156,6 +170,9 @@ struct Server<'a> {
     /// What the handler serves, for the log.
     description: String,
     workers: Workers,
+    /// The handler's calls may be long (it has a time limit, e.g. a command): acks are not held
+    /// back while one runs on the consume loop's thread.
+    long_calls: bool,
     /// Counts connections: replies computed for requests of an earlier one are dropped (the
     /// broker gives those requests to a server again).
     generation: u64,
@@ -242,15 +259,18 @@ impl Server<'_> {
                 consume(&channel, &options.queue, ConsumerOptions::default())
             })
             .map_err(|e| {
-                Error::from(e).context(format!("cannot consume queue '{}'", options.queue))
+                Error::from(e).context(format!(
+                    "cannot consume queue '{}'",
+                    wire::printable(&options.queue)
+                ))
             })?;
         self.deliveries = Some(deliveries.clone());
         self.reconnect.succeeded();
         log::info!(
             "{} waiting for RPC requests on queue '{}' at {} (serving {}; prefetch {prefetch}, \
              workers {})",
-            options.name,
-            options.queue,
+            wire::printable(&options.name),
+            wire::printable(&options.queue),
             options.brokers[reached],
             self.description,
             options.workers.max(1),
@@ -259,13 +279,18 @@ impl Server<'_> {
         let mut conn = Conn {
             watchdog,
             channel: &channel,
+            confirms: &confirms,
+            connection,
+            login: &options.brokers[reached].user,
+            requeue: None,
             limit,
             acks: Acks::new(ACK_BATCH),
             unconfirmed: Unconfirmed::default(),
             window: usize::from(prefetch),
+            longest_call: Duration::ZERO,
             stop_deadline: None,
         };
-        let served = self.consume(&mut conn, &deliveries, &confirms, blocked);
+        let served = self.consume(&mut conn, &deliveries, blocked);
         if served.is_err() {
             // Lost with the connection: the broker delivers their requests again.
             self.stats.unconfirmed += conn.unconfirmed.len() as u64;
@@ -285,6 +310,12 @@ impl Server<'_> {
         }
         conn.flush(false)?;
         self.stats.unconfirmed += conn.unconfirmed.len() as u64;
+        if let Some(requeue) = conn.requeue.take() {
+            requeue
+                .channel
+                .close()
+                .map_err(|e| stop_failed(watchdog, "cannot close the channel", e))?;
+        }
         let stats = self.stats;
         log::info!(
             "shutting down: {} answered, {} refused, {} dropped, {} unconfirmed, {} reconnects",
@@ -306,10 +337,9 @@ impl Server<'_> {
         &mut self,
         conn: &mut Conn<'_>,
         deliveries: &Receiver<ConsumerMessage>,
-        confirms: &Receiver<Confirm>,
         mut blocked: Receiver<ConnectionBlockedNotification>,
     ) -> Result<(), Error> {
-        let options = self.options;
+        let confirms = conn.confirms;
         let no_deliveries = crossbeam_channel::never();
         let no_stop = crossbeam_channel::never();
         let no_confirms = crossbeam_channel::never();
@@ -356,12 +386,7 @@ impl Server<'_> {
                         conn.acks.taken(delivery.delivery_tag());
                         self.admit(conn, delivery)?;
                     }
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        return Err(Error::ConsumerStopped(format!(
-                            "the broker cancelled our consumer: was queue '{}' deleted?",
-                            options.queue
-                        )))
-                    }
+                    Ok(ConsumerMessage::ServerCancelled) => return Err(self.cancelled(conn)),
                     Ok(ConsumerMessage::ServerClosedChannel(err))
                     | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
                         return Err(Error::broker("the broker closed the connection")(err));
@@ -407,6 +432,49 @@ impl Server<'_> {
         }
     }
 
+    /// Why the broker cancelled our consumer (a `basic.cancel`, which carries no reason): the
+    /// request queue was deleted, or (the queue still there, a request in hand or one that
+    /// just took long) most likely a consumer timeout, which RabbitMQ 4.3's quorum queues
+    /// report this way. Asks the broker whether the queue exists, within the round-trip bound.
+    fn cancelled(&self, conn: &mut Conn<'_>) -> Error {
+        let queue = wire::printable(&self.options.queue);
+        let connection = &mut *conn.connection;
+        let name = self.options.queue.as_str();
+        let probed = conn
+            .watchdog
+            .bounded("to the request queue's check", conn.limit, || {
+                let probe = connection.open_channel(None)?;
+                match probe.queue_declare_passive(name) {
+                    Ok(_) => {
+                        probe.close()?;
+                        Ok(true)
+                    }
+                    Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => Ok(false),
+                    Err(err) => Err(err),
+                }
+            });
+        match probed {
+            Ok(false) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer: queue '{queue}' was deleted"
+            )),
+            Ok(true) if self.workers.busy() > 0 || conn.longest_call >= LONG_CALL => {
+                Error::ConsumerStopped(format!(
+                    "{CONSUMER_TIMEOUT_CANCEL} (queue '{queue}'; {} request(s) in hand, the \
+                     longest finished one took {:.1}s): most likely a consumer timeout",
+                    self.workers.busy(),
+                    conn.longest_call.as_secs_f64()
+                ))
+            }
+            Ok(true) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer, though queue '{queue}' still exists"
+            )),
+            Err(err) => Error::ConsumerStopped(format!(
+                "the broker cancelled our consumer: was queue '{queue}' deleted? (cannot \
+                 check: {err})"
+            )),
+        }
+    }
+
     /// A stop was asked for: no new requests; the ones in hand are finished, then the server
     /// stops, and never reconnects whatever fails from here on.
     fn stop_asked(&mut self) {
@@ -440,14 +508,18 @@ impl Server<'_> {
             self.stats.dropped += 1;
             return conn.settled(delivery);
         }
-        if let Some(why) = self
+        match self
             .redeliveries
             .check(delivery.redelivered, &delivery.properties)
         {
-            log::warn!("refusing a redelivered request: {why}");
-            let reply = Reply::refuse(ErrorCode::Redelivered, &why);
-            // The last word on this request: acked whatever the broker says to this reply.
-            return self.reply(conn, delivery, reply, false);
+            Verdict::Handle => {}
+            Verdict::Refuse(why) => return self.refuse_redelivered(conn, delivery, &why),
+            Verdict::Requeue(attempts) => return self.requeue(conn, delivery, attempts),
+        }
+        if self.long_calls && self.workers.inline() {
+            // The call blocks this loop for as long as it runs: ack what is answered first, so
+            // that a server killed during the call leaves no answered request to run again.
+            self.settle_all(conn)?;
         }
         match self.workers.submit(self.generation, delivery) {
             Some(done) => self.finish(conn, done),
@@ -462,7 +534,9 @@ impl Server<'_> {
             generation,
             delivery,
             reply,
+            took,
         } = done;
+        conn.longest_call = conn.longest_call.max(took);
         if generation != self.generation {
             log::info!(
                 "dropping the reply to a request of a lost connection (the broker hands the \
@@ -471,6 +545,83 @@ impl Server<'_> {
             return Ok(());
         }
         self.reply(conn, delivery, reply, true)
+    }
+
+    /// Waits (a round trip at most) for the confirms of the replies published so far, and
+    /// acks every settled request.
+    fn settle_all(&mut self, conn: &mut Conn<'_>) -> Result<(), Error> {
+        if !conn.unconfirmed.is_empty() {
+            let deadline = Instant::now() + conn.limit;
+            while !conn.unconfirmed.is_empty() {
+                match conn.confirms.recv_deadline(deadline) {
+                    Ok(confirm) => self.confirmed(conn, confirm)?,
+                    Err(RecvTimeoutError::Timeout) => {
+                        conn.watchdog
+                            .abandon("no answer within the round-trip bound to a reply's confirm");
+                        return Err(lost(conn.watchdog, "confirm timed out"));
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(lost(conn.watchdog, "connection closed"))
+                    }
+                }
+            }
+        }
+        conn.flush(false)
+    }
+
+    /// Answers a request that must not be handled again with a `redelivered` error reply: the
+    /// last word, acked whatever the broker says to the reply.
+    fn refuse_redelivered(
+        &mut self,
+        conn: &mut Conn<'_>,
+        delivery: Delivery,
+        why: &str,
+    ) -> Result<(), Error> {
+        log::warn!("refusing a redelivered request: {why}");
+        let reply = Reply::refuse(ErrorCode::Redelivered, why);
+        self.reply(conn, delivery, reply, false)
+    }
+
+    /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of
+    /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
+    /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
+    /// answered with a `redelivered` error reply instead, so that nothing loops.
+    fn requeue(
+        &mut self,
+        conn: &mut Conn<'_>,
+        delivery: Delivery,
+        attempts: u64,
+    ) -> Result<(), Error> {
+        let properties =
+            redelivery::requeued_properties(&delivery.properties, attempts, conn.login);
+        match conn.publish_confirmed(&self.options.queue, &delivery.body, properties) {
+            Ok(true) => {
+                log::info!(
+                    "a request came back (delivered {attempts} time(s) before; at \
+                     {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
+                    redelivery::ATTEMPTS_HEADER
+                );
+                conn.settled(delivery)
+            }
+            Ok(false) => self.refuse_redelivered(
+                conn,
+                delivery,
+                "this request came back after its handling failed, and the broker refused to \
+                 re-queue it with its count of attempts (nack: is the request queue full?); \
+                 it is not handled again",
+            ),
+            Err(err) if err.channel_closed() => {
+                log::warn!("the broker closed the channel of re-queued requests: {err}");
+                conn.requeue = None;
+                self.refuse_redelivered(
+                    conn,
+                    delivery,
+                    "this request came back after its handling failed, and the broker refused \
+                     to re-queue it with its count of attempts; it is not handled again",
+                )
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Publishes `reply` to the request `delivery`, which is acked once the broker confirms
@@ -575,6 +726,10 @@ impl Server<'_> {
     }
 }
 
+/// A request that took this long before a `basic.cancel` makes the cancel a likely consumer
+/// timeout (the shortest consumer timeout RabbitMQ accepts is 1 s).
+const LONG_CALL: Duration = Duration::from_secs(1);
+
 /// How long the consume loop lets confirms wait in their channel while nothing else wakes it,
 /// before it waits for them (and acks their requests).
 const ACK_DELAY: Duration = Duration::from_millis(2);
@@ -590,17 +745,109 @@ struct Replied {
 struct Conn<'c> {
     watchdog: &'c Watchdog,
     channel: &'c Channel,
+    /// The confirms of `channel` (with `confirm_replies`; else a channel that never delivers).
+    confirms: &'c Receiver<Confirm>,
+    connection: &'c mut Connection,
+    /// The user the server logged in as.
+    login: &'c str,
+    /// The channel re-queued requests are published on, with publisher confirms: opened when
+    /// the first redelivered request comes.
+    requeue: Option<Requeue>,
     /// Each broker round trip's bound.
     limit: Duration,
     acks: Acks<Delivery>,
     unconfirmed: Unconfirmed<Replied>,
     /// The prefetch: with that many requests unacked the broker sends no more.
     window: usize,
+    /// The longest a handler call of this connection took (for a `basic.cancel`'s cause).
+    longest_call: Duration,
     /// During the clean stop: the watchdog is armed for the whole stop, until then.
     stop_deadline: Option<Instant>,
 }
 
+/// A channel in confirm mode for re-queued requests, and its confirms.
+struct Requeue {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    /// Messages published on it so far (the broker's sequence number of the last one).
+    published: u64,
+}
+
 impl Conn<'_> {
+    /// Publishes `body` with `properties` to `queue` (through the default exchange) on the
+    /// re-queue channel and waits for the broker's confirm, each within the round-trip bound:
+    /// `Ok(true)` once acked, `Ok(false)` if nacked.
+    fn publish_confirmed(
+        &mut self,
+        queue: &str,
+        body: &[u8],
+        properties: amiquip::AmqpProperties,
+    ) -> Result<bool, Error> {
+        let limit = self.limit;
+        if self.requeue.is_none() {
+            let connection = &mut *self.connection;
+            let requeue = self.watchdog.bounded(
+                "to opening the channel for re-queued requests",
+                limit,
+                || {
+                    let channel = connection.open_channel(None)?;
+                    let confirms = channel.listen_for_publisher_confirms()?;
+                    channel.enable_publisher_confirms()?;
+                    Ok(Requeue {
+                        channel,
+                        confirms,
+                        published: 0,
+                    })
+                },
+            )?;
+            self.requeue = Some(requeue);
+        }
+        let Some(requeue) = self.requeue.as_mut() else {
+            return Err(Error::ConsumerStopped(
+                "no channel for re-queued requests".into(),
+            ));
+        };
+        let channel = &requeue.channel;
+        self.watchdog
+            .bounded("to the re-queued request's publish", limit, || {
+                channel.basic_publish("", Publish::with_properties(body, queue, properties))
+            })
+            .map_err(|e| Error::from(e).context("cannot re-queue a request"))?;
+        requeue.published += 1;
+        let sequence = requeue.published;
+        let deadline = Instant::now() + limit;
+        loop {
+            let confirm = match requeue.confirms.recv_deadline(deadline) {
+                Ok(confirm) => confirm,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.watchdog.abandon(format!(
+                        "no answer within {:.1}s to the re-queued request's confirm",
+                        limit.as_secs_f64()
+                    ));
+                    return Err(lost(self.watchdog, "confirm timed out"));
+                }
+                // The channel or the connection went away: the channel's close says which.
+                Err(RecvTimeoutError::Disconnected) => {
+                    let closed = self.requeue.take().map(|r| r.channel.close());
+                    return Err(match closed {
+                        Some(Err(err)) => Error::broker("cannot re-queue a request")(err),
+                        _ => lost(self.watchdog, "connection closed"),
+                    });
+                }
+            };
+            let (payload, accepted) = match confirm {
+                Confirm::Ack(payload) => (payload, true),
+                Confirm::Nack(payload) => (payload, false),
+            };
+            // One publish at a time: the confirm for it (or a multiple one covering it).
+            if payload.delivery_tag == sequence
+                || (payload.multiple && payload.delivery_tag >= sequence)
+            {
+                return Ok(accepted);
+            }
+        }
+    }
+
     /// Runs `call`, one broker operation, within the round-trip bound (or, during the clean
     /// stop, within the stop's).
     fn call(

@@ -59,12 +59,19 @@ fn serves_and_stops_cleanly_on_sigterm() {
 #[test]
 fn bad_arguments_fail_with_one_line_and_exit_2() {
     let long_queue = "q".repeat(256);
+    // 240 bytes: RabbitMQ would cut its "no queue" message inside a '☃' (see
+    // wire::MAX_NON_ASCII_QUEUE_NAME); refused up front instead of reconnecting for ever.
+    let snowmen = "☃".repeat(80);
+    // RabbitMQ would declare "ab" and then find no "a\nb" to consume.
+    let line_break = "a\nb";
     for (i, args) in [
         &["--prefetch", "0"][..],
         &["--max-n", "-5"],
         &["--uri", "amqp://u:secret@h:notaport"],
         &["--queue-type", "stream"],
         &["--queue", &long_queue],
+        &["--queue", &snowmen],
+        &["--queue", line_break],
     ]
     .into_iter()
     .enumerate()
@@ -122,5 +129,33 @@ fn bad_arguments_exit_2_before_connecting() {
             "{shown}"
         );
         assert!(!shown.contains("panicked"), "{shown}");
+    }
+}
+
+#[test]
+fn a_queue_name_with_control_characters_is_logged_printable() {
+    // ESC [2J would clear the terminal, a tab or a backspace garble the line. (A name with a
+    // line break is refused: see bad_arguments_fail_with_one_line_and_exit_2.)
+    let queue = QueueGuard::new("bin-esc\t[ERROR] forged\u{1b}[2J\u{8}");
+    let mut server =
+        ServerProc::on_broker(&logs(), "bin-esc", queue.name(), &testing::broker(), &[]);
+    let mut admin = Admin::connect().expect("admin");
+    if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
+        server.sigterm();
+        panic!("{err}\n{}", server.finish(EXIT_WITHIN).1);
+    }
+    server.sigterm();
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    assert!(status.success(), "{shown}");
+    let stderr = server.log_text();
+    assert!(
+        stderr.contains("queue 'bin-esc?[ERROR] forged?[2J?-"),
+        "the name is shown printable\n{shown}"
+    );
+    for control in ['\u{1b}', '\t', '\u{8}'] {
+        assert!(
+            !stderr.contains(control),
+            "{control:?} reached the log\n{shown}"
+        );
     }
 }

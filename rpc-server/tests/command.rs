@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::log_dir;
 use common::server::ServerProc;
+use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -311,23 +311,6 @@ fn a_missing_program_exits_2_at_once() {
     let (status, shown) = server.finish(EXIT_WITHIN);
     assert_eq!(status.code(), Some(2), "{shown}");
     assert!(shown.contains("not found in PATH"), "{shown}");
-}
-
-/// The `rpc-client` binary, built next to `rpc-server` (by `cargo test` of the workspace, or
-/// here if it is missing).
-fn rpc_client_bin() -> PathBuf {
-    let server = Path::new(env!("CARGO_BIN_EXE_rpc-server"));
-    let client = server.with_file_name("rpc-client");
-    if !client.exists() {
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.args(["build", "-q", "-p", "rpc-client", "--bin", "rpc-client"]);
-        if server.parent().and_then(Path::file_name) == Some("release".as_ref()) {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p rpc-client failed");
-    }
-    client
 }
 
 /// `rpc-client --queue QUEUE ARGS...` on the test broker, with `stdin`.

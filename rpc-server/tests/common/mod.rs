@@ -20,7 +20,8 @@ pub mod proxy;
 pub mod server;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -58,4 +59,21 @@ pub fn fresh_log_dir(name: &str) -> PathBuf {
 /// `d` in seconds, for messages.
 pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// The `rpc-client` binary, built next to `rpc-server` (by `cargo test` of the workspace, or
+/// here if it is missing).
+pub fn rpc_client_bin() -> PathBuf {
+    let server = Path::new(env!("CARGO_BIN_EXE_rpc-server"));
+    let client = server.with_file_name("rpc-client");
+    if !client.exists() {
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-q", "-p", "rpc-client", "--bin", "rpc-client"]);
+        if server.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p rpc-client failed");
+    }
+    client
 }

@@ -63,6 +63,7 @@ scenarios![
     alarm,
     stalls,
     client_recovery,
+    consumer_timeout,
 ];
 
 /// A scenario of the run.
