@@ -103,6 +103,12 @@ impl<T> Acks<T> {
     /// any: the newest of the settled requests that no unsettled one precedes, once they are
     /// `limit` or `more_waiting` is false (nothing else will wake the server soon).
     pub fn due(&mut self, more_waiting: bool) -> Option<T> {
+        // Called on every turn of the consume loop: answer the common cases without a scan.
+        if more_waiting && self.unacked.len() < self.limit
+            || !matches!(self.unacked.front(), Some((_, Slot::Settled(_))))
+        {
+            return None;
+        }
         let settled = self
             .unacked
             .iter()
