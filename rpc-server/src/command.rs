@@ -6,12 +6,24 @@
 //!   a `too-large` one; their messages give the status and the last line of stderr, printable
 //!   and bounded.
 //! - The command runs in a process group of its own; when it ends (or is ended), whatever it
-//!   left running in that group is killed too, so no request leaves processes behind.
+//!   left running in that group is killed too, so no request leaves processes behind. The
+//!   reply is due when the command exits: what is left on its pipes is collected for at most
+//!   [`LINGER`], so a process that escaped the group and holds a pipe open cannot delay it.
+//! - In a server that called [`contain`] (the `rpc-server` binary does), the server is the
+//!   child subreaper of everything its commands start: a process whose parent exits (one
+//!   that left the group with `setsid`, a daemon) becomes the server's child, and is killed
+//!   when the next command ends ([`end_orphans`]); [`end_all`] ends every command in hand and
+//!   all they started (a second signal, an unclean stop). The command itself gets SIGKILL from
+//!   the kernel if the server dies (a parent-death signal, set in a `pre_exec` hook: the one
+//!   `unsafe` of the workspace), so even a server killed by SIGKILL leaves no command running
+//!   (what a command started itself is not covered then: the kernel has no such signal for
+//!   grandchildren). [`contain`] also makes the server non-dumpable: its `/proc` files
+//!   (environment, memory) are closed to its commands.
 //! - stdin, stdout and stderr are served by one `poll` loop, non-blocking: a command that never
 //!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
-//!   `AMQP_PASSWORD`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
+//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
 //!   trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when present.
 //!
 //! ```no_run
@@ -39,6 +51,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Log target of the commands' stderr lines.
@@ -56,7 +70,14 @@ pub const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Environment variables of the server the command does not get: they hold broker
 /// credentials (see `rpc_client::args`).
-const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD"];
+const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
+
+/// Once the command has exited, how long what is left on its pipes is still collected (a
+/// process that escaped its group, a `setsid` child, may hold them open).
+pub const LINGER: Duration = Duration::from_millis(150);
+
+/// How long [`end_orphans`] keeps killing what each killed process leaves behind.
+const ORPHANS_BOUND: Duration = Duration::from_millis(200);
 
 /// Default for `--exec-timeout`.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,6 +174,7 @@ impl CommandHandler {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        die_with_the_server(&mut command);
         for name in HIDDEN_ENV {
             command.env_remove(name);
         }
@@ -194,7 +216,16 @@ impl CommandHandler {
         }
         let started = Instant::now();
         let deadline = started + limits.exec_timeout;
-        let mut child = self.command(request).spawn().map_err(|err| {
+        let spawned = {
+            // No scan for orphans may see the child before it is known to be in hand.
+            let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+            let spawned = self.command(request).spawn();
+            if let Ok(child) = &spawned {
+                in_hand().push(child.id());
+            }
+            spawned
+        };
+        let mut child = spawned.map_err(|err| {
             log::error!("cannot run {}: {err}", self.shown);
             Reply::refuse(
                 ErrorCode::ExecFailed,
@@ -202,6 +233,9 @@ impl CommandHandler {
             )
         })?;
         let pid = child.id();
+        // Declared after `child`: dropped first, once the command is reaped (every way out of
+        // this function reaps it).
+        let _in_hand = InHand(pid);
         let mut run = match Run::new(&mut child) {
             Ok(run) => run,
             Err(err) => {
@@ -215,8 +249,17 @@ impl CommandHandler {
             }
         };
         let ended = run.wait(request.body, limits.max_reply_bytes, deadline);
-        // Whatever the command left running in its group goes with it.
+        if ENDING.load(Ordering::SeqCst) {
+            // `end_all` killed the command: the process is exiting, and its requests go back
+            // to the queue unanswered, as after any crash (not with an exec-failed reply).
+            loop {
+                std::thread::park();
+            }
+        }
+        // Whatever the command left running in its group goes with it, and whatever left the
+        // group (the command's group is gone, so any orphan is one).
         kill_group(pid);
+        end_orphans();
         let stderr = run.errors.finish();
         let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
         log::info!(
@@ -372,14 +415,25 @@ impl<'a> Run<'a> {
         // How often to look for the exit while the pipes are open: soon at first, then every
         // 50 ms at most. A command that exits closes its pipes, which wakes `poll` at once.
         let mut slice = Duration::from_millis(1);
-        let mut exited: Option<ExitStatus> = None;
+        let mut exited: Option<(ExitStatus, Instant)> = None;
         while self.stdout.is_some() || self.stderr.is_some() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if let Some((status, lingered)) = exited {
+                if now >= lingered {
+                    // Something outside the group holds a pipe: the reply does not wait.
+                    log::debug!("[{}] pipes still open {LINGER:?} after the exit", self.pid);
+                    self.stdin = None;
+                    self.stdout = None;
+                    self.stderr = None;
+                    return Ended::Exited(status);
+                }
+            }
+            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return self.kill(Ended::TimedOut);
             }
             let timeout = match exited {
-                Some(_) => remaining,
+                Some((_, lingered)) => remaining.min(lingered.saturating_duration_since(now)),
                 None => slice.min(remaining),
             };
             let ready = match self.poll(timeout) {
@@ -404,9 +458,11 @@ impl<'a> Run<'a> {
             if exited.is_none() && !(ready.stdin || ready.stdout || ready.stderr) {
                 match self.child.try_wait() {
                     Ok(Some(status)) => {
-                        // Leftovers of the group may hold the pipes open: they go now.
+                        // Leftovers of the group, or orphans, may hold the pipes open: they
+                        // go now, and what is left on the pipes is read for a short moment.
                         kill_group(self.pid);
-                        exited = Some(status);
+                        end_orphans();
+                        exited = Some((status, Instant::now() + LINGER));
                     }
                     Ok(None) => slice = (slice * 2).min(Duration::from_millis(50)),
                     Err(err) => return self.kill(Ended::Lost(err)),
@@ -414,7 +470,7 @@ impl<'a> Run<'a> {
             }
         }
         self.stdin = None;
-        if let Some(status) = exited {
+        if let Some((status, _)) = exited {
             return Ended::Exited(status);
         }
         // Both pipes are closed: the command is exiting, normally within microseconds.
@@ -600,6 +656,219 @@ impl StderrLog {
         }
         self.last.as_deref().map(shown)
     }
+}
+
+/// Whether [`contain`] made this process the subreaper of its commands' processes.
+static CONTAINED: AtomicBool = AtomicBool::new(false);
+
+/// Set by [`end_all`]: the process is exiting.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// The commands in hand (their pids, which are their groups' ids), until each is reaped.
+static IN_HAND: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Held (read) while a command is spawned and recorded in [`IN_HAND`], and (write) while
+/// orphans are looked for: a child not in hand is then an orphan for sure.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+fn in_hand() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    IN_HAND.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A command in hand, until dropped.
+struct InHand(u32);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        let mut pids = in_hand();
+        if let Some(index) = pids.iter().position(|pid| *pid == self.0) {
+            pids.swap_remove(index);
+        }
+    }
+}
+
+/// Makes this process the keeper of whatever its commands start, for a server that serves a
+/// command (the `rpc-server` binary calls it before serving):
+///
+/// - a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process whose parent exits, such as
+///   one that left its command's group with `setsid`, becomes a child of this process
+///   instead of init's, so [`end_orphans`] and [`end_all`] can find it and end it;
+/// - not dumpable (`PR_SET_DUMPABLE` 0): other processes of the same user, its commands
+///   among them, can no longer read its `/proc/PID/environ` (where `AMQP_PASSWORD` is) or
+///   its memory, nor attach a debugger; it also dumps no core. Its command line stays
+///   readable by every user (`ps`), so a password has no place there.
+///
+/// Linux only; an error names the setting the kernel refused.
+pub fn contain() -> Result<(), Error> {
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|err| Error::Config(format!("cannot make the server non-dumpable: {err}")))?;
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|err| Error::Config(format!("cannot make the server a subreaper: {err}")))?;
+    CONTAINED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL the command when the thread that spawned it ends (a parent-death
+/// signal), which includes the server dying by SIGKILL. That thread outlives the command: a
+/// worker thread, or the consume loop's, reaps its command before it handles anything else,
+/// and worker threads end only between requests.
+#[allow(unsafe_code)]
+fn die_with_the_server(command: &mut std::process::Command) {
+    let server = nix::unistd::getpid();
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // calls may be made: it makes two system calls (prctl, getppid), allocates nothing and
+    // takes no lock. This is the workspace's one `unsafe` (`pre_exec` is an unsafe fn): the
+    // standard library has no safe way to set a parent-death signal.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The server died before the signal was set: it will never come.
+            if nix::unistd::getppid() != server {
+                return Err(Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Ends the orphans of a [`contain`]ed server: processes its commands started whose parent
+/// has exited (a `setsid` child left behind, a daemon). Each is killed with its process group,
+/// then what it leaves is killed in turn, for at most [`ORPHANS_BOUND`]; orphans that exited
+/// by themselves are reaped. The command handler calls it each time a command ends. Does
+/// nothing in a process that did not call [`contain`].
+pub fn end_orphans() {
+    if !CONTAINED.load(Ordering::Relaxed) {
+        return;
+    }
+    let _spawning = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
+    // An orphan is given to the subreaper's first live thread: the main thread, which lives
+    // as long as the process.
+    let main = nix::unistd::getpid();
+    let ended = end_children(Some(main), true, Instant::now() + ORPHANS_BOUND);
+    if ended > 0 {
+        log::info!("ended {ended} processes left running by commands outside their group");
+    }
+}
+
+/// Ends every command in hand with its process group and, in a [`contain`]ed server,
+/// everything its commands started, within about `within`: for a process about to exit (a
+/// second signal, an unclean stop). Once it has been called no command starts, and a handler
+/// whose command it killed never returns (its request must not be answered with the kill).
+pub fn end_all(within: Duration) {
+    ENDING.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + within;
+    // Keeps any command from starting from now on (the process is about to exit).
+    let spawning = loop {
+        match SPAWNING.try_write() {
+            Ok(guard) => break Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => break Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => break None,
+        }
+    };
+    for pid in in_hand().iter() {
+        kill_group(*pid);
+        kill_process(*pid);
+    }
+    if CONTAINED.load(Ordering::Relaxed) {
+        let ended = end_children(None, false, deadline);
+        if ended > 0 {
+            log::info!("ended {ended} processes of the commands in hand");
+        }
+    }
+    std::mem::forget(spawning);
+}
+
+/// Kills (with their groups) and reaps the children of thread `thread` (all threads if
+/// `None`), except the commands in hand if `spare_in_hand`, again and again as the killed ones
+/// leave theirs, until there are none or `deadline` passes. Returns how many it killed.
+fn end_children(thread: Option<nix::unistd::Pid>, spare_in_hand: bool, deadline: Instant) -> usize {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut killed = std::collections::HashSet::new();
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let mut children = children(thread);
+        if spare_in_hand {
+            let in_hand = in_hand();
+            children.retain(|pid| !in_hand.contains(pid));
+        }
+        if children.is_empty() {
+            return killed.len();
+        }
+        for pid in children {
+            let Ok(raw) = i32::try_from(pid) else {
+                continue;
+            };
+            match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    // A group it leads goes too (its id is its own pid); a process leading
+                    // no group is not helped by this, nor harmed: a group's id is always
+                    // the pid of the process that made it.
+                    kill_group(pid);
+                    kill_process(pid);
+                    killed.insert(pid);
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            log::warn!("processes left by commands are still there after being killed");
+            return killed.len();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// The children of thread `thread` of this process (of all its threads if `None`), from
+/// `/proc/self/task/TID/children`, or from a scan of `/proc` where the kernel does not list
+/// them.
+fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
+    let listed = |tid: &str| -> Option<Vec<u32>> {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()?;
+        Some(
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect(),
+        )
+    };
+    let found = match thread {
+        Some(tid) => listed(&tid.to_string()),
+        None => std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(listed(&task.ok()?.file_name().to_string_lossy())?);
+            }
+            Some(all)
+        }),
+    };
+    found.unwrap_or_else(|| {
+        let parent = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                let after_comm = stat.rsplit_once(") ")?.1;
+                (after_comm.split(' ').nth(1) == Some(parent.as_str())).then_some(pid)
+            })
+            .collect()
+    })
+}
+
+/// Sends SIGKILL to process `pid`, if it is still there.
+fn kill_process(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Kills process group `pid` (the command and whatever it started), if it is still there.
