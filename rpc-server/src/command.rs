@@ -801,16 +801,14 @@ fn end_children(thread: Option<nix::unistd::Pid>, spare_in_hand: bool, deadline:
             let Ok(raw) = i32::try_from(pid) else {
                 continue;
             };
-            match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    // A group it leads goes too (its id is its own pid); a process leading
-                    // no group is not helped by this, nor harmed: a group's id is always
-                    // the pid of the process that made it.
-                    kill_group(pid);
-                    kill_process(pid);
-                    killed.insert(pid);
-                }
-                Ok(_) | Err(_) => {}
+            // Reaps it if it has exited; else kills it, with the group it leads (its id is its
+            // own pid). One leading no group is not harmed by that: a group's id is always
+            // the pid of the process that made it.
+            let status = waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+            if let Ok(WaitStatus::StillAlive) = status {
+                kill_group(pid);
+                kill_process(pid);
+                killed.insert(pid);
             }
         }
         if Instant::now() >= deadline {
