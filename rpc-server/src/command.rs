@@ -23,8 +23,9 @@
 //!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
-//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
-//!   trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when present.
+//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`],
+//!   [`ENV_CONTENT_TYPE`] and the trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when
+//!   present.
 //!
 //! ```no_run
 //! use rpc_server::command::{CommandHandler, CommandOptions};

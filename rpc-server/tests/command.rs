@@ -339,6 +339,7 @@ fn rpc_client(queue: &str, args: &[&str], stdin: &[u8]) -> Output {
         .args(["--queue", queue, "--timeout", "20"])
         .args(args)
         .env("AMQP_PASSWORD", &broker.password)
+        .env_remove("AMQP_PASSWORD_FILE")
         .env_remove("AMQP_URI")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
