@@ -13,11 +13,10 @@
 //!   child subreaper of everything its commands start: a process whose parent exits (one
 //!   that left the group with `setsid`, a daemon) becomes the server's child, and is killed
 //!   when the next command ends ([`end_orphans`]); [`end_all`] ends every command in hand and
-//!   all they started (a second signal, an unclean stop). The command itself gets SIGKILL from
-//!   the kernel if the server dies (a parent-death signal, set in a `pre_exec` hook: the one
-//!   `unsafe` of the workspace), so even a server killed by SIGKILL leaves no command running
-//!   (what a command started itself is not covered then: the kernel has no such signal for
-//!   grandchildren). [`contain`] also makes the server non-dumpable: its `/proc` files
+//!   all they started (a second signal, an unclean stop). A guardian process ([`guard`])
+//!   kills the process groups of the commands in hand if the server dies, so even a server
+//!   killed by SIGKILL leaves no command running (what left its command's group is not
+//!   reached then). [`contain`] also makes the server non-dumpable: its `/proc` files
 //!   (environment, memory) are closed to its commands.
 //! - stdin, stdout and stderr are served by one `poll` loop, non-blocking: a command that never
 //!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
@@ -52,7 +51,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -175,7 +174,6 @@ impl CommandHandler {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        die_with_the_server(&mut command);
         for name in HIDDEN_ENV {
             command.env_remove(name);
         }
@@ -223,6 +221,7 @@ impl CommandHandler {
             let spawned = self.command(request).spawn();
             if let Ok(child) = &spawned {
                 in_hand().push(child.id());
+                tell_guardian('+', child.id());
             }
             spawned
         };
@@ -685,6 +684,8 @@ impl Drop for InHand {
         if let Some(index) = pids.iter().position(|pid| *pid == self.0) {
             pids.swap_remove(index);
         }
+        drop(pids);
+        tell_guardian('-', self.0);
     }
 }
 
@@ -699,37 +700,99 @@ impl Drop for InHand {
 ///   its memory, nor attach a debugger; it also dumps no core. Its command line stays
 ///   readable by every user (`ps`), so a password has no place there.
 ///
+/// - the parent of a guardian ([`guard`], started from `/proc/self/exe`, which must run
+///   [`guard`] when it finds [`GUARDIAN_ENV`] set): told of each command as it starts and
+///   ends, it kills the process groups of the commands in hand when the server dies, however
+///   it dies (SIGKILL, the OOM killer).
+///
 /// Linux only; an error names the setting the kernel refused.
 pub fn contain() -> Result<(), Error> {
     nix::sys::prctl::set_dumpable(false)
         .map_err(|err| Error::Config(format!("cannot make the server non-dumpable: {err}")))?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|err| Error::Config(format!("cannot make the server a subreaper: {err}")))?;
+    let guardian = std::env::current_exe()
+        .and_then(|exe| {
+            std::process::Command::new(exe)
+                .arg0("rpc-server (guardian)")
+                // Nothing of the server's environment (its password) in a /proc file its
+                // commands can read.
+                .env_clear()
+                .env(GUARDIAN_ENV, "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                // Away from the terminal's signals, which are the server's to handle.
+                .process_group(0)
+                .spawn()
+        })
+        .map_err(|err| Error::Config(format!("cannot start the guardian process: {err}")))?;
+    GUARDIAN_PID.store(guardian.id(), Ordering::SeqCst);
+    *guardian_pipe() = guardian.stdin;
     CONTAINED.store(true, Ordering::SeqCst);
     Ok(())
 }
 
-/// Asks the kernel to SIGKILL the command when the thread that spawned it ends (a parent-death
-/// signal), which includes the server dying by SIGKILL. That thread outlives the command: a
-/// worker thread, or the consume loop's, reaps its command before it handles anything else,
-/// and worker threads end only between requests.
-#[allow(unsafe_code)]
-fn die_with_the_server(command: &mut std::process::Command) {
-    let server = nix::unistd::getpid();
-    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
-    // calls may be made: it makes two system calls (prctl, getppid), allocates nothing and
-    // takes no lock. This is the workspace's one `unsafe` (`pre_exec` is an unsafe fn): the
-    // standard library has no safe way to set a parent-death signal.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            // The server died before the signal was set: it will never come.
-            if nix::unistd::getppid() != server {
-                return Err(Errno::ESRCH.into());
-            }
-            Ok(())
-        });
+/// Set (to `1`) in the environment of the guardian process: `rpc-server`'s `main` runs
+/// [`guard`] when it finds it.
+pub const GUARDIAN_ENV: &str = "RPC_SERVER_INTERNAL_GUARDIAN";
+
+/// The guardian's pid (0: none), which is no orphan.
+static GUARDIAN_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The pipe to the guardian's stdin.
+static GUARDIAN: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+fn guardian_pipe() -> std::sync::MutexGuard<'static, Option<ChildStdin>> {
+    GUARDIAN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Tells the guardian that command `pid` started (`+`) or was reaped (`-`). A guardian that
+/// is gone is logged once and forgotten.
+fn tell_guardian(what: char, pid: u32) {
+    let mut pipe = guardian_pipe();
+    let Some(stdin) = pipe.as_mut() else { return };
+    if let Err(err) = stdin.write_all(format!("{what}{pid}\n").as_bytes()) {
+        log::warn!(
+            "the guardian process is gone ({err}): a server killed now leaves its commands running"
+        );
+        *pipe = None;
     }
+}
+
+/// The guardian of a [`contain`]ed server's commands, run in a process of its own: reads
+/// `+PID` (a command started) and `-PID` (it was reaped) lines on stdin, a pipe from the
+/// server; at its end (the server exited or died: the kernel closes the pipe) kills the process
+/// groups of the commands still in hand, and exits. A process apart because a process cannot
+/// act after its own SIGKILL; a parent-death signal would need `fork` (and an `unsafe` hook)
+/// instead of `posix_spawn` for every command, which costs about a millisecond per request.
+pub fn guard() -> ! {
+    use std::io::BufRead;
+    let mut in_hand = std::collections::HashSet::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (what, pid) = line.split_at(line.len().min(1));
+        match (what, pid.parse::<u32>()) {
+            ("+", Ok(pid)) => {
+                in_hand.insert(pid);
+            }
+            ("-", Ok(pid)) => {
+                in_hand.remove(&pid);
+            }
+            _ => {}
+        }
+    }
+    for pid in &in_hand {
+        kill_group(*pid);
+        kill_process(*pid);
+    }
+    if !in_hand.is_empty() {
+        eprintln!(
+            "rpc-server (guardian): the server is gone; killed its {} command(s) in hand",
+            in_hand.len()
+        );
+    }
+    std::process::exit(0)
 }
 
 /// Ends the orphans of a [`contain`]ed server: processes its commands started whose parent
@@ -791,6 +854,8 @@ fn end_children(thread: Option<nix::unistd::Pid>, spare_in_hand: bool, deadline:
     let mut pause = Duration::from_micros(200);
     loop {
         let mut children = children(thread);
+        let guardian = GUARDIAN_PID.load(Ordering::Relaxed);
+        children.retain(|pid| *pid != guardian);
         if spare_in_hand {
             let in_hand = in_hand();
             children.retain(|pid| !in_hand.contains(pid));

@@ -286,7 +286,8 @@ fn two_workers_run_two_slow_requests_at_once_and_sigterm_waits_for_both() {
         "both requests started",
         Duration::from_secs(10),
         Duration::from_millis(10),
-        || Ok(server.children() == 2),
+        // Two commands and the server's guardian.
+        || Ok(server.children() == 3),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.shown()));
     server.sigterm();
@@ -511,17 +512,20 @@ fn a_server_killed_by_sigkill_leaves_no_command_running() {
             ]
             .concat(),
         );
-        let script = format!("exec sleep 3608.{mark}");
+        // A child in the command's group, and the command itself.
+        let script = format!("sleep 3607.{mark} & exec sleep 3608.{mark}");
         let caller = calls_in_flight(&served, &script, 2);
         let shown = || served.server.shown();
-        let running = if workers == "1" { 1 } else { 2 };
+        let running = if workers == "1" { 2 } else { 4 };
         await_marked(&mark, running, Duration::from_secs(10), shown);
         let mut server = served.server;
         server.sigkill();
         let status = server.wait_exit(Duration::from_secs(5));
         assert!(status.is_some(), "{}", server.shown());
-        // The kernel kills the commands with the server (a parent-death signal).
+        // Its guardian process kills the commands' groups.
         await_marked(&mark, 0, Duration::from_secs(2), || server.shown());
+        let log = server.log_text();
+        assert!(log.contains("the server is gone; killed its"), "{log}");
         caller.join().expect("caller");
         drop(served.queue);
     }
@@ -619,6 +623,11 @@ fn secret_server(name: &str, queue: &str, from: PasswordFrom, password_file: &Pa
                     if cat /proc/$PPID/$f; then echo; echo \"read-$f\"; fi; \
                   done 2>/dev/null; f=exe; \
                   if readlink /proc/$PPID/$f /proc/$PPID/fd/*; then echo \"read-$f\"; fi; \
+                  for d in /proc/[0-9]*; do \
+                    if [ \"$(cut -d' ' -f4 $d/stat)\" = $PPID ] && [ $d != /proc/$$ ]; then \
+                      f=sibling; cat $d/environ $d/cmdline && echo \"read-$f\"; \
+                    fi; \
+                  done 2>/dev/null; \
                   env | grep -v '^AMQP_USER='";
     args.extend(["--", "sh", "-c", script]);
     let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
@@ -668,6 +677,12 @@ fn the_command_finds_the_password_in_nothing_it_can_read() {
         let seen = String::from_utf8_lossy(&out.stdout);
         // It did read the command line, and nothing else of the server's.
         assert!(seen.contains("read-cmdline"), "{name}: {seen}\n{shown}");
+        // The server's other child, its guardian, is readable, and holds no password.
+        assert!(seen.contains("read-sibling"), "{name}: {seen}\n{shown}");
+        assert!(
+            seen.contains("RPC_SERVER_INTERNAL_GUARDIAN"),
+            "{name}: {seen}"
+        );
         assert!(seen.contains("rpc-server"), "{name}: {seen}\n{shown}");
         // (The markers are not in the script as such, which is in the command line.)
         for closed in ["read-environ", "read-maps", "read-auxv", "read-exe"] {
