@@ -690,7 +690,8 @@ impl Drop for InHand {
 }
 
 /// Makes this process the keeper of whatever its commands start, for a server that serves a
-/// command (the `rpc-server` binary calls it before serving):
+/// command (the `rpc-server` binary calls it before serving). Only for a binary whose `main`
+/// runs [`guard`] when [`GUARDIAN_ENV`] is set: it starts its own executable as the guardian.
 ///
 /// - a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process whose parent exits, such as
 ///   one that left its command's group with `setsid`, becomes a child of this process
@@ -698,14 +699,13 @@ impl Drop for InHand {
 /// - not dumpable (`PR_SET_DUMPABLE` 0): other processes of the same user, its commands
 ///   among them, can no longer read its `/proc/PID/environ` (where `AMQP_PASSWORD` is) or
 ///   its memory, nor attach a debugger; it also dumps no core. Its command line stays
-///   readable by every user (`ps`), so a password has no place there.
-///
-/// - the parent of a guardian ([`guard`], started from `/proc/self/exe`, which must run
-///   [`guard`] when it finds [`GUARDIAN_ENV`] set): told of each command as it starts and
+///   readable by every user (`ps`), so a password has no place there;
+/// - the parent of a guardian process ([`guard`]): told of each command as it starts and
 ///   ends, it kills the process groups of the commands in hand when the server dies, however
 ///   it dies (SIGKILL, the OOM killer).
 ///
-/// Linux only; an error names the setting the kernel refused.
+/// Linux only; an error names the setting the kernel refused, or why the guardian could not
+/// start.
 pub fn contain() -> Result<(), Error> {
     nix::sys::prctl::set_dumpable(false)
         .map_err(|err| Error::Config(format!("cannot make the server non-dumpable: {err}")))?;
@@ -804,10 +804,23 @@ pub fn end_orphans() {
     if !CONTAINED.load(Ordering::Relaxed) {
         return;
     }
-    let _spawning = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
     // An orphan is given to the subreaper's first live thread: the main thread, which lives
     // as long as the process.
     let main = nix::unistd::getpid();
+    // Without the lock first: it waits for any spawn in progress on another worker (about a
+    // millisecond), and there is nearly never an orphan. A child not known yet may be one
+    // being spawned: the lock tells.
+    let guardian = GUARDIAN_PID.load(Ordering::Relaxed);
+    let mut candidates = children(Some(main));
+    candidates.retain(|pid| *pid != guardian);
+    if !candidates.is_empty() {
+        let in_hand = in_hand();
+        candidates.retain(|pid| !in_hand.contains(pid));
+    }
+    if candidates.is_empty() {
+        return;
+    }
+    let _spawning = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
     let ended = end_children(Some(main), true, Instant::now() + ORPHANS_BOUND);
     if ended > 0 {
         log::info!("ended {ended} processes left running by commands outside their group");
@@ -833,6 +846,9 @@ pub fn end_all(within: Duration) {
         }
     };
     for pid in in_hand().iter() {
+        // Killed and reaped here: the guardian must not kill their groups' ids once the
+        // server is gone, when the ids may name other groups.
+        tell_guardian('-', *pid);
         kill_group(*pid);
         kill_process(*pid);
     }
