@@ -167,7 +167,7 @@ fail() {
 
 # What a client run must not inherit from the caller's environment.
 CLEAN_ENV=(-u AMQP_URI -u AMQP_HOST -u AMQP_PORT -u AMQP_VHOST -u AMQP_USER -u AMQP_PASSWORD
-    -u AMQP_TLS_CA -u RPC_QUEUE -u RPC_URIS -u RUST_LOG)
+    -u AMQP_PASSWORD_FILE -u AMQP_TLS_CA -u RPC_QUEUE -u RPC_URIS -u RUST_LOG)
 
 # run_client NAME [VAR=VALUE...] -- ARGS...: runs rpc-client with the variables set; sets OUT
 # (stdout), RC, ERR (its stderr file, $TLS_REL/client-NAME.err) and MS (milliseconds taken).

@@ -7,10 +7,12 @@
 
 use crate::error::Error;
 use crate::random::shuffle;
+use crate::text::printable;
 use crate::tls::load_ca;
-use crate::uri::{BrokerOptions, DEFAULT_PORT, DEFAULT_TLS_PORT};
+use crate::uri::{has_password, mask_uri, BrokerOptions, DEFAULT_PORT, DEFAULT_TLS_PORT};
 use log::LevelFilter;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
@@ -44,7 +46,8 @@ pub struct BrokerArgs {
     #[arg(long, env = "AMQP_USER", default_value = "guest", global = true)]
     pub user: String,
 
-    /// Password (prefer the AMQP_PASSWORD variable: flags show up in `ps`).
+    /// Password (prefer --password-file or the AMQP_PASSWORD variable: every user of the
+    /// machine sees command lines in `ps`).
     #[arg(
         long,
         env = "AMQP_PASSWORD",
@@ -54,6 +57,17 @@ pub struct BrokerArgs {
         global = true
     )]
     pub password: String,
+
+    /// File holding the password (a container secret, say), without its trailing newline:
+    /// replaces --password, or gives the password of URIs that hold none.
+    #[arg(
+        long,
+        env = "AMQP_PASSWORD_FILE",
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "password"
+    )]
+    pub password_file: Option<PathBuf>,
 
     /// Use TLS (implied by an amqps:// URI; the default port becomes 5671).
     #[arg(long, global = true)]
@@ -76,6 +90,10 @@ impl BrokerArgs {
     /// [`BrokerOptions::client_name`]). Errors name the flag at fault ([`Error::Config`]).
     pub fn to_options(&self, client_name: &str) -> Result<Vec<BrokerOptions>, Error> {
         let config = |message: String| Error::Config(message);
+        let password = match &self.password_file {
+            Some(path) => Some(read_password_file(path)?),
+            None => None,
+        };
         let mut brokers = if self.uri.is_empty() {
             vec![BrokerOptions {
                 host: self.host.clone(),
@@ -86,7 +104,7 @@ impl BrokerArgs {
                 },
                 vhost: self.vhost.clone(),
                 user: self.user.clone(),
-                password: self.password.clone(),
+                password: password.clone().unwrap_or_else(|| self.password.clone()),
                 tls: self.tls,
                 ..BrokerOptions::default()
             }]
@@ -95,7 +113,21 @@ impl BrokerArgs {
                 .iter()
                 .map(|uri| uri.trim())
                 .filter(|uri| !uri.is_empty())
-                .map(|uri| BrokerOptions::from_uri(uri).map_err(|e| config(e.to_string())))
+                .map(|uri| {
+                    let mut options =
+                        BrokerOptions::from_uri(uri).map_err(|e| config(e.to_string()))?;
+                    if let Some(password) = &password {
+                        if has_password(uri) {
+                            return Err(config(format!(
+                                "'{}' holds a password, and --password-file gives one: give \
+                                 it in one place",
+                                mask_uri(uri)
+                            )));
+                        }
+                        options.password.clone_from(password);
+                    }
+                    Ok(options)
+                })
                 .collect::<Result<Vec<_>, _>>()?
         };
         if brokers.is_empty() {
@@ -123,6 +155,35 @@ impl BrokerArgs {
         }
         Ok(brokers)
     }
+}
+
+/// Largest password file read (a password is far shorter; this stops `/dev/zero`).
+const MAX_PASSWORD_FILE: u64 = 64 * 1024;
+
+/// The password in file `path` (`--password-file`): its content without trailing line ends
+/// (`\n`, `\r\n`). A file that cannot be read, is empty, is not UTF-8 or is over 64 KiB is
+/// an [`Error::Config`] naming the file.
+pub fn read_password_file(path: &Path) -> Result<String, Error> {
+    let fail = |why: &dyn std::fmt::Display| {
+        Error::Config(format!(
+            "--password-file '{}': {why}",
+            printable(&path.to_string_lossy())
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PASSWORD_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(&e))?;
+    if bytes.len() as u64 > MAX_PASSWORD_FILE {
+        return Err(fail(&"larger than 64 KiB, not a password"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| fail(&"not UTF-8 text"))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(fail(&"empty"));
+    }
+    Ok(password.to_string())
 }
 
 /// Verbosity flags (flatten into a clap parser). `RUST_LOG`, when set, wins over both.
@@ -295,6 +356,59 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn password_file_replaces_the_password_without_its_newline() {
+        let dir = std::env::temp_dir().join(format!("rpc-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = |name: &str, content: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).expect("write");
+            path.display().to_string()
+        };
+        let secret = file("secret", b"s3 cr:et\r\n");
+        let cli = Cli::parse_from(&["x", "--password-file", &secret]);
+        let brokers = cli.broker.to_options("test").expect("valid");
+        assert_eq!(brokers[0].password, "s3 cr:et");
+        // It gives the password of URIs without one, and refuses to pick between two.
+        let cli = Cli::parse_from(&[
+            "x",
+            "--password-file",
+            &secret,
+            "--uri",
+            "amqp://u@h,amqp://v@i",
+        ]);
+        let brokers = cli.broker.to_options("test").expect("valid");
+        assert!(brokers.iter().all(|b| b.password == "s3 cr:et"));
+        let cli = Cli::parse_from(&["x", "--password-file", &secret, "--uri", "amqp://u:other@h"]);
+        match cli.broker.to_options("test") {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("holds a password"), "{message}");
+                assert!(!message.contains("other"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(&["x", "--password-file", &secret, "--password", "p"]).is_err()
+        );
+        let missing = dir.join("missing").display().to_string();
+        for (path, why) in [
+            (file("empty", b"\n"), "empty"),
+            (missing, "No such file"),
+            (dir.display().to_string(), "directory"),
+            (file("binary", b"\xff\xfe"), "not UTF-8"),
+        ] {
+            let cli = Cli::parse_from(&["x", "--password-file", &path]);
+            match cli.broker.to_options("test") {
+                Err(Error::Config(message)) => {
+                    assert!(message.contains(why), "{message}");
+                    assert!(message.starts_with("--password-file '"), "{message}");
+                }
+                other => panic!("unexpected {other:?} for {path}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -248,27 +248,28 @@ impl std::error::Error for UriError {}
 /// Works on any `scheme://user:password@host…` string, valid or not, so it is safe to use on
 /// user input before it has been parsed.
 pub fn mask_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let authority_start = scheme_end + 3;
+    match password_span(uri) {
+        Some(span) => format!("{}****{}", &uri[..span.start], &uri[span.end..]),
+        None => uri.to_string(),
+    }
+}
+
+/// Whether `uri` holds a password (`scheme://user:password@…`, an empty one included), valid
+/// URI or not.
+pub fn has_password(uri: &str) -> bool {
+    password_span(uri).is_some()
+}
+
+/// Where the password of `scheme://user:password@host…` is in `uri`.
+fn password_span(uri: &str) -> Option<std::ops::Range<usize>> {
+    let authority_start = uri.find("://")? + 3;
     let authority_end = uri[authority_start..]
         .find(['/', '?', '#'])
         .map_or(uri.len(), |i| authority_start + i);
     let authority = &uri[authority_start..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return uri.to_string();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return uri.to_string();
-    };
-    format!(
-        "{}{}:****{}",
-        &uri[..authority_start],
-        &userinfo[..colon],
-        &uri[authority_start + at..]
-    )
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    Some(authority_start + colon + 1..authority_start + at)
 }
 
 fn percent_decode(text: &str, part: &'static str) -> Result<String, UriProblem> {
@@ -373,6 +374,16 @@ mod tests {
         assert_eq!(mask_uri("amqp://user@h/v"), "amqp://user@h/v");
         assert_eq!(mask_uri("amqp://h/a:b@c"), "amqp://h/a:b@c");
         assert_eq!(mask_uri("not a uri"), "not a uri");
+        assert_eq!(mask_uri("amqp://u:@h"), "amqp://u:****@h");
+    }
+
+    #[test]
+    fn has_password_sees_only_the_user_info() {
+        assert!(has_password("amqp://u:p@h/v"));
+        assert!(has_password("amqp://u:@h"));
+        assert!(!has_password("amqp://u@h:5672/v"));
+        assert!(!has_password("amqp://h/a:b@c"));
+        assert!(!has_password("amqp://h:5672"));
     }
 
     #[test]

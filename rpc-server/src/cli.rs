@@ -1,6 +1,8 @@
 //! The `rpc-server` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
 
-use crate::command::{CommandHandler, CommandOptions, COMMAND_LOG, DEFAULT_MAX_REQUEST_BYTES};
+use crate::command::{
+    self, CommandHandler, CommandOptions, COMMAND_LOG, DEFAULT_MAX_REQUEST_BYTES,
+};
 use crate::error::{exit_code, Error};
 use crate::handler::{Fibonacci, Handler, REQUEST_LOG};
 use crate::options::{
@@ -25,6 +27,10 @@ pub const DEFAULT_HEARTBEAT: u16 = 5;
 /// link does: the clean stop has [`crate::server::STOP_LIMIT`] of it; past this the server exits
 /// with [`exit_code::UNCLEAN_STOP`], leaving its unacked requests to the broker.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// How long a server that exits at once (second signal, unclean stop) spends ending the
+/// commands in hand and what they started.
+const END_ALL_BOUND: Duration = Duration::from_secs(1);
 
 /// Serve RPC requests from a RabbitMQ queue (the tutorial-six contract): Fibonacci by
 /// default, or the command given after `--`, run once per request with the request body on its
@@ -121,8 +127,9 @@ pub struct Cli {
     /// The command to serve, after `--`: run once per request, directly (never through a
     /// shell), in a process group of its own, request body on stdin, stdout as the reply.
     /// Exit status 0 is a reply, anything else an exec-failed error reply with the last line
-    /// of its stderr (which goes to the log). Its environment is the server's without
-    /// AMQP_URI and AMQP_PASSWORD, plus RPC_CORRELATION_ID, RPC_CONTENT_TYPE, TRACEPARENT and
+    /// of its stderr (which goes to the log). Nothing it starts outlives it or the server.
+    /// Its environment is the server's without AMQP_URI, AMQP_PASSWORD and
+    /// AMQP_PASSWORD_FILE, plus RPC_CORRELATION_ID, RPC_CONTENT_TYPE, TRACEPARENT and
     /// TRACESTATE from the request.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -211,12 +218,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .into());
     }
     let handler = cli.to_handler()?;
+    if !cli.command.is_empty() {
+        // Whatever a command starts is this process's to end, and its /proc files are closed
+        // to the commands (see `command::contain`).
+        command::contain()?;
+    }
     let stop_bound = STOP_BOUND + handler.time_limit().unwrap_or_default();
     let (stop, shutdown) = crossbeam_channel::bounded(1);
     let signals = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if signals.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("rpc-server: second signal, exiting now");
+            eprintln!("rpc-server: second signal, ending the commands in hand and exiting now");
+            command::end_all(END_ALL_BOUND);
             std::process::exit(exit_code::FORCED.into());
         }
         let _ = stop.try_send(());
@@ -229,11 +242,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "rpc-server: no clean stop within {}s of the signal; exiting",
                     stop_bound.as_secs()
                 );
+                command::end_all(END_ALL_BOUND);
                 std::process::exit(exit_code::UNCLEAN_STOP.into());
             });
     })
     .context("cannot install the signal handler")?;
-    crate::serve(&options, handler, shutdown)?;
+    let served = crate::serve(&options, handler, shutdown);
+    // Nothing a command started outlives the server, however it stops.
+    command::end_all(END_ALL_BOUND);
+    served?;
     Ok(())
 }
 

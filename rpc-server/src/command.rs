@@ -6,13 +6,25 @@
 //!   a `too-large` one; their messages give the status and the last line of stderr, printable
 //!   and bounded.
 //! - The command runs in a process group of its own; when it ends (or is ended), whatever it
-//!   left running in that group is killed too, so no request leaves processes behind.
+//!   left running in that group is killed too, so no request leaves processes behind. The
+//!   reply is due when the command exits: what is left on its pipes is collected for at most
+//!   [`LINGER`], so a process that escaped the group and holds a pipe open cannot delay it.
+//! - In a server that called [`contain`] (the `rpc-server` binary does), the server is the
+//!   child subreaper of everything its commands start: a process whose parent exits (one
+//!   that left the group with `setsid`, a daemon) becomes the server's child, and is killed
+//!   when the next command ends ([`end_orphans`]); [`end_all`] ends every command in hand and
+//!   all they started (a second signal, an unclean stop). A guardian process ([`guard`])
+//!   kills the process groups of the commands in hand if the server dies, so even a server
+//!   killed by SIGKILL leaves no command running (what left its command's group is not
+//!   reached then). [`contain`] also makes the server non-dumpable: its `/proc` files
+//!   (environment, memory) are closed to its commands.
 //! - stdin, stdout and stderr are served by one `poll` loop, non-blocking: a command that never
 //!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
-//!   `AMQP_PASSWORD`), plus the request's [`ENV_CORRELATION_ID`], [`ENV_CONTENT_TYPE`] and the
-//!   trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when present.
+//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`],
+//!   [`ENV_CONTENT_TYPE`] and the trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when
+//!   present.
 //!
 //! ```no_run
 //! use rpc_server::command::{CommandHandler, CommandOptions};
@@ -39,6 +51,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Log target of the commands' stderr lines.
@@ -56,7 +70,14 @@ pub const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Environment variables of the server the command does not get: they hold broker
 /// credentials (see `rpc_client::args`).
-const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD"];
+const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
+
+/// Once the command has exited, how long what is left on its pipes is still collected (a
+/// process that escaped its group, a `setsid` child, may hold them open).
+pub const LINGER: Duration = Duration::from_millis(150);
+
+/// How long [`end_orphans`] keeps killing what each killed process leaves behind.
+const ORPHANS_BOUND: Duration = Duration::from_millis(200);
 
 /// Default for `--exec-timeout`.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,7 +215,17 @@ impl CommandHandler {
         }
         let started = Instant::now();
         let deadline = started + limits.exec_timeout;
-        let mut child = self.command(request).spawn().map_err(|err| {
+        let spawned = {
+            // No scan for orphans may see the child before it is known to be in hand.
+            let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+            let spawned = self.command(request).spawn();
+            if let Ok(child) = &spawned {
+                in_hand().push(child.id());
+                tell_guardian('+', child.id());
+            }
+            spawned
+        };
+        let mut child = spawned.map_err(|err| {
             log::error!("cannot run {}: {err}", self.shown);
             Reply::refuse(
                 ErrorCode::ExecFailed,
@@ -202,6 +233,9 @@ impl CommandHandler {
             )
         })?;
         let pid = child.id();
+        // Declared after `child`: dropped first, once the command is reaped (every way out of
+        // this function reaps it).
+        let _in_hand = InHand(pid);
         let mut run = match Run::new(&mut child) {
             Ok(run) => run,
             Err(err) => {
@@ -215,8 +249,17 @@ impl CommandHandler {
             }
         };
         let ended = run.wait(request.body, limits.max_reply_bytes, deadline);
-        // Whatever the command left running in its group goes with it.
+        if ENDING.load(Ordering::SeqCst) {
+            // `end_all` killed the command: the process is exiting, and its requests go back
+            // to the queue unanswered, as after any crash (not with an exec-failed reply).
+            loop {
+                std::thread::park();
+            }
+        }
+        // Whatever the command left running in its group goes with it, and whatever left the
+        // group (the command's group is gone, so any orphan is one).
         kill_group(pid);
+        end_orphans();
         let stderr = run.errors.finish();
         let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
         log::info!(
@@ -372,14 +415,25 @@ impl<'a> Run<'a> {
         // How often to look for the exit while the pipes are open: soon at first, then every
         // 50 ms at most. A command that exits closes its pipes, which wakes `poll` at once.
         let mut slice = Duration::from_millis(1);
-        let mut exited: Option<ExitStatus> = None;
+        let mut exited: Option<(ExitStatus, Instant)> = None;
         while self.stdout.is_some() || self.stderr.is_some() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if let Some((status, lingered)) = exited {
+                if now >= lingered {
+                    // Something outside the group holds a pipe: the reply does not wait.
+                    log::debug!("[{}] pipes still open {LINGER:?} after the exit", self.pid);
+                    self.stdin = None;
+                    self.stdout = None;
+                    self.stderr = None;
+                    return Ended::Exited(status);
+                }
+            }
+            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return self.kill(Ended::TimedOut);
             }
             let timeout = match exited {
-                Some(_) => remaining,
+                Some((_, lingered)) => remaining.min(lingered.saturating_duration_since(now)),
                 None => slice.min(remaining),
             };
             let ready = match self.poll(timeout) {
@@ -404,9 +458,11 @@ impl<'a> Run<'a> {
             if exited.is_none() && !(ready.stdin || ready.stdout || ready.stderr) {
                 match self.child.try_wait() {
                     Ok(Some(status)) => {
-                        // Leftovers of the group may hold the pipes open: they go now.
+                        // Leftovers of the group, or orphans, may hold the pipes open: they
+                        // go now, and what is left on the pipes is read for a short moment.
                         kill_group(self.pid);
-                        exited = Some(status);
+                        end_orphans();
+                        exited = Some((status, Instant::now() + LINGER));
                     }
                     Ok(None) => slice = (slice * 2).min(Duration::from_millis(50)),
                     Err(err) => return self.kill(Ended::Lost(err)),
@@ -414,7 +470,7 @@ impl<'a> Run<'a> {
             }
         }
         self.stdin = None;
-        if let Some(status) = exited {
+        if let Some((status, _)) = exited {
             return Ended::Exited(status);
         }
         // Both pipes are closed: the command is exiting, normally within microseconds.
@@ -600,6 +656,299 @@ impl StderrLog {
         }
         self.last.as_deref().map(shown)
     }
+}
+
+/// Whether [`contain`] made this process the subreaper of its commands' processes.
+static CONTAINED: AtomicBool = AtomicBool::new(false);
+
+/// Set by [`end_all`]: the process is exiting.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// The commands in hand (their pids, which are their groups' ids), until each is reaped.
+static IN_HAND: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Held (read) while a command is spawned and recorded in [`IN_HAND`], and (write) while
+/// orphans are looked for: a child not in hand is then an orphan for sure.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+fn in_hand() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    IN_HAND.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A command in hand, until dropped.
+struct InHand(u32);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        let mut pids = in_hand();
+        if let Some(index) = pids.iter().position(|pid| *pid == self.0) {
+            pids.swap_remove(index);
+        }
+        drop(pids);
+        tell_guardian('-', self.0);
+    }
+}
+
+/// Makes this process the keeper of whatever its commands start, for a server that serves a
+/// command (the `rpc-server` binary calls it before serving). Only for a binary whose `main`
+/// runs [`guard`] when [`GUARDIAN_ENV`] is set: it starts its own executable as the guardian.
+///
+/// - a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process whose parent exits, such as
+///   one that left its command's group with `setsid`, becomes a child of this process
+///   instead of init's, so [`end_orphans`] and [`end_all`] can find it and end it;
+/// - not dumpable (`PR_SET_DUMPABLE` 0): other processes of the same user, its commands
+///   among them, can no longer read its `/proc/PID/environ` (where `AMQP_PASSWORD` is) or
+///   its memory, nor attach a debugger; it also dumps no core. Its command line stays
+///   readable by every user (`ps`), so a password has no place there;
+/// - the parent of a guardian process ([`guard`]): told of each command as it starts and
+///   ends, it kills the process groups of the commands in hand when the server dies, however
+///   it dies (SIGKILL, the OOM killer).
+///
+/// Linux only; an error names the setting the kernel refused, or why the guardian could not
+/// start.
+pub fn contain() -> Result<(), Error> {
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|err| Error::Config(format!("cannot make the server non-dumpable: {err}")))?;
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|err| Error::Config(format!("cannot make the server a subreaper: {err}")))?;
+    let guardian = std::env::current_exe()
+        .and_then(|exe| {
+            std::process::Command::new(exe)
+                .arg0("rpc-server (guardian)")
+                // Nothing of the server's environment (its password) in a /proc file its
+                // commands can read.
+                .env_clear()
+                .env(GUARDIAN_ENV, "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                // Away from the terminal's signals, which are the server's to handle.
+                .process_group(0)
+                .spawn()
+        })
+        .map_err(|err| Error::Config(format!("cannot start the guardian process: {err}")))?;
+    GUARDIAN_PID.store(guardian.id(), Ordering::SeqCst);
+    *guardian_pipe() = guardian.stdin;
+    CONTAINED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Set (to `1`) in the environment of the guardian process: `rpc-server`'s `main` runs
+/// [`guard`] when it finds it.
+pub const GUARDIAN_ENV: &str = "RPC_SERVER_INTERNAL_GUARDIAN";
+
+/// The guardian's pid (0: none), which is no orphan.
+static GUARDIAN_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The pipe to the guardian's stdin.
+static GUARDIAN: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+fn guardian_pipe() -> std::sync::MutexGuard<'static, Option<ChildStdin>> {
+    GUARDIAN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Tells the guardian that command `pid` started (`+`) or was reaped (`-`). A guardian that
+/// is gone is logged once and forgotten.
+fn tell_guardian(what: char, pid: u32) {
+    let mut pipe = guardian_pipe();
+    let Some(stdin) = pipe.as_mut() else { return };
+    if let Err(err) = stdin.write_all(format!("{what}{pid}\n").as_bytes()) {
+        log::warn!(
+            "the guardian process is gone ({err}): a server killed now leaves its commands running"
+        );
+        *pipe = None;
+    }
+}
+
+/// The guardian of a [`contain`]ed server's commands, run in a process of its own: reads
+/// `+PID` (a command started) and `-PID` (it was reaped) lines on stdin, a pipe from the
+/// server; at its end (the server exited or died: the kernel closes the pipe) kills the process
+/// groups of the commands still in hand, and exits. A process apart because a process cannot
+/// act after its own SIGKILL; a parent-death signal would need `fork` (and an `unsafe` hook)
+/// instead of `posix_spawn` for every command, which costs about a millisecond per request.
+pub fn guard() -> ! {
+    use std::io::BufRead;
+    let mut in_hand = std::collections::HashSet::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (what, pid) = line.split_at(line.len().min(1));
+        match (what, pid.parse::<u32>()) {
+            ("+", Ok(pid)) => {
+                in_hand.insert(pid);
+            }
+            ("-", Ok(pid)) => {
+                in_hand.remove(&pid);
+            }
+            _ => {}
+        }
+    }
+    for pid in &in_hand {
+        kill_group(*pid);
+        kill_process(*pid);
+    }
+    if !in_hand.is_empty() {
+        eprintln!(
+            "rpc-server (guardian): the server is gone; killed its {} command(s) in hand",
+            in_hand.len()
+        );
+    }
+    std::process::exit(0)
+}
+
+/// Ends the orphans of a [`contain`]ed server: processes its commands started whose parent
+/// has exited (a `setsid` child left behind, a daemon). Each is killed with its process group,
+/// then what it leaves is killed in turn, for at most [`ORPHANS_BOUND`]; orphans that exited
+/// by themselves are reaped. The command handler calls it each time a command ends. Does
+/// nothing in a process that did not call [`contain`].
+pub fn end_orphans() {
+    if !CONTAINED.load(Ordering::Relaxed) {
+        return;
+    }
+    // An orphan is given to the subreaper's first live thread: the main thread, which lives
+    // as long as the process.
+    let main = nix::unistd::getpid();
+    // Without the lock first: it waits for any spawn in progress on another worker (about a
+    // millisecond), and there is nearly never an orphan. A child not known yet may be one
+    // being spawned: the lock tells.
+    let guardian = GUARDIAN_PID.load(Ordering::Relaxed);
+    let mut candidates = children(Some(main));
+    candidates.retain(|pid| *pid != guardian);
+    if !candidates.is_empty() {
+        let in_hand = in_hand();
+        candidates.retain(|pid| !in_hand.contains(pid));
+    }
+    if candidates.is_empty() {
+        return;
+    }
+    let _spawning = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
+    let ended = end_children(Some(main), true, Instant::now() + ORPHANS_BOUND);
+    if ended > 0 {
+        log::info!("ended {ended} processes left running by commands outside their group");
+    }
+}
+
+/// Ends every command in hand with its process group and, in a [`contain`]ed server,
+/// everything its commands started, within about `within`: for a process about to exit (a
+/// second signal, an unclean stop). Once it has been called no command starts, and a handler
+/// whose command it killed never returns (its request must not be answered with the kill).
+pub fn end_all(within: Duration) {
+    ENDING.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + within;
+    // Keeps any command from starting from now on (the process is about to exit).
+    let spawning = loop {
+        match SPAWNING.try_write() {
+            Ok(guard) => break Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => break Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => break None,
+        }
+    };
+    for pid in in_hand().iter() {
+        // Killed and reaped here: the guardian must not kill their groups' ids once the
+        // server is gone, when the ids may name other groups.
+        tell_guardian('-', *pid);
+        kill_group(*pid);
+        kill_process(*pid);
+    }
+    if CONTAINED.load(Ordering::Relaxed) {
+        let ended = end_children(None, false, deadline);
+        if ended > 0 {
+            log::info!("ended {ended} processes of the commands in hand");
+        }
+    }
+    std::mem::forget(spawning);
+}
+
+/// Kills (with their groups) and reaps the children of thread `thread` (all threads if
+/// `None`), except the commands in hand if `spare_in_hand`, again and again as the killed ones
+/// leave theirs, until there are none or `deadline` passes. Returns how many it killed.
+fn end_children(thread: Option<nix::unistd::Pid>, spare_in_hand: bool, deadline: Instant) -> usize {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut killed = std::collections::HashSet::new();
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let mut children = children(thread);
+        let guardian = GUARDIAN_PID.load(Ordering::Relaxed);
+        children.retain(|pid| *pid != guardian);
+        if spare_in_hand {
+            let in_hand = in_hand();
+            children.retain(|pid| !in_hand.contains(pid));
+        }
+        if children.is_empty() {
+            return killed.len();
+        }
+        for pid in children {
+            let Ok(raw) = i32::try_from(pid) else {
+                continue;
+            };
+            // Reaps it if it has exited; else kills it, with the group it leads (its id is its
+            // own pid). One leading no group is not harmed by that: a group's id is always
+            // the pid of the process that made it.
+            let status = waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+            if let Ok(WaitStatus::StillAlive) = status {
+                kill_group(pid);
+                kill_process(pid);
+                killed.insert(pid);
+            }
+        }
+        if Instant::now() >= deadline {
+            log::warn!("processes left by commands are still there after being killed");
+            return killed.len();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// The children of thread `thread` of this process (of all its threads if `None`), from
+/// `/proc/self/task/TID/children`, or from a scan of `/proc` where the kernel does not list
+/// them.
+fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
+    let listed = |tid: &str| -> Option<Vec<u32>> {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()?;
+        Some(
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect(),
+        )
+    };
+    let found = match thread {
+        Some(tid) => listed(&tid.to_string()),
+        None => std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(listed(&task.ok()?.file_name().to_string_lossy())?);
+            }
+            Some(all)
+        }),
+    };
+    found.unwrap_or_else(|| {
+        let parent = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                let after_comm = stat.rsplit_once(") ")?.1;
+                (after_comm.split(' ').nth(1) == Some(parent.as_str())).then_some(pid)
+            })
+            .collect()
+    })
+}
+
+/// Sends SIGKILL to process `pid`, if it is still there.
+fn kill_process(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Kills process group `pid` (the command and whatever it started), if it is still there.

@@ -7,6 +7,10 @@ use rpc_server::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if std::env::var_os(rpc_server::command::GUARDIAN_ENV).is_some_and(|v| v == "1") {
+        // The guardian of a command server's commands (see `command::contain`).
+        rpc_server::command::guard();
+    }
     match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -12,7 +12,7 @@ use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -286,7 +286,8 @@ fn two_workers_run_two_slow_requests_at_once_and_sigterm_waits_for_both() {
         "both requests started",
         Duration::from_secs(10),
         Duration::from_millis(10),
-        || Ok(server.children() == 2),
+        // Two commands and the server's guardian.
+        || Ok(server.children() == 3),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.shown()));
     server.sigterm();
@@ -322,6 +323,7 @@ fn rpc_client(queue: &str, args: &[&str], stdin: &[u8]) -> Output {
         .args(["--queue", queue, "--timeout", "20"])
         .args(args)
         .env("AMQP_PASSWORD", &broker.password)
+        .env_remove("AMQP_PASSWORD_FILE")
         .env_remove("AMQP_URI")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -384,4 +386,340 @@ fn rpc_client_call_against_a_tr_server_by_argument_stdin_and_json() {
     assert!(stderr.contains("exec-failed"), "{stderr}");
     assert!(stderr.contains("status 3: broken"), "{stderr}");
     failing.stop();
+}
+
+/// A number no other process has in its arguments: the tests below run `sleep 360N.<marker>`
+/// (seconds `sleep` takes) and look for it in `/proc`.
+fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}{nanos:09}", std::process::id())
+}
+
+/// The `sleep` processes of this host with `marker` in their arguments, as "PID: ARGS".
+fn marked(marker: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|byte| *byte == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let sleep = args.first()?.ends_with("sleep");
+            (sleep && args.iter().any(|arg| arg.contains(marker)))
+                .then(|| format!("{pid}: {}", args.join(" ")))
+        })
+        .collect()
+}
+
+/// Waits up to `within` until `count` processes carry `marker`; panics with `shown` if not.
+fn await_marked(marker: &str, count: usize, within: Duration, shown: impl Fn() -> String) {
+    testing::poll_until(
+        &format!("{count} processes marked {marker}"),
+        within,
+        Duration::from_millis(10),
+        || Ok(marked(marker).len() == count),
+    )
+    .unwrap_or_else(|e| {
+        let left = marked(marker);
+        if count == 0 {
+            // Not left for the next runs to find.
+            for line in &left {
+                let pid = line.split(':').next().unwrap_or_default();
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        panic!("{e}: {left:?}\n{}", shown())
+    });
+}
+
+/// A server whose command runs the request body as a shell script.
+const SCRIPT_SERVER: [&str; 4] = ["--", "sh", "-c", "eval \"$(cat)\""];
+
+/// Calls with `script` as body, `count` at once, in a thread (they are not expected to be
+/// answered: the test stops the server under them).
+fn calls_in_flight(served: &Served, script: &str, count: usize) -> std::thread::JoinHandle<()> {
+    let mut client = served.client(Duration::from_secs(5));
+    let requests = vec![RpcRequest::new(script.to_string()); count];
+    std::thread::spawn(move || {
+        let _ = client.call_many(&requests, count, |_, _| ControlFlow::Continue(()));
+    })
+}
+
+#[test]
+fn a_second_signal_ends_the_commands_in_hand_and_all_they_started() {
+    let mark = marker();
+    let served = Served::start(
+        "cmd-second-signal",
+        &[&["--workers", "2"][..], &SCRIPT_SERVER].concat(),
+    );
+    // Each command leaves a child in its group and one in a session of its own.
+    let script = format!("setsid sleep 3608.{mark} & sleep 3609.{mark}");
+    let caller = calls_in_flight(&served, &script, 2);
+    let shown = || served.server.shown();
+    await_marked(&mark, 4, Duration::from_secs(10), shown);
+    let mut server = served.server;
+    server.sigterm();
+    // The first signal waits for the requests in hand (30 s of exec timeout) ...
+    testing::poll_until(
+        "the clean stop to begin",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || Ok(server.log_count("stopping: finishing 2 request(s)") == 1),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.shown()));
+    // ... the second ends them, and all they started, before the server exits.
+    server.sigterm();
+    let (status, shown) = server.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{shown}");
+    await_marked(&mark, 0, Duration::from_secs(2), || shown.clone());
+    caller.join().expect("caller");
+    drop(served.queue);
+}
+
+#[test]
+fn a_server_killed_by_sigkill_leaves_no_command_running() {
+    let mark = marker();
+    for workers in ["1", "2"] {
+        let served = Served::start(
+            &format!("cmd-sigkill-{workers}"),
+            &[
+                &["--workers", workers, "--prefetch", "2"][..],
+                &SCRIPT_SERVER,
+            ]
+            .concat(),
+        );
+        // A child in the command's group, and the command itself.
+        let script = format!("sleep 3607.{mark} & exec sleep 3608.{mark}");
+        let caller = calls_in_flight(&served, &script, 2);
+        let shown = || served.server.shown();
+        let running = if workers == "1" { 2 } else { 4 };
+        await_marked(&mark, running, Duration::from_secs(10), shown);
+        let mut server = served.server;
+        server.sigkill();
+        let status = server.wait_exit(Duration::from_secs(5));
+        assert!(status.is_some(), "{}", server.shown());
+        // Its guardian process kills the commands' groups.
+        await_marked(&mark, 0, Duration::from_secs(2), || server.shown());
+        let log = server.log_text();
+        assert!(log.contains("the server is gone; killed its"), "{log}");
+        caller.join().expect("caller");
+        drop(served.queue);
+    }
+}
+
+#[test]
+fn a_command_is_answered_when_it_exits_and_what_left_its_group_is_ended() {
+    let mark = marker();
+    let served = Served::start(
+        "cmd-setsid",
+        &[&["--exec-timeout", "20"][..], &SCRIPT_SERVER].concat(),
+    );
+    let cases = [
+        // The issue's case: a child in a session of its own holds stdout open.
+        (
+            format!("setsid sleep 3602.{mark} & echo started"),
+            "started\n",
+        ),
+        // Away from the pipes, with a child of its own in its group.
+        (
+            format!(
+                "setsid sh -c 'sleep 3603.{mark} & exec sleep 3604.{mark}' \
+                 </dev/null >/dev/null 2>&1 & echo quiet"
+            ),
+            "quiet\n",
+        ),
+        // A double fork, and a grandchild in yet another session.
+        (
+            format!(
+                "(setsid sh -c 'setsid sleep 3605.{mark} & sleep 3606.{mark}' \
+                 </dev/null >/dev/null 2>&1 &); echo forked"
+            ),
+            "forked\n",
+        ),
+    ];
+    for (script, expected) in cases {
+        let started = Instant::now();
+        let reply = served.call(RpcRequest::new(script.clone()));
+        let took = started.elapsed();
+        let shown = served.server.shown();
+        let reply = reply.unwrap_or_else(|e| panic!("{script}: {e}\n{shown}"));
+        assert_eq!(text(&reply), expected, "{script}\n{shown}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{script}: answered after {took:?}\n{shown}"
+        );
+        await_marked(&mark, 0, Duration::from_secs(1), || {
+            format!("{script}\n{}", served.server.shown())
+        });
+    }
+    let shown = served.stop();
+    assert!(
+        shown.contains("left running by commands outside their group"),
+        "{shown}"
+    );
+}
+
+/// How a test server gets the broker password.
+enum PasswordFrom {
+    Variable,
+    File,
+    FileVariable,
+}
+
+/// `rpc-server` on `queue` with the broker's user and password given as `from` says (never on
+/// the command line), run without capabilities when the test runs as root (a process with
+/// CAP_SYS_PTRACE reads every process's `/proc` files).
+fn secret_server(name: &str, queue: &str, from: PasswordFrom, password_file: &Path) -> ServerProc {
+    let broker = testing::broker();
+    let port = broker.port.to_string();
+    let file = password_file.display().to_string();
+    let mut args = vec![
+        "--host",
+        &broker.host,
+        "--port",
+        &port,
+        "--vhost",
+        &broker.vhost,
+    ];
+    let mut env = vec![("AMQP_USER", broker.user.as_str())];
+    match from {
+        PasswordFrom::Variable => env.push(("AMQP_PASSWORD", &broker.password)),
+        PasswordFrom::File => args.extend(["--password-file", &file]),
+        PasswordFrom::FileVariable => env.push(("AMQP_PASSWORD_FILE", &file)),
+    }
+    let ca = broker.tls_ca.as_ref().map(|p| p.display().to_string());
+    if broker.tls {
+        args.push("--tls");
+    }
+    if let Some(ca) = &ca {
+        env.push(("AMQP_TLS_CA", ca));
+    }
+    args.extend(["--queue", queue, "--name", name]);
+    let script = "for f in environ cmdline maps auxv; do \
+                    if cat /proc/$PPID/$f; then echo; echo \"read-$f\"; fi; \
+                  done 2>/dev/null; f=exe; \
+                  if readlink /proc/$PPID/$f /proc/$PPID/fd/*; then echo \"read-$f\"; fi; \
+                  for d in /proc/[0-9]*; do \
+                    if [ \"$(cut -d' ' -f4 $d/stat)\" = $PPID ] && [ $d != /proc/$$ ]; then \
+                      f=sibling; cat $d/environ $d/cmdline && echo \"read-$f\"; \
+                    fi; \
+                  done 2>/dev/null; \
+                  env | grep -v '^AMQP_USER='";
+    args.extend(["--", "sh", "-c", script]);
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("0") && l.starts_with("Uid:"))
+    });
+    let wrapper: &[&str] = if root {
+        &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    } else {
+        &[]
+    };
+    ServerProc::spawn_wrapped(&logs(), name, wrapper, &args, &env)
+}
+
+#[test]
+fn the_command_finds_the_password_in_nothing_it_can_read() {
+    let broker = testing::broker();
+    let password_file = logs().join(format!("password-{}", std::process::id()));
+    std::fs::create_dir_all(logs()).expect("log dir");
+    std::fs::write(&password_file, format!("{}\n", broker.password)).expect("password file");
+    for (from, name) in [
+        (PasswordFrom::Variable, "cmd-secret-env"),
+        (PasswordFrom::File, "cmd-secret-file"),
+        (PasswordFrom::FileVariable, "cmd-secret-file-env"),
+    ] {
+        let queue = QueueGuard::new(name);
+        let mut server = secret_server(name, queue.name(), from, &password_file);
+        let mut admin = Admin::connect().expect("admin");
+        if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
+            server.sigterm();
+            panic!("{err}\n{}", server.finish(EXIT_WITHIN).1);
+        }
+        // rpc-client reads the password file too.
+        let out = Command::new(rpc_client_bin())
+            .args(["--host", &broker.host, "--port", &broker.port.to_string()])
+            .args(["--vhost", &broker.vhost, "--user", &broker.user])
+            .args(["--queue", queue.name(), "--timeout", "20", "call", "x"])
+            .env("AMQP_PASSWORD_FILE", &password_file)
+            .env_remove("AMQP_PASSWORD")
+            .env_remove("AMQP_URI")
+            .output()
+            .expect("run rpc-client");
+        let shown = server.shown();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}\n{shown}");
+        let seen = String::from_utf8_lossy(&out.stdout);
+        // It did read the command line, and nothing else of the server's.
+        assert!(seen.contains("read-cmdline"), "{name}: {seen}\n{shown}");
+        // The server's other child, its guardian, is readable, and holds no password.
+        assert!(seen.contains("read-sibling"), "{name}: {seen}\n{shown}");
+        assert!(
+            seen.contains("RPC_SERVER_INTERNAL_GUARDIAN"),
+            "{name}: {seen}"
+        );
+        assert!(seen.contains("rpc-server"), "{name}: {seen}\n{shown}");
+        // (The markers are not in the script as such, which is in the command line.)
+        for closed in ["read-environ", "read-maps", "read-auxv", "read-exe"] {
+            assert!(!seen.contains(closed), "{name}: {seen}");
+        }
+        assert!(!seen.contains("AMQP_PASSWORD"), "{name}: {seen}");
+        assert!(
+            !seen.contains(&broker.password),
+            "{name}: the password in {seen}"
+        );
+        server.sigterm();
+        let (status, shown) = server.finish(EXIT_WITHIN);
+        assert!(status.success(), "{shown}");
+    }
+    let _ = std::fs::remove_file(&password_file);
+}
+
+#[test]
+fn a_bad_password_file_is_a_one_line_error_exit_2_in_both_binaries() {
+    let missing = logs().join("no-such-password-file");
+    let empty = logs().join(format!("empty-password-{}", std::process::id()));
+    std::fs::create_dir_all(logs()).expect("log dir");
+    std::fs::write(&empty, "\n").expect("empty file");
+    for (file, why) in [(&missing, "No such file"), (&empty, "empty")] {
+        let path = file.display().to_string();
+        let mut server = ServerProc::spawn_args(
+            &logs(),
+            "cmd-bad-password-file",
+            &["--password-file", &path, "--", "cat"],
+            &[],
+        );
+        let (status, shown) = server.finish(EXIT_WITHIN);
+        assert_eq!(status.code(), Some(2), "{shown}");
+        let log = server.log_text();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(&format!("--password-file '{path}': {why}")),
+            "{log}"
+        );
+
+        let out = Command::new(rpc_client_bin())
+            .args(["call", "x"])
+            .env("AMQP_PASSWORD_FILE", &path)
+            .env_remove("AMQP_PASSWORD")
+            .env_remove("AMQP_URI")
+            .output()
+            .expect("run rpc-client");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("--password-file '{path}': {why}")),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&empty);
 }

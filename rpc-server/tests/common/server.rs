@@ -10,13 +10,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Environment variables the binary reads; cleared so only what a test passes applies.
-pub const INHERITED: [&str; 9] = [
+pub const INHERITED: [&str; 10] = [
     "AMQP_URI",
     "AMQP_HOST",
     "AMQP_PORT",
     "AMQP_VHOST",
     "AMQP_USER",
     "AMQP_PASSWORD",
+    "AMQP_PASSWORD_FILE",
     "AMQP_TLS_CA",
     "RPC_QUEUE",
     "RUST_LOG",
@@ -42,12 +43,32 @@ impl ServerProc {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ServerProc {
+        ServerProc::spawn_wrapped(log_dir, name, &[], args, env)
+    }
+
+    /// [`ServerProc::spawn_args`], run by `wrapper` (a program and its arguments, such as
+    /// `setpriv …`, followed by the path of `rpc-server` and `args`) if not empty.
+    pub fn spawn_wrapped(
+        log_dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
         std::fs::create_dir_all(log_dir).expect("create the server log directory");
         let log = log_dir.join(format!("{name}.log"));
         let out = log_dir.join(format!("{name}.out"));
         let stderr = File::create(&log).expect("create the server log");
         let stdout = File::create(&out).expect("create the server's stdout file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rpc-server"));
+        let server = env!("CARGO_BIN_EXE_rpc-server");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(server);
+                command
+            }
+            None => Command::new(server),
+        };
         command.args(args);
         for variable in INHERITED {
             command.env_remove(variable);
