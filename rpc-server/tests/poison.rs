@@ -8,6 +8,7 @@
 mod common;
 
 use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
+use common::broker::Ctl;
 use common::server::ServerProc;
 use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -284,12 +285,22 @@ fn ack_not_held(name: &str, flag: &str) {
     .unwrap_or_else(|e| panic!("{e}"));
     let mut first =
         ServerProc::on_broker(&logs(), &format!("{name}-1"), queue.name(), &broker, &args);
+    // "fast" is acked once the broker holds only "slow" unacked: held back, both would stay
+    // unacked for as long as "slow" runs. (Its log line comes before its reply and ack.)
+    let ctl = Ctl::from_env();
+    let mut listed = Ok(None);
     testing::wait_until(
-        "fast answered and slow running",
+        "fast answered and acked, slow running",
         Duration::from_secs(20),
-        || Ok(run_counts(&runs) == (1, 1) && first.log_count("exited with status 0") >= 1),
+        || {
+            if run_counts(&runs) != (1, 1) || first.log_count("exited with status 0") == 0 {
+                return Ok(false);
+            }
+            listed = unacked(&ctl, queue.name());
+            Ok(listed == Ok(Some(1)))
+        },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", first.shown()));
+    .unwrap_or_else(|e| panic!("{e} (unacked: {listed:?})\n{}", first.shown()));
     first.sigkill();
     let status = first.wait_exit(Duration::from_secs(5));
     assert_eq!(
@@ -337,4 +348,23 @@ impl Drop for Hold {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The broker's count of `queue`'s delivered and not yet acked messages (`rabbitmqctl`).
+fn unacked(ctl: &Ctl, queue: &str) -> Result<Option<u64>, String> {
+    let listed = ctl.run(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_unacknowledged",
+    ])?;
+    Ok(listed.lines().find_map(|line| {
+        let (name, count) = line.rsplit_once('\t')?;
+        if name == queue {
+            count.trim().parse().ok()
+        } else {
+            None
+        }
+    }))
 }
