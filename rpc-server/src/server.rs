@@ -516,6 +516,12 @@ impl Server<'_> {
             Verdict::Refuse(why) => return self.refuse_redelivered(conn, delivery, &why),
             Verdict::Requeue(attempts) => return self.requeue(conn, delivery, attempts),
         }
+        self.handle(conn, delivery)
+    }
+
+    /// Has a request handled: by a worker thread, or here and now (then its reply is
+    /// published before this returns).
+    fn handle(&mut self, conn: &mut Conn<'_>, delivery: Delivery) -> Result<(), Error> {
         if self.long_calls && self.workers.inline() {
             // The call blocks this loop for as long as it runs: ack what is answered first, so
             // that a server killed during the call leaves no answered request to run again.
@@ -603,22 +609,24 @@ impl Server<'_> {
                 );
                 conn.settled(delivery)
             }
-            Ok(false) => self.refuse_redelivered(
-                conn,
-                delivery,
-                "this request came back after its handling failed, and the broker refused to \
-                 re-queue it with its count of attempts (nack: is the request queue full?); \
-                 it is not handled again",
-            ),
+            // Refused: a quorum queue without a leader for the moment (a node lost, a
+            // partition) nacks, as does a full queue with reject-publish. Neither says anything
+            // about the request, which is handled here then, its count not raised this once.
+            // (The cluster scenarios answered a request 'redelivered' when this refused it.)
+            Ok(false) => {
+                log::warn!(
+                    "a request came back and the broker refused (nacked) its copy with its count \
+                     of attempts; handling it here (delivered {attempts} time(s) before)"
+                );
+                self.handle(conn, delivery)
+            }
             Err(err) if err.channel_closed() => {
-                log::warn!("the broker closed the channel of re-queued requests: {err}");
+                log::warn!(
+                    "the broker closed the channel of re-queued requests ({err}); handling the \
+                     request here (delivered {attempts} time(s) before)"
+                );
                 conn.requeue = None;
-                self.refuse_redelivered(
-                    conn,
-                    delivery,
-                    "this request came back after its handling failed, and the broker refused \
-                     to re-queue it with its count of attempts; it is not handled again",
-                )
+                self.handle(conn, delivery)
             }
             Err(err) => Err(err),
         }
