@@ -4,10 +4,11 @@
 //!    default (at-most-once) kind fails at once with `Error::MaybeRan` (exit 3), and its
 //!    request is not sent again (the server runs it once).
 //!
-//! The server is `rpc-server --workers 3 -- sh -c 'echo started >> FILE; sleep 12; cat'`: it
-//! echoes the body after 12 s (time for rabbitmqctl to find and close the connections on a
-//! busy machine), and `5` is fib(5), so the
-//! Fibonacci client checks the echo as it checks any answer. FILE counts the runs.
+//! The server is `rpc-server --workers 3 -- sh -c 'echo started >> FILE; (wait while HOLD
+//! exists); cat'`: it echoes the body once the test has closed the connections and removed
+//! HOLD (no fixed sleep: on a busy machine finding and closing the connections with rabbitmqctl
+//! took 24 s once), and `5` is fib(5), so the Fibonacci client checks the echo as it checks
+//! any answer. FILE counts the runs.
 
 use crate::common::broker::Ctl;
 use crate::common::load::{Call, Outcome, GRACE};
@@ -50,7 +51,13 @@ fn run(sc: &mut Scenario) {
     let q = queue.name().to_string();
     let runs = logs().join("recovery-runs.txt");
     let _ = std::fs::remove_file(&runs);
-    let script = format!("echo started >> '{}'; sleep 12; cat", runs.display());
+    let hold = Hold(logs().join("recovery-hold"));
+    std::fs::write(&hold.0, "").expect("hold file");
+    let script = format!(
+        "echo started >> '{}'; while [ -e '{}' ]; do sleep 0.05; done; cat",
+        runs.display(),
+        hold.0.display()
+    );
     let mut server = ServerProc::on_broker(
         &logs(),
         "recovery",
@@ -112,6 +119,7 @@ fn run(sc: &mut Scenario) {
         sc.check(closed.is_ok(), || format!("close_connection: {closed:?}"));
     }
     let closed_at = started.elapsed();
+    drop(hold); // the commands in hand answer now, to connections that are gone
     let budget = TIMEOUT + GRACE;
     let results: Vec<(Result<Vec<u8>, Error>, Duration)> = calls
         .into_iter()
@@ -142,7 +150,8 @@ fn run(sc: &mut Scenario) {
         format!("the command ran {} times, want 5 (3 + 2 re-sent)", count_runs())
     });
     sc.note(format!(
-        "connections closed {:.1}s into the calls; answers after {:.1}s and {:.1}s; the \
+        "connections closed {:.1}s into the calls, the commands then let go; answers after \
+         {:.1}s and {:.1}s; the \
          at-most-once call failed after {:.2}s; {} runs of the command",
         closed_at.as_secs_f64(),
         results[0].1.as_secs_f64(),
@@ -151,4 +160,14 @@ fn run(sc: &mut Scenario) {
         count_runs()
     ));
     stop_servers(sc, std::slice::from_mut(&mut server));
+}
+
+/// A file whose existence holds the server's commands; removed on drop (also when the test
+/// fails, so no command is left waiting).
+struct Hold(std::path::PathBuf);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
