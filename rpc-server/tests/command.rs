@@ -10,6 +10,7 @@ mod common;
 use common::server::ServerProc;
 use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::trace::TraceContext;
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -218,12 +219,12 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
             script,
         ],
     );
-    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let reply = served
         .call(
             RpcRequest::new("")
                 .with_content_type("text/plain")
-                .with_header("traceparent", traceparent),
+                .with_parent(TraceContext::parse(Some(parent), None)),
         )
         .expect("call");
     let id = reply
@@ -231,6 +232,10 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
         .correlation_id()
         .clone()
         .expect("correlation id");
+    // The command's parent is the server's span: the reply's traceparent, in the caller's
+    // trace.
+    let traceparent = reply.header("traceparent").expect("reply traceparent");
+    assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
     assert_eq!(
         text(&reply),
         format!("{id}|text/plain|{traceparent}|unset\n")
