@@ -37,7 +37,8 @@ pub struct TraceId(pub u128);
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 32];
-        hex(&mut buf, self.0);
+        hex(&mut buf[..16], (self.0 >> 64) as u64);
+        hex(&mut buf[16..], self.0 as u64);
         // Hex digits are ASCII.
         f.write_str(std::str::from_utf8(&buf).unwrap_or("?"))
     }
@@ -110,9 +111,11 @@ impl TraceContext {
         if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
             return None;
         }
-        let trace_id = parse_hex(&bytes[3..35])?;
-        let span_id = u64::try_from(parse_hex(&bytes[36..52])?).ok()?;
-        let flags = u8::try_from(parse_hex(&bytes[53..55])?).ok()?;
+        let trace_high = parse_hex(&bytes[3..19])?;
+        let trace_low = parse_hex(&bytes[19..35])?;
+        let trace_id = (u128::from(trace_high) << 64) | u128::from(trace_low);
+        let span_id = parse_hex(&bytes[36..52])?;
+        let flags = parse_hex(&bytes[53..55])? as u8;
         if trace_id == 0 || span_id == 0 {
             return None;
         }
@@ -120,9 +123,7 @@ impl TraceContext {
             trace_id: TraceId(trace_id),
             span_id,
             flags,
-            state: tracestate
-                .filter(|s| valid_tracestate(s))
-                .map(str::to_string),
+            state: tracestate.filter(|s| valid_tracestate(s)).map(str::to_string),
         })
     }
 
@@ -145,13 +146,14 @@ impl TraceContext {
         buf[0] = b'0';
         buf[1] = b'0';
         buf[2] = b'-';
-        hex(&mut buf[3..35], self.trace_id.0);
+        hex(&mut buf[3..19], (self.trace_id.0 >> 64) as u64);
+        hex(&mut buf[19..35], self.trace_id.0 as u64);
         buf[35] = b'-';
-        hex(&mut buf[36..52], u128::from(self.span_id));
+        hex(&mut buf[36..52], self.span_id);
         buf[52] = b'-';
-        hex(&mut buf[53..55], u128::from(self.flags));
-        // Hex digits and dashes are ASCII.
-        String::from_utf8_lossy(&buf).into_owned()
+        hex(&mut buf[53..55], u64::from(self.flags));
+        // Hex digits and dashes are ASCII: this cannot fail.
+        String::from_utf8(buf.to_vec()).unwrap_or_default()
     }
 }
 
@@ -163,23 +165,25 @@ fn new_span_id() -> u64 {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes the low `4 * out.len()` bits of `value` into `out` as lowercase hex.
-fn hex(out: &mut [u8], mut value: u128) {
+fn hex(out: &mut [u8], mut value: u64) {
     for digit in out.iter_mut().rev() {
         *digit = HEX[(value & 0xf) as usize];
         value >>= 4;
     }
 }
 
-/// Lowercase hex digits (at most 32) as a number; `None` for anything else.
-fn parse_hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |value, &digit| {
+/// Lowercase hex digits (at most 16) as a number; `None` for anything else.
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for &digit in digits {
         let nibble = match digit {
             b'0'..=b'9' => digit - b'0',
             b'a'..=b'f' => digit - b'a' + 10,
             _ => return None,
         };
-        Some((value << 4) | u128::from(nibble))
-    })
+        value = (value << 4) | u64::from(nibble);
+    }
+    Some(value)
 }
 
 /// A `tracestate` we pass on: not empty, at most [`MAX_TRACESTATE`] bytes of printable ASCII

@@ -296,9 +296,10 @@ pub fn insert_trace(headers: &mut FieldTable, trace: &TraceContext) {
                 AmqpValue::LongString(state.clone()),
             );
         }
-        None => {
+        None if headers.len() > 1 => {
             headers.remove(TRACESTATE_HEADER);
         }
+        None => {}
     }
 }
 
