@@ -123,7 +123,9 @@ impl TraceContext {
             trace_id: TraceId(trace_id),
             span_id,
             flags,
-            state: tracestate.filter(|s| valid_tracestate(s)).map(str::to_string),
+            state: tracestate
+                .filter(|s| valid_tracestate(s))
+                .map(str::to_string),
         })
     }
 
