@@ -130,11 +130,19 @@ impl TraceContext {
     }
 
     /// The parent context in `TRACEPARENT` / `TRACESTATE` of this process's environment, if
-    /// `TRACEPARENT` is set and valid.
+    /// `TRACEPARENT` is set and valid (a warning is logged, without the value, when it is set
+    /// but malformed: calls then start new traces).
     pub fn from_env() -> Option<TraceContext> {
         let parent = std::env::var(ENV_TRACEPARENT).ok();
         let state = std::env::var(ENV_TRACESTATE).ok();
-        TraceContext::parse(parent.as_deref(), state.as_deref())
+        let context = TraceContext::parse(parent.as_deref(), state.as_deref());
+        if context.is_none() && parent.is_some() {
+            log::warn!(
+                "{ENV_TRACEPARENT} is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 \
+                 hex>, lowercase); each call starts a new trace"
+            );
+        }
+        context
     }
 
     /// Whether the sampled flag is set.
