@@ -12,6 +12,9 @@
 #   (d) our client's `call` (raw bodies) -> their Fibonacci server and -> our command server.
 # Plus: a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
 # last stderr line) as their raw client and our client's `call` (exit 5) see it.
+# Plus: W3C trace context with pika instrumented by OpenTelemetry (scripts/interop/otel_peer.py,
+# opentelemetry-instrumentation-pika, spans recorded in memory): their client -> our server and
+# our client -> their server, one trace id end to end (spans, reply traceparent, our logs).
 # Plus: our rpc-server's own declaration of a fresh queue must be equivalent to a durable
 # classic declaration (and with --transient, to the original tutorial's), and rpc-server must
 # exit 0 on SIGTERM.
@@ -223,8 +226,65 @@ run_error_reply() {
   fi
 }
 
+# wait_exit PID SECS: the exit status of our child PID, which must end by itself within SECS
+# (else it is stopped and 124 returned).
+wait_exit() {
+  local pid=$1 deadline=$((SECONDS + $2 + 1)) rc=0
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    stop_pid "$pid" 1 || true
+    return 124
+  fi
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# run_otel: trace context end to end with OpenTelemetry-instrumented pika peers.
+run_otel() {
+  local q="interop-otel-$RUN_ID" log="$LOG_DIR/otel-our-server.err" tid out rc
+  local o1="trace context: their instrumented client -> our server, one trace"
+  local o2="trace context: our client (TRACEPARENT) -> their instrumented server, one trace"
+  local parent_tid=0af7651916cd43dd8448eb211c80319c
+  QUEUES+=("$q")
+  if start_server "$q" otel-our-server "$BIN_DIR/rpc-server" --queue "$q"; then
+    # The peer checks its spans and the replies' traceparent; we check our server's log.
+    rc=0
+    out=$(timeout 120 "$PY" "$PEERS/otel_peer.py" client --queue "$q" --timeout "$CALL_TIMEOUT" \
+      10 30 2>"$LOG_DIR/otel-client.err") || rc=$?
+    stop_pid "$LAST_PID" "$STOP_TIMEOUT" || true
+    tid=$(sed -n 's/^trace \([0-9a-f]\{32\}\)$/\1/p' "$LOG_DIR/otel-client.err")
+    if ((rc == 0)) && [[ $out == $'55\n832040' && -n $tid ]] &&
+      (($(grep -cF "(trace $tid)" "$log") == 2)); then
+      pass "$o1"
+    else
+      fail "$o1 (exit $rc, got: ${out//$'\n'/ }, trace '$tid')" "$LOG_DIR/otel-client.err" "$log"
+    fi
+  else
+    fail "$o1 (our server not ready)" "$log"
+  fi
+  if start_server "$q" otel-their-server "$PY" "$PEERS/otel_peer.py" server --queue "$q" --count 1; then
+    local pid=$LAST_PID
+    rc=0
+    out=$(TRACEPARENT=00-$parent_tid-b7ad6b7169203331-01 timeout 120 "$BIN_DIR/rpc-client" \
+      --queue "$q" --timeout "$CALL_TIMEOUT" call --json 10 2>"$LOG_DIR/otel-call.err") || rc=$?
+    printf '%s\n' "$out" >"$LOG_DIR/otel-call.out"
+    # Their server exits after the one request, printing the trace id its spans share.
+    wait_exit "$pid" "$STOP_TIMEOUT" || rc=$?
+    tid=$(cat "$LOG_DIR/otel-their-server.out")
+    if ((rc == 0)) && [[ $tid == "$parent_tid" && $out == *"\"trace_id\": \"$parent_tid\""* &&
+      $out == *"\"traceparent\": \"00-$parent_tid-"* && $out == *'"body": "55"'* ]]; then
+      pass "$o2"
+    else
+      fail "$o2 (exit $rc, their trace '$tid', got: $out)" "$LOG_DIR/otel-call.err" "$LOG_DIR/otel-their-server.err"
+    fi
+  else
+    fail "$o2 (their server not ready)" "$LOG_DIR/otel-their-server.err"
+  fi
+}
+
 mkdir -p "$LOG_DIR"
-ensure_venv "$PEERS/requirements.txt" # lib.sh: target/py-venv ($PY) with pika
+# lib.sh: target/py-venv ($PY) with pika, and OpenTelemetry for run_otel
+ensure_venv "$PEERS/requirements.txt" "$PEERS/requirements-otel.txt"
 if [[ ! -x $BIN_DIR/rpc-server || ! -x $BIN_DIR/rpc-client ]]; then
   [[ $BIN_DIR == target/release ]] || die "rpc-server/rpc-client not found in RPC_BIN_DIR=$BIN_DIR"
   msg "building release binaries"
@@ -242,6 +302,7 @@ for fl in "${flavours[@]}"; do
 done
 run_own_declaration durable
 run_error_reply
+run_otel
 [[ " ${flavours[*]} " != *" classic "* ]] || run_own_declaration classic --transient
 
 printf 'interop: %d passed, %d failed\n' "$PASSED" "$FAILED"

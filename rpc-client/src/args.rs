@@ -195,6 +195,16 @@ pub struct LogArgs {
     /// Less log output on stderr (repeatable: -qq).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
+    /// Log lines on stderr as text, or as one JSON object per line (timestamp, level,
+    /// target, message, and the fields of the line).
+    #[arg(
+        long,
+        value_enum,
+        env = "RPC_LOG_FORMAT",
+        default_value_t,
+        global = true
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl LogArgs {
@@ -429,7 +439,11 @@ mod tests {
 
     #[test]
     fn flags_move_the_level() {
-        let args = |verbose, quiet| LogArgs { verbose, quiet };
+        let args = |verbose, quiet| LogArgs {
+            verbose,
+            quiet,
+            ..LogArgs::default()
+        };
         assert_eq!(args(0, 0).level(LevelFilter::Info), LevelFilter::Info);
         assert_eq!(args(1, 0).level(LevelFilter::Info), LevelFilter::Debug);
         assert_eq!(args(9, 0).level(LevelFilter::Info), LevelFilter::Trace);

@@ -7,6 +7,7 @@ use crate::error::{exit_code, Error};
 use crate::output::{ignore_broken_pipe, print_in_order, print_replies_in_order};
 use crate::output::{PrintError, ReplyFormat};
 use crate::rpc::{ClientOptions, ReplyQueue, RpcClient, RpcRequest, MAX_SHORT_STRING};
+use crate::trace::TraceContext;
 use crate::{logging, wire};
 use clap::{CommandFactory, Subcommand};
 use std::io::Read;
@@ -186,6 +187,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     logging::init(
         cli.common.log.level(log::LevelFilter::Warn),
+        cli.common.log.log_format,
         &[("rpc_client", cli.common.log.level(log::LevelFilter::Warn))],
     );
     let client_name = format!("rpc-client {}", env!("CARGO_PKG_VERSION"));
@@ -200,6 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
             let mut client = FibonacciRpcClient::connect(&options)?;
+            client.set_parent(TraceContext::from_env());
             print_in_order(&mut client, &cli.numbers, cli.in_flight.into(), &mut stdout)?;
             close(client.close());
         }
@@ -211,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             in_flight,
             idempotent,
         }) => {
+            let parent = TraceContext::from_env();
             let requests: Vec<RpcRequest> =
                 read_bodies(bodies, std::io::stdin().lock(), MAX_STDIN_BODY)?
                     .into_iter()
@@ -218,6 +222,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         body,
                         content_type: content_type.clone(),
                         headers: headers.clone(),
+                        trace: parent.clone(),
                     })
                     .collect();
             let format = if json {

@@ -6,6 +6,7 @@
 
 use crate::error::Error;
 use crate::rpc::{RpcClient, RpcReply, RpcRequest};
+use crate::trace::{TraceContext, TraceId};
 use crate::wire;
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -21,11 +22,14 @@ pub struct Reply {
     pub server: Option<String>,
     /// From publishing the request to receiving the reply.
     pub elapsed: Duration,
+    /// The trace the call belongs to (see [`FibonacciRpcClient::set_parent`]).
+    pub trace_id: TraceId,
 }
 
 /// A connection to the broker that calls fib(n) remotely.
 pub struct FibonacciRpcClient {
     rpc: RpcClient,
+    parent: Option<TraceContext>,
 }
 
 /// How a call of fib(`n`) is named in messages (`no reply for fib(30) within …`).
@@ -33,9 +37,9 @@ fn describe(n: u64) -> String {
     format!("fib({n})")
 }
 
-/// The request for fib(`n`).
-fn request(n: u64) -> RpcRequest {
-    RpcRequest::new(wire::encode_request(n))
+/// The request for fib(`n`), a span of `parent` (or of a new trace).
+fn request(n: u64, parent: Option<&TraceContext>) -> RpcRequest {
+    RpcRequest::new(wire::encode_request(n)).with_parent(parent.cloned())
 }
 
 /// The result in a reply as received: an error reply's [`Error::Server`], a body that is not
@@ -48,6 +52,7 @@ fn fib_reply(reply: RpcReply) -> Result<Reply, Error> {
         value: wire::parse_value(reply.body)?,
         server: reply.server,
         elapsed: reply.elapsed,
+        trace_id: reply.trace.trace_id,
     })
 }
 
@@ -60,7 +65,13 @@ impl FibonacciRpcClient {
             idempotent: true,
             ..options.clone()
         };
-        RpcClient::connect(&options).map(|rpc| FibonacciRpcClient { rpc })
+        RpcClient::connect(&options).map(|rpc| FibonacciRpcClient { rpc, parent: None })
+    }
+
+    /// Makes each following call a span of `parent` (a child of it, in its trace); `None`
+    /// (the default) starts a new trace per call.
+    pub fn set_parent(&mut self, parent: Option<TraceContext>) {
+        self.parent = parent;
     }
 
     /// Calls fib(`n`) and returns it in decimal.
@@ -74,7 +85,10 @@ impl FibonacciRpcClient {
     /// [`Error::NoRoute`] at once if the request queue does not exist, [`Error::Timeout`]
     /// (saying whether the queue has consumers), or a connection error.
     pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
-        fib_reply(self.rpc.call_tagged(&request(n), || describe(n))?)
+        fib_reply(
+            self.rpc
+                .call_tagged(&request(n, self.parent.as_ref()), || describe(n))?,
+        )
     }
 
     /// Calls fib(n) for every n of `numbers`, with up to `in_flight` calls outstanding at
@@ -95,8 +109,11 @@ impl FibonacciRpcClient {
         I: IntoIterator<Item = u64>,
         F: FnMut(usize, u64, Result<Reply, Error>) -> ControlFlow<()>,
     {
+        let parent = self.parent.clone();
         self.rpc.call_many_tagged(
-            numbers.into_iter().map(|n| (n, request(n))),
+            numbers
+                .into_iter()
+                .map(move |n| (n, request(n, parent.as_ref()))),
             in_flight,
             |_, n| describe(*n),
             |index, n, result| on_reply(index, n, result.and_then(fib_reply)),

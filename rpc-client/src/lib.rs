@@ -78,6 +78,7 @@ mod session;
 pub mod testing;
 pub mod text;
 pub mod tls;
+pub mod trace;
 pub mod uri;
 pub mod watchdog;
 pub mod wire;

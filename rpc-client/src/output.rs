@@ -136,9 +136,9 @@ pub fn write_body(out: &mut dyn Write, body: &[u8]) -> io::Result<()> {
 
 /// Writes `reply` as one line of JSON:
 /// `{"body": …, "encoding": "utf-8"|"base64", "content_type": …|null, "headers": {…},
-/// "server": …|null, "elapsed_ms": 1.234}`, the body as a string if it is UTF-8, in base64
+/// "server": …|null, "trace_id": "<32 hex digits>", "elapsed_ms": 1.234}`, the body as a string if it is UTF-8, in base64
 /// otherwise, header values as text ([`wire::header_text`]). With `error` (the reply's
-/// [`Error::Server`]): `{"error": {"code": …, "message": …}, "server": …, "elapsed_ms": …}`.
+/// [`Error::Server`]): `{"error": {"code": …, "message": …}, "server": …, "trace_id": …, "elapsed_ms": …}`.
 pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) -> io::Result<()> {
     let mut line = String::with_capacity(reply.body.len() + 128);
     line.push('{');
@@ -181,7 +181,8 @@ pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) 
     line.push_str(", \"server\": ");
     push_optional(&mut line, reply.server.as_deref());
     line.push_str(&format!(
-        ", \"elapsed_ms\": {:.3}}}\n",
+        ", \"trace_id\": \"{}\", \"elapsed_ms\": {:.3}}}\n",
+        reply.trace.trace_id,
         reply.elapsed.as_secs_f64() * 1e3
     ));
     out.write_all(line.as_bytes())
@@ -242,6 +243,11 @@ mod tests {
             properties,
             server: Some("s\"1".into()),
             elapsed: Duration::from_micros(1234),
+            trace: crate::trace::TraceContext::parse(
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                None,
+            )
+            .expect("valid"),
         }
     }
 
@@ -272,12 +278,13 @@ mod tests {
             json_line(&reply(b"h\xc3\xa9\n", properties)),
             "{\"body\": \"h\u{e9}\\n\", \"encoding\": \"utf-8\", \"content_type\": \"text/plain\", \
              \"headers\": {\"n\": \"-2\", \"x-rpc-server\": \"s\\\"1\"}, \"server\": \"s\\\"1\", \
-             \"elapsed_ms\": 1.234}\n"
+             \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \"elapsed_ms\": 1.234}\n"
         );
         assert_eq!(
             json_line(&reply(b"\xff\xfe\x00", AmqpProperties::default())),
             "{\"body\": \"//4A\", \"encoding\": \"base64\", \"content_type\": null, \
-             \"headers\": {}, \"server\": \"s\\\"1\", \"elapsed_ms\": 1.234}\n"
+             \"headers\": {}, \"server\": \"s\\\"1\", \
+             \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \"elapsed_ms\": 1.234}\n"
         );
     }
 
@@ -289,7 +296,8 @@ mod tests {
         assert_eq!(
             json_line(&r),
             "{\"error\": {\"code\": \"bad-request\", \"message\": \"no??[31m\"}, \
-             \"server\": null, \"elapsed_ms\": 1.234}\n"
+             \"server\": null, \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \
+             \"elapsed_ms\": 1.234}\n"
         );
     }
 

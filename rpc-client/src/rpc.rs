@@ -35,6 +35,7 @@
 use crate::error::Error;
 use crate::reconnect::Reconnect;
 use crate::session::{Event, Session, CONFIRM_PATIENCE};
+use crate::trace::TraceContext;
 use crate::uri::BrokerOptions;
 use crate::wire;
 use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable, Return};
@@ -112,6 +113,10 @@ pub struct RpcRequest {
     /// Headers, sent as AMQP long strings; names are at most [`MAX_SHORT_STRING`] bytes and
     /// not empty. Of two headers with the same name, the last one is sent.
     pub headers: Vec<(String, String)>,
+    /// The parent trace context: each call is sent as a new span of it (a child, with the
+    /// parent's trace id, flags and `tracestate`), or, without one, as the root of a new
+    /// trace. Its `traceparent` (and `tracestate`) replace any given in `headers`.
+    pub trace: Option<TraceContext>,
 }
 
 impl RpcRequest {
@@ -132,6 +137,12 @@ impl RpcRequest {
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> RpcRequest {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the parent trace context (see [`RpcRequest::trace`]).
+    pub fn with_parent(mut self, parent: Option<TraceContext>) -> RpcRequest {
+        self.trace = parent;
         self
     }
 
@@ -161,20 +172,23 @@ impl RpcRequest {
         Ok(())
     }
 
-    /// The AMQP properties of this request, on top of `properties` (where to reply, which call).
-    pub(crate) fn properties(&self, mut properties: AmqpProperties) -> AmqpProperties {
+    /// The AMQP properties of this request sent as the span `trace`, on top of `properties`
+    /// (where to reply, which call).
+    pub(crate) fn properties(
+        &self,
+        mut properties: AmqpProperties,
+        trace: &TraceContext,
+    ) -> AmqpProperties {
         if let Some(content_type) = &self.content_type {
             properties = properties.with_content_type(content_type.clone());
         }
-        if !self.headers.is_empty() {
-            let headers: FieldTable = self
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), AmqpValue::LongString(value.clone())))
-                .collect();
-            properties = properties.with_headers(headers);
-        }
-        properties
+        let mut headers: FieldTable = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), AmqpValue::LongString(value.clone())))
+            .collect();
+        wire::insert_trace(&mut headers, trace);
+        properties.with_headers(headers)
     }
 }
 
@@ -189,6 +203,9 @@ pub struct RpcReply {
     pub server: Option<String>,
     /// From publishing the request to receiving the reply.
     pub elapsed: Duration,
+    /// The trace context the request was sent with (the call's span): its trace id is the
+    /// one the server logs and puts on its reply.
+    pub trace: TraceContext,
 }
 
 /// The headers of a message without any.
@@ -259,6 +276,8 @@ struct Pending<T, R> {
     nacks: u32,
     /// How often it went unconfirmed for [`CONFIRM_PATIENCE`] and was sent again.
     overdue: u32,
+    /// Its span: the same on every sending.
+    trace: TraceContext,
 }
 
 /// The first wait before re-sending a request the broker refused; it doubles per refusal of
@@ -461,6 +480,7 @@ impl RpcClient {
                 request.borrow().check()?;
                 let started = Instant::now();
                 let id = Uuid::new_v4().to_string();
+                let trace = TraceContext::child_of(request.borrow().trace.as_ref());
                 order.push_back((started + self.timeout, id.clone()));
                 to_send.push_back(id.clone());
                 calls.insert(
@@ -474,6 +494,7 @@ impl RpcClient {
                         seq: None,
                         nacks: 0,
                         overdue: 0,
+                        trace,
                     },
                 );
             }
@@ -556,7 +577,13 @@ impl RpcClient {
                 if remaining.is_zero() {
                     continue; // it times out below
                 }
-                match session.publish(&self.queue, call.request.borrow(), &id, remaining) {
+                match session.publish(
+                    &self.queue,
+                    call.request.borrow(),
+                    &call.trace,
+                    &id,
+                    remaining,
+                ) {
                     Ok(seq) => call.seq = Some(seq),
                     Err(err) if err.is_connection_loss() => {
                         to_send.push_front(id);
@@ -590,7 +617,10 @@ impl RpcClient {
                     if let Some(seq) = call.seq {
                         session.answered(seq);
                     }
-                    let reply = finish(delivery, call.started, || describe(call.index, &call.tag));
+                    let trace = call.trace.clone();
+                    let reply = finish(delivery, call.started, trace, || {
+                        describe(call.index, &call.tag)
+                    });
                     (call, Ok(reply))
                 }
                 Ok(Event::Returned(returned)) => {
@@ -861,20 +891,29 @@ impl RpcClient {
 
 /// Turns the reply to our call into an [`RpcReply`], taking its body and properties as they
 /// are. `describe` names the call in the log.
-fn finish(delivery: Delivery, started: Instant, describe: impl FnOnce() -> String) -> RpcReply {
+fn finish(
+    delivery: Delivery,
+    started: Instant,
+    trace: TraceContext,
+    describe: impl FnOnce() -> String,
+) -> RpcReply {
     let elapsed = started.elapsed();
     let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
     log::info!(
-        "{} answered by {} in {:.2} ms",
+        trace_id:display = trace.trace_id,
+        duration_ms = elapsed.as_secs_f64() * 1e3;
+        "{} answered by {} in {:.2} ms, trace {}",
         describe(),
         server.as_deref().unwrap_or("a server without a name"),
-        elapsed.as_secs_f64() * 1e3
+        elapsed.as_secs_f64() * 1e3,
+        trace.trace_id
     );
     RpcReply {
         body: delivery.body,
         properties: delivery.properties,
         server,
         elapsed,
+        trace,
     }
 }
 

@@ -14,6 +14,7 @@
 use crate::connection::{open_first, Link};
 use crate::error::Error;
 use crate::rpc::{RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
+use crate::trace::TraceContext;
 use crate::uri::BrokerOptions;
 use crate::{consume, wire, ReplyQueue};
 use amiquip::{
@@ -219,22 +220,22 @@ impl Session {
         self.broker
     }
 
-    /// Publishes `request` to `queue` as the call `correlation_id` whose caller waits
+    /// Publishes `request` to `queue` as the call `correlation_id`, span `trace`, whose caller waits
     /// `remaining` more (its `expiration`); returns its publish sequence number. Fails at once
     /// while the broker blocks our publishers; the publish itself waits at most `remaining`.
     pub fn publish(
         &mut self,
         queue: &str,
         request: &RpcRequest,
+        trace: &TraceContext,
         correlation_id: &str,
         remaining: Duration,
     ) -> Result<u64, Error> {
         self.check_blocked()?;
-        let properties = request.properties(wire::request_properties_with_deadline(
-            &self.reply_queue,
-            correlation_id,
-            remaining,
-        ));
+        let properties = request.properties(
+            wire::request_properties_with_deadline(&self.reply_queue, correlation_id, remaining),
+            trace,
+        );
         let mut publish = Publish::with_properties(&request.body, queue, properties);
         publish.mandatory = true;
         let channel = &self.channel;

@@ -8,11 +8,14 @@
 //! - Additions that tutorial peers ignore: an error reply carries the header [`ERROR_HEADER`]
 //!   (a code from [`ErrorCode`]) and a one-line UTF-8 message as its body; every reply of ours
 //!   carries [`SERVER_HEADER`] naming the server that answered.
+//! - W3C trace context ([`crate::trace`]): our requests carry `traceparent` (and `tracestate`
+//!   when there is one); our replies carry the server span's `traceparent`, same trace id.
 //!
 //! Both crates use this module, so the contract is written down once.
 
 use crate::error::Error;
 pub use crate::text::{printable, MAX_PRINTABLE};
+pub use crate::trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -247,7 +250,21 @@ pub fn reply_properties(
     server: &str,
     error: Option<ErrorCode>,
 ) -> AmqpProperties {
+    traced_reply_properties(correlation_id, server, error, None)
+}
+
+/// [`reply_properties`] with the `traceparent` (and `tracestate`) of the server's span
+/// `trace`.
+pub fn traced_reply_properties(
+    correlation_id: Option<&str>,
+    server: &str,
+    error: Option<ErrorCode>,
+    trace: Option<&TraceContext>,
+) -> AmqpProperties {
     let mut headers = FieldTable::new();
+    if let Some(trace) = trace {
+        insert_trace(&mut headers, trace);
+    }
     headers.insert(
         SERVER_HEADER.to_string(),
         AmqpValue::LongString(server.to_string()),
@@ -263,6 +280,36 @@ pub fn reply_properties(
         Some(id) => properties.with_correlation_id(id.to_string()),
         None => properties,
     }
+}
+
+/// Puts the span `trace` into `headers`: its `traceparent`, and its `tracestate` if it has
+/// one (else any `tracestate` there is removed, as it would belong to another context).
+pub fn insert_trace(headers: &mut FieldTable, trace: &TraceContext) {
+    headers.insert(
+        TRACEPARENT_HEADER.to_string(),
+        AmqpValue::LongString(trace.traceparent()),
+    );
+    match &trace.state {
+        Some(state) => {
+            headers.insert(
+                TRACESTATE_HEADER.to_string(),
+                AmqpValue::LongString(state.clone()),
+            );
+        }
+        None if headers.len() > 1 => {
+            headers.remove(TRACESTATE_HEADER);
+        }
+        None => {}
+    }
+}
+
+/// The trace context a message carries in its `traceparent` and `tracestate` headers; `None`
+/// when it has no valid `traceparent` (a malformed one counts as absent).
+pub fn trace_context(properties: &AmqpProperties) -> Option<TraceContext> {
+    TraceContext::parse(
+        header(properties, TRACEPARENT_HEADER),
+        header(properties, TRACESTATE_HEADER),
+    )
 }
 
 /// A string header of a message, if present.

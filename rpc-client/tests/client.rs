@@ -934,7 +934,11 @@ fn binary_call_json_describes_each_reply() {
         "{shown}"
     );
     assert!(
-        matches!(lines[2], Json::Obj(ref fields) if fields.len() == 3),
+        matches!(lines[2].get("trace_id"), Json::Str(id) if id.len() == 32),
+        "{shown}"
+    );
+    assert!(
+        matches!(lines[2], Json::Obj(ref fields) if fields.len() == 4),
         "{shown}"
     );
 

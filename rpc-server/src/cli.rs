@@ -201,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let (level, requests) = cli.log_levels();
     logging::init(
         level,
+        cli.common.log.log_format,
         &[
             ("rpc_client", level),
             ("rpc_server", level),

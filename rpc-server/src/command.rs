@@ -23,8 +23,9 @@
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
 //!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`],
-//!   [`ENV_CONTENT_TYPE`] and the trace context ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]) when
-//!   present.
+//!   [`ENV_CONTENT_TYPE`] and the trace context of the server's span ([`ENV_TRACEPARENT`],
+//!   [`ENV_TRACESTATE`]): same trace as the request's `traceparent` (a new one when it has
+//!   none, or a malformed one), the server's span as the parent.
 //!
 //! ```no_run
 //! use rpc_server::command::{CommandHandler, CommandOptions};
@@ -39,7 +40,7 @@
 //! ```
 
 use crate::error::Error;
-use crate::handler::{Handler, Reply, Request, REQUEST_LOG};
+use crate::handler::{Handler, Reply, Request};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -62,10 +63,12 @@ pub const COMMAND_LOG: &str = "rpc_server::command";
 pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
 /// The request's `content_type`.
 pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
-/// The request's `traceparent` header (W3C trace context), under the name OpenTelemetry uses
-/// for environment variables.
+/// The `traceparent` (W3C trace context) of the server's span of the request, under the name
+/// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
+/// never a request's header as received.
 pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
-/// The request's `tracestate` header (W3C trace context).
+/// The request's `tracestate` header (W3C trace context), when valid and with a valid
+/// `traceparent`.
 pub const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Environment variables of the server the command does not get: they hold broker
@@ -178,11 +181,12 @@ impl CommandHandler {
             command.env_remove(name);
         }
         let properties = request.properties;
+        let traceparent = request.trace.traceparent();
         let values = [
             (ENV_CORRELATION_ID, properties.correlation_id().as_deref()),
             (ENV_CONTENT_TYPE, properties.content_type().as_deref()),
-            (ENV_TRACEPARENT, request.header("traceparent")),
-            (ENV_TRACESTATE, request.header("tracestate")),
+            (ENV_TRACEPARENT, Some(traceparent.as_str())),
+            (ENV_TRACESTATE, request.trace.state.as_deref()),
         ];
         for (name, value) in values {
             match value {
@@ -262,14 +266,24 @@ impl CommandHandler {
         end_orphans();
         let stderr = run.errors.finish();
         let stderr = stderr.map_or_else(String::new, |line| format!(": {line}"));
-        log::info!(
-            target: REQUEST_LOG,
-            " [.] {}: {}, {} bytes in, {} bytes out, {:.1} ms",
-            self.shown,
-            ended,
-            request.body.len(),
-            run.output.len(),
-            started.elapsed().as_secs_f64() * 1e3
+        let took = started.elapsed();
+        let error = match ended {
+            Ended::Exited(status) if status.success() => None,
+            Ended::Exited(_) | Ended::Lost(_) => Some(ErrorCode::ExecFailed),
+            Ended::TimedOut => Some(ErrorCode::ExecTimeout),
+            Ended::TooMuchOutput => Some(ErrorCode::TooLarge),
+        };
+        request.log(
+            format_args!(
+                " [.] {}: {}, {} bytes in, {} bytes out, {:.1} ms",
+                self.shown,
+                ended,
+                request.body.len(),
+                run.output.len(),
+                took.as_secs_f64() * 1e3
+            ),
+            error,
+            took,
         );
         match ended {
             Ended::Exited(status) if status.success() => Ok(std::mem::take(&mut run.output)),
@@ -1025,6 +1039,7 @@ fn executable(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+    use rpc_client::trace::TraceContext;
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());
@@ -1040,6 +1055,7 @@ mod tests {
         handler.handle(&Request {
             body,
             properties: &properties,
+            trace: &TraceContext::new_trace(),
         })
     }
 
@@ -1096,6 +1112,7 @@ mod tests {
         let mut options = CommandOptions::new("yes", Vec::<String>::new());
         options.max_reply_bytes = 100_000;
         let reply = CommandHandler::new(options).expect("yes").handle(&Request {
+            trace: &TraceContext::new_trace(),
             body: b"",
             properties: &AmqpProperties::default(),
         });
@@ -1125,16 +1142,24 @@ mod tests {
             "traceparent".into(),
             AmqpValue::LongString("00-abc-def-01".into()),
         );
+        headers.insert("tracestate".into(), AmqpValue::LongString("a=1".into()));
         let properties = AmqpProperties::default()
             .with_correlation_id("id-7".into())
             .with_headers(headers);
-        let script =
-            "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|${AMQP_PASSWORD-unset}\"";
+        let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|\
+                      ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
+        // The malformed traceparent counts as absent (its tracestate with it): the command
+        // gets the server's span of a new trace, never the header as received.
+        let trace = crate::workers::server_span(&properties);
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
             properties: &properties,
+            trace: &trace,
         });
-        assert_eq!(message(&reply), "id-7||00-abc-def-01|unset\n");
+        assert_eq!(
+            message(&reply),
+            format!("id-7||{}|unset|unset\n", trace.traceparent())
+        );
     }
 
     #[test]
@@ -1148,6 +1173,7 @@ mod tests {
         let mut options = CommandOptions::new("cat", Vec::<String>::new());
         options.max_request_bytes = 4;
         let reply = CommandHandler::new(options).expect("cat").handle(&Request {
+            trace: &TraceContext::new_trace(),
             body: b"12345",
             properties: &AmqpProperties::default(),
         });

@@ -16,7 +16,9 @@
 
 use crate::fib;
 use amiquip::AmqpProperties;
+use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, ErrorCode};
+use std::time::{Duration, Instant};
 
 /// Log target of the one line per request (` [.] fib(30)`), so it can be turned off alone:
 /// at high request rates writing it is a large share of the server's own CPU time.
@@ -32,12 +34,39 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The request's AMQP properties (`correlation_id`, `content_type`, `headers`, …).
     pub properties: &'a AmqpProperties,
+    /// The server's span of this request: a child of the request's `traceparent`, or the root
+    /// of a new trace when it has none (or a malformed one). Its `traceparent` goes on the
+    /// reply.
+    pub trace: &'a TraceContext,
 }
 
 impl Request<'_> {
     /// A string header of the request, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         wire::header(self.properties, name)
+    }
+
+    /// Writes the per-request line ([`REQUEST_LOG`], info): `message` and the trace id, and,
+    /// as fields of a JSON line, the correlation id (printable), trace id, `outcome`
+    /// (`answered`, or the error code) and `duration_ms` (`took`).
+    pub fn log(&self, message: std::fmt::Arguments<'_>, error: Option<ErrorCode>, took: Duration) {
+        if !log::log_enabled!(target: REQUEST_LOG, log::Level::Info) {
+            return;
+        }
+        let correlation_id = self
+            .properties
+            .correlation_id()
+            .as_deref()
+            .map(wire::printable);
+        log::info!(
+            target: REQUEST_LOG,
+            correlation_id = correlation_id.as_deref().unwrap_or(""),
+            trace_id:% = self.trace.trace_id,
+            outcome = error.map_or("answered", ErrorCode::as_str),
+            duration_ms = took.as_secs_f64() * 1e3;
+            "{message} (trace {})",
+            self.trace.trace_id
+        );
     }
 }
 
@@ -117,7 +146,11 @@ pub struct Fibonacci {
 
 impl Handler for Fibonacci {
     fn handle(&self, request: &Request<'_>) -> Reply {
-        let (body, error) = fib_reply(request.body, self.max_n, self.max_reply_bytes);
+        let started = Instant::now();
+        let (n, body, error) = fib_answer(request.body, self.max_n, self.max_reply_bytes);
+        if let Some(n) = n {
+            request.log(format_args!(" [.] fib({n})"), error, started.elapsed());
+        }
         Reply {
             body,
             content_type: None,
@@ -135,16 +168,25 @@ impl Handler for Fibonacci {
 /// answered, never an error of the server. A reply too large for the broker is never sent: it
 /// would close the channel and bring the request back again and again.
 pub fn fib_reply(body: &[u8], max_n: u64, max_reply_bytes: usize) -> (Vec<u8>, Option<ErrorCode>) {
+    let (_, body, error) = fib_answer(body, max_n, max_reply_bytes);
+    (body, error)
+}
+
+/// [`fib_reply`], with n when the body is a valid request.
+fn fib_answer(
+    body: &[u8],
+    max_n: u64,
+    max_reply_bytes: usize,
+) -> (Option<u64>, Vec<u8>, Option<ErrorCode>) {
     let too_large = |n: u64, digits: String| {
         let message = format!(
             "fib({n}) has {digits} digits, above this server's reply limit of {max_reply_bytes} bytes"
         );
         log::warn!("refusing request: {message}");
-        (message.into_bytes(), Some(ErrorCode::TooLarge))
+        (Some(n), message.into_bytes(), Some(ErrorCode::TooLarge))
     };
     match wire::parse_request(body, max_n) {
         Ok(n) => {
-            log::info!(target: REQUEST_LOG, " [.] fib({n})");
             // Known too large before computing it (with a digit to spare for rounding).
             let estimate = n as f64 * LOG10_PHI;
             if estimate > max_reply_bytes as f64 + 1.0 {
@@ -152,12 +194,12 @@ pub fn fib_reply(body: &[u8], max_n: u64, max_reply_bytes: usize) -> (Vec<u8>, O
             }
             match fib::fib_decimal(n) {
                 value if value.len() > max_reply_bytes => too_large(n, value.len().to_string()),
-                value => (value.into_bytes(), None),
+                value => (Some(n), value.into_bytes(), None),
             }
         }
         Err(err) => {
             log::warn!("refusing request: {err}");
-            (err.message.into_bytes(), Some(err.code))
+            (None, err.message.into_bytes(), Some(err.code))
         }
     }
 }
@@ -192,6 +234,7 @@ mod tests {
         let request = Request {
             body: b"10",
             properties: &properties,
+            trace: &TraceContext::new_trace(),
         };
         let fib = Fibonacci {
             max_n: 100,

@@ -20,7 +20,7 @@ use crate::handler::{Fibonacci, Handler, Reply};
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
 use crate::redelivery::{self, Redeliveries, Verdict, MAX_DELIVERIES};
-use crate::workers::{Done, Workers};
+use crate::workers::{server_span, Done, Workers};
 use amiquip::{
     Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
     Delivery, Publish,
@@ -29,6 +29,7 @@ use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rpc_client::connection::{open_first, Link};
 use rpc_client::consume::consume;
 use rpc_client::reconnect::Reconnect;
+use rpc_client::trace::TraceContext;
 use rpc_client::watchdog::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
 use std::sync::Arc;
@@ -541,6 +542,7 @@ impl Server<'_> {
             delivery,
             reply,
             took,
+            trace,
         } = done;
         conn.longest_call = conn.longest_call.max(took);
         if generation != self.generation {
@@ -550,7 +552,7 @@ impl Server<'_> {
             );
             return Ok(());
         }
-        self.reply(conn, delivery, reply, true)
+        self.reply(conn, delivery, reply, Some(trace), true)
     }
 
     /// Waits (a round trip at most) for the confirms of the replies published so far, and
@@ -585,7 +587,7 @@ impl Server<'_> {
     ) -> Result<(), Error> {
         log::warn!("refusing a redelivered request: {why}");
         let reply = Reply::refuse(ErrorCode::Redelivered, why);
-        self.reply(conn, delivery, reply, false)
+        self.reply(conn, delivery, reply, None, false)
     }
 
     /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of
@@ -632,7 +634,8 @@ impl Server<'_> {
         }
     }
 
-    /// Publishes `reply` to the request `delivery`, which is acked once the broker confirms
+    /// Publishes `reply` to the request `delivery` with the `traceparent` of the server's
+    /// span `trace` (one is made here if not given), which is acked once the broker confirms
     /// the reply. If the broker refuses (nacks) it, the request goes back to the queue when
     /// `requeue_on_nack`, else it is acked all the same. A reply over the server's limit
     /// becomes a `too-large` error reply: the broker would refuse it.
@@ -641,6 +644,7 @@ impl Server<'_> {
         conn: &mut Conn<'_>,
         delivery: Delivery,
         mut reply: Reply,
+        trace: Option<TraceContext>,
         requeue_on_nack: bool,
     ) -> Result<(), Error> {
         let Some(reply_to) = delivery.properties.reply_to().as_deref() else {
@@ -655,10 +659,12 @@ impl Server<'_> {
             log::warn!("refusing request: {message}");
             reply = Reply::refuse(ErrorCode::TooLarge, &message);
         }
-        let mut properties = wire::reply_properties(
+        let trace = trace.unwrap_or_else(|| server_span(&delivery.properties));
+        let mut properties = wire::traced_reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &self.options.name,
             reply.error,
+            Some(&trace),
         );
         if let Some(content_type) = reply.content_type {
             properties = properties.with_content_type(content_type);

@@ -7,9 +7,10 @@
 //! thread.
 
 use crate::handler::{Handler, Reply, Request};
-use amiquip::Delivery;
+use amiquip::{AmqpProperties, Delivery};
 use crossbeam_channel::{Receiver, Sender};
-use rpc_client::wire::ErrorCode;
+use rpc_client::trace::TraceContext;
+use rpc_client::wire::{self, ErrorCode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub struct Done {
     pub reply: Reply,
     /// How long the handler took.
     pub took: Duration,
+    /// The server's span of the request (see [`Request::trace`]).
+    pub trace: TraceContext,
 }
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
@@ -72,12 +75,13 @@ impl Workers {
                     } in queue
                     {
                         let started = Instant::now();
-                        let reply = handle(handler.as_ref(), &delivery);
+                        let (reply, trace) = handle(handler.as_ref(), &delivery);
                         let done = Done {
                             generation,
                             delivery,
                             reply,
                             took: started.elapsed(),
+                            trace,
                         };
                         if finished.send(done).is_err() {
                             break;
@@ -117,12 +121,13 @@ impl Workers {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
             let started = Instant::now();
-            let reply = handle(handler.as_ref(), &delivery);
+            let (reply, trace) = handle(handler.as_ref(), &delivery);
             return Some(Done {
                 generation,
                 delivery,
                 reply,
                 took: started.elapsed(),
+                trace,
             });
         }
         self.busy += 1;
@@ -146,17 +151,27 @@ impl Workers {
     }
 }
 
-/// The handler's reply to `delivery`; a panic becomes an `internal` error reply.
-fn handle(handler: &dyn Handler, delivery: &Delivery) -> Reply {
+/// The handler's reply to `delivery`, and the server's span of it; a panic becomes an
+/// `internal` error reply.
+fn handle(handler: &dyn Handler, delivery: &Delivery) -> (Reply, TraceContext) {
+    let trace = server_span(&delivery.properties);
     let request = Request {
         body: &delivery.body,
         properties: &delivery.properties,
+        trace: &trace,
     };
-    catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
+    let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
         log::error!("the handler panicked; answering with an internal error reply");
         Reply::refuse(
             ErrorCode::Internal,
             "the server failed while handling the request",
         )
-    })
+    });
+    (reply, trace)
+}
+
+/// The server's span of a request with `properties`: a child of its trace context, or the
+/// root of a new trace when it has none or a malformed one (which is never passed on).
+pub fn server_span(properties: &AmqpProperties) -> TraceContext {
+    TraceContext::child_of(wire::trace_context(properties).as_ref())
 }

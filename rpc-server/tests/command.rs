@@ -10,6 +10,7 @@ mod common;
 use common::server::ServerProc;
 use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::trace::TraceContext;
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -218,12 +219,12 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
             script,
         ],
     );
-    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let reply = served
         .call(
             RpcRequest::new("")
                 .with_content_type("text/plain")
-                .with_header("traceparent", traceparent),
+                .with_parent(TraceContext::parse(Some(parent), None)),
         )
         .expect("call");
     let id = reply
@@ -231,6 +232,10 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
         .correlation_id()
         .clone()
         .expect("correlation id");
+    // The command's parent is the server's span: the reply's traceparent, in the caller's
+    // trace.
+    let traceparent = reply.header("traceparent").expect("reply traceparent");
+    assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
     assert_eq!(
         text(&reply),
         format!("{id}|text/plain|{traceparent}|unset\n")
@@ -316,8 +321,14 @@ fn a_missing_program_exits_2_at_once() {
 
 /// `rpc-client --queue QUEUE ARGS...` on the test broker, with `stdin`.
 fn rpc_client(queue: &str, args: &[&str], stdin: &[u8]) -> Output {
+    rpc_client_env(queue, args, stdin, &[])
+}
+
+/// [`rpc_client`] with `env` added to its environment.
+fn rpc_client_env(queue: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let broker = testing::broker();
     let mut child = Command::new(rpc_client_bin())
+        .envs(env.iter().copied())
         .args(["--host", &broker.host, "--port", &broker.port.to_string()])
         .args(["--vhost", &broker.vhost, "--user", &broker.user])
         .args(["--queue", queue, "--timeout", "20"])
@@ -722,4 +733,92 @@ fn a_bad_password_file_is_a_one_line_error_exit_2_in_both_binaries() {
         );
     }
     let _ = std::fs::remove_file(&empty);
+}
+
+/// Each line of `stderr` as a JSON object with the fields every line has.
+fn json_log_lines(stderr: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    stderr
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            let object = value.as_object().expect("an object").clone();
+            for field in ["timestamp", "level", "target", "message"] {
+                assert!(object[field].is_string(), "{field} in {line}");
+            }
+            let timestamp = object["timestamp"].as_str().unwrap_or("");
+            // RFC 3339, UTC: 2026-12-02T10:00:00.123456Z
+            assert!(
+                timestamp.len() >= 20 && &timestamp[10..11] == "T" && timestamp.ends_with('Z'),
+                "{timestamp}"
+            );
+            object
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_and_the_trace_from_rpc_clients_environment() {
+    let served = Served::start(
+        "cmd-json",
+        &[
+            "--log-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$TRACEPARENT\"",
+        ],
+    );
+    let queue = served.queue.name().to_string();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let out = rpc_client_env(
+        &queue,
+        &["-v", "call", "--json", "x"],
+        b"",
+        &[
+            ("TRACEPARENT", parent),
+            ("TRACESTATE", "rojo=00f067aa0ba902b7"),
+            ("RPC_LOG_FORMAT", "json"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let server_log = served.server.log_text();
+    let shown = served.stop();
+    assert!(out.status.success(), "{stderr}\n{shown}");
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    // stdout: the reply (the command's TRACEPARENT: the server's span, in our trace) and the
+    // call's trace id.
+    let reply: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("call --json is JSON");
+    assert_eq!(reply["trace_id"], trace_id, "{reply}");
+    let body = reply["body"].as_str().expect("body");
+    assert!(body.starts_with(&parent[..36]) && body != parent, "{body}");
+    assert_eq!(reply["headers"]["traceparent"], body, "{reply}");
+    assert_eq!(reply["headers"]["tracestate"], "rojo=00f067aa0ba902b7");
+    // The client's log (JSON, -v): the call's line has the trace id.
+    let client_lines = json_log_lines(&stderr);
+    assert!(
+        client_lines
+            .iter()
+            .any(|l| l.get("trace_id").and_then(|v| v.as_str()) == Some(trace_id)),
+        "{stderr}"
+    );
+    // The server's log: every line JSON; the per-request line has its fields.
+    let server_lines = json_log_lines(&server_log);
+    let request = server_lines
+        .iter()
+        .find(|l| l["target"] == "rpc_server::request")
+        .unwrap_or_else(|| panic!("no per-request line\n{server_log}"));
+    assert_eq!(request["trace_id"], trace_id, "{request:?}");
+    assert_eq!(request["outcome"], "answered", "{request:?}");
+    assert!(request["duration_ms"].as_f64().is_some(), "{request:?}");
+    assert!(
+        request["correlation_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{request:?}"
+    );
+    let password = format!(":{}@", testing::broker().password);
+    assert!(!stderr.contains(&password) && !server_log.contains(&password));
 }

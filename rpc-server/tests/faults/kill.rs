@@ -57,7 +57,7 @@ fn run(sc: &mut Scenario) {
         by_a_after - by_a_at_kill
     ));
     sc.check(by_b > 0, || "kill9-b answered nothing".into());
-    // Requests kill9-a started (logged) but never answered: the one in its hands when it died,
+    // Requests kill9-a handled (logged) but never answered: the one in its hands when it died,
     // answered by kill9-b after the broker redelivered it. (0 when the kill fell between two
     // requests, or between a reply and its ack: then kill9-b answers it again, and the client
     // discards that second reply.)
