@@ -1,6 +1,8 @@
 //! 11. The `--metrics-addr` endpoint under broker faults (`/readyz`, `/metrics`).
 //!    - While consuming, `/readyz` is 200 and the answered counter moves by exactly the calls
 //!      made.
+//!    - A scraper holding every connection the endpoint allows, sending nothing: one more is
+//!      answered 503 at once, calls are answered, scrapes work again once they are gone.
 //!    - A memory alarm: a scrape answers within 1 s, and `/readyz` is 503 once the broker
 //!      blocks the server's publishes; 200 again once the alarm ends.
 //!    - The broker application stopped (`stop_app`): `/readyz` is 503 within two heartbeats,
@@ -15,7 +17,8 @@ use crate::{client_options, logs, Def, Scenario};
 use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{wire, FibonacciRpcClient};
-use std::net::SocketAddr;
+use rpc_server::http::MAX_CONNECTIONS;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -84,11 +87,36 @@ fn run(sc: &mut Scenario) {
             Duration::from_secs(10) + GRACE,
         ));
     }
-    let _ = client.close();
     let after = sample(&scrape(), ANSWERED).unwrap_or(-1.0);
     sc.check(after - before == CALLS as f64, || {
         format!("answered went from {before} to {after} for {CALLS} calls")
     });
+
+    // A hostile scraper holding every connection it may have, sending nothing: one more is
+    // turned away at once, calls go on, and a scrape works again once they are gone.
+    let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(addr).expect("connect to the endpoint"))
+        .collect();
+    let turned_away = testing::wait_until("a connection over the limit turned away", HTTP_TIMEOUT, || {
+        Ok(status("/metrics") == Ok(503))
+    });
+    sc.check(turned_away.is_ok(), || turned_away.err().unwrap_or_default());
+    let started = Instant::now();
+    let result = client.call(30);
+    let right = result.as_deref().ok() == Some(crate::common::expected(30).as_str());
+    sc.record(&Call::new(
+        30,
+        if right { Outcome::Right } else { Outcome::Wrong },
+        format!("{result:?}"),
+        started,
+        Duration::from_secs(10) + GRACE,
+    ));
+    drop(idle);
+    let back = testing::wait_until("a scrape after the idle connections closed", HTTP_TIMEOUT, || {
+        Ok(status("/metrics") == Ok(200))
+    });
+    sc.check(back.is_ok(), || back.err().unwrap_or_default());
+    let _ = client.close();
 
     // A memory alarm: scrapes stay fast. The broker blocks a connection (and tells it so)
     // only when it publishes: a request held in a queue with a TTL, dead-lettered into the
