@@ -371,6 +371,21 @@ impl Meter {
             m.set_phase(Phase::Stopped);
         }
     }
+
+    /// Calls [`Meter::stopped`] when dropped: however the consume loop returns.
+    pub fn stopped_on_drop(&self) -> StoppedOnDrop {
+        StoppedOnDrop(self.clone())
+    }
+}
+
+/// See [`Meter::stopped_on_drop`].
+#[derive(Debug)]
+pub struct StoppedOnDrop(Meter);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
 }
 
 impl Metrics {

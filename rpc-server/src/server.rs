@@ -118,61 +118,53 @@ pub fn serve(
         redeliveries: Redeliveries::default(),
         meter: Meter::new(options.metrics.clone()),
     };
-    let served = server.serve_all();
-    server.meter.stopped();
-    served
-}
-
-impl Server<'_> {
-    /// Connects and serves until a stop or a failure it does not retry (see [`serve`]).
-    fn serve_all(&mut self) -> Result<Stats, Error> {
-        let server = self;
-        loop {
-            let err = match server.serve() {
-                Ok(()) => return Ok(server.stats),
-                Err(err) if server.stopping => return Err(Error::UncleanStop(Box::new(err))),
-                Err(err) => match err.refusal() {
-                    Some(hint) => {
-                        return Err(Error::Refused {
-                            hint,
-                            cause: Box::new(err),
-                        })
-                    }
-                    None => err,
-                },
+    // /healthz turns 503 however this returns.
+    let _stopped = server.meter.stopped_on_drop();
+    loop {
+        let err = match server.serve() {
+            Ok(()) => return Ok(server.stats),
+            Err(err) if server.stopping => return Err(Error::UncleanStop(Box::new(err))),
+            Err(err) => match err.refusal() {
+                Some(hint) => {
+                    return Err(Error::Refused {
+                        hint,
+                        cause: Box::new(err),
+                    })
+                }
+                None => err,
+            },
+        };
+        let consumer_timeout = err.consumer_timeout();
+        if !err.channel_closed() && consumer_timeout.is_none() {
+            // Lost with the connection (a node down, a cut link): not the requests' doing.
+            server.redeliveries.forget_started();
+        }
+        if let Some(words) = consumer_timeout {
+            let knob = if server.long_calls {
+                "--exec-timeout"
+            } else {
+                "--max-n"
             };
-            let consumer_timeout = err.consumer_timeout();
-            if !err.channel_closed() && consumer_timeout.is_none() {
-                // Lost with the connection (a node down, a cut link): not the requests' doing.
-                server.redeliveries.forget_started();
-            }
-            if let Some(words) = consumer_timeout {
-                let knob = if server.long_calls {
-                    "--exec-timeout"
-                } else {
-                    "--max-n"
-                };
-                log::error!(
-                    "consumer timeout ({words}): a request took longer than the broker's consumer \
+            log::error!(
+                "consumer timeout ({words}): a request took longer than the broker's consumer \
                  timeout (raise consumer_timeout on the broker, or the queue's \
                  x-consumer-timeout, or lower {knob}); the request comes back and is then \
                  answered with a 'redelivered' error reply"
-                );
-            }
-            let Some(delay) = server.reconnect.failed() else {
-                return Err(err);
-            };
-            log::warn!(
-                "{err}; reconnecting in {:.1}s (attempt {})",
-                delay.as_secs_f64(),
-                server.reconnect.failures()
             );
-            server.stats.reconnects += 1;
-            server.meter.disconnected(true);
-            match server.shutdown.recv_timeout(delay) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(server.stats),
-            }
+        }
+        let Some(delay) = server.reconnect.failed() else {
+            return Err(err);
+        };
+        log::warn!(
+            "{err}; reconnecting in {:.1}s (attempt {})",
+            delay.as_secs_f64(),
+            server.reconnect.failures()
+        );
+        server.stats.reconnects += 1;
+        server.meter.disconnected(true);
+        match server.shutdown.recv_timeout(delay) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(server.stats),
         }
     }
 }
