@@ -5,6 +5,8 @@ use crate::command::{
 };
 use crate::error::{exit_code, Error};
 use crate::handler::{Fibonacci, Handler, REQUEST_LOG};
+use crate::http::Endpoint;
+use crate::metrics::Metrics;
 use crate::options::{
     default_name, QueueType, ServerOptions, DEFAULT_MAX_N, DEFAULT_MAX_REPLY_BYTES,
 };
@@ -120,6 +122,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub max_backoff: Duration,
 
+    /// Serve Prometheus metrics (GET /metrics), liveness (GET /healthz) and readiness (GET
+    /// /readyz: 200 only while consuming) over HTTP on HOST:PORT, e.g. 127.0.0.1:9464 or
+    /// [::]:9464 [default: off].
+    #[arg(long, value_name = "HOST:PORT", env = "RPC_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -157,6 +165,7 @@ impl Cli {
             max_retries: self.max_retries,
             max_backoff: self.max_backoff,
             confirm_replies: self.confirm_replies,
+            metrics: None,
         })
     }
 
@@ -209,7 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             (COMMAND_LOG, level),
         ],
     );
-    let options = cli.to_options()?;
+    let mut options = cli.to_options()?;
     if cli.command.is_empty() && std::env::args_os().skip(1).any(|arg| arg == "--") {
         // A wrapper passing an empty "$@" must not start a Fibonacci server by mistake.
         return Err(Error::Config(
@@ -223,6 +232,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Whatever a command starts is this process's to end, and its /proc files are closed
         // to the commands (see `command::contain`).
         command::contain()?;
+    }
+    if let Some(addr) = &cli.metrics_addr {
+        let metrics = Arc::new(Metrics::new());
+        let endpoint = Endpoint::start(addr, Arc::clone(&metrics))?;
+        log::info!(
+            "metrics on http://{}/metrics (probes: /healthz, /readyz)",
+            endpoint.addr()
+        );
+        options.metrics = Some(metrics);
     }
     let stop_bound = STOP_BOUND + handler.time_limit().unwrap_or_default();
     let (stop, shutdown) = crossbeam_channel::bounded(1);

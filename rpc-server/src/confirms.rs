@@ -8,6 +8,7 @@
 //! its `max_message_size`) is never confirmed, so its request comes back and is recognised.
 
 use amiquip::Confirm;
+use rpc_client::wire::ErrorCode;
 use std::collections::VecDeque;
 
 /// What a reply was.
@@ -15,8 +16,8 @@ use std::collections::VecDeque;
 pub enum ReplyKind {
     /// A result.
     Answer,
-    /// An error reply.
-    Refusal,
+    /// An error reply, with its code.
+    Refusal(ErrorCode),
 }
 
 /// A reply the broker confirmed (`accepted`) or refused, with what it carried along.
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn unknown_tags_settle_nothing() {
         let mut unconfirmed = Unconfirmed::default();
-        unconfirmed.published(ReplyKind::Refusal, ());
+        unconfirmed.published(ReplyKind::Refusal(ErrorCode::Internal), ());
         assert!(unconfirmed.confirm(ack(7, false)).is_empty());
         assert_eq!(unconfirmed.len(), 1);
     }

@@ -26,7 +26,7 @@ pub mod exit_code {
         ),
         (
             USAGE,
-            "bad arguments (a malformed `--uri`, an unreadable `--tls-ca`, a queue name with a line break, over 255 bytes, or over 160 with characters beyond ASCII, …)",
+            "bad arguments (a malformed `--uri`, an unreadable `--tls-ca`, a queue name with a line break, over 255 bytes, or over 160 with characters beyond ASCII, a `--metrics-addr` that cannot be listened on, …)",
         ),
         (
             UNCLEAN_STOP,

@@ -17,6 +17,9 @@
 //! - [`redelivery`]: the rule for requests that keep coming back.
 //! - backoff between connection attempts comes from `rpc_client::reconnect`, shared with the
 //!   recovering client.
+//! - [`metrics`]: the Prometheus registry and readiness state ([`metrics::Metrics`]), and
+//!   the consume loop's one-call-per-event handle on it ([`metrics::Meter`]).
+//! - [`http`]: the `--metrics-addr` endpoint: `/metrics`, `/healthz`, `/readyz`.
 //! - [`options`]: [`ServerOptions`] and [`QueueType`].
 //! - [`error`]: [`Error`] and the exit codes of `rpc-server`.
 //! - [`cli`]: `rpc-server`'s command line and [`cli::run`] (signals, logging).
@@ -32,6 +35,8 @@ pub mod confirms;
 pub mod error;
 pub mod fib;
 pub mod handler;
+pub mod http;
+pub mod metrics;
 pub mod options;
 pub mod queue;
 pub mod redelivery;

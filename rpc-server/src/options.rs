@@ -1,7 +1,9 @@
 //! What a server is told ([`ServerOptions`]): broker, request queue, how to declare it,
 //! prefetch, limits and reconnecting.
 
+use crate::metrics::Metrics;
 use rpc_client::{wire, BrokerOptions};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default for `--max-n`: fib(1,000,000) has 208,988 digits and takes well under a second.
@@ -61,6 +63,9 @@ pub struct ServerOptions {
     /// throughput (see the README), and without it a request is acked after its reply is
     /// published, as in the tutorial.
     pub confirm_replies: bool,
+    /// Where the server counts what it does and says whether it is ready (served over HTTP
+    /// by [`crate::http::Endpoint`] with `--metrics-addr`); `None` counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +83,7 @@ impl Default for ServerOptions {
             max_retries: None,
             max_backoff: Duration::from_secs(10),
             confirm_replies: false,
+            metrics: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::ack::Acks;
 use crate::confirms::{ReplyKind, Unconfirmed};
 use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
 use crate::handler::{Fibonacci, Handler, Reply};
+use crate::metrics::Meter;
 use crate::options::{QueueType, ServerOptions};
 use crate::queue::ensure_queue;
 use crate::redelivery::{self, Redeliveries, Verdict, MAX_DELIVERIES};
@@ -116,7 +117,10 @@ pub fn serve(
         stopping: false,
         deliveries: None,
         redeliveries: Redeliveries::default(),
+        meter: Meter::new(options.metrics.clone()),
     };
+    // /healthz turns 503 however this returns.
+    let _stopped = server.meter.stopped_on_drop();
     loop {
         let err = match server.serve() {
             Ok(()) => return Ok(server.stats),
@@ -158,6 +162,7 @@ pub fn serve(
             server.reconnect.failures()
         );
         server.stats.reconnects += 1;
+        server.meter.disconnected(true);
         match server.shutdown.recv_timeout(delay) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(server.stats),
@@ -190,6 +195,8 @@ struct Server<'a> {
     deliveries: Option<Receiver<ConsumerMessage>>,
     /// Requests started and not confirmed, to recognise one that keeps coming back.
     redeliveries: Redeliveries,
+    /// Metrics and readiness for `--metrics-addr` (nothing without).
+    meter: Meter,
 }
 
 impl Server<'_> {
@@ -201,6 +208,7 @@ impl Server<'_> {
         self.next_broker = reached + 1;
         let limit = options.brokers[reached].connect_timeout;
         let served = self.serve_link(&mut link, reached, limit);
+        self.meter.disconnected(false);
         if served.is_err() {
             // Closing an unusable connection must not wait for long either.
             link.bound_close(STOP_LIMIT);
@@ -267,6 +275,7 @@ impl Server<'_> {
             })?;
         self.deliveries = Some(deliveries.clone());
         self.reconnect.succeeded();
+        self.meter.consuming();
         log::info!(
             "{} waiting for RPC requests on queue '{}' at {} (serving {}; prefetch {prefetch}, \
              workers {})",
@@ -295,6 +304,7 @@ impl Server<'_> {
         if served.is_err() {
             // Lost with the connection: the broker delivers their requests again.
             self.stats.unconfirmed += conn.unconfirmed.len() as u64;
+            self.meter.unconfirmed(conn.unconfirmed.len());
         }
         served?;
         // From here on the server stops, whatever fails: within STOP_LIMIT for the last
@@ -311,6 +321,7 @@ impl Server<'_> {
         }
         conn.flush(false)?;
         self.stats.unconfirmed += conn.unconfirmed.len() as u64;
+        self.meter.unconfirmed(conn.unconfirmed.len());
         if let Some(requeue) = conn.requeue.take() {
             requeue
                 .channel
@@ -407,11 +418,15 @@ impl Server<'_> {
                     Err(_) => return Err(lost(conn.watchdog, "connection closed")),
                 },
                 recv(blocked) -> note => match note {
-                    Ok(ConnectionBlockedNotification::Blocked(reason)) => log::warn!(
-                        "the broker blocks this connection's publishers (resource alarm): {}",
-                        wire::printable(&reason)
-                    ),
+                    Ok(ConnectionBlockedNotification::Blocked(reason)) => {
+                        self.meter.blocked(true);
+                        log::warn!(
+                            "the broker blocks this connection's publishers (resource alarm): {}",
+                            wire::printable(&reason)
+                        )
+                    }
                     Ok(ConnectionBlockedNotification::Unblocked) => {
+                        self.meter.blocked(false);
                         log::info!("the broker unblocked this connection")
                     }
                     // The connection is going away; the deliveries say why.
@@ -430,6 +445,8 @@ impl Server<'_> {
             // Acks wait for more answers only while the next request can be taken at once.
             let more_waiting = !deliveries.is_empty() && self.workers.has_room() && !self.stopping;
             conn.flush(more_waiting)?;
+            self.meter
+                .load(conn.acks.len(), self.workers.busy(), conn.unconfirmed.len());
         }
     }
 
@@ -481,6 +498,7 @@ impl Server<'_> {
     fn stop_asked(&mut self) {
         if !self.stopping {
             self.stopping = true;
+            self.meter.stopping();
             let busy = self.workers.busy();
             if busy > 0 {
                 log::info!("stopping: finishing {busy} request(s) in hand");
@@ -496,6 +514,7 @@ impl Server<'_> {
             // answering would only cost work.
             log::info!("dropping a request whose caller's deadline has passed");
             self.stats.dropped += 1;
+            self.meter.dropped();
             return conn.settled(delivery);
         }
         if delivery.properties.reply_to().is_none() {
@@ -507,6 +526,7 @@ impl Server<'_> {
                 delivery.body.len()
             );
             self.stats.dropped += 1;
+            self.meter.dropped();
             return conn.settled(delivery);
         }
         match self
@@ -545,6 +565,7 @@ impl Server<'_> {
             trace,
         } = done;
         conn.longest_call = conn.longest_call.max(took);
+        self.meter.handled(took);
         if generation != self.generation {
             log::info!(
                 "dropping the reply to a request of a lost connection (the broker hands the \
@@ -609,6 +630,7 @@ impl Server<'_> {
                      {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
                     redelivery::ATTEMPTS_HEADER
                 );
+                self.meter.requeued();
                 conn.settled(delivery)
             }
             // Refused: a quorum queue without a leader for the moment (a node lost, a
@@ -678,7 +700,7 @@ impl Server<'_> {
             .map_err(|e| Error::from(e).context("cannot publish the reply"))?;
         let kind = match reply.error {
             None => ReplyKind::Answer,
-            Some(_) => ReplyKind::Refusal,
+            Some(code) => ReplyKind::Refusal(code),
         };
         conn.acks.replied(delivery.delivery_tag());
         if !self.options.confirm_replies {
@@ -700,8 +722,14 @@ impl Server<'_> {
     /// forgets its request for the redelivery rule.
     fn count(&mut self, kind: ReplyKind, delivery: &Delivery) {
         match kind {
-            ReplyKind::Answer => self.stats.answered += 1,
-            ReplyKind::Refusal => self.stats.refused += 1,
+            ReplyKind::Answer => {
+                self.stats.answered += 1;
+                self.meter.answered();
+            }
+            ReplyKind::Refusal(code) => {
+                self.stats.refused += 1;
+                self.meter.refused(code);
+            }
         }
         self.redeliveries.finished(&delivery.properties);
     }
@@ -718,6 +746,7 @@ impl Server<'_> {
                 self.count(reply.kind, &delivery);
             } else {
                 self.stats.unconfirmed += 1;
+                self.meter.unconfirmed(1);
                 if requeue_on_nack {
                     log::warn!(
                         "the broker refused (nacked) a reply; its request goes back to the queue"

@@ -106,6 +106,29 @@ fn unreachable_broker_fails_fast_with_a_masked_uri() {
 }
 
 #[test]
+fn a_metrics_addr_that_cannot_be_listened_on_exits_2_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let taken = taken.local_addr().expect("its address").to_string();
+    for (name, addr, says) in [
+        (
+            "metrics-taken",
+            taken.as_str(),
+            "cannot listen on --metrics-addr",
+        ),
+        ("metrics-bad", "no-port-here", "not a HOST:PORT address"),
+    ] {
+        let args = ["--metrics-addr", addr];
+        let mut server = ServerProc::spawn_args(&logs(), name, &args, &[("AMQP_PORT", "1")]);
+        let (status, shown) = server.finish(EXIT_WITHIN);
+        assert_eq!(status.code(), Some(2), "{shown}");
+        let stderr = server.log_text();
+        assert_eq!(stderr.lines().count(), 1, "{shown}");
+        assert!(stderr.starts_with("rpc-server: "), "{shown}");
+        assert!(stderr.contains(says), "{shown}");
+    }
+}
+
+#[test]
 fn bad_arguments_exit_2_before_connecting() {
     for (name, args) in [
         ("empty-queue", &["--queue", ""][..]),

@@ -8,6 +8,7 @@
 //!   deadline, their exit status checked), a stopped broker application or cluster node
 //!   started again on drop;
 //! - [`server`]: `rpc-server` processes ([`server::ServerProc`]), started and stopped;
+//! - [`http`]: GET from the `--metrics-addr` endpoint;
 //! - [`proxy`]: a TCP proxy that stalls the link (at a given AMQP method) or trickles it;
 //! - here: the expected answers, a poison-tolerant lock, log directories.
 // Each test binary uses a different part of this module.
@@ -15,6 +16,7 @@
 
 pub mod broker;
 pub mod callers;
+pub mod http;
 pub mod load;
 pub mod proxy;
 pub mod server;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Environment variables the binary reads; cleared so only what a test passes applies.
-pub const INHERITED: [&str; 10] = [
+pub const INHERITED: [&str; 11] = [
     "AMQP_URI",
     "AMQP_HOST",
     "AMQP_PORT",
@@ -20,6 +20,7 @@ pub const INHERITED: [&str; 10] = [
     "AMQP_PASSWORD_FILE",
     "AMQP_TLS_CA",
     "RPC_QUEUE",
+    "RPC_METRICS_ADDR",
     "RUST_LOG",
 ];
 

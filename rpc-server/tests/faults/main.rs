@@ -64,6 +64,7 @@ scenarios![
     stalls,
     client_recovery,
     consumer_timeout,
+    probes,
 ];
 
 /// A scenario of the run.
