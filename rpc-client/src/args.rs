@@ -261,6 +261,23 @@ impl GenerateArgs {
     }
 }
 
+/// The command line of a binary, parsed; on an error, prints it with what the user typed made
+/// printable ([`crate::text::printable`], line by line), and exits as clap would. clap's own
+/// message quotes a refused value raw: an escape sequence in a queue name would reach the
+/// terminal. Help and version go out as clap writes them.
+pub fn parse<P: clap::Parser>() -> P {
+    P::try_parse().unwrap_or_else(|err| {
+        if !err.use_stderr() {
+            err.exit();
+        }
+        let rendered = err.render().to_string();
+        for line in rendered.lines() {
+            eprintln!("{}", crate::text::printable(line));
+        }
+        std::process::exit(err.exit_code());
+    })
+}
+
 /// Checks a binary's clap definition (for its unit tests): clap's own consistency checks,
 /// which it makes only when parsing and only in debug builds, and a man page that renders
 /// with the exit codes.

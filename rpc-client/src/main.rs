@@ -3,12 +3,11 @@
 //! requests and prints the reply bodies. The command line is in [`rpc_client::cli`]; this only
 //! runs it and turns its outcome into the exit code.
 
-use clap::Parser;
 use rpc_client::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match cli::run(Cli::parse()) {
+    match cli::run(rpc_client::args::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rpc-client: {err:#}");

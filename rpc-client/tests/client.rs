@@ -607,6 +607,13 @@ fn queue_names_are_printed_printable_and_checked_up_front() {
         "{shown}"
     );
     assert!(shown.contains("line break"), "{shown}");
+    // A refused name is quoted in the error: escape sequences and a CR never reach the
+    // terminal (an OSC sequence would set its title).
+    let (out, _) = rpc_client(&["--queue", "a\x1b]0;owned\x07\rb\x1b[31m\nc", "30"]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_code::USAGE)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line break"), "{stderr:?}");
+    assert!(!stderr.contains(['\u{1b}', '\r', '\u{7}']), "{stderr:?}");
 }
 
 #[test]

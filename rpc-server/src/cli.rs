@@ -229,6 +229,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let handler = cli.to_handler()?;
     if !cli.command.is_empty() {
+        // Before `contain`: a non-dumpable process's /proc/self belongs to root.
+        let as_root = std::fs::metadata("/proc/self")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        if as_root {
+            log::warn!(
+                "serving a command as root: it can read every file and every process's \
+                 environment, the broker password included (AMQP_PASSWORD, --password-file); \
+                 run it as another user, e.g. -- setpriv --reuid=USER --regid=GROUP \
+                 --clear-groups CMD"
+            );
+        }
         // Whatever a command starts is this process's to end, and its /proc files are closed
         // to the commands (see `command::contain`).
         command::contain()?;

@@ -2,7 +2,6 @@
 //! command line is in [`rpc_server::cli`]; this only runs it and turns its outcome into the
 //! exit code.
 
-use clap::Parser;
 use rpc_server::cli::{self, Cli};
 use std::process::ExitCode;
 
@@ -11,7 +10,7 @@ fn main() -> ExitCode {
         // The guardian of a command server's commands (see `command::contain`).
         rpc_server::command::guard();
     }
-    match cli::run(Cli::parse()) {
+    match cli::run(rpc_client::args::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rpc-server: {err:#}");
