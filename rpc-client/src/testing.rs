@@ -139,37 +139,87 @@ pub fn wait_for_consumers(
     consumers: u32,
     within: Duration,
 ) -> Result<Duration, String> {
+    wait_for_consumer_count(
+        brokers,
+        queue,
+        Consumers::Exactly(consumers),
+        within,
+        || None,
+    )
+}
+
+/// The consumer count [`wait_for_consumer_count`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumers {
+    /// Exactly this many (0: every consumer gone).
+    Exactly(u32),
+    /// This many or more.
+    AtLeast(u32),
+}
+
+impl Consumers {
+    fn reached(self, count: u32) -> bool {
+        match self {
+            Consumers::Exactly(want) => count == want,
+            Consumers::AtLeast(want) => count >= want,
+        }
+    }
+}
+
+impl std::fmt::Display for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Consumers::Exactly(n) => write!(f, "{n} consumer(s)"),
+            Consumers::AtLeast(n) => write!(f, ">= {n} consumer(s)"),
+        }
+    }
+}
+
+/// [`wait_for_consumers`] for any [`Consumers`] count, giving up early when `give_up` (asked
+/// before each poll) returns why: a server being waited for has exited, say.
+pub fn wait_for_consumer_count(
+    brokers: &[BrokerOptions],
+    queue: &str,
+    want: Consumers,
+    within: Duration,
+    mut give_up: impl FnMut() -> Option<String>,
+) -> Result<Duration, String> {
     let started = Instant::now();
+    let what = format!("{want} on '{queue}'");
     let mut admin: Option<Admin> = None;
     let mut last = String::from("nothing yet");
-    wait_until(
-        &format!("{consumers} consumer(s) on '{queue}'"),
-        within,
-        || {
-            let a = match admin.as_mut() {
-                Some(a) => a,
-                None => match Admin::connect_to(brokers) {
-                    Ok(a) => admin.insert(a),
-                    Err(err) => {
-                        last = format!("cannot connect: {err}");
-                        return Ok(false);
-                    }
-                },
-            };
-            match a.queue_state(queue) {
-                Ok(Some((_, count))) if count == consumers => return Ok(true),
-                Ok(Some((_, count))) => last = format!("{count} consumer(s)"),
-                Ok(None) => last = "no such queue".into(),
+    let mut gave_up = None;
+    wait_until(&what, within, || {
+        if let Some(why) = give_up() {
+            gave_up = Some(why);
+            return Ok(true);
+        }
+        let a = match admin.as_mut() {
+            Some(a) => a,
+            None => match Admin::connect_to(brokers) {
+                Ok(a) => admin.insert(a),
                 Err(err) => {
-                    last = format!("error: {err}");
-                    admin = None; // a new connection next time
+                    last = format!("cannot connect: {err}");
+                    return Ok(false);
                 }
+            },
+        };
+        match a.queue_state(queue) {
+            Ok(Some((_, count))) if want.reached(count) => return Ok(true),
+            Ok(Some((_, count))) => last = format!("{count} consumer(s)"),
+            Ok(None) => last = "no such queue".into(),
+            Err(err) => {
+                last = format!("error: {err}");
+                admin = None; // a new connection next time
             }
-            Ok(false)
-        },
-    )
-    .map(|()| started.elapsed())
-    .map_err(|err| format!("{err} (last seen: {last})"))
+        }
+        Ok(false)
+    })
+    .map_err(|err| format!("{err} (last seen: {last})"))?;
+    match gave_up {
+        Some(why) => Err(format!("{why} while waiting for {what}")),
+        None => Ok(started.elapsed()),
+    }
 }
 
 /// A plain connection for arranging and inspecting broker state in tests.

@@ -1,21 +1,25 @@
 //! `xtask`: the chores of the scripts in `scripts/` that are not OS work, in Rust beside the
 //! code they serve: reading the broker's address, masking passwords, queue admin through the
-//! broker and the benchmark table. Bash keeps apt, Erlang nodes, openssl and processes.
+//! broker, and the benchmark (`cargo xtask bench`, see [`bench`]). Bash keeps apt, Erlang
+//! nodes, openssl and the Python venv.
 //!
-//! Scripts build it once (`cargo build --release -p xtask`) and run `target/release/xtask`.
-//! The broker comes from the environment, as for the binaries: `AMQP_URI` (a comma-separated
-//! list: the first node that answers), else `AMQP_HOST`, `AMQP_PORT`, `AMQP_VHOST`,
-//! `AMQP_USER`, `AMQP_PASSWORD`. Nothing here prints a password.
+//! Scripts build it once (`cargo build --release`, lib.sh) and run `target/release/xtask`;
+//! by hand, `cargo xtask ...` (the alias in `.cargo/config.toml`) does both.
+//! The broker comes from the flags and environment the binaries share
+//! ([`rpc_client::BrokerArgs`]: `--uri` / `AMQP_URI`, a comma-separated list, the first node
+//! that answers; else `AMQP_HOST`, `AMQP_PORT`, ...), with two defaults of its own: host
+//! 127.0.0.1 and a 3 s connect timeout. Nothing here prints a password.
 
-mod bench_table;
+mod bench;
 mod broker;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand};
-use rpc_client::testing::Admin;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use rpc_client::testing::{wait_for_consumer_count, Admin, Consumers};
+use rpc_client::{BrokerArgs, BrokerOptions};
 use std::io::BufRead as _;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -26,13 +30,15 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    broker: BrokerArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Print "HOST PORT amqp|amqps local|remote" (tab-separated) of the broker scripts/broker.sh
-    /// checks: the first URI of AMQP_URI, else AMQP_HOST (default 127.0.0.1) and AMQP_PORT
-    /// (5672); local when the host is an address of this machine.
+    /// checks: the first of the brokers (default 127.0.0.1:5672); local when the host is an
+    /// address of this machine.
     BrokerAddr,
     /// Succeed if HOST:PORT answers the AMQP 0-9-1 protocol header with Connection.Start
     /// (with --tcp: if it accepts TCP connections), within the timeout.
@@ -60,11 +66,15 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
-    /// Read the facts scripts/bench.sh collected (TSV, stdin), print its markdown report.
-    BenchTable,
-    /// Print scripts/bench.sh's settings from its BENCH_* variables, checked, as shell
-    /// assignments.
-    BenchSettings,
+    /// Run the benchmark: every row group, one markdown table (printed, and saved to
+    /// target/bench/bench.md). Settings are BENCH_* environment variables (see
+    /// scripts/xtask/src/bench/settings.rs); the broker is the environment's (AMQP_URI, ...),
+    /// which the clients and servers it starts read too.
+    Bench {
+        /// The quick smoke run (as BENCH_QUICK=1).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,27 +109,36 @@ enum QueueAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli.command) {
+    // The shared broker flags, with xtask's defaults: the address broker.sh checks, and
+    // connect attempts short enough for the scripts' waits to keep their deadlines.
+    let command = Cli::command()
+        .mut_arg("host", |arg| arg.default_value("127.0.0.1"))
+        .mut_arg("connect_timeout", |arg| arg.default_value("3"));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if bench::interrupted() { 130 } else { 1 })
         }
     }
 }
 
-fn run(command: Command) -> Result<()> {
-    match command {
+fn run(cli: Cli) -> Result<()> {
+    let brokers = || cli.broker.to_options("xtask").context("the broker");
+    match cli.command {
         Command::BrokerAddr => {
-            let (host, port, tls) = broker::address()?;
-            let scheme = if tls { "amqps" } else { "amqp" };
-            let place = if broker::is_local(&host) {
+            let broker = &brokers()?[0];
+            let scheme = if broker.tls { "amqps" } else { "amqp" };
+            let place = if broker::is_local(&broker.host) {
                 "local"
             } else {
                 "remote"
             };
-            println!("{host}\t{port}\t{scheme}\t{place}");
+            println!("{}\t{}\t{scheme}\t{place}", broker.host, broker.port);
         }
         Command::Probe {
             host,
@@ -127,38 +146,31 @@ fn run(command: Command) -> Result<()> {
             tcp,
             timeout,
         } => broker::probe(&host, port, !tcp, seconds(timeout)?)?,
-        Command::BrokerVersion => println!("{}", broker::version()?),
-        Command::MaskUri { check, uris } => {
-            let uris = if uris.is_empty() {
-                std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .context("reading stdin")?
-            } else {
-                uris
-            };
-            for uri in uris {
-                if check {
-                    rpc_client::BrokerOptions::from_uri(uri.trim())?;
-                }
-                println!("{}", rpc_client::uri::mask_uri(&uri));
-            }
-        }
-        Command::Queue { action } => queue(action)?,
-        Command::BenchTable => {
-            let facts = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
-            print!("{}", bench_table::render(&facts)?);
-        }
-        Command::BenchSettings => print!("{}", bench_table::settings(var)?),
+        Command::BrokerVersion => println!("{}", broker::version(&brokers()?)?),
+        Command::MaskUri { check, uris } => mask_uris(check, uris)?,
+        Command::Queue { action } => queue(&brokers()?, action)?,
+        Command::Bench { quick } => bench::run(&brokers()?, quick)?,
     }
     Ok(())
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
+fn mask_uris(check: bool, uris: Vec<String>) -> Result<()> {
+    let uris = if uris.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("reading stdin")?
+    } else {
+        uris
+    };
+    for uri in uris {
+        if check {
+            BrokerOptions::from_uri(uri.trim())?;
+        }
+        println!("{}", rpc_client::uri::mask_uri(&uri));
+    }
+    Ok(())
 }
 
 fn seconds(secs: f64) -> Result<Duration> {
@@ -168,12 +180,8 @@ fn seconds(secs: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn admin() -> Result<Admin> {
-    let brokers = broker::from_env()?;
-    Admin::connect_to(&brokers).context("cannot connect to the broker")
-}
-
-fn queue(action: QueueAction) -> Result<()> {
+fn queue(brokers: &[BrokerOptions], action: QueueAction) -> Result<()> {
+    let admin = || Admin::connect_to(brokers).context("cannot connect to the broker");
     match action {
         QueueAction::Declare { queue, quorum } => admin()?
             .declare(&queue, quorum)
@@ -187,12 +195,9 @@ fn queue(action: QueueAction) -> Result<()> {
             }
         }
         QueueAction::Purge { queue } => {
-            let (mut connection, _) =
-                rpc_client::connection::connect_first(&broker::from_env()?, 0)
-                    .context("cannot connect to the broker")?;
-            let purged = connection
-                .open_channel(None)
-                .and_then(|channel| channel.queue_purge(queue.as_str()))
+            let purged = admin()?
+                .channel()
+                .queue_purge(queue.as_str())
                 .with_context(|| format!("purging queue '{queue}'"))?;
             println!("{purged}");
         }
@@ -203,75 +208,24 @@ fn queue(action: QueueAction) -> Result<()> {
             exactly,
             pids,
         } => {
-            if !(timeout.is_finite() && timeout > 0.0) {
-                bail!("--timeout must be a positive number of seconds");
-            }
-            wait_consumers(
-                &queue,
-                count,
-                exactly,
-                Duration::from_secs_f64(timeout),
-                &pids,
-            )?;
+            let want = if exactly {
+                Consumers::Exactly(count)
+            } else {
+                Consumers::AtLeast(count)
+            };
+            let exited = || {
+                let pid = pids.iter().copied().find(|&pid| exited(pid))?;
+                Some(format!("process {pid} exited"))
+            };
+            wait_for_consumer_count(brokers, &queue, want, seconds(timeout)?, exited)
+                .map_err(anyhow::Error::msg)?;
         }
     }
     Ok(())
 }
 
-/// Polls the queue's consumer count (a new connection after a failed one) until it is reached,
-/// a watched process exits, or `timeout` passes.
-fn wait_consumers(
-    queue: &str,
-    count: u32,
-    exactly: bool,
-    timeout: Duration,
-    pids: &[u32],
-) -> Result<()> {
-    let brokers = broker::from_env()?;
-    let want = format!(
-        "{}{count} consumer(s) on '{queue}'",
-        if exactly { "" } else { ">= " }
-    );
-    let deadline = Instant::now() + timeout;
-    let mut admin: Option<Admin> = None;
-    let mut seen = String::from("no answer yet");
-    loop {
-        if let Some(pid) = pids.iter().copied().find(|&pid| exited(pid)) {
-            bail!("process {pid} exited while waiting for {want}");
-        }
-        if admin.is_none() {
-            match Admin::connect_to(&brokers) {
-                Ok(a) => admin = Some(a),
-                Err(err) => seen = err.to_string(),
-            }
-        }
-        if let Some(a) = admin.as_mut() {
-            match a.queue_state(queue) {
-                Ok(Some((_, consumers))) => {
-                    if consumers == count || (!exactly && consumers > count) {
-                        return Ok(());
-                    }
-                    seen = format!("{consumers} consumer(s)");
-                }
-                Ok(None) => seen = "no such queue".into(),
-                Err(err) => {
-                    seen = err.to_string();
-                    admin = None; // a new connection next time
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "timed out after {}s waiting for {want} (last: {seen})",
-                timeout.as_secs_f64()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Has process `pid` exited (gone, or a zombie not yet reaped by its parent)?
-fn exited(pid: u32) -> bool {
+pub fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so look after the last ')'.
         Ok(stat) => stat
