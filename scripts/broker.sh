@@ -7,8 +7,8 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Like the binaries, AMQP_URI (amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; of a list, the first)
-# wins over AMQP_HOST/AMQP_PORT; xtask reads them.
+# xtask reads AMQP_URI (amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; of a list, the first), else
+# AMQP_HOST/AMQP_PORT, with the binaries' flags (which refuse both at once).
 addr=$(xtask broker-addr) || exit 1
 IFS=$'\t' read -r host port scheme place <<<"$addr"
 # probe [SECS]: does the broker answer AMQP (amqps: TLS and AMQP are not checked, only that

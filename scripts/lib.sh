@@ -28,7 +28,7 @@ BIN_DIR=${RPC_BIN_DIR:-target/release}
 RUN_DIR=${RPC_RUN_DIR:-target/run}
 
 # xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
-# broker, the bench table), built once by the first script that uses it, together with the
+# broker, the bench; by hand: `cargo xtask ...`), built once by the first script that uses it, together with the
 # whole workspace (cargo build --release): built alone, the release build of the binaries that
 # followed compiled much of it again.
 xtask() {

@@ -121,6 +121,8 @@ done
 pid_args=()
 for ((i = 1; i <= count; i++)); do pid_args+=(--pid "${pids[i]}"); done
 if ! (
+    # As for the servers: a URI list replaces these (xtask refuses AMQP_URI together with them).
+    [[ -z $uri_list ]] || unset AMQP_HOST AMQP_PORT AMQP_VHOST AMQP_USER AMQP_PASSWORD
     ((${#check_env[@]} == 0)) || export "${check_env[@]}"
     xtask queue wait-consumers "$queue" "$count" --timeout "$wait_secs" "${pid_args[@]}"
 ); then
