@@ -60,31 +60,29 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod args;
-pub mod bench;
+pub mod amqp;
+#[cfg(feature = "cli")]
 pub mod cli;
-pub mod client;
-pub mod connection;
-pub mod consume;
-pub mod error;
-pub mod json;
-pub mod logging;
-pub mod output;
-pub mod random;
-pub mod reconnect;
-pub mod rpc;
+mod client;
+mod error;
+mod fibonacci;
+mod in_flight;
+mod request;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod testing;
-pub mod text;
-pub mod tls;
-pub mod trace;
-pub mod uri;
-pub mod watchdog;
+mod text;
+mod trace;
 pub mod wire;
 
-pub use args::BrokerArgs;
-pub use client::{FibonacciRpcClient, Reply};
-pub use error::Error;
-pub use rpc::{ClientOptions, ReplyQueue, RpcClient, RpcReply, RpcRequest};
-pub use uri::BrokerOptions;
+pub use amqp::BrokerOptions;
+#[cfg(feature = "cli")]
+pub use cli::BrokerArgs;
+pub use client::RpcClient;
+pub use error::{exit_code, Error};
+pub use fibonacci::{FibonacciRpcClient, Reply};
+pub use request::{
+    ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
+    MAX_SHORT_STRING, PROBE_LIMIT,
+};
+pub use trace::{TraceContext, TraceId};

@@ -359,14 +359,6 @@ pub fn parse_value(body: Vec<u8>) -> Result<String, Error> {
     )))
 }
 
-/// Interprets a reply to one of our calls: the decimal result, or the server's error.
-pub fn parse_reply(properties: &AmqpProperties, body: &[u8]) -> Result<String, Error> {
-    match error_reply(properties, body) {
-        Some(err) => Err(err),
-        None => parse_value(body.to_vec()),
-    }
-}
-
 /// How deep [`header_text`] shows nested arrays and tables.
 const MAX_HEADER_DEPTH: usize = 4;
 
@@ -456,6 +448,14 @@ fn write_header_text(out: &mut String, value: &AmqpValue, depth: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply to one of our calls: the decimal result, or the server's error.
+    fn parse_reply(properties: &AmqpProperties, body: &[u8]) -> Result<String, Error> {
+        match error_reply(properties, body) {
+            Some(err) => Err(err),
+            None => parse_value(body.to_vec()),
+        }
+    }
 
     #[test]
     fn requests_round_trip() {

@@ -6,7 +6,7 @@
 
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::{select, Sender};
-use rpc_client::error::exit_code;
+use rpc_client::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire::{self, ErrorCode};
 use rpc_client::{ClientOptions, Error, FibonacciRpcClient, RpcClient, RpcRequest};
@@ -119,12 +119,9 @@ impl Responder {
             {
                 admin.declare(&queue_name, false).expect("declare");
             }
-            let requests = rpc_client::consume::consume(
-                admin.channel(),
-                &queue_name,
-                ConsumerOptions::default(),
-            )
-            .expect("consume");
+            let requests =
+                rpc_client::amqp::consume(admin.channel(), &queue_name, ConsumerOptions::default())
+                    .expect("consume");
             loop {
                 let delivery = select! {
                     recv(requests) -> m => match m {
