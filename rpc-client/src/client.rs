@@ -240,7 +240,7 @@ impl RpcClient {
     }
 
     /// Closes the channel and the connection, reporting any error (dropping closes too). Takes
-    /// at most [`CLOSE_LIMIT`]: a close the broker does not answer in time abandons the
+    /// at most [`CLOSE_LIMIT`](crate::CLOSE_LIMIT): a close the broker does not answer in time abandons the
     /// connection and reports [`Error::Stalled`].
     pub fn close(mut self) -> Result<(), Error> {
         self.closed = true;

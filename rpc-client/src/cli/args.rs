@@ -17,6 +17,8 @@ use std::time::Duration;
 /// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
+    // The doc is the --help text, as clap shows it: `[s]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
     /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
     /// that answers is used, and both binaries move on to the next one after a connection
