@@ -36,6 +36,9 @@ struct Recovery {
 }
 
 /// What an event means for a batch.
+// Lives for one turn of the loop and is moved once: boxing the large variant would cost an
+// allocation per reply.
+#[allow(clippy::large_enum_variant)]
 enum Step<T, R> {
     /// A call's outcome.
     Outcome(Pending<T, R>, Result<RpcReply, Error>),
