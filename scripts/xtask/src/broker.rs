@@ -8,8 +8,8 @@ use std::time::Duration;
 
 /// "PRODUCT VERSION (PLATFORM)" from the broker's connection.start properties.
 pub fn version(brokers: &[BrokerOptions]) -> Result<String> {
-    let (connection, _) = rpc_client::connection::connect_first(brokers, 0)
-        .context("cannot connect to the broker")?;
+    let (connection, _) =
+        rpc_client::amqp::connect_first(brokers, 0).context("cannot connect to the broker")?;
     let property = |key: &str| match connection.server_properties().get(key) {
         Some(amiquip::AmqpValue::LongString(value)) => value.clone(),
         _ => "?".into(),

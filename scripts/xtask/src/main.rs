@@ -168,7 +168,7 @@ fn mask_uris(check: bool, uris: Vec<String>) -> Result<()> {
         if check {
             BrokerOptions::from_uri(uri.trim())?;
         }
-        println!("{}", rpc_client::uri::mask_uri(&uri));
+        println!("{}", rpc_client::amqp::mask_uri(&uri));
     }
     Ok(())
 }
