@@ -1,5 +1,5 @@
-//! The processes the bench owns: measured commands, run with a time limit, and rpc-servers,
-//! stopped however the bench ends (a failed row, an error, Ctrl-C or SIGTERM: the signal
+//! The processes the bench owns: measured commands, run with a time limit in a process group
+//! of their own (killed as a group), and rpc-servers, stopped however the bench ends (a failed row, an error, Ctrl-C or SIGTERM: the signal
 //! handler only sets a flag the waits here poll; unwinding does the rest).
 
 use anyhow::{bail, Context as _, Result};
@@ -7,6 +7,7 @@ use rpc_client::testing::{wait_for_consumer_count, Consumers};
 use rpc_client::BrokerOptions;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,7 @@ pub fn run(command: &mut Command, out: &Path, err: &Path, limit: Duration) -> Re
         .stdin(Stdio::null())
         .stdout(file(out)?)
         .stderr(file(err)?)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {program}"))?;
     let status = wait(child, limit, &program)?;
@@ -71,6 +73,7 @@ pub fn run_attached(command: &mut Command, limit: Duration) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(stderr()?)
         .stderr(stderr()?)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {program}"))?;
     let status = wait(child, limit, &program)?;
@@ -88,12 +91,23 @@ fn wait(mut child: Child, limit: Duration, program: &str) -> Result<std::process
             return Ok(status);
         }
         if interrupted() || Instant::now() >= deadline {
-            let _ = child.kill();
+            kill_group(child.id());
             let _ = child.wait();
             check_interrupted()?;
             bail!("{program} still running after {limit:?}; killed");
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// SIGKILL to the process group led by `pid` (a command spawned with `process_group(0)`):
+/// the processes it started (`time`'s or `cargo bench`'s child) go with it.
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -106,9 +120,10 @@ pub fn timed(command: &mut Command, limit: Duration) -> Result<Duration> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {program}"))?;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let pid = child.id();
     let (done, exited) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let status = child.wait();
@@ -121,7 +136,7 @@ pub fn timed(command: &mut Command, limit: Duration) -> Result<Duration> {
             Err(mpsc::RecvTimeoutError::Timeout) if !interrupted() && Instant::now() < deadline => {
             }
             Err(_) => {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                kill_group(pid);
                 break Err(());
             }
         }
@@ -179,6 +194,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
+            .process_group(0) // a Ctrl-C at the terminal reaches us only: we stop it once
             .spawn()
             .with_context(|| format!("cannot run {}", bin.display()))?;
         let serves_command = args.iter().any(|a| a == "--");
