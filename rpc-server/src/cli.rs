@@ -7,10 +7,10 @@ use crate::error::{exit_code, Error};
 use crate::handler::{Fibonacci, Handler, REQUEST_LOG};
 use crate::http::Endpoint;
 use crate::metrics::Metrics;
-use crate::stream::{Protocol, StreamHandler, StreamOptions, CLOSE_GRACE};
 use crate::options::{
     default_name, QueueType, ServerOptions, DEFAULT_MAX_N, DEFAULT_MAX_REPLY_BYTES,
 };
+use crate::stream::{Protocol, StreamHandler, StreamOptions, CLOSE_GRACE};
 use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;

@@ -707,9 +707,7 @@ impl Drop for InHand {
 /// [`CommandHandler`] does: known to [`end_orphans`], [`end_all`] and the guardian until the
 /// [`InHand`] is dropped, which must be after the child is reaped. For the programs that
 /// `crate::stream` keeps running.
-pub(crate) fn spawn_in_hand(
-    command: &mut std::process::Command,
-) -> io::Result<(Child, InHand)> {
+pub(crate) fn spawn_in_hand(command: &mut std::process::Command) -> io::Result<(Child, InHand)> {
     let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
     if ENDING.load(Ordering::SeqCst) {
         return Err(io::Error::other("the server is exiting"));

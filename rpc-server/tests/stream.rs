@@ -24,7 +24,9 @@ fn logs() -> PathBuf {
 
 /// An example handler of `rpc-server/examples/stream/`.
 fn example(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/stream").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/stream")
+        .join(name);
     path.display().to_string()
 }
 
@@ -108,7 +110,10 @@ impl Served {
     fn text(&self, body: &str) -> String {
         match self.call(RpcRequest::new(body)) {
             Ok(reply) => String::from_utf8_lossy(&reply.body).into_owned(),
-            Err(err) => panic!("{body:?}: {err}\n{}", self.server.shown()),
+            Err(err) => {
+                let shown: String = body.chars().take(40).collect();
+                panic!("{shown:?}: {err}\n{}", self.server.shown())
+            }
         }
     }
 
@@ -116,7 +121,10 @@ impl Served {
     fn refusal(&self, request: RpcRequest) -> (String, String) {
         match self.call(request) {
             Err(Error::Server { code, message }) => (code, message),
-            other => panic!("expected an error reply, got {other:?}\n{}", self.server.shown()),
+            other => panic!(
+                "expected an error reply, got {other:?}\n{}",
+                self.server.shown()
+            ),
         }
     }
 
@@ -159,7 +167,7 @@ fn lines_examples_in_python_and_node_keep_one_process() {
         ("stream-lines-py", ["python3", &example("upper_lines.py")]),
         ("stream-lines-node", ["node", &example("upper_lines.js")]),
     ] {
-        let served = Served::start(name, &[], &program);
+        let served = Served::start(name, &["--protocol", "lines"], &program);
         assert_eq!(served.text("hello"), "HELLO");
         let reply = served
             .call(RpcRequest::new("ümlaut").with_content_type("text/plain"))
@@ -274,7 +282,11 @@ fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
     let (code, message) = served.refusal(RpcRequest::new("hang"));
     assert_eq!(code, "exec-timeout", "{message}");
     assert!(message.contains("within 1s"), "{message}");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     // The program and its children are gone with their group; the next request starts
     // afresh.
     assert_eq!(served.text("c"), "c");
@@ -336,13 +348,21 @@ fn garbage_and_wrong_ids_are_protocol_errors() {
     assert_eq!(shown.matches("started `").count(), 3, "{shown}");
 }
 
+/// `cat`, as the child of a shell that carries the marker.
+const CAT: &[&str] = &["sh", "-c", "cat; :"];
+
 #[test]
 fn cat_carries_a_large_line_both_ways() {
-    let served = Served::start("stream-cat", &["--protocol", "lines"], &["cat"]);
+    let served = Served::start("stream-cat", &["--protocol", "lines"], CAT);
     let body: String = (0..3_000_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    assert!(served.text(&body) == body, "cat changed a 3 MB line");
+    let reply = served.text(&body);
+    assert!(
+        reply == body,
+        "cat changed a 3 MB line ({} bytes back)",
+        reply.len()
+    );
     served.stop();
 }
 
@@ -381,7 +401,10 @@ fn a_program_that_dies_at_start_is_restarted_with_backoff_not_in_a_loop() {
         "{count} starts in {took:?} ({calls} calls)\n{shown}"
     );
     assert_eq!(calls, count, "one start per call\n{shown}");
-    assert!(shown.contains("keeps failing before its first reply"), "{shown}");
+    assert!(
+        shown.contains("keeps failing before its first reply"),
+        "{shown}"
+    );
     let _ = std::fs::remove_file(&starts);
 }
 
@@ -448,7 +471,10 @@ fn sigterm_answers_the_requests_in_hand_then_ends_the_programs() {
     assert_eq!(answered, [Some("a".into()), Some("b".into())], "{shown}");
     // About a second of requests, then the 2 s the programs get to exit.
     assert!(took < Duration::from_secs(8), "{took:?}\n{shown}");
-    assert!(shown.contains("still running after its stdin was closed"), "{shown}");
+    assert!(
+        shown.contains("still running after its stdin was closed"),
+        "{shown}"
+    );
     nothing_left(&mark, &shown);
     drop(served.queue);
 }
@@ -458,7 +484,11 @@ fn a_server_killed_by_sigkill_leaves_no_program_running() {
     let served = Served::start(
         "stream-sigkill",
         &["--protocol", "lines", "--workers", "2"],
-        &["sh", "-c", "sleep 3604.$0 & while read -r l; do echo \"$l\"; done"],
+        &[
+            "sh",
+            "-c",
+            "sleep 3604.$0 & while read -r l; do echo \"$l\"; done",
+        ],
     );
     assert_eq!(served.text("a"), "a");
     // The program and its child.
@@ -483,7 +513,8 @@ fn protocol_flags_are_checked() {
     let (status, shown) = server.finish(EXIT_WITHIN);
     assert_eq!(status.code(), Some(2), "{shown}");
     assert!(shown.contains("needs --protocol lines or json"), "{shown}");
-    let mut server = ServerProc::spawn_args(&logs(), "stream-flags-2", &["--protocol", "lines"], &[]);
+    let mut server =
+        ServerProc::spawn_args(&logs(), "stream-flags-2", &["--protocol", "lines"], &[]);
     let (status, shown) = server.finish(EXIT_WITHIN);
     assert_eq!(status.code(), Some(2), "{shown}");
 }
@@ -495,7 +526,10 @@ fn interop_python() -> PathBuf {
         return python.into();
     }
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    target.parent().map_or(target.clone(), PathBuf::from).join("py-venv/bin/python")
+    target
+        .parent()
+        .map_or(target.clone(), PathBuf::from)
+        .join("py-venv/bin/python")
 }
 
 #[test]
@@ -515,7 +549,11 @@ fn the_tutorials_pika_client_calls_a_lines_server() {
         broker.password,
         broker.host,
         broker.port,
-        if broker.vhost == "/" { "%2F" } else { &broker.vhost }
+        if broker.vhost == "/" {
+            "%2F"
+        } else {
+            &broker.vhost
+        }
     );
     let out = Command::new(&python)
         .arg(&client)
@@ -538,7 +576,7 @@ fn the_tutorials_pika_client_calls_a_lines_server() {
 /// `rpc-client call` against a `lines` server, as a user would from the shell.
 #[test]
 fn rpc_client_call_against_a_lines_server() {
-    let served = Served::start("stream-cli", &["--protocol", "lines"], &["cat"]);
+    let served = Served::start("stream-cli", &["--protocol", "lines"], CAT);
     let broker = testing::broker();
     let out = Command::new(rpc_client_bin())
         .args(["--host", &broker.host, "--port", &broker.port.to_string()])
@@ -551,6 +589,10 @@ fn rpc_client_call_against_a_lines_server() {
         .output()
         .expect("run rpc-client");
     let shown = served.stop();
-    assert!(out.status.success(), "{}\n{shown}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{shown}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
 }

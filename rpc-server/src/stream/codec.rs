@@ -46,19 +46,27 @@ pub(crate) fn line_limit(protocol: Protocol, max_reply_bytes: usize) -> usize {
 
 /// The line (with its `\n`) that carries `request` as request `id`, or why the request
 /// cannot go to the program (a `bad-request` message).
-pub(crate) fn encode(protocol: Protocol, id: u64, request: &Request<'_>) -> Result<Vec<u8>, String> {
+pub(crate) fn encode(
+    protocol: Protocol,
+    id: u64,
+    request: &Request<'_>,
+) -> Result<Vec<u8>, String> {
     match protocol {
         Protocol::Json => Ok(encode_json(id, request)),
         _ => {
             let Ok(text) = std::str::from_utf8(request.body) else {
-                return Err("the body is not UTF-8, which --protocol lines cannot pass on \
+                return Err(
+                    "the body is not UTF-8, which --protocol lines cannot pass on \
                             (--protocol json can)"
-                    .into());
+                        .into(),
+                );
             };
             if text.contains('\n') {
-                return Err("the body holds a newline, which --protocol lines cannot pass on \
+                return Err(
+                    "the body holds a newline, which --protocol lines cannot pass on \
                             (--protocol json can)"
-                    .into());
+                        .into(),
+                );
             }
             let mut line = Vec::with_capacity(text.len() + 1);
             line.extend_from_slice(text.as_bytes());
@@ -123,13 +131,17 @@ pub(crate) fn decode(
     let value: Value = serde_json::from_slice(line)
         .map_err(|err| Bad::Protocol(format!("a reply line that is not JSON ({err})")))?;
     let Value::Object(object) = value else {
-        return Err(Bad::Protocol("a reply line that is not a JSON object".into()));
+        return Err(Bad::Protocol(
+            "a reply line that is not a JSON object".into(),
+        ));
     };
     let text = |name: &str| -> Result<Option<&str>, Bad> {
         match object.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(Bad::Protocol(format!("a reply whose \"{name}\" is not a string"))),
+            Some(_) => Err(Bad::Protocol(format!(
+                "a reply whose \"{name}\" is not a string"
+            ))),
         }
     };
     let expected = id.to_string();
@@ -148,9 +160,8 @@ pub(crate) fn decode(
     }
     let body = match (text("body")?, text("body_base64")?) {
         (Some(body), None) => body.as_bytes().to_vec(),
-        (None, Some(encoded)) => base64_decode(encoded).ok_or_else(|| {
-            Bad::Protocol("a reply whose \"body_base64\" is not base64".into())
-        })?,
+        (None, Some(encoded)) => base64_decode(encoded)
+            .ok_or_else(|| Bad::Protocol("a reply whose \"body_base64\" is not base64".into()))?,
         (Some(_), Some(_)) => {
             return Err(Bad::Protocol(
                 "a reply with both \"body\" and \"body_base64\"".into(),

@@ -115,9 +115,7 @@ impl Kept {
         }
         match self.read_stdout(usize::MAX) {
             Ok(true) => return Idle::Exited(self.child.try_wait().ok().flatten()),
-            Ok(false) if !self.pending.is_empty() => {
-                return Idle::Unsolicited(self.pending.len())
-            }
+            Ok(false) if !self.pending.is_empty() => return Idle::Unsolicited(self.pending.len()),
             Ok(false) => {}
             Err(_) => return Idle::Exited(None),
         }

@@ -360,7 +360,8 @@ impl StreamHandler {
         let line = match outcome {
             Outcome::Line(line) => line,
             Outcome::Exited(status) => {
-                let how = status.map_or_else(|| "closed its stdout".into(), command::describe_status);
+                let how =
+                    status.map_or_else(|| "closed its stdout".into(), command::describe_status);
                 let when = if kept.answered == 0 {
                     "before answering its first request"
                 } else {
