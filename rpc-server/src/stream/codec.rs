@@ -208,7 +208,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 /// The bytes of base64 `text` (RFC 4648 section 4, padded), or `None` if it is not that.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| ALPHABET.iter().position(|a| *a == c).map(|v| v as u32);
