@@ -30,8 +30,7 @@ fn example(name: &str) -> String {
     path.display().to_string()
 }
 
-/// Digits no other process has in its arguments: a program's `$0` in sh, so that its
-/// children can carry it too (`sleep 3600.$0`).
+/// Digits no other process has in its arguments (a program's `$0`: `sleep 3600.$0`).
 fn marker() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -246,8 +245,7 @@ fn json_requests_carry_body_properties_and_the_servers_span() {
     served.stop();
 }
 
-/// A `lines` handler in sh: `crash` exits 3, `hang` hangs (with a child in its group), `big`
-/// writes a 200,000-byte line, `two` answers with two lines; else it echoes.
+/// A `lines` handler: `crash` exits 3, `hang` hangs (a child too), `big`, `two` lines; echo.
 const SH_HANDLER: &str = "while read -r l; do case \"$l\" in \
        crash) echo 'dying now' >&2; exit 3;; \
        hang) sleep 3601.$0 & sleep 3602.$0;; \
@@ -313,8 +311,7 @@ fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
     assert!(shown.contains("dying now"), "stderr is logged\n{shown}");
 }
 
-/// A `json` handler in Python: `garbage` gets a line that is not JSON, `wrong` a reply with
-/// another id, `error` an error; else an echo.
+/// A `json` handler: `garbage` is not JSON, `wrong` has another id, `error`; else an echo.
 const JSON_FAULTY: &str = "import json, sys\n\
     for line in sys.stdin:\n\
     \x20   r = json.loads(line)\n\
@@ -348,11 +345,12 @@ fn garbage_and_wrong_ids_are_protocol_errors() {
     assert_eq!(shown.matches("started `").count(), 3, "{shown}");
 }
 
-/// `cat`, as the child of a shell that carries the marker.
+/// `cat` and `yes`, as children of a shell that carries the marker.
 const CAT: &[&str] = &["sh", "-c", "cat; :"];
+const YES: &[&str] = &["sh", "-c", "yes; :"];
 
 #[test]
-fn cat_carries_a_large_line_both_ways() {
+fn cat_carries_a_large_line_and_a_flood_is_cut_off() {
     let served = Served::start("stream-cat", &["--protocol", "lines"], CAT);
     let body: String = (0..3_000_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -360,10 +358,17 @@ fn cat_carries_a_large_line_both_ways() {
     let reply = served.text(&body);
     assert!(
         reply == body,
-        "cat changed a 3 MB line ({} bytes back)",
+        "cat changed a 3 MB line ({} bytes)",
         reply.len()
     );
     served.stop();
+    // `yes` answers "y", then floods: each next request finds it out of step.
+    let served = Served::start("stream-flood", &["--protocol", "lines"], YES);
+    for _ in 0..3 {
+        assert_eq!(served.text("x"), "y");
+    }
+    let shown = served.stop();
+    assert!(shown.contains("nobody asked for"), "{shown}");
 }
 
 #[test]
@@ -519,8 +524,7 @@ fn protocol_flags_are_checked() {
     assert_eq!(status.code(), Some(2), "{shown}");
 }
 
-/// The Python of the interop stage's virtual environment (with pika), made by
-/// `scripts/interop.sh` in `target/py-venv`, or `$RPC_INTEROP_PYTHON`.
+/// `$RPC_INTEROP_PYTHON`, or the interop venv's (pika) that scripts/interop.sh makes.
 fn interop_python() -> PathBuf {
     if let Some(python) = std::env::var_os("RPC_INTEROP_PYTHON") {
         return python.into();
@@ -589,10 +593,7 @@ fn rpc_client_call_against_a_lines_server() {
         .output()
         .expect("run rpc-client");
     let shown = served.stop();
-    assert!(
-        out.status.success(),
-        "{}\n{shown}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{shown}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
 }

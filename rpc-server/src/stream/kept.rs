@@ -113,7 +113,8 @@ impl Kept {
         if !self.pending.is_empty() {
             return Idle::Unsolicited(self.pending.len());
         }
-        match self.read_stdout(usize::MAX) {
+        // One chunk at most: a program that floods its stdout cannot keep this reading.
+        match self.read_stdout(0) {
             Ok(true) => return Idle::Exited(self.child.try_wait().ok().flatten()),
             Ok(false) if !self.pending.is_empty() => return Idle::Unsolicited(self.pending.len()),
             Ok(false) => {}
@@ -318,7 +319,8 @@ impl Kept {
                 break None;
             };
             if ready[1] {
-                let _ = self.read_stdout(usize::MAX);
+                // A chunk per round: a flood cannot hold this past the deadline.
+                let _ = self.read_stdout(0);
                 dropped += self.pending.len();
                 self.pending.clear();
             }
