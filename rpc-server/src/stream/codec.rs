@@ -234,7 +234,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-    use rpc_client::trace::TraceContext;
+    use rpc_client::TraceContext;
 
     fn request<'a>(
         body: &'a [u8],
