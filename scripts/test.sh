@@ -81,7 +81,7 @@ stage_build() { cargo build --release; }
 # End-to-end through the scripts: start-servers.sh 2 on a fresh queue (ready once the broker
 # counts 2 consumers), the rpc-client binary against the rpc-server binaries, stop-servers.sh
 # (no consumer left). Results, exit codes and logs of the binaries are checked by the Rust
-# tests (rpc-client/tests/client.rs, rpc-server/tests/{binary,rpc}.rs).
+# tests (rpc-client/tests/client.rs, rpc-server/tests/it/ binary and rpc).
 stage_e2e() {
     local out
     E2E_QUEUE=rpc-e2e-$(cat /proc/sys/kernel/random/uuid)
@@ -113,7 +113,7 @@ stage_interop() {
 # Exits 77 (skipped) when no RabbitMQ node can be run here.
 stage_tls() { scripts/tls-test.sh; }
 
-# The cluster test (rpc-server/tests/cluster/, issues 5 and 16): a local three-node cluster
+# The cluster test (rpc-server/tests/it/cluster/, issues 5 and 16): a local three-node cluster
 # (scripts/cluster.sh, beside the main broker), each scenario once: a rolling restart, kill -9
 # of the leader's node, kill -9 of a caller's node, a 30 s partition; 3 servers and 6 callers
 # (library and rpc-client processes) on a quorum queue, every call answered right. Exits 77
@@ -124,7 +124,7 @@ stage_cluster() { scripts/cluster-test.sh; }
 # run. It prints figures and flags; speed is judged from a full run, not asserted here.
 stage_bench() { BENCH_QUICK=1 scripts/bench.sh; }
 
-# The fault run (rpc-server/tests/faults.rs) against a throwaway node of its own
+# The fault run (rpc-server/tests/it/faults/) against a throwaway node of its own
 # (scripts/node.sh: rpcfault@localhost, AMQP on FAULT_PORT, default 5700), which it restarts:
 # servers killed and stopped under load, a broker restart (rabbitmqctl stop_app / start_app
 # on that node), malformed requests, reply floods. Skipped (77) where no node can run.
@@ -132,7 +132,7 @@ stage_faults() {
     scripts/node.sh start rpcfault "${FAULT_PORT:-5700}" || return
     trap 'scripts/node.sh stop rpcfault || exit 1' EXIT
     AMQP_URI=$(scripts/node.sh uri rpcfault) RABBITMQCTL="$REPO_ROOT/scripts/node.sh ctl rpcfault" \
-        cargo test --release -p rpc-server --test faults -- --ignored --nocapture --test-threads=1
+        cargo test --release -p rpc-server --test it faults:: -- --ignored --nocapture --test-threads=1
 }
 
 # RabbitMQ 4.x (scripts/rabbitmq4.sh: Debian 13's package in a chroot, rpc4@localhost on
