@@ -4,8 +4,8 @@
 use super::{logs, refusal, text, Served, EXIT_WITHIN};
 use crate::common::server::ServerProc;
 use rpc_client::testing;
-use rpc_client::trace::TraceContext;
 use rpc_client::RpcRequest;
+use rpc_client::TraceContext;
 use std::ops::ControlFlow;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ fn raw_round_trip(
     requests: &[(&[u8], bool)],
 ) -> Vec<(AmqpProperties, Vec<u8>)> {
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let mut expected = 0;
     for (i, (body, with_reply_to)) in requests.iter().enumerate() {
         let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
@@ -123,7 +123,7 @@ fn direct_reply_to_callers_are_served() {
     let servers = start_servers(queue.name(), 1);
     let admin = Admin::connect().expect("admin");
     let channel = admin.channel();
-    let consumer = rpc_client::consume::consume(
+    let consumer = rpc_client::amqp::consume(
         channel,
         "amq.rabbitmq.reply-to",
         ConsumerOptions {
@@ -179,7 +179,7 @@ fn skewed_clocks_do_not_drop_requests() {
     let mut admin = Admin::connect().expect("admin");
     admin.wait_for_consumers(queue.name(), 1).expect("consumes");
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")

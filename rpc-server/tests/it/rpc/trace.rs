@@ -3,8 +3,8 @@
 use super::{client, start_servers, stop_all};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, RpcClient, RpcRequest};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -69,7 +69,7 @@ fn malformed_or_missing_traceparent_starts_a_new_trace_and_is_never_echoed() {
     let servers = start_servers(queue.name(), 1);
     let admin = Admin::connect().expect("admin");
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let cases: [(&str, Option<&str>); 5] = [
         ("none", None),
