@@ -39,6 +39,10 @@
 //! killed or cut off is started again (or healed) at the end of its scenario, also when the
 //! scenario fails; the queue is deleted and every process the test started is stopped. Server
 //! logs are kept in `target/tmp/cluster/<scenario>/`.
+//!
+//! Here: the settings, the callers' and servers' names, the scenario list and the test;
+//! [`nodes`]: the cluster and what its nodes say; [`run`]: one scenario's set-up, phases,
+//! checks and report.
 
 mod kill;
 mod nodes;
