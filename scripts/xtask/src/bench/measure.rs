@@ -198,6 +198,8 @@ impl Bench {
                     .args(args);
                 command.args(["bench", "--calls", &calls.to_string()]);
                 command.args(["--in-flight", &in_flight.to_string(), "--n", "30"]);
+                // Never more warm-up than measured calls (the slow per-request rows s).
+                let warmup = self.settings.warmup.min(*calls).to_string();
                 command.args(["--warmup", &warmup, "--tsv"]);
                 command
             }

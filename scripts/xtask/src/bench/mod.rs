@@ -16,6 +16,8 @@
 //!   `--workers 2 -- cat`
 //! - (m) the cost of the metrics endpoint: rpc-server `--metrics-addr 127.0.0.1:0` with
 //!   /metrics fetched once a second vs the same server without, 1 and 64 in flight
+//! - (s) a program kept per worker (`--protocol lines`): a Python echo handler kept vs the
+//!   Fibonacci server and vs the same handler per request; `cat` kept; workers 1, 2, 4
 //!
 //! The calls/s rows are data ([`rows`]); the bench starts each phase's release rpc-servers
 //! (on queues `bench-<run>-<server>`, as processes of its own), runs the phase's rows

@@ -354,6 +354,140 @@ fn metrics(s: &Settings, depth: u64) -> Phase {
     }
 }
 
+/// The bench's Python handler (echoes each line), run kept and per request.
+fn echo_py() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../interop/echo_lines.py").to_string()
+}
+
+/// A server of the rows s on `--prefetch prefetch` running `cmd` with `--protocol protocol`.
+fn stream_server(
+    name: &'static str,
+    prefetch: u64,
+    workers: u64,
+    protocol: &str,
+    cmd: &[String],
+) -> Server {
+    let mut args: Vec<String> = vec!["-q".into(), "--prefetch".into(), prefetch.to_string()];
+    args.extend([
+        "--workers".into(),
+        workers.to_string(),
+        "--protocol".into(),
+        protocol.into(),
+        "--".into(),
+    ]);
+    args.extend(cmd.iter().cloned());
+    Server {
+        name,
+        args,
+        scraped: false,
+    }
+}
+
+/// A row s against `server`, compared with `against` (ratio and time per call).
+fn stream_row(
+    id: &str,
+    server: &'static str,
+    depth: u64,
+    calls: u64,
+    setup: String,
+    against: &[&str],
+) -> Row {
+    let mut row = client(
+        id.into(),
+        format!(
+            "rpc-client bench --n 30, {}, exclusive reply queue, {calls} calls",
+            label(depth)
+        ),
+        setup,
+        Measure::Client {
+            server,
+            in_flight: depth,
+            direct: false,
+            calls,
+            args: vec![],
+        },
+    );
+    row.anchor = against.is_empty();
+    for other in against {
+        row.compare.push(Compare::Ratio((*other).into()));
+    }
+    row
+}
+
+/// (s) a program kept per worker (issue 20): sequentially, the Python echo handler kept
+/// (`--protocol lines`) vs the built-in Fibonacci handler and vs the same handler started per
+/// request, and `cat` kept; at 8 in flight, the kept Python handler with 1, 2 and 4 workers.
+fn stream(s: &Settings, depth: u64) -> Phase {
+    let py = vec!["python3".to_string(), echo_py()];
+    let cat = vec!["cat".to_string()];
+    let (mut servers, mut rows) = (Vec::new(), Vec::new());
+    if depth == 1 {
+        let calls = s.h_seq_calls;
+        servers.push(server("fib", 1, &[]));
+        servers.push(stream_server("py-lines", 1, 1, "lines", &py));
+        servers.push(stream_server("py-exec", 1, 1, "exec", &py));
+        servers.push(stream_server("cat-lines", 1, 1, "lines", &cat));
+        rows.push(stream_row(
+            "s1-fib",
+            "fib",
+            1,
+            calls,
+            ours(", Fibonacci", 1),
+            &[],
+        ));
+        let lines = " `--protocol lines -- python3 echo_lines.py` (kept)";
+        rows.push(stream_row(
+            "s1-py-lines",
+            "py-lines",
+            1,
+            calls,
+            ours(lines, 1),
+            &["s1-fib", "s1-py-exec"],
+        ));
+        let exec = " `-- python3 echo_lines.py` (a process per request)";
+        let exec_calls = (calls / 20).max(10);
+        rows.push(stream_row(
+            "s1-py-exec",
+            "py-exec",
+            1,
+            exec_calls,
+            ours(exec, 1),
+            &["s1-fib"],
+        ));
+        let cat_lines = " `--protocol lines -- cat` (kept)";
+        rows.push(stream_row(
+            "s1-cat-lines",
+            "cat-lines",
+            1,
+            calls,
+            ours(cat_lines, 1),
+            &["s1-fib"],
+        ));
+    } else {
+        let calls = s.h_inflight_calls;
+        for (name, workers) in [("py-w1", 1), ("py-w2", 2), ("py-w4", 4)] {
+            servers.push(stream_server(name, depth, workers, "lines", &py));
+            let how = format!(" `--workers {workers} --protocol lines -- python3 echo_lines.py`");
+            let id = format!("s{depth}-{name}");
+            let against: &[&str] = if workers == 1 { &[] } else { &["s8-py-w1"] };
+            rows.push(stream_row(
+                &id,
+                name,
+                depth,
+                calls,
+                ours(&how, depth),
+                against,
+            ));
+        }
+    }
+    Phase {
+        groups: "s",
+        servers,
+        rows,
+        ..Phase::default()
+    }
+}
+
 /// Every phase of calls/s rows, in the order they run.
 pub fn phases(s: &Settings) -> Vec<Phase> {
     let mut phases = vec![
@@ -363,6 +497,7 @@ pub fn phases(s: &Settings) -> Vec<Phase> {
         process_per_request(H_DEPTH, s.h_inflight_calls),
     ];
     phases.extend(M_DEPTHS.map(|depth| metrics(s, depth)));
+    phases.extend([stream(s, 1), stream(s, H_DEPTH)]);
     phases
 }
 

@@ -276,6 +276,13 @@ fn header(r: &Results, s: &Settings) -> String {
             ok + failed
         );
     }
+    if s.want("s") {
+        out.push_str(
+            "- rows s: a program kept per worker (`--protocol lines`): scripts/interop/echo_lines.py \
+             (echoes each line, so the reply is `30`) kept vs started per request, `cat` kept, and \
+             the kept handler with 1, 2 and 4 workers\n",
+        );
+    }
     if s.only != GROUPS {
         let _ = writeln!(
             out,
