@@ -13,7 +13,8 @@
 # node_select NAME PORT BASE: state in BASE/NAME@localhost/, the Erlang cookie in
 # BASE/home/.erlang.cookie (HOME points there, so the main broker's cookie is untouched).
 # Env: NODE_WAIT (seconds to boot, default 120), NODE_STOP_WAIT (seconds per stop, default
-# 60), NODE_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler, to share the machine),
+# 60), NODE_CONF (start: more rabbitmq.conf lines, one a line), NODE_MORE_PORTS (start: ports
+# those lines listen on, checked free first), NODE_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler, to share the machine),
 # RABBITMQ_BIN (default /usr/lib/rabbitmq/bin). Sourced with NODE_ROOT set (a directory with
 # a Debian root, see rabbitmq4.sh), the node's commands run chrooted there: BASE and
 # RABBITMQ_BIN are paths inside it, and NODE_EPMD_PORT gives the node an epmd of its own.
@@ -126,7 +127,7 @@ node_write_config() {
 
 # node_preflight: dies unless the node (not running) can start: its name, its AMQP and
 # distribution ports and those in NODE_MORE_PORTS (say, a TLS listener's) must be free.
-NODE_MORE_PORTS=()
+read -r -a NODE_MORE_PORTS <<<"${NODE_MORE_PORTS:-}"
 node_preflight() {
     local port
     node_epmd_has && die "$NODE is registered with epmd but is not the node recorded in $NODE_DIR (a leftover whose state was removed?); stop that VM first"
@@ -244,7 +245,8 @@ case $command in
             exit 0
         fi
         rm -rf "$NODE_DIR" # a fresh node: no queues or users from an earlier run
-        node_write_config "vm_memory_high_watermark.absolute = 512MiB" "disk_free_limit.absolute = 100MB"
+        mapfile -t conf <<<"${NODE_CONF:-}"
+        node_write_config "vm_memory_high_watermark.absolute = 512MiB" "disk_free_limit.absolute = 100MB" "${conf[@]}"
         printf '%s\n' "$port" >"$port_file"
         node_start
         node_wait $((SECONDS + NODE_WAIT))
