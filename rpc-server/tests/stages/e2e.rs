@@ -52,7 +52,11 @@ impl Scripts {
         let count = count.to_string();
         let all = [&[count.as_str(), "--"][..], args].concat();
         let out = self.script("start-servers.sh", &all);
-        assert!(out.exited(0), "start-servers.sh failed:\n{}", out.describe());
+        assert!(
+            out.exited(0),
+            "start-servers.sh failed:\n{}",
+            out.describe()
+        );
     }
 
     /// `stop-servers.sh`: must succeed.
@@ -123,7 +127,10 @@ fn refusals_on_4x() {
         out.describe()
     );
     let reason = text.rsplit("not retrying: ").next().unwrap_or("").trim();
-    println!("4.x: ok: rpc-server --transient exits 4: {}", proc::tail(reason, 1));
+    println!(
+        "4.x: ok: rpc-server --transient exits 4: {}",
+        proc::tail(reason, 1)
+    );
 
     let mut scripts = Scripts::new(queue);
     scripts.start(1, &["--queue", queue, "--max-reply-bytes", "5"]);
@@ -134,7 +141,10 @@ fn refusals_on_4x() {
         "a reply over --max-reply-bytes (want exit 5, too-large):\n{}",
         out.describe()
     );
-    println!("4.x: ok: a reply over --max-reply-bytes is an error reply: {}", proc::tail(text.trim(), 1));
+    println!(
+        "4.x: ok: a reply over --max-reply-bytes is an error reply: {}",
+        proc::tail(text.trim(), 1)
+    );
     scripts.stop();
     let _ = std::fs::remove_dir_all(&scripts.run_dir);
 }

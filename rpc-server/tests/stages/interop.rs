@@ -58,14 +58,11 @@ impl Run {
         command
     }
 
-    /// Starts `command` in the background as `name`; `Err` unless it becomes the one consumer
-    /// of `queue` within [`READY`].
-    fn server(&self, command: Command, name: &str, queue: &str) -> Result<Bg, (Bg, String)> {
+    /// Starts `command` in the background as `name`; `Err` (why, its stderr; it is killed)
+    /// unless it becomes the one consumer of `queue` within [`READY`].
+    fn server(&self, command: Command, name: &str, queue: &str) -> Result<Bg, String> {
         let mut server = Bg::spawn(command, &self.logs, name);
-        match await_consumers(&testing::broker(), queue, 1, READY, &mut server) {
-            Ok(()) => Ok(server),
-            Err(why) => Err((server, why)),
-        }
+        await_consumers(&testing::broker(), queue, 1, READY, &mut server).map(|()| server)
     }
 
     /// The client `command` must exit 0 and print `expected`.
@@ -85,7 +82,11 @@ impl Run {
         let out = proc::run(command, stdin, CLIENT_DEADLINE);
         t.check(out.exited(0) && out.out() == expected, name, || {
             let want = expected.replace('\n', " ");
-            format!("  want exit 0 and: {want}\n{}\n{}", out.describe(), server.describe())
+            format!(
+                "  want exit 0 and: {want}\n{}\n{}",
+                out.describe(),
+                server.describe()
+            )
         });
     }
 }
@@ -164,7 +165,7 @@ fn flavour(run: &Run, t: &mut Tally, fl: &str) {
     // (a) their client -> our server; the tutorial server declares the queue first.
     match theirs("predeclare") {
         Ok(mut server) => drop(server.stop(STOP)),
-        Err((_, why)) => t.fail(&format!("{fl}: tutorial server declares {q}"), &why),
+        Err(why) => t.fail(&format!("{fl}: tutorial server declares {q}"), &why),
     }
     their_client_our_server(run, t, fl, q);
     // (b) our client -> their server, and (d) our client's `call` -> their server.
@@ -178,7 +179,7 @@ fn flavour(run: &Run, t: &mut Tally, fl: &str) {
             run.check(t, &d1, "832040", &server, our_client(&args));
             let _ = server.stop(STOP);
         }
-        Err((_, why)) => not_ready(t, &[&b1, &d1], &why),
+        Err(why) => not_ready(t, &[&b1, &d1], &why),
     }
     command_server(run, t, fl, q);
 }
@@ -191,12 +192,20 @@ fn their_client_our_server(run: &Run, t: &mut Tally, fl: &str, q: &str) {
     let server = run.server(ours(&["--queue", q]), &format!("{fl}-our-server"), q);
     let server = match server {
         Ok(server) => server,
-        Err((_, why)) => return not_ready(t, &[&a1, &a2, &a3], &why),
+        Err(why) => return not_ready(t, &[&a1, &a2, &a3], &why),
     };
     let declare = format!("--declare-{fl}");
-    let args = [&["--queue", q, &declare, "--timeout", CALL_TIMEOUT][..], &NS].concat();
+    let args = [
+        &["--queue", q, &declare, "--timeout", CALL_TIMEOUT][..],
+        &NS,
+    ]
+    .concat();
     run.check(t, &a1, EXPECTED, &server, run.py("rpc_client.py", &args));
-    let args = [&["--queue", q, "--direct-reply-to", "--timeout", CALL_TIMEOUT][..], &NS].concat();
+    let args = [
+        &["--queue", q, "--direct-reply-to", "--timeout", CALL_TIMEOUT][..],
+        &NS,
+    ]
+    .concat();
     run.check(t, &a2, EXPECTED, &server, run.py("rpc_client.py", &args));
     stops_clean(t, &a3, server);
 }
@@ -211,7 +220,7 @@ fn command_server(run: &Run, t: &mut Tally, fl: &str, q: &str) {
     let command = ours(&["--queue", q, "--", "tr", "a-z", "A-Z"]);
     let server = match run.server(command, &format!("{fl}-our-cmd-server"), q) {
         Ok(server) => server,
-        Err((_, why)) => return not_ready(t, &[&c1, &c2, &c3, &d2, &d3], &why),
+        Err(why) => return not_ready(t, &[&c1, &c2, &c3, &d2, &d3], &why),
     };
     let expected = RAW_EXPECTED.join("\n");
     let raw = ["--raw", "--queue", q, "--timeout", CALL_TIMEOUT];
@@ -233,7 +242,8 @@ fn command_server(run: &Run, t: &mut Tally, fl: &str, q: &str) {
 fn own_declaration(run: &Run, t: &mut Tally, fl: &str, server_flags: &[&str]) {
     let guard = QueueGuard::new(&format!("interop-{fl}-own"));
     let q = guard.name();
-    let name = format!("{fl}: our server's declaration ({fl} {}) matches the peer's", server_flags.join(" "));
+    let described = [&[fl][..], server_flags].concat().join(" ");
+    let name = format!("{fl}: our server's declaration ({described}) matches the peer's");
     let args = [&["--queue", q][..], server_flags].concat();
     match run.server(ours(&args), &format!("own-{fl}-our-server"), q) {
         Ok(mut server) => {
@@ -242,7 +252,7 @@ fn own_declaration(run: &Run, t: &mut Tally, fl: &str, server_flags: &[&str]) {
             run.check(t, &name, "55", &server, run.py("rpc_client.py", &args));
             let _ = server.stop(STOP);
         }
-        Err((_, why)) => not_ready(t, &[&name], &why),
+        Err(why) => not_ready(t, &[&name], &why),
     }
 }
 
@@ -256,9 +266,10 @@ fn error_reply(run: &Run, t: &mut Tally) {
     let command = ours(&["--queue", q, "--", "sh", "-c", fails]);
     let mut server = match run.server(command, "error-our-server", q) {
         Ok(server) => server,
-        Err((_, why)) => return not_ready(t, &[e1, e2], &why),
+        Err(why) => return not_ready(t, &[e1, e2], &why),
     };
-    let want = "error reply (x-rpc-error: exec-failed): the command exited with status 3: no such record";
+    let want =
+        "error reply (x-rpc-error: exec-failed): the command exited with status 3: no such record";
     let args = ["--raw", "--queue", q, "--timeout", CALL_TIMEOUT, "x"];
     let out = proc::run(run.py("rpc_client.py", &args), b"", CLIENT_DEADLINE);
     check_error(t, e1, &out, want, &server);
@@ -271,7 +282,11 @@ fn error_reply(run: &Run, t: &mut Tally) {
 /// The client exited 5 with `want` in its stderr.
 fn check_error(t: &mut Tally, name: &str, out: &Output, want: &str, server: &Bg) {
     t.check(out.exited(5) && out.stderr.contains(want), name, || {
-        format!("  want exit 5 and '{want}' on stderr\n{}\n{}", out.describe(), server.describe())
+        format!(
+            "  want exit 5 and '{want}' on stderr\n{}\n{}",
+            out.describe(),
+            server.describe()
+        )
     });
 }
 
@@ -283,17 +298,30 @@ fn otel_their_client(run: &Run, t: &mut Tally) {
     let o1 = "trace context: their instrumented client -> our server, one trace";
     let mut server = match run.server(ours(&["--queue", q]), "otel-our-server", q) {
         Ok(server) => server,
-        Err((_, why)) => return not_ready(t, &[o1], &why),
+        Err(why) => return not_ready(t, &[o1], &why),
     };
-    let args = ["client", "--queue", q, "--timeout", CALL_TIMEOUT, "10", "30"];
+    let args = [
+        "client",
+        "--queue",
+        q,
+        "--timeout",
+        CALL_TIMEOUT,
+        "10",
+        "30",
+    ];
     let out = proc::run(run.py("otel_peer.py", &args), b"", CLIENT_DEADLINE);
     let _ = server.stop(STOP);
     let tid = out.stderr.lines().find_map(|line| {
         let id = line.strip_prefix("trace ")?;
-        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then_some(id)
+        (id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then_some(id)
     });
-    let logged = tid.map_or(0, |id| server.stderr().matches(&format!("(trace {id})")).count());
+    let logged = tid.map_or(0, |id| {
+        server.stderr().matches(&format!("(trace {id})")).count()
+    });
     let ok = out.exited(0) && out.out() == "55\n832040" && tid.is_some() && logged == 2;
     t.check(ok, o1, || {
         let shown = format!("trace {tid:?}, logged by our server {logged} times (want 2)");
@@ -311,9 +339,17 @@ fn otel_their_server(run: &Run, t: &mut Tally) {
     let args = ["server", "--queue", q, "--count", "1"];
     let mut server = match run.server(run.py("otel_peer.py", &args), "otel-their-server", q) {
         Ok(server) => server,
-        Err((_, why)) => return not_ready(t, &[o2], &why),
+        Err(why) => return not_ready(t, &[o2], &why),
     };
-    let mut client = our_client(&["--queue", q, "--timeout", CALL_TIMEOUT, "call", "--json", "10"]);
+    let mut client = our_client(&[
+        "--queue",
+        q,
+        "--timeout",
+        CALL_TIMEOUT,
+        "call",
+        "--json",
+        "10",
+    ]);
     client.env("TRACEPARENT", format!("00-{parent}-b7ad6b7169203331-01"));
     let out = proc::run(client, b"", CLIENT_DEADLINE);
     // Their server exits after the one request, printing the trace id its spans share.
@@ -328,6 +364,10 @@ fn otel_their_server(run: &Run, t: &mut Tally) {
         && json.contains("\"body\": \"55\"");
     t.check(ok, o2, || {
         let theirs = proc::tail(&theirs, 3);
-        format!("  their server: {exit:?}, printed:\n{theirs}\n{}\n{}", out.describe(), server.describe())
+        format!(
+            "  their server: {exit:?}, printed:\n{theirs}\n{}\n{}",
+            out.describe(),
+            server.describe()
+        )
     });
 }

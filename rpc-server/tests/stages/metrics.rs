@@ -51,7 +51,15 @@ fn metrics() {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let maddr = addr.to_string();
     let mut command = Command::new(rpc_server_bin());
-    command.args(["--queue", queue, "--metrics-addr", &maddr, "--max-n", "1000", "-q"]);
+    command.args([
+        "--queue",
+        queue,
+        "--metrics-addr",
+        &maddr,
+        "--max-n",
+        "1000",
+        "-q",
+    ]);
     let mut server = Bg::spawn(command, &logs, "server");
     let within = Duration::from_secs(20);
     if let Err(why) = await_consumers(&testing::broker(), queue, 1, within, &mut server) {
@@ -60,7 +68,10 @@ fn metrics() {
 
     for path in ["/healthz", "/readyz"] {
         let got = get(addr, path, STEP);
-        assert!(matches!(got, Ok((200, _))), "{path}: {got:?} (want 200 while consuming)");
+        assert!(
+            matches!(got, Ok((200, _))),
+            "{path}: {got:?} (want 200 while consuming)"
+        );
     }
     println!("metrics: ok: /healthz 200, /readyz 200 while consuming");
 
@@ -72,13 +83,23 @@ fn metrics() {
     let before = counters(addr);
     let client = |args: &[&str]| {
         let mut command = Command::new(rpc_client_bin());
-        command.args(["--queue", queue, "--timeout", "10"]).args(args);
+        command
+            .args(["--queue", queue, "--timeout", "10"])
+            .args(args);
         proc::run(command, b"", Duration::from_secs(60))
     };
     let out = client(&["10", "20", "30"]);
-    assert!(out.exited(0) && out.out() == "55\n6765\n832040", "rpc-client 10 20 30:\n{}", out.describe());
+    assert!(
+        out.exited(0) && out.out() == "55\n6765\n832040",
+        "rpc-client 10 20 30:\n{}",
+        out.describe()
+    );
     let out = client(&["5000"]);
-    assert!(out.exited(5), "a call over --max-n (want exit 5, an error reply):\n{}", out.describe());
+    assert!(
+        out.exited(5),
+        "a call over --max-n (want exit 5, an error reply):\n{}",
+        out.describe()
+    );
     let after = counters(addr);
     let moved: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     assert_eq!(
@@ -86,7 +107,9 @@ fn metrics() {
         [3.0, 1.0, 4.0],
         "after 3 answered calls and 1 refused: answered, refused, handled went {before:?} -> {after:?}"
     );
-    println!("metrics: ok: answered +3, refused{{code=too-large}} +1, durations +4 for the 4 calls made");
+    println!(
+        "metrics: ok: answered +3, refused{{code=too-large}} +1, durations +4 for the 4 calls made"
+    );
 
     prometheus(&logs, &maddr, after[0]);
     drop(server);
@@ -122,13 +145,24 @@ fn prometheus(logs: &Path, maddr: &str, answered: f64) {
             Ok(query(paddr, "up{job=\"rpc-server\"}").ok().flatten() == Some(1.0))
         },
     );
-    assert!(prom.exited().is_none(), "prometheus exited:\n{}", prom.describe());
+    assert!(
+        prom.exited().is_none(),
+        "prometheus exited:\n{}",
+        prom.describe()
+    );
     if let Err(err) = up {
         panic!("{err}\n{}", prom.describe());
     }
     println!("metrics: ok: Prometheus scraped the server (up == 1)");
-    let got = query(paddr, "sum(rpc_server_requests_total{job=\"rpc-server\",outcome=\"answered\"})");
-    assert_eq!(got, Ok(Some(answered)), "Prometheus' answered count (the endpoint says {answered})");
+    let got = query(
+        paddr,
+        "sum(rpc_server_requests_total{job=\"rpc-server\",outcome=\"answered\"})",
+    );
+    assert_eq!(
+        got,
+        Ok(Some(answered)),
+        "Prometheus' answered count (the endpoint says {answered})"
+    );
     let info = query(paddr, "rpc_server_build_info{job=\"rpc-server\"}");
     assert_eq!(info, Ok(Some(1.0)), "Prometheus' rpc_server_build_info");
     println!("metrics: ok: Prometheus reads answered = {answered} calls and the build info");

@@ -58,7 +58,11 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..]
         .iter()
         .map(|line| {
-            let shown: String = line.chars().take(300).flat_map(char::escape_debug).collect();
+            let shown: String = line
+                .chars()
+                .take(300)
+                .flat_map(char::escape_debug)
+                .collect();
             format!("  | {shown}")
         })
         .collect::<Vec<_>>()
@@ -214,9 +218,9 @@ impl Bg {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         match self.wait_exit(within) {
-            Some(status) => status.code().ok_or_else(|| {
-                format!("{} ended by signal {:?}", self.name, status.signal())
-            }),
+            Some(status) => status
+                .code()
+                .ok_or_else(|| format!("{} ended by signal {:?}", self.name, status.signal())),
             None => Err(format!(
                 "{} still ran {within:?} after SIGTERM; killed",
                 self.name

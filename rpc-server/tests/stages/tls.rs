@@ -63,7 +63,9 @@ fn client(s: &Setup, name: &str, env: &[(&str, &str)], args: &[&str]) -> Output 
         command.env_remove(variable);
     }
     command.envs(env.iter().copied());
-    command.args(["--queue", QUEUE, "--timeout", "10"]).args(args);
+    command
+        .args(["--queue", QUEUE, "--timeout", "10"])
+        .args(args);
     let out = proc::run(command, b"", Duration::from_secs(60));
     let _ = std::fs::write(s.dir.join(format!("client-{name}.err")), &out.stderr);
     out
@@ -72,20 +74,29 @@ fn client(s: &Setup, name: &str, env: &[(&str, &str)], args: &[&str]) -> Output 
 /// The run ended with `code` and printed `stdout`; with `pattern`, its stderr contains it
 /// (case-insensitive) and it took under [`FAST`].
 fn want(t: &mut Tally, label: &str, out: &Output, code: i32, stdout: &str, pattern: Option<&str>) {
-    let message_ok = pattern.is_none_or(|p| {
-        out.stderr.to_lowercase().contains(&p.to_lowercase()) && out.took < FAST
-    });
+    let message_ok = pattern
+        .is_none_or(|p| out.stderr.to_lowercase().contains(&p.to_lowercase()) && out.took < FAST);
     let first_line = out.stderr.lines().next().unwrap_or("");
     let name = match pattern {
-        Some(_) => format!("{label}: exit {code} in {} ms: {first_line}", out.took.as_millis()),
+        Some(_) => format!(
+            "{label}: exit {code} in {} ms: {first_line}",
+            out.took.as_millis()
+        ),
         None => format!("{label}: exit {code}, {stdout}"),
     };
-    t.check(out.exited(code) && out.out() == stdout && message_ok, &name, || {
-        let hint = pattern.map_or(String::new(), |p| {
-            format!(", a message matching '{p}' within {} ms", FAST.as_millis())
-        });
-        format!("  want exit {code}, stdout '{stdout}'{hint}\n{}", out.describe())
-    });
+    t.check(
+        out.exited(code) && out.out() == stdout && message_ok,
+        &name,
+        || {
+            let hint = pattern.map_or(String::new(), |p| {
+                format!(", a message matching '{p}' within {} ms", FAST.as_millis())
+            });
+            format!(
+                "  want exit {code}, stdout '{stdout}'{hint}\n{}",
+                out.describe()
+            )
+        },
+    );
 }
 
 #[test]
@@ -106,11 +117,8 @@ fn tls() {
         .env("AMQP_URI", &uri_ok)
         .args(["--tls-ca", ca, "--queue", QUEUE]);
     let mut server = Bg::spawn(server, &s.dir, "server");
-    let plain = BrokerOptions::from_uri(&format!(
-        "amqp://guest:guest@127.0.0.1:{}",
-        s.plain_port
-    ))
-    .expect("the plain URI");
+    let plain = BrokerOptions::from_uri(&format!("amqp://guest:guest@127.0.0.1:{}", s.plain_port))
+        .expect("the plain URI");
     let consuming = await_consumers(&plain, QUEUE, 1, Duration::from_secs(30), &mut server);
     let a = client(&s, "a", &[("AMQP_URI", &uri_ok)], &["--tls-ca", ca, "30"]);
     match consuming {
@@ -130,7 +138,14 @@ fn tls() {
 
     // (b) Our CA is not among the system's: the certificate is untrusted without --tls-ca.
     let b = client(&s, "b", &[("AMQP_URI", &uri_ok)], &["30"]);
-    want(&mut t, "(b) without --tls-ca", &b, 3, "", Some("certificate"));
+    want(
+        &mut t,
+        "(b) without --tls-ca",
+        &b,
+        3,
+        "",
+        Some("certificate"),
+    );
 
     // (c) The certificate names localhost only (no IP SAN): 127.0.0.1 must not match.
     let c = client(&s, "c", &[("AMQP_URI", &uri_ip)], &["--tls-ca", ca, "30"]);
@@ -139,7 +154,16 @@ fn tls() {
 
     // (d) --tls with the separate host/port flags.
     let port = s.tls_port.to_string();
-    let d_args = ["--tls", "--host", "localhost", "--port", &port, "--tls-ca", ca, "10"];
+    let d_args = [
+        "--tls",
+        "--host",
+        "localhost",
+        "--port",
+        &port,
+        "--tls-ca",
+        ca,
+        "10",
+    ];
     let d = client(&s, "d", &[], &d_args);
     let label = format!("(d) --tls --host localhost --port {port} --tls-ca {ca} 10");
     want(&mut t, &label, &d, 0, "55", None);
@@ -148,12 +172,33 @@ fn tls() {
 
     // (f) Protocol mix-ups fail fast with exit 3 rather than hang until --connect-timeout.
     let plain_port = s.plain_port.to_string();
-    let f1_args = ["--tls", "--host", "localhost", "--port", &plain_port, "--tls-ca", ca, "30"];
+    let f1_args = [
+        "--tls",
+        "--host",
+        "localhost",
+        "--port",
+        &plain_port,
+        "--tls-ca",
+        ca,
+        "30",
+    ];
     let f1 = client(&s, "f1", &[], &f1_args);
     want(&mut t, "(f) TLS to the plain port", &f1, 3, "", Some(""));
     let plain_to_tls = format!("amqp://guest:guest@localhost:{}", s.tls_port);
-    let f2 = client(&s, "f2", &[("AMQP_URI", &plain_to_tls)], &["--connect-timeout", "10", "30"]);
-    want(&mut t, "(f) plain AMQP to the TLS port", &f2, 3, "", Some(""));
+    let f2 = client(
+        &s,
+        "f2",
+        &[("AMQP_URI", &plain_to_tls)],
+        &["--connect-timeout", "10", "30"],
+    );
+    want(
+        &mut t,
+        "(f) plain AMQP to the TLS port",
+        &f2,
+        3,
+        "",
+        Some(""),
+    );
 
     // (g) A CA bundle: every certificate in the --tls-ca file is trusted, not just the first.
     let bundle = s.dir.join("bundle.pem");
@@ -164,12 +209,29 @@ fn tls() {
         .concat();
     std::fs::write(&bundle, joined).expect("write bundle.pem");
     let bundle = bundle.display().to_string();
-    let g = client(&s, "g", &[("AMQP_URI", &uri_ok)], &["--tls-ca", &bundle, "12"]);
-    want(&mut t, "(g) --tls-ca with our CA second in a bundle", &g, 0, "144", None);
+    let g = client(
+        &s,
+        "g",
+        &[("AMQP_URI", &uri_ok)],
+        &["--tls-ca", &bundle, "12"],
+    );
+    want(
+        &mut t,
+        "(g) --tls-ca with our CA second in a bundle",
+        &g,
+        0,
+        "144",
+        None,
+    );
 
     // (h) An unusable --tls-ca is a usage error (exit 2) before any connection attempt.
     let missing = s.dir.join("does-not-exist.pem").display().to_string();
-    let h = client(&s, "h", &[("AMQP_URI", &uri_ok)], &["--tls-ca", &missing, "12"]);
+    let h = client(
+        &s,
+        "h",
+        &[("AMQP_URI", &uri_ok)],
+        &["--tls-ca", &missing, "12"],
+    );
     want(&mut t, "(h) a missing --tls-ca file", &h, 2, "", None);
 
     let _ = server.stop(Duration::from_secs(10));
@@ -187,11 +249,24 @@ fn passwords(s: &Setup, t: &mut Tally) {
     let hide = |e: String| e.replace(&pw, "****");
     let user = ctl
         .run(&["-q", "add_user", "tlsuser", &pw])
-        .and_then(|_| ctl.run(&["-q", "set_permissions", "-p", "/", "tlsuser", ".*", ".*", ".*"]))
+        .and_then(|_| {
+            ctl.run(&[
+                "-q",
+                "set_permissions",
+                "-p",
+                "/",
+                "tlsuser",
+                ".*",
+                ".*",
+                ".*",
+            ])
+        })
         .map_err(hide);
     let mut errs = Vec::new();
     if let Err(err) = user {
-        bad.push(format!("rabbitmqctl add_user/set_permissions tlsuser failed: {err}"));
+        bad.push(format!(
+            "rabbitmqctl add_user/set_permissions tlsuser failed: {err}"
+        ));
     } else {
         let uri = |password: &str| format!("amqps://tlsuser:{password}@localhost:{}", s.tls_port);
         let (good, refused) = (uri(&pw), uri(&wrong));
@@ -199,16 +274,26 @@ fn passwords(s: &Setup, t: &mut Tally) {
         let env = [("AMQP_URI", good.as_str()), ("RUST_LOG", trace)];
         let e1 = client(s, "e1", &env, &["--tls-ca", &s.ca, "-v", "7"]);
         if !(e1.exited(0) && e1.out() == "13") {
-            bad.push(format!("tlsuser call with RUST_LOG=trace (want 0, 13): {}", e1.describe()));
+            bad.push(format!(
+                "tlsuser call with RUST_LOG=trace (want 0, 13): {}",
+                e1.describe()
+            ));
         }
-        let e2 = client(s, "e2", &[("AMQP_URI", &refused)], &["--tls-ca", &s.ca, "7"]);
+        let e2 = client(
+            s,
+            "e2",
+            &[("AMQP_URI", &refused)],
+            &["--tls-ca", &s.ca, "7"],
+        );
         let e3 = client(s, "e3", &[("AMQP_URI", &good)], &["7"]);
         for (what, out) in [("wrong password", &e2), ("untrusted CA", &e3)] {
             if !out.exited(3) {
                 bad.push(format!("{what}: want exit 3: {}", out.describe()));
             }
             if !out.stderr.contains("tlsuser:****@") {
-                bad.push(format!("{what}: no masked URI (tlsuser:****@) in its stderr"));
+                bad.push(format!(
+                    "{what}: no masked URI (tlsuser:****@) in its stderr"
+                ));
             }
         }
         errs = vec![e1.stderr, e2.stderr, e3.stderr];
@@ -219,9 +304,8 @@ fn passwords(s: &Setup, t: &mut Tally) {
     }
     let secrets = [pw.as_str(), wrong.as_str(), "guest:guest", ":guest@"];
     let server_out = proc::read_text(&s.dir.join("server.out"));
-    let node_log = std::env::var("TLS_NODE_LOG").map_or_else(|_| String::new(), |p| {
-        proc::read_text(Path::new(&p))
-    });
+    let node_log = std::env::var("TLS_NODE_LOG")
+        .map_or_else(|_| String::new(), |p| proc::read_text(Path::new(&p)));
     let mut texts = vec![
         ("the server log", server_log),
         ("the server's stdout", server_out),
