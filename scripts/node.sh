@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway RabbitMQ node beside the machine's own broker (rabbit@localhost on 5672, never
-# touched): the one lifecycle that cluster.sh, tls-test.sh and test.sh's fault stage use.
+# touched): the one lifecycle of cluster.sh, tls-test.sh, rabbitmq4.sh and the fault stage.
 #   scripts/node.sh start NAME PORT   start NAME@localhost (AMQP 127.0.0.1:PORT, Erlang
 #                                     distribution 127.0.0.1:PORT+20000) and wait until it
 #                                     answers AMQP; state in target/nodes/NAME@localhost/
@@ -9,15 +9,15 @@
 #                                     after NODE_WAIT seconds): a RABBITMQCTL command prefix
 #   scripts/node.sh uri NAME          its AMQP URI
 # Exits 77 (skipped) where no node can run (RabbitMQ or Erlang not installed). Needs no root.
-# Sourced (cluster.sh, tls-test.sh), it defines the node_* functions for a node chosen with
-# node_select NAME PORT BASE: state in BASE/NAME@localhost/, the Erlang cookie in
-# BASE/home/.erlang.cookie (HOME points there, so the main broker's cookie is untouched).
+# Sourced (cluster.sh), it defines the node_* functions for a node chosen with node_select NAME
+# PORT BASE: state in BASE/NAME@localhost/, the Erlang cookie in BASE/home/.erlang.cookie
+# (HOME points there, so the main broker's cookie is untouched).
 # Env: NODE_WAIT (seconds to boot, default 120), NODE_STOP_WAIT (seconds per stop, default
 # 60), NODE_CONF (start: more rabbitmq.conf lines, one a line), NODE_MORE_PORTS (start: ports
-# those lines listen on, checked free first), NODE_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler, to share the machine),
-# RABBITMQ_BIN (default /usr/lib/rabbitmq/bin). Sourced with NODE_ROOT set (a directory with
-# a Debian root, see rabbitmq4.sh), the node's commands run chrooted there: BASE and
-# RABBITMQ_BIN are paths inside it, and NODE_EPMD_PORT gives the node an epmd of its own.
+# those lines listen on, checked free first), NODE_ERL_ARGS (extra VM flags, default "+S 1:1":
+# one scheduler, to share the machine), RABBITMQ_BIN (default /usr/lib/rabbitmq/bin), NODE_BASE
+# (default target/nodes). With NODE_ROOT (a Debian root, see rabbitmq4.sh) the node runs
+# chrooted there: BASE and RABBITMQ_BIN are paths inside it; NODE_EPMD_PORT: an epmd of its own.
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -227,8 +227,8 @@ usage() { die "usage: $PROG start NAME PORT | stop NAME | ctl NAME ARGS... | uri
 [[ $# -ge 2 && $2 =~ ^[a-z][a-z0-9_-]*$ ]] || usage
 command=$1 name=$2
 shift 2
-BASE=$REPO_ROOT/target/nodes
-port_file=$BASE/$name@localhost/port
+BASE=${NODE_BASE:-$REPO_ROOT/target/nodes} # with NODE_ROOT, a path inside the root
+port_file=$NODE_ROOT$BASE/$name@localhost/port
 if [[ $command == start ]]; then
     [[ $# -eq 1 ]] || usage
     port=$1
@@ -244,7 +244,7 @@ case $command in
             node_wait $((SECONDS + NODE_WAIT))
             exit 0
         fi
-        rm -rf "$NODE_DIR" # a fresh node: no queues or users from an earlier run
+        rm -rf "$NODE_HOST_DIR" # a fresh node: no queues or users from an earlier run
         mapfile -t conf <<<"${NODE_CONF:-}"
         node_write_config "vm_memory_high_watermark.absolute = 512MiB" "disk_free_limit.absolute = 100MB" "${conf[@]}"
         printf '%s\n' "$port" >"$port_file"
@@ -254,7 +254,7 @@ case $command in
     stop)
         [[ $# -eq 0 ]] || usage
         node_stop || die "could not stop $NODE; not removing $NODE_DIR"
-        rm -rf "$NODE_DIR"
+        rm -rf "$NODE_HOST_DIR"
         msg "$NODE stopped; removed $NODE_DIR"
         ;;
     ctl) node_ctl "$NODE_WAIT" "$@" ;;

@@ -92,10 +92,9 @@ if [[ ! -x $bin ]]; then
 fi
 
 mkdir -p "$RUN_DIR"
-live=$(live_pid_files)
-if [[ -n $live ]]; then
-    die "servers from $RUN_DIR are still running (${live//$'\n'/ }); run scripts/stop-servers.sh first"
-fi
+live=()
+for f in "$RUN_DIR"/server-*.pid; do [[ -f $f ]] && is_our_server "$(<"$f")" && live+=("$f"); done
+((${#live[@]} == 0)) || die "servers from $RUN_DIR are still running (${live[*]}); run scripts/stop-servers.sh first"
 rm -f "$RUN_DIR"/server-*.pid "$RUN_DIR"/server-*.log
 echo "$stop_wait" >"$RUN_DIR/stop-wait"
 

@@ -1,21 +1,15 @@
 #!/usr/bin/env bash
-# TLS end-to-end test (issue 5): rpc-server and rpc-client over amqps:// against a throwaway
-# RabbitMQ node with a TLS listener, beside the machine's own broker (which is not touched).
+# TLS end-to-end test (issue 5), beside the machine's own broker (not touched):
 #   scripts/tls-test.sh
-# Makes a throwaway CA, a server certificate for "localhost" (SAN DNS:localhost only, no IP
-# SAN) and an unrelated CA in target/tls/, starts the node rpctls@localhost with
-# scripts/node.sh (plain AMQP on 127.0.0.1:5690, TLS on 127.0.0.1:5691, Erlang distribution on
-# 127.0.0.1:25690), then runs the checks, rpc-server/tests/stages/tls.rs (its documentation
-# lists them: amqps:// and --tls calls, an untrusted CA, a name mismatch, no password in any
-# log or message, protocol mix-ups, a CA bundle, a missing CA file):
-#   cargo test --release -p rpc-server --test stages tls -- --ignored --nocapture --test-threads=1
-# The node is stopped at exit; target/tls/ is removed on success and kept on failure, with the
-# logs (server.err, client-*.err, rabbitmq.log). Prints "tls: N passed, M failed"; exits 1 if
-# a check failed, 77 if no RabbitMQ node can be run here (RabbitMQ or Erlang not installed, no
-# openssl and no root to install it).
+# Makes throwaway CAs and a certificate for "localhost" only (SAN DNS:localhost, no IP SAN) in
+# target/tls/, starts rpctls@localhost with scripts/node.sh (AMQP 127.0.0.1:5690, TLS 5691,
+# distribution 25690) and runs rpc-server/tests/stages/tls.rs, whose documentation lists the
+# checks (cargo test --release -p rpc-server --test stages tls -- --ignored --nocapture).
+# The node is stopped at exit; target/tls/ is removed on success, kept (with server.err,
+# client-*.err, rabbitmq.log) on failure. Exits 77 if no RabbitMQ node can run here.
 # Env: TLS_TEST_PORT (plain AMQP port, default 5690; TLS is +1, distribution +20000),
 # TLS_TEST_WAIT (seconds for the node to boot, default 120), TLS_TEST_KEEP=1 (keep target/tls/
-# even on success; the node is stopped all the same), RABBITMQ_BIN.
+# even on success), RABBITMQ_BIN.
 set -euo pipefail
 # shellcheck source=scripts/node.sh
 . "$(dirname "${BASH_SOURCE[0]}")/node.sh"
@@ -67,15 +61,9 @@ EOF2
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if ((rc != 0)) || [[ -n ${TLS_TEST_KEEP:-} ]]; then
-        cp "$STATE/log/rpctls@localhost.log" "$TLS_DIR/rabbitmq.log" 2>/dev/null
-        msg "certificates and logs kept in target/tls/"
-    fi
-    if [[ -e $STATE/port ]] && ! node stop rpctls; then
-        warn "could not stop rpctls@localhost"
-        ((rc != 0)) || rc=1
-    fi
-    ((rc != 0)) || [[ -n ${TLS_TEST_KEEP:-} ]] || rm -rf "$TLS_DIR"
+    cp "$STATE/log/rpctls@localhost.log" "$TLS_DIR/rabbitmq.log" 2>/dev/null
+    [[ ! -e $STATE/port ]] || node stop rpctls || { warn "could not stop rpctls@localhost"; ((rc)) || rc=1; }
+    if ((rc == 0)) && [[ -z ${TLS_TEST_KEEP:-} ]]; then rm -rf "$TLS_DIR"; else msg "certificates and logs kept in target/tls/"; fi
     exit "$rc"
 }
 

@@ -129,7 +129,7 @@ fn refusals_on_4x() {
     let reason = text.rsplit("not retrying: ").next().unwrap_or("").trim();
     println!(
         "4.x: ok: rpc-server --transient exits 4: {}",
-        proc::tail(reason, 1)
+        proc::printable(reason)
     );
 
     let mut scripts = Scripts::new(queue);
@@ -143,7 +143,7 @@ fn refusals_on_4x() {
     );
     println!(
         "4.x: ok: a reply over --max-reply-bytes is an error reply: {}",
-        proc::tail(text.trim(), 1)
+        proc::printable(text.trim())
     );
     scripts.stop();
     let _ = std::fs::remove_dir_all(&scripts.run_dir);

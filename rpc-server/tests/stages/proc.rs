@@ -51,22 +51,29 @@ impl Output {
     }
 }
 
-/// The last `lines` lines of `text`, each at most 300 characters, control characters shown
-/// escaped, indented: child output as it may be shown on a terminal.
+/// The last `lines` lines of `text`, [`printable`], indented: child output for a failure
+/// message.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..]
         .iter()
-        .map(|line| {
-            let shown: String = line
-                .chars()
-                .take(300)
-                .flat_map(char::escape_debug)
-                .collect();
-            format!("  | {shown}")
-        })
+        .map(|line| format!("  | {}", printable(line)))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `line`, at most 300 characters, with control and bidirectional-override characters shown
+/// escaped: safe to print on a terminal.
+pub fn printable(line: &str) -> String {
+    let risky =
+        |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    line.chars()
+        .take(300)
+        .map(|c| match risky(c) {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The command line of `command` for messages (its environment is not shown: passwords live

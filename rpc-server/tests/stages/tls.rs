@@ -76,7 +76,7 @@ fn client(s: &Setup, name: &str, env: &[(&str, &str)], args: &[&str]) -> Output 
 fn want(t: &mut Tally, label: &str, out: &Output, code: i32, stdout: &str, pattern: Option<&str>) {
     let message_ok = pattern
         .is_none_or(|p| out.stderr.to_lowercase().contains(&p.to_lowercase()) && out.took < FAST);
-    let first_line = out.stderr.lines().next().unwrap_or("");
+    let first_line = proc::printable(out.stderr.lines().next().unwrap_or(""));
     let name = match pattern {
         Some(_) => format!(
             "{label}: exit {code} in {} ms: {first_line}",
