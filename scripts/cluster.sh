@@ -66,10 +66,7 @@ cmd_up() {
         sel "$i"
         if node_pid >/dev/null; then
             # Running VM; start its app if it was stopped (stop-node I --app).
-            if ! node_amqp_up && [[ $(node_app_state) == stopped ]]; then
-                start_app
-                started=1
-            fi
+            ! node_amqp_up && [[ $(node_app_state) == stopped ]] && start_app && started=1
             continue
         fi
         node_preflight # all checks before starting anything
@@ -93,10 +90,7 @@ cmd_up() {
         started=1
     done
     deadline=$((SECONDS + NODE_WAIT))
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        node_wait "$deadline"
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && node_wait "$deadline"; done
 
     # Join every other node to node 1, unless node 1 already counts it as a member.
     if ((N > 1)); then
@@ -121,11 +115,8 @@ cmd_up() {
         ((SECONDS < deadline)) || die "the cluster did not reach $N running nodes within ${NODE_WAIT}s (running: ${running:-?}); see '$PROG status' and the logs in $CLUSTER_DIR/<node>/log/"
         sleep 1
     done
-    if [[ -z $started ]]; then
-        msg "cluster already up: $N running nodes ($running)"
-    else
-        msg "cluster up in $((SECONDS - t0))s: $N running nodes ($running)"
-    fi
+    [[ -z $started ]] || started="up in $((SECONDS - t0))s"
+    msg "cluster ${started:-already up}: $N running nodes ($running)"
     print_uris
 }
 
@@ -158,7 +149,7 @@ cmd_down() {
             jobs[$i]=$!
         fi
     done
-    for i in "${!jobs[@]}"; do wait "${jobs[$i]}" || { warn "could not stop $(name "$i")" && failed=1; }; done
+    for i in "${!jobs[@]}"; do wait "${jobs[$i]}" || { warn "could not stop $(name "$i")"; failed=1; }; done
     ((failed == 0)) || die "some nodes are still running; not removing $CLUSTER_DIR"
     rm -rf "$CLUSTER_DIR"
     msg "cluster down in $((SECONDS - t0))s; removed $CLUSTER_DIR"
@@ -169,9 +160,9 @@ cmd_status() {
     [[ -d $CLUSTER_DIR ]] || msg "no cluster state in $CLUSTER_DIR (run '$PROG up')"
     for ((i = 1; i <= N; i++)); do
         sel "$i"
-        pid=$(node_pid) || { printf '%s: not running\n' "$NODE" && ok=1 && continue; }
+        pid=$(node_pid) || { printf '%s: not running\n' "$NODE"; ok=1; continue; }
         line="$NODE: VM running (pid $pid), AMQP $NODE_HOST:$NODE_PORT answering"
-        node_amqp_up || { line="${line% answering} NOT answering (RabbitMQ app $(node_app_state || echo '?'))" && ok=1; }
+        node_amqp_up || { line="${line% answering} NOT answering (RabbitMQ app $(node_app_state || echo '?'))"; ok=1; }
         if json=$(cluster_json) && [[ -n $json ]]; then
             members=$(json_nodes "$json" disk_nodes)
             running=$(json_nodes "$json" running_nodes)
@@ -183,8 +174,9 @@ cmd_status() {
         fi
         printf '%s\n' "$line"
     done
-    ((ok != 0)) || { msg "all $N nodes up and clustered" && print_uris && return 0; }
-    msg "the cluster is not (fully) up" && return 1
+    ((ok != 0)) || { msg "all $N nodes up and clustered"; print_uris; return 0; }
+    msg "the cluster is not (fully) up"
+    return 1
 }
 
 # node_index I: select node I; dies unless it is 1..N with state.
@@ -214,7 +206,7 @@ cmd_stop_node() {
 cmd_start_node() {
     local t0=$SECONDS running
     node_index "$1"
-    ! node_amqp_up || { msg "$NODE is already running" && return 0; }
+    ! node_amqp_up || { msg "$NODE is already running"; return 0; }
     if node_pid >/dev/null; then
         [[ $(node_app_state) == stopped ]] ||
             die "$NODE runs but does not answer AMQP and its app is not stopped (booting?); see '$PROG status'"
@@ -230,7 +222,7 @@ cmd_start_node() {
 cmd_kill_node() {
     local pid deadline
     node_index "$1"
-    pid=$(node_pid) || { msg "$NODE is not running" && return 0; }
+    pid=$(node_pid) || { msg "$NODE is not running"; return 0; }
     msg "killing $NODE (SIGKILL to its VM, pid $pid)"
     kill -KILL "$pid"
     deadline=$((SECONDS + 10))
@@ -297,9 +289,7 @@ cmd_cut_node() {
 
 cmd_heal() {
     local index pid cgroup root
-    if [[ -e $CUT_STATE ]]; then
-        read -r index pid cgroup <"$CUT_STATE"
-    fi
+    [[ ! -e $CUT_STATE ]] || read -r index pid cgroup <"$CUT_STATE"
     if command -v iptables >/dev/null; then
         while iptables -D OUTPUT -o lo -j "$CUT_CHAIN" 2>/dev/null; do :; done
         if iptables -S "$CUT_CHAIN" >/dev/null 2>&1; then
@@ -319,10 +309,7 @@ cmd_heal() {
 
 cmd_leader() {
     local queue=$1 vhost=${2:-/} i rows row type leader
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        node_amqp_up && break
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && node_amqp_up && break; done
     ((i <= N)) || die "no cluster node answers AMQP; run '$PROG up'"
     rows=$(node_ctl 30 -q list_queues -p "$vhost" --no-table-headers name type leader) ||
         die "rabbitmqctl list_queues failed on $NODE"

@@ -12,8 +12,8 @@ warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
 # Exit status of a check that cannot run here (test.sh counts it as skipped, not failed).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SKIP=77
-skip() { msg "skipped: $*" && exit "$SKIP"; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2 && exit 1; }
+skip() { msg "skipped: $*"; exit "$SKIP"; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
 # Directory with the rpc-server / rpc-client binaries, and the run directory
 # holding server-<i>.log / server-<i>.pid (both relative to the repo root).

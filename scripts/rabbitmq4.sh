@@ -50,9 +50,7 @@ mount_into() {
 
 unmount_from() {
     local dir=$1 m
-    for m in dev proc; do
-        if mountpoint -q "$dir/$m"; then umount "$dir/$m" || umount -l "$dir/$m" || true; fi
-    done
+    for m in dev proc; do ! mountpoint -q "$dir/$m" || umount "$dir/$m" || umount -l "$dir/$m" || true; done
 }
 
 prepare_root() {
@@ -65,12 +63,9 @@ prepare_root() {
     rm -rf "$tmp"
     mkdir -p "$(dirname "$ROOT")"
     msg "preparing $ROOT: debootstrap --variant=minbase trixie from $mirror (once)"
-    timeout 900 debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
-        tail -n 20 "$tmp.log" >&2
-        die "debootstrap failed (log: $tmp.log)"
-    }
-    printf '#!/bin/sh\n# Installed by rabbit-rpc: no services start in this root.\nexit 101\n' \
-        >"$tmp/usr/sbin/policy-rc.d"
+    timeout 900 debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
+        { tail -n 20 "$tmp.log" >&2; die "debootstrap failed (log: $tmp.log)"; }
+    printf '#!/bin/sh\n# Installed by rabbit-rpc: no services start in this root.\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
     chmod 755 "$tmp/usr/sbin/policy-rc.d"
     mount_into "$tmp"
     msg "installing rabbitmq-server in $tmp"

@@ -31,10 +31,7 @@ while [[ $# -gt 0 && $1 != -- ]]; do
     esac
     shift
 done
-if [[ $# -gt 0 ]]; then
-    [[ $1 == -- ]] || usage
-    shift
-fi
+[[ $# -eq 0 ]] || { [[ $1 == -- ]] || usage; shift; }
 extra=("$@")
 
 # The broker URIs to spread the servers over (none: the servers' own defaults).
@@ -59,10 +56,7 @@ serves_command=
 for ((k = 0; k < ${#extra[@]}; k++)); do
     a=${extra[k]}
     case $a in
-        --) # the rest is the served command and its arguments
-            serves_command=1
-            break
-            ;;
+        --) serves_command=1 && break ;; # the rest is the served command and its arguments
         --exec-timeout=*) exec_timeout=${a#*=} && continue ;;
         --exec-timeout) k=$((k + 1)) && exec_timeout=${extra[k]:-} && continue ;;
         --queue=* | --uri=* | --host=* | --port=* | --vhost=* | --user=* | --password=*) v=${a#*=} a=${a%%=*} ;;
