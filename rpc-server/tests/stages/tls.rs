@@ -104,57 +104,65 @@ fn want(t: &mut Tally, label: &str, out: &Output, code: i32, stdout: &str, patte
 fn tls() {
     let s = setup();
     let mut t = Tally::new("tls");
-    let uri_ok = format!("amqps://guest:guest@localhost:{}", s.tls_port);
-    let uri_ip = format!("amqps://guest:guest@127.0.0.1:{}", s.tls_port);
-    let ca = s.ca.as_str();
+    let mut server = serving(&s, &mut t);
+    trust(&s, &mut t);
+    passwords(&s, &mut t);
+    mixups(&s, &mut t);
+    ca_files(&s, &mut t);
+    let _ = server.stop(Duration::from_secs(10));
+    t.finish();
+}
 
-    // (a) rpc-server over amqps:// (URI in the environment, not on the command line).
+/// amqps://guest:guest@localhost:TLS_PORT, the URI that works.
+fn uri_ok(s: &Setup) -> String {
+    format!("amqps://guest:guest@localhost:{}", s.tls_port)
+}
+
+/// (a) rpc-server over amqps:// (URI in the environment, not on the command line), and a call.
+fn serving(s: &Setup, t: &mut Tally) -> Bg {
+    let ca = s.ca.as_str();
     let mut server = Command::new(rpc_server_bin());
     for variable in INHERITED {
         server.env_remove(variable);
     }
     server
-        .env("AMQP_URI", &uri_ok)
+        .env("AMQP_URI", uri_ok(s))
         .args(["--tls-ca", ca, "--queue", QUEUE]);
     let mut server = Bg::spawn(server, &s.dir, "server");
     let plain = BrokerOptions::from_uri(&format!("amqp://guest:guest@127.0.0.1:{}", s.plain_port))
         .expect("the plain URI");
     let consuming = await_consumers(&plain, QUEUE, 1, Duration::from_secs(30), &mut server);
-    let a = client(&s, "a", &[("AMQP_URI", &uri_ok)], &["--tls-ca", ca, "30"]);
+    let a = client(s, "a", &[("AMQP_URI", &uri_ok(s))], &["--tls-ca", ca, "30"]);
     match consuming {
         Err(why) => t.fail(
             "(a) rpc-server did not start consuming over TLS within 30 s",
             &why,
         ),
-        Ok(()) => want(
-            &mut t,
-            &format!("(a) rpc-server consumes over amqps://; rpc-client --tls-ca {ca} 30"),
-            &a,
-            0,
-            "832040",
-            None,
-        ),
+        Ok(()) => {
+            let label =
+                format!("(a) rpc-server consumes over amqps://; rpc-client --tls-ca {ca} 30");
+            want(t, &label, &a, 0, "832040", None);
+        }
     }
+    server
+}
 
+/// (b) to (d): which certificates are trusted, for which names.
+fn trust(s: &Setup, t: &mut Tally) {
+    let ca = s.ca.as_str();
     // (b) Our CA is not among the system's: the certificate is untrusted without --tls-ca.
-    let b = client(&s, "b", &[("AMQP_URI", &uri_ok)], &["30"]);
-    want(
-        &mut t,
-        "(b) without --tls-ca",
-        &b,
-        3,
-        "",
-        Some("certificate"),
-    );
+    let b = client(s, "b", &[("AMQP_URI", &uri_ok(s))], &["30"]);
+    want(t, "(b) without --tls-ca", &b, 3, "", Some("certificate"));
 
     // (c) The certificate names localhost only (no IP SAN): 127.0.0.1 must not match.
-    let c = client(&s, "c", &[("AMQP_URI", &uri_ip)], &["--tls-ca", ca, "30"]);
+    let uri_ip = format!("amqps://guest:guest@127.0.0.1:{}", s.tls_port);
+    let c = client(s, "c", &[("AMQP_URI", &uri_ip)], &["--tls-ca", ca, "30"]);
     let label = "(c) amqps://...@127.0.0.1 (certificate for localhost only)";
-    want(&mut t, label, &c, 3, "", Some("mismatch"));
+    want(t, label, &c, 3, "", Some("mismatch"));
 
     // (d) --tls with the separate host/port flags.
     let port = s.tls_port.to_string();
-    let d_args = [
+    let args = [
         "--tls",
         "--host",
         "localhost",
@@ -164,59 +172,48 @@ fn tls() {
         ca,
         "10",
     ];
-    let d = client(&s, "d", &[], &d_args);
+    let d = client(s, "d", &[], &args);
     let label = format!("(d) --tls --host localhost --port {port} --tls-ca {ca} 10");
-    want(&mut t, &label, &d, 0, "55", None);
+    want(t, &label, &d, 0, "55", None);
+}
 
-    passwords(&s, &mut t);
-
-    // (f) Protocol mix-ups fail fast with exit 3 rather than hang until --connect-timeout.
+/// (f) Protocol mix-ups fail fast with exit 3 rather than hang until --connect-timeout.
+fn mixups(s: &Setup, t: &mut Tally) {
     let plain_port = s.plain_port.to_string();
-    let f1_args = [
+    let args = [
         "--tls",
         "--host",
         "localhost",
         "--port",
         &plain_port,
         "--tls-ca",
-        ca,
+        &s.ca,
         "30",
     ];
-    let f1 = client(&s, "f1", &[], &f1_args);
-    want(&mut t, "(f) TLS to the plain port", &f1, 3, "", Some(""));
+    let f1 = client(s, "f1", &[], &args);
+    want(t, "(f) TLS to the plain port", &f1, 3, "", Some(""));
     let plain_to_tls = format!("amqp://guest:guest@localhost:{}", s.tls_port);
-    let f2 = client(
-        &s,
-        "f2",
-        &[("AMQP_URI", &plain_to_tls)],
-        &["--connect-timeout", "10", "30"],
-    );
-    want(
-        &mut t,
-        "(f) plain AMQP to the TLS port",
-        &f2,
-        3,
-        "",
-        Some(""),
-    );
+    let env = [("AMQP_URI", plain_to_tls.as_str())];
+    let f2 = client(s, "f2", &env, &["--connect-timeout", "10", "30"]);
+    want(t, "(f) plain AMQP to the TLS port", &f2, 3, "", Some(""));
+}
 
-    // (g) A CA bundle: every certificate in the --tls-ca file is trusted, not just the first.
+/// (g) A CA bundle: every certificate in the --tls-ca file is trusted, not just the first;
+/// (h) an unusable --tls-ca is a usage error (exit 2) before any connection attempt.
+fn ca_files(s: &Setup, t: &mut Tally) {
     let bundle = s.dir.join("bundle.pem");
-    let joined = [s.dir.join("other.pem"), PathBuf::from(ca)]
+    let joined = [s.dir.join("other.pem"), PathBuf::from(&s.ca)]
         .iter()
         .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
         .collect::<Vec<_>>()
         .concat();
     std::fs::write(&bundle, joined).expect("write bundle.pem");
     let bundle = bundle.display().to_string();
-    let g = client(
-        &s,
-        "g",
-        &[("AMQP_URI", &uri_ok)],
-        &["--tls-ca", &bundle, "12"],
-    );
+    let uri = uri_ok(s);
+    let env = [("AMQP_URI", uri.as_str())];
+    let g = client(s, "g", &env, &["--tls-ca", &bundle, "12"]);
     want(
-        &mut t,
+        t,
         "(g) --tls-ca with our CA second in a bundle",
         &g,
         0,
@@ -224,18 +221,9 @@ fn tls() {
         None,
     );
 
-    // (h) An unusable --tls-ca is a usage error (exit 2) before any connection attempt.
     let missing = s.dir.join("does-not-exist.pem").display().to_string();
-    let h = client(
-        &s,
-        "h",
-        &[("AMQP_URI", &uri_ok)],
-        &["--tls-ca", &missing, "12"],
-    );
-    want(&mut t, "(h) a missing --tls-ca file", &h, 2, "", None);
-
-    let _ = server.stop(Duration::from_secs(10));
-    t.finish();
+    let h = client(s, "h", &env, &["--tls-ca", &missing, "12"]);
+    want(t, "(h) a missing --tls-ca file", &h, 2, "", None);
 }
 
 /// (e) Passwords never appear. guest's password is its name, so also a second user with a
