@@ -13,8 +13,8 @@ use crate::options::{
 use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;
-use rpc_client::args::{parse_seconds, CommonArgs};
-use rpc_client::{logging, wire};
+use rpc_client::cli::{init_logging, parse_seconds, CommonArgs};
+use rpc_client::wire;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ const END_ALL_BOUND: Duration = Duration::from_secs(1);
 #[derive(Debug, clap::Parser)]
 #[command(name = "rpc-server", version, about,
           override_usage = "rpc-server [OPTIONS] [-- CMD [ARGS]...]",
-          after_help = rpc_client::error::exit_code::help(exit_code::TABLE))]
+          after_help = rpc_client::exit_code::help(exit_code::TABLE))]
 pub struct Cli {
     /// Request queue to consume.
     #[arg(long, env = "RPC_QUEUE", default_value = wire::DEFAULT_QUEUE,
@@ -208,7 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(printed?);
     }
     let (level, requests) = cli.log_levels();
-    logging::init(
+    init_logging(
         level,
         cli.common.log.log_format,
         &[
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn command_line_is_consistent() {
-        rpc_client::args::check_command(Cli::command());
+        rpc_client::cli::check_command(Cli::command());
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
 pub const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Environment variables of the server the command does not get: they hold broker
-/// credentials (see `rpc_client::args`).
+/// credentials (see `rpc_client::cli::BrokerArgs`).
 const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
 
 /// Once the command has exited, how long what is left on its pipes is still collected (a
@@ -1039,7 +1039,7 @@ fn executable(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-    use rpc_client::trace::TraceContext;
+    use rpc_client::TraceContext;
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());

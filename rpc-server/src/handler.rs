@@ -16,8 +16,8 @@
 
 use crate::fib;
 use amiquip::AmqpProperties;
-use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
 /// Log target of the one line per request (` [.] fib(30)`), so it can be turned off alone:

@@ -15,7 +15,7 @@
 //! - [`ack`]: acking answered requests several at a time.
 //! - [`confirms`]: replies counted once the broker confirms them.
 //! - [`redelivery`]: the rule for requests that keep coming back.
-//! - backoff between connection attempts comes from `rpc_client::reconnect`, shared with the
+//! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with the
 //!   recovering client.
 //! - [`metrics`]: the Prometheus registry and readiness state ([`metrics::Metrics`]), and
 //!   the consume loop's one-call-per-event handle on it ([`metrics::Meter`]).
@@ -25,7 +25,8 @@
 //! - [`cli`]: `rpc-server`'s command line and [`cli::run`] (signals, logging).
 //!
 //! The wire contract, broker options and connection code live in the `rpc-client` crate
-//! (`rpc_client::wire`, `rpc_client::uri`, `rpc_client::connection`), shared by both.
+//! (`rpc_client::wire`, and `rpc_client::amqp` for broker options and connections), shared by
+//! both.
 #![deny(missing_docs)]
 
 pub mod ack;

@@ -27,12 +27,12 @@ use amiquip::{
     Delivery, Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
-use rpc_client::connection::{open_first, Link};
-use rpc_client::consume::consume;
-use rpc_client::reconnect::Reconnect;
-use rpc_client::trace::TraceContext;
-use rpc_client::watchdog::Watchdog;
+use rpc_client::amqp::consume;
+use rpc_client::amqp::Reconnect;
+use rpc_client::amqp::Watchdog;
+use rpc_client::amqp::{open_first, Link};
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::TraceContext;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
