@@ -73,7 +73,7 @@ pub const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Environment variables of the server the command does not get: they hold broker
 /// credentials (see `rpc_client::cli::BrokerArgs`).
-const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
+pub(crate) const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
 
 /// Once the command has exited, how long what is left on its pipes is still collected (a
 /// process that escaped its group, a `setsid` child, may hold them open).
@@ -98,7 +98,7 @@ const STDERR_LINE_BYTES: usize = 1024;
 const MAX_ENV_VALUE: usize = 4096;
 
 /// How long past `--exec-timeout` a run may take, to kill and reap the command.
-const KILL_GRACE: Duration = Duration::from_secs(6);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(6);
 
 /// What command to run and within which limits.
 #[derive(Debug, Clone)]
@@ -618,7 +618,7 @@ impl<'a> Run<'a> {
 
 /// The command's stderr, a line at a time: the first [`LOGGED_STDERR_LINES`] go to the log,
 /// the last non-empty one is kept for the error reply.
-struct StderrLog {
+pub(crate) struct StderrLog {
     pid: u32,
     line: Vec<u8>,
     last: Option<Vec<u8>>,
@@ -626,7 +626,7 @@ struct StderrLog {
 }
 
 impl StderrLog {
-    fn new(pid: u32) -> StderrLog {
+    pub(crate) fn new(pid: u32) -> StderrLog {
         StderrLog {
             pid,
             line: Vec::new(),
@@ -635,7 +635,7 @@ impl StderrLog {
         }
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
         for &byte in bytes {
             if byte == b'\n' {
                 self.end_line();
@@ -658,7 +658,7 @@ impl StderrLog {
     }
 
     /// The last non-empty line, printable, once the command is done.
-    fn finish(&mut self) -> Option<String> {
+    pub(crate) fn finish(&mut self) -> Option<String> {
         self.end_line();
         if self.lines > LOGGED_STDERR_LINES {
             log::warn!(
@@ -690,7 +690,7 @@ fn in_hand() -> std::sync::MutexGuard<'static, Vec<u32>> {
 }
 
 /// A command in hand, until dropped.
-struct InHand(u32);
+pub(crate) struct InHand(u32);
 
 impl Drop for InHand {
     fn drop(&mut self) {
@@ -701,6 +701,28 @@ impl Drop for InHand {
         drop(pids);
         tell_guardian('-', self.0);
     }
+}
+
+/// Spawns `command` (piped, in a process group of its own) as a command in hand, as a run of
+/// [`CommandHandler`] does: known to [`end_orphans`], [`end_all`] and the guardian until the
+/// [`InHand`] is dropped, which must be after the child is reaped. For the programs that
+/// `crate::stream` keeps running.
+pub(crate) fn spawn_in_hand(command: &mut std::process::Command) -> io::Result<(Child, InHand)> {
+    let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+    if ENDING.load(Ordering::SeqCst) {
+        return Err(io::Error::other("the server is exiting"));
+    }
+    let child = command.spawn()?;
+    in_hand().push(child.id());
+    tell_guardian('+', child.id());
+    let pid = child.id();
+    Ok((child, InHand(pid)))
+}
+
+/// Whether [`end_all`] was called: the process is exiting, and a command that ended was
+/// killed by it (its request must go back to the queue unanswered).
+pub(crate) fn ending() -> bool {
+    ENDING.load(Ordering::SeqCst)
 }
 
 /// Makes this process the keeper of whatever its commands start, for a server that serves a
@@ -957,7 +979,7 @@ fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
 }
 
 /// Sends SIGKILL to process `pid`, if it is still there.
-fn kill_process(pid: u32) {
+pub(crate) fn kill_process(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -966,7 +988,7 @@ fn kill_process(pid: u32) {
 }
 
 /// Kills process group `pid` (the command and whatever it started), if it is still there.
-fn kill_group(pid: u32) {
+pub(crate) fn kill_group(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid),
@@ -979,7 +1001,7 @@ fn shown(line: &[u8]) -> String {
 }
 
 /// `word` as it would be typed in a shell: as is when it is plain, else in single quotes.
-fn quoted(word: &str) -> String {
+pub(crate) fn quoted(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         return word.to_string();
@@ -988,7 +1010,7 @@ fn quoted(word: &str) -> String {
 }
 
 /// "exited with status 3", "was killed by signal 9 (SIGKILL)".
-fn describe_status(status: ExitStatus) -> String {
+pub(crate) fn describe_status(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exited with status {code}");
     }
@@ -1005,7 +1027,7 @@ fn describe_status(status: ExitStatus) -> String {
 
 /// Finds `program` as a shell would (a path if it has a `/`, else the first executable file of
 /// that name in `PATH`) and checks it can be run.
-fn find_program(program: &OsStr) -> Result<PathBuf, String> {
+pub(crate) fn find_program(program: &OsStr) -> Result<PathBuf, String> {
     let shown = wire::printable(&program.to_string_lossy());
     if program.is_empty() {
         return Err("the command after -- is empty".into());

@@ -124,6 +124,13 @@ pub trait Handler: Send + Sync {
     fn describe(&self) -> String {
         "a Rust handler".into()
     }
+
+    /// Ends what the handler keeps running (the programs of `--protocol lines|json`), within
+    /// about `within`; called by the `rpc-server` binary once the server has stopped serving.
+    /// Nothing by default.
+    fn close(&self, within: Duration) {
+        let _ = within;
+    }
 }
 
 impl<F> Handler for F

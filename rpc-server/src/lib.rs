@@ -9,6 +9,8 @@
 //! - [`handler`]: [`Handler`], what a server answers to one request; [`handler::Fibonacci`].
 //! - [`command`]: [`command::CommandHandler`], a command run per request (stdin = request,
 //!   stdout = reply), bounded in time and size.
+//! - [`stream`]: [`stream::StreamHandler`], a program kept running per worker
+//!   (`--protocol lines|json`), requests over its stdin and stdout.
 //! - [`workers`]: the threads that run the handler, N requests at once.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
 //! - [`queue`]: making sure the request queue exists, declared from the options if not.
@@ -42,6 +44,7 @@ pub mod options;
 pub mod queue;
 pub mod redelivery;
 pub mod server;
+pub mod stream;
 pub mod workers;
 
 pub use error::Error;

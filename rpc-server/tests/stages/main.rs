@@ -15,7 +15,9 @@
 //! Every child process runs with a deadline ([`proc`]); what a failing child printed is shown.
 //! The broker is `AMQP_URI`'s (default the local one), each check on queues of its own.
 
-#[path = "../common/mod.rs"]
+// The harness of the test binary tests/it/, of which this binary uses a part.
+#[allow(dead_code)]
+#[path = "../it/common/mod.rs"]
 mod common;
 
 mod e2e;
