@@ -15,15 +15,12 @@ SKIP=77
 skip() { msg "skipped: $*"; exit "$SKIP"; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
-# Directory with the rpc-server / rpc-client binaries, and the run directory
-# holding server-<i>.log / server-<i>.pid (both relative to the repo root).
+# The binaries' directory and the run directory of server-<i>.{log,pid} (relative to the root).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 BIN_DIR=${RPC_BIN_DIR:-target/release} RUN_DIR=${RPC_RUN_DIR:-target/run}
 
-# xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
-# broker, the bench table), built once by the first script that uses it, together with the
-# whole workspace (cargo build --release): built alone, the release build of the binaries that
-# followed compiled much of it again.
+# xtask ARGS...: the workspace's dev tool (scripts/xtask), built by the first script that uses
+# it together with the whole workspace (built alone, the binaries' build repeated much of it).
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps

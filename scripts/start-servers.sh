@@ -79,11 +79,8 @@ if [[ -n $serves_command ]]; then
 fi
 
 bin=$BIN_DIR/rpc-server
-if [[ ! -x $bin ]]; then
-    msg "$bin not found; running cargo build --release"
-    cargo build --release
-    [[ -x $bin ]] || die "$bin still missing after cargo build --release (RPC_BIN_DIR=$BIN_DIR)"
-fi
+[[ -x $bin ]] || { msg "$bin not found; running cargo build --release"; cargo build --release; }
+[[ -x $bin ]] || die "$bin still missing after cargo build --release (RPC_BIN_DIR=$BIN_DIR)"
 
 mkdir -p "$RUN_DIR"
 live=()

@@ -95,16 +95,14 @@ stage_build() { cargo build --release; }
 # rpc-server/tests/stages/.
 stage_e2e() { stage_tests e2e::scripts; }
 
-# The metrics endpoint with a real Prometheus (Debian's package, installed if missing) on a
-# private port: a successful scrape, promtool check metrics, counters moved by exactly the calls
-# made. Skipped (77) where Prometheus cannot be installed.
+# The metrics endpoint with a real Prometheus (Debian's package, installed if missing; skipped,
+# 77, where it cannot be): a scrape, promtool check metrics, counters moved by the calls made.
 stage_metrics() { scripts/metrics-test.sh; }
 
 stage_interop() { scripts/interop.sh; }
 
-# TLS: a throwaway CA and RabbitMQ node (rpctls@localhost, ports 5690/5691) beside the
-# main broker; amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
-# Exits 77 (skipped) when no RabbitMQ node can be run here.
+# TLS: a throwaway CA and node (rpctls@localhost, ports 5690/5691; 77, skipped, where none can
+# run); amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
 stage_tls() { scripts/tls-test.sh; }
 
 # The cluster test (rpc-server/tests/it/cluster/, issues 5 and 16): a local three-node cluster
