@@ -19,18 +19,13 @@ probe() { xtask probe "$host" "$port" --timeout "${1:-3}" "${tcp[@]}" 2>/dev/nul
 wait_secs=${BROKER_WAIT:-60}
 [[ $wait_secs =~ ^[0-9]+$ ]] || die "BROKER_WAIT must be a number of seconds, got '$wait_secs'"
 
+answers() { msg "RabbitMQ answers AMQP on $host:$port"; exit 0; }
 if probe; then
-    if [[ $scheme == amqps ]]; then
-        msg "$host:$port accepts connections (amqps: TLS and AMQP not checked)"
-    else
-        msg "RabbitMQ answers AMQP on $host:$port"
-    fi
+    [[ $scheme == amqps ]] || answers
+    msg "$host:$port accepts connections (amqps: TLS and AMQP not checked)"
     exit 0
 fi
-
-if [[ $place != local ]]; then
-    die "nothing answers AMQP on $host:$port (remote host: not starting anything; check the broker there)"
-fi
+[[ $place == local ]] || die "nothing answers AMQP on $host:$port (remote host: not starting anything; check the broker there)"
 
 msg "nothing answers AMQP on $host:$port"
 PATH=$PATH:/usr/sbin:/sbin
@@ -42,11 +37,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
 then run $0 again"
     fi
     apt_install rabbitmq-server || die "installing rabbitmq-server with apt-get failed (see above)"
-    # The package may have started the service already.
-    if probe; then
-        msg "RabbitMQ answers AMQP on $host:$port"
-        exit 0
-    fi
+    ! probe || answers # the package may have started the service already
 fi
 
 if ! find_root_cmd; then
@@ -72,10 +63,7 @@ if rabbitmqctl_ -q ping >/dev/null 2>&1; then
     # listens elsewhere.
     msg "the local RabbitMQ node is running; waiting up to ${wait_secs}s for it to finish booting"
     rabbitmqctl_ -q await_startup --timeout "$wait_secs" >/dev/null 2>&1 || true
-    if probe; then
-        msg "RabbitMQ answers AMQP on $host:$port"
-        exit 0
-    fi
+    ! probe || answers
     listeners=$(rabbitmqctl_ -q status 2>/dev/null | grep -i 'protocol: amqp' || true)
     die "the local RabbitMQ node is running but does not answer AMQP on $host:$port
 ${listeners:-(could not list its listeners)}

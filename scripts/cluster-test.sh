@@ -7,16 +7,12 @@
 # broker is not touched) and runs the ignored test rpc-server/tests/it/cluster/ against it:
 #   CLUSTER_URIS=$(scripts/cluster.sh uris) \
 #       cargo test --release -p rpc-server --test it cluster:: -- --ignored --nocapture
-# Each scenario has its quorum queue, 3 rpc-servers and 6 callers (3 library clients, 3 loops
-# of rpc-client processes), all given every node: 1 a rolling restart (stop-node/start-node of
-# each node in turn), 2 kill -9 of the leader's node, 3 kill -9 of a caller's node, 4 a 30 s
-# partition of the leader's node (cut-node: iptables, root; left out where it cannot be
-# made). Every call must be answered right: no error, no call lost, hung or wrong (see the
-# test's documentation). At exit, even after a failure or an interrupt, the cluster is taken
-# down (a cut healed) and target/cluster/ removed (a cluster that was already up too). The
-# servers' logs stay in target/tmp/cluster/<scenario>/, after a failure the nodes' logs in
-# target/tmp/cluster/nodes/. Takes about 5 minutes (the node
-# restarts dominate).
+# The scenarios (3 rpc-servers and 6 callers on a quorum queue each, through a rolling restart,
+# kill -9 of the leader's and of a caller's node, a 30 s partition where root and iptables
+# allow it) and what each checks: the test's documentation. At exit, even after a failure or an
+# interrupt, the cluster is taken down (a cut healed; one already up too) and target/cluster/
+# removed. Server logs stay in target/tmp/cluster/<scenario>/, after a failure the nodes' logs
+# in target/tmp/cluster/nodes/. Takes about 5 minutes (the node restarts dominate).
 # Exits with the test's status; 77 (skipped) if no RabbitMQ node can be run here (RabbitMQ or
 # Erlang not installed: scripts/broker.sh installs Debian's package, as root).
 # Env: CLUSTER_SCENARIOS; CLUSTER_KEEP=1 leaves the cluster up at the end (scripts/cluster.sh
@@ -38,16 +34,11 @@ one_run cluster-test
 
 t0=$SECONDS
 cleanup() {
-    local rc=$?
+    local rc=$? node
     trap - EXIT INT TERM
-    if ((rc != 0)) && [[ -d target/cluster ]]; then
-        # The nodes' logs outlive the cluster when the test failed.
-        local node
-        rm -rf target/tmp/cluster/nodes
-        mkdir -p target/tmp/cluster/nodes
-        for node in target/cluster/rpc*@localhost; do
-            [[ -d $node/log ]] && cp -r "$node/log" "target/tmp/cluster/nodes/${node##*/}"
-        done
+    if ((rc != 0)) && [[ -d target/cluster ]]; then # the nodes' logs outlive a failed test
+        rm -rf target/tmp/cluster/nodes && mkdir -p target/tmp/cluster/nodes
+        for node in target/cluster/rpc*@localhost; do [[ ! -d $node/log ]] || cp -r "$node/log" "target/tmp/cluster/nodes/${node##*/}"; done
         msg "the nodes' logs are in target/tmp/cluster/nodes/"
     fi
     if [[ ${CLUSTER_KEEP:-} == 1 ]]; then
@@ -56,11 +47,8 @@ cleanup() {
         warn "scripts/cluster.sh down failed; see scripts/cluster.sh status"
         ((rc != 0)) || rc=1
     fi
-    if ((rc == 0)); then
-        msg "passed in $((SECONDS - t0))s"
-    else
-        msg "FAILED (exit $rc) after $((SECONDS - t0))s; server logs in target/tmp/cluster/"
-    fi
+    ((rc != 0)) || msg "passed in $((SECONDS - t0))s"
+    ((rc == 0)) || msg "FAILED (exit $rc) after $((SECONDS - t0))s; server logs in target/tmp/cluster/"
     exit "$rc"
 }
 trap cleanup EXIT

@@ -32,9 +32,7 @@ NODE_ERL_ARGS=${CLUSTER_ERL_ARGS-+S 1:1}
 # shellcheck source=scripts/node.sh
 . "$(dirname "${BASH_SOURCE[0]}")/node.sh"
 
-usage() {
-    die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | kill-node I | cut-node I | heal | leader QUEUE [VHOST] | ctl I ARGS..."
-}
+usage() { die "usage: $PROG up | down | status | uris | stop-node I [--app] | start-node I | kill-node I | cut-node I | heal | leader QUEUE [VHOST] | ctl I ARGS..."; }
 
 CLUSTER_DIR=$REPO_ROOT/target/cluster
 IFS=', ' read -r -a PORTS <<<"${CLUSTER_PORTS:-5681,5682,5683}"
@@ -51,16 +49,10 @@ name() { printf 'rpc%s@localhost' "$1"; }
 cluster_json() { node_ctl 30 -q cluster_status --formatter json 2>/dev/null | tr -d '\n'; }
 
 # json_nodes JSON KEY: the node names in JSON's array KEY, space-separated.
-json_nodes() {
-    sed -n "s/.*\"$2\":\[\([^]]*\)\].*/\1/p" <<<"$1" | tr -d '"' | tr ',' '\n' | sort | paste -sd ' ' -
-}
+json_nodes() { sed -n "s/.*\"$2\":\[\([^]]*\)\].*/\1/p" <<<"$1" | tr -d '"' | tr ',' '\n' | sort | paste -sd ' ' -; }
 
 # The running cluster members as seen by the selected node (space-separated), or fails.
-running_nodes() {
-    local json
-    json=$(cluster_json) && [[ -n $json ]] || return 1
-    json_nodes "$json" running_nodes
-}
+running_nodes() { local json && json=$(cluster_json) && [[ -n $json ]] && json_nodes "$json" running_nodes; }
 
 start_app() {
     msg "starting the RabbitMQ app on $NODE"
@@ -74,10 +66,7 @@ cmd_up() {
         sel "$i"
         if node_pid >/dev/null; then
             # Running VM; start its app if it was stopped (stop-node I --app).
-            if ! node_amqp_up && [[ $(node_app_state) == stopped ]]; then
-                start_app
-                started=1
-            fi
+            ! node_amqp_up && [[ $(node_app_state) == stopped ]] && start_app && started=1
             continue
         fi
         node_preflight # all checks before starting anything
@@ -101,10 +90,7 @@ cmd_up() {
         started=1
     done
     deadline=$((SECONDS + NODE_WAIT))
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        node_wait "$deadline"
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && node_wait "$deadline"; done
 
     # Join every other node to node 1, unless node 1 already counts it as a member.
     if ((N > 1)); then
@@ -129,30 +115,21 @@ cmd_up() {
         ((SECONDS < deadline)) || die "the cluster did not reach $N running nodes within ${NODE_WAIT}s (running: ${running:-?}); see '$PROG status' and the logs in $CLUSTER_DIR/<node>/log/"
         sleep 1
     done
-    if [[ -z $started ]]; then
-        msg "cluster already up: $N running nodes ($running)"
-    else
-        msg "cluster up in $((SECONDS - t0))s: $N running nodes ($running)"
-    fi
+    [[ -z $started ]] || started="up in $((SECONDS - t0))s"
+    msg "cluster ${started:-already up}: $N running nodes ($running)"
     print_uris
 }
 
 print_uris() {
     local i
     msg "AMQP URIs (guest may only log in from localhost):"
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        printf '  %s   # %s\n' "$(node_uri)" "$NODE"
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && printf '  %s   # %s\n' "$(node_uri)" "$NODE"; done
     printf '  RPC_URIS=%s scripts/start-servers.sh %s -- --queue-type quorum\n' "$(cmd_uris)" "$N"
 }
 
 cmd_uris() {
     local i out=
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        out+=${out:+,}$(node_uri)
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && out+=${out:+,}$(node_uri); done
     printf '%s\n' "$out"
 }
 
@@ -172,12 +149,7 @@ cmd_down() {
             jobs[$i]=$!
         fi
     done
-    for i in "${!jobs[@]}"; do
-        wait "${jobs[$i]}" || {
-            warn "could not stop $(name "$i")"
-            failed=1
-        }
-    done
+    for i in "${!jobs[@]}"; do wait "${jobs[$i]}" || { warn "could not stop $(name "$i")"; failed=1; }; done
     ((failed == 0)) || die "some nodes are still running; not removing $CLUSTER_DIR"
     rm -rf "$CLUSTER_DIR"
     msg "cluster down in $((SECONDS - t0))s; removed $CLUSTER_DIR"
@@ -188,19 +160,9 @@ cmd_status() {
     [[ -d $CLUSTER_DIR ]] || msg "no cluster state in $CLUSTER_DIR (run '$PROG up')"
     for ((i = 1; i <= N; i++)); do
         sel "$i"
-        line=$NODE
-        if ! pid=$(node_pid); then
-            printf '%s: not running\n' "$line"
-            ok=1
-            continue
-        fi
-        line+=": VM running (pid $pid), AMQP $NODE_HOST:$NODE_PORT "
-        if node_amqp_up; then
-            line+="answering"
-        else
-            line+="NOT answering (RabbitMQ app $(node_app_state || echo '?'))"
-            ok=1
-        fi
+        pid=$(node_pid) || { printf '%s: not running\n' "$NODE"; ok=1; continue; }
+        line="$NODE: VM running (pid $pid), AMQP $NODE_HOST:$NODE_PORT answering"
+        node_amqp_up || { line="${line% answering} NOT answering (RabbitMQ app $(node_app_state || echo '?'))"; ok=1; }
         if json=$(cluster_json) && [[ -n $json ]]; then
             members=$(json_nodes "$json" disk_nodes)
             running=$(json_nodes "$json" running_nodes)
@@ -212,20 +174,14 @@ cmd_status() {
         fi
         printf '%s\n' "$line"
     done
-    if ((ok == 0)); then
-        msg "all $N nodes up and clustered"
-        print_uris
-    else
-        msg "the cluster is not (fully) up"
-    fi
-    return "$ok"
+    ((ok != 0)) || { msg "all $N nodes up and clustered"; print_uris; return 0; }
+    msg "the cluster is not (fully) up"
+    return 1
 }
 
 # node_index I: select node I; dies unless it is 1..N with state.
 node_index() {
-    if ! [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || (($1 > N)); then
-        die "node index must be 1..$N, got '${1:-}'"
-    fi
+    { [[ ${1:-} =~ ^[1-9][0-9]*$ ]] && (($1 <= N)); } || die "node index must be 1..$N, got '${1:-}'"
     sel "$1"
     [[ -d $NODE_DIR ]] || die "$NODE has no state in $CLUSTER_DIR; run '$PROG up' first"
 }
@@ -250,10 +206,7 @@ cmd_stop_node() {
 cmd_start_node() {
     local t0=$SECONDS running
     node_index "$1"
-    if node_amqp_up; then
-        msg "$NODE is already running"
-        return 0
-    fi
+    ! node_amqp_up || { msg "$NODE is already running"; return 0; }
     if node_pid >/dev/null; then
         [[ $(node_app_state) == stopped ]] ||
             die "$NODE runs but does not answer AMQP and its app is not stopped (booting?); see '$PROG status'"
@@ -269,16 +222,12 @@ cmd_start_node() {
 cmd_kill_node() {
     local pid deadline
     node_index "$1"
-    pid=$(node_pid) || {
-        msg "$NODE is not running"
-        return 0
-    }
+    pid=$(node_pid) || { msg "$NODE is not running"; return 0; }
     msg "killing $NODE (SIGKILL to its VM, pid $pid)"
     kill -KILL "$pid"
     deadline=$((SECONDS + 10))
     while kill -0 "$pid" 2>/dev/null; do
-        ((SECONDS < deadline)) || die "$NODE (pid $pid) still runs 10s after SIGKILL"
-        sleep 0.1
+        ((SECONDS < deadline)) || die "$NODE (pid $pid) still runs 10s after SIGKILL"; sleep 0.1
     done
     msg "$NODE killed"
 }
@@ -340,9 +289,7 @@ cmd_cut_node() {
 
 cmd_heal() {
     local index pid cgroup root
-    if [[ -e $CUT_STATE ]]; then
-        read -r index pid cgroup <"$CUT_STATE"
-    fi
+    [[ ! -e $CUT_STATE ]] || read -r index pid cgroup <"$CUT_STATE"
     if command -v iptables >/dev/null; then
         while iptables -D OUTPUT -o lo -j "$CUT_CHAIN" 2>/dev/null; do :; done
         if iptables -S "$CUT_CHAIN" >/dev/null 2>&1; then
@@ -362,10 +309,7 @@ cmd_heal() {
 
 cmd_leader() {
     local queue=$1 vhost=${2:-/} i rows row type leader
-    for ((i = 1; i <= N; i++)); do
-        sel "$i"
-        node_amqp_up && break
-    done
+    for ((i = 1; i <= N; i++)); do sel "$i" && node_amqp_up && break; done
     ((i <= N)) || die "no cluster node answers AMQP; run '$PROG up'"
     rows=$(node_ctl 30 -q list_queues -p "$vhost" --no-table-headers name type leader) ||
         die "rabbitmqctl list_queues failed on $NODE"

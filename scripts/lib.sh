@@ -12,25 +12,16 @@ warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
 # Exit status of a check that cannot run here (test.sh counts it as skipped, not failed).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SKIP=77
-skip() {
-    msg "skipped: $*"
-    exit "$SKIP"
-}
-die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 1
-}
+skip() { msg "skipped: $*"; exit "$SKIP"; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
-# Directory with the rpc-server / rpc-client binaries, and the run directory
-# holding server-<i>.log / server-<i>.pid (both relative to the repo root).
+# The binaries' directory and the run directory of server-<i>.{log,pid} (relative to the root).
 # shellcheck disable=SC2034 # used by the scripts that source this file
-BIN_DIR=${RPC_BIN_DIR:-target/release}
-RUN_DIR=${RPC_RUN_DIR:-target/run}
+BIN_DIR=${RPC_BIN_DIR:-target/release} RUN_DIR=${RPC_RUN_DIR:-target/run}
 
-# xtask ARGS...: the workspace's dev tool (scripts/xtask: probes, URIs, queue admin through the
-# broker, the bench; by hand: `cargo xtask ...`), built once by the first script that uses it, together with the
-# whole workspace (cargo build --release): built alone, the release build of the binaries that
-# followed compiled much of it again.
+# xtask ARGS...: the workspace's dev tool (scripts/xtask; by hand: `cargo xtask ...`), built
+# by the first script that uses it together with the whole workspace (built alone, the binaries'
+# build repeated much of it).
 xtask() {
     if [[ -z ${XTASK_BUILT:-} ]]; then
         ensure_build_deps
@@ -43,17 +34,18 @@ xtask() {
     "$REPO_ROOT/target/release/xtask" "$@"
 }
 
+# stage_tests FILTER: the tests of rpc-server/tests/stages/ matching FILTER (the assertions of
+# the stages whose OS work a script did), after the release build they drive.
+stage_tests() {
+    xtask --version >/dev/null
+    cargo test --release -p rpc-server --test stages "$1" -- --ignored --nocapture --test-threads=1
+}
+
 # Sets ROOT_CMD to the prefix that runs a command as root: () when we are root,
 # (sudo -n) when password-less sudo works. Returns 1 if neither is available.
-ROOT_CMD=()
 find_root_cmd() {
-    if [[ $EUID -eq 0 ]]; then
-        ROOT_CMD=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        ROOT_CMD=(sudo -n)
-    else
-        return 1
-    fi
+    ROOT_CMD=()
+    ((EUID == 0)) || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && ROOT_CMD=(sudo -n); }
 }
 
 # apt_install PKG...: install Debian packages as root (apt-get update first).
@@ -80,9 +72,7 @@ ensure_build_deps() {
         die "cargo not found: install Rust (https://rustup.rs), then run this again"
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-    if ! pkg-config --exists openssl 2>/dev/null; then
-        missing+=(libssl-dev)
-    fi
+    pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
     ((${#missing[@]} == 0)) && return 0
     apt_install "${missing[@]}" ||
         die "missing build dependencies; as root run: apt-get install ${missing[*]}"
@@ -92,17 +82,14 @@ ensure_build_deps() {
 PY_VENV=target/py-venv
 PY=$PY_VENV/bin/python
 
-# ensure_venv REQUIREMENTS-FILE...: make $PY_VENV a venv holding the packages
-# of each file (pip install -r). A file is installed again only when it differs
-# from the copy kept in the venv ($PY_VENV/.req-<file name>), so scripts with
-# different requirement files share one venv without undoing each other.
+# ensure_venv REQUIREMENTS-FILE...: make $PY_VENV a venv holding the packages of each file
+# (pip install -r). A file is installed again only when it differs from the copy kept in the
+# venv ($PY_VENV/.req-<file name>): scripts with different files share one venv.
 ensure_venv() {
     local reqs stamp
     if [[ ! -x $PY ]]; then
-        if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-            apt_install python3-venv ||
-                die "python3 venv/ensurepip module missing; install python3-venv (as root: apt-get install python3-venv)"
-        fi
+        python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv ||
+            die "python3 venv/ensurepip module missing; install python3-venv (as root: apt-get install python3-venv)"
         msg "creating $PY_VENV"
         rm -rf "$PY_VENV"
         python3 -m venv "$PY_VENV" || die "python3 -m venv $PY_VENV failed"
@@ -128,44 +115,10 @@ one_run() {
     fi
 }
 
-# Is pid a live rpc-server process? (Guards against reused pids: a pid from a
-# stale pid file is only trusted if that process is still an rpc-server.)
+# Is pid a live rpc-server process? (Guards against reused pids: a pid from a stale pid file
+# is only trusted if that process is still an rpc-server; /proc/PID/stat is "PID (COMM)
+# STATE ...", and a zombie, Z, has exited.)
 is_our_server() {
-    local pid=$1 stat
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        # /proc/PID/stat is "PID (COMM) STATE ..."; a zombie (Z) has exited.
-        stat=$(<"/proc/$pid/stat") || return 1
-        [[ $stat == "$pid (rpc-server) "[!ZX]* ]] || return 1
-    fi
-    return 0
-}
-
-# stop_pid PID [SECS [ALIVE]]: SIGTERM, then SIGKILL if PID still runs (the command ALIVE PID,
-# default kill -0) after SECS (default 10) seconds; returns its exit status if it is our child.
-stop_pid() {
-    local pid=$1 secs=${2:-10} alive=${3:-kill -0} rc=0 deadline
-    deadline=$((SECONDS + secs + 1)) # SECONDS is whole seconds: wait at least secs
-    kill -TERM "$pid" 2>/dev/null || true
-    while $alive "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    local killed=
-    if $alive "$pid" 2>/dev/null; then
-        warn "pid $pid still running ${secs}s after SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        killed=1
-    fi
-    wait "$pid" 2>/dev/null || rc=$?
-    [[ -z $killed ]] || rc=137 # also for a pid that is not our child
-    return "$rc"
-}
-
-# Pid files in the run dir whose process is still alive (one path per line).
-live_pid_files() {
-    local f pid
-    for f in "$RUN_DIR"/server-*.pid; do
-        [[ -f $f ]] || continue
-        pid=$(<"$f")
-        is_our_server "$pid" && printf '%s\n' "$f"
-    done
-    return 0
+    [[ $1 =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null &&
+        [[ ! -r /proc/$1/stat || $(<"/proc/$1/stat") == "$1 (rpc-server) "[!ZX]* ]]
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway RabbitMQ node beside the machine's own broker (rabbit@localhost on 5672, never
-# touched): the one lifecycle that cluster.sh, tls-test.sh and test.sh's fault stage use.
+# touched): the one lifecycle of cluster.sh, tls-test.sh, rabbitmq4.sh and the fault stage.
 #   scripts/node.sh start NAME PORT   start NAME@localhost (AMQP 127.0.0.1:PORT, Erlang
 #                                     distribution 127.0.0.1:PORT+20000) and wait until it
 #                                     answers AMQP; state in target/nodes/NAME@localhost/
@@ -9,14 +9,15 @@
 #                                     after NODE_WAIT seconds): a RABBITMQCTL command prefix
 #   scripts/node.sh uri NAME          its AMQP URI
 # Exits 77 (skipped) where no node can run (RabbitMQ or Erlang not installed). Needs no root.
-# Sourced (cluster.sh, tls-test.sh), it defines the node_* functions for a node chosen with
-# node_select NAME PORT BASE: state in BASE/NAME@localhost/, the Erlang cookie in
-# BASE/home/.erlang.cookie (HOME points there, so the main broker's cookie is untouched).
+# Sourced (cluster.sh), it defines the node_* functions for a node chosen with node_select NAME
+# PORT BASE: state in BASE/NAME@localhost/, the Erlang cookie in BASE/home/.erlang.cookie
+# (HOME points there, so the main broker's cookie is untouched).
 # Env: NODE_WAIT (seconds to boot, default 120), NODE_STOP_WAIT (seconds per stop, default
-# 60), NODE_ERL_ARGS (extra VM flags, default "+S 1:1": one scheduler, to share the machine),
-# RABBITMQ_BIN (default /usr/lib/rabbitmq/bin). Sourced with NODE_ROOT set (a directory with
-# a Debian root, see rabbitmq4.sh), the node's commands run chrooted there: BASE and
-# RABBITMQ_BIN are paths inside it, and NODE_EPMD_PORT gives the node an epmd of its own.
+# 60), NODE_CONF (start: more rabbitmq.conf lines, one a line), NODE_MORE_PORTS (start: ports
+# those lines listen on, checked free first), NODE_ERL_ARGS (extra VM flags, default "+S 1:1":
+# one scheduler, to share the machine), RABBITMQ_BIN (default /usr/lib/rabbitmq/bin), NODE_BASE
+# (default target/nodes). With NODE_ROOT (a Debian root, see rabbitmq4.sh) the node runs
+# chrooted there: BASE and RABBITMQ_BIN are paths inside it; NODE_EPMD_PORT: an epmd of its own.
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -36,17 +37,14 @@ NODE_RUN=()
 node_installed() {
     [[ -x $NODE_ROOT$RMQ_BIN/rabbitmq-server && -x $NODE_ROOT$RMQ_BIN/rabbitmqctl ]] ||
         skip "no rabbitmq-server/rabbitmqctl in $RMQ_BIN: cannot run a RabbitMQ node (scripts/broker.sh installs Debian's package as root; or set RABBITMQ_BIN)"
-    if ! command -v erl >/dev/null 2>&1 || ! command -v epmd >/dev/null 2>&1; then
-        skip "erl/epmd (Erlang) not found in PATH: cannot run a RabbitMQ node"
-    fi
+    { command -v erl && command -v epmd; } >/dev/null 2>&1 || skip "erl/epmd (Erlang) not found in PATH: cannot run a RabbitMQ node"
 }
 
 # node_select NAME PORT BASE: the node the node_* functions act on.
 node_select() {
     NODE=$1@localhost NODE_PORT=$2 NODE_BASE=$3
-    if ! [[ $NODE_PORT =~ ^[1-9][0-9]*$ ]] || ((NODE_PORT > 45535)); then
+    { [[ $NODE_PORT =~ ^[1-9][0-9]*$ ]] && ((NODE_PORT <= 45535)); } ||
         die "$NODE: '$NODE_PORT' is not a port number up to 45535 (the distribution port is port+20000)"
-    fi
     NODE_DIST=$((NODE_PORT + 20000))
     NODE_DIR=$NODE_BASE/$NODE
     NODE_PID_FILE=$NODE_DIR/rabbitmq.pid
@@ -56,12 +54,8 @@ node_select() {
     NODE_ENV=(-u RABBITMQ_ERLANG_COOKIE -u RABBITMQ_NODENAME -u ERL_AFLAGS -u ERL_ZFLAGS
         "HOME=$NODE_BASE/home" "RABBITMQ_CONF_ENV_FILE=$NODE_BASE/rabbitmq-env.conf"
         ERL_EPMD_ADDRESS=127.0.0.1 'ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}'
-        LC_ALL=C.UTF-8)
-    NODE_EPMD=()
-    if [[ -n ${NODE_EPMD_PORT:-} ]]; then
-        NODE_EPMD=("ERL_EPMD_PORT=$NODE_EPMD_PORT")
-        NODE_ENV+=("${NODE_EPMD[@]}")
-    fi
+        LC_ALL=C.UTF-8 ${NODE_EPMD_PORT:+"ERL_EPMD_PORT=$NODE_EPMD_PORT"})
+    NODE_EPMD=(${NODE_EPMD_PORT:+"ERL_EPMD_PORT=$NODE_EPMD_PORT"})
     # Where the host sees the node's files.
     NODE_HOST_DIR=$NODE_ROOT$NODE_DIR
 }
@@ -69,11 +63,7 @@ node_select() {
 node_uri() { printf 'amqp://guest:guest@%s:%s' "$NODE_HOST" "$NODE_PORT"; }
 
 # node_ctl SECS ARGS...: rabbitmqctl against the node, killed after SECS seconds.
-node_ctl() {
-    local secs=$1
-    shift
-    timeout "$secs" "${NODE_RUN[@]}" env "${NODE_ENV[@]}" "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@" </dev/null 9>&-
-}
+node_ctl() { timeout "$1" "${NODE_RUN[@]}" env "${NODE_ENV[@]}" "$RMQ_BIN/rabbitmqctl" -n "$NODE" "${@:2}" </dev/null 9>&-; }
 
 # Pid of the node's VM from its pid file, if that process is alive and is this node (its
 # environment names the node: guards against a reused pid). Fails otherwise.
@@ -81,9 +71,7 @@ node_pid() {
     local pid stat
     [[ -r $NODE_ROOT$NODE_PID_FILE ]] || return 1
     pid=$(<"$NODE_ROOT$NODE_PID_FILE")
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $stat == "$pid "*") "[!ZX]* ]] || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$pid/stat" 2>/dev/null) && [[ $stat == "$pid "*") "[!ZX]* ]] || return 1
     tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "RABBITMQ_NODENAME=$NODE" || return 1
     printf '%s\n' "$pid"
 }
@@ -111,10 +99,7 @@ node_show_log() {
 node_write_config() {
     local dir=$NODE_HOST_DIR home=$NODE_ROOT$NODE_BASE/home
     mkdir -p "$dir/log" "$dir/mnesia" "$dir/conf.d" "$home"
-    if [[ ! -s $home/.erlang.cookie ]]; then
-        (umask 077 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$home/.erlang.cookie")
-        chmod 400 "$home/.erlang.cookie"
-    fi
+    [[ -s $home/.erlang.cookie ]] || (umask 277 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$home/.erlang.cookie")
     # Deliberately empty: it replaces /etc/rabbitmq/rabbitmq-env.conf (the main broker's).
     : >"$NODE_ROOT$NODE_BASE/rabbitmq-env.conf"
     {
@@ -126,14 +111,13 @@ node_write_config() {
 
 # node_preflight: dies unless the node (not running) can start: its name, its AMQP and
 # distribution ports and those in NODE_MORE_PORTS (say, a TLS listener's) must be free.
-NODE_MORE_PORTS=()
+read -r -a NODE_MORE_PORTS <<<"${NODE_MORE_PORTS:-}"
 node_preflight() {
     local port
     node_epmd_has && die "$NODE is registered with epmd but is not the node recorded in $NODE_DIR (a leftover whose state was removed?); stop that VM first"
     for port in "$NODE_PORT" "$NODE_DIST" "${NODE_MORE_PORTS[@]+"${NODE_MORE_PORTS[@]}"}"; do
-        if xtask probe "$NODE_HOST" "$port" --tcp --timeout 1 2>/dev/null; then
+        ! xtask probe "$NODE_HOST" "$port" --tcp --timeout 1 2>/dev/null ||
             die "port $NODE_HOST:$port (of $NODE) is in use by another process; pick another port"
-        fi
     done
 }
 
@@ -164,33 +148,19 @@ node_start() {
     }
     deadline=$((SECONDS + 30))
     until node_pid >/dev/null; do
-        if ((SECONDS >= deadline)); then
-            node_show_log
-            die "$NODE wrote no pid file ($NODE_PID_FILE) within 30s"
-        fi
+        ((SECONDS < deadline)) || { node_show_log; die "$NODE wrote no pid file ($NODE_PID_FILE) within 30s"; }
         sleep 0.2
     done
 }
 
-# node_wait DEADLINE [CHECK...]: wait until the node answers AMQP (and each CHECK command
-# succeeds); dies, with its log, if its VM exits or SECONDS passes DEADLINE.
+# node_wait DEADLINE: wait until the node answers AMQP; dies, with its log, if its VM exits or
+# SECONDS passes DEADLINE.
 node_wait() {
-    local deadline=$1 t0=$SECONDS check ok
-    shift
-    while :; do
-        ok=1
-        node_amqp_up || ok=
-        for check in "$@"; do [[ -z $ok ]] || "$check" || ok=; done
-        [[ -z $ok ]] || break
+    local deadline=$1 t0=$SECONDS
+    until node_amqp_up; do
         # The VM writes its pid file early in boot; it must stay alive.
-        if ! node_pid >/dev/null; then
-            node_show_log
-            die "$NODE is not running (its VM exited or never started)"
-        fi
-        if ((SECONDS >= deadline)); then
-            node_show_log
-            die "$NODE did not come up within ${NODE_WAIT}s (raise NODE_WAIT if the machine is just slow)"
-        fi
+        node_pid >/dev/null || { node_show_log; die "$NODE is not running (its VM exited or never started)"; }
+        ((SECONDS < deadline)) || { node_show_log; die "$NODE did not come up within ${NODE_WAIT}s (raise NODE_WAIT if the machine is just slow)"; }
         sleep 0.5
     done
     msg "$NODE answers on $NODE_HOST:$NODE_PORT (after $((SECONDS - t0))s)"
@@ -200,12 +170,8 @@ node_wait() {
 # Fails if the node still runs.
 node_stop() {
     local pid deadline sig
-    pid=$(node_pid) || pid=
-    if [[ -z $pid ]]; then
-        # Registered with epmd but no pid file: stop it by name (ours if the cookie matches).
-        if node_epmd_has; then node_ctl "$NODE_STOP_WAIT" -q stop >/dev/null 2>&1 || true; fi
-        return 0
-    fi
+    # Registered with epmd but no pid file: stop it by name (ours if the cookie matches).
+    pid=$(node_pid) || { ! node_epmd_has || node_ctl "$NODE_STOP_WAIT" -q stop >/dev/null 2>&1 || true; return 0; }
     node_ctl "$NODE_STOP_WAIT" -q stop "$NODE_PID_FILE" >/dev/null 2>&1 || true
     for sig in TERM KILL; do
         node_pid >/dev/null || return 0
@@ -226,8 +192,8 @@ usage() { die "usage: $PROG start NAME PORT | stop NAME | ctl NAME ARGS... | uri
 [[ $# -ge 2 && $2 =~ ^[a-z][a-z0-9_-]*$ ]] || usage
 command=$1 name=$2
 shift 2
-BASE=$REPO_ROOT/target/nodes
-port_file=$BASE/$name@localhost/port
+BASE=${NODE_BASE:-$REPO_ROOT/target/nodes} # with NODE_ROOT, a path inside the root
+port_file=$NODE_ROOT$BASE/$name@localhost/port
 if [[ $command == start ]]; then
     [[ $# -eq 1 ]] || usage
     port=$1
@@ -243,8 +209,9 @@ case $command in
             node_wait $((SECONDS + NODE_WAIT))
             exit 0
         fi
-        rm -rf "$NODE_DIR" # a fresh node: no queues or users from an earlier run
-        node_write_config "vm_memory_high_watermark.absolute = 512MiB" "disk_free_limit.absolute = 100MB"
+        rm -rf "$NODE_HOST_DIR" # a fresh node: no queues or users from an earlier run
+        mapfile -t conf <<<"${NODE_CONF:-}"
+        node_write_config "vm_memory_high_watermark.absolute = 512MiB" "disk_free_limit.absolute = 100MB" "${conf[@]}"
         printf '%s\n' "$port" >"$port_file"
         node_start
         node_wait $((SECONDS + NODE_WAIT))
@@ -252,7 +219,7 @@ case $command in
     stop)
         [[ $# -eq 0 ]] || usage
         node_stop || die "could not stop $NODE; not removing $NODE_DIR"
-        rm -rf "$NODE_DIR"
+        rm -rf "$NODE_HOST_DIR"
         msg "$NODE stopped; removed $NODE_DIR"
         ;;
     ctl) node_ctl "$NODE_WAIT" "$@" ;;

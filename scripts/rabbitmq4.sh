@@ -17,20 +17,16 @@
 set -euo pipefail
 ROOT=${RABBITMQ4_ROOT:-/var/cache/rabbit-rpc/trixie}
 PORT=${RABBITMQ4_PORT:-5710}
-NODE_ROOT=$ROOT
-NODE_EPMD_PORT=$((PORT - 1340))
-export NODE_ROOT NODE_EPMD_PORT
-# shellcheck source=scripts/node.sh
-. "$(dirname "${BASH_SOURCE[0]}")/node.sh"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { die "usage: $PROG start | stop | uri | ctl ARGS... | version"; }
 [[ $# -ge 1 ]] || usage
 if ! [[ $PORT =~ ^[0-9]+$ ]] || ((PORT <= 1400)); then
     die "RABBITMQ4_PORT must be a port number above 1400, got '$PORT'"
 fi
-# The node's state, as the chrooted node sees it.
-BASE=/var/lib/rabbit-rpc
-node_select rpc4 "$PORT" "$BASE"
+# scripts/node.sh runs the node chrooted, its state in NODE_BASE inside the root.
+export NODE_ROOT=$ROOT NODE_BASE=/var/lib/rabbit-rpc NODE_EPMD_PORT=$((PORT - 1340))
 
 need_root() {
     [[ $EUID -eq 0 ]] || skip "RabbitMQ 4.x runs in a chroot, which needs root"
@@ -54,9 +50,7 @@ mount_into() {
 
 unmount_from() {
     local dir=$1 m
-    for m in dev proc; do
-        if mountpoint -q "$dir/$m"; then umount "$dir/$m" || umount -l "$dir/$m" || true; fi
-    done
+    for m in dev proc; do ! mountpoint -q "$dir/$m" || umount "$dir/$m" || umount -l "$dir/$m" || true; done
 }
 
 prepare_root() {
@@ -69,12 +63,9 @@ prepare_root() {
     rm -rf "$tmp"
     mkdir -p "$(dirname "$ROOT")"
     msg "preparing $ROOT: debootstrap --variant=minbase trixie from $mirror (once)"
-    timeout 900 debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
-        tail -n 20 "$tmp.log" >&2
-        die "debootstrap failed (log: $tmp.log)"
-    }
-    printf '#!/bin/sh\n# Installed by rabbit-rpc: no services start in this root.\nexit 101\n' \
-        >"$tmp/usr/sbin/policy-rc.d"
+    timeout 900 debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
+        { tail -n 20 "$tmp.log" >&2; die "debootstrap failed (log: $tmp.log)"; }
+    printf '#!/bin/sh\n# Installed by rabbit-rpc: no services start in this root.\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
     chmod 755 "$tmp/usr/sbin/policy-rc.d"
     mount_into "$tmp"
     msg "installing rabbitmq-server in $tmp"
@@ -101,33 +92,25 @@ case $1 in
         need_root
         prepare_root
         mount_into "$ROOT"
-        if node_pid >/dev/null; then
-            node_wait $((SECONDS + NODE_WAIT))
-            exit 0
-        fi
-        rm -rf "${ROOT:?}$BASE" # fresh data every start
-        # RabbitMQ 4.3 denies these deprecated features by default; 4.0 only warns.
-        node_write_config "vm_memory_high_watermark.absolute = 512MiB" \
-            "disk_free_limit.absolute = 100MB" \
-            "deprecated_features.permit.transient_nonexcl_queues = false" \
-            "deprecated_features.permit.global_qos = false"
-        node_start
-        node_wait $((SECONDS + NODE_WAIT))
-        msg "RabbitMQ $(root_version) with 4.3's deny settings: $(node_uri)"
+        # Fresh data unless it runs. RabbitMQ 4.3 denies these deprecated features by default; 4.0 only warns.
+        NODE_CONF=$'deprecated_features.permit.transient_nonexcl_queues = false\ndeprecated_features.permit.global_qos = false' \
+            scripts/node.sh start rpc4 "$PORT"
+        msg "RabbitMQ $(root_version) with 4.3's deny settings: $("$0" uri)"
         ;;
     stop)
         [[ $# -eq 1 ]] || usage
         need_root
         if [[ -d $ROOT ]]; then
-            node_stop || die "could not stop $NODE"
-            env "${NODE_EPMD[@]}" epmd -kill >/dev/null 2>&1 || true
-            rm -rf "${ROOT:?}$BASE"
+            dir=$ROOT$NODE_BASE/rpc4@localhost # with its port file: scripts/node.sh finds it
+            [[ ! -d $dir ]] || { echo "$PORT" >"$dir/port" && scripts/node.sh stop rpc4; }
+            ERL_EPMD_PORT=$NODE_EPMD_PORT epmd -kill >/dev/null 2>&1 || true
+            rm -rf "${ROOT:?}$NODE_BASE"
             unmount_from "$ROOT"
         fi
-        msg "$NODE stopped"
+        msg "rpc4@localhost stopped"
         ;;
-    uri) [[ $# -eq 1 ]] || usage; node_uri; echo ;;
-    ctl) shift; need_root; node_ctl "$NODE_WAIT" "$@" ;;
+    uri) [[ $# -eq 1 ]] || usage; echo "amqp://guest:guest@127.0.0.1:$PORT" ;;
+    ctl) shift; need_root; scripts/node.sh ctl rpc4 "$@" ;;
     version) need_root; [[ -d $ROOT ]] || die "no root at $ROOT yet ('$PROG start' prepares it)"; root_version; echo ;;
     *) usage ;;
 esac

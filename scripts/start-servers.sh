@@ -31,10 +31,7 @@ while [[ $# -gt 0 && $1 != -- ]]; do
     esac
     shift
 done
-if [[ $# -gt 0 ]]; then
-    [[ $1 == -- ]] || usage
-    shift
-fi
+[[ $# -eq 0 ]] || { [[ $1 == -- ]] || usage; shift; }
 extra=("$@")
 
 # The broker URIs to spread the servers over (none: the servers' own defaults).
@@ -59,10 +56,7 @@ serves_command=
 for ((k = 0; k < ${#extra[@]}; k++)); do
     a=${extra[k]}
     case $a in
-        --) # the rest is the served command and its arguments
-            serves_command=1
-            break
-            ;;
+        --) serves_command=1 && break ;; # the rest is the served command and its arguments
         --exec-timeout=*) exec_timeout=${a#*=} && continue ;;
         --exec-timeout) k=$((k + 1)) && exec_timeout=${extra[k]:-} && continue ;;
         --queue=* | --uri=* | --host=* | --port=* | --vhost=* | --user=* | --password=*) v=${a#*=} a=${a%%=*} ;;
@@ -85,17 +79,13 @@ if [[ -n $serves_command ]]; then
 fi
 
 bin=$BIN_DIR/rpc-server
-if [[ ! -x $bin ]]; then
-    msg "$bin not found; running cargo build --release"
-    cargo build --release
-    [[ -x $bin ]] || die "$bin still missing after cargo build --release (RPC_BIN_DIR=$BIN_DIR)"
-fi
+[[ -x $bin ]] || { msg "$bin not found; running cargo build --release"; cargo build --release; }
+[[ -x $bin ]] || die "$bin still missing after cargo build --release (RPC_BIN_DIR=$BIN_DIR)"
 
 mkdir -p "$RUN_DIR"
-live=$(live_pid_files)
-if [[ -n $live ]]; then
-    die "servers from $RUN_DIR are still running (${live//$'\n'/ }); run scripts/stop-servers.sh first"
-fi
+live=()
+for f in "$RUN_DIR"/server-*.pid; do [[ -f $f ]] && is_our_server "$(<"$f")" && live+=("$f"); done
+((${#live[@]} == 0)) || die "servers from $RUN_DIR are still running (${live[*]}); run scripts/stop-servers.sh first"
 rm -f "$RUN_DIR"/server-*.pid "$RUN_DIR"/server-*.log
 echo "$stop_wait" >"$RUN_DIR/stop-wait"
 

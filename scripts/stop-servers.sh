@@ -27,11 +27,12 @@ for f in "${pid_files[@]}"; do
     pid=$(<"$f")
     if is_our_server "$pid"; then
         stopping+=("$pid")
-        (
-            rc=0
-            stop_pid "$pid" "$wait_secs" is_our_server || rc=$?
+        ( # SIGTERM; SIGKILL (a failure: the commands it had in hand may live on) after wait_secs
+            deadline=$((SECONDS + wait_secs + 1)) # SECONDS is whole seconds: wait at least wait_secs
+            kill -TERM "$pid" 2>/dev/null || true
+            while is_our_server "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
             rm -f "$f"
-            ((rc != 137)) # had to be killed: the commands it had in hand may live on
+            ! is_our_server "$pid" || { warn "pid $pid still running ${wait_secs}s after SIGTERM; sending SIGKILL"; kill -KILL "$pid"; exit 1; }
         ) &
         stoppers+=($!)
     else

@@ -90,39 +90,19 @@ stage_test() { cargo test --workspace; }
 
 stage_build() { cargo build --release; }
 
-# End-to-end through the scripts: start-servers.sh 2 on a fresh queue (ready once the broker
-# counts 2 consumers), the rpc-client binary against the rpc-server binaries, stop-servers.sh
-# (no consumer left). Results, exit codes and logs of the binaries are checked by the Rust
-# tests (rpc-client/tests/client.rs, rpc-server/tests/it/ binary and rpc).
-stage_e2e() {
-    local out
-    E2E_QUEUE=rpc-e2e-$(cat /proc/sys/kernel/random/uuid)
-    export RPC_RUN_DIR=target/run/${E2E_QUEUE#rpc-}
-    trap 'scripts/stop-servers.sh || true
-        xtask queue delete "$E2E_QUEUE" || warn "could not delete queue $E2E_QUEUE; delete it by hand"' EXIT
-    env -u RPC_URIS scripts/start-servers.sh 2 -- --queue "$E2E_QUEUE"
-    out=$(timeout 60 "$BIN_DIR/rpc-client" --timeout 10 --queue "$E2E_QUEUE" 10 20 30 </dev/null)
-    [[ $out == $'55\n6765\n832040' ]] || die "rpc-client 10 20 30 printed '${out//$'\n'/ }' (want 55 6765 832040)"
-    msg "ok: rpc-client --queue $E2E_QUEUE 10 20 30 -> 55 6765 832040"
-    scripts/stop-servers.sh
-    xtask queue wait-consumers "$E2E_QUEUE" 0 --exactly --timeout 10
-    msg "ok: no consumer left on $E2E_QUEUE after stop-servers.sh"
-    rm -rf "$RPC_RUN_DIR"
-}
+# End-to-end through the scripts: start-servers.sh 2 on a fresh queue, the rpc-client binary
+# against the rpc-server binaries, stop-servers.sh (no consumer left): e2e::scripts in
+# rpc-server/tests/stages/.
+stage_e2e() { stage_tests e2e::scripts; }
 
-# The metrics endpoint with a real Prometheus (Debian's package, installed if missing) on a
-# private port: a successful scrape, promtool check metrics, counters moved by exactly the calls
-# made. Skipped (77) where Prometheus cannot be installed.
+# The metrics endpoint with a real Prometheus (Debian's package, installed if missing; skipped,
+# 77, where it cannot be): a scrape, promtool check metrics, counters moved by the calls made.
 stage_metrics() { scripts/metrics-test.sh; }
 
-stage_interop() {
-    [[ -x scripts/interop.sh ]] || die "scripts/interop.sh is missing or not executable"
-    scripts/interop.sh
-}
+stage_interop() { scripts/interop.sh; }
 
-# TLS: a throwaway CA and RabbitMQ node (rpctls@localhost, ports 5690/5691) beside the
-# main broker; amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
-# Exits 77 (skipped) when no RabbitMQ node can be run here.
+# TLS: a throwaway CA and node (rpctls@localhost, ports 5690/5691; 77, skipped, where none can
+# run); amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
 stage_tls() { scripts/tls-test.sh; }
 
 # The cluster test (rpc-server/tests/it/cluster/, issues 5 and 16): a local three-node cluster
@@ -158,30 +138,12 @@ stage_rabbitmq4() {
     RABBITMQCTL="$REPO_ROOT/scripts/rabbitmq4.sh ctl"
     export AMQP_URI RABBITMQCTL
     cargo test --workspace
-    (stage_e2e)
+    stage_e2e
     # The original tutorial's transient classic queue is what 4.3 denies.
     INTEROP_FLAVOURS="durable quorum" scripts/interop.sh
-    (refusals_on_4x)
-}
-
-# On 4.x with 4.3's defaults: --transient stops at once with exit 4 and the broker's reason; a
-# reply over --max-reply-bytes is an error reply (exit 5), not a publish the broker refuses.
-refusals_on_4x() {
-    local rc=0 out
-    # Global, not local: the EXIT trap runs after the function has returned.
-    queue=rpc-4x-$(cat /proc/sys/kernel/random/uuid)
-    export RPC_RUN_DIR=target/run/${queue#rpc-}
-    trap 'scripts/stop-servers.sh || true; xtask queue delete "$queue" "$queue-transient" || true' EXIT
-    out=$(timeout 60 "$BIN_DIR/rpc-server" --queue "$queue-transient" --transient 2>&1 </dev/null) || rc=$?
-    [[ $rc == 4 && $out == *transient_nonexcl_queues* && $out == *"not retrying"* ]] ||
-        die "rpc-server --transient on 4.x: exit $rc (want 4): $out"
-    msg "ok: rpc-server --transient exits 4: ${out##*not retrying: }"
-    scripts/start-servers.sh 1 -- --queue "$queue" --max-reply-bytes 5
-    rc=0
-    out=$(timeout 60 "$BIN_DIR/rpc-client" --queue "$queue" --timeout 10 30 2>&1 </dev/null) || rc=$?
-    [[ $rc == 5 && $out == *too-large* ]] || die "a reply over --max-reply-bytes: exit $rc (want 5): $out"
-    msg "ok: a reply over --max-reply-bytes is an error reply: $out"
-    scripts/stop-servers.sh
+    # --transient stops at once with exit 4 and the broker's reason; a reply over
+    # --max-reply-bytes is an error reply (exit 5), not a publish the broker refuses.
+    stage_tests e2e::refusals_on_4x
 }
 
 run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
