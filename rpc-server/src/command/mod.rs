@@ -45,10 +45,10 @@
 //! pipes with its size and time bounds (`pipes`); stderr to the log (`stderr`).
 
 mod guardian;
-mod pipes;
+pub(crate) mod pipes;
 pub(crate) mod process;
 mod program;
-mod stderr;
+pub(crate) mod stderr;
 
 pub use guardian::{guard, GUARDIAN_ENV};
 pub use process::{contain, end_all, end_orphans};
