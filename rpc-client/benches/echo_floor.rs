@@ -15,9 +15,8 @@
 //! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
 
 use amiquip::{AmqpProperties, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Publish};
-use rpc_client::connection::connect;
-use rpc_client::consume::{callback_queue, consume};
-use rpc_client::testing::{broker, unique_name, Admin};
+use rpc_client::amqp::{callback_queue, consume};
+use rpc_client::testing::{broker, connect, unique_name, Admin};
 use std::collections::VecDeque;
 use std::time::Instant;
 

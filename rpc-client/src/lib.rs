@@ -2,38 +2,37 @@
 //!
 //! # Layout
 //!
-//! Calling:
-//! - [`rpc`]: [`RpcClient`], one connection making raw calls ([`RpcRequest`] in, [`RpcReply`]
-//!   out: bytes, content type, headers) and matching replies by correlation id; its
-//!   [`ClientOptions`].
-//! - `session` (private): one connection's worth of calling: the channel with publisher
-//!   confirms, the callback queue, requests not confirmed yet; [`RpcClient`] opens a new one
-//!   after a lost connection.
-//! - [`client`]: [`FibonacciRpcClient`], fib(n) calls on top of [`RpcClient`].
+//! Modules are private; what a library user needs is re-exported here, and the two layers
+//! the server shares are public modules of their own ([`amqp`], [`wire`]).
+//!
+//! Calling (the root):
+//! - `client` (with `client/batch`): [`RpcClient`], one connection making raw calls
+//!   ([`RpcRequest`] in, [`RpcReply`] out: bytes, content type, headers), recovering from a
+//!   lost connection, matching replies by correlation id.
+//! - `request`: [`ClientOptions`], [`ReplyQueue`], [`RpcRequest`] (checked against what AMQP
+//!   can carry, [`MAX_SHORT_STRING`]) and [`RpcReply`].
+//! - `in_flight`: the calls of a batch awaiting replies: by correlation id, next deadline,
+//!   to send again, refused; pure bookkeeping, unit-tested without a broker.
+//! - `session`: one connection's worth of calling: the channel with publisher confirms, the
+//!   callback queue, requests not confirmed yet; [`RpcClient`] opens a new one after a lost
+//!   connection.
+//! - `fibonacci`: [`FibonacciRpcClient`], fib(n) calls on top of [`RpcClient`].
+//! - `error`: [`Error`] and the exit codes of `rpc-client` ([`exit_code`]).
+//! - `trace`: W3C trace context ([`TraceContext`]).
+//! - `text`: text from the network made printable and bounded ([`wire::printable`]).
+//!
+//! Shared with `rpc-server`:
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
-//!   replies), used by the server crate too.
-//! - [`error`]: [`Error`] and the exit codes of `rpc-client` ([`error::exit_code`]).
-//! - [`text`]: text from the network made printable and bounded.
-//!
-//! Reaching the broker (shared with `rpc-server`):
-//! - [`uri`]: [`BrokerOptions`], `amqp://` URIs and password masking.
-//! - [`connection`]: opening a connection (TCP_NODELAY, connect timeout, first of several
-//!   brokers).
-//! - [`tls`]: CA files and the TLS connector for `amqps://`.
-//! - [`watchdog`]: time limits on each broker round trip; a stalled connection is abandoned.
-//! - [`consume`]: consuming a queue; the client's callback queue.
-//! - [`random`]: shuffling brokers and jittering backoff.
-//! - [`reconnect`]: backoff between connection attempts (0.1 s doubling, jitter), shared with
-//!   the server.
-//!
-//! The command line (shared flags, then `rpc-client`'s own):
-//! - [`args`]: broker, log and `--generate` flags of both binaries; the only module that knows
-//!   flag names.
-//! - [`logging`]: the stderr logger; callers name their own log targets.
-//! - [`cli`]: `rpc-client`'s command line and [`cli::run`].
-//! - [`output`]: results printed in argument order: values, reply bodies, or JSON lines.
-//! - [`json`]: JSON strings and base64 for `rpc-client call --json`.
-//! - [`bench`]: `rpc-client bench`, throughput and latency percentiles.
+//!   replies, trace headers).
+//! - [`amqp`]: reaching the broker: [`BrokerOptions`] and `amqp://` URIs, opening a
+//!   connection (TCP_NODELAY, connect timeout, first of several brokers, TLS), the
+//!   [`amqp::Watchdog`] bounding each round trip, consuming a queue, backoff between
+//!   connection attempts. Knows nothing of calls.
+//! - [`cli`] (feature `cli`, on by default): the flags both binaries share (broker, logging,
+//!   `--generate`; the only module that knows flag names), the stderr logger, and
+//!   `rpc-client`'s own command line ([`cli::run`]) with its output, JSON and `bench`. Without
+//!   the feature (`default-features = false`) the library builds without clap, env_logger or
+//!   hdrhistogram, and the `rpc-client` binary is not built.
 //! - `testing` (feature `test-support`): helpers for tests against a real broker.
 //!
 //! Calling fib(n):
@@ -60,31 +59,29 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod args;
-pub mod bench;
+pub mod amqp;
+#[cfg(feature = "cli")]
 pub mod cli;
-pub mod client;
-pub mod connection;
-pub mod consume;
-pub mod error;
-pub mod json;
-pub mod logging;
-pub mod output;
-pub mod random;
-pub mod reconnect;
-pub mod rpc;
+mod client;
+mod error;
+mod fibonacci;
+mod in_flight;
+mod request;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod testing;
-pub mod text;
-pub mod tls;
-pub mod trace;
-pub mod uri;
-pub mod watchdog;
+mod text;
+mod trace;
 pub mod wire;
 
-pub use args::BrokerArgs;
-pub use client::{FibonacciRpcClient, Reply};
-pub use error::Error;
-pub use rpc::{ClientOptions, ReplyQueue, RpcClient, RpcReply, RpcRequest};
-pub use uri::BrokerOptions;
+pub use amqp::BrokerOptions;
+#[cfg(feature = "cli")]
+pub use cli::BrokerArgs;
+pub use client::RpcClient;
+pub use error::{exit_code, Error};
+pub use fibonacci::{FibonacciRpcClient, Reply};
+pub use request::{
+    ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
+    MAX_SHORT_STRING, PROBE_LIMIT,
+};
+pub use trace::{TraceContext, TraceId};

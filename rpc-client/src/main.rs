@@ -7,7 +7,7 @@ use rpc_client::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match cli::run(rpc_client::args::parse::<Cli>()) {
+    match cli::run(cli::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rpc-client: {err:#}");

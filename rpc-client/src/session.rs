@@ -11,12 +11,12 @@
 //! been neither answered nor confirmed for [`CONFIRM_WAIT`], which is when a nack (the broker
 //! refusing a request) could be what keeps its caller waiting.
 
-use crate::connection::{open_first, Link};
+use crate::amqp::BrokerOptions;
+use crate::amqp::{open_first, Link};
 use crate::error::Error;
-use crate::rpc::{RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
+use crate::request::{RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
 use crate::trace::TraceContext;
-use crate::uri::BrokerOptions;
-use crate::{consume, wire, ReplyQueue};
+use crate::{amqp, wire, ReplyQueue};
 use amiquip::{
     Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
     Publish, Return,
@@ -180,13 +180,13 @@ impl Session {
             ReplyQueue::Exclusive => watchdog.bounded(
                 "to the callback queue's declare and consume",
                 bound.next(),
-                || consume::callback_queue(&channel),
+                || amqp::callback_queue(&channel),
             )?,
             // Direct reply-to requires no-ack consuming on the channel that publishes.
             ReplyQueue::Direct => (
                 DIRECT_REPLY_TO.to_string(),
                 watchdog.bounded("to the direct reply-to consume", bound.next(), || {
-                    consume::consume(
+                    amqp::consume(
                         &channel,
                         DIRECT_REPLY_TO,
                         ConsumerOptions {

@@ -6,7 +6,7 @@
 //! a missing broker fails every test at once with one message instead of each after its
 //! own timeouts.
 
-use crate::connection::connect_first;
+use crate::amqp::connect_first;
 use crate::BrokerOptions;
 use crate::Error;
 use amiquip::{
@@ -112,6 +112,11 @@ pub fn poll_until(
     }
 }
 
+/// Connects and logs in to the broker described by `options`, without bounds on later calls.
+pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
+    connect_first(std::slice::from_ref(options), 0).map(|(connection, _)| connection)
+}
+
 /// Installs a stderr logger for tests (captured per test): our crates and dependencies at warn
 /// and above unless `RUST_LOG` says otherwise. A second call is harmless.
 pub fn init_logging() {
@@ -125,8 +130,7 @@ pub fn init_logging() {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
-    // amiquip logs the SASL response, password included, at debug level.
-    builder.filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info);
+    crate::amqp::hide_passwords(&mut builder);
     let _ = builder.try_init();
 }
 

@@ -13,10 +13,15 @@ pub fn printable(text: &str) -> String {
             out.push('…');
             break;
         }
-        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-        out.push(if c.is_control() || bidi { '?' } else { c });
+        out.push(if c.is_control() || is_bidi(c) { '?' } else { c });
     }
     out
+}
+
+/// Bidirectional marks and overrides, which reorder what a terminal shows: text from the
+/// network must not carry them there ([`printable`], and the JSON of `rpc-client call --json`).
+pub(crate) fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

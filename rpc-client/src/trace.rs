@@ -6,10 +6,10 @@
 //! and the vendors' `tracestate`. The client sends a child of its parent context (or a new
 //! trace) on every call; the server reads the request's context ([`TraceContext::parse`]: a
 //! malformed one counts as absent), makes its own span a child of it (or starts a new trace)
-//! and puts that span's `traceparent` on the reply. Ids come from [`crate::random`]: not for
+//! and puts that span's `traceparent` on the reply. Ids come from `crate::amqp` (`random_u64`): not for
 //! cryptography, as W3C asks of ids only that they be unlikely to collide.
 
-use crate::random::random_u64;
+use crate::amqp::random_u64;
 use std::fmt;
 
 /// Header carrying the trace context: `00-<trace id>-<parent id>-<flags>`.

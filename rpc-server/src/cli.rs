@@ -10,11 +10,12 @@ use crate::metrics::Metrics;
 use crate::options::{
     default_name, QueueType, ServerOptions, DEFAULT_MAX_N, DEFAULT_MAX_REPLY_BYTES,
 };
+use crate::stream::{Protocol, StreamHandler, StreamOptions, CLOSE_GRACE};
 use anyhow::Context as _;
 use clap::CommandFactory;
 use log::LevelFilter;
-use rpc_client::args::{parse_seconds, CommonArgs};
-use rpc_client::{logging, wire};
+use rpc_client::cli::{init_logging, parse_seconds, CommonArgs};
+use rpc_client::wire;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ const END_ALL_BOUND: Duration = Duration::from_secs(1);
 #[derive(Debug, clap::Parser)]
 #[command(name = "rpc-server", version, about,
           override_usage = "rpc-server [OPTIONS] [-- CMD [ARGS]...]",
-          after_help = rpc_client::error::exit_code::help(exit_code::TABLE))]
+          after_help = rpc_client::exit_code::help(exit_code::TABLE))]
 pub struct Cli {
     /// Request queue to consume.
     #[arg(long, env = "RPC_QUEUE", default_value = wire::DEFAULT_QUEUE,
@@ -103,6 +104,19 @@ pub struct Cli {
     /// With -- CMD: content_type of the replies [default: the request's content_type].
     #[arg(long, value_name = "TYPE", requires = "command")]
     pub reply_content_type: Option<String>,
+
+    /// With -- CMD: how requests reach it. exec: a process per request, body on stdin, stdout
+    /// the reply. lines: each worker keeps one process; the body as one line on its stdin,
+    /// the next line on its stdout the reply. json: the same with one JSON object per line
+    /// each way ({"id", "body"} in, {"id", "body"} or {"id", "error"} out).
+    #[arg(long, value_enum, requires = "command", default_value_t = Protocol::Exec)]
+    pub protocol: Protocol,
+
+    /// With --protocol lines|json: start a worker's program afresh after it answered N
+    /// requests (for handlers that leak) [default: keep it].
+    #[arg(long, value_name = "N", requires = "command",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_per_process: Option<u64>,
 
     /// Name put in the x-rpc-server header of replies and in logs [default: HOSTNAME-PID].
     #[arg(long)]
@@ -184,7 +198,20 @@ impl Cli {
             reply_content_type: self.reply_content_type.clone(),
             ..CommandOptions::new(program, args)
         };
-        Ok(Arc::new(CommandHandler::new(options)?))
+        if self.protocol == Protocol::Exec {
+            if self.max_requests_per_process.is_some() {
+                return Err(Error::Config(
+                    "--max-requests-per-process needs --protocol lines or json".into(),
+                ));
+            }
+            return Ok(Arc::new(CommandHandler::new(options)?));
+        }
+        Ok(Arc::new(StreamHandler::new(StreamOptions {
+            command: options,
+            protocol: self.protocol,
+            processes: self.workers.into(),
+            max_requests_per_process: self.max_requests_per_process,
+        })?))
     }
 
     /// The log level, and the level of the per-request lines: `-q` drops only those, `-qq`
@@ -208,7 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(printed?);
     }
     let (level, requests) = cli.log_levels();
-    logging::init(
+    init_logging(
         level,
         cli.common.log.log_format,
         &[
@@ -277,7 +304,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             });
     })
     .context("cannot install the signal handler")?;
-    let served = crate::serve(&options, handler, shutdown);
+    let served = crate::serve(&options, Arc::clone(&handler), shutdown);
+    // Programs kept running (--protocol lines|json) are told to end, then ended.
+    handler.close(CLOSE_GRACE);
     // Nothing a command started outlives the server, however it stops.
     command::end_all(END_ALL_BOUND);
     served?;
@@ -300,7 +329,7 @@ mod tests {
 
     #[test]
     fn command_line_is_consistent() {
-        rpc_client::args::check_command(Cli::command());
+        rpc_client::cli::check_command(Cli::command());
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl From<rpc_client::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::exit_code;
-    use rpc_client::error::exit_code::markdown;
+    use rpc_client::exit_code::markdown;
 
     #[test]
     fn readme_lists_the_exit_codes() {

@@ -16,8 +16,8 @@
 
 use crate::fib;
 use amiquip::AmqpProperties;
-use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
 /// Log target of the one line per request (` [.] fib(30)`), so it can be turned off alone:
@@ -123,6 +123,13 @@ pub trait Handler: Send + Sync {
     /// What this handler serves, for the server's log.
     fn describe(&self) -> String {
         "a Rust handler".into()
+    }
+
+    /// Ends what the handler keeps running (the programs of `--protocol lines|json`), within
+    /// about `within`; called by the `rpc-server` binary once the server has stopped serving.
+    /// Nothing by default.
+    fn close(&self, within: Duration) {
+        let _ = within;
     }
 }
 

@@ -13,6 +13,8 @@
 //!   [`command::end_all`]), `guardian.rs` ([`command::guard`]), `pipes.rs` (the `poll`
 //!   loop over stdin, stdout and stderr with its size and time bounds), `stderr.rs` (stderr
 //!   to the log).
+//! - [`stream`]: [`stream::StreamHandler`], a program kept running per worker
+//!   (`--protocol lines|json`), requests over its stdin and stdout.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
 //! - [`redelivery`]: the rule for requests that keep coming back.
 //! - [`metrics`]: the Prometheus registry and readiness state ([`metrics::Metrics`]), and
@@ -35,11 +37,12 @@
 //! - `queue`: making sure the request queue exists, declared from the options if not.
 //! - `ack`: acking answered requests several at a time.
 //! - `confirms`: replies counted once the broker confirms them.
-//! - backoff between connection attempts comes from `rpc_client::reconnect`, shared with the
-//!   recovering client.
+//! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with
+//!   the recovering client.
 //!
 //! The wire contract, broker options and connection code live in the `rpc-client` crate
-//! (`rpc_client::wire`, `rpc_client::uri`, `rpc_client::connection`), shared by both.
+//! (`rpc_client::wire`, and `rpc_client::amqp` for broker options and connections), shared by
+//! both.
 #![deny(missing_docs)]
 
 mod ack;
@@ -55,6 +58,7 @@ pub mod options;
 mod queue;
 pub mod redelivery;
 mod server;
+pub mod stream;
 mod workers;
 
 pub use command::{CommandHandler, CommandOptions};

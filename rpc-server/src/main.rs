@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         // The guardian of a command server's commands (see `command::contain`).
         rpc_server::command::guard();
     }
-    match cli::run(rpc_client::args::parse::<Cli>()) {
+    match cli::run(rpc_client::cli::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rpc-server: {err:#}");

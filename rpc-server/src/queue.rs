@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::options::{QueueType, ServerOptions};
 use amiquip::{AmqpValue, Connection, FieldTable, QueueDeclareOptions};
-use rpc_client::watchdog::Watchdog;
+use rpc_client::amqp::Watchdog;
 use rpc_client::wire;
 use std::time::Duration;
 

@@ -9,8 +9,8 @@
 use crate::handler::{Handler, Reply, Request};
 use amiquip::{AmqpProperties, Delivery};
 use crossbeam_channel::{Receiver, Sender};
-use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::TraceContext;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

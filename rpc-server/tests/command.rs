@@ -10,7 +10,7 @@ mod common;
 use common::server::ServerProc;
 use common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_client::trace::TraceContext;
+use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

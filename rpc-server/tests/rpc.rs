@@ -11,8 +11,8 @@ use crossbeam_channel::Sender;
 use num_bigint::BigUint;
 use rpc_client::testing::{self, Admin, QueueGuard};
 
-use rpc_client::trace::TraceContext;
 use rpc_client::wire::{self, ERROR_HEADER, SERVER_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, Error, FibonacciRpcClient, ReplyQueue, RpcClient, RpcRequest};
 use rpc_server::{Handler, QueueType, Reply, Request, ServerOptions, Stats};
 use std::collections::HashMap;
@@ -205,7 +205,7 @@ fn raw_round_trip(
     requests: &[(&[u8], bool)],
 ) -> Vec<(AmqpProperties, Vec<u8>)> {
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let mut expected = 0;
     for (i, (body, with_reply_to)) in requests.iter().enumerate() {
         let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
@@ -343,7 +343,7 @@ fn direct_reply_to_callers_are_served() {
     let servers = start_servers(queue.name(), 1);
     let admin = Admin::connect().expect("admin");
     let channel = admin.channel();
-    let consumer = rpc_client::consume::consume(
+    let consumer = rpc_client::amqp::consume(
         channel,
         "amq.rabbitmq.reply-to",
         ConsumerOptions {
@@ -544,7 +544,7 @@ fn skewed_clocks_do_not_drop_requests() {
     let mut admin = Admin::connect().expect("admin");
     admin.wait_for_consumers(queue.name(), 1).expect("consumes");
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
@@ -804,7 +804,7 @@ fn malformed_or_missing_traceparent_starts_a_new_trace_and_is_never_echoed() {
     let servers = start_servers(queue.name(), 1);
     let admin = Admin::connect().expect("admin");
     let (reply_queue, consumer) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let cases: [(&str, Option<&str>); 5] = [
         ("none", None),

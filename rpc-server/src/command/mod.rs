@@ -47,7 +47,7 @@
 mod guardian;
 pub(crate) mod pipes;
 pub(crate) mod process;
-mod program;
+pub(crate) mod program;
 pub(crate) mod stderr;
 
 pub use guardian::{guard, GUARDIAN_ENV};
@@ -91,7 +91,7 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long past `--exec-timeout` a run may take, to kill and reap the command.
-const KILL_GRACE: Duration = Duration::from_secs(6);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(6);
 
 /// What command to run and within which limits.
 #[derive(Debug, Clone)]
@@ -179,6 +179,8 @@ impl CommandHandler {
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
         // `_in_hand` is kept until the end: every way out of this function reaps the command.
         let (mut child, _in_hand) = process::spawn(&mut command).map_err(|err| {
+            // Refused because the server is exiting: its request goes back to the queue.
+            process::park_if_ending();
             log::error!("cannot run {}: {err}", self.shown);
             Reply::refuse(
                 ErrorCode::ExecFailed,
@@ -309,7 +311,7 @@ impl Handler for CommandHandler {
 mod tests {
     use super::*;
     use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-    use rpc_client::trace::TraceContext;
+    use rpc_client::TraceContext;
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());

@@ -54,10 +54,16 @@ impl Drop for InHand {
 }
 
 /// Spawns `command` in a process group of its own (its pid is the group's id), in hand:
-/// no scan for orphans sees it before it is recorded. Keep the [`InHand`] until the process is
-/// reaped.
+/// known to [`end_orphans`], [`end_all`] and the guardian until the [`InHand`] is dropped,
+/// which must be after the child is reaped (no scan for orphans sees it before it is
+/// recorded). Refused once [`end_all`] was called. For a run of
+/// [`CommandHandler`](super::CommandHandler) and for the programs `crate::stream` keeps
+/// running.
 pub(crate) fn spawn(command: &mut std::process::Command) -> io::Result<(Child, InHand)> {
     let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+    if ending() {
+        return Err(io::Error::other("the server is exiting"));
+    }
     let child = command.process_group(0).spawn()?;
     let pid = child.id();
     in_hand().push(pid);
@@ -72,8 +78,8 @@ pub(crate) fn end(child: &mut Child) -> io::Result<ExitStatus> {
     child.wait()
 }
 
-/// Whether [`end_all`] was called: the process is exiting, and a run whose command it killed
-/// must not answer its request (see [`park_if_ending`]).
+/// Whether [`end_all`] was called: the process is exiting, and a command that ended was
+/// killed by it (its request must go back to the queue unanswered: see [`park_if_ending`]).
 pub(crate) fn ending() -> bool {
     ENDING.load(Ordering::SeqCst)
 }

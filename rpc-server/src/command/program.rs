@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 /// Environment variables of the server the command does not get: they hold broker
-/// credentials (see `rpc_client::args`).
-const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
+/// credentials (see `rpc_client::cli::BrokerArgs`).
+pub(crate) const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE"];
 
 /// Environment values from a request longer than this are not passed on.
 const MAX_ENV_VALUE: usize = 4096;
@@ -62,7 +62,7 @@ pub(super) fn command(
 }
 
 /// `word` as it would be typed in a shell: as is when it is plain, else in single quotes.
-pub(super) fn quoted(word: &str) -> String {
+pub(crate) fn quoted(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         return word.to_string();
@@ -72,7 +72,7 @@ pub(super) fn quoted(word: &str) -> String {
 
 /// Finds `program` as a shell would (a path if it has a `/`, else the first executable file of
 /// that name in `PATH`) and checks it can be run.
-pub(super) fn find_program(program: &OsStr) -> Result<PathBuf, String> {
+pub(crate) fn find_program(program: &OsStr) -> Result<PathBuf, String> {
     let shown = wire::printable(&program.to_string_lossy());
     if program.is_empty() {
         return Err("the command after -- is empty".into());

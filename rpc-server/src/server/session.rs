@@ -14,9 +14,9 @@ use amiquip::{
     Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, Delivery, Publish,
 };
 use crossbeam_channel::{select, Receiver, RecvError, RecvTimeoutError};
-use rpc_client::trace::TraceContext;
-use rpc_client::watchdog::Watchdog;
+use rpc_client::amqp::Watchdog;
 use rpc_client::wire;
+use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
 /// One connection's broker handles, as a [`Session`] uses them.

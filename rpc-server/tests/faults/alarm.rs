@@ -12,7 +12,7 @@ use crate::common::broker::{Ctl, MemoryAlarm};
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
 use crate::{client_options, logs, start_servers, stop_servers, Def, Scenario};
-use rpc_client::client::PROBE_LIMIT;
+use rpc_client::PROBE_LIMIT;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{wire, Error, FibonacciRpcClient};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 use crate::common::callers::Caller;
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::{client_options, Def, Scenario, CALL_TIMEOUT, CONNECT_TIMEOUT};
-use rpc_client::error::exit_code;
+use rpc_client::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient};
 use std::net::TcpListener;

@@ -15,7 +15,7 @@ use crate::{
     client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario,
     CALL_TIMEOUT, CONNECT_TIMEOUT,
 };
-use rpc_client::error::exit_code;
+use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{Error, FibonacciRpcClient};
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use crate::common::broker::Ctl;
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
 use crate::{client_options, logs, stop_servers, Def, Scenario};
-use rpc_client::error::exit_code;
+use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, RpcClient, RpcRequest};
 use std::thread;

@@ -218,7 +218,7 @@ fn run(sc: &mut Scenario) {
     let mut servers = start_servers(queue.name(), "malformed", 1);
     let mut admin = Admin::connect().expect("admin");
     let (reply_queue, replies) =
-        rpc_client::consume::callback_queue(admin.channel()).expect("declare the reply queue");
+        rpc_client::amqp::callback_queue(admin.channel()).expect("declare the reply queue");
     let requests = malformed_requests(&reply_queue);
     assert!(requests.len() >= 1000, "only {} requests", requests.len());
     let started = Instant::now();

@@ -15,7 +15,7 @@ use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::proxy::{method, Mode, Proxy};
 use crate::common::server::ServerProc;
 use crate::{client_options, logs, start_servers, stop_servers, Def, Scenario, CONNECT_TIMEOUT};
-use rpc_client::client::{CLOSE_LIMIT, PROBE_LIMIT};
+use rpc_client::{CLOSE_LIMIT, PROBE_LIMIT};
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient};
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -73,8 +73,8 @@ pub fn address() -> Result<(String, u16, bool)> {
 
 /// "PRODUCT VERSION (PLATFORM)" from the broker's connection.start properties.
 pub fn version() -> Result<String> {
-    let (connection, _) = rpc_client::connection::connect_first(&from_env()?, 0)
-        .context("cannot connect to the broker")?;
+    let (connection, _) =
+        rpc_client::amqp::connect_first(&from_env()?, 0).context("cannot connect to the broker")?;
     let property = |key: &str| match connection.server_properties().get(key) {
         Some(amiquip::AmqpValue::LongString(value)) => value.clone(),
         _ => "?".into(),

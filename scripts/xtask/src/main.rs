@@ -142,7 +142,7 @@ fn run(command: Command) -> Result<()> {
                 if check {
                     rpc_client::BrokerOptions::from_uri(uri.trim())?;
                 }
-                println!("{}", rpc_client::uri::mask_uri(&uri));
+                println!("{}", rpc_client::amqp::mask_uri(&uri));
             }
         }
         Command::Queue { action } => queue(action)?,
@@ -187,9 +187,8 @@ fn queue(action: QueueAction) -> Result<()> {
             }
         }
         QueueAction::Purge { queue } => {
-            let (mut connection, _) =
-                rpc_client::connection::connect_first(&broker::from_env()?, 0)
-                    .context("cannot connect to the broker")?;
+            let (mut connection, _) = rpc_client::amqp::connect_first(&broker::from_env()?, 0)
+                .context("cannot connect to the broker")?;
             let purged = connection
                 .open_channel(None)
                 .and_then(|channel| channel.queue_purge(queue.as_str()))

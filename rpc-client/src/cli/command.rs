@@ -1,14 +1,16 @@
 //! The `rpc-client` command line: its flags ([`Cli`]) and what it does with them ([`run`]).
 
-use crate::args::{parse_seconds, CommonArgs};
-use crate::bench::{self, BenchOptions};
-use crate::client::FibonacciRpcClient;
+use super::args::{parse_seconds, CommonArgs};
+use super::bench::{self, BenchOptions};
+use super::logging;
+use super::output::{ignore_broken_pipe, print_in_order, print_replies_in_order};
+use super::output::{PrintError, ReplyFormat};
 use crate::error::{exit_code, Error};
-use crate::output::{ignore_broken_pipe, print_in_order, print_replies_in_order};
-use crate::output::{PrintError, ReplyFormat};
-use crate::rpc::{ClientOptions, ReplyQueue, RpcClient, RpcRequest, MAX_SHORT_STRING};
+use crate::request::{check_short_string, ClientOptions, ReplyQueue, RpcRequest};
 use crate::trace::TraceContext;
-use crate::{logging, wire};
+use crate::wire;
+use crate::FibonacciRpcClient;
+use crate::RpcClient;
 use clap::{CommandFactory, Subcommand};
 use std::io::Read;
 use std::time::Duration;
@@ -123,23 +125,13 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
     if name.is_empty() {
         return Err("the header name (before '=') is empty".into());
     }
-    if name.len() > MAX_SHORT_STRING {
-        return Err(format!(
-            "the header name is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
-            name.len()
-        ));
-    }
+    check_short_string("the header name", name)?;
     Ok((name.to_string(), value.to_string()))
 }
 
 /// Parses `--content-type`: at most 255 bytes.
 pub fn parse_content_type(text: &str) -> Result<String, String> {
-    if text.len() > MAX_SHORT_STRING {
-        return Err(format!(
-            "the content type is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
-            text.len()
-        ));
-    }
+    check_short_string("the content type", text)?;
     Ok(text.to_string())
 }
 
@@ -294,7 +286,7 @@ mod tests {
 
     #[test]
     fn command_line_is_consistent() {
-        crate::args::check_command(Cli::command());
+        super::super::args::check_command(Cli::command());
     }
 
     #[test]

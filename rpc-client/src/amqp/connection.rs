@@ -7,10 +7,10 @@
 //! calls/s instead of thousands). So we open the TCP stream ourselves, with a timeout, switch
 //! Nagle off and hand the stream to amiquip.
 
+use super::tls::{self, TlsError};
+use super::uri::BrokerOptions;
+use super::watchdog::Watchdog;
 use crate::error::Error;
-use crate::tls::{self, TlsError};
-use crate::uri::BrokerOptions;
-use crate::watchdog::Watchdog;
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -33,12 +33,6 @@ impl Link {
     pub fn bound_close(&self, limit: Duration) {
         self.watchdog.arm(Instant::now() + limit, "to the close");
     }
-}
-
-/// Connects and logs in to the broker described by `options`, like [`open_link`], for callers
-/// that need no bounds on later calls.
-pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
-    open_link(options).map(|link| link.connection)
 }
 
 /// Like [`open_first`], without the watchdog.

@@ -1,17 +1,12 @@
-//! The little JSON `rpc-client call --json` writes: strings escaped ([`string`]) and bytes in
+//! The little JSON `rpc-client call --json` writes: strings escaped ([`push_string`]) and bytes in
 //! base64 ([`base64`], RFC 4648 with padding).
 
-/// `text` as a JSON string literal, quotes included. Quotes and backslashes are escaped, so
-/// are control characters (C0, DEL, C1) and bidirectional overrides (`\uXXXX`, or `\n`, `\t`
-/// and the like), so that the output is safe on a terminal; other non-ASCII text is kept as
-/// UTF-8.
-pub fn string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    push_string(&mut out, text);
-    out
-}
+use crate::text::is_bidi;
 
-/// Appends `text` to `out` as a JSON string literal (see [`string`]).
+/// Appends `text` to `out` as a JSON string literal, quotes included. Quotes and backslashes
+/// are escaped, so are control characters (C0, DEL, C1) and bidirectional overrides
+/// (`\uXXXX`, or `\n`, `\t` and the like), so that the output is safe on a terminal; other
+/// non-ASCII text is kept as UTF-8.
 pub fn push_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
@@ -31,11 +26,6 @@ pub fn push_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
-}
-
-/// Bidirectional marks and overrides, which reorder what a terminal shows.
-fn is_bidi(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -62,6 +52,13 @@ pub fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `text` as a JSON string literal.
+    fn string(text: &str) -> String {
+        let mut out = String::new();
+        push_string(&mut out, text);
+        out
+    }
 
     #[test]
     fn strings_are_escaped() {

@@ -9,7 +9,7 @@
 //! line whatever it holds; text from the network is made printable where it is logged, in
 //! both formats.
 
-use crate::json;
+use super::json;
 use log::kv::{self, VisitSource};
 use log::LevelFilter;
 use std::io::Write;
@@ -42,7 +42,7 @@ pub fn init(level: LevelFilter, format: LogFormat, targets: &[(&str, LevelFilter
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
-    builder.filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info);
+    crate::amqp::hide_passwords(&mut builder);
     match format {
         // Key-values are for JSON: text lines say what matters in their message.
         LogFormat::Text => {

@@ -5,11 +5,10 @@
 //! This is the one module that knows flag names; the rest of the library takes plain options
 //! ([`BrokerOptions`]) and reports typed errors.
 
+use crate::amqp::{has_password, load_ca, mask_uri, shuffle, BrokerOptions};
+use crate::amqp::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 use crate::error::Error;
-use crate::random::shuffle;
 use crate::text::printable;
-use crate::tls::load_ca;
-use crate::uri::{has_password, mask_uri, BrokerOptions, DEFAULT_PORT, DEFAULT_TLS_PORT};
 use log::LevelFilter;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +17,8 @@ use std::time::Duration;
 /// Broker flags shared by `rpc-server` and `rpc-client` (flatten into a clap parser).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
+    // The doc is the --help text, as clap shows it: `[s]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Broker URI, amqp[s]://USER:PASSWORD@HOST:PORT/VHOST; replaces the five flags below.
     /// Repeat it (or separate URIs with commas) to list the nodes of a cluster: the first
     /// that answers is used, and both binaries move on to the next one after a connection
@@ -204,7 +205,7 @@ pub struct LogArgs {
         default_value_t,
         global = true
     )]
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: super::logging::LogFormat,
 }
 
 impl LogArgs {
@@ -257,7 +258,7 @@ impl GenerateArgs {
     pub fn print(&self, command: clap::Command) -> Option<std::io::Result<()>> {
         let kind = self.generate?;
         let written = kind.write(command, &mut std::io::stdout().lock());
-        Some(crate::output::ignore_broken_pipe(written))
+        Some(super::output::ignore_broken_pipe(written))
     }
 }
 

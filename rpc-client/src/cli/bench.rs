@@ -1,8 +1,8 @@
 //! `rpc-client bench`: many calls of one fib(n), throughput and latency percentiles, printed as
 //! prose or as one TSV row.
 
-use crate::client::{FibonacciRpcClient, ReplyQueue};
 use crate::error::Error;
+use crate::{FibonacciRpcClient, ReplyQueue};
 use hdrhistogram::Histogram;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;

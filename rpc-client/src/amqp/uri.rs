@@ -1,7 +1,7 @@
 //! Where the broker is and how to log in: [`BrokerOptions`], `amqp://` URIs and password
 //! masking.
 //!
-//! [`BrokerOptions`] is what [`crate::connection::connect`] needs; the command-line flags that
+//! [`BrokerOptions`] is what [`open_first`](super::open_first) needs; the command-line flags that
 //! fill it are in [`crate::args`]. Anything that prints a broker address prints
 //! [`BrokerOptions::display_uri`] or [`mask_uri`], never the password.
 
@@ -256,6 +256,7 @@ pub fn mask_uri(uri: &str) -> String {
 
 /// Whether `uri` holds a password (`scheme://user:password@…`, an empty one included), valid
 /// URI or not.
+#[cfg(feature = "cli")]
 pub fn has_password(uri: &str) -> bool {
     password_span(uri).is_some()
 }
@@ -378,6 +379,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cli")]
     fn has_password_sees_only_the_user_info() {
         assert!(has_password("amqp://u:p@h/v"));
         assert!(has_password("amqp://u:@h"));

@@ -2,11 +2,12 @@
 //! ([`in_order`]): fib(n) values ([`print_in_order`]), or reply bodies and JSON lines
 //! ([`print_replies_in_order`]).
 
-use crate::client::FibonacciRpcClient;
+use super::json;
 use crate::error::Error;
-use crate::json;
-use crate::rpc::{RpcClient, RpcReply, RpcRequest};
+use crate::request::{RpcReply, RpcRequest};
 use crate::wire;
+use crate::FibonacciRpcClient;
+use crate::RpcClient;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 

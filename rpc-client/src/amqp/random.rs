@@ -21,6 +21,7 @@ fn below(bound: u64) -> u64 {
 }
 
 /// Shuffles `items` in place (Fisher-Yates).
+#[cfg(feature = "cli")]
 pub fn shuffle<T>(items: &mut [T]) {
     for i in (1..items.len()).rev() {
         let j = below(i as u64 + 1) as usize;
@@ -40,6 +41,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "cli")]
     fn shuffle_keeps_every_item() {
         let mut items: Vec<u32> = (0..50).collect();
         shuffle(&mut items);
@@ -49,6 +51,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cli")]
     fn shuffle_moves_items() {
         // 20 shuffles of 50 items all leaving them in order: about 1 in (50!)^20.
         let unchanged = (0..20).all(|_| {

@@ -1,7 +1,7 @@
 //! When to try connecting again after a failure, and when to give up ([`Reconnect`]): the
 //! backoff of both the server and the recovering client.
 
-use crate::random::jitter;
+use super::random::jitter;
 use std::time::Duration;
 
 /// The first wait after a failure; each further failure in a row doubles it.

@@ -1,0 +1,39 @@
+//! Reaching the broker, shared by both binaries: broker options and `amqp://` URIs
+//! ([`BrokerOptions`], [`mask_uri`]), opening a connection with `TCP_NODELAY` and one time
+//! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), time limits on
+//! each later round trip ([`Watchdog`]), consuming a queue ([`consume`], [`callback_queue`])
+//! and the backoff between connection attempts ([`Reconnect`]).
+//!
+//! Nothing here knows about calls or replies: the calling layer ([`crate::RpcClient`]) and
+//! `rpc-server` are built on it.
+
+mod connection;
+mod consume;
+mod random;
+mod reconnect;
+mod tls;
+mod uri;
+mod watchdog;
+
+pub use connection::{connect_first, open_first, Link};
+pub use consume::{callback_queue, consume};
+pub use reconnect::Reconnect;
+pub use uri::{mask_uri, BrokerOptions, UriError, UriProblem};
+pub use watchdog::Watchdog;
+
+pub(crate) use random::random_u64;
+// For the command line's broker flags.
+#[cfg(feature = "cli")]
+pub(crate) use {
+    random::shuffle,
+    tls::load_ca,
+    uri::{has_password, DEFAULT_PORT, DEFAULT_TLS_PORT},
+};
+
+/// Keeps passwords out of a log: amiquip logs the SASL response, password included, at debug
+/// level in its handshake module, which stays at info whatever else `builder` lets through.
+/// Call it after any filter a user chose (`RUST_LOG`).
+#[cfg(any(feature = "cli", feature = "test-support"))]
+pub(crate) fn hide_passwords(builder: &mut env_logger::Builder) {
+    builder.filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info);
+}

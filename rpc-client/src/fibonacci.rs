@@ -1,0 +1,140 @@
+//! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
+//!
+//! A thin layer over [`RpcClient`](crate::rpc::RpcClient): a request body is n in decimal,
+//! a reply body fib(n) in decimal ([`wire::parse_value`]). The connection, the callback queue,
+//! deadlines, correlation ids and timeouts are the bytes-level client's (see [`crate::rpc`]).
+
+use crate::error::Error;
+use crate::request::{RpcReply, RpcRequest};
+use crate::trace::{TraceContext, TraceId};
+use crate::wire;
+use crate::RpcClient;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use crate::request::ClientOptions;
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// fib(n) in decimal.
+    pub value: String,
+    /// The `x-rpc-server` header, if the server sent one (ours do; tutorial servers don't).
+    pub server: Option<String>,
+    /// From publishing the request to receiving the reply.
+    pub elapsed: Duration,
+    /// The trace the call belongs to (see [`FibonacciRpcClient::set_parent`]).
+    pub trace_id: TraceId,
+}
+
+/// A connection to the broker that calls fib(n) remotely.
+pub struct FibonacciRpcClient {
+    rpc: RpcClient,
+    parent: Option<TraceContext>,
+}
+
+/// How a call of fib(`n`) is named in messages (`no reply for fib(30) within …`).
+fn describe(n: u64) -> String {
+    format!("fib({n})")
+}
+
+/// The request for fib(`n`), a span of `parent` (or of a new trace).
+fn request(n: u64, parent: Option<&TraceContext>) -> RpcRequest {
+    RpcRequest::new(wire::encode_request(n)).with_parent(parent.cloned())
+}
+
+/// The result in a reply as received: an error reply's [`Error::Server`], a body that is not
+/// a decimal number's [`Error::BadReply`], or fib(n) (the body's buffer, not a copy).
+fn fib_reply(reply: RpcReply) -> Result<Reply, Error> {
+    if let Some(err) = reply.error() {
+        return Err(err);
+    }
+    Ok(Reply {
+        value: wire::parse_value(reply.body)?,
+        server: reply.server,
+        elapsed: reply.elapsed,
+        trace_id: reply.trace.trace_id,
+    })
+}
+
+impl FibonacciRpcClient {
+    /// Connects to the first broker that answers, sets up the callback queue and starts
+    /// consuming it. fib(n) is pure, so calls are idempotent whatever `options` says: after a
+    /// lost connection every unanswered call is sent again (at-least-once).
+    pub fn connect(options: &ClientOptions) -> Result<FibonacciRpcClient, Error> {
+        let options = ClientOptions {
+            idempotent: true,
+            ..options.clone()
+        };
+        RpcClient::connect(&options).map(|rpc| FibonacciRpcClient { rpc, parent: None })
+    }
+
+    /// Makes each following call a span of `parent` (a child of it, in its trace); `None`
+    /// (the default) starts a new trace per call.
+    pub fn set_parent(&mut self, parent: Option<TraceContext>) {
+        self.parent = parent;
+    }
+
+    /// Calls fib(`n`) and returns it in decimal.
+    pub fn call(&mut self, n: u64) -> Result<String, Error> {
+        self.call_reply(n).map(|reply| reply.value)
+    }
+
+    /// Calls fib(`n`) and returns the reply with the name of the server that answered.
+    ///
+    /// Ends within the timeout with the result, the server's error reply, or a local error:
+    /// [`Error::NoRoute`] at once if the request queue does not exist, [`Error::Timeout`]
+    /// (saying whether the queue has consumers), or a connection error.
+    pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
+        fib_reply(
+            self.rpc
+                .call_tagged(&request(n, self.parent.as_ref()), || describe(n))?,
+        )
+    }
+
+    /// Calls fib(n) for every n of `numbers`, with up to `in_flight` calls outstanding at
+    /// once over this one connection.
+    ///
+    /// `on_reply(index, n, result)` is called once per call as its outcome is known: in the
+    /// order replies arrive, not the order of `numbers` (`index` tells which). Each call has
+    /// the full timeout from the moment it is sent. Returning `ControlFlow::Break` from
+    /// `on_reply` stops sending; replies to calls still outstanding are then discarded.
+    /// Only a lost connection ends the batch with `Err`.
+    pub fn call_many<I, F>(
+        &mut self,
+        numbers: I,
+        in_flight: usize,
+        mut on_reply: F,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = u64>,
+        F: FnMut(usize, u64, Result<Reply, Error>) -> ControlFlow<()>,
+    {
+        let parent = self.parent.clone();
+        self.rpc.call_many_tagged(
+            numbers
+                .into_iter()
+                .map(move |n| (n, request(n, parent.as_ref()))),
+            in_flight,
+            |_, n| describe(*n),
+            |index, n, result| on_reply(index, n, result.and_then(fib_reply)),
+        )
+    }
+
+    /// Changes how long each following call waits for its reply.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.rpc.set_timeout(timeout);
+    }
+
+    /// The name of this client's callback queue (the `reply_to` of its requests).
+    pub fn reply_queue(&self) -> &str {
+        self.rpc.reply_queue()
+    }
+
+    /// Closes the channel and the connection, reporting any error (dropping closes too). Takes
+    /// at most [`CLOSE_LIMIT`](crate::CLOSE_LIMIT): a close the broker does not answer in time abandons the
+    /// connection and reports [`Error::Stalled`].
+    pub fn close(self) -> Result<(), Error> {
+        self.rpc.close()
+    }
+}

@@ -1,0 +1,390 @@
+//! One program kept running ([`Kept`]): started once in a process group of its own, a command
+//! in hand for the server's subreaper and guardian (see `crate::command::contain`) for as
+//! long as it lives; requests go to its stdin a line at a time and the next line on its
+//! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
+//! the worker's thread during a request, as a run of `-- CMD` is.
+
+use crate::command::pipes::describe_status;
+use crate::command::process::{self, InHand};
+use crate::command::program::HIDDEN_ENV;
+use crate::command::stderr::StderrLog;
+use crate::command::{self, COMMAND_LOG};
+use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How one request to a kept program ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The line it answered with, without its `\n`.
+    Line(Vec<u8>),
+    /// Its stdout closed, or it exited, before a whole line; the status if it was reaped.
+    Exited(Option<ExitStatus>),
+    /// No whole line by the deadline.
+    TimedOut,
+    /// A line longer than the limit.
+    TooLarge,
+    /// A whole line before the whole request was written: out of step.
+    Early,
+    /// The server could not serve its pipes.
+    Lost(io::Error),
+}
+
+/// What a kept program did between two requests.
+#[derive(Debug)]
+pub(crate) enum Idle {
+    /// Nothing: it waits for a request.
+    Ready,
+    /// It exited (or closed its stdout).
+    Exited(Option<ExitStatus>),
+    /// It wrote this many bytes nobody asked for: its stream is out of step.
+    Unsolicited(usize),
+}
+
+/// A program kept running. Dropping it kills its process group and reaps it.
+pub(crate) struct Kept {
+    child: Child,
+    /// Its pid, which is its process group's id.
+    pub(crate) pid: u32,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    /// Read from stdout, not yet taken as an answer.
+    pending: Vec<u8>,
+    /// Requests it answered.
+    pub(crate) answered: u64,
+    /// Until dropped (after the reap), it is a command in hand.
+    _in_hand: InHand,
+}
+
+impl Kept {
+    /// Starts `path` (argv\[0\] `program`) with `args`: piped, in a group of its own, with the
+    /// server's environment less the broker credentials and the per-request variables of
+    /// `-- CMD`.
+    pub(crate) fn start(path: &Path, program: &OsString, args: &[OsString]) -> io::Result<Kept> {
+        let mut command = std::process::Command::new(path);
+        command
+            .arg0(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for name in HIDDEN_ENV.iter().chain(&[
+            ENV_CORRELATION_ID,
+            ENV_CONTENT_TYPE,
+            ENV_TRACEPARENT,
+            ENV_TRACESTATE,
+        ]) {
+            command.env_remove(name);
+        }
+        let (mut child, in_hand) = process::spawn(&mut command)?;
+        let pid = child.id();
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let kept = Kept {
+            child,
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            pending: Vec::new(),
+            answered: 0,
+            _in_hand: in_hand,
+        };
+        let fds = [
+            kept.stdin.as_ref().map(AsFd::as_fd),
+            kept.stdout.as_ref().map(AsFd::as_fd),
+            kept.stderr.as_ref().map(AsFd::as_fd),
+        ];
+        for fd in fds.into_iter().flatten() {
+            let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        }
+        Ok(kept)
+    }
+
+    /// What it did since the last request: one non-blocking read and a `waitpid`.
+    pub(crate) fn idle_check(&mut self) -> Idle {
+        if !self.pending.is_empty() {
+            return Idle::Unsolicited(self.pending.len());
+        }
+        // One chunk at most: a program that floods its stdout cannot keep this reading.
+        match self.read_stdout(0) {
+            Ok(true) => return Idle::Exited(self.child.try_wait().ok().flatten()),
+            Ok(false) if !self.pending.is_empty() => return Idle::Unsolicited(self.pending.len()),
+            Ok(false) => {}
+            Err(_) => return Idle::Exited(None),
+        }
+        match self.child.try_wait() {
+            Ok(None) => Idle::Ready,
+            Ok(Some(status)) => Idle::Exited(Some(status)),
+            Err(_) => Idle::Exited(None),
+        }
+    }
+
+    /// Writes `frame` to its stdin and reads its stdout until a whole line (at most `limit`
+    /// bytes with its `\n`), its exit, or `deadline`; its stderr goes to `errors`.
+    pub(crate) fn exchange(
+        &mut self,
+        frame: &[u8],
+        deadline: Instant,
+        limit: usize,
+        errors: &mut StderrLog,
+    ) -> Outcome {
+        let mut written = 0;
+        let mut scanned = 0;
+        // How long to wait before looking for an exit that closed no pipe (a child of the
+        // program may hold them): soon at first, then every 50 ms at most.
+        let mut slice = Duration::from_millis(1);
+        loop {
+            if let Some(end) = self.pending[scanned..].iter().position(|b| *b == b'\n') {
+                let end = scanned + end;
+                if written < frame.len() {
+                    return Outcome::Early;
+                }
+                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                line.pop();
+                return Outcome::Line(line);
+            }
+            scanned = self.pending.len();
+            if self.pending.len() > limit {
+                return Outcome::TooLarge;
+            }
+            if self.stdout.is_none() {
+                return Outcome::Exited(self.wind_down(errors));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Outcome::TimedOut;
+            }
+            let wants_stdin = written < frame.len() && self.stdin.is_some();
+            let ready = match poll3(
+                [
+                    self.stdin.as_ref().filter(|_| wants_stdin).map(AsFd::as_fd),
+                    self.stdout.as_ref().map(AsFd::as_fd),
+                    self.stderr.as_ref().map(AsFd::as_fd),
+                ],
+                slice.min(deadline - now),
+            ) {
+                Ok(ready) => ready,
+                Err(err) => return Outcome::Lost(err),
+            };
+            if ready[0] {
+                written += self.write_stdin(frame.get(written..).unwrap_or_default());
+            }
+            if ready[2] {
+                self.read_stderr(errors);
+            }
+            if ready[1] {
+                if let Err(err) = self.read_stdout(limit.saturating_add(1)) {
+                    return Outcome::Lost(err);
+                }
+            }
+            if ready == [false; 3] {
+                match self.child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.wind_down(errors);
+                        return Outcome::Exited(Some(status));
+                    }
+                    Ok(None) => slice = (slice * 2).min(Duration::from_millis(50)),
+                    Err(err) => return Outcome::Lost(err),
+                }
+            }
+        }
+    }
+
+    /// Once its stdout closed: collects the rest of its stderr and its exit status, for at
+    /// most [`command::LINGER`] (what it left in its group may hold the pipe).
+    fn wind_down(&mut self, errors: &mut StderrLog) -> Option<ExitStatus> {
+        let until = Instant::now() + command::LINGER;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if self.stderr.is_some() {
+                let now = Instant::now();
+                let wait = pause.min(until.saturating_duration_since(now));
+                if let Ok([_, _, true]) =
+                    poll3([None, None, self.stderr.as_ref().map(AsFd::as_fd)], wait)
+                {
+                    self.read_stderr(errors);
+                }
+            }
+            match self.child.try_wait() {
+                Ok(Some(status)) if self.stderr.is_none() => return Some(status),
+                Ok(Some(status)) if Instant::now() >= until => return Some(status),
+                Ok(None) if Instant::now() >= until => return None,
+                Err(_) => return None,
+                _ => {}
+            }
+            if self.stderr.is_none() {
+                std::thread::sleep(pause);
+            }
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes what the pipe takes of `rest`; a program that closed its stdin gets no more.
+    fn write_stdin(&mut self, rest: &[u8]) -> usize {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return 0;
+        };
+        match stdin.write(rest) {
+            Ok(written) => written,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(_) => {
+                self.stdin = None;
+                0
+            }
+        }
+    }
+
+    /// Reads what its stdout holds into `pending`, stopping once that is over `limit` bytes;
+    /// `true` when stdout is closed.
+    fn read_stdout(&mut self, limit: usize) -> io::Result<bool> {
+        let Some(stdout) = self.stdout.as_mut() else {
+            return Ok(true);
+        };
+        let mut chunk = [0u8; 64 * 1024];
+        while self.pending.len() <= limit {
+            match stdout.read(&mut chunk) {
+                Ok(0) => {
+                    self.stdout = None;
+                    return Ok(true);
+                }
+                Ok(read) => self.pending.extend_from_slice(&chunk[..read]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads what its stderr holds into `errors` (the log).
+    fn read_stderr(&mut self, errors: &mut StderrLog) {
+        let Some(stderr) = self.stderr.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => errors.feed(&chunk[..read]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.stderr = None;
+    }
+
+    /// Closes its stdin and waits until `deadline` for it to exit (its stdout is read and
+    /// dropped, its stderr logged), then kills its group and reaps it.
+    pub(crate) fn close(mut self, deadline: Instant) {
+        self.stdin = None;
+        let mut errors = StderrLog::new(self.pid);
+        let mut dropped = 0;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(10));
+            let fds = [
+                None,
+                self.stdout.as_ref().map(AsFd::as_fd),
+                self.stderr.as_ref().map(AsFd::as_fd),
+            ];
+            if fds.iter().all(Option::is_none) {
+                std::thread::sleep(wait);
+                continue;
+            }
+            let Ok(ready) = poll3(fds, wait) else {
+                break None;
+            };
+            if ready[1] {
+                // A chunk per round: a flood cannot hold this past the deadline.
+                let _ = self.read_stdout(0);
+                dropped += self.pending.len();
+                self.pending.clear();
+            }
+            if ready[2] {
+                self.read_stderr(&mut errors);
+            }
+        };
+        errors.finish();
+        match status {
+            Some(status) => log::debug!(
+                target: COMMAND_LOG,
+                "[{}] {} after {} request(s), its stdin closed ({dropped} bytes of output dropped)",
+                self.pid,
+                describe_status(status),
+                self.answered
+            ),
+            None => log::warn!(
+                target: COMMAND_LOG,
+                "[{}] still running after its stdin was closed: killed",
+                self.pid
+            ),
+        }
+        // Drop kills whatever is left in its group and reaps it.
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // A group's id is not reused while a member of it lives, reaped leader or not.
+        process::kill_group(self.pid);
+        let _ = self.child.kill();
+        if let Err(err) = self.child.wait() {
+            log::debug!("cannot reap a kept program: {err}");
+        }
+        // Then `_in_hand` goes: no longer a command in hand.
+    }
+}
+
+/// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready
+/// (writable for the first, readable for the others, or closed).
+fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[bool; 3]> {
+    let events = [PollFlags::POLLOUT, PollFlags::POLLIN, PollFlags::POLLIN];
+    let mut polled = Vec::with_capacity(3);
+    let mut slots = [None; 3];
+    for (index, fd) in fds.into_iter().enumerate() {
+        if let Some(fd) = fd {
+            slots[index] = Some(polled.len());
+            polled.push(PollFd::new(fd, events[index]));
+        }
+    }
+    let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    match poll(&mut polled, PollTimeout::from(millis)) {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok([false; 3]),
+        Err(err) => return Err(err.into()),
+    }
+    let ready = |slot: Option<usize>| {
+        slot.and_then(|i| polled.get(i))
+            .and_then(PollFd::revents)
+            .is_some_and(|events| !events.is_empty())
+    };
+    Ok([ready(slots[0]), ready(slots[1]), ready(slots[2])])
+}

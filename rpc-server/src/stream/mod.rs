@@ -1,0 +1,534 @@
+//! Serving a program that stays up ([`StreamHandler`], `rpc-server --protocol lines|json --
+//! CMD`): each worker starts the program once and keeps it; requests go to its stdin one at a
+//! time, a line each, and the next line on its stdout is the reply ([`codec`] has the two
+//! framings). An interpreter's start-up, caches and connections are paid once, not per
+//! request.
+//!
+//! Every guarantee of `-- CMD` run per request ([`crate::command`]) holds for a process that
+//! stays up:
+//!
+//! - a program that exits or crashes with a request in hand: that request gets `exec-failed`
+//!   with the exit status and the last line of its stderr; past `--exec-timeout` its process
+//!   group is killed and the request gets `exec-timeout`; a reply over `--max-reply-bytes` is
+//!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
+//!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
+//!   program is ended (its stream is out of step) and started again for the next request,
+//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s ([`Backoff`]),
+//!   reset by a reply: a program that dies at start every time is logged and never spins;
+//! - its process group, the server's subreaper and guardian cover it as a command in hand for
+//!   as long as it lives; what escapes its group is ended after each request;
+//! - its stderr goes to the log, the first 20 lines per request;
+//! - `--max-requests-per-process N` retires a program after N replies (for handlers that
+//!   leak): its stdin is closed and it is given [`CLOSE_GRACE`] to exit, in the background;
+//! - [`Handler::close`] (after a clean stop) closes every program's stdin, gives them a bounded
+//!   moment to exit, then ends their groups.
+
+mod codec;
+mod kept;
+
+use crate::command::pipes::describe_status;
+use crate::command::program::{find_program, quoted};
+use crate::command::stderr::StderrLog;
+use crate::command::{self, process, CommandOptions, KILL_GRACE};
+use crate::error::Error;
+use crate::handler::{Handler, Reply, Request};
+use codec::{Answer, Bad};
+use kept::{Idle, Kept, Outcome};
+use rpc_client::wire::{self, ErrorCode};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a command is served (`--protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// A process per request: the body on stdin, stdout the reply ([`crate::command`]).
+    #[default]
+    Exec,
+    /// One process per worker; the body as one line in, the next line out the reply.
+    Lines,
+    /// One process per worker; one JSON object per line each way.
+    Json,
+}
+
+/// How long a program whose stdin was closed (at a stop, or to recycle it) has to exit before
+/// its group is killed.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// First pause before starting a program again after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest pause before starting a program again.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What program to keep and how.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The program, its arguments and limits (`exec_timeout` bounds each request).
+    pub command: CommandOptions,
+    /// [`Protocol::Lines`] or [`Protocol::Json`].
+    pub protocol: Protocol,
+    /// Programs kept at most: one per worker.
+    pub processes: usize,
+    /// Replies after which a program is retired and started afresh; `None` keeps it.
+    pub max_requests_per_process: Option<u64>,
+}
+
+/// The pause before the next start of a failing program: 0.1 s after the first failure in a
+/// row, doubling up to 10 s; a reply resets it.
+#[derive(Debug, Default, Clone)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+    last: String,
+}
+
+impl Backoff {
+    fn failed(&mut self, why: &str) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let pause = FIRST_BACKOFF
+            .saturating_mul(1 << (self.failures - 1).min(10))
+            .min(MAX_BACKOFF);
+        self.not_before = Some(Instant::now() + pause);
+        self.last = why.to_string();
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.not_before = None;
+    }
+}
+
+/// A worker's place: its program, if running, and its backoff.
+struct Slot {
+    index: usize,
+    kept: Option<Kept>,
+    backoff: Backoff,
+}
+
+/// Serves requests with programs kept running (see the module documentation).
+pub struct StreamHandler {
+    options: StreamOptions,
+    path: PathBuf,
+    shown: String,
+    command_line: String,
+    /// The free slots; a request takes one and gives it back.
+    slots: Mutex<Vec<Slot>>,
+    free: Condvar,
+    /// Programs being retired in the background.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
+    /// The id of the next request (`json`).
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for StreamHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandler")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slot taken by one request, given back when dropped.
+struct Taken<'a> {
+    handler: &'a StreamHandler,
+    slot: Option<Slot>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            lock(&self.handler.slots).push(slot);
+            self.handler.free.notify_one();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StreamHandler {
+    /// A handler for `options`; fails if the program cannot be found or is not executable,
+    /// or the protocol is [`Protocol::Exec`]. No program starts before the first request.
+    pub fn new(options: StreamOptions) -> Result<StreamHandler, Error> {
+        if options.protocol == Protocol::Exec {
+            return Err(Error::Config(
+                "a StreamHandler serves --protocol lines or json".into(),
+            ));
+        }
+        let path = find_program(&options.command.program).map_err(Error::Config)?;
+        let shown = wire::printable(&options.command.program.to_string_lossy());
+        let mut command_line = quoted(&shown);
+        for arg in &options.command.args {
+            command_line.push(' ');
+            command_line.push_str(&quoted(&wire::printable(&arg.to_string_lossy())));
+        }
+        let slots = (0..options.processes.max(1))
+            .rev()
+            .map(|index| Slot {
+                index,
+                kept: None,
+                backoff: Backoff::default(),
+            })
+            .collect();
+        Ok(StreamHandler {
+            options,
+            path,
+            shown,
+            command_line,
+            slots: Mutex::new(slots),
+            free: Condvar::new(),
+            retiring: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn protocol_name(&self) -> &'static str {
+        match self.options.protocol {
+            Protocol::Json => "json",
+            _ => "lines",
+        }
+    }
+
+    /// A free slot, waiting for one until `deadline`.
+    fn take(&self, deadline: Instant) -> Option<Taken<'_>> {
+        let mut slots = lock(&self.slots);
+        loop {
+            if let Some(slot) = slots.pop() {
+                return Some(Taken {
+                    handler: self,
+                    slot: Some(slot),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            slots = self
+                .free
+                .wait_timeout(slots, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The reply body and content type, or the error reply.
+    fn serve(&self, request: &Request<'_>) -> Result<(Vec<u8>, Option<String>), Reply> {
+        let limits = &self.options.command;
+        if request.body.len() > limits.max_request_bytes {
+            return Err(Reply::refuse(
+                ErrorCode::TooLarge,
+                &format!(
+                    "the request body is {} bytes, above this server's limit of {} bytes",
+                    request.body.len(),
+                    limits.max_request_bytes
+                ),
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = codec::encode(self.options.protocol, id, request)
+            .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
+        let started = Instant::now();
+        let deadline = started + limits.exec_timeout;
+        let Some(mut taken) = self.take(deadline) else {
+            return Err(Reply::refuse(
+                ErrorCode::ExecTimeout,
+                "no program was free for the request within the exec timeout",
+            ));
+        };
+        let Some(slot) = taken.slot.as_mut() else {
+            return Err(Reply::refuse(ErrorCode::Internal, "no slot"));
+        };
+        let result = self.exchange(slot, &frame, id, deadline, request);
+        drop(taken);
+        // As after any command: what left its group is ended.
+        command::end_orphans();
+        let took = started.elapsed();
+        let (outcome, bytes_out) = match &result {
+            Ok((body, _)) => ("answered".to_string(), body.len()),
+            Err(reply) => (format!("{}", reply.error.unwrap_or(ErrorCode::Internal)), 0),
+        };
+        request.log(
+            format_args!(
+                " [.] {} ({}): {outcome}, {} bytes in, {bytes_out} bytes out, {:.1} ms",
+                self.shown,
+                self.protocol_name(),
+                request.body.len(),
+                took.as_secs_f64() * 1e3
+            ),
+            result.as_ref().err().and_then(|reply| reply.error),
+            took,
+        );
+        result
+    }
+
+    /// Makes sure `slot` has a program ready for a request (started after its backoff, if
+    /// due before `deadline`), or the error reply.
+    fn ready(&self, slot: &mut Slot, deadline: Instant) -> Result<(), Reply> {
+        if let Some(kept) = slot.kept.as_mut() {
+            let why = match kept.idle_check() {
+                Idle::Ready => return Ok(()),
+                Idle::Exited(status) => format!(
+                    "exited while idle ({}) after {} request(s)",
+                    status.map_or_else(|| "stdout closed".into(), describe_status),
+                    kept.answered
+                ),
+                Idle::Unsolicited(bytes) => {
+                    format!("wrote {bytes} bytes nobody asked for (out of step)")
+                }
+            };
+            let answered = kept.answered;
+            slot.kept = None;
+            if answered == 0 {
+                slot.backoff.failed(&why);
+            }
+            log::warn!(
+                target: command::COMMAND_LOG,
+                "worker {}: the program {why}; starting it again",
+                slot.index
+            );
+        }
+        if let Some(not_before) = slot.backoff.not_before {
+            let now = Instant::now();
+            if not_before > now {
+                if not_before >= deadline {
+                    return Err(Reply::refuse(
+                        ErrorCode::ExecFailed,
+                        &format!(
+                            "the program failed {} time(s) in a row and is not started again \
+                             for {:.1}s (last: {})",
+                            slot.backoff.failures,
+                            (not_before - now).as_secs_f64(),
+                            slot.backoff.last
+                        ),
+                    ));
+                }
+                // A pause on purpose: the program keeps failing.
+                std::thread::sleep(not_before - now);
+            }
+        }
+        let options = &self.options.command;
+        match Kept::start(&self.path, &options.program, &options.args) {
+            Ok(kept) => {
+                log::info!(
+                    target: command::COMMAND_LOG,
+                    "worker {}: started `{}` (pid {}, --protocol {})",
+                    slot.index,
+                    self.command_line,
+                    kept.pid,
+                    self.protocol_name()
+                );
+                slot.kept = Some(kept);
+                Ok(())
+            }
+            Err(err) => {
+                let why = format!("the server cannot start its program: {err}");
+                self.failed(slot, ErrorCode::ExecFailed, why)
+            }
+        }
+    }
+
+    /// Sends request `id` (`frame`) to the slot's program and turns what comes back into the
+    /// reply body and content type, or the error reply.
+    fn exchange(
+        &self,
+        slot: &mut Slot,
+        frame: &[u8],
+        id: u64,
+        deadline: Instant,
+        request: &Request<'_>,
+    ) -> Result<(Vec<u8>, Option<String>), Reply> {
+        self.ready(slot, deadline)?;
+        let Some(kept) = slot.kept.as_mut() else {
+            return Err(Reply::refuse(ErrorCode::Internal, "no program"));
+        };
+        let limits = &self.options.command;
+        let limit = codec::line_limit(self.options.protocol, limits.max_reply_bytes);
+        let mut errors = StderrLog::new(kept.pid);
+        let outcome = kept.exchange(frame, deadline, limit, &mut errors);
+        if process::ending() {
+            // `end_all` killed the program: the process is exiting, and the request goes back
+            // to the queue unanswered, as after any crash.
+            loop {
+                std::thread::park();
+            }
+        }
+        let stderr = errors
+            .finish()
+            .map_or_else(String::new, |line| format!(": {line}"));
+        let line = match outcome {
+            Outcome::Line(line) => line,
+            Outcome::Exited(status) => {
+                let how = status.map_or_else(|| "closed its stdout".into(), describe_status);
+                let when = if kept.answered == 0 {
+                    "before answering its first request"
+                } else {
+                    "with a request in hand"
+                };
+                let why = format!("the program {how} {when}{stderr}");
+                return self.failed(slot, ErrorCode::ExecFailed, why);
+            }
+            Outcome::TimedOut => {
+                let why = format!(
+                    "the program did not answer within {}s and was killed{stderr}",
+                    limits.exec_timeout.as_secs_f64()
+                );
+                return self.failed(slot, ErrorCode::ExecTimeout, why);
+            }
+            Outcome::TooLarge => return self.too_large(slot),
+            Outcome::Early => {
+                let why = "protocol error: the program answered before reading the whole \
+                           request; it was restarted";
+                return self.failed(slot, ErrorCode::ExecFailed, why.into());
+            }
+            Outcome::Lost(err) => {
+                let why = format!("the server lost track of its program: {err}");
+                return self.failed(slot, ErrorCode::ExecFailed, why);
+            }
+        };
+        let answer = match codec::decode(self.options.protocol, id, &line, limits.max_reply_bytes) {
+            Ok(answer) => answer,
+            Err(Bad::TooLarge(_)) => return self.too_large(slot),
+            Err(Bad::Protocol(what)) => {
+                let why = format!("protocol error: the program wrote {what}; it was restarted");
+                return self.failed(slot, ErrorCode::ExecFailed, why);
+            }
+        };
+        kept.answered += 1;
+        slot.backoff.succeeded();
+        self.maybe_recycle(slot);
+        let reply_type = limits
+            .reply_content_type
+            .clone()
+            .or_else(|| request.properties.content_type().clone());
+        match answer {
+            Answer::Body { body, content_type } => Ok((body, content_type.or(reply_type))),
+            Answer::Error(message) => Err(Reply::refuse(ErrorCode::ExecFailed, &message)),
+        }
+    }
+
+    fn too_large(&self, slot: &mut Slot) -> Result<(Vec<u8>, Option<String>), Reply> {
+        let why = format!(
+            "the program's reply is over this server's reply limit of {} bytes; it was \
+             restarted",
+            self.options.command.max_reply_bytes
+        );
+        self.failed(slot, ErrorCode::TooLarge, why)
+    }
+
+    /// Ends the slot's program after a failure, counts the failure, and answers `why` with
+    /// `code`.
+    fn failed<T>(&self, slot: &mut Slot, code: ErrorCode, why: String) -> Result<T, Reply> {
+        let answered = slot.kept.as_ref().map_or(0, |kept| kept.answered);
+        let pid = slot.kept.as_ref().map_or(0, |kept| kept.pid);
+        // Killed with its group and reaped.
+        slot.kept = None;
+        let pause = slot.backoff.failed(&why);
+        let at_start = if answered == 0 && slot.backoff.failures > 1 {
+            ", it keeps failing before its first reply"
+        } else {
+            ""
+        };
+        log::warn!(
+            target: command::COMMAND_LOG,
+            "worker {} (pid {pid}): {}; {} failure(s) in a row{at_start}; next start in {:.1}s \
+             at the earliest",
+            slot.index,
+            wire::printable(&why),
+            slot.backoff.failures,
+            pause.as_secs_f64()
+        );
+        Err(Reply::refuse(code, &why))
+    }
+
+    /// Retires the slot's program in the background once it has answered its quota.
+    fn maybe_recycle(&self, slot: &mut Slot) {
+        let Some(max) = self.options.max_requests_per_process else {
+            return;
+        };
+        if slot.kept.as_ref().is_none_or(|kept| kept.answered < max) {
+            return;
+        }
+        let Some(kept) = slot.kept.take() else { return };
+        log::info!(
+            target: command::COMMAND_LOG,
+            "worker {}: retiring its program (pid {}) after {max} request(s)",
+            slot.index,
+            kept.pid
+        );
+        let mut retiring = lock(&self.retiring);
+        retiring.retain(|thread| !thread.is_finished());
+        let deadline = Instant::now() + CLOSE_GRACE;
+        // Should the thread not start, the program is dropped with it: killed.
+        let spawned = std::thread::Builder::new()
+            .name("retire".into())
+            .spawn(move || kept.close(deadline));
+        match spawned {
+            Ok(thread) => retiring.push(thread),
+            Err(err) => log::warn!("cannot start a thread to retire a program ({err}): killed"),
+        }
+    }
+}
+
+impl Handler for StreamHandler {
+    fn handle(&self, request: &Request<'_>) -> Reply {
+        match self.serve(request) {
+            Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),
+            Err(refusal) => {
+                log::warn!(
+                    "refusing request: {}",
+                    String::from_utf8_lossy(&refusal.body)
+                );
+                refusal
+            }
+        }
+    }
+
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.options.command.exec_timeout + KILL_GRACE)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the program `{}` kept running (--protocol {}, up to {} at once), exec timeout {}s",
+            self.command_line,
+            self.protocol_name(),
+            self.options.processes.max(1),
+            self.options.command.exec_timeout.as_secs_f64()
+        )
+    }
+
+    /// Closes the stdin of every program not in use, waits up to `within` for them to exit,
+    /// then kills their groups; waits for the programs being retired too.
+    fn close(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let kept: Vec<Kept> = lock(&self.slots)
+            .iter_mut()
+            .filter_map(|slot| slot.kept.take())
+            .collect();
+        let closing: Vec<JoinHandle<()>> = kept
+            .into_iter()
+            .filter_map(|kept| {
+                std::thread::Builder::new()
+                    .name("close".into())
+                    .spawn(move || kept.close(deadline))
+                    .ok()
+            })
+            .collect();
+        let retiring = std::mem::take(&mut *lock(&self.retiring));
+        for thread in closing.into_iter().chain(retiring) {
+            // Each ends by the deadline (its program killed then).
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StreamHandler {
+    fn drop(&mut self) {
+        self.close(CLOSE_GRACE);
+    }
+}

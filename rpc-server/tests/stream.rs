@@ -1,0 +1,599 @@
+//! `rpc-server --protocol lines|json -- CMD`: a program kept running per worker, against the
+//! real broker. Every program gets a marker as its last argument, unique to the test, and
+//! every test ends by checking in `/proc` that no process carrying it is left once its
+//! server has exited. Logs in `target/tmp/stream/`.
+
+mod common;
+
+use common::server::ServerProc;
+use common::{log_dir, rpc_client_bin};
+use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::TraceContext;
+use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to exit by itself.
+const EXIT_WITHIN: Duration = Duration::from_secs(30);
+
+fn logs() -> PathBuf {
+    log_dir("stream")
+}
+
+/// An example handler of `rpc-server/examples/stream/`.
+fn example(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/stream")
+        .join(name);
+    path.display().to_string()
+}
+
+/// Digits no other process has in its arguments (a program's `$0`: `sleep 3600.$0`).
+fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}{nanos:09}", std::process::id())
+}
+
+/// The processes of this host (not `except`) with `marker` in their arguments, "PID: ARGS".
+fn marked(marker: &str, except: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|byte| *byte == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            (pid != except && args.iter().any(|arg| arg.contains(marker)))
+                .then(|| format!("{pid}: {}", args.join(" ")))
+        })
+        .collect()
+}
+
+/// A server of a kept program on its own queue, consuming.
+struct Served {
+    server: ServerProc,
+    queue: QueueGuard,
+    mark: String,
+}
+
+impl Served {
+    /// `rpc-server --name NAME ARGS... -- PROGRAM... MARKER` on a fresh queue.
+    fn start(name: &str, args: &[&str], program: &[&str]) -> Served {
+        let mark = marker();
+        let queue = QueueGuard::new(name);
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--"])
+            .chain(program.iter().copied())
+            .chain([mark.as_str()])
+            .collect();
+        let mut server =
+            ServerProc::on_broker(&logs(), name, queue.name(), &testing::broker(), &all);
+        let mut admin = Admin::connect().expect("admin");
+        if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
+            server.sigterm();
+            panic!("{err}\n{}", server.finish(EXIT_WITHIN).1);
+        }
+        Served {
+            server,
+            queue,
+            mark,
+        }
+    }
+
+    fn client(&self, timeout: Duration) -> RpcClient {
+        RpcClient::connect(&ClientOptions {
+            brokers: vec![testing::broker()],
+            queue: self.queue.name().to_string(),
+            timeout,
+            ..ClientOptions::default()
+        })
+        .expect("client connects")
+    }
+
+    fn call(&self, request: RpcRequest) -> Result<RpcReply, Error> {
+        self.client(Duration::from_secs(20)).call(&request)
+    }
+
+    /// The reply body as text; panics with the log if there is none.
+    fn text(&self, body: &str) -> String {
+        match self.call(RpcRequest::new(body)) {
+            Ok(reply) => String::from_utf8_lossy(&reply.body).into_owned(),
+            Err(err) => {
+                let shown: String = body.chars().take(40).collect();
+                panic!("{shown:?}: {err}\n{}", self.server.shown())
+            }
+        }
+    }
+
+    /// The error reply's code and message; panics with what came instead.
+    fn refusal(&self, request: RpcRequest) -> (String, String) {
+        match self.call(request) {
+            Err(Error::Server { code, message }) => (code, message),
+            other => panic!(
+                "expected an error reply, got {other:?}\n{}",
+                self.server.shown()
+            ),
+        }
+    }
+
+    /// The kept processes running now (the server's marked processes).
+    fn programs(&self) -> Vec<String> {
+        marked(&self.mark, self.server.pid())
+    }
+
+    /// SIGTERM; the exit status must be 0 and nothing marked may be left.
+    fn stop(mut self) -> String {
+        self.server.sigterm();
+        let (status, shown) = self.server.finish(EXIT_WITHIN);
+        assert!(status.success(), "{shown}");
+        nothing_left(&self.mark, &shown);
+        shown
+    }
+}
+
+/// Polls for 2 s until no process carries `mark`; kills and panics otherwise.
+fn nothing_left(mark: &str, shown: &str) {
+    let result = testing::poll_until(
+        "no process of the server left",
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || Ok(marked(mark, 0).is_empty()),
+    );
+    if let Err(err) = result {
+        let left = marked(mark, 0);
+        for line in &left {
+            let pid = line.split(':').next().unwrap_or_default();
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        panic!("{err}: {left:?}\n{shown}");
+    }
+}
+
+#[test]
+fn lines_examples_in_python_and_node_keep_one_process() {
+    for (name, program) in [
+        ("stream-lines-py", ["python3", &example("upper_lines.py")]),
+        ("stream-lines-node", ["node", &example("upper_lines.js")]),
+    ] {
+        let served = Served::start(name, &["--protocol", "lines"], &program);
+        assert_eq!(served.text("hello"), "HELLO");
+        let reply = served
+            .call(RpcRequest::new("ümlaut").with_content_type("text/plain"))
+            .expect("call");
+        assert_eq!(reply.body, "ÜMLAUT".as_bytes());
+        assert_eq!(reply.content_type(), Some("text/plain"));
+        assert_eq!(served.text(""), "");
+        // A body the protocol cannot carry never reaches the program.
+        for body in [&b"two\nlines"[..], b"\xff\xfe"] {
+            let (code, message) = served.refusal(RpcRequest::new(body));
+            assert_eq!(code, "bad-request", "{message}");
+        }
+        assert_eq!(served.text("still up"), "STILL UP");
+        assert_eq!(served.programs().len(), 1, "{:?}", served.programs());
+        let shown = served.stop();
+        assert_eq!(shown.matches("started `").count(), 1, "{shown}");
+    }
+}
+
+#[test]
+fn json_examples_in_python_and_node() {
+    for (name, program) in [
+        ("stream-json-py", ["python3", &example("words_json.py")]),
+        ("stream-json-node", ["node", &example("words_json.js")]),
+    ] {
+        let served = Served::start(name, &["--protocol", "json"], &program);
+        let reply = served
+            .call(RpcRequest::new("one two\nthree").with_header("lang", "en"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
+        let value: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON body");
+        assert_eq!(value["words"], 3, "{value}");
+        assert_eq!(value["lang"], "en", "{value}");
+        assert_eq!(reply.content_type(), Some("application/json"));
+        // A body that is not UTF-8 comes as body_base64, which these handlers refuse.
+        let (code, message) = served.refusal(RpcRequest::new(&b"\xff"[..]));
+        assert_eq!(code, "exec-failed");
+        assert_eq!(message, "send text: this handler counts words");
+        assert_eq!(served.programs().len(), 1, "{:?}", served.programs());
+        served.stop();
+    }
+}
+
+/// A json handler that answers each request with the request itself as the body.
+const JSON_MIRROR: &str = "import json, sys\n\
+    for line in sys.stdin:\n\
+    \x20   r = json.loads(line)\n\
+    \x20   print(json.dumps({'id': r['id'], 'body': json.dumps(r)}), flush=True)\n";
+
+#[test]
+fn json_requests_carry_body_properties_and_the_servers_span() {
+    let served = Served::start(
+        "stream-json-mirror",
+        &["--protocol", "json"],
+        &["python3", "-c", JSON_MIRROR],
+    );
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = served
+        .call(
+            RpcRequest::new(&b"\x00\xffbin"[..])
+                .with_content_type("application/octet-stream")
+                .with_header("k", "v")
+                .with_parent(TraceContext::parse(Some(parent), None)),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
+    let seen: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    assert_eq!(seen["body_base64"], "AP9iaW4=", "{seen}");
+    assert!(seen.get("body").is_none(), "{seen}");
+    assert_eq!(seen["content_type"], "application/octet-stream");
+    assert_eq!(seen["headers"]["k"], "v", "{seen}");
+    let id = reply.properties.correlation_id().clone().expect("id");
+    assert_eq!(seen["correlation_id"], id.as_str());
+    let traceparent = reply.header("traceparent").expect("reply traceparent");
+    assert_eq!(seen["traceparent"], traceparent, "{seen}");
+    assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
+    assert!(seen["id"].is_string(), "{seen}");
+    served.stop();
+}
+
+/// A `lines` handler: `crash` exits 3, `hang` hangs (a child too), `big`, `two` lines; echo.
+const SH_HANDLER: &str = "while read -r l; do case \"$l\" in \
+       crash) echo 'dying now' >&2; exit 3;; \
+       hang) sleep 3601.$0 & sleep 3602.$0;; \
+       big) head -c 200000 /dev/zero | tr '\\0' x; echo;; \
+       two) echo one; echo two;; \
+       *) echo \"$l\";; esac; done";
+
+#[test]
+fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
+    let served = Served::start(
+        "stream-failures",
+        &[
+            "--protocol",
+            "lines",
+            "--exec-timeout",
+            "1",
+            "--max-reply-bytes",
+            "100000",
+        ],
+        &["sh", "-c", SH_HANDLER],
+    );
+    assert_eq!(served.text("a"), "a");
+    let (code, message) = served.refusal(RpcRequest::new("crash"));
+    assert_eq!(code, "exec-failed", "{message}");
+    assert_eq!(
+        message,
+        "the program exited with status 3 with a request in hand: dying now"
+    );
+    assert_eq!(served.text("b"), "b");
+
+    let started = Instant::now();
+    let (code, message) = served.refusal(RpcRequest::new("hang"));
+    assert_eq!(code, "exec-timeout", "{message}");
+    assert!(message.contains("within 1s"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The program and its children are gone with their group; the next request starts
+    // afresh.
+    assert_eq!(served.text("c"), "c");
+    testing::poll_until(
+        "the hanging program's group to go",
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || Ok(served.programs().len() == 1),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", served.programs()));
+
+    let (code, message) = served.refusal(RpcRequest::new("big"));
+    assert_eq!(code, "too-large", "{message}");
+    assert!(message.contains("100000 bytes"), "{message}");
+    assert_eq!(served.text("d"), "d");
+
+    // The second line was not asked for: the program is out of step and started again.
+    assert_eq!(served.text("two"), "one");
+    assert_eq!(served.text("e"), "e");
+    let shown = served.stop();
+    assert!(shown.contains("nobody asked for"), "{shown}");
+    // The first start and one after each of crash, hang, big and two.
+    assert_eq!(shown.matches("started `").count(), 5, "{shown}");
+    assert!(shown.contains("dying now"), "stderr is logged\n{shown}");
+}
+
+/// A `json` handler: `garbage` is not JSON, `wrong` has another id, `error`; else an echo.
+const JSON_FAULTY: &str = "import json, sys\n\
+    for line in sys.stdin:\n\
+    \x20   r = json.loads(line)\n\
+    \x20   b = r.get('body')\n\
+    \x20   if b == 'garbage': print('this is not json', flush=True); continue\n\
+    \x20   if b == 'wrong': print(json.dumps({'id': 'x' + r['id'], 'body': b}), flush=True); continue\n\
+    \x20   if b == 'error': print(json.dumps({'id': r['id'], 'error': 'refused\\x1b[2J'}), flush=True); continue\n\
+    \x20   print(json.dumps({'id': r['id'], 'body': b}), flush=True)\n";
+
+#[test]
+fn garbage_and_wrong_ids_are_protocol_errors() {
+    let served = Served::start(
+        "stream-protocol",
+        &["--protocol", "json"],
+        &["python3", "-c", JSON_FAULTY],
+    );
+    assert_eq!(served.text("a"), "a");
+    for (body, what) in [("garbage", "not JSON"), ("wrong", "with id \"x")] {
+        let (code, message) = served.refusal(RpcRequest::new(body));
+        assert_eq!(code, "exec-failed", "{message}");
+        assert!(message.starts_with("protocol error"), "{message}");
+        assert!(message.contains(what), "{message}");
+        assert_eq!(served.text("next"), "next");
+    }
+    // An error the program reports is an error reply, made printable; the program stays.
+    let (code, message) = served.refusal(RpcRequest::new("error"));
+    assert_eq!(code, "exec-failed");
+    assert_eq!(message, "refused?[2J");
+    assert_eq!(served.text("b"), "b");
+    let shown = served.stop();
+    assert_eq!(shown.matches("started `").count(), 3, "{shown}");
+}
+
+/// `cat` and `yes`, as children of a shell that carries the marker.
+const CAT: &[&str] = &["sh", "-c", "cat; :"];
+const YES: &[&str] = &["sh", "-c", "yes; :"];
+
+#[test]
+fn cat_carries_a_large_line_and_a_flood_is_cut_off() {
+    let served = Served::start("stream-cat", &["--protocol", "lines"], CAT);
+    let body: String = (0..3_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply = served.text(&body);
+    assert!(
+        reply == body,
+        "cat changed a 3 MB line ({} bytes)",
+        reply.len()
+    );
+    served.stop();
+    // `yes` answers "y", then floods: each next request finds it out of step.
+    let served = Served::start("stream-flood", &["--protocol", "lines"], YES);
+    for _ in 0..3 {
+        assert_eq!(served.text("x"), "y");
+    }
+    let shown = served.stop();
+    assert!(shown.contains("nobody asked for"), "{shown}");
+}
+
+#[test]
+fn a_program_that_dies_at_start_is_restarted_with_backoff_not_in_a_loop() {
+    let starts = logs().join(format!("starts-{}", std::process::id()));
+    let _ = std::fs::remove_file(&starts);
+    std::fs::create_dir_all(logs()).expect("log dir");
+    let script = format!(
+        "echo start >> '{}'; echo 'cannot start: no config' >&2; exit 1",
+        starts.display()
+    );
+    let served = Served::start(
+        "stream-dies",
+        &["--protocol", "lines", "--exec-timeout", "5"],
+        &["sh", "-c", &script],
+    );
+    let began = Instant::now();
+    let mut calls = 0;
+    while began.elapsed() < Duration::from_secs(3) {
+        let (code, message) = served.refusal(RpcRequest::new("x"));
+        assert_eq!(code, "exec-failed", "{message}");
+        assert!(message.contains("cannot start: no config"), "{message}");
+        calls += 1;
+    }
+    let took = began.elapsed();
+    let count = std::fs::read_to_string(&starts)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let shown = served.stop();
+    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s of pauses fit in about 3 s: six starts at most, where a
+    // loop would start it hundreds of times.
+    assert!(
+        (2..=7).contains(&count),
+        "{count} starts in {took:?} ({calls} calls)\n{shown}"
+    );
+    assert_eq!(calls, count, "one start per call\n{shown}");
+    assert!(
+        shown.contains("keeps failing before its first reply"),
+        "{shown}"
+    );
+    let _ = std::fs::remove_file(&starts);
+}
+
+#[test]
+fn max_requests_per_process_recycles_the_program() {
+    let served = Served::start(
+        "stream-recycle",
+        &["--protocol", "lines", "--max-requests-per-process", "3"],
+        &["sh", "-c", "while read -r l; do echo \"$$\"; done"],
+    );
+    let pids: Vec<String> = (0..7).map(|_| served.text("x")).collect();
+    assert!(pids[0] == pids[1] && pids[1] == pids[2], "{pids:?}");
+    assert!(pids[3] == pids[4] && pids[4] == pids[5], "{pids:?}");
+    assert!(pids[0] != pids[3] && pids[3] != pids[6], "{pids:?}");
+    // The retired ones exit (their stdin closed) in the background.
+    testing::poll_until(
+        "the retired programs to exit",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || Ok(served.programs().len() == 1),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", served.programs()));
+    let shown = served.stop();
+    assert_eq!(shown.matches("retiring its program").count(), 2, "{shown}");
+}
+
+#[test]
+fn sigterm_answers_the_requests_in_hand_then_ends_the_programs() {
+    // Each request takes a second; at stdin's end it goes on, so the stop must kill it.
+    let script = "while read -r l; do sleep 1; echo \"$l\"; done; sleep 3603.$0";
+    let served = Served::start(
+        "stream-sigterm",
+        &["--protocol", "lines", "--workers", "2"],
+        &["sh", "-c", script],
+    );
+    let mut client = served.client(Duration::from_secs(20));
+    let caller = std::thread::spawn(move || {
+        let requests = [RpcRequest::new("a"), RpcRequest::new("b")];
+        let mut answered = Vec::new();
+        let sent = client.call_many(&requests, 2, |_, result| {
+            answered.push(result.map(|reply| String::from_utf8_lossy(&reply.body).into_owned()));
+            ControlFlow::Continue(())
+        });
+        (sent, answered)
+    });
+    testing::poll_until(
+        "two programs running",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || Ok(served.programs().len() >= 2),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
+    let mark = served.mark.clone();
+    let mut server = served.server;
+    let stopped = Instant::now();
+    server.sigterm();
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    let took = stopped.elapsed();
+    let (sent, mut answered) = caller.join().expect("caller");
+    sent.unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    assert!(status.success(), "{shown}");
+    answered.sort_by_key(|r| r.as_ref().ok().cloned());
+    let answered: Vec<_> = answered.into_iter().map(Result::ok).collect();
+    assert_eq!(answered, [Some("a".into()), Some("b".into())], "{shown}");
+    // About a second of requests, then the 2 s the programs get to exit.
+    assert!(took < Duration::from_secs(8), "{took:?}\n{shown}");
+    assert!(
+        shown.contains("still running after its stdin was closed"),
+        "{shown}"
+    );
+    nothing_left(&mark, &shown);
+    drop(served.queue);
+}
+
+#[test]
+fn a_server_killed_by_sigkill_leaves_no_program_running() {
+    let served = Served::start(
+        "stream-sigkill",
+        &["--protocol", "lines", "--workers", "2"],
+        &[
+            "sh",
+            "-c",
+            "sleep 3604.$0 & while read -r l; do echo \"$l\"; done",
+        ],
+    );
+    assert_eq!(served.text("a"), "a");
+    // The program and its child.
+    assert_eq!(served.programs().len(), 2, "{:?}", served.programs());
+    let mark = served.mark.clone();
+    let mut server = served.server;
+    server.sigkill();
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    // The guardian kills the programs' groups (the sleep with them).
+    nothing_left(&mark, &server.shown());
+    drop(served.queue);
+}
+
+#[test]
+fn protocol_flags_are_checked() {
+    let mut server = ServerProc::spawn_args(
+        &logs(),
+        "stream-flags",
+        &["--max-requests-per-process", "3", "--", "cat"],
+        &[],
+    );
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(2), "{shown}");
+    assert!(shown.contains("needs --protocol lines or json"), "{shown}");
+    let mut server =
+        ServerProc::spawn_args(&logs(), "stream-flags-2", &["--protocol", "lines"], &[]);
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(2), "{shown}");
+}
+
+/// `$RPC_INTEROP_PYTHON`, or the interop venv's (pika) that scripts/interop.sh makes.
+fn interop_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("RPC_INTEROP_PYTHON") {
+        return python.into();
+    }
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    target
+        .parent()
+        .map_or(target.clone(), PathBuf::from)
+        .join("py-venv/bin/python")
+}
+
+#[test]
+#[ignore = "needs pika: the interop venv (scripts/interop.sh makes target/py-venv)"]
+fn the_tutorials_pika_client_calls_a_lines_server() {
+    let python = interop_python();
+    let served = Served::start(
+        "stream-pika",
+        &["--protocol", "lines"],
+        &["python3", &example("upper_lines.py")],
+    );
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/rpc_client.py");
+    let broker = testing::broker();
+    let url = format!(
+        "amqp://{}:{}@{}:{}/{}",
+        broker.user,
+        broker.password,
+        broker.host,
+        broker.port,
+        if broker.vhost == "/" {
+            "%2F"
+        } else {
+            &broker.vhost
+        }
+    );
+    let out = Command::new(&python)
+        .arg(&client)
+        .args(["--raw", "--queue", served.queue.name(), "--timeout", "20"])
+        .args(["hello", "two words", "ünïcode"])
+        .env("AMQP_URI", &url)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
+    let shown = served.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{shown}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HELLO\nTWO WORDS\nÜNÏCODE\n",
+        "{stderr}"
+    );
+    assert_eq!(shown.matches("started `").count(), 1, "{shown}");
+}
+
+/// `rpc-client call` against a `lines` server, as a user would from the shell.
+#[test]
+fn rpc_client_call_against_a_lines_server() {
+    let served = Served::start("stream-cli", &["--protocol", "lines"], CAT);
+    let broker = testing::broker();
+    let out = Command::new(rpc_client_bin())
+        .args(["--host", &broker.host, "--port", &broker.port.to_string()])
+        .args(["--vhost", &broker.vhost, "--user", &broker.user])
+        .args(["--queue", served.queue.name(), "--timeout", "20"])
+        .args(["call", "one", "two"])
+        .env("AMQP_PASSWORD", &broker.password)
+        .env_remove("AMQP_URI")
+        .env_remove("AMQP_PASSWORD_FILE")
+        .output()
+        .expect("run rpc-client");
+    let shown = served.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{shown}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+}
