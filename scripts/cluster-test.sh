@@ -4,9 +4,9 @@
 #   CLUSTER_SCENARIOS=2 scripts/cluster-test.sh     only scenario 2 (numbers, comma-separated)
 # Builds the release binaries, starts the local three-node cluster of scripts/cluster.sh
 # (rpc1..3@localhost, AMQP on 127.0.0.1:5681-5683, state in target/cluster/; the machine's own
-# broker is not touched) and runs the ignored test rpc-server/tests/cluster/ against it:
+# broker is not touched) and runs the ignored test rpc-server/tests/it/cluster/ against it:
 #   CLUSTER_URIS=$(scripts/cluster.sh uris) \
-#       cargo test --release -p rpc-server --test cluster -- --ignored --nocapture
+#       cargo test --release -p rpc-server --test it cluster:: -- --ignored --nocapture
 # Each scenario has its quorum queue, 3 rpc-servers and 6 callers (3 library clients, 3 loops
 # of rpc-client processes), all given every node: 1 a rolling restart (stop-node/start-node of
 # each node in turn), 2 kill -9 of the leader's node, 3 kill -9 of a caller's node, 4 a 30 s
@@ -71,5 +71,5 @@ trap 'exit 143' TERM
 cargo build --release
 scripts/cluster.sh up
 uris=$(scripts/cluster.sh uris)
-msg "running the cluster test (cargo test --release -p rpc-server --test cluster; scenarios ${CLUSTER_SCENARIOS:-all})"
-CLUSTER_URIS=$uris cargo test --release -p rpc-server --test cluster -- --ignored --nocapture
+msg "running the cluster test (cargo test --release -p rpc-server --test it cluster::; scenarios ${CLUSTER_SCENARIOS:-all})"
+CLUSTER_URIS=$uris cargo test --release -p rpc-server --test it cluster:: -- --ignored --nocapture

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Full check: build dependencies, broker, fmt, clippy, shellcheck, unit/integration tests,
-# release build, end-to-end run of the scripts, interop with Python peers, TLS, cluster, a quick
-# benchmark, and last the fault run on a throwaway node (the broker on 5672 is never restarted).
+# Full check (CI runs it: .ci/run): build dependencies, broker, fmt, clippy, shellcheck,
+# unit/integration tests, release build, end-to-end run of the scripts, interop with Python
+# peers, TLS, cluster, a quick benchmark, and last the fault run on a throwaway node (the broker
+# on 5672 is never restarted).
+#   scripts/test.sh           everything, about 12-14 minutes
+#   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
+#                             default (cargo test --workspace) against the running broker
+#                             (AMQP_URI, default 127.0.0.1:5672); no release build, nothing
+#                             started (if no broker answers, the tests say so at once and
+#                             scripts/broker.sh starts one)
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
+quick=0
+case "$#:${1:-}" in
+0:) ;;
+1:--quick) quick=1 ;;
+*) die "usage: $PROG [--quick]" ;;
+esac
 
 passed=0
 failed=0
@@ -81,7 +93,7 @@ stage_build() { cargo build --release; }
 # End-to-end through the scripts: start-servers.sh 2 on a fresh queue (ready once the broker
 # counts 2 consumers), the rpc-client binary against the rpc-server binaries, stop-servers.sh
 # (no consumer left). Results, exit codes and logs of the binaries are checked by the Rust
-# tests (rpc-client/tests/client.rs, rpc-server/tests/{binary,rpc}.rs).
+# tests (rpc-client/tests/client.rs, rpc-server/tests/it/ binary and rpc).
 stage_e2e() {
     local out
     E2E_QUEUE=rpc-e2e-$(cat /proc/sys/kernel/random/uuid)
@@ -113,7 +125,7 @@ stage_interop() {
 # Exits 77 (skipped) when no RabbitMQ node can be run here.
 stage_tls() { scripts/tls-test.sh; }
 
-# The cluster test (rpc-server/tests/cluster/, issues 5 and 16): a local three-node cluster
+# The cluster test (rpc-server/tests/it/cluster/, issues 5 and 16): a local three-node cluster
 # (scripts/cluster.sh, beside the main broker), each scenario once: a rolling restart, kill -9
 # of the leader's node, kill -9 of a caller's node, a 30 s partition; 3 servers and 6 callers
 # (library and rpc-client processes) on a quorum queue, every call answered right. Exits 77
@@ -124,7 +136,7 @@ stage_cluster() { scripts/cluster-test.sh; }
 # run. It prints figures and flags; speed is judged from a full run, not asserted here.
 stage_bench() { BENCH_QUICK=1 scripts/bench.sh; }
 
-# The fault run (rpc-server/tests/faults.rs) against a throwaway node of its own
+# The fault run (rpc-server/tests/it/faults/) against a throwaway node of its own
 # (scripts/node.sh: rpcfault@localhost, AMQP on FAULT_PORT, default 5700), which it restarts:
 # servers killed and stopped under load, a broker restart (rabbitmqctl stop_app / start_app
 # on that node), malformed requests, reply floods. Skipped (77) where no node can run.
@@ -132,7 +144,7 @@ stage_faults() {
     scripts/node.sh start rpcfault "${FAULT_PORT:-5700}" || return
     trap 'scripts/node.sh stop rpcfault || exit 1' EXIT
     AMQP_URI=$(scripts/node.sh uri rpcfault) RABBITMQCTL="$REPO_ROOT/scripts/node.sh ctl rpcfault" \
-        cargo test --release -p rpc-server --test faults -- --ignored --nocapture --test-threads=1
+        cargo test --release -p rpc-server --test it faults:: -- --ignored --nocapture --test-threads=1
 }
 
 # RabbitMQ 4.x (scripts/rabbitmq4.sh: Debian 13's package in a chroot, rpc4@localhost on
@@ -173,23 +185,26 @@ refusals_on_4x() {
 }
 
 run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
-run_stage "broker (scripts/broker.sh)" stage_broker
+# --quick leaves out the broker stage: scripts/broker.sh builds the workspace in release mode.
+((quick)) || run_stage "broker (scripts/broker.sh)" stage_broker
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
 run_stage "shellcheck" stage_shellcheck
 run_stage "cargo test --workspace" stage_test
-run_stage "cargo build --release" stage_build
-run_stage "end-to-end (start-servers.sh 2, rpc-client, stop-servers.sh)" stage_e2e
-run_stage "metrics with Prometheus (scripts/metrics-test.sh)" stage_metrics
-run_stage "interop (scripts/interop.sh)" stage_interop
-run_stage "TLS (scripts/tls-test.sh)" stage_tls
-run_stage "cluster (scripts/cluster-test.sh)" stage_cluster
-run_stage "bench smoke (BENCH_QUICK=1 scripts/bench.sh)" stage_bench
-run_stage "fault run (a throwaway node of its own)" stage_faults
-run_stage "RabbitMQ 4.x with 4.3's defaults (scripts/rabbitmq4.sh)" stage_rabbitmq4
+if ((!quick)); then
+    run_stage "cargo build --release" stage_build
+    run_stage "end-to-end (start-servers.sh 2, rpc-client, stop-servers.sh)" stage_e2e
+    run_stage "metrics with Prometheus (scripts/metrics-test.sh)" stage_metrics
+    run_stage "interop (scripts/interop.sh)" stage_interop
+    run_stage "TLS (scripts/tls-test.sh)" stage_tls
+    run_stage "cluster (scripts/cluster-test.sh)" stage_cluster
+    run_stage "bench smoke (BENCH_QUICK=1 scripts/bench.sh)" stage_bench
+    run_stage "fault run (a throwaway node of its own)" stage_faults
+    run_stage "RabbitMQ 4.x with 4.3's defaults (scripts/rabbitmq4.sh)" stage_rabbitmq4
+fi
 
 echo
 ((${#skipped_stages[@]} == 0)) || msg "skipped: ${skipped_stages[*]}"
 ((${#failed_stages[@]} == 0)) || msg "failed: $(printf '[%s] ' "${failed_stages[@]}")"
-echo "$PROG: $passed passed, $failed failed"
+echo "$PROG${1:+ $1}: $passed passed, $failed failed ($((SECONDS / 60))m$((SECONDS % 60))s)"
 ((failed == 0))

@@ -1,0 +1,175 @@
+//! `rpc-client call` against command servers: by argument, stdin and `--json`; JSON logs and
+//! the trace from rpc-client's environment.
+
+use super::Served;
+use crate::common::rpc_client_bin;
+use rpc_client::testing;
+use std::process::{Command, Output, Stdio};
+
+/// `rpc-client --queue QUEUE ARGS...` on the test broker, with `stdin`.
+fn rpc_client(queue: &str, args: &[&str], stdin: &[u8]) -> Output {
+    rpc_client_env(queue, args, stdin, &[])
+}
+
+/// [`rpc_client`] with `env` added to its environment.
+fn rpc_client_env(queue: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let broker = testing::broker();
+    let mut child = Command::new(rpc_client_bin())
+        .envs(env.iter().copied())
+        .args(["--host", &broker.host, "--port", &broker.port.to_string()])
+        .args(["--vhost", &broker.vhost, "--user", &broker.user])
+        .args(["--queue", queue, "--timeout", "20"])
+        .args(args)
+        .env("AMQP_PASSWORD", &broker.password)
+        .env_remove("AMQP_PASSWORD_FILE")
+        .env_remove("AMQP_URI")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rpc-client");
+    if let Some(mut input) = child.stdin.take() {
+        use std::io::Write;
+        input.write_all(stdin).expect("write stdin");
+    }
+    child.wait_with_output().expect("rpc-client output")
+}
+
+#[test]
+fn rpc_client_call_against_a_tr_server_by_argument_stdin_and_json() {
+    let served = Served::start("cmd-cli", &["--", "tr", "a-z", "A-Z"]);
+    let queue = served.queue.name().to_string();
+    let shown = served.server.shown();
+    let out = rpc_client(&queue, &["call", "hello"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{shown}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
+
+    let out = rpc_client(&queue, &["call", "one", "-", "three"], b"from stdin\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ONE\nFROM STDIN\nTHREE\n"
+    );
+
+    let out = rpc_client(&queue, &["call", "--json", "hello"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(json.lines().count(), 1, "{json}");
+    for field in [
+        "\"body\": \"HELLO\"",
+        "\"encoding\": \"utf-8\"",
+        "\"server\": \"cmd-cli\"",
+        "\"elapsed_ms\": ",
+    ] {
+        assert!(json.contains(field), "{field} missing in {json}");
+    }
+    served.stop();
+
+    let failing = Served::start(
+        "cmd-cli-fail",
+        &["--", "sh", "-c", "echo broken >&2; exit 3"],
+    );
+    let out = rpc_client(failing.queue.name(), &["call", "x"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("exec-failed"), "{stderr}");
+    assert!(stderr.contains("status 3: broken"), "{stderr}");
+    failing.stop();
+}
+
+/// Each line of `stderr` as a JSON object with the fields every line has.
+fn json_log_lines(stderr: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    stderr
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            let object = value.as_object().expect("an object").clone();
+            for field in ["timestamp", "level", "target", "message"] {
+                assert!(object[field].is_string(), "{field} in {line}");
+            }
+            let timestamp = object["timestamp"].as_str().unwrap_or("");
+            // RFC 3339, UTC: 2026-12-02T10:00:00.123456Z
+            assert!(
+                timestamp.len() >= 20 && &timestamp[10..11] == "T" && timestamp.ends_with('Z'),
+                "{timestamp}"
+            );
+            object
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_and_the_trace_from_rpc_clients_environment() {
+    let served = Served::start(
+        "cmd-json",
+        &[
+            "--log-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$TRACEPARENT\"",
+        ],
+    );
+    let queue = served.queue.name().to_string();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let out = rpc_client_env(
+        &queue,
+        &["-v", "call", "--json", "x"],
+        b"",
+        &[
+            ("TRACEPARENT", parent),
+            ("TRACESTATE", "rojo=00f067aa0ba902b7"),
+            ("RPC_LOG_FORMAT", "json"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let server_log = served.server.log_text();
+    let shown = served.stop();
+    assert!(out.status.success(), "{stderr}\n{shown}");
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    // stdout: the reply (the command's TRACEPARENT: the server's span, in our trace) and the
+    // call's trace id.
+    let reply: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("call --json is JSON");
+    assert_eq!(reply["trace_id"], trace_id, "{reply}");
+    let body = reply["body"].as_str().expect("body");
+    assert!(body.starts_with(&parent[..36]) && body != parent, "{body}");
+    assert_eq!(reply["headers"]["traceparent"], body, "{reply}");
+    assert_eq!(reply["headers"]["tracestate"], "rojo=00f067aa0ba902b7");
+    // The client's log (JSON, -v): the call's line has the trace id.
+    let client_lines = json_log_lines(&stderr);
+    assert!(
+        client_lines
+            .iter()
+            .any(|l| l.get("trace_id").and_then(|v| v.as_str()) == Some(trace_id)),
+        "{stderr}"
+    );
+    // The server's log: every line JSON; the per-request line has its fields.
+    let server_lines = json_log_lines(&server_log);
+    let request = server_lines
+        .iter()
+        .find(|l| l["target"] == "rpc_server::request")
+        .unwrap_or_else(|| panic!("no per-request line\n{server_log}"));
+    assert_eq!(request["trace_id"], trace_id, "{request:?}");
+    assert_eq!(request["outcome"], "answered", "{request:?}");
+    assert!(request["duration_ms"].as_f64().is_some(), "{request:?}");
+    assert!(
+        request["correlation_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{request:?}"
+    );
+    let password = format!(":{}@", testing::broker().password);
+    assert!(!stderr.contains(&password) && !server_log.contains(&password));
+}

@@ -1,0 +1,233 @@
+//! 11. The `--metrics-addr` endpoint under broker faults (`/readyz`, `/metrics`).
+//!    - While consuming, `/readyz` is 200 and the answered counter moves by exactly the calls
+//!      made.
+//!    - A scraper holding every connection the endpoint allows, sending nothing: one more is
+//!      answered 503 at once, calls are answered, scrapes work again once they are gone.
+//!    - A memory alarm: a scrape answers within 1 s, and `/readyz` is 503 once the broker
+//!      blocks the server's publishes; 200 again once the alarm ends.
+//!    - The broker application stopped (`stop_app`): `/readyz` is 503 within two heartbeats,
+//!      `/healthz` stays 200 (the server is reconnecting, not dead); after `start_app`
+//!      `/readyz` is 200 again and `rpc_server_reconnects_total` counted the loss.
+
+use crate::common::broker::{BrokerApp, Ctl, MemoryAlarm};
+use crate::common::http::{free_port, get, sample};
+use crate::common::load::{Call, Outcome, GRACE};
+use crate::common::server::ServerProc;
+use super::{client_options, logs, Def, Scenario};
+use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
+use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::{wire, FibonacciRpcClient};
+use rpc_server::http::MAX_CONNECTIONS;
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const SCENARIO: Def = Def {
+    number: "11",
+    name: "metrics and probes",
+    breaks_broker: true,
+    run,
+};
+
+/// The server's heartbeat here: a lost broker is noticed within two of these.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Each GET's bound.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the held request waits before the broker moves it into the request queue.
+const HOLD_MS: i32 = 4000;
+const ANSWERED: &str = "rpc_server_requests_total{outcome=\"answered\",code=\"\"}";
+
+fn run(sc: &mut Scenario) {
+    let queue = QueueGuard::new("fault-probes");
+    let port = free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let addr: SocketAddr = metrics_addr.parse().expect("an address");
+    let heartbeat = HEARTBEAT.as_secs().to_string();
+    let mut server = ServerProc::on_broker(
+        &logs(),
+        "probes",
+        queue.name(),
+        &testing::broker(),
+        &[
+            "--metrics-addr",
+            &metrics_addr,
+            "--heartbeat",
+            &heartbeat,
+            "--max-backoff",
+            "1",
+        ],
+    );
+    testing::wait_for_consumers(&[testing::broker()], queue.name(), 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
+    let status = |path: &str| get(addr, path, HTTP_TIMEOUT).map(|(status, _)| status);
+    let scrape = || {
+        get(addr, "/metrics", HTTP_TIMEOUT)
+            .map(|(_, body)| body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    sc.check(status("/readyz") == Ok(200), || {
+        format!("/readyz while consuming: {:?}", status("/readyz"))
+    });
+
+    // Counters move by exactly the calls made.
+    let before = sample(&scrape(), ANSWERED).unwrap_or(-1.0);
+    let mut client =
+        FibonacciRpcClient::connect(&client_options(queue.name(), Duration::from_secs(10)))
+            .expect("connect");
+    const CALLS: u64 = 5;
+    for n in 0..CALLS {
+        let started = Instant::now();
+        let result = client.call(n + 20);
+        let right = result.as_deref().ok() == Some(crate::common::expected(n + 20).as_str());
+        sc.record(&Call::new(
+            n + 20,
+            if right { Outcome::Right } else { Outcome::Wrong },
+            format!("{result:?}"),
+            started,
+            Duration::from_secs(10) + GRACE,
+        ));
+    }
+    let after = sample(&scrape(), ANSWERED).unwrap_or(-1.0);
+    sc.check(after - before == CALLS as f64, || {
+        format!("answered went from {before} to {after} for {CALLS} calls")
+    });
+
+    // A hostile scraper holding every connection it may have, sending nothing: one more is
+    // turned away at once, calls go on, and a scrape works again once they are gone.
+    let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(addr).expect("connect to the endpoint"))
+        .collect();
+    let turned_away = testing::wait_until("a connection over the limit turned away", HTTP_TIMEOUT, || {
+        Ok(status("/metrics") == Ok(503))
+    });
+    sc.check(turned_away.is_ok(), || turned_away.err().unwrap_or_default());
+    let started = Instant::now();
+    let result = client.call(30);
+    let right = result.as_deref().ok() == Some(crate::common::expected(30).as_str());
+    sc.record(&Call::new(
+        30,
+        if right { Outcome::Right } else { Outcome::Wrong },
+        format!("{result:?}"),
+        started,
+        Duration::from_secs(10) + GRACE,
+    ));
+    drop(idle);
+    let back = testing::wait_until("a scrape after the idle connections closed", HTTP_TIMEOUT, || {
+        Ok(status("/metrics") == Ok(200))
+    });
+    sc.check(back.is_ok(), || back.err().unwrap_or_default());
+    let _ = client.close();
+
+    // A memory alarm: scrapes stay fast. The broker blocks a connection (and tells it so)
+    // only when it publishes: a request held in a queue with a TTL, dead-lettered into the
+    // request queue by the broker itself during the alarm, makes the server reply then.
+    let hold = QueueGuard::new("fault-probes-hold");
+    let replies = QueueGuard::new("fault-probes-replies");
+    let admin = Admin::connect().expect("admin");
+    admin.declare(replies.name(), false).expect("declare the reply queue");
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-message-ttl".into(), AmqpValue::LongInt(HOLD_MS));
+    arguments.insert("x-dead-letter-exchange".into(), AmqpValue::LongString(String::new()));
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AmqpValue::LongString(queue.name().to_string()),
+    );
+    admin
+        .channel()
+        .queue_declare(
+            hold.name(),
+            QueueDeclareOptions {
+                durable: true,
+                arguments,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .expect("declare the holding queue");
+    admin
+        .publish(hold.name(), b"30", wire::request_properties(replies.name(), "held"))
+        .expect("publish the held request");
+    let held_at = Instant::now();
+    let alarm = MemoryAlarm::raise(Ctl::from_env()).expect("raise the memory alarm");
+    let raised = held_at.elapsed();
+    let started = Instant::now();
+    let scraped = get(addr, "/metrics", HTTP_TIMEOUT);
+    let took = started.elapsed();
+    sc.check(scraped.is_ok() && took <= Duration::from_secs(1), || {
+        format!(
+            "a scrape during the alarm: {:?} after {took:?}",
+            scraped.as_ref().map(|r| r.0)
+        )
+    });
+    let blocked = testing::wait_until(
+        "/readyz 503 once the server is blocked",
+        Duration::from_secs(10),
+        || Ok(status("/readyz") == Ok(503)),
+    );
+    sc.check(raised < Duration::from_millis(HOLD_MS as u64), || {
+        format!("the alarm took {raised:?} to raise: the held request came before it")
+    });
+    sc.check(blocked.is_ok(), || {
+        format!(
+            "{}\n{}",
+            blocked.clone().err().unwrap_or_default(),
+            server.log_tail(5)
+        )
+    });
+    let blocked_scrape = scrape();
+    let gauge = sample(&blocked_scrape, "rpc_server_broker_blocking_publishers");
+    sc.check(gauge == Some(1.0), || {
+        format!("rpc_server_broker_blocking_publishers {gauge:?} while blocked")
+    });
+    sc.note(format!(
+        "memory alarm: a scrape took {:.3}s; /readyz {} once the server was blocked",
+        took.as_secs_f64(),
+        if blocked.is_ok() { "503" } else { "NOT 503" }
+    ));
+    drop(alarm);
+    let unblocked = testing::wait_until(
+        "/readyz 200 after the alarm",
+        Duration::from_secs(10),
+        || Ok(status("/readyz") == Ok(200)),
+    );
+    sc.check(unblocked.is_ok(), || unblocked.err().unwrap_or_default());
+    drop(admin);
+
+    // The broker application stopped and started again.
+    let mut app = BrokerApp::new(Ctl::from_env(), testing::broker());
+    let stopping = Instant::now();
+    let stopper = thread::spawn(move || {
+        let stopped = app.stop();
+        (app, stopped)
+    });
+    let not_ready = testing::wait_until("/readyz 503 after stop_app", 2 * HEARTBEAT, || {
+        Ok(status("/readyz") == Ok(503))
+    });
+    let noticed = stopping.elapsed();
+    sc.check(not_ready.is_ok(), || {
+        format!("{}\n{}", not_ready.clone().err().unwrap_or_default(), server.log_tail(5))
+    });
+    let (mut app, stopped) = stopper.join().expect("the stop_app thread");
+    stopped.unwrap_or_else(|e| panic!("{e}"));
+    sc.check(status("/healthz") == Ok(200), || {
+        format!("/healthz while reconnecting: {:?}", status("/healthz"))
+    });
+    app.start().unwrap_or_else(|e| panic!("{e}"));
+    let restarted = Instant::now();
+    let ready = testing::wait_until("/readyz 200 after start_app", Duration::from_secs(30), || {
+        Ok(status("/readyz") == Ok(200))
+    });
+    sc.check(ready.is_ok(), || {
+        format!("{}\n{}", ready.clone().err().unwrap_or_default(), server.log_tail(5))
+    });
+    let reconnects = sample(&scrape(), "rpc_server_reconnects_total").unwrap_or(0.0);
+    sc.check(reconnects >= 1.0, || format!("rpc_server_reconnects_total {reconnects}"));
+    sc.note(format!(
+        "stop_app: /readyz 503 {:.2}s after it began (bound {}s); 200 again {:.2}s after \
+         start_app; {reconnects} reconnect(s) counted",
+        noticed.as_secs_f64(),
+        (2 * HEARTBEAT).as_secs(),
+        restarted.elapsed().as_secs_f64()
+    ));
+    let stopped = server.stop(Duration::from_secs(10));
+    sc.check(stopped.is_ok(), || stopped.err().unwrap_or_default());
+}

@@ -1,0 +1,34 @@
+//! rpc-server's integration tests: one test binary (`--test it`), a module per area, one
+//! harness ([`common`]), compiled once.
+//!
+//! Run by default (`cargo test -p rpc-server`), against the test broker (`AMQP_URI`, default
+//! `amqp://guest:guest@127.0.0.1:5672`), each test on its own uuid-named queue that it deletes:
+//!
+//! - [`rpc`]: in-process servers (`rpc_server::run`/`serve`, Rust handlers) called through the
+//!   rpc-client library and raw AMQP;
+//! - [`binary`]: the `rpc-server` binary: starts, serves, logs, stops on SIGTERM, refuses bad
+//!   arguments;
+//! - [`command`]: `rpc-server -- CMD`, a command run per request, called by the library and
+//!   `rpc-client call`;
+//! - [`poison`]: requests that kill their server; acks held during a long request.
+//!
+//! Ignored, each one test run by a script against brokers of its own, selected by module path:
+//!
+//! - [`faults`]: the fault run (`cargo test --release -p rpc-server --test it faults:: --
+//!   --ignored`; `scripts/test.sh`'s last stage but one), which restarts its broker;
+//! - [`cluster`]: the cluster test (`cargo test --release -p rpc-server --test it cluster:: --
+//!   --ignored`; `scripts/cluster-test.sh`), on the local three-node cluster of
+//!   `scripts/cluster.sh`.
+//!
+//! One test: `cargo test -p rpc-server --test it skewed_clocks`; one area: `cargo test -p
+//! rpc-server --test it command::`.
+
+mod common;
+
+mod binary;
+mod command;
+mod poison;
+mod rpc;
+
+mod cluster;
+mod faults;
