@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// Process exit codes of `rpc-client`, defined once: `--help` prints [`exit_code::TABLE`] and a
-/// test checks that the README's table says the same.
+/// test checks that the table in `rpc-client/README.md` says the same.
 pub mod exit_code {
     /// Anything not covered below, e.g. a reply that is not a number.
     pub const OTHER: u8 = 1;
@@ -24,7 +24,7 @@ pub mod exit_code {
     /// it).
     pub const NO_ROUTE: u8 = 6;
 
-    /// Every exit code of `rpc-client` with its meaning (Markdown), as the README lists them.
+    /// Every exit code of `rpc-client` with its meaning (Markdown), as `rpc-client/README.md` lists them.
     pub const TABLE: &[(u8, &str)] = &[
         (0, "every call answered"),
         (OTHER, "other error, e.g. a reply that is not a number"),
@@ -53,7 +53,7 @@ pub mod exit_code {
         text
     }
 
-    /// `table` as the README's Markdown table.
+    /// `table` as the crate READMEs' Markdown table.
     pub fn markdown(table: &[(u8, &str)]) -> String {
         let mut text = String::from("| code | meaning |\n|---:|---|");
         for (code, meaning) in table {
@@ -295,11 +295,11 @@ mod tests {
 
     #[test]
     fn readme_lists_the_exit_codes() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../README.md");
         let table = exit_code::markdown(exit_code::TABLE);
         assert!(
             readme.contains(&table),
-            "README.md must hold this table, as written:\n{table}"
+            "rpc-client/README.md must hold this table, as written:\n{table}"
         );
     }
 

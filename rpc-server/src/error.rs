@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Process exit codes of `rpc-server`, defined once: `--help` prints [`exit_code::TABLE`] and a
-/// test checks that the README's table says the same.
+/// test checks that the table in `rpc-server/README.md` says the same.
 pub mod exit_code {
     /// The server gave up (see [`crate::Error`]).
     pub const FAILURE: u8 = 1;
@@ -17,7 +17,7 @@ pub mod exit_code {
     /// A second SIGINT/SIGTERM ended the server without its clean stop.
     pub const FORCED: u8 = 130;
 
-    /// Every exit code of `rpc-server` with its meaning (Markdown), as the README lists them.
+    /// Every exit code of `rpc-server` with its meaning (Markdown), as `rpc-server/README.md` lists them.
     pub const TABLE: &[(u8, &str)] = &[
         (0, "stopped cleanly after SIGINT or SIGTERM"),
         (
@@ -202,11 +202,11 @@ mod tests {
 
     #[test]
     fn readme_lists_the_exit_codes() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../README.md");
         let table = markdown(exit_code::TABLE);
         assert!(
             readme.contains(&table),
-            "README.md must hold this table, as written:\n{table}"
+            "rpc-server/README.md must hold this table, as written:\n{table}"
         );
     }
 }

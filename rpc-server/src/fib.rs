@@ -4,7 +4,7 @@
 //! O(log n) big multiplications instead of the tutorial's exponential recursion.
 //!
 //! Big integers come from `dashu-int`: of the permissively licensed crates it was the fastest
-//! in our measurements (see the README's benchmark section). The `gmp` feature computes with
+//! in our measurements (see `scripts/xtask/README.md`). The `gmp` feature computes with
 //! GMP through `rug` instead: 3-4x faster for huge n, but LGPL.
 
 #[cfg(not(feature = "gmp"))]

@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 /// languages declare it classic or quorum, and all of them share one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum QueueType {
-    /// A classic queue: durable, on one node; the fastest (see the README's measurements).
+    /// A classic queue: durable, on one node; the fastest (measured in `scripts/xtask/README.md`).
     #[default]
     Classic,
     /// A replicated quorum queue (always durable), as today's tutorials declare it.

@@ -45,8 +45,24 @@ pub fn init(level: LevelFilter, format: LogFormat, targets: &[(&str, LevelFilter
     crate::amqp::hide_passwords(&mut builder);
     match format {
         // Key-values are for JSON: text lines say what matters in their message.
-        LogFormat::Text => {
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
             builder.format_key_values(env_logger::fmt::hidden_kv_format);
+        }
+        // Not a terminal: the same line without styles, passed through as written (with
+        // its default style, env_logger would run every byte through an ANSI stripper).
+        LogFormat::Text => {
+            builder
+                .write_style(env_logger::WriteStyle::Always)
+                .format(|buf, record| {
+                    writeln!(
+                        buf,
+                        "[{} {:<5} {}] {}",
+                        buf.timestamp(),
+                        record.level(),
+                        record.target(),
+                        record.args()
+                    )
+                });
         }
         LogFormat::Json => {
             builder.format(|buf, record| {

@@ -10,7 +10,8 @@
 //!   arguments;
 //! - [`command`]: `rpc-server -- CMD`, a command run per request, called by the library and
 //!   `rpc-client call`;
-//! - [`poison`]: requests that kill their server; acks held during a long request.
+//! - [`poison`]: requests that kill their server; acks held during a long request;
+//! - [`stream`]: `rpc-server --protocol lines|json -- CMD`, a program kept per worker.
 //!
 //! Ignored, each one test run by a script against brokers of its own, selected by module path:
 //!
@@ -29,6 +30,7 @@ mod binary;
 mod command;
 mod poison;
 mod rpc;
+mod stream;
 
 mod cluster;
 mod faults;

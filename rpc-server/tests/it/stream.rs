@@ -3,10 +3,8 @@
 //! every test ends by checking in `/proc` that no process carrying it is left once its
 //! server has exited. Logs in `target/tmp/stream/`.
 
-mod common;
-
-use common::server::ServerProc;
-use common::{log_dir, rpc_client_bin};
+use crate::common::server::ServerProc;
+use crate::common::{log_dir, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
