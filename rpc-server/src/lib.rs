@@ -3,22 +3,20 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: [`serve`], the consume loop (reply, then ack; reconnect after a loss) with a
-//!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests); [`run`]
-//!   serves Fibonacci.
+//! Public modules (the rest is re-exported at the root where it is public):
+//!
 //! - [`handler`]: [`Handler`], what a server answers to one request; [`handler::Fibonacci`].
 //! - [`command`]: [`command::CommandHandler`], a command run per request (stdin = request,
-//!   stdout = reply), bounded in time and size.
+//!   stdout = reply), bounded in time and size: `command/mod.rs` (its options, the replies
+//!   to how a run ended), `program.rs` (finding the program, its environment), `process.rs`
+//!   (process groups in hand, killing, reaping, orphans, [`command::contain`],
+//!   [`command::end_all`]), `guardian.rs` ([`command::guard`]), `pipes.rs` (the `poll`
+//!   loop over stdin, stdout and stderr with its size and time bounds), `stderr.rs` (stderr
+//!   to the log).
 //! - [`stream`]: [`stream::StreamHandler`], a program kept running per worker
 //!   (`--protocol lines|json`), requests over its stdin and stdout.
-//! - [`workers`]: the threads that run the handler, N requests at once.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
-//! - [`queue`]: making sure the request queue exists, declared from the options if not.
-//! - [`ack`]: acking answered requests several at a time.
-//! - [`confirms`]: replies counted once the broker confirms them.
 //! - [`redelivery`]: the rule for requests that keep coming back.
-//! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with the
-//!   recovering client.
 //! - [`metrics`]: the Prometheus registry and readiness state ([`metrics::Metrics`]), and
 //!   the consume loop's one-call-per-event handle on it ([`metrics::Meter`]).
 //! - [`http`]: the `--metrics-addr` endpoint: `/metrics`, `/healthz`, `/readyz`.
@@ -26,28 +24,45 @@
 //! - [`error`]: [`Error`] and the exit codes of `rpc-server`.
 //! - [`cli`]: `rpc-server`'s command line and [`cli::run`] (signals, logging).
 //!
+//! Private modules:
+//!
+//! - `server`: [`serve`], the consume loop (reply, then ack; reconnect after a loss) with a
+//!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests); [`run`]
+//!   serves Fibonacci. `server/mod.rs` is the server across connections (connecting,
+//!   consuming, the clean stop, reconnecting); `session.rs` one connection's serving (admit
+//!   a request, reply, ack, confirms); `books.rs` its bookkeeping (requests in hand, acks
+//!   due, replies awaiting a confirm) and `rules.rs` its decisions, both without a broker
+//!   and unit-tested; `requeue.rs` re-queuing a request that came back.
+//! - `workers`: the threads that run the handler, N requests at once.
+//! - `queue`: making sure the request queue exists, declared from the options if not.
+//! - `ack`: acking answered requests several at a time.
+//! - `confirms`: replies counted once the broker confirms them.
+//! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with
+//!   the recovering client.
+//!
 //! The wire contract, broker options and connection code live in the `rpc-client` crate
 //! (`rpc_client::wire`, and `rpc_client::amqp` for broker options and connections), shared by
 //! both.
 #![deny(missing_docs)]
 
-pub mod ack;
+mod ack;
 pub mod cli;
 pub mod command;
-pub mod confirms;
+mod confirms;
 pub mod error;
 pub mod fib;
 pub mod handler;
 pub mod http;
 pub mod metrics;
 pub mod options;
-pub mod queue;
+mod queue;
 pub mod redelivery;
-pub mod server;
+mod server;
 pub mod stream;
-pub mod workers;
+mod workers;
 
+pub use command::{CommandHandler, CommandOptions};
 pub use error::Error;
 pub use handler::{Handler, Reply, Request};
 pub use options::{QueueType, ServerOptions};
-pub use server::{run, serve, Stats};
+pub use server::{run, serve, Stats, STOP_LIMIT};

@@ -4,7 +4,11 @@
 //! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
 //! the worker's thread during a request, as a run of `-- CMD` is.
 
-use crate::command::{self, InHand, StderrLog, COMMAND_LOG, HIDDEN_ENV};
+use crate::command::pipes::describe_status;
+use crate::command::process::{self, InHand};
+use crate::command::program::HIDDEN_ENV;
+use crate::command::stderr::StderrLog;
+use crate::command::{self, COMMAND_LOG};
 use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -82,7 +86,7 @@ impl Kept {
         ]) {
             command.env_remove(name);
         }
-        let (mut child, in_hand) = command::spawn_in_hand(&mut command)?;
+        let (mut child, in_hand) = process::spawn(&mut command)?;
         let pid = child.id();
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
@@ -334,7 +338,7 @@ impl Kept {
                 target: COMMAND_LOG,
                 "[{}] {} after {} request(s), its stdin closed ({dropped} bytes of output dropped)",
                 self.pid,
-                command::describe_status(status),
+                describe_status(status),
                 self.answered
             ),
             None => log::warn!(
@@ -350,7 +354,7 @@ impl Kept {
 impl Drop for Kept {
     fn drop(&mut self) {
         // A group's id is not reused while a member of it lives, reaped leader or not.
-        command::kill_group(self.pid);
+        process::kill_group(self.pid);
         let _ = self.child.kill();
         if let Err(err) = self.child.wait() {
             log::debug!("cannot reap a kept program: {err}");

@@ -26,7 +26,10 @@
 mod codec;
 mod kept;
 
-use crate::command::{self, CommandOptions, StderrLog, KILL_GRACE};
+use crate::command::pipes::describe_status;
+use crate::command::program::{find_program, quoted};
+use crate::command::stderr::StderrLog;
+use crate::command::{self, process, CommandOptions, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
@@ -157,12 +160,12 @@ impl StreamHandler {
                 "a StreamHandler serves --protocol lines or json".into(),
             ));
         }
-        let path = command::find_program(&options.command.program).map_err(Error::Config)?;
+        let path = find_program(&options.command.program).map_err(Error::Config)?;
         let shown = wire::printable(&options.command.program.to_string_lossy());
-        let mut command_line = command::quoted(&shown);
+        let mut command_line = quoted(&shown);
         for arg in &options.command.args {
             command_line.push(' ');
-            command_line.push_str(&command::quoted(&wire::printable(&arg.to_string_lossy())));
+            command_line.push_str(&quoted(&wire::printable(&arg.to_string_lossy())));
         }
         let slots = (0..options.processes.max(1))
             .rev()
@@ -271,7 +274,7 @@ impl StreamHandler {
                 Idle::Ready => return Ok(()),
                 Idle::Exited(status) => format!(
                     "exited while idle ({}) after {} request(s)",
-                    status.map_or_else(|| "stdout closed".into(), command::describe_status),
+                    status.map_or_else(|| "stdout closed".into(), describe_status),
                     kept.answered
                 ),
                 Idle::Unsolicited(bytes) => {
@@ -347,7 +350,7 @@ impl StreamHandler {
         let limit = codec::line_limit(self.options.protocol, limits.max_reply_bytes);
         let mut errors = StderrLog::new(kept.pid);
         let outcome = kept.exchange(frame, deadline, limit, &mut errors);
-        if command::ending() {
+        if process::ending() {
             // `end_all` killed the program: the process is exiting, and the request goes back
             // to the queue unanswered, as after any crash.
             loop {
@@ -360,8 +363,7 @@ impl StreamHandler {
         let line = match outcome {
             Outcome::Line(line) => line,
             Outcome::Exited(status) => {
-                let how =
-                    status.map_or_else(|| "closed its stdout".into(), command::describe_status);
+                let how = status.map_or_else(|| "closed its stdout".into(), describe_status);
                 let when = if kept.answered == 0 {
                     "before answering its first request"
                 } else {
