@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop test: our rpc-server / rpc-client against RabbitMQ tutorial-six peers written in
-# Python with pika (scripts/interop/), and with pika instrumented by OpenTelemetry (trace
-# context). Prepares the Python venv (target/py-venv) and runs the checks,
+# Python with pika (scripts/interop/), and with pika and amqplib (Node) instrumented by
+# OpenTelemetry (trace context). Prepares the Python venv (target/py-venv) and the Node
+# modules (target/node-peers), and runs the checks,
 # rpc-server/tests/stages/interop.rs (its documentation lists them: each way, per queue flavour,
 # Fibonacci and raw bodies, error replies, trace context, our server's queue declaration):
 #   cargo test --release -p rpc-server --test stages interop -- --ignored --nocapture --test-threads=1
@@ -15,4 +16,11 @@ set -euo pipefail
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 ensure_venv scripts/interop/requirements.txt scripts/interop/requirements-otel.txt
-INTEROP_PYTHON=$REPO_ROOT/$PY stage_tests interop
+# The amqplib peers (scripts/interop/node): Node.js and npm (Debian's if missing), then npm ci.
+command -v npm >/dev/null || apt_install nodejs npm || die "the amqplib peers need Node.js and npm"
+lock=scripts/interop/node/package-lock.json stamp=target/node-peers/installed.json
+if ! cmp -s "$lock" "$stamp"; then
+    mkdir -p target/node-peers && cp scripts/interop/node/package.json "$lock" target/node-peers/
+    npm ci --prefix target/node-peers --no-audit --no-fund --loglevel=error >&2 && cp "$lock" "$stamp"
+fi
+INTEROP_NODE_PATH=$REPO_ROOT/target/node-peers/node_modules INTEROP_PYTHON=$REPO_ROOT/$PY stage_tests interop

@@ -21,21 +21,14 @@ case "$#:${1:-}" in
 *) die "usage: $PROG [--quick]" ;;
 esac
 
-passed=0
-failed=0
-failed_stages=()
-skipped_stages=()
-# A stage returning $SKIP (77, from lib.sh) was skipped: counted neither passed nor failed.
+passed=0 failed=0 failed_stages=() skipped_stages=() # a stage exiting $SKIP (77) counts as neither
 
 # run_stage NAME FUNCTION: run FUNCTION in a subshell with errexit in force.
 run_stage() {
     local name=$1 rc=0 start=$SECONDS
     printf '\n%s: ===== %s\n' "$PROG" "$name"
     set +e
-    (
-        set -e
-        "$2"
-    )
+    (set -e && "$2")
     rc=$?
     set -e
     if ((rc == 0)); then
@@ -61,18 +54,10 @@ need_component() {
 }
 
 stage_build_deps() { ensure_build_deps; }
-
 stage_broker() { scripts/broker.sh; }
 
-stage_fmt() {
-    need_component rustfmt fmt
-    cargo fmt --all -- --check
-}
-
-stage_clippy() {
-    need_component clippy clippy
-    cargo clippy --workspace --all-targets -- -D warnings
-}
+stage_fmt() { need_component rustfmt fmt && cargo fmt --all -- --check; }
+stage_clippy() { need_component clippy clippy && cargo clippy --workspace --all-targets -- -D warnings; }
 
 stage_shellcheck() {
     if ! command -v shellcheck >/dev/null 2>&1; then

@@ -15,7 +15,8 @@
 //!
 //! Plus: a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
 //! last stderr line) as their raw client and our `call` (exit 5) see it; W3C trace context with
-//! pika instrumented by OpenTelemetry (`otel_peer.py`): one trace id end to end both ways; our
+//! pika and amqplib instrumented by OpenTelemetry (`otel_peer.py`, `node/otel_peer.js`, its
+//! modules from `INTEROP_NODE_PATH`): one trace id end to end both ways; our
 //! server's own declaration of a fresh queue is equivalent to a durable classic declaration
 //! (and with --transient, to the original tutorial's).
 //!
@@ -48,10 +49,42 @@ pub struct Run {
     python: String,
     peers: PathBuf,
     logs: PathBuf,
+    /// `node_modules` of the amqplib peers (`INTEROP_NODE_PATH`, default
+    /// `target/node-peers/node_modules`, where scripts/interop.sh installs them).
+    node_path: String,
+}
+
+/// An OpenTelemetry-instrumented peer: pika's (`otel_peer.py`) or amqplib's
+/// (`node/otel_peer.js`); both take the same arguments and check the same spans.
+#[derive(Clone, Copy)]
+enum Otel {
+    Pika,
+    Amqplib,
+}
+
+impl Otel {
+    fn name(self) -> &'static str {
+        match self {
+            Otel::Pika => "pika",
+            Otel::Amqplib => "amqplib",
+        }
+    }
 }
 
 impl Run {
     /// `scripts/interop/SCRIPT ARGS...` under the venv's Python.
+    fn otel(&self, peer: Otel, args: &[&str]) -> Command {
+        match peer {
+            Otel::Pika => self.py("otel_peer.py", args),
+            Otel::Amqplib => {
+                let mut command = Command::new("node");
+                command.arg(self.peers.join("node/otel_peer.js")).args(args);
+                command.env("NODE_PATH", &self.node_path);
+                command
+            }
+        }
+    }
+
     fn py(&self, script: &str, args: &[&str]) -> Command {
         let mut command = Command::new(&self.python);
         command.arg(self.peers.join(script)).args(args);
@@ -127,6 +160,13 @@ fn interop() {
         python: env_or("INTEROP_PYTHON", &default_python),
         peers: root.join("scripts/interop"),
         logs: fresh_log_dir("interop"),
+        node_path: env_or(
+            "INTEROP_NODE_PATH",
+            &root
+                .join("target/node-peers/node_modules")
+                .display()
+                .to_string(),
+        ),
     };
     let flavours = env_or("INTEROP_FLAVOURS", "classic durable quorum");
     let flavours: Vec<&str> = flavours.split_whitespace().collect();
@@ -142,8 +182,10 @@ fn interop() {
     }
     own_declaration(&run, &mut t, "durable", &[]);
     error_reply(&run, &mut t);
-    otel_their_client(&run, &mut t);
-    otel_their_server(&run, &mut t);
+    for peer in [Otel::Pika, Otel::Amqplib] {
+        otel_their_client(&run, &mut t, peer);
+        otel_their_server(&run, &mut t, peer);
+    }
     if flavours.contains(&"classic") {
         own_declaration(&run, &mut t, "classic", &["--transient"]);
     }
@@ -292,11 +334,16 @@ fn check_error(t: &mut Tally, name: &str, out: &Output, want: &str, server: &Bg)
 
 /// Their instrumented client -> our server: the peer checks its spans and the replies'
 /// traceparent; our server's log names the trace of both calls.
-fn otel_their_client(run: &Run, t: &mut Tally) {
+fn otel_their_client(run: &Run, t: &mut Tally, peer: Otel) {
     let guard = QueueGuard::new("interop-otel");
     let q = guard.name();
-    let o1 = "trace context: their instrumented client -> our server, one trace";
-    let mut server = match run.server(ours(&["--queue", q]), "otel-our-server", q) {
+    let o1 = format!(
+        "trace context: their instrumented client ({}) -> our server, one trace",
+        peer.name()
+    );
+    let o1 = o1.as_str();
+    let name = format!("otel-our-server-{}", peer.name());
+    let mut server = match run.server(ours(&["--queue", q]), &name, q) {
         Ok(server) => server,
         Err(why) => return not_ready(t, &[o1], &why),
     };
@@ -309,7 +356,7 @@ fn otel_their_client(run: &Run, t: &mut Tally) {
         "10",
         "30",
     ];
-    let out = proc::run(run.py("otel_peer.py", &args), b"", CLIENT_DEADLINE);
+    let out = proc::run(run.otel(peer, &args), b"", CLIENT_DEADLINE);
     let _ = server.stop(STOP);
     let tid = out.stderr.lines().find_map(|line| {
         let id = line.strip_prefix("trace ")?;
@@ -331,13 +378,18 @@ fn otel_their_client(run: &Run, t: &mut Tally) {
 
 /// Our client (TRACEPARENT) -> their instrumented server: one trace id in their spans, our
 /// reply's traceparent and `call --json`'s output.
-fn otel_their_server(run: &Run, t: &mut Tally) {
+fn otel_their_server(run: &Run, t: &mut Tally, peer: Otel) {
     let guard = QueueGuard::new("interop-otel-their");
     let q = guard.name();
-    let o2 = "trace context: our client (TRACEPARENT) -> their instrumented server, one trace";
+    let o2 = format!(
+        "trace context: our client (TRACEPARENT) -> their instrumented server ({}), one trace",
+        peer.name()
+    );
+    let o2 = o2.as_str();
     let parent = "0af7651916cd43dd8448eb211c80319c";
     let args = ["server", "--queue", q, "--count", "1"];
-    let mut server = match run.server(run.py("otel_peer.py", &args), "otel-their-server", q) {
+    let name = format!("otel-their-server-{}", peer.name());
+    let mut server = match run.server(run.otel(peer, &args), &name, q) {
         Ok(server) => server,
         Err(why) => return not_ready(t, &[o2], &why),
     };
