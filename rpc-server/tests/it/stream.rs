@@ -522,59 +522,6 @@ fn protocol_flags_are_checked() {
     assert_eq!(status.code(), Some(2), "{shown}");
 }
 
-/// `$RPC_INTEROP_PYTHON`, or the interop venv's (pika) that scripts/interop.sh makes.
-fn interop_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("RPC_INTEROP_PYTHON") {
-        return python.into();
-    }
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    target
-        .parent()
-        .map_or(target.clone(), PathBuf::from)
-        .join("py-venv/bin/python")
-}
-
-#[test]
-#[ignore = "needs pika: the interop venv (scripts/interop.sh makes target/py-venv)"]
-fn the_tutorials_pika_client_calls_a_lines_server() {
-    let python = interop_python();
-    let served = Served::start(
-        "stream-pika",
-        &["--protocol", "lines"],
-        &["python3", &example("upper_lines.py")],
-    );
-    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/rpc_client.py");
-    let broker = testing::broker();
-    let url = format!(
-        "amqp://{}:{}@{}:{}/{}",
-        broker.user,
-        broker.password,
-        broker.host,
-        broker.port,
-        if broker.vhost == "/" {
-            "%2F"
-        } else {
-            &broker.vhost
-        }
-    );
-    let out = Command::new(&python)
-        .arg(&client)
-        .args(["--raw", "--queue", served.queue.name(), "--timeout", "20"])
-        .args(["hello", "two words", "ünïcode"])
-        .env("AMQP_URI", &url)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
-    let shown = served.stop();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}\n{shown}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "HELLO\nTWO WORDS\nÜNÏCODE\n",
-        "{stderr}"
-    );
-    assert_eq!(shown.matches("started `").count(), 1, "{shown}");
-}
-
 /// `rpc-client call` against a `lines` server, as a user would from the shell.
 #[test]
 fn rpc_client_call_against_a_lines_server() {

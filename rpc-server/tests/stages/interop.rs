@@ -181,6 +181,7 @@ fn interop() {
         flavour(&run, &mut t, fl);
     }
     own_declaration(&run, &mut t, "durable", &[]);
+    lines_server(&run, &mut t);
     error_reply(&run, &mut t);
     for peer in [Otel::Pika, Otel::Amqplib] {
         otel_their_client(&run, &mut t, peer);
@@ -253,6 +254,44 @@ fn their_client_our_server(run: &Run, t: &mut Tally, fl: &str, q: &str) {
 }
 
 /// (c) their raw client -> our command server, and (d) our `call` -> it.
+/// Their client (raw) -> our server keeping a Python handler (`--protocol lines`, issue 20):
+/// `rpc-server/examples/stream/upper_lines.py`, started once for all three calls.
+fn lines_server(run: &Run, t: &mut Tally) {
+    let guard = QueueGuard::new("interop-lines");
+    let q = guard.name();
+    let l1 = "their client (raw) -> our server --protocol lines -- python3 upper_lines.py";
+    let l2 = "our lines server started its Python program once for the three calls";
+    let l3 = "our lines server exits 0 on SIGTERM";
+    let example = repo_root().join("rpc-server/examples/stream/upper_lines.py");
+    let example = example.display().to_string();
+    let command = ours(&[
+        "--queue",
+        q,
+        "--protocol",
+        "lines",
+        "--",
+        "python3",
+        &example,
+    ]);
+    let server = match run.server(command, "our-lines-server", q) {
+        Ok(server) => server,
+        Err(why) => return not_ready(t, &[l1, l2, l3], &why),
+    };
+    let bodies = ["hello", "two words", "ünïcode"];
+    let args = [
+        &["--raw", "--queue", q, "--timeout", CALL_TIMEOUT][..],
+        &bodies,
+    ]
+    .concat();
+    let expected = "HELLO\nTWO WORDS\nÜNÏCODE";
+    run.check(t, l1, expected, &server, run.py("rpc_client.py", &args));
+    let starts = server.stderr().matches("started `").count();
+    t.check(starts == 1, l2, || {
+        format!("  started {starts} times (want 1)\n{}", server.describe())
+    });
+    stops_clean(t, l3, server);
+}
+
 fn command_server(run: &Run, t: &mut Tally, fl: &str, q: &str) {
     let c1 = format!("{fl}: their client (raw) -> our server -- tr a-z A-Z");
     let c2 = format!("{fl}: their client (raw, direct reply-to) -> our server -- tr a-z A-Z");
