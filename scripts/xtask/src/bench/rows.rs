@@ -354,10 +354,24 @@ fn metrics(s: &Settings, depth: u64) -> Phase {
     }
 }
 
-/// The bench's Python handler (echoes each line), run kept and per request.
-fn echo_py() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../interop/echo_lines.py").to_string()
+/// The bench's Python handler (echoes each line), run kept and per request, by the venv's
+/// interpreter when there is one (`python3` may be a shim that costs more than Python's start).
+fn echo_py(more: &[&str]) -> Vec<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let venv = format!("{root}/target/py-venv/bin/python");
+    let python = if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let script = format!("{root}/scripts/interop/echo_lines.py");
+    let mut command = vec![python, script];
+    command.extend(more.iter().map(|a| a.to_string()));
+    command
 }
+
+/// CPU per request of the kept handler in the rows s with workers, in ms.
+const S_BURN_MS: &str = "2";
 
 /// A server of the rows s on `--prefetch prefetch` running `cmd` with `--protocol protocol`.
 fn stream_server(
@@ -418,7 +432,7 @@ fn stream_row(
 /// (`--protocol lines`) vs the built-in Fibonacci handler and vs the same handler started per
 /// request, and `cat` kept; at 8 in flight, the kept Python handler with 1, 2 and 4 workers.
 fn stream(s: &Settings, depth: u64) -> Phase {
-    let py = vec!["python3".to_string(), echo_py()];
+    let py = echo_py(&[]);
     let cat = vec!["cat".to_string()];
     let (mut servers, mut rows) = (Vec::new(), Vec::new());
     if depth == 1 {
@@ -465,9 +479,13 @@ fn stream(s: &Settings, depth: u64) -> Phase {
         ));
     } else {
         let calls = s.h_inflight_calls;
+        let burning = echo_py(&[S_BURN_MS]);
         for (name, workers) in [("py-w1", 1), ("py-w2", 2), ("py-w4", 4)] {
-            servers.push(stream_server(name, depth, workers, "lines", &py));
-            let how = format!(" `--workers {workers} --protocol lines -- python3 echo_lines.py`");
+            servers.push(stream_server(name, depth, workers, "lines", &burning));
+            let how = format!(
+                " `--workers {workers} --protocol lines -- python3 echo_lines.py {S_BURN_MS}` \
+                 ({S_BURN_MS} ms of CPU per request)"
+            );
             let id = format!("s{depth}-{name}");
             let against: &[&str] = if workers == 1 { &[] } else { &["s8-py-w1"] };
             rows.push(stream_row(

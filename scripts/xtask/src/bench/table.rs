@@ -280,7 +280,8 @@ fn header(r: &Results, s: &Settings) -> String {
         out.push_str(
             "- rows s: a program kept per worker (`--protocol lines`): scripts/interop/echo_lines.py \
              (echoes each line, so the reply is `30`) kept vs started per request, `cat` kept, and \
-             the kept handler with 1, 2 and 4 workers\n",
+             the kept handler spending 2 ms of CPU per request with 1, 2 and 4 workers (2 cores \
+             here: one each for two workers)\n",
         );
     }
     if s.only != GROUPS {
