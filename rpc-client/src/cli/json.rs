@@ -1,5 +1,5 @@
-//! The little JSON `rpc-client call --json` writes: strings escaped ([`push_string`]) and bytes in
-//! base64 ([`base64`], RFC 4648 with padding).
+//! The little JSON `rpc-client call --json` writes: strings escaped ([`push_string`]); bytes go
+//! in base64 ([`crate::base64`]).
 
 use crate::text::is_bidi;
 
@@ -26,27 +26,6 @@ pub fn push_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// `bytes` in base64 (RFC 4648, section 4: the standard alphabet, with `=` padding).
-pub fn base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(BASE64[((n >> shift) & 0x3f) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -79,32 +58,5 @@ mod tests {
             assert!(quoted.starts_with("\"\\"), "{c:?}: {quoted}");
             assert!(quoted.chars().all(|q| !q.is_control()), "{c:?}: {quoted}");
         }
-    }
-
-    #[test]
-    fn base64_test_vectors_of_rfc_4648() {
-        let vectors = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in vectors {
-            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
-        }
-    }
-
-    #[test]
-    fn base64_of_every_byte() {
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
-        let all: Vec<u8> = (0..=255).collect();
-        let encoded = base64(&all);
-        assert_eq!(encoded.len(), 344);
-        assert!(encoded.starts_with("AAECAwQFBgcICQoL"), "{encoded}");
-        assert!(encoded.ends_with("+/w=="), "{encoded}");
     }
 }

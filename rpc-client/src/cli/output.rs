@@ -162,7 +162,7 @@ pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) 
             }
             Err(_) => {
                 line.push('"');
-                line.push_str(&json::base64(&reply.body));
+                line.push_str(&crate::base64::encode(&reply.body));
                 line.push_str("\", \"encoding\": \"base64\"");
             }
         }

@@ -83,7 +83,7 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
         Ok(text) => object.insert("body".into(), Value::String(text.into())),
         Err(_) => object.insert(
             "body_base64".into(),
-            Value::String(base64_encode(request.body)),
+            Value::String(rpc_client::base64::encode(request.body)),
         ),
     };
     let properties = request.properties;
@@ -160,7 +160,7 @@ pub(crate) fn decode(
     }
     let body = match (text("body")?, text("body_base64")?) {
         (Some(body), None) => body.as_bytes().to_vec(),
-        (None, Some(encoded)) => base64_decode(encoded)
+        (None, Some(encoded)) => rpc_client::base64::decode(encoded)
             .ok_or_else(|| Bad::Protocol("a reply whose \"body_base64\" is not base64".into()))?,
         (Some(_), Some(_)) => {
             return Err(Bad::Protocol(
@@ -180,54 +180,6 @@ pub(crate) fn decode(
         body,
         content_type: text("content_type")?.map(str::to_string),
     })
-}
-
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// `bytes` in base64 (RFC 4648 section 4, with `=` padding).
-fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> shift & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The bytes of base64 `text` (RFC 4648 section 4, padded), or `None` if it is not that.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.as_bytes();
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |c: u8| ALPHABET.iter().position(|a| *a == c).map(|v| v as u32);
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let quads = text.len() / 4;
-    for (index, quad) in text.chunks(4).enumerate() {
-        let padding = quad.iter().rev().take_while(|c| **c == b'=').count();
-        if padding > 2 || (padding > 0 && index + 1 != quads) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &quad[..4 - padding] {
-            n = n << 6 | value(c)?;
-        }
-        n <<= 6 * padding as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - padding]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -331,27 +283,6 @@ mod tests {
             r#"{"id":"3","body_base64":"a"}"#,
         ] {
             assert!(matches!(decode(bad), Err(Bad::Protocol(_))), "{bad}");
-        }
-    }
-
-    #[test]
-    fn base64_both_ways() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_encode(plain.as_bytes()), encoded);
-            assert_eq!(base64_decode(encoded).as_deref(), Some(plain.as_bytes()));
-        }
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64_decode(&base64_encode(&all)), Some(all));
-        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9v!A==", "===="] {
-            assert_eq!(base64_decode(bad), None, "{bad}");
         }
     }
 }
