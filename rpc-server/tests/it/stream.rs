@@ -4,7 +4,7 @@
 //! server has exited. Logs in `target/tmp/stream/`.
 
 use crate::common::server::ServerProc;
-use crate::common::{log_dir, rpc_client_bin};
+use crate::common::{log_dir, marker, rpc_client_bin};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
@@ -28,32 +28,9 @@ fn example(name: &str) -> String {
     path.display().to_string()
 }
 
-/// Digits no other process has in its arguments (a program's `$0`: `sleep 3600.$0`).
-fn marker() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{}{nanos:09}", std::process::id())
-}
-
 /// The processes of this host (not `except`) with `marker` in their arguments, "PID: ARGS".
 fn marked(marker: &str, except: u32) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|byte| *byte == 0)
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
-            (pid != except && args.iter().any(|arg| arg.contains(marker)))
-                .then(|| format!("{pid}: {}", args.join(" ")))
-        })
-        .collect()
+    crate::common::marked(marker, |pid, _| pid != except)
 }
 
 /// A server of a kept program on its own queue, consuming.

@@ -3,40 +3,20 @@
 //! processes its commands start and looks for them in `/proc`.
 
 use super::{text, Served};
+use crate::common::marker;
 use rpc_client::testing;
 use rpc_client::RpcRequest;
 use std::ops::ControlFlow;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A number no other process has in its arguments: the tests below run `sleep 360N.<marker>`
-/// (seconds `sleep` takes) and look for it in `/proc`.
-fn marker() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{}{nanos:09}", std::process::id())
-}
-
-/// The `sleep` processes of this host with `marker` in their arguments, as "PID: ARGS".
+/// The `sleep` processes of this host with `marker` in their arguments (the tests below run
+/// `sleep 360N.<marker>`), as "PID: ARGS".
 fn marked(marker: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|byte| *byte == 0)
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
-            let sleep = args.first()?.ends_with("sleep");
-            (sleep && args.iter().any(|arg| arg.contains(marker)))
-                .then(|| format!("{pid}: {}", args.join(" ")))
-        })
-        .collect()
+    crate::common::marked(marker, |_, args| {
+        args.first()
+            .is_some_and(|program| program.ends_with("sleep"))
+    })
 }
 
 /// Waits up to `within` until `count` processes carry `marker`; panics with `shown` if not.

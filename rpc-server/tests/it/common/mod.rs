@@ -79,3 +79,33 @@ pub fn rpc_client_bin() -> PathBuf {
     }
     client
 }
+
+/// Digits no other process has in its arguments, to mark the processes a test's commands start
+/// (`sleep 3600.<marker>`, a program's `$0`) and find them in `/proc` ([`marked`]).
+pub fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}{nanos:09}", std::process::id())
+}
+
+/// The processes of this host with `marker` in their arguments and for which `keep(pid, args)`
+/// holds, as "PID: ARGS".
+pub fn marked(marker: &str, keep: impl Fn(u32, &[String]) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|byte| *byte == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            (args.iter().any(|arg| arg.contains(marker)) && keep(pid, &args))
+                .then(|| format!("{pid}: {}", args.join(" ")))
+        })
+        .collect()
+}
