@@ -17,14 +17,10 @@ pub(crate) const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASS
 /// Environment values from a request longer than this are not passed on.
 const MAX_ENV_VALUE: usize = 4096;
 
-/// The command line to run `program` (found at `path`) with `args` for `request`: its pipes,
-/// and the server's environment without the credentials, with the request's values.
-pub(super) fn command(
-    path: &Path,
-    program: &OsStr,
-    args: &[OsString],
-    request: &Request<'_>,
-) -> std::process::Command {
+/// `program` (found at `path`, argv\[0\] as typed) with `args`: stdin, stdout and stderr piped,
+/// in a process group of its own, with the server's environment less [`HIDDEN_ENV`]. What
+/// `-- CMD` runs per request, and what `--protocol lines|json` keeps.
+pub(crate) fn piped(path: &Path, program: &OsStr, args: &[OsString]) -> std::process::Command {
     let mut command = std::process::Command::new(path);
     command
         .arg0(program)
@@ -36,6 +32,18 @@ pub(super) fn command(
     for name in HIDDEN_ENV {
         command.env_remove(name);
     }
+    command
+}
+
+/// The command line to run `program` (found at `path`) with `args` for `request`: its pipes,
+/// and the server's environment without the credentials, with the request's values.
+pub(super) fn command(
+    path: &Path,
+    program: &OsStr,
+    args: &[OsString],
+    request: &Request<'_>,
+) -> std::process::Command {
+    let mut command = piped(path, program, args);
     let properties = request.properties;
     let traceparent = request.trace.traceparent();
     let values = [

@@ -6,7 +6,7 @@
 
 use crate::command::pipes::describe_status;
 use crate::command::process::{self, InHand};
-use crate::command::program::HIDDEN_ENV;
+use crate::command::program;
 use crate::command::stderr::StderrLog;
 use crate::command::{self, COMMAND_LOG};
 use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
@@ -16,9 +16,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// How one request to a kept program ended.
@@ -70,20 +69,13 @@ impl Kept {
     /// server's environment less the broker credentials and the per-request variables of
     /// `-- CMD`.
     pub(crate) fn start(path: &Path, program: &OsString, args: &[OsString]) -> io::Result<Kept> {
-        let mut command = std::process::Command::new(path);
-        command
-            .arg0(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for name in HIDDEN_ENV.iter().chain(&[
+        let mut command = program::piped(path, program, args);
+        for name in [
             ENV_CORRELATION_ID,
             ENV_CONTENT_TYPE,
             ENV_TRACEPARENT,
             ENV_TRACESTATE,
-        ]) {
+        ] {
             command.env_remove(name);
         }
         let (mut child, in_hand) = process::spawn(&mut command)?;
