@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full check (CI runs it: .ci/run): build dependencies, broker, fmt, clippy, shellcheck,
-# unit/integration tests, release build, end-to-end run of the scripts, interop with Python
+# unit/integration tests (in release: the broker stage's build), end-to-end run of the scripts, interop with Python
 # peers, TLS, cluster, a quick benchmark, and last the fault run on a throwaway node (the broker
 # on 5672 is never restarted).
 #   scripts/test.sh           everything, about 12-14 minutes
@@ -71,7 +71,7 @@ stage_shellcheck() {
     shellcheck -x "${files[@]}"
 }
 
-stage_test() { cargo test --workspace; }
+stage_test() { if ((quick)); then cargo test --workspace; else cargo test --workspace --release; fi; }
 
 stage_build() { cargo build --release; }
 
@@ -122,7 +122,7 @@ stage_rabbitmq4() {
     AMQP_URI=$(scripts/rabbitmq4.sh uri)
     RABBITMQCTL="$REPO_ROOT/scripts/rabbitmq4.sh ctl"
     export AMQP_URI RABBITMQCTL
-    cargo test --workspace
+    cargo test --workspace --release
     stage_e2e
     # The original tutorial's transient classic queue is what 4.3 denies.
     INTEROP_FLAVOURS="durable quorum" scripts/interop.sh
