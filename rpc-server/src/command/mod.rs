@@ -250,6 +250,21 @@ impl CommandHandler {
     }
 }
 
+/// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
+/// content type, or the refusal, which is logged.
+pub(crate) fn reply(outcome: Result<(Vec<u8>, Option<String>), Reply>) -> Reply {
+    match outcome {
+        Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),
+        Err(refusal) => {
+            log::warn!(
+                "refusing request: {}",
+                String::from_utf8_lossy(&refusal.body)
+            );
+            refusal
+        }
+    }
+}
+
 /// Serves the pipes of `child` (see [`Run::wait`]) with `body` for its stdin, within `limits`
 /// and until `deadline`: how it ended, its stdout and its stderr (to finish). `Err` if
 /// the pipes cannot be served (the command is killed and reaped then). Never returns once
@@ -282,16 +297,7 @@ impl Handler for CommandHandler {
             .reply_content_type
             .clone()
             .or_else(|| request.properties.content_type().clone());
-        match self.run(request) {
-            Ok(body) => Reply::answer(body).with_content_type(content_type),
-            Err(refusal) => {
-                log::warn!(
-                    "refusing request: {}",
-                    String::from_utf8_lossy(&refusal.body)
-                );
-                refusal
-            }
-        }
+        reply(self.run(request).map(|body| (body, content_type)))
     }
 
     fn time_limit(&self) -> Option<Duration> {

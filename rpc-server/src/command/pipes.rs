@@ -183,7 +183,7 @@ impl<'a> Run<'a> {
             }
         }
         if ready.stderr {
-            self.read_stderr();
+            self.errors.drain(&mut self.stderr);
         }
         Ok(())
     }
@@ -287,24 +287,6 @@ impl<'a> Run<'a> {
                 Err(err) => return Err(err),
             }
         }
-    }
-
-    /// Reads what stderr holds into the log.
-    fn read_stderr(&mut self) {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return;
-        };
-        let mut chunk = [0u8; 8192];
-        loop {
-            match stderr.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(read) => self.errors.feed(&chunk[..read]),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.stderr = None;
     }
 
     /// Kills the command's group and reaps the command; `why` is how the run ended.

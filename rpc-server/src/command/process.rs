@@ -11,10 +11,11 @@
 use super::guardian;
 use crate::error::Error;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long [`end_orphans`] keeps killing what each killed process leaves behind.
@@ -135,7 +136,7 @@ pub fn end_orphans() {
     }
     // An orphan is given to the subreaper's first live thread: the main thread, which lives
     // as long as the process.
-    let main = nix::unistd::getpid();
+    let main = main_thread();
     // Without the lock first: it waits for any spawn in progress on another worker (about a
     // millisecond), and there is nearly never an orphan. A child not known yet may be one
     // being spawned: the lock tells.
@@ -231,6 +232,39 @@ fn end_children(thread: Option<nix::unistd::Pid>, spare_in_hand: bool, deadline:
     }
 }
 
+/// This process's main thread (its id is the process's).
+fn main_thread() -> nix::unistd::Pid {
+    static MAIN: OnceLock<nix::unistd::Pid> = OnceLock::new();
+    *MAIN.get_or_init(nix::unistd::getpid)
+}
+
+/// The children of the main thread, from its `/proc/self/task/TID/children` kept open: read
+/// again from its start, it lists them anew (one `pread` when there are none, where opening it
+/// each time took five system calls after each request). `None` if it cannot be read.
+fn main_children() -> Option<Vec<u32>> {
+    static FILE: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    let file = FILE
+        .get_or_init(|| {
+            std::fs::File::open(format!("/proc/self/task/{}/children", main_thread())).ok()
+        })
+        .as_ref()?;
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let offset = u64::try_from(text.len()).ok()?;
+        match file.read_at(&mut chunk, offset).ok()? {
+            0 => break,
+            read => text.extend_from_slice(chunk.get(..read)?),
+        }
+    }
+    Some(
+        String::from_utf8_lossy(&text)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+    )
+}
+
 /// The children of thread `thread` of this process (of all its threads if `None`), from
 /// `/proc/self/task/TID/children`, or from a scan of `/proc` where the kernel does not list
 /// them.
@@ -244,6 +278,7 @@ fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
         )
     };
     let found = match thread {
+        Some(tid) if tid == main_thread() => main_children(),
         Some(tid) => listed(&tid.to_string()),
         None => std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
             let mut all = Vec::new();

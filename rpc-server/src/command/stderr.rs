@@ -3,6 +3,8 @@
 
 use super::COMMAND_LOG;
 use rpc_client::wire;
+use std::io::{self, Read};
+use std::process::ChildStderr;
 
 /// stderr lines logged per request; the rest are counted.
 const LOGGED_STDERR_LINES: usize = 20;
@@ -39,6 +41,25 @@ impl StderrLog {
                 self.line.push(byte);
             }
         }
+    }
+
+    /// Reads what the non-blocking `pipe` holds into the log; once it is closed (or cannot be
+    /// read), drops it (`None`).
+    pub(crate) fn drain(&mut self, pipe: &mut Option<ChildStderr>) {
+        let Some(stderr) = pipe.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => self.feed(&chunk[..read]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        *pipe = None;
     }
 
     fn end_line(&mut self) {

@@ -2,7 +2,10 @@
 //! in hand for the server's subreaper and guardian (see `crate::command::contain`) for as
 //! long as it lives; requests go to its stdin a line at a time and the next line on its
 //! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
-//! the worker's thread during a request, as a run of `-- CMD` is.
+//! the worker's thread during a request, as a run of `-- CMD` is; a request costs four system
+//! calls when all goes well: a read that finds nothing unsolicited on its stdout and a
+//! `waitpid` that finds it alive (between requests), the write of the request straight to its
+//! stdin, and a `poll` that waits for the answer before the read that takes it.
 
 use crate::command::pipes::describe_status;
 use crate::command::process::{self, InHand};
@@ -37,6 +40,9 @@ pub(crate) enum Outcome {
     Lost(io::Error),
 }
 
+/// Bytes one read of a program's stdout takes at most.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// What a kept program did between two requests.
 #[derive(Debug)]
 pub(crate) enum Idle {
@@ -58,6 +64,9 @@ pub(crate) struct Kept {
     stderr: Option<ChildStderr>,
     /// Read from stdout, not yet taken as an answer.
     pending: Vec<u8>,
+    /// What a read of its stdout goes into first (allocated once: a buffer on the stack would
+    /// be zeroed for each read).
+    buffer: Box<[u8]>,
     /// Requests it answered.
     pub(crate) answered: u64,
     /// Until dropped (after the reap), it is a command in hand.
@@ -89,6 +98,7 @@ impl Kept {
             stdout,
             stderr,
             pending: Vec::new(),
+            buffer: vec![0; READ_CHUNK].into_boxed_slice(),
             answered: 0,
             _in_hand: in_hand,
         };
@@ -124,7 +134,9 @@ impl Kept {
     }
 
     /// Writes `frame` to its stdin and reads its stdout until a whole line (at most `limit`
-    /// bytes with its `\n`), its exit, or `deadline`; its stderr goes to `errors`.
+    /// bytes with its `\n`), its exit, or `deadline`; its stderr goes to `errors`. The frame
+    /// is written at once, without a `poll`: the pipe is empty between requests (it holds 64
+    /// KiB), so only a larger frame, or a program slow to read, waits for room.
     pub(crate) fn exchange(
         &mut self,
         frame: &[u8],
@@ -132,7 +144,7 @@ impl Kept {
         limit: usize,
         errors: &mut StderrLog,
     ) -> Outcome {
-        let mut written = 0;
+        let mut written = self.write_stdin(frame);
         let mut scanned = 0;
         // How long to wait before looking for an exit that closed no pipe (a child of the
         // program may hold them): soon at first, then every 50 ms at most.
@@ -143,7 +155,9 @@ impl Kept {
                 if written < frame.len() {
                     return Outcome::Early;
                 }
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                // Usually the whole of `pending`: taken without a copy.
+                let rest = self.pending.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.pending, rest);
                 line.pop();
                 return Outcome::Line(line);
             }
@@ -174,7 +188,7 @@ impl Kept {
                 written += self.write_stdin(frame.get(written..).unwrap_or_default());
             }
             if ready[2] {
-                self.read_stderr(errors);
+                errors.drain(&mut self.stderr);
             }
             if ready[1] {
                 if let Err(err) = self.read_stdout(limit.saturating_add(1)) {
@@ -206,7 +220,7 @@ impl Kept {
                 if let Ok([_, _, true]) =
                     poll3([None, None, self.stderr.as_ref().map(AsFd::as_fd)], wait)
                 {
-                    self.read_stderr(errors);
+                    errors.drain(&mut self.stderr);
                 }
             }
             match self.child.try_wait() {
@@ -245,44 +259,32 @@ impl Kept {
         }
     }
 
-    /// Reads what its stdout holds into `pending`, stopping once that is over `limit` bytes;
-    /// `true` when stdout is closed.
+    /// Reads what its stdout holds into `pending`, until a read leaves the pipe empty (one
+    /// shorter than [`READ_CHUNK`]: no read that finds nothing) or `pending` is over `limit`
+    /// bytes; `true` when stdout is closed.
     fn read_stdout(&mut self, limit: usize) -> io::Result<bool> {
         let Some(stdout) = self.stdout.as_mut() else {
             return Ok(true);
         };
-        let mut chunk = [0u8; 64 * 1024];
         while self.pending.len() <= limit {
-            match stdout.read(&mut chunk) {
+            match stdout.read(&mut self.buffer) {
                 Ok(0) => {
                     self.stdout = None;
                     return Ok(true);
                 }
-                Ok(read) => self.pending.extend_from_slice(&chunk[..read]),
+                Ok(read) => {
+                    self.pending
+                        .extend_from_slice(self.buffer.get(..read).unwrap_or_default());
+                    if read < self.buffer.len() {
+                        return Ok(false);
+                    }
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
             }
         }
         Ok(false)
-    }
-
-    /// Reads what its stderr holds into `errors` (the log).
-    fn read_stderr(&mut self, errors: &mut StderrLog) {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return;
-        };
-        let mut chunk = [0u8; 8192];
-        loop {
-            match stderr.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(read) => errors.feed(&chunk[..read]),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.stderr = None;
     }
 
     /// Closes its stdin and waits until `deadline` for it to exit (its stdout is read and
@@ -321,7 +323,7 @@ impl Kept {
                 self.pending.clear();
             }
             if ready[2] {
-                self.read_stderr(&mut errors);
+                errors.drain(&mut self.stderr);
             }
         };
         errors.finish();

@@ -116,7 +116,7 @@ pub struct StreamHandler {
     shown: String,
     command_line: String,
     /// The free slots; a request takes one and gives it back.
-    slots: Mutex<Vec<Slot>>,
+    slots: Mutex<Free>,
     free: Condvar,
     /// Programs being retired in the background.
     retiring: Mutex<Vec<JoinHandle<()>>>,
@@ -132,6 +132,13 @@ impl std::fmt::Debug for StreamHandler {
     }
 }
 
+/// The free slots, and how many requests wait for one (only then is a slot given back
+/// signalled: a `notify_one` is a system call even when nobody waits).
+struct Free {
+    slots: Vec<Slot>,
+    waiting: usize,
+}
+
 /// A slot taken by one request, given back when dropped.
 struct Taken<'a> {
     handler: &'a StreamHandler,
@@ -141,8 +148,13 @@ struct Taken<'a> {
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            lock(&self.handler.slots).push(slot);
-            self.handler.free.notify_one();
+            let mut free = lock(&self.handler.slots);
+            free.slots.push(slot);
+            let waiting = free.waiting > 0;
+            drop(free);
+            if waiting {
+                self.handler.free.notify_one();
+            }
         }
     }
 }
@@ -180,7 +192,7 @@ impl StreamHandler {
             path,
             shown,
             command_line,
-            slots: Mutex::new(slots),
+            slots: Mutex::new(Free { slots, waiting: 0 }),
             free: Condvar::new(),
             retiring: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
@@ -196,9 +208,9 @@ impl StreamHandler {
 
     /// A free slot, waiting for one until `deadline`.
     fn take(&self, deadline: Instant) -> Option<Taken<'_>> {
-        let mut slots = lock(&self.slots);
+        let mut free = lock(&self.slots);
         loop {
-            if let Some(slot) = slots.pop() {
+            if let Some(slot) = free.slots.pop() {
                 return Some(Taken {
                     handler: self,
                     slot: Some(slot),
@@ -208,11 +220,13 @@ impl StreamHandler {
             if now >= deadline {
                 return None;
             }
-            slots = self
+            free.waiting += 1;
+            free = self
                 .free
-                .wait_timeout(slots, deadline - now)
+                .wait_timeout(free, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            free.waiting -= 1;
         }
     }
 
@@ -476,16 +490,7 @@ impl StreamHandler {
 
 impl Handler for StreamHandler {
     fn handle(&self, request: &Request<'_>) -> Reply {
-        match self.serve(request) {
-            Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),
-            Err(refusal) => {
-                log::warn!(
-                    "refusing request: {}",
-                    String::from_utf8_lossy(&refusal.body)
-                );
-                refusal
-            }
-        }
+        command::reply(self.serve(request))
     }
 
     fn time_limit(&self) -> Option<Duration> {
@@ -507,6 +512,7 @@ impl Handler for StreamHandler {
     fn close(&self, within: Duration) {
         let deadline = Instant::now() + within;
         let kept: Vec<Kept> = lock(&self.slots)
+            .slots
             .iter_mut()
             .filter_map(|slot| slot.kept.take())
             .collect();
