@@ -4,7 +4,7 @@
 //! Library users match on [`Error`]; the binary maps it to a process exit code with
 //! [`Error::exit_code`] so scripts can tell "no broker" from "no answer" from "bad request".
 
-use crate::amqp::{connection_gone, each_broker, ConnectFailure, LinkError};
+use crate::amqp::{connection_gone, each_broker, LinkError};
 use std::fmt;
 use std::time::Duration;
 
@@ -235,15 +235,16 @@ impl From<LinkError> for Error {
     /// [`Error::ConnectionLost`], closes by the broker and other AMQP failures as
     /// [`Error::Amqp`]; no broker at all is [`Error::Config`]. The messages stay the same.
     fn from(err: LinkError) -> Self {
+        let refused = err.is_refusal();
         match err {
             LinkError::Connect { uri, failure } => Error::Connect {
                 uri,
-                refused: failure.is_refusal(),
+                refused,
                 reason: failure.to_string(),
             },
             LinkError::AllBrokers(failures) => Error::Connect {
                 uri: format!("any of {} brokers", failures.len()),
-                refused: failures.iter().all(|(_, f)| ConnectFailure::is_refusal(f)),
+                refused,
                 reason: each_broker(&failures),
             },
             LinkError::NoBroker => Error::Config(LinkError::NoBroker.to_string()),
