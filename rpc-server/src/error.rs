@@ -200,8 +200,72 @@ impl From<amiquip::Error> for Error {
 
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{exit_code, Error};
+    use rpc_client::amqp::{ConnectFailure, LinkError};
     use rpc_client::exit_code::markdown;
+
+    fn channel_closed(code: u16, message: &str) -> LinkError {
+        LinkError::ChannelClosed {
+            channel: 1,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// What the server decides from the AMQP layer's errors: refusals (not retried), consumer
+    /// timeouts, closed channels; and their messages.
+    #[test]
+    fn link_errors_are_read_for_refusals_and_consumer_timeouts() {
+        let login = Error::from(LinkError::Connect {
+            uri: "amqp://guest:****@h:5672/%2F".into(),
+            failure: Box::new(ConnectFailure::LoginRefused("guest".into())),
+        });
+        assert_eq!(
+            login.refusal().as_deref(),
+            Some("check the user name, password and virtual host")
+        );
+        assert!(!login.channel_closed());
+
+        let denied = Error::from(channel_closed(403, "ACCESS_REFUSED - no access"))
+            .context("cannot set the prefetch");
+        assert!(denied
+            .refusal()
+            .is_some_and(|hint| hint.starts_with("access refused")));
+        assert!(denied.channel_closed() && denied.consumer_timeout().is_none());
+        assert_eq!(
+            denied.to_string(),
+            "cannot set the prefetch: AMQP error: server closed channel 1 (code=403, \
+             message=ACCESS_REFUSED - no access)"
+        );
+
+        let transient = Error::from(LinkError::ConnectionClosed {
+            code: 541,
+            message: "INTERNAL_ERROR - feature transient_nonexcl_queues is deprecated".into(),
+        });
+        assert!(transient
+            .refusal()
+            .is_some_and(|hint| hint.contains("run without --transient")));
+        assert!(!transient.channel_closed());
+
+        let acks = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out\r\n";
+        let timeout = Error::broker("cannot ack")(amiquip::Error::ServerClosedChannel {
+            channel_id: 1,
+            code: 406,
+            message: acks.into(),
+        });
+        assert_eq!(
+            timeout.consumer_timeout().as_deref(),
+            Some("406 PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out??")
+        );
+        assert!(timeout.channel_closed() && timeout.refusal().is_none());
+
+        let lost = Error::from(amiquip::Error::UnexpectedSocketClose);
+        assert!(lost.refusal().is_none() && !lost.channel_closed());
+        assert!(matches!(
+            Error::from(LinkError::NoBroker),
+            Error::Config(why) if why == "no broker to connect to"
+        ));
+    }
 
     #[test]
     fn readme_lists_the_exit_codes() {
