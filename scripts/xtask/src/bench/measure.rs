@@ -145,15 +145,10 @@ impl Bench {
                 confirm,
             } => {
                 let mut cargo = super::cargo();
-                cargo.args([
-                    "bench",
-                    "-q",
-                    "-p",
-                    "rpc-client",
-                    "--features",
-                    "test-support",
-                ]);
-                cargo.args(["--bench", "echo_floor", "--", "--calls", &calls.to_string()]);
+                cargo
+                    .args(super::WORKSPACE_BENCH)
+                    .args(["-q", "--bench", "echo_floor"]);
+                cargo.args(["--", "--calls", &calls.to_string()]);
                 cargo.args(["--in-flight", &in_flight.to_string()]);
                 cargo.args(["--prefetch", &prefetch.to_string()]);
                 cargo.args(confirm.then_some("--confirm"));
@@ -288,9 +283,7 @@ impl Bench {
             let ns = ns.clone();
             move |_: &Bench| {
                 let mut cargo = super::cargo();
-                cargo
-                    .args(["bench", "-q", "-p", "rpc-server"])
-                    .args(features);
+                cargo.args(super::WORKSPACE_BENCH).arg("-q").args(features);
                 cargo.args(["--bench", "fib", "--"]).args(&ns);
                 cargo
             }
@@ -298,7 +291,7 @@ impl Bench {
         let mut runs: Vec<(&str, MakeCommand)> = vec![("ours", Box::new(ours(&[])))];
         // The optional GMP build (LGPL; off by default). Its first build compiles GMP (minutes).
         if !self.settings.quick {
-            runs.push(("gmp", Box::new(ours(&["--features", "gmp"]))));
+            runs.push(("gmp", Box::new(ours(&["--features", "rpc-server/gmp"]))));
         }
         let (python, peer) = (self.python.clone(), format!("{PEERS}/fib_gmpy2.py"));
         let gmpy2 = move |_: &Bench| {
