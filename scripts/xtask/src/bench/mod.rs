@@ -2,7 +2,7 @@
 //! table (also saved to target/bench/bench.md), each row with its ratio to an anchor row:
 //!
 //! - (a) echo floor: `cargo bench --bench echo_floor` (bare amiquip echo), 1 and
-//!   `BENCH_DEPTHS` in flight; a<K>-confirm the same echo with `--confirm` (replies published
+//!   `BENCH_DEPTHS` in flight; a`K`-confirm the same echo with `--confirm` (replies published
 //!   with publisher confirms, each request acked after its reply's confirm: one confirmed
 //!   publish per call, as rpc-client's requests have, and rpc-server `--confirm-replies`)
 //! - (b) the tutorial's Python pika client, sequential calls/s (scripts/interop/bench_pika.py)
@@ -25,7 +25,7 @@
 //! best run (the machine may be busy with other work). A measurement that fails (say, the
 //! broker restarted under it) is retried once after the broker answers again; the run fails
 //! if a row could not be measured. Servers and queues are removed however the run ends
-//! (Ctrl-C included); raw outputs and server logs stay in target/bench/run-<id> after a
+//! (Ctrl-C included); raw outputs and server logs stay in target/bench/`run-<id>` after a
 //! failure. Settings: see [`settings`].
 
 mod measure;
