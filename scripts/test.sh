@@ -77,7 +77,7 @@ stage_build() { cargo build --release; }
 
 # End-to-end through the scripts: start-servers.sh 2 on a fresh queue, the rpc-client binary
 # against the rpc-server binaries, stop-servers.sh (no consumer left): e2e::scripts in
-# rpc-server/tests/stages/.
+# rpc-server/tests/it/stages/.
 stage_e2e() { stage_tests e2e::scripts; }
 
 # The metrics endpoint with a real Prometheus (Debian's package, installed if missing; skipped,
