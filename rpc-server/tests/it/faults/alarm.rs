@@ -8,12 +8,12 @@
 //!    - The same with the broker closing the server's connection right after the SIGTERM: the
 //!      server exits and never reconnects.
 
+use super::{client_options, logs, start_servers, stop_servers, Def, Scenario};
 use crate::common::broker::{Ctl, MemoryAlarm};
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
-use super::{client_options, logs, start_servers, stop_servers, Def, Scenario};
-use rpc_client::PROBE_LIMIT;
 use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::PROBE_LIMIT;
 use rpc_client::{wire, Error, FibonacciRpcClient};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,11 @@ fn blocked_calls(sc: &mut Scenario) {
     let warm = before.call(30);
     sc.record(&Call::new(
         30,
-        if warm.is_ok() { Outcome::Right } else { Outcome::Wrong },
+        if warm.is_ok() {
+            Outcome::Right
+        } else {
+            Outcome::Wrong
+        },
         format!("{warm:?}"),
         started,
         TIMEOUT + PROBE_LIMIT + GRACE,
@@ -61,7 +65,9 @@ fn blocked_calls(sc: &mut Scenario) {
         let (outcome, detail) = match &result {
             Err(err @ Error::Blocked(_)) => {
                 let text = err.to_string();
-                sc.check(err.exit_code() == 3, || format!("{what}: exit {}", err.exit_code()));
+                sc.check(err.exit_code() == 3, || {
+                    format!("{what}: exit {}", err.exit_code())
+                });
                 sc.check(text.contains("blocking publishers"), || {
                     format!("{what}: {text:?}")
                 });
@@ -100,7 +106,9 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
     let replies = QueueGuard::new("fault-alarm-replies");
     let mut admin = Admin::connect().expect("admin");
     admin.declare(queue.name(), false).expect("declare");
-    admin.declare(replies.name(), false).expect("declare the reply queue");
+    admin
+        .declare(replies.name(), false)
+        .expect("declare the reply queue");
     // A request waits for a server that does not run yet.
     let properties = wire::request_properties(replies.name(), "alarm-request");
     admin
@@ -134,7 +142,10 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
     let took = signalled.elapsed();
     let code = status.and_then(|s| s.code());
     sc.check(matches!(code, Some(0) | Some(3)), || {
-        format!("{name}: exit {status:?} after SIGTERM\n{}", server.log_tail(15))
+        format!(
+            "{name}: exit {status:?} after SIGTERM\n{}",
+            server.log_tail(15)
+        )
     });
     sc.check(took <= STOP_BOUND, || {
         format!("{name}: exited {:.1}s after SIGTERM", took.as_secs_f64())

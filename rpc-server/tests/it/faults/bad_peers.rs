@@ -1,9 +1,9 @@
 //! 6. The client against a closed port, a port that never speaks AMQP, wrong credentials, a
 //!    missing queue and a queue without consumers: each fails quickly with the right error.
 
+use super::{client_options, Def, Scenario, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use crate::common::caller::Caller;
 use crate::common::load::{Call, Outcome, GRACE};
-use super::{client_options, Def, Scenario, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use rpc_client::exit_code;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient};

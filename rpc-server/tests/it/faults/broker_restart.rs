@@ -8,13 +8,13 @@
 //! Stops `AMQP_URI`'s broker with `$RABBITMQCTL stop_app`: the runner refuses to run this on
 //! a shared broker.
 
+use super::{
+    client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+};
 use crate::common::broker::{BrokerApp, Ctl};
 use crate::common::caller::Caller;
 use crate::common::load::{Call, Outcome, AFTER, BEFORE, DURING, GRACE};
-use super::{
-    client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario,
-    CALL_TIMEOUT, CONNECT_TIMEOUT,
-};
 use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{Error, FibonacciRpcClient};

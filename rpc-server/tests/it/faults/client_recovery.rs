@@ -10,10 +10,10 @@
 //! took 24 s once), and `5` is fib(5), so the Fibonacci client checks the echo as it checks
 //! any answer. FILE counts the runs.
 
+use super::{client_options, logs, stop_servers, Def, Scenario};
 use crate::common::broker::Ctl;
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
-use super::{client_options, logs, stop_servers, Def, Scenario};
 use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, RpcClient, RpcRequest};
@@ -87,7 +87,9 @@ fn run(sc: &mut Scenario) {
     let in_hand = testing::wait_until("three requests in hand", Duration::from_secs(10), || {
         Ok(count_runs() >= 3)
     });
-    sc.check(in_hand.is_ok(), || format!("{in_hand:?}\n{}", server.log_tail(10)));
+    sc.check(in_hand.is_ok(), || {
+        format!("{in_hand:?}\n{}", server.log_tail(10))
+    });
     // The three connections from one listing, then closed in parallel: each rabbitmqctl run
     // takes a second or more.
     let names = ["recovery-fib", "recovery-once", "recovery-twice"];
@@ -143,11 +145,16 @@ fn run(sc: &mut Scenario) {
         sc.record(&call);
     }
     // Three first runs, then the two re-sent requests: never the at-most-once one again.
-    let all_runs = testing::wait_until("the re-sent requests to run", Duration::from_secs(10), || {
-        Ok(count_runs() >= 5)
-    });
+    let all_runs = testing::wait_until(
+        "the re-sent requests to run",
+        Duration::from_secs(10),
+        || Ok(count_runs() >= 5),
+    );
     sc.check(all_runs.is_ok() && count_runs() == 5, || {
-        format!("the command ran {} times, want 5 (3 + 2 re-sent)", count_runs())
+        format!(
+            "the command ran {} times, want 5 (3 + 2 re-sent)",
+            count_runs()
+        )
     });
     sc.note(format!(
         "connections closed {:.1}s into the calls, the commands then let go; answers after \

@@ -12,10 +12,10 @@
 //!
 //!     Every command's pid is recorded: none is left running at the end.
 
+use super::{logs, Def, Scenario};
 use crate::common::broker::Ctl;
 use crate::common::rpc_client_bin;
 use crate::common::server::ServerProc;
-use super::{logs, Def, Scenario};
 use rpc_client::testing::{self, QueueGuard};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -48,7 +48,10 @@ impl RabbitEnv {
             key,
             before,
         };
-        ctl.run(&["eval", &format!("application:set_env(rabbit, {key}, {value}).")])?;
+        ctl.run(&[
+            "eval",
+            &format!("application:set_env(rabbit, {key}, {value})."),
+        ])?;
         Ok(guard)
     }
 }
@@ -146,13 +149,19 @@ fn run(sc: &mut Scenario) {
     sc.check(out.status.code() == Some(5), || {
         format!("the caller: {:?} {stderr}", out.status)
     });
-    sc.check(stderr.contains("(redelivered)"), || format!("the caller: {stderr}"));
-    let named = server.log_lines("consumer timeout (406 PRECONDITION_FAILED - delivery acknowledgement");
+    sc.check(stderr.contains("(redelivered)"), || {
+        format!("the caller: {stderr}")
+    });
+    let named =
+        server.log_lines("consumer timeout (406 PRECONDITION_FAILED - delivery acknowledgement");
     sc.check(!named.is_empty(), || {
         format!("no consumer timeout by name\n{}", server.log_tail(15))
     });
     if let Some(line) = named.first() {
-        sc.note(format!("logged: {}", line.chars().take(160).collect::<String>()));
+        sc.note(format!(
+            "logged: {}",
+            line.chars().take(160).collect::<String>()
+        ));
     }
     super::stop_servers(sc, std::slice::from_mut(&mut server));
 
@@ -183,7 +192,9 @@ fn run(sc: &mut Scenario) {
     });
     sc.check(started.is_ok(), || format!("{started:?}"));
     match send_cancel(&ctl, queue.name()) {
-        Ok(out) => sc.check(out.contains("ok"), || format!("no consumer to cancel: {out}")),
+        Ok(out) => sc.check(out.contains("ok"), || {
+            format!("no consumer to cancel: {out}")
+        }),
         Err(err) => sc.check(false, || err),
     }
     let logged = testing::wait_until("the cancel logged", Duration::from_secs(20), || {
@@ -193,7 +204,10 @@ fn run(sc: &mut Scenario) {
         format!("the cancel is not logged by name\n{}", server.log_tail(15))
     });
     sc.check(server.log_count("was deleted") == 0, || {
-        format!("a cancel taken for a deleted queue\n{}", server.log_tail(15))
+        format!(
+            "a cancel taken for a deleted queue\n{}",
+            server.log_tail(15)
+        )
     });
     let out = caller.join().expect("caller thread");
     // The request in hand when the consumer was cancelled comes back to the same server,

@@ -1,9 +1,9 @@
 //! 4. More than 1,000 malformed requests, published raw: the server answers each one that has
 //!    a `reply_to` with an error reply, drops the others, keeps running and still serves.
 
+use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT, SLOW_N};
 use crate::common::caller::Caller;
 use crate::common::load::{Call, Outcome, GRACE};
-use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT, SLOW_N};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use crossbeam_channel::Receiver;
 use rpc_client::testing::{Admin, QueueGuard};

@@ -9,11 +9,11 @@
 //!      `/healthz` stays 200 (the server is reconnecting, not dead); after `start_app`
 //!      `/readyz` is 200 again and `rpc_server_reconnects_total` counted the loss.
 
+use super::{client_options, logs, Def, Scenario};
 use crate::common::broker::{BrokerApp, Ctl, MemoryAlarm};
 use crate::common::http::{free_port, get, sample};
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
-use super::{client_options, logs, Def, Scenario};
 use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{wire, FibonacciRpcClient};
@@ -57,8 +57,13 @@ fn run(sc: &mut Scenario) {
             "1",
         ],
     );
-    testing::wait_for_consumers(&[testing::broker()], queue.name(), 1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
+    testing::wait_for_consumers(
+        &[testing::broker()],
+        queue.name(),
+        1,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
     let status = |path: &str| get(addr, path, HTTP_TIMEOUT).map(|(status, _)| status);
     let scrape = || {
         get(addr, "/metrics", HTTP_TIMEOUT)
@@ -81,7 +86,11 @@ fn run(sc: &mut Scenario) {
         let right = result.as_deref().ok() == Some(crate::common::expected(n + 20).as_str());
         sc.record(&Call::new(
             n + 20,
-            if right { Outcome::Right } else { Outcome::Wrong },
+            if right {
+                Outcome::Right
+            } else {
+                Outcome::Wrong
+            },
             format!("{result:?}"),
             started,
             Duration::from_secs(10) + GRACE,
@@ -97,24 +106,34 @@ fn run(sc: &mut Scenario) {
     let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
         .map(|_| TcpStream::connect(addr).expect("connect to the endpoint"))
         .collect();
-    let turned_away = testing::wait_until("a connection over the limit turned away", HTTP_TIMEOUT, || {
-        Ok(status("/metrics") == Ok(503))
+    let turned_away = testing::wait_until(
+        "a connection over the limit turned away",
+        HTTP_TIMEOUT,
+        || Ok(status("/metrics") == Ok(503)),
+    );
+    sc.check(turned_away.is_ok(), || {
+        turned_away.err().unwrap_or_default()
     });
-    sc.check(turned_away.is_ok(), || turned_away.err().unwrap_or_default());
     let started = Instant::now();
     let result = client.call(30);
     let right = result.as_deref().ok() == Some(crate::common::expected(30).as_str());
     sc.record(&Call::new(
         30,
-        if right { Outcome::Right } else { Outcome::Wrong },
+        if right {
+            Outcome::Right
+        } else {
+            Outcome::Wrong
+        },
         format!("{result:?}"),
         started,
         Duration::from_secs(10) + GRACE,
     ));
     drop(idle);
-    let back = testing::wait_until("a scrape after the idle connections closed", HTTP_TIMEOUT, || {
-        Ok(status("/metrics") == Ok(200))
-    });
+    let back = testing::wait_until(
+        "a scrape after the idle connections closed",
+        HTTP_TIMEOUT,
+        || Ok(status("/metrics") == Ok(200)),
+    );
     sc.check(back.is_ok(), || back.err().unwrap_or_default());
     let _ = client.close();
 
@@ -124,10 +143,15 @@ fn run(sc: &mut Scenario) {
     let hold = QueueGuard::new("fault-probes-hold");
     let replies = QueueGuard::new("fault-probes-replies");
     let admin = Admin::connect().expect("admin");
-    admin.declare(replies.name(), false).expect("declare the reply queue");
+    admin
+        .declare(replies.name(), false)
+        .expect("declare the reply queue");
     let mut arguments = FieldTable::new();
     arguments.insert("x-message-ttl".into(), AmqpValue::LongInt(HOLD_MS));
-    arguments.insert("x-dead-letter-exchange".into(), AmqpValue::LongString(String::new()));
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AmqpValue::LongString(String::new()),
+    );
     arguments.insert(
         "x-dead-letter-routing-key".into(),
         AmqpValue::LongString(queue.name().to_string()),
@@ -144,7 +168,11 @@ fn run(sc: &mut Scenario) {
         )
         .expect("declare the holding queue");
     admin
-        .publish(hold.name(), b"30", wire::request_properties(replies.name(), "held"))
+        .publish(
+            hold.name(),
+            b"30",
+            wire::request_properties(replies.name(), "held"),
+        )
         .expect("publish the held request");
     let held_at = Instant::now();
     let alarm = MemoryAlarm::raise(Ctl::from_env()).expect("raise the memory alarm");
@@ -204,7 +232,11 @@ fn run(sc: &mut Scenario) {
     });
     let noticed = stopping.elapsed();
     sc.check(not_ready.is_ok(), || {
-        format!("{}\n{}", not_ready.clone().err().unwrap_or_default(), server.log_tail(5))
+        format!(
+            "{}\n{}",
+            not_ready.clone().err().unwrap_or_default(),
+            server.log_tail(5)
+        )
     });
     let (mut app, stopped) = stopper.join().expect("the stop_app thread");
     stopped.unwrap_or_else(|e| panic!("{e}"));
@@ -213,14 +245,22 @@ fn run(sc: &mut Scenario) {
     });
     app.start().unwrap_or_else(|e| panic!("{e}"));
     let restarted = Instant::now();
-    let ready = testing::wait_until("/readyz 200 after start_app", Duration::from_secs(30), || {
-        Ok(status("/readyz") == Ok(200))
-    });
+    let ready = testing::wait_until(
+        "/readyz 200 after start_app",
+        Duration::from_secs(30),
+        || Ok(status("/readyz") == Ok(200)),
+    );
     sc.check(ready.is_ok(), || {
-        format!("{}\n{}", ready.clone().err().unwrap_or_default(), server.log_tail(5))
+        format!(
+            "{}\n{}",
+            ready.clone().err().unwrap_or_default(),
+            server.log_tail(5)
+        )
     });
     let reconnects = sample(&scrape(), "rpc_server_reconnects_total").unwrap_or(0.0);
-    sc.check(reconnects >= 1.0, || format!("rpc_server_reconnects_total {reconnects}"));
+    sc.check(reconnects >= 1.0, || {
+        format!("rpc_server_reconnects_total {reconnects}")
+    });
     sc.note(format!(
         "stop_app: /readyz 503 {:.2}s after it began (bound {}s); 200 again {:.2}s after \
          start_app; {reconnects} reconnect(s) counted",
