@@ -118,24 +118,14 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
     let name = if close { "alarm-close" } else { "alarm-term" };
     let mut server = ServerProc::on_broker(&logs(), name, queue.name(), &testing::broker(), &[]);
     // It takes the request, publishes the reply and is blocked.
-    testing::wait_until(
-        &format!("{name} to be blocked"),
-        Duration::from_secs(20),
-        || {
-            let rows = ctl
-                .run(&["list_connections", "-q", "client_properties", "state"])
-                .map_err(rpc_client::Error::Config)?;
-            Ok(rows
-                .lines()
-                .any(|l| l.contains(name) && l.trim_end().ends_with("blocked")))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
+    let pid = blocked_pid(&ctl, name, &server);
     server.sigterm();
     let signalled = Instant::now();
+    let mut closed = "";
     if close {
-        if let Err(err) = ctl.close_connection(name, Duration::from_secs(5)) {
-            sc.check(false, || format!("{name}: {err}"));
+        match close_connection(&ctl, &pid, name) {
+            Ok(how) => closed = how,
+            Err(err) => sc.check(false, || format!("{name}: {err}")),
         }
     }
     let status = server.wait_exit(STOP_BOUND + Duration::from_secs(2));
@@ -156,7 +146,7 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
     sc.note(format!(
         "{name}: blocked while publishing, exited {code:?} {:.2}s after SIGTERM{}",
         took.as_secs_f64(),
-        if close { " and close_connection" } else { "" }
+        closed
     ));
     drop(alarm);
     // Nothing is lost: once the broker reads what the server wrote before it stopped, either
@@ -192,4 +182,56 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
         _ => "the request was acked after its reply, which was delivered",
     };
     sc.note(format!("{name}: {outcome}"));
+}
+
+/// Waits until the connection of `name` is listed as blocked (the server took the request
+/// and published its reply); its pid.
+fn blocked_pid(ctl: &Ctl, name: &str, server: &ServerProc) -> String {
+    let mut pid = None;
+    testing::wait_until(
+        &format!("{name} to be blocked"),
+        Duration::from_secs(20),
+        || {
+            let rows = ctl
+                .run(&[
+                    "list_connections",
+                    "-q",
+                    "pid",
+                    "client_properties",
+                    "state",
+                ])
+                .map_err(rpc_client::Error::Config)?;
+            pid = rows
+                .lines()
+                .find(|l| l.contains(name) && l.trim_end().ends_with("blocked"))
+                .and_then(|l| l.split_whitespace().next())
+                .map(String::from);
+            Ok(pid.is_some())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
+    pid.expect("listed")
+}
+
+/// Closes connection `pid` (of `name`), what happened for the note. rabbitmqctl exits 69 when
+/// the connection ends before its call returns (the server, stopping, may close it first):
+/// that is no failure once the connection is no longer listed (polled for 5 s).
+fn close_connection(ctl: &Ctl, pid: &str, name: &str) -> Result<&'static str, String> {
+    let Err(err) = ctl.run(&["close_connection", pid, "closed by the fault run"]) else {
+        return Ok(" and close_connection");
+    };
+    let gone = testing::wait_until(
+        &format!("{name}'s connection to end"),
+        Duration::from_secs(5),
+        || {
+            Ok(ctl
+                .connection_pid(name)
+                .map_err(rpc_client::Error::Config)?
+                .is_none())
+        },
+    );
+    match gone {
+        Ok(()) => Ok(" and close_connection (the connection ended during it)"),
+        Err(still) => Err(format!("{err}; {still}")),
+    }
 }
