@@ -207,8 +207,7 @@ impl Bench {
     }
 
     /// Runs the command `make` gives (stdout to `<stem>.out`, stderr to `<stem>.err` in the
-    /// run directory). If it fails, waits for the broker and our servers' consumers and tries
-    /// once more; if that fails too, the row is noted as failed (false). Err: interrupted.
+    /// run directory), retried once ([`Bench::retried`]): false if the row failed.
     pub(super) fn attempt(
         &mut self,
         stem: &str,
@@ -219,8 +218,22 @@ impl Bench {
             self.work.join(format!("{stem}.out")),
             self.work.join(format!("{stem}.err")),
         );
+        let row = stem.split('.').next().unwrap_or(stem);
+        self.retried(stem, row, |bench| {
+            process::run(&mut make(bench), &out, &err, limit)
+        })
+    }
+
+    /// Runs `run`; if it fails, waits for the broker and our servers' consumers and runs it
+    /// once more. If that fails too, `row` is noted as failed (false). Err: interrupted.
+    pub(super) fn retried(
+        &mut self,
+        stem: &str,
+        row: &str,
+        mut run: impl FnMut(&mut Bench) -> Result<()>,
+    ) -> Result<bool> {
         for attempt in 1..=2 {
-            let Err(error) = process::run(&mut make(self), &out, &err, limit) else {
+            let Err(error) = run(self) else {
                 return Ok(true);
             };
             process::check_interrupted()?;
@@ -237,9 +250,7 @@ impl Bench {
             }
             msg(&format!("{stem}: broker back; retrying"));
         }
-        self.results
-            .failed
-            .push(stem.split('.').next().unwrap_or(stem).into());
+        self.results.failed.push(row.into());
         Ok(false)
     }
 
