@@ -1,7 +1,7 @@
 //! 10. Consumer timeouts, logged by name. The broker's `consumer_timeout` is set to 5 s (and
 //!     its channel tick to 1 s, so that it is checked every second) with `rabbitmqctl eval`,
 //!     and set back afterwards (also when the scenario fails):
-//!     - a command server on a quorum queue runs `sleep 8` for a call: the broker closes its
+//!     - a command server on a quorum queue runs `sleep 15` for a call: the broker closes its
 //!       channel (406 PRECONDITION_FAILED, RabbitMQ up to 4.2); the server logs "consumer
 //!       timeout (406 PRECONDITION_FAILED - delivery acknowledgement ... timed out ...)", and the
 //!       caller gets the `redelivered` error reply (exit 5), not a timeout;
@@ -149,7 +149,8 @@ fn start_server(name: &str, queue: &str, args: &[&str]) -> ServerProc {
 /// A channel closed for the timeout (RabbitMQ up to 4.2).
 fn channel_closed(sc: &mut Scenario, pids: &Path) {
     let queue = QueueGuard::new("fault-ctimeout");
-    let slow = script(pids, 8);
+    // Well past the 5 s: a loaded machine can delay the broker's check by seconds.
+    let slow = script(pids, 15);
     let mut server = start_server(
         "ctimeout",
         queue.name(),
