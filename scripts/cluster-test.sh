@@ -2,20 +2,13 @@
 # Cluster test (issues 5 and 16): scenarios on a local three-node cluster under load.
 #   scripts/cluster-test.sh
 #   CLUSTER_SCENARIOS=2 scripts/cluster-test.sh     only scenario 2 (numbers, comma-separated)
-# Builds the release binaries, starts the local three-node cluster of scripts/cluster.sh
-# (rpc1..3@localhost, AMQP on 127.0.0.1:5681-5683, state in target/cluster/; the machine's own
-# broker is not touched) and runs the ignored test rpc-server/tests/it/cluster/ against it:
-#   CLUSTER_URIS=$(scripts/cluster.sh uris) \
-#       cargo test --release -p rpc-server --test it cluster:: -- --ignored --nocapture
-# The scenarios (3 rpc-servers and 6 callers on a quorum queue each, through a rolling restart,
-# kill -9 of the leader's and of a caller's node, a 30 s partition where root and iptables
-# allow it) and what each checks: the test's documentation. At exit, even after a failure or an
-# interrupt, the cluster is taken down (a cut healed; one already up too) and target/cluster/
+# Builds the release binaries, starts the three nodes of scripts/cluster.sh (rpc1..3@localhost,
+# AMQP on 127.0.0.1:5681-5683; the machine's own broker is not touched) and runs the ignored
+# test rpc-server/tests/it/cluster/ (its documentation lists the scenarios and their checks).
+# At exit, even after a failure or an interrupt, the cluster is taken down and target/cluster/
 # removed. Server logs stay in target/tmp/cluster/<scenario>/, after a failure the nodes' logs
-# in target/tmp/cluster/nodes/. Takes about 5 minutes (the node restarts dominate).
-# Exits with the test's status; 77 (skipped) if no RabbitMQ node can be run here (RabbitMQ or
-# Erlang not installed: scripts/broker.sh installs Debian's package, as root).
-# Env: CLUSTER_SCENARIOS; CLUSTER_KEEP=1 leaves the cluster up at the end (scripts/cluster.sh
+# in target/tmp/cluster/nodes/. Exits with the test's status; 77 (skipped) if no RabbitMQ node
+# can run here. Env: CLUSTER_SCENARIOS; CLUSTER_KEEP=1 leaves the cluster up (scripts/cluster.sh
 # down stops it); those of scripts/cluster.sh (CLUSTER_PORTS, CLUSTER_WAIT, RABBITMQ_BIN, ...).
 set -euo pipefail
 # shellcheck source=scripts/node.sh

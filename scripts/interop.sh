@@ -3,9 +3,9 @@
 # Python with pika (scripts/interop/), and with pika and amqplib (Node) instrumented by
 # OpenTelemetry (trace context). Prepares the Python venv (target/py-venv) and the Node
 # modules (target/node-peers), and runs the checks,
-# rpc-server/tests/stages/interop.rs (its documentation lists them: each way, per queue flavour,
+# rpc-server/tests/it/stages/interop.rs (its documentation lists them: each way, per queue flavour,
 # Fibonacci and raw bodies, error replies, trace context, our server's queue declaration):
-#   cargo test --release -p rpc-server --test stages interop -- --ignored --nocapture --test-threads=1
+#   cargo test --release -p rpc-server --test it stages::interop -- --ignored --nocapture --test-threads=1
 # Broker: $AMQP_URI if set (read by all four programs), else local guest/guest.
 # INTEROP_FLAVOURS (default "classic durable quorum"): leave out classic against a broker that
 # denies transient non-exclusive queues (RabbitMQ 4.3's default). Logs in target/tmp/interop/.

@@ -34,11 +34,11 @@ xtask() {
     "$REPO_ROOT/target/release/xtask" "$@"
 }
 
-# stage_tests FILTER: the tests of rpc-server/tests/stages/ matching FILTER (the assertions of
+# stage_tests FILTER: the tests of rpc-server/tests/it/stages/ matching FILTER (the assertions of
 # the stages whose OS work a script did), after the release build they drive.
 stage_tests() {
     xtask --version >/dev/null
-    cargo test --release -p rpc-server --test stages "$1" -- --ignored --nocapture --test-threads=1
+    cargo test --release -p rpc-server --test it "stages::$1" -- --ignored --nocapture --test-threads=1
 }
 
 # Sets ROOT_CMD to the prefix that runs a command as root: () when we are root,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The metrics endpoint with the real tools: installs Prometheus (Debian's package) if missing,
-# then runs rpc-server/tests/stages/metrics.rs: an rpc-server with --metrics-addr on a fresh
+# then runs rpc-server/tests/it/stages/metrics.rs: an rpc-server with --metrics-addr on a fresh
 # queue, a real Prometheus on a private port scraping it, `promtool check metrics` on the
 # exposition, the counters moved by exactly the calls made (read from the endpoint and from
 # Prometheus' own query API), /healthz and /readyz. Skipped (77) where Prometheus cannot be

@@ -1,48 +1,78 @@
 #!/usr/bin/env bash
-# Full check (CI runs it: .ci/run): build dependencies, broker, fmt, clippy, shellcheck,
-# unit/integration tests (in release: the broker stage's build), end-to-end run of the scripts, interop with Python
-# peers, TLS, cluster, a quick benchmark, and last the fault run on a throwaway node (the broker
-# on 5672 is never restarted).
+# Full check (CI runs it: .ci/run): build dependencies, broker (the release build), fmt,
+# clippy, shellcheck, the unit and integration tests (in release), the end-to-end run of the scripts,
+# metrics, interop, TLS, faults, RabbitMQ 4.x, a bench smoke, and beside them in the background
+# the cluster test (each on nodes of its own: the broker on 5672 is never restarted).
 #   scripts/test.sh           everything, about 12-14 minutes
 #   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
-#                             default (cargo test --workspace) against the running broker
-#                             (AMQP_URI, default 127.0.0.1:5672); no release build, nothing
-#                             started (if no broker answers, the tests say so at once and
-#                             scripts/broker.sh starts one)
+#                             default (cargo test --workspace) in debug against the running
+#                             broker (AMQP_URI, default 127.0.0.1:5672); nothing started
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-quick=0
+quick=0 release=--release
 case "$#:${1:-}" in
 0:) ;;
-1:--quick) quick=1 ;;
+1:--quick) quick=1 release= ;;
 *) die "usage: $PROG [--quick]" ;;
 esac
 
 passed=0 failed=0 failed_stages=() skipped_stages=() # a stage exiting $SKIP (77) counts as neither
 
-# run_stage NAME FUNCTION: run FUNCTION in a subshell with errexit in force.
+# run_stage NAME COMMAND...: run COMMAND in a subshell with errexit in force.
 run_stage() {
-    local name=$1 rc=0 start=$SECONDS
-    printf '\n%s: ===== %s\n' "$PROG" "$name"
+    local start=$SECONDS rc
+    printf '\n%s: ===== %s\n' "$PROG" "$1"
     set +e
-    (set -e && "$2")
+    (set -e && "${@:2}")
     rc=$?
     set -e
-    if ((rc == 0)); then
+    count_stage "$1" "$rc" "$start"
+}
+
+count_stage() { # NAME RC START
+    if (($2 == 0)); then
         passed=$((passed + 1))
-        msg "stage '$name' passed ($((SECONDS - start))s)"
-    elif ((rc == SKIP)); then
-        skipped_stages+=("$name")
-        msg "stage '$name' skipped"
+        msg "stage '$1' passed ($((SECONDS - $3))s)"
+    elif (($2 == SKIP)); then
+        skipped_stages+=("$1")
+        msg "stage '$1' skipped"
     else
         failed=$((failed + 1))
-        failed_stages+=("$name")
-        msg "stage '$name' FAILED (exit $rc)"
+        failed_stages+=("$1")
+        msg "stage '$1' FAILED (exit $2)"
     fi
 }
+
+# start_stage NAME COMMAND...: run COMMAND in the background, in a process group of its own,
+# its output kept in target/stages/ and shown by finish_stages, which counts it. For a stage
+# on nodes of its own that mostly waits (the cluster's restarts) beside the ones that follow.
+bg_names=() bg_pids=() bg_starts=()
+start_stage() {
+    mkdir -p target/stages
+    set -m
+    (set -e && "${@:2}") >"target/stages/${#bg_pids[@]}.log" 2>&1 9>&- &
+    set +m
+    bg_names+=("$1") bg_pids+=($!) bg_starts+=("$SECONDS")
+    msg "stage '$1' started in the background (target/stages/$((${#bg_pids[@]} - 1)).log)"
+}
+finish_stages() {
+    local i rc
+    for i in "${!bg_pids[@]}"; do
+        printf '\n%s: ===== %s (in the background since %ss)\n' "$PROG" "${bg_names[i]}" "${bg_starts[i]}"
+        set +e
+        wait "${bg_pids[i]}"
+        rc=$?
+        set -e
+        cat "target/stages/$i.log"
+        count_stage "${bg_names[i]}" "$rc" "${bg_starts[i]}"
+        unset "bg_pids[i]"
+    done
+}
+# Interrupted or failed: end the background stages' groups (their scripts clean up on TERM).
+trap '((${#bg_pids[@]} == 0)) || kill -TERM -- "${bg_pids[@]/#/-}" 2>/dev/null' EXIT
 
 # Make sure a rustup component (rustfmt, clippy) is there if rustup can add it.
 need_component() {
@@ -53,11 +83,11 @@ need_component() {
     fi
 }
 
-stage_build_deps() { ensure_build_deps; }
-stage_broker() { scripts/broker.sh; }
-
 stage_fmt() { need_component rustfmt fmt && cargo fmt --all -- --check; }
-stage_clippy() { need_component clippy clippy && cargo clippy --workspace --all-targets -- -D warnings; }
+# The full run checks in release: it reuses the release build's build scripts and proc macros.
+stage_clippy() {
+    need_component clippy clippy && cargo clippy --workspace --all-targets ${release:+"$release"} -- -D warnings
+}
 
 stage_shellcheck() {
     if ! command -v shellcheck >/dev/null 2>&1; then
@@ -71,40 +101,13 @@ stage_shellcheck() {
     shellcheck -x "${files[@]}"
 }
 
-stage_test() { if ((quick)); then cargo test --workspace; else cargo test --workspace --release; fi; }
+stage_test() { cargo test --workspace ${release:+"$release"}; }
 
-stage_build() { cargo build --release; }
-
-# End-to-end through the scripts: start-servers.sh 2 on a fresh queue, the rpc-client binary
-# against the rpc-server binaries, stop-servers.sh (no consumer left): e2e::scripts in
-# rpc-server/tests/stages/.
+# start-servers.sh 2 on a fresh queue, rpc-client against them, stop-servers.sh: no consumer left.
 stage_e2e() { stage_tests e2e::scripts; }
 
-# The metrics endpoint with a real Prometheus (Debian's package, installed if missing; skipped,
-# 77, where it cannot be): a scrape, promtool check metrics, counters moved by the calls made.
-stage_metrics() { scripts/metrics-test.sh; }
-
-stage_interop() { scripts/interop.sh; }
-
-# TLS: a throwaway CA and node (rpctls@localhost, ports 5690/5691; 77, skipped, where none can
-# run); amqps://, --tls, --tls-ca, untrusted CA, name mismatch, no password in logs.
-stage_tls() { scripts/tls-test.sh; }
-
-# The cluster test (rpc-server/tests/it/cluster/, issues 5 and 16): a local three-node cluster
-# (scripts/cluster.sh, beside the main broker), each scenario once: a rolling restart, kill -9
-# of the leader's node, kill -9 of a caller's node, a 30 s partition; 3 servers and 6 callers
-# (library and rpc-client processes) on a quorum queue, every call answered right. Exits 77
-# (skipped) when no RabbitMQ node can be run here; takes the cluster down again either way.
-stage_cluster() { scripts/cluster-test.sh; }
-
-# The benchmark in its quick mode: proves scripts/bench.sh and every bench target still
-# run. It prints figures and flags; speed is judged from a full run, not asserted here.
-stage_bench() { BENCH_QUICK=1 scripts/bench.sh; }
-
-# The fault run (rpc-server/tests/it/faults/) against a throwaway node of its own
-# (scripts/node.sh: rpcfault@localhost, AMQP on FAULT_PORT, default 5700), which it restarts:
-# servers killed and stopped under load, a broker restart (rabbitmqctl stop_app / start_app
-# on that node), malformed requests, reply floods. Skipped (77) where no node can run.
+# rpc-server/tests/it/faults/ on a throwaway node (rpcfault@localhost on FAULT_PORT, default
+# 5700) that it restarts, stalls and alarms. Skipped (77) where no node can run.
 stage_faults() {
     scripts/node.sh start rpcfault "${FAULT_PORT:-5700}" || return
     trap 'scripts/node.sh stop rpcfault || exit 1' EXIT
@@ -112,10 +115,8 @@ stage_faults() {
         cargo test --release -p rpc-server --test it faults:: -- --ignored --nocapture --test-threads=1
 }
 
-# RabbitMQ 4.x (scripts/rabbitmq4.sh: Debian 13's package in a chroot, rpc4@localhost on
-# 127.0.0.1:5710, RabbitMQ 4.3's deny settings): the integration tests, the end-to-end path and
-# the interop peers against it. Its root is prepared once (about 90 s) and kept in
-# /var/cache/rabbit-rpc. Skipped (77) where it cannot run (no root).
+# Debian 13's RabbitMQ 4.0.5 in a chroot (scripts/rabbitmq4.sh: rpc4@localhost on 5710, 4.3's
+# deny settings): the tests, end-to-end and interop against it. Skipped (77) without root.
 stage_rabbitmq4() {
     scripts/rabbitmq4.sh start || return
     trap 'scripts/rabbitmq4.sh stop || exit 1' EXIT
@@ -131,23 +132,30 @@ stage_rabbitmq4() {
     stage_tests e2e::refusals_on_4x
 }
 
-run_stage "build dependencies (C compiler, OpenSSL headers)" stage_build_deps
+run_stage "build dependencies (C compiler, OpenSSL headers)" ensure_build_deps
 # --quick leaves out the broker stage: scripts/broker.sh builds the workspace in release mode.
-((quick)) || run_stage "broker (scripts/broker.sh)" stage_broker
+((quick)) || run_stage "broker (scripts/broker.sh)" scripts/broker.sh
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
 run_stage "shellcheck" stage_shellcheck
 run_stage "cargo test --workspace" stage_test
 if ((!quick)); then
-    run_stage "cargo build --release" stage_build
+    run_stage "cargo build --release" cargo build --release
+    # rpc-server/tests/it/cluster/ on a local three-node cluster (scripts/cluster.sh): a rolling
+    # restart, kill -9 of the leader's and of a caller's node, a 30 s partition; 77 (skipped)
+    # where no node can run. It mostly waits for nodes: the stages below run beside it.
+    start_stage "cluster (scripts/cluster-test.sh)" scripts/cluster-test.sh
     run_stage "end-to-end (start-servers.sh 2, rpc-client, stop-servers.sh)" stage_e2e
-    run_stage "metrics with Prometheus (scripts/metrics-test.sh)" stage_metrics
-    run_stage "interop (scripts/interop.sh)" stage_interop
-    run_stage "TLS (scripts/tls-test.sh)" stage_tls
-    run_stage "cluster (scripts/cluster-test.sh)" stage_cluster
-    run_stage "bench smoke (BENCH_QUICK=1 scripts/bench.sh)" stage_bench
+    # A real Prometheus scrapes a test server; promtool check metrics; counters move by the calls.
+    run_stage "metrics with Prometheus (scripts/metrics-test.sh)" scripts/metrics-test.sh
+    run_stage "interop (scripts/interop.sh)" scripts/interop.sh
+    # A throwaway CA and node (rpctls@localhost, 5690/5691): amqps://, --tls-ca, bad CA or name.
+    run_stage "TLS (scripts/tls-test.sh)" scripts/tls-test.sh
     run_stage "fault run (a throwaway node of its own)" stage_faults
     run_stage "RabbitMQ 4.x with 4.3's defaults (scripts/rabbitmq4.sh)" stage_rabbitmq4
+    # Proves every bench row still runs; speed is judged from a full run, not asserted here.
+    run_stage "bench smoke (BENCH_QUICK=1 scripts/bench.sh)" env BENCH_QUICK=1 scripts/bench.sh
+    finish_stages
 fi
 
 echo

@@ -3,8 +3,8 @@
 #   scripts/tls-test.sh
 # Makes throwaway CAs and a certificate for "localhost" only (SAN DNS:localhost, no IP SAN) in
 # target/tls/, starts rpctls@localhost with scripts/node.sh (AMQP 127.0.0.1:5690, TLS 5691,
-# distribution 25690) and runs rpc-server/tests/stages/tls.rs, whose documentation lists the
-# checks (cargo test --release -p rpc-server --test stages tls -- --ignored --nocapture).
+# distribution 25690) and runs rpc-server/tests/it/stages/tls.rs, whose documentation lists the
+# checks (cargo test --release -p rpc-server --test it stages::tls -- --ignored --nocapture).
 # The node is stopped at exit; target/tls/ is removed on success, kept (with server.err,
 # client-*.err, rabbitmq.log) on failure. Exits 77 if no RabbitMQ node can run here.
 # Env: TLS_TEST_PORT (plain AMQP port, default 5690; TLS is +1, distribution +20000),

@@ -14,7 +14,10 @@
 //! Both ends use `TCP_NODELAY` connections like the real binaries. Prints the same
 //! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
 
-use amiquip::{AmqpProperties, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Publish};
+use amiquip::{
+    AmqpProperties, Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+};
+use crossbeam_channel::Receiver;
 use rpc_client::amqp::{callback_queue, consume};
 use rpc_client::testing::{broker, connect, unique_name, Admin};
 use std::collections::VecDeque;
@@ -43,58 +46,89 @@ fn main() {
 
     let echo_queue = queue.clone();
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-    let echo = std::thread::spawn(move || {
-        let mut connection = connect(&broker()).expect("echo connects");
-        let channel = connection.open_channel(None).expect("channel");
-        channel.qos(0, prefetch, false).expect("qos");
-        let requests = consume(&channel, &echo_queue, ConsumerOptions::default()).expect("consume");
-        let confirms = if confirm {
-            let confirms = channel.listen_for_publisher_confirms().expect("confirms");
-            channel.enable_publisher_confirms().expect("confirm mode");
-            confirms
-        } else {
-            crossbeam_channel::never()
-        };
-        // With --confirm: requests whose replies wait for a confirm, by the reply's number.
-        let mut unconfirmed: VecDeque<(u64, Delivery)> = VecDeque::new();
-        let mut published = 0;
-        loop {
-            crossbeam_channel::select! {
-                recv(requests) -> message => {
-                    let Ok(ConsumerMessage::Delivery(d)) = message else { return };
-                    let reply_to = d.properties.reply_to().clone().expect("reply_to");
-                    let properties = AmqpProperties::default()
-                        .with_correlation_id(d.properties.correlation_id().clone().expect("id"));
-                    channel
-                        .basic_publish("", Publish::with_properties(&d.body, reply_to, properties))
-                        .expect("publish");
-                    if confirm {
-                        published += 1;
-                        unconfirmed.push_back((published, d));
-                    } else {
-                        d.ack(&channel).expect("ack");
-                    }
-                }
-                recv(confirms) -> first => {
-                    let Ok(first) = first else { return };
-                    // Replies are confirmed in the order they were published (one queue each).
-                    let mut newest = None;
-                    for confirm in std::iter::once(first).chain(confirms.try_iter()) {
-                        let Confirm::Ack(payload) = confirm else { panic!("reply nacked") };
-                        let upto = payload.delivery_tag;
-                        while unconfirmed.front().is_some_and(|(seq, _)| *seq <= upto) {
-                            newest = unconfirmed.pop_front();
-                        }
-                    }
-                    if let Some((_, d)) = newest {
-                        d.ack_multiple(&channel).expect("ack");
-                    }
-                }
-                recv(stopped) -> _ => return,
-            }
-        }
-    });
+    let echo = std::thread::spawn(move || echo(&echo_queue, prefetch, confirm, &stopped));
+    let seconds = call(&queue, calls, in_flight);
+    println!("calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors");
+    println!(
+        "{calls}\t{in_flight}\texclusive\t30\t{seconds:.3}\t{:.0}\t\t\t\t\t0",
+        calls as f64 / seconds
+    );
+    let _ = stop.send(());
+    echo.join().expect("echo thread");
+    let mut admin = admin;
+    admin.delete(&queue).expect("delete queue");
+}
 
+/// The echo: consumes `queue` (with `prefetch`) and publishes each body back, acking each
+/// request at once or, with `confirm`, once its reply is confirmed; until `stopped`.
+fn echo(queue: &str, prefetch: u16, confirm: bool, stopped: &Receiver<()>) {
+    let mut connection = connect(&broker()).expect("echo connects");
+    let channel = connection.open_channel(None).expect("channel");
+    channel.qos(0, prefetch, false).expect("qos");
+    let requests = consume(&channel, queue, ConsumerOptions::default()).expect("consume");
+    let confirms = if confirm {
+        let confirms = channel.listen_for_publisher_confirms().expect("confirms");
+        channel.enable_publisher_confirms().expect("confirm mode");
+        confirms
+    } else {
+        crossbeam_channel::never()
+    };
+    // With --confirm: requests whose replies wait for a confirm, by the reply's number.
+    let mut unconfirmed: VecDeque<(u64, Delivery)> = VecDeque::new();
+    let mut published = 0;
+    loop {
+        crossbeam_channel::select! {
+            recv(requests) -> message => {
+                let Ok(ConsumerMessage::Delivery(d)) = message else { return };
+                let reply_to = d.properties.reply_to().clone().expect("reply_to");
+                let properties = AmqpProperties::default()
+                    .with_correlation_id(d.properties.correlation_id().clone().expect("id"));
+                channel
+                    .basic_publish("", Publish::with_properties(&d.body, reply_to, properties))
+                    .expect("publish");
+                if confirm {
+                    published += 1;
+                    unconfirmed.push_back((published, d));
+                } else {
+                    d.ack(&channel).expect("ack");
+                }
+            }
+            recv(confirms) -> first => {
+                let Ok(first) = first else { return };
+                ack_confirmed(&channel, first, &confirms, &mut unconfirmed);
+            }
+            recv(stopped) -> _ => return,
+        }
+    }
+}
+
+/// One `multiple` ack for the newest request whose reply `first` and the confirms already
+/// waiting in `confirms` cover.
+fn ack_confirmed(
+    channel: &Channel,
+    first: Confirm,
+    confirms: &Receiver<Confirm>,
+    unconfirmed: &mut VecDeque<(u64, Delivery)>,
+) {
+    // Replies are confirmed in the order they were published (one queue each).
+    let mut newest = None;
+    for confirm in std::iter::once(first).chain(confirms.try_iter()) {
+        let Confirm::Ack(payload) = confirm else {
+            panic!("reply nacked")
+        };
+        let upto = payload.delivery_tag;
+        while unconfirmed.front().is_some_and(|(seq, _)| *seq <= upto) {
+            newest = unconfirmed.pop_front();
+        }
+    }
+    if let Some((_, d)) = newest {
+        d.ack_multiple(channel).expect("ack");
+    }
+}
+
+/// Calls the echo on `queue` with `in_flight` requests at a time: a warm-up of up to 500,
+/// then `calls`; the seconds those took.
+fn call(queue: &str, calls: u64, in_flight: u64) -> f64 {
     let mut connection = connect(&broker()).expect("caller connects");
     let channel = connection.open_channel(None).expect("channel");
     let (reply_queue, replies) = callback_queue(&channel).expect("callback queue");
@@ -103,10 +137,7 @@ fn main() {
             .with_reply_to(reply_queue.clone())
             .with_correlation_id(i.to_string());
         channel
-            .basic_publish(
-                "",
-                Publish::with_properties(b"30", queue.as_str(), properties),
-            )
+            .basic_publish("", Publish::with_properties(b"30", queue, properties))
             .expect("publish");
     };
     let warmup = 500.min(calls);
@@ -130,14 +161,5 @@ fn main() {
     run(warmup);
     let started = Instant::now();
     run(calls);
-    let seconds = started.elapsed().as_secs_f64();
-    println!("calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors");
-    println!(
-        "{calls}\t{in_flight}\texclusive\t30\t{seconds:.3}\t{:.0}\t\t\t\t\t0",
-        calls as f64 / seconds
-    );
-    let _ = stop.send(());
-    echo.join().expect("echo thread");
-    let mut admin = admin;
-    admin.delete(&queue).expect("delete queue");
+    started.elapsed().as_secs_f64()
 }

@@ -4,6 +4,7 @@
 //! Library users match on [`Error`]; the binary maps it to a process exit code with
 //! [`Error::exit_code`] so scripts can tell "no broker" from "no answer" from "bad request".
 
+use crate::amqp::{connection_gone, each_broker, LinkError};
 use std::fmt;
 use std::time::Duration;
 
@@ -143,10 +144,8 @@ impl Error {
             Error::Server { .. } => exit_code::SERVER_ERROR,
             Error::BadReply(_) => exit_code::OTHER,
             Error::Config(_) => exit_code::USAGE,
-            Error::Amqp(err) => match classify(err) {
-                Some(_) => exit_code::CONNECTION,
-                None => exit_code::OTHER,
-            },
+            Error::Amqp(err) if connection_gone(err) => exit_code::CONNECTION,
+            Error::Amqp(_) => exit_code::OTHER,
         }
     }
 }
@@ -226,11 +225,46 @@ impl From<amiquip::Error> for Error {
     /// which stays an AMQP error so that its reply code can be read ([`Error::broker_code`]);
     /// both exit 3.
     fn from(err: amiquip::Error) -> Self {
-        match classify(&err) {
-            Some(why) if !matches!(err, amiquip::Error::ServerClosedConnection { .. }) => {
-                Error::ConnectionLost(why)
+        LinkError::from(err).into()
+    }
+}
+
+impl From<LinkError> for Error {
+    /// The link's failures as the calling layer reports them: failed connects as
+    /// [`Error::Connect`], a stalled round trip as [`Error::Stalled`], a lost connection as
+    /// [`Error::ConnectionLost`], closes by the broker and other AMQP failures as
+    /// [`Error::Amqp`]; no broker at all is [`Error::Config`]. The messages stay the same.
+    fn from(err: LinkError) -> Self {
+        let refused = err.is_refusal();
+        match err {
+            LinkError::Connect { uri, failure } => Error::Connect {
+                uri,
+                refused,
+                reason: failure.to_string(),
+            },
+            LinkError::AllBrokers(failures) => Error::Connect {
+                uri: format!("any of {} brokers", failures.len()),
+                refused,
+                reason: each_broker(&failures),
+            },
+            LinkError::NoBroker => Error::Config(LinkError::NoBroker.to_string()),
+            LinkError::Stalled(why) => Error::Stalled(why),
+            LinkError::Lost(amqp) => {
+                Error::ConnectionLost(crate::text::printable(&amqp.to_string()))
             }
-            _ => Error::Amqp(err),
+            LinkError::ConnectionClosed { code, message } => {
+                Error::Amqp(amiquip::Error::ServerClosedConnection { code, message })
+            }
+            LinkError::ChannelClosed {
+                channel,
+                code,
+                message,
+            } => Error::Amqp(amiquip::Error::ServerClosedChannel {
+                channel_id: channel,
+                code,
+                message,
+            }),
+            LinkError::Amqp(amqp) => Error::Amqp(amqp),
         }
     }
 }
@@ -257,7 +291,7 @@ impl Error {
     pub fn is_connection_loss(&self) -> bool {
         match self {
             Error::ConnectionLost(_) | Error::Stalled(_) => true,
-            Error::Amqp(err) => classify(err).is_some(),
+            Error::Amqp(err) => connection_gone(err),
             _ => false,
         }
     }
@@ -272,26 +306,94 @@ impl Error {
     }
 }
 
-/// Returns a one-line reason when `err` means the connection is gone.
-fn classify(err: &amiquip::Error) -> Option<String> {
-    use amiquip::Error as E;
-    match err {
-        E::UnexpectedSocketClose
-        | E::IoErrorReadingSocket { .. }
-        | E::IoErrorWritingSocket { .. }
-        | E::MissedServerHeartbeats
-        | E::ServerClosedConnection { .. }
-        | E::ClientClosedConnection
-        | E::EventLoopDropped
-        | E::EventLoopClientDropped
-        | E::IoThreadPanic => Some(crate::text::printable(&err.to_string())),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{exit_code, Error};
+    use crate::amqp::{ConnectFailure, LinkError};
+    use std::time::Duration;
+
+    /// The link's failures keep their message when the calling layer reports them, and exit
+    /// with the code the README gives.
+    #[test]
+    fn link_errors_keep_their_message_and_exit_code() {
+        let login = || ConnectFailure::LoginRefused("guest".into());
+        let timeout = || ConnectFailure::HandshakeTimeout(Duration::from_secs(1));
+        let cases = [
+            (
+                LinkError::Connect {
+                    uri: "amqp://u".into(),
+                    failure: Box::new(login()),
+                },
+                exit_code::CONNECTION,
+                true,
+                false,
+            ),
+            (
+                LinkError::AllBrokers(vec![("a".into(), login()), ("b".into(), timeout())]),
+                exit_code::CONNECTION,
+                false,
+                false,
+            ),
+            (
+                LinkError::AllBrokers(vec![("a".into(), login()), ("b".into(), login())]),
+                exit_code::CONNECTION,
+                true,
+                false,
+            ),
+            (LinkError::NoBroker, exit_code::USAGE, true, false),
+            (
+                LinkError::Stalled("no answer within 1.0s to the close".into()),
+                exit_code::CONNECTION,
+                false,
+                true,
+            ),
+            (
+                amiquip::Error::IoThreadPanic.into(),
+                exit_code::CONNECTION,
+                false,
+                true,
+            ),
+            (
+                amiquip::Error::ServerClosedConnection {
+                    code: 320,
+                    message: "CONNECTION_FORCED\r\n".into(),
+                }
+                .into(),
+                exit_code::CONNECTION,
+                false,
+                true,
+            ),
+            (
+                amiquip::Error::ServerClosedChannel {
+                    channel_id: 3,
+                    code: 406,
+                    message: "PRECONDITION_FAILED".into(),
+                }
+                .into(),
+                exit_code::OTHER,
+                false,
+                false,
+            ),
+            (
+                amiquip::Error::FrameUnexpected.into(),
+                exit_code::OTHER,
+                false,
+                false,
+            ),
+        ];
+        for (link, code, refusal, loss) in cases {
+            let text = link.to_string();
+            let codes = link.broker_code().map(|(c, t)| (c, t.to_string()));
+            assert_eq!(link.is_refusal(), refusal, "{text}");
+            assert_eq!(link.is_connection_loss(), loss, "{text}");
+            let err = Error::from(link);
+            assert_eq!(err.to_string(), text);
+            assert_eq!(err.exit_code(), code, "{text}");
+            assert_eq!(err.is_refusal(), refusal, "{text}");
+            assert_eq!(err.is_connection_loss(), loss, "{text}");
+            assert_eq!(err.broker_code().map(|(c, t)| (c, t.to_string())), codes);
+        }
+    }
 
     #[test]
     fn readme_lists_the_exit_codes() {

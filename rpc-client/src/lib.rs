@@ -28,7 +28,8 @@
 //! - [`amqp`]: reaching the broker: [`BrokerOptions`] and `amqp://` URIs, opening a
 //!   connection (TCP_NODELAY, connect timeout, first of several brokers, TLS), the
 //!   [`amqp::Watchdog`] bounding each round trip, consuming a queue, backoff between
-//!   connection attempts. Knows nothing of calls.
+//!   connection attempts; its failures are [`LinkError`]s (the calling layer reports them as
+//!   [`Error`]s, with the same messages). Knows nothing of calls.
 //! - [`cli`] (feature `cli`, on by default): the flags both binaries share (broker, logging,
 //!   `--generate`; the only module that knows flag names), the stderr logger, and
 //!   `rpc-client`'s own command line ([`cli::run`]) with its output, JSON and `bench`. Without
@@ -76,7 +77,7 @@ mod text;
 mod trace;
 pub mod wire;
 
-pub use amqp::BrokerOptions;
+pub use amqp::{BrokerOptions, LinkError};
 #[cfg(feature = "cli")]
 pub use cli::BrokerArgs;
 pub use client::RpcClient;

@@ -12,7 +12,7 @@
 //! refusing a request) could be what keeps its caller waiting.
 
 use crate::amqp::BrokerOptions;
-use crate::amqp::{open_first, Link};
+use crate::amqp::{open_first, Link, LinkError};
 use crate::error::Error;
 use crate::request::{RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
 use crate::trace::TraceContext;
@@ -446,7 +446,7 @@ impl Session {
         });
         match probe {
             Ok(count) => Ok(count),
-            Err(Error::Stalled(why)) => Err(Error::Stalled(why)),
+            Err(LinkError::Stalled(why)) => Err(Error::Stalled(why)),
             Err(_) => Ok(None),
         }
     }
@@ -463,9 +463,11 @@ impl Session {
         };
         // Closing the connection closes its channel on the broker too: one round trip
         // instead of two. The channel handle then only finds its I/O loop gone.
-        watchdog.bounded("to the connection close", CLOSE_LIMIT, || {
-            connection.close()
-        })
+        Ok(
+            watchdog.bounded("to the connection close", CLOSE_LIMIT, || {
+                connection.close()
+            })?,
+        )
     }
 }
 

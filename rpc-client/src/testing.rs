@@ -6,7 +6,7 @@
 //! a missing broker fails every test at once with one message instead of each after its
 //! own timeouts.
 
-use crate::amqp::connect_first;
+use crate::amqp::{connect_first, LinkError};
 use crate::BrokerOptions;
 use crate::Error;
 use amiquip::{
@@ -45,7 +45,7 @@ fn probe(options: &BrokerOptions) -> Result<(), String> {
         }
         Err(err) => {
             let reason = match err {
-                Error::Connect { reason, .. } => reason,
+                LinkError::Connect { failure, .. } => failure.to_string(),
                 other => other.to_string(),
             };
             let source = if std::env::var_os("AMQP_URI").is_some() {
@@ -114,7 +114,8 @@ pub fn poll_until(
 
 /// Connects and logs in to the broker described by `options`, without bounds on later calls.
 pub fn connect(options: &BrokerOptions) -> Result<Connection, Error> {
-    connect_first(std::slice::from_ref(options), 0).map(|(connection, _)| connection)
+    let (connection, _) = connect_first(std::slice::from_ref(options), 0)?;
+    Ok(connection)
 }
 
 /// Installs a stderr logger for tests (captured per test): our crates and dependencies at warn

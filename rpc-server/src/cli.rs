@@ -139,6 +139,8 @@ pub struct Cli {
     /// Serve Prometheus metrics (GET /metrics), liveness (GET /healthz) and readiness (GET
     /// /readyz: 200 only while consuming) over HTTP on HOST:PORT, e.g. 127.0.0.1:9464 or
     /// [::]:9464 [default: off].
+    // The text is also `--help`'s, which prints it as written: `[::]` stays unescaped.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "HOST:PORT", env = "RPC_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
 
@@ -162,7 +164,8 @@ impl Cli {
     pub fn to_options(&self) -> Result<ServerOptions, Error> {
         let name = self.name.clone().unwrap_or_else(default_name);
         let client_name = format!("rpc-server {} ({name})", env!("CARGO_PKG_VERSION"));
-        let mut brokers = self.common.broker.to_options(&client_name)?;
+        let mut brokers = (self.common.broker.to_options(&client_name))
+            .map_err(|err| Error::Config(err.to_string()))?;
         for broker in &mut brokers {
             broker.heartbeat = self.heartbeat;
         }

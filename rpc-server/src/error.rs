@@ -1,6 +1,7 @@
 //! Why a server stopped with an error ([`Error`]), and the exit codes of `rpc-server`
 //! ([`exit_code`]).
 
+use rpc_client::amqp::LinkError;
 use std::fmt;
 
 /// Process exit codes of `rpc-server`, defined once: `--help` prints [`exit_code::TABLE`] and a
@@ -51,15 +52,15 @@ pub const CONSUMER_TIMEOUT_CANCEL: &str =
 pub enum Error {
     /// The options are unusable.
     Config(String),
-    /// Connecting failed, or the connection was lost (from the client library, which opens
-    /// connections for both binaries).
-    Connection(rpc_client::Error),
+    /// Connecting failed, or the connection was lost, or the broker closed it or a channel
+    /// (the AMQP layer both binaries share reports it).
+    Connection(LinkError),
     /// A broker operation failed: what we were doing, and why.
     Broker {
         /// What the server was doing, e.g. "cannot set the prefetch".
         doing: String,
         /// Why (boxed: it is large, and errors are rare).
-        source: Box<rpc_client::Error>,
+        source: Box<LinkError>,
     },
     /// The request consumer stopped: cancelled by the broker, or its channel went away.
     ConsumerStopped(String),
@@ -93,11 +94,11 @@ impl Error {
     /// Everything else (connection refused or lost, a node down, a stalled link, a queue
     /// deleted under us, a channel closed for a consumer timeout) is worth a reconnect.
     pub fn refusal(&self) -> Option<String> {
-        let client = self.client_error()?;
-        if let rpc_client::Error::Connect { refused: true, .. } = client {
+        let link = self.link_error()?;
+        if link.is_refusal() {
             return Some("check the user name, password and virtual host".into());
         }
-        let (code, text) = client.broker_code()?;
+        let (code, text) = link.broker_code()?;
         let hint = match code {
             403 => {
                 "access refused: check the user's permissions (configure, write, read) on \
@@ -126,8 +127,8 @@ impl Error {
                 .starts_with(CONSUMER_TIMEOUT_CANCEL)
                 .then(|| CONSUMER_TIMEOUT_CANCEL.to_string());
         }
-        self.client_error()
-            .and_then(rpc_client::Error::broker_code)
+        self.link_error()
+            .and_then(LinkError::broker_code)
             .filter(|(code, text)| *code == 406 && text.contains("acknowledgement"))
             .map(|(code, text)| format!("{code} {}", rpc_client::wire::printable(text)))
     }
@@ -136,16 +137,11 @@ impl Error {
     /// did on it, such as a reply over `max_message_size` or a request held past
     /// `consumer_timeout`.
     pub fn channel_closed(&self) -> bool {
-        matches!(
-            self.client_error(),
-            Some(rpc_client::Error::Amqp(
-                amiquip::Error::ServerClosedChannel { .. }
-            ))
-        )
+        matches!(self.link_error(), Some(LinkError::ChannelClosed { .. }))
     }
 
-    /// The client library's error inside this one, if any.
-    fn client_error(&self) -> Option<&rpc_client::Error> {
+    /// The AMQP layer's error inside this one, if any.
+    fn link_error(&self) -> Option<&LinkError> {
         match self {
             Error::Connection(err) => Some(err),
             Error::Broker { source, .. } => Some(source),
@@ -186,19 +182,90 @@ impl fmt::Display for Error {
 /// The source's text is part of the message, so it is not repeated as a `source()`.
 impl std::error::Error for Error {}
 
-impl From<rpc_client::Error> for Error {
-    fn from(err: rpc_client::Error) -> Self {
+impl From<LinkError> for Error {
+    /// No broker to connect to is a configuration error; the rest are [`Error::Connection`].
+    fn from(err: LinkError) -> Self {
         match err {
-            rpc_client::Error::Config(why) => Error::Config(why),
+            LinkError::NoBroker => Error::Config(err.to_string()),
             other => Error::Connection(other),
         }
     }
 }
 
+impl From<amiquip::Error> for Error {
+    fn from(err: amiquip::Error) -> Self {
+        LinkError::from(err).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{exit_code, Error};
+    use rpc_client::amqp::{ConnectFailure, LinkError};
     use rpc_client::exit_code::markdown;
+
+    fn channel_closed(code: u16, message: &str) -> LinkError {
+        LinkError::ChannelClosed {
+            channel: 1,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// What the server decides from the AMQP layer's errors: refusals (not retried), consumer
+    /// timeouts, closed channels; and their messages.
+    #[test]
+    fn link_errors_are_read_for_refusals_and_consumer_timeouts() {
+        let login = Error::from(LinkError::Connect {
+            uri: "amqp://guest:****@h:5672/%2F".into(),
+            failure: Box::new(ConnectFailure::LoginRefused("guest".into())),
+        });
+        assert_eq!(
+            login.refusal().as_deref(),
+            Some("check the user name, password and virtual host")
+        );
+        assert!(!login.channel_closed());
+
+        let denied = Error::from(channel_closed(403, "ACCESS_REFUSED - no access"))
+            .context("cannot set the prefetch");
+        assert!(denied
+            .refusal()
+            .is_some_and(|hint| hint.starts_with("access refused")));
+        assert!(denied.channel_closed() && denied.consumer_timeout().is_none());
+        assert_eq!(
+            denied.to_string(),
+            "cannot set the prefetch: AMQP error: server closed channel 1 (code=403, \
+             message=ACCESS_REFUSED - no access)"
+        );
+
+        let transient = Error::from(LinkError::ConnectionClosed {
+            code: 541,
+            message: "INTERNAL_ERROR - feature transient_nonexcl_queues is deprecated".into(),
+        });
+        assert!(transient
+            .refusal()
+            .is_some_and(|hint| hint.contains("run without --transient")));
+        assert!(!transient.channel_closed());
+
+        let acks = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out\r\n";
+        let timeout = Error::broker("cannot ack")(amiquip::Error::ServerClosedChannel {
+            channel_id: 1,
+            code: 406,
+            message: acks.into(),
+        });
+        assert_eq!(
+            timeout.consumer_timeout().as_deref(),
+            Some("406 PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out??")
+        );
+        assert!(timeout.channel_closed() && timeout.refusal().is_none());
+
+        let lost = Error::from(amiquip::Error::UnexpectedSocketClose);
+        assert!(lost.refusal().is_none() && !lost.channel_closed());
+        assert!(matches!(
+            Error::from(LinkError::NoBroker),
+            Error::Config(why) if why == "no broker to connect to"
+        ));
+    }
 
     #[test]
     fn readme_lists_the_exit_codes() {

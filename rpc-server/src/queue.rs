@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::options::{QueueType, ServerOptions};
 use amiquip::{AmqpValue, Connection, FieldTable, QueueDeclareOptions};
-use rpc_client::amqp::Watchdog;
+use rpc_client::amqp::{LinkError, Watchdog};
 use rpc_client::wire;
 use std::time::Duration;
 
@@ -37,10 +37,7 @@ pub fn ensure_queue(
             watchdog.bounded("to a channel close", limit, || probe.close())?;
             return Ok(());
         }
-        Err(Error::Connection(rpc_client::Error::Amqp(amiquip::Error::ServerClosedChannel {
-            code: 404,
-            ..
-        }))) => {}
+        Err(Error::Connection(LinkError::ChannelClosed { code: 404, .. })) => {}
         Err(err) => return Err(err.context(format!("cannot check queue '{shown}'"))),
     }
     let declare = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
@@ -74,10 +71,7 @@ pub fn ensure_queue(
             Ok(())
         }
         // Another process declared it differently between our check and our declare.
-        Err(Error::Connection(rpc_client::Error::Amqp(amiquip::Error::ServerClosedChannel {
-            code: 406,
-            ..
-        }))) => {
+        Err(Error::Connection(LinkError::ChannelClosed { code: 406, .. })) => {
             log::info!("queue '{shown}' was just declared by someone else; using it");
             Ok(())
         }

@@ -2,13 +2,15 @@
 //! ([`BrokerOptions`], [`mask_uri`]), opening a connection with `TCP_NODELAY` and one time
 //! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), time limits on
 //! each later round trip ([`Watchdog`]), consuming a queue ([`consume`], [`callback_queue`])
-//! and the backoff between connection attempts ([`Reconnect`]).
+//! and the backoff between connection attempts ([`Reconnect`]). Its failures are
+//! [`LinkError`]s.
 //!
 //! Nothing here knows about calls or replies: the calling layer ([`crate::RpcClient`]) and
 //! `rpc-server` are built on it.
 
 mod connection;
 mod consume;
+mod error;
 mod random;
 mod reconnect;
 mod tls;
@@ -17,10 +19,13 @@ mod watchdog;
 
 pub use connection::{connect_first, open_first, Link};
 pub use consume::{callback_queue, consume};
+pub use error::{ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
+pub use tls::TlsError;
 pub use uri::{mask_uri, BrokerOptions, UriError, UriProblem};
 pub use watchdog::Watchdog;
 
+pub(crate) use error::{connection_gone, each_broker};
 pub(crate) use random::random_u64;
 // For the command line's broker flags.
 #[cfg(feature = "cli")]

@@ -8,7 +8,7 @@
 //! reports what it waited for ([`Watchdog::bounded`]). The connection is abandoned: the broker
 //! requeues whatever it had delivered and not been acked.
 
-use crate::error::Error;
+use super::error::LinkError;
 use std::borrow::Cow;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -108,7 +108,7 @@ impl Watchdog {
     }
 
     /// Runs `call` (a blocking amiquip call) with at most `limit` to answer. If the deadline
-    /// passes, the connection is abandoned and the result is [`Error::Stalled`] naming `what`
+    /// passes, the connection is abandoned and the result is [`LinkError::Stalled`] naming `what`
     /// (worded to follow "no answer within 2.0s", e.g. "to the channel open");
     /// a connection abandoned earlier fails the call the same way. Other errors are returned
     /// as they are.
@@ -117,7 +117,7 @@ impl Watchdog {
         what: &'static str,
         limit: Duration,
         call: impl FnOnce() -> Result<T, amiquip::Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, LinkError> {
         // One clock read and two locks per call: this wraps every publish and ack.
         self.arm_with(Instant::now() + limit, limit, Cow::Borrowed(what));
         let result = call();
@@ -128,7 +128,7 @@ impl Watchdog {
         };
         match (result, fired) {
             (Ok(value), None) => Ok(value),
-            (_, Some(why)) => Err(Error::Stalled(why)),
+            (_, Some(why)) => Err(LinkError::Stalled(why)),
             (Err(err), None) => Err(err.into()),
         }
     }
@@ -205,7 +205,7 @@ mod tests {
         });
         let took = started.elapsed();
         assert!(
-            matches!(&result, Err(Error::Stalled(why)) if why == "no answer within 0.2s the test's read"),
+            matches!(&result, Err(LinkError::Stalled(why)) if why == "no answer within 0.2s the test's read"),
             "{result:?}"
         );
         assert!(
@@ -232,6 +232,6 @@ mod tests {
         let watchdog = Watchdog::new(ours).expect("watchdog");
         watchdog.abandon("stopping");
         let result = watchdog.bounded("anything", Duration::from_secs(5), || Ok(()));
-        assert!(matches!(result, Err(Error::Stalled(_))), "{result:?}");
+        assert!(matches!(result, Err(LinkError::Stalled(_))), "{result:?}");
     }
 }

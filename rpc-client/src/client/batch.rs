@@ -317,16 +317,12 @@ impl RpcClient {
             );
             stuck |= call.overdue % STUCK_OVERDUE == 0;
         }
-        if !stuck {
-            return Step::Next;
-        }
-        let cause = format!(
-            "the broker confirmed none of {STUCK_OVERDUE} sendings of a request on this connection"
-        );
-        // Seen on RabbitMQ 3.10 around a quorum queue's leader change: a channel opened
-        // meanwhile stays refused or ignored. A new connection clears it.
-        log::warn!("{cause}; connecting again");
-        Step::Lose(cause)
+        stuck_connection(stuck, || {
+            format!(
+                "the broker confirmed none of {STUCK_OVERDUE} sendings of a request on this \
+                 connection"
+            )
+        })
     }
 
     /// Requests the broker refused (nacked): each is sent again after a backoff.
@@ -348,14 +344,9 @@ impl RpcClient {
                 wait.as_secs_f64()
             );
         }
-        if !stuck {
-            return Step::Next;
-        }
-        let cause = format!("the broker refused a request {STUCK_NACKS} times on this connection");
-        // Seen on RabbitMQ 3.10 around a quorum queue's leader change: a channel opened
-        // meanwhile stays refused or ignored. A new connection clears it.
-        log::warn!("{cause}; connecting again");
-        Step::Lose(cause)
+        stuck_connection(stuck, || {
+            format!("the broker refused a request {STUCK_NACKS} times on this connection")
+        })
     }
 
     /// The connection is lost: drops it and sorts the calls in flight. Those whose requests
@@ -399,4 +390,17 @@ impl RpcClient {
         calls.resend_after_loss(again, nacked);
         failed
     }
+}
+
+/// A connection on which the broker keeps refusing or ignoring a request (`stuck`) is given
+/// up, for the reason `cause` gives; else nothing to act on.
+fn stuck_connection<T, R>(stuck: bool, cause: impl FnOnce() -> String) -> Step<T, R> {
+    if !stuck {
+        return Step::Next;
+    }
+    let cause = cause();
+    // Seen on RabbitMQ 3.10 around a quorum queue's leader change: a channel opened
+    // meanwhile stays refused or ignored. A new connection clears it.
+    log::warn!("{cause}; connecting again");
+    Step::Lose(cause)
 }

@@ -32,7 +32,7 @@ use crate::redelivery::Redeliveries;
 use crate::workers::Workers;
 use amiquip::{Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rpc_client::amqp::{consume, open_first, Link, Reconnect, Watchdog};
+use rpc_client::amqp::{consume, open_first, Link, LinkError, Reconnect, Watchdog};
 use rpc_client::wire;
 use session::{Handles, Session};
 use std::sync::Arc;
@@ -218,7 +218,7 @@ impl Server<'_> {
         self.deliveries = None;
         served?;
         if let Some(why) = watchdog.fired() {
-            return Err(rpc_client::Error::Stalled(why).into());
+            return Err(LinkError::Stalled(why).into());
         }
         closed.map_err(Error::broker("cannot close the connection"))
     }
@@ -370,7 +370,7 @@ fn subscribe(
 /// The connection went away: abandoned by our watchdog (with its reason), or lost.
 fn lost(watchdog: &Watchdog, what: &str) -> Error {
     match watchdog.fired() {
-        Some(why) => rpc_client::Error::Stalled(why).into(),
+        Some(why) => LinkError::Stalled(why).into(),
         None => Error::ConsumerStopped(what.to_string()),
     }
 }
@@ -378,7 +378,7 @@ fn lost(watchdog: &Watchdog, what: &str) -> Error {
 /// A step of the clean stop failed: because the stop deadline passed, or for `err`.
 fn stop_failed(watchdog: &Watchdog, doing: &str, err: amiquip::Error) -> Error {
     match watchdog.fired() {
-        Some(why) => rpc_client::Error::Stalled(why).into(),
+        Some(why) => LinkError::Stalled(why).into(),
         None => Error::broker(doing)(err),
     }
 }

@@ -13,13 +13,16 @@
 //! - [`poison`]: requests that kill their server; acks held during a long request;
 //! - [`stream`]: `rpc-server --protocol lines|json -- CMD`, a program kept per worker.
 //!
-//! Ignored, each one test run by a script against brokers of its own, selected by module path:
+//! Ignored, each run by a script (faults and cluster on brokers of their own), by module path:
 //!
 //! - [`faults`]: the fault run (`cargo test --release -p rpc-server --test it faults:: --
 //!   --ignored`; `scripts/test.sh`'s last stage but one), which restarts its broker;
 //! - [`cluster`]: the cluster test (`cargo test --release -p rpc-server --test it cluster:: --
 //!   --ignored`; `scripts/cluster-test.sh`), on the local three-node cluster of
-//!   `scripts/cluster.sh`.
+//!   `scripts/cluster.sh`;
+//! - [`stages`]: the assertions of the stages of `scripts/test.sh` that need OS work first
+//!   (TLS, interop, metrics, the scripts end to end, the 4.x refusals), each run by its script
+//!   (`cargo test --release -p rpc-server --test it stages::MODULE -- --ignored`).
 //!
 //! One test: `cargo test -p rpc-server --test it skewed_clocks`; one area: `cargo test -p
 //! rpc-server --test it command::`.
@@ -34,3 +37,4 @@ mod stream;
 
 mod cluster;
 mod faults;
+mod stages;

@@ -3,18 +3,16 @@
 //! every test ends by checking in `/proc` that no process carrying it is left once its
 //! server has exited. Logs in `target/tmp/stream/`.
 
+use crate::common::served::{Served, EXIT_WITHIN};
 use crate::common::server::ServerProc;
 use crate::common::{log_dir, marker, rpc_client_bin};
-use rpc_client::testing::{self, Admin, QueueGuard};
+use rpc_client::testing;
 use rpc_client::TraceContext;
-use rpc_client::{ClientOptions, Error, RpcClient, RpcReply, RpcRequest};
+use rpc_client::{Error, RpcRequest};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// How long a server may take to exit by itself.
-const EXIT_WITHIN: Duration = Duration::from_secs(30);
 
 fn logs() -> PathBuf {
     log_dir("stream")
@@ -33,18 +31,17 @@ fn marked(marker: &str, except: u32) -> Vec<String> {
     crate::common::marked(marker, |pid, _| pid != except)
 }
 
-/// A server of a kept program on its own queue, consuming.
-struct Served {
-    server: ServerProc,
-    queue: QueueGuard,
+/// A server of a kept program on its own queue, consuming: a [`Served`] (which it derefs to)
+/// whose program carries a marker.
+struct Kept {
+    served: Served,
     mark: String,
 }
 
-impl Served {
+impl Kept {
     /// `rpc-server --name NAME ARGS... -- PROGRAM... MARKER` on a fresh queue.
-    fn start(name: &str, args: &[&str], program: &[&str]) -> Served {
+    fn start(name: &str, args: &[&str], program: &[&str]) -> Kept {
         let mark = marker();
-        let queue = QueueGuard::new(name);
         let all: Vec<&str> = args
             .iter()
             .copied()
@@ -52,32 +49,10 @@ impl Served {
             .chain(program.iter().copied())
             .chain([mark.as_str()])
             .collect();
-        let mut server =
-            ServerProc::on_broker(&logs(), name, queue.name(), &testing::broker(), &all);
-        let mut admin = Admin::connect().expect("admin");
-        if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
-            server.sigterm();
-            panic!("{err}\n{}", server.finish(EXIT_WITHIN).1);
-        }
-        Served {
-            server,
-            queue,
+        Kept {
+            served: Served::start(&logs(), name, &all),
             mark,
         }
-    }
-
-    fn client(&self, timeout: Duration) -> RpcClient {
-        RpcClient::connect(&ClientOptions {
-            brokers: vec![testing::broker()],
-            queue: self.queue.name().to_string(),
-            timeout,
-            ..ClientOptions::default()
-        })
-        .expect("client connects")
-    }
-
-    fn call(&self, request: RpcRequest) -> Result<RpcReply, Error> {
-        self.client(Duration::from_secs(20)).call(&request)
     }
 
     /// The reply body as text; panics with the log if there is none.
@@ -108,12 +83,18 @@ impl Served {
     }
 
     /// SIGTERM; the exit status must be 0 and nothing marked may be left.
-    fn stop(mut self) -> String {
-        self.server.sigterm();
-        let (status, shown) = self.server.finish(EXIT_WITHIN);
-        assert!(status.success(), "{shown}");
+    fn stop(self) -> String {
+        let shown = self.served.stop();
         nothing_left(&self.mark, &shown);
         shown
+    }
+}
+
+impl std::ops::Deref for Kept {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.served
     }
 }
 
@@ -141,7 +122,7 @@ fn lines_examples_in_python_and_node_keep_one_process() {
         ("stream-lines-py", ["python3", &example("upper_lines.py")]),
         ("stream-lines-node", ["node", &example("upper_lines.js")]),
     ] {
-        let served = Served::start(name, &["--protocol", "lines"], &program);
+        let served = Kept::start(name, &["--protocol", "lines"], &program);
         assert_eq!(served.text("hello"), "HELLO");
         let reply = served
             .call(RpcRequest::new("ümlaut").with_content_type("text/plain"))
@@ -167,7 +148,7 @@ fn json_examples_in_python_and_node() {
         ("stream-json-py", ["python3", &example("words_json.py")]),
         ("stream-json-node", ["node", &example("words_json.js")]),
     ] {
-        let served = Served::start(name, &["--protocol", "json"], &program);
+        let served = Kept::start(name, &["--protocol", "json"], &program);
         let reply = served
             .call(RpcRequest::new("one two\nthree").with_header("lang", "en"))
             .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
@@ -192,7 +173,7 @@ const JSON_MIRROR: &str = "import json, sys\n\
 
 #[test]
 fn json_requests_carry_body_properties_and_the_servers_span() {
-    let served = Served::start(
+    let served = Kept::start(
         "stream-json-mirror",
         &["--protocol", "json"],
         &["python3", "-c", JSON_MIRROR],
@@ -230,7 +211,7 @@ const SH_HANDLER: &str = "while read -r l; do case \"$l\" in \
 
 #[test]
 fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
-    let served = Served::start(
+    let served = Kept::start(
         "stream-failures",
         &[
             "--protocol",
@@ -298,7 +279,7 @@ const JSON_FAULTY: &str = "import json, sys\n\
 
 #[test]
 fn garbage_and_wrong_ids_are_protocol_errors() {
-    let served = Served::start(
+    let served = Kept::start(
         "stream-protocol",
         &["--protocol", "json"],
         &["python3", "-c", JSON_FAULTY],
@@ -326,7 +307,7 @@ const YES: &[&str] = &["sh", "-c", "yes; :"];
 
 #[test]
 fn cat_carries_a_large_line_and_a_flood_is_cut_off() {
-    let served = Served::start("stream-cat", &["--protocol", "lines"], CAT);
+    let served = Kept::start("stream-cat", &["--protocol", "lines"], CAT);
     let body: String = (0..3_000_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -338,7 +319,7 @@ fn cat_carries_a_large_line_and_a_flood_is_cut_off() {
     );
     served.stop();
     // `yes` answers "y", then floods: each next request finds it out of step.
-    let served = Served::start("stream-flood", &["--protocol", "lines"], YES);
+    let served = Kept::start("stream-flood", &["--protocol", "lines"], YES);
     for _ in 0..3 {
         assert_eq!(served.text("x"), "y");
     }
@@ -355,7 +336,7 @@ fn a_program_that_dies_at_start_is_restarted_with_backoff_not_in_a_loop() {
         "echo start >> '{}'; echo 'cannot start: no config' >&2; exit 1",
         starts.display()
     );
-    let served = Served::start(
+    let served = Kept::start(
         "stream-dies",
         &["--protocol", "lines", "--exec-timeout", "5"],
         &["sh", "-c", &script],
@@ -390,7 +371,7 @@ fn a_program_that_dies_at_start_is_restarted_with_backoff_not_in_a_loop() {
 
 #[test]
 fn max_requests_per_process_recycles_the_program() {
-    let served = Served::start(
+    let served = Kept::start(
         "stream-recycle",
         &["--protocol", "lines", "--max-requests-per-process", "3"],
         &["sh", "-c", "while read -r l; do echo \"$$\"; done"],
@@ -415,7 +396,7 @@ fn max_requests_per_process_recycles_the_program() {
 fn sigterm_answers_the_requests_in_hand_then_ends_the_programs() {
     // Each request takes a second; at stdin's end it goes on, so the stop must kill it.
     let script = "while read -r l; do sleep 1; echo \"$l\"; done; sleep 3603.$0";
-    let served = Served::start(
+    let served = Kept::start(
         "stream-sigterm",
         &["--protocol", "lines", "--workers", "2"],
         &["sh", "-c", script],
@@ -437,7 +418,7 @@ fn sigterm_answers_the_requests_in_hand_then_ends_the_programs() {
         || Ok(served.programs().len() >= 2),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
-    let mark = served.mark.clone();
+    let Kept { served, mark } = served;
     let mut server = served.server;
     let stopped = Instant::now();
     server.sigterm();
@@ -461,7 +442,7 @@ fn sigterm_answers_the_requests_in_hand_then_ends_the_programs() {
 
 #[test]
 fn a_server_killed_by_sigkill_leaves_no_program_running() {
-    let served = Served::start(
+    let served = Kept::start(
         "stream-sigkill",
         &["--protocol", "lines", "--workers", "2"],
         &[
@@ -473,7 +454,7 @@ fn a_server_killed_by_sigkill_leaves_no_program_running() {
     assert_eq!(served.text("a"), "a");
     // The program and its child.
     assert_eq!(served.programs().len(), 2, "{:?}", served.programs());
-    let mark = served.mark.clone();
+    let Kept { served, mark } = served;
     let mut server = served.server;
     server.sigkill();
     assert!(server.wait_exit(Duration::from_secs(5)).is_some());
@@ -502,7 +483,7 @@ fn protocol_flags_are_checked() {
 /// `rpc-client call` against a `lines` server, as a user would from the shell.
 #[test]
 fn rpc_client_call_against_a_lines_server() {
-    let served = Served::start("stream-cli", &["--protocol", "lines"], CAT);
+    let served = Kept::start("stream-cli", &["--protocol", "lines"], CAT);
     let broker = testing::broker();
     let out = Command::new(rpc_client_bin())
         .args(["--host", &broker.host, "--port", &broker.port.to_string()])

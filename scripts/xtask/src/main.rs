@@ -1,6 +1,6 @@
 //! `xtask`: the chores of the scripts in `scripts/` that are not OS work, in Rust beside the
 //! code they serve: reading the broker's address, masking passwords, queue admin through the
-//! broker, and the benchmark (`cargo xtask bench`, see [`bench`]). Bash keeps apt, Erlang
+//! broker, and the benchmark (`cargo xtask bench`, see [`mod@bench`]). Bash keeps apt, Erlang
 //! nodes, openssl and the Python venv.
 //!
 //! Scripts build it once (`cargo build --release`, lib.sh) and run `target/release/xtask`;

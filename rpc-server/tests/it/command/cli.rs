@@ -1,7 +1,7 @@
 //! `rpc-client call` against command servers: by argument, stdin and `--json`; JSON logs and
 //! the trace from rpc-client's environment.
 
-use super::Served;
+use super::{logs, Served};
 use crate::common::rpc_client_bin;
 use rpc_client::testing;
 use std::process::{Command, Output, Stdio};
@@ -37,7 +37,7 @@ fn rpc_client_env(queue: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]
 
 #[test]
 fn rpc_client_call_against_a_tr_server_by_argument_stdin_and_json() {
-    let served = Served::start("cmd-cli", &["--", "tr", "a-z", "A-Z"]);
+    let served = Served::start(&logs(), "cmd-cli", &["--", "tr", "a-z", "A-Z"]);
     let queue = served.queue.name().to_string();
     let shown = served.server.shown();
     let out = rpc_client(&queue, &["call", "hello"], b"");
@@ -75,6 +75,7 @@ fn rpc_client_call_against_a_tr_server_by_argument_stdin_and_json() {
     served.stop();
 
     let failing = Served::start(
+        &logs(),
         "cmd-cli-fail",
         &["--", "sh", "-c", "echo broken >&2; exit 3"],
     );
@@ -111,6 +112,7 @@ fn json_log_lines(stderr: &str) -> Vec<serde_json::Map<String, serde_json::Value
 #[test]
 fn json_logs_and_the_trace_from_rpc_clients_environment() {
     let served = Served::start(
+        &logs(),
         "cmd-json",
         &[
             "--log-format",

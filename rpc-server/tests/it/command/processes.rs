@@ -2,7 +2,7 @@
 //! server, children that leave the command's process group. Each test marks the `sleep`
 //! processes its commands start and looks for them in `/proc`.
 
-use super::{text, Served};
+use super::{logs, text, Served};
 use crate::common::marker;
 use rpc_client::testing;
 use rpc_client::RpcRequest;
@@ -57,6 +57,7 @@ fn calls_in_flight(served: &Served, script: &str, count: usize) -> std::thread::
 fn a_second_signal_ends_the_commands_in_hand_and_all_they_started() {
     let mark = marker();
     let served = Served::start(
+        &logs(),
         "cmd-second-signal",
         &[&["--workers", "2"][..], &SCRIPT_SERVER].concat(),
     );
@@ -89,6 +90,7 @@ fn a_server_killed_by_sigkill_leaves_no_command_running() {
     let mark = marker();
     for workers in ["1", "2"] {
         let served = Served::start(
+            &logs(),
             &format!("cmd-sigkill-{workers}"),
             &[
                 &["--workers", workers, "--prefetch", "2"][..],
@@ -119,6 +121,7 @@ fn a_server_killed_by_sigkill_leaves_no_command_running() {
 fn a_command_is_answered_when_it_exits_and_what_left_its_group_is_ended() {
     let mark = marker();
     let served = Served::start(
+        &logs(),
         "cmd-setsid",
         &[&["--exec-timeout", "20"][..], &SCRIPT_SERVER].concat(),
     );

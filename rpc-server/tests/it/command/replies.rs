@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn a_tr_server_uppercases_with_content_type_and_server_name() {
-    let served = Served::start("cmd-upper", &["--", "tr", "a-z", "A-Z"]);
+    let served = Served::start(&logs(), "cmd-upper", &["--", "tr", "a-z", "A-Z"]);
     let reply = served.call(RpcRequest::new("hello").with_content_type("text/plain"));
     let shown = served.server.shown();
     let reply = reply.unwrap_or_else(|e| panic!("{e}\n{shown}"));
@@ -34,7 +34,7 @@ fn a_tr_server_uppercases_with_content_type_and_server_name() {
 #[test]
 fn failing_commands_get_exec_failed_with_status_and_last_stderr_line() {
     let script = "echo 'first complaint' >&2; printf 'last words\\033[2J\\n' >&2; exit 3";
-    let served = Served::start("cmd-fail", &["--", "sh", "-c", script]);
+    let served = Served::start(&logs(), "cmd-fail", &["--", "sh", "-c", script]);
     let shown = served.server.shown();
     let (code, message) = refusal(served.call(RpcRequest::new("x")), &shown);
     assert_eq!(code, "exec-failed");
@@ -58,6 +58,7 @@ fn hanging_commands_are_killed_with_their_children_at_the_exec_timeout() {
          if [ \"$line\" = hang ]; then sleep 60; fi; echo \"$line\""
     );
     let served = Served::start(
+        &logs(),
         "cmd-hang",
         &["--exec-timeout", "1", "--", "sh", "-c", &script],
     );
@@ -100,7 +101,11 @@ fn hanging_commands_are_killed_with_their_children_at_the_exec_timeout() {
 
 #[test]
 fn floods_and_unread_bodies_neither_deadlock_nor_exceed_the_limits() {
-    let flood = Served::start("cmd-flood", &["--max-reply-bytes", "100000", "--", "yes"]);
+    let flood = Served::start(
+        &logs(),
+        "cmd-flood",
+        &["--max-reply-bytes", "100000", "--", "yes"],
+    );
     let shown = flood.server.shown();
     let started = Instant::now();
     let (code, message) = refusal(flood.call(RpcRequest::new("")), &shown);
@@ -110,6 +115,7 @@ fn floods_and_unread_bodies_neither_deadlock_nor_exceed_the_limits() {
 
     // Never reads its stdin: 4 MiB (more than any pipe holds) is no problem.
     let deaf = Served::start(
+        &logs(),
         "cmd-deaf",
         &["--max-request-bytes", "5000000", "--", "echo", "done"],
     );
@@ -126,7 +132,7 @@ fn floods_and_unread_bodies_neither_deadlock_nor_exceed_the_limits() {
     deaf.stop();
 
     // A large body through, both ways.
-    let cat = Served::start("cmd-cat", &["--", "cat"]);
+    let cat = Served::start(&logs(), "cmd-cat", &["--", "cat"]);
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let reply = cat.call(RpcRequest::new(body.clone())).expect("cat");
     assert!(reply.body == body, "cat changed a 3 MB body");
@@ -138,6 +144,7 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
     let script =
         "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|${AMQP_PASSWORD-unset}\"";
     let served = Served::start(
+        &logs(),
         "cmd-env",
         &[
             "--reply-content-type",
@@ -176,6 +183,7 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
 #[test]
 fn two_workers_run_two_slow_requests_at_once_and_sigterm_waits_for_both() {
     let served = Served::start(
+        &logs(),
         "cmd-workers",
         &["--workers", "2", "--", "sh", "-c", "sleep 1; cat"],
     );

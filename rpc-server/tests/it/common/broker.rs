@@ -75,23 +75,6 @@ impl Ctl {
             .map(String::from))
     }
 
-    /// Closes the connection whose client properties contain `needle`, once it is open
-    /// (waiting up to `within`).
-    pub fn close_connection(&self, needle: &str, within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(pid) = self.connection_pid(needle)? {
-                return self
-                    .run(&["close_connection", &pid, "closed by a test"])
-                    .map(|_| ());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("no connection of '{needle}' within {within:?}"));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// Sets the memory high watermark (a fraction of the machine's memory): 0.00001 sets off a
     /// memory alarm, 0.4 is RabbitMQ's default.
     pub fn set_memory_watermark(&self, fraction: &str) -> Result<(), String> {

@@ -9,6 +9,7 @@
 //!   deadline, their exit status checked), a stopped broker application or cluster node
 //!   started again on drop;
 //! - [`server`]: `rpc-server` processes ([`server::ServerProc`]), started and stopped;
+//! - [`served`]: one serving a command or a kept program on its own queue, and its calls;
 //! - [`http`]: GET from the `--metrics-addr` endpoint;
 //! - [`proxy`]: a TCP proxy that stalls the link (at a given AMQP method) or trickles it;
 //! - here: the expected answers, a poison-tolerant lock, log directories.
@@ -19,6 +20,7 @@ pub mod callers;
 pub mod http;
 pub mod load;
 pub mod proxy;
+pub mod served;
 pub mod server;
 
 use std::collections::HashMap;

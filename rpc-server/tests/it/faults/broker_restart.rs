@@ -8,13 +8,15 @@
 //! Stops `AMQP_URI`'s broker with `$RABBITMQCTL stop_app`: the runner refuses to run this on
 //! a shared broker.
 
+use super::{
+    client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+};
 use crate::common::broker::{BrokerApp, Ctl};
 use crate::common::caller::Caller;
+use crate::common::callers::Callers;
 use crate::common::load::{Call, Outcome, AFTER, BEFORE, DURING, GRACE};
-use super::{
-    client_options, slow_n, slow_stream, start_servers, stop_servers, Def, Scenario,
-    CALL_TIMEOUT, CONNECT_TIMEOUT,
-};
+use crate::common::server::ServerProc;
 use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{Error, FibonacciRpcClient};
@@ -52,26 +54,47 @@ fn run(sc: &mut Scenario) {
     stream.wait("answers before the restart", Duration::from_secs(30), |s| {
         s.answers() >= 10
     });
+    restart(sc, &mut short, queue.name(), &servers, &stream);
+    stream.wait("answers after the restart", Duration::from_secs(60), |s| {
+        s.answers_in_phase(AFTER) >= 20
+    });
+    let report = stream.finish();
+    let calls = &report.calls;
+    sc.record_all(calls);
+    let later = later_calls(sc, queue.name(), &mut idle);
+    check_phases(sc, calls, &later, report.total_connects());
+    for server in &mut servers {
+        sc.check(server.exited().is_none(), || {
+            format!("{} exited: {}", server.name, server.log_tail(10))
+        });
+    }
+    stop_servers(sc, &mut servers);
+}
 
+/// The broker application stopped (the stream's calls from now on are in phase DURING), the
+/// checks while it is down ([`stopped_broker_checks`], with `short`), started again after
+/// [`OUTAGE`]; returns once both servers consume again (phase AFTER).
+fn restart(
+    sc: &mut Scenario,
+    short: &mut Caller,
+    queue: &str,
+    servers: &[ServerProc],
+    stream: &Callers,
+) {
     let mut app = BrokerApp::new(Ctl::from_env(), testing::broker());
     stream.set_phase(DURING);
     let down_at = Instant::now();
     let stop_took = app.stop().unwrap_or_else(|e| panic!("{e}"));
-    stopped_broker_checks(sc, &mut short, queue.name());
+    stopped_broker_checks(sc, short, queue);
     // The outage itself (a fault we inject, not a wait for a condition).
     thread::sleep(OUTAGE.saturating_sub(down_at.elapsed()));
     let start_took = app.start().unwrap_or_else(|e| panic!("{e}"));
     let up_at = Instant::now();
-    testing::wait_for_consumers(
-        &[testing::broker()],
-        queue.name(),
-        2,
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| {
-        let logs: Vec<String> = servers.iter().map(|s| s.log_tail(10)).collect();
-        panic!("servers did not come back: {e}\n{}", logs.join("\n"))
-    });
+    testing::wait_for_consumers(&[testing::broker()], queue, 2, Duration::from_secs(60))
+        .unwrap_or_else(|e| {
+            let logs: Vec<String> = servers.iter().map(|s| s.log_tail(10)).collect();
+            panic!("servers did not come back: {e}\n{}", logs.join("\n"))
+        });
     let back_after = up_at.elapsed();
     stream.set_phase(AFTER);
     sc.note(format!(
@@ -82,14 +105,12 @@ fn run(sc: &mut Scenario) {
         start_took.as_secs_f64(),
         back_after.as_secs_f64()
     ));
-    stream.wait("answers after the restart", Duration::from_secs(60), |s| {
-        s.answers_in_phase(AFTER) >= 20
-    });
-    let report = stream.finish();
-    let calls = &report.calls;
-    sc.record_all(calls);
-    // Later calls, on a fresh client and on the old one (which reconnects).
-    let mut fresh = Caller::new(client_options(queue.name(), CALL_TIMEOUT));
+}
+
+/// Later calls, on a fresh client and on the old one (which reconnects), recorded; the
+/// client connected before the restart reconnected by itself.
+fn later_calls(sc: &mut Scenario, queue: &str, idle: &mut Caller) -> Vec<Call> {
+    let mut fresh = Caller::new(client_options(queue, CALL_TIMEOUT));
     let later: Vec<Call> = (0..10)
         .map(|k| fresh.call(slow_n(0, k)))
         .chain(std::iter::once(idle.call(40)))
@@ -99,15 +120,18 @@ fn run(sc: &mut Scenario) {
         })
         .collect();
     sc.record_all(&later);
-    // The client connected before the restart reconnected by itself.
     sc.check(idle.connects == 1, || {
         format!("the idle client was replaced ({} connects)", idle.connects)
     });
+    later
+}
 
+/// Every call before and after the restart answered right; a note on those during it.
+fn check_phases(sc: &mut Scenario, calls: &[Call], later: &[Call], connects: u64) {
     let not_right = |phase: u8| {
         calls
             .iter()
-            .chain(&later)
+            .chain(later)
             .filter(|c| c.phase == phase && c.outcome != Outcome::Right)
             .map(|c| c.detail.clone())
             .collect::<Vec<_>>()
@@ -133,15 +157,9 @@ fn run(sc: &mut Scenario) {
             .iter()
             .filter(|c| c.outcome == Outcome::Right)
             .count(),
-        report.total_connects(),
+        connects,
         reasons
     ));
-    for server in &mut servers {
-        sc.check(server.exited().is_none(), || {
-            format!("{} exited: {}", server.name, server.log_tail(10))
-        });
-    }
-    stop_servers(sc, &mut servers);
 }
 
 fn broker_is_local() -> bool {

@@ -10,13 +10,14 @@
 //! took 24 s once), and `5` is fib(5), so the Fibonacci client checks the echo as it checks
 //! any answer. FILE counts the runs.
 
+use super::{client_options, logs, stop_servers, Def, Scenario};
 use crate::common::broker::Ctl;
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::server::ServerProc;
-use super::{client_options, logs, stop_servers, Def, Scenario};
 use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient, RpcClient, RpcRequest};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,9 @@ fn named(queue: &str, name: &str, idempotent: bool) -> ClientOptions {
     }
 }
 
+/// What a call ended with, and when (since the calls began).
+type Ended = (Result<Vec<u8>, Error>, Duration);
+
 fn run(sc: &mut Scenario) {
     let queue = QueueGuard::new("fault-recovery");
     let q = queue.name().to_string();
@@ -53,25 +57,7 @@ fn run(sc: &mut Scenario) {
     let _ = std::fs::remove_file(&runs);
     let hold = Hold(logs().join("recovery-hold"));
     std::fs::write(&hold.0, "").expect("hold file");
-    let script = format!(
-        "echo started >> '{}'; while [ -e '{}' ]; do sleep 0.05; done; cat",
-        runs.display(),
-        hold.0.display()
-    );
-    let mut server = ServerProc::on_broker(
-        &logs(),
-        "recovery",
-        &q,
-        &testing::broker(),
-        &["--workers", "3", "--", "sh", "-c", &script],
-    );
-    testing::wait_for_consumers(&[testing::broker()], &q, 1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
-    let count_runs = || {
-        std::fs::read_to_string(&runs)
-            .map(|text| text.lines().count())
-            .unwrap_or(0)
-    };
+    let mut server = start_server(&q, &runs, &hold);
 
     let mut fib = FibonacciRpcClient::connect(&named(&q, "recovery-fib", false)).expect("fib");
     let mut once = RpcClient::connect(&named(&q, "recovery-once", false)).expect("once");
@@ -85,11 +71,74 @@ fn run(sc: &mut Scenario) {
     ];
     // Close the three connections once the server is running all three requests.
     let in_hand = testing::wait_until("three requests in hand", Duration::from_secs(10), || {
-        Ok(count_runs() >= 3)
+        Ok(count_runs(&runs) >= 3)
     });
-    sc.check(in_hand.is_ok(), || format!("{in_hand:?}\n{}", server.log_tail(10)));
-    // The three connections from one listing, then closed in parallel: each rabbitmqctl run
-    // takes a second or more.
+    sc.check(in_hand.is_ok(), || {
+        format!("{in_hand:?}\n{}", server.log_tail(10))
+    });
+    close_connections(sc);
+    let closed_at = started.elapsed();
+    drop(hold); // the commands in hand answer now, to connections that are gone
+    let results: Vec<Ended> = calls
+        .into_iter()
+        .map(|call| call.join().expect("caller thread"))
+        .collect();
+    record_results(sc, &results, started);
+    // Three first runs, then the two re-sent requests: never the at-most-once one again.
+    let all_runs = testing::wait_until(
+        "the re-sent requests to run",
+        Duration::from_secs(10),
+        || Ok(count_runs(&runs) >= 5),
+    );
+    sc.check(all_runs.is_ok() && count_runs(&runs) == 5, || {
+        format!(
+            "the command ran {} times, want 5 (3 + 2 re-sent)",
+            count_runs(&runs)
+        )
+    });
+    sc.note(format!(
+        "connections closed {:.1}s into the calls, the commands then let go; answers after \
+         {:.1}s and {:.1}s; the \
+         at-most-once call failed after {:.2}s; {} runs of the command",
+        closed_at.as_secs_f64(),
+        results[0].1.as_secs_f64(),
+        results[2].1.as_secs_f64(),
+        results[1].1.as_secs_f64(),
+        count_runs(&runs)
+    ));
+    stop_servers(sc, std::slice::from_mut(&mut server));
+}
+
+/// The server of `queue`, once it consumes: each command adds a line to `runs`, waits while
+/// `hold` exists, then echoes the body.
+fn start_server(queue: &str, runs: &Path, hold: &Hold) -> ServerProc {
+    let script = format!(
+        "echo started >> '{}'; while [ -e '{}' ]; do sleep 0.05; done; cat",
+        runs.display(),
+        hold.0.display()
+    );
+    let server = ServerProc::on_broker(
+        &logs(),
+        "recovery",
+        queue,
+        &testing::broker(),
+        &["--workers", "3", "--", "sh", "-c", &script],
+    );
+    testing::wait_for_consumers(&[testing::broker()], queue, 1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
+    server
+}
+
+/// How many times the command started (lines in `runs`).
+fn count_runs(runs: &Path) -> usize {
+    std::fs::read_to_string(runs)
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+/// The three clients' connections from one listing, then closed in parallel: each rabbitmqctl
+/// run takes a second or more.
+fn close_connections(sc: &mut Scenario) {
     let names = ["recovery-fib", "recovery-once", "recovery-twice"];
     let mut pids: Vec<String> = Vec::new();
     let listed = testing::wait_until("the clients' connections", Duration::from_secs(20), || {
@@ -118,13 +167,12 @@ fn run(sc: &mut Scenario) {
         let closed = close.join().expect("close thread");
         sc.check(closed.is_ok(), || format!("close_connection: {closed:?}"));
     }
-    let closed_at = started.elapsed();
-    drop(hold); // the commands in hand answer now, to connections that are gone
+}
+
+/// The calls of fib, once and twice (in that order): the first and last answered, the
+/// at-most-once one failed with `MaybeRan` (exit 3).
+fn record_results(sc: &mut Scenario, results: &[Ended], started: Instant) {
     let budget = TIMEOUT + GRACE;
-    let results: Vec<(Result<Vec<u8>, Error>, Duration)> = calls
-        .into_iter()
-        .map(|call| call.join().expect("caller thread"))
-        .collect();
     for ((result, ended), what) in results.iter().zip(["fib", "once", "twice"]) {
         let outcome = match (what, result) {
             ("once", Err(err @ Error::MaybeRan { .. })) => {
@@ -142,24 +190,6 @@ fn run(sc: &mut Scenario) {
         call.elapsed = *ended;
         sc.record(&call);
     }
-    // Three first runs, then the two re-sent requests: never the at-most-once one again.
-    let all_runs = testing::wait_until("the re-sent requests to run", Duration::from_secs(10), || {
-        Ok(count_runs() >= 5)
-    });
-    sc.check(all_runs.is_ok() && count_runs() == 5, || {
-        format!("the command ran {} times, want 5 (3 + 2 re-sent)", count_runs())
-    });
-    sc.note(format!(
-        "connections closed {:.1}s into the calls, the commands then let go; answers after \
-         {:.1}s and {:.1}s; the \
-         at-most-once call failed after {:.2}s; {} runs of the command",
-        closed_at.as_secs_f64(),
-        results[0].1.as_secs_f64(),
-        results[2].1.as_secs_f64(),
-        results[1].1.as_secs_f64(),
-        count_runs()
-    ));
-    stop_servers(sc, std::slice::from_mut(&mut server));
 }
 
 /// A file whose existence holds the server's commands; removed on drop (also when the test

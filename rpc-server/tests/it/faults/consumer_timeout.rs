@@ -1,7 +1,7 @@
 //! 10. Consumer timeouts, logged by name. The broker's `consumer_timeout` is set to 5 s (and
 //!     its channel tick to 1 s, so that it is checked every second) with `rabbitmqctl eval`,
 //!     and set back afterwards (also when the scenario fails):
-//!     - a command server on a quorum queue runs `sleep 8` for a call: the broker closes its
+//!     - a command server on a quorum queue runs `sleep 15` for a call: the broker closes its
 //!       channel (406 PRECONDITION_FAILED, RabbitMQ up to 4.2); the server logs "consumer
 //!       timeout (406 PRECONDITION_FAILED - delivery acknowledgement ... timed out ...)", and the
 //!       caller gets the `redelivered` error reply (exit 5), not a timeout;
@@ -12,10 +12,10 @@
 //!
 //!     Every command's pid is recorded: none is left running at the end.
 
+use super::{logs, Def, Scenario};
 use crate::common::broker::Ctl;
 use crate::common::rpc_client_bin;
 use crate::common::server::ServerProc;
-use super::{logs, Def, Scenario};
 use rpc_client::testing::{self, QueueGuard};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -48,7 +48,10 @@ impl RabbitEnv {
             key,
             before,
         };
-        ctl.run(&["eval", &format!("application:set_env(rabbit, {key}, {value}).")])?;
+        ctl.run(&[
+            "eval",
+            &format!("application:set_env(rabbit, {key}, {value})."),
+        ])?;
         Ok(guard)
     }
 }
@@ -115,75 +118,89 @@ fn run(sc: &mut Scenario) {
     let ctl = Ctl::from_env();
     let _timeout = RabbitEnv::set(&ctl, "consumer_timeout", "5000").expect("consumer_timeout");
     let _tick = RabbitEnv::set(&ctl, "channel_tick_interval", "1000").expect("tick interval");
-    let broker = testing::broker();
     let pids = logs().join("consumer-timeout.pids");
     let _ = std::fs::remove_file(&pids);
-    let script = |seconds: u32| {
-        format!(
-            "echo $$ >> '{}'; sleep {seconds}; echo done",
-            pids.display()
-        )
-    };
+    channel_closed(sc, &pids);
+    cancelled(sc, &ctl, &pids);
+    none_left(sc, &pids);
+}
 
-    // A channel closed for the timeout (RabbitMQ up to 4.2).
-    let queue = QueueGuard::new("fault-ctimeout");
-    let slow = script(8);
-    let mut server = ServerProc::on_broker(
-        &logs(),
-        "ctimeout",
-        queue.name(),
-        &broker,
-        &["--queue-type", "quorum", "--", "sh", "-c", &slow],
-    );
+/// A command that adds its pid to `pids`, sleeps `seconds` and answers.
+fn script(pids: &Path, seconds: u32) -> String {
+    format!(
+        "echo $$ >> '{}'; sleep {seconds}; echo done",
+        pids.display()
+    )
+}
+
+/// `rpc-server --name NAME ARGS...` on `queue`, once it consumes.
+fn start_server(name: &str, queue: &str, args: &[&str]) -> ServerProc {
+    let broker = testing::broker();
+    let server = ServerProc::on_broker(&logs(), name, queue, &broker, args);
     crate::common::server::await_consumers(
         std::slice::from_ref(&server),
         std::slice::from_ref(&broker),
-        queue.name(),
+        queue,
         Duration::from_secs(20),
+    );
+    server
+}
+
+/// A channel closed for the timeout (RabbitMQ up to 4.2).
+fn channel_closed(sc: &mut Scenario, pids: &Path) {
+    let queue = QueueGuard::new("fault-ctimeout");
+    // Well past the 5 s: a loaded machine can delay the broker's check by seconds.
+    let slow = script(pids, 15);
+    let mut server = start_server(
+        "ctimeout",
+        queue.name(),
+        &["--queue-type", "quorum", "--", "sh", "-c", &slow],
     );
     let out = call(queue.name());
     let stderr = String::from_utf8_lossy(&out.stderr);
     sc.check(out.status.code() == Some(5), || {
         format!("the caller: {:?} {stderr}", out.status)
     });
-    sc.check(stderr.contains("(redelivered)"), || format!("the caller: {stderr}"));
-    let named = server.log_lines("consumer timeout (406 PRECONDITION_FAILED - delivery acknowledgement");
+    sc.check(stderr.contains("(redelivered)"), || {
+        format!("the caller: {stderr}")
+    });
+    let named =
+        server.log_lines("consumer timeout (406 PRECONDITION_FAILED - delivery acknowledgement");
     sc.check(!named.is_empty(), || {
         format!("no consumer timeout by name\n{}", server.log_tail(15))
     });
     if let Some(line) = named.first() {
-        sc.note(format!("logged: {}", line.chars().take(160).collect::<String>()));
+        sc.note(format!(
+            "logged: {}",
+            line.chars().take(160).collect::<String>()
+        ));
     }
     super::stop_servers(sc, std::slice::from_mut(&mut server));
+}
 
-    // A basic.cancel while a long request is in hand (RabbitMQ 4.3's quorum queues).
+/// A basic.cancel while a long request is in hand (RabbitMQ 4.3's quorum queues).
+fn cancelled(sc: &mut Scenario, ctl: &Ctl, pids: &Path) {
     let queue = QueueGuard::new("fault-ccancel");
-    let three = script(3);
-    let mut server = ServerProc::on_broker(
-        &logs(),
+    let three = script(pids, 3);
+    let mut server = start_server(
         "ccancel",
         queue.name(),
-        &broker,
         &["--workers", "2", "--", "sh", "-c", &three],
-    );
-    crate::common::server::await_consumers(
-        std::slice::from_ref(&server),
-        std::slice::from_ref(&broker),
-        queue.name(),
-        Duration::from_secs(20),
     );
     let name = queue.name().to_string();
     let caller = thread::spawn(move || call(&name));
     let started = testing::wait_until("the request to start", Duration::from_secs(20), || {
-        Ok(std::fs::read_to_string(&pids)
+        Ok(std::fs::read_to_string(pids)
             .unwrap_or_default()
             .lines()
             .count()
             >= 2)
     });
     sc.check(started.is_ok(), || format!("{started:?}"));
-    match send_cancel(&ctl, queue.name()) {
-        Ok(out) => sc.check(out.contains("ok"), || format!("no consumer to cancel: {out}")),
+    match send_cancel(ctl, queue.name()) {
+        Ok(out) => sc.check(out.contains("ok"), || {
+            format!("no consumer to cancel: {out}")
+        }),
         Err(err) => sc.check(false, || err),
     }
     let logged = testing::wait_until("the cancel logged", Duration::from_secs(20), || {
@@ -193,7 +210,10 @@ fn run(sc: &mut Scenario) {
         format!("the cancel is not logged by name\n{}", server.log_tail(15))
     });
     sc.check(server.log_count("was deleted") == 0, || {
-        format!("a cancel taken for a deleted queue\n{}", server.log_tail(15))
+        format!(
+            "a cancel taken for a deleted queue\n{}",
+            server.log_tail(15)
+        )
     });
     let out = caller.join().expect("caller thread");
     // The request in hand when the consumer was cancelled comes back to the same server,
@@ -206,7 +226,7 @@ fn run(sc: &mut Scenario) {
         )
     });
     testing::wait_for_consumers(
-        std::slice::from_ref(&broker),
+        &[testing::broker()],
         queue.name(),
         1,
         Duration::from_secs(20),
@@ -214,5 +234,4 @@ fn run(sc: &mut Scenario) {
     .map(|_| ())
     .unwrap_or_else(|e| sc.check(false, || format!("not consuming again: {e}")));
     super::stop_servers(sc, std::slice::from_mut(&mut server));
-    none_left(sc, &pids);
 }

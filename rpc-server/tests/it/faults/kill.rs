@@ -1,8 +1,8 @@
 //! 1. SIGKILL one of two servers while 4 callers keep slow calls in flight: its unacked request
 //!    goes to the other server, and every call is answered right.
 
-use crate::common::load::{right_answers, Outcome};
 use super::{slow_stream, start_servers, stop_servers, Def, Scenario};
+use crate::common::load::{right_answers, Outcome};
 use rpc_client::testing::{self, QueueGuard};
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};

@@ -1,9 +1,9 @@
 //! 4. More than 1,000 malformed requests, published raw: the server answers each one that has
 //!    a `reply_to` with an error reply, drops the others, keeps running and still serves.
 
+use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT, SLOW_N};
 use crate::common::caller::Caller;
 use crate::common::load::{Call, Outcome, GRACE};
-use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT, SLOW_N};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use crossbeam_channel::Receiver;
 use rpc_client::testing::{Admin, QueueGuard};
@@ -38,10 +38,24 @@ struct RawRequest {
 const BAD: &str = "bad-request";
 const TOO_LARGE: &str = "too-large";
 
+/// Adds a body and the error code it must get.
+type Add<'a> = dyn FnMut(Vec<u8>, &'static str) + 'a;
+
 /// Malformed bodies and the error code each must get from a server with `--max-n 1000000`.
 fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
     let mut bodies: Vec<(Vec<u8>, &'static str)> = Vec::new();
     let mut add = |body: Vec<u8>, code: &'static str| bodies.push((body, code));
+    blank_and_negative(&mut add);
+    notations(&mut add);
+    junk(&mut add);
+    wrong_encodings(&mut add);
+    too_large(&mut add);
+    oversized(&mut add);
+    bodies
+}
+
+/// Empty, blank and negative.
+fn blank_and_negative(add: &mut Add) {
     // Empty and blank.
     add(Vec::new(), BAD);
     for i in 0..40 {
@@ -52,7 +66,10 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
     for i in 0..150u64 {
         add(format!("-{}", i * 7919 % 2_000_000).into_bytes(), BAD);
     }
-    // Floats, exponents, other notations and junk.
+}
+
+/// Floats, exponents and other notations.
+fn notations(add: &mut Add) {
     for i in 0..150u64 {
         let (a, b) = (i * 31 % 1000, i % 97);
         let text = match i % 6 {
@@ -65,6 +82,10 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
         };
         add(text.into_bytes(), BAD);
     }
+}
+
+/// Junk: words, other numerals, JSON, NULs, invisible characters, shell and format strings.
+fn junk(add: &mut Add) {
     for text in [
         "NaN",
         "nan",
@@ -107,6 +128,10 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
     ] {
         add(text.as_bytes().to_vec(), BAD);
     }
+}
+
+/// Wrong encodings and bytes that are not UTF-8.
+fn wrong_encodings(add: &mut Add) {
     // Wrong encodings: UTF-16 (little and big endian, with and without a BOM) and UTF-32.
     for i in 0..60u64 {
         let digits = (i * 37).to_string();
@@ -142,6 +167,10 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
         body[i % len] = 0xff;
         add(body, BAD);
     }
+}
+
+/// Numbers too large: above u64, above `--max-n`.
+fn too_large(add: &mut Add) {
     // Huge numbers: 20 to 64 digits (above u64 or above the limit).
     for len in 20..=64 {
         add("9".repeat(len).into_bytes(), TOO_LARGE);
@@ -158,6 +187,10 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
     }
     add(b" 1000001\n".to_vec(), TOO_LARGE);
     add(b"0001000001".to_vec(), TOO_LARGE);
+}
+
+/// Oversized bodies.
+fn oversized(add: &mut Add) {
     // Oversized bodies: more than 64 bytes, up to 1 MB.
     for len in [
         65, 100, 1000, 4096, 65_536, 100_000, 100_000, 1_000_000, 1_000_000,
@@ -166,7 +199,6 @@ fn malformed_bodies() -> Vec<(Vec<u8>, &'static str)> {
     }
     add(vec![0xff; 100_000], BAD);
     add(vec![b' '; 1_000_000], BAD);
-    bodies
 }
 
 /// Every malformed body with `reply_to` and a correlation id, then variants: without a

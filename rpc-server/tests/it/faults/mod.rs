@@ -30,7 +30,7 @@
 //!
 //! Adding a scenario: write `faults/<name>.rs` with a `pub const SCENARIO: Def` (its number
 //! and name, whether it breaks the broker, its function) and add one line to the
-//! `scenarios!` list below.
+//! `SCENARIOS` list below.
 
 use crate::common::callers::{Callers, Pace};
 use crate::common::load::{print_table, Call, Checks, Row, Tally};
@@ -42,26 +42,31 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Declares the scenario modules and lists their [`Def`]s, in order.
-macro_rules! scenarios {
-    ($($module:ident),* $(,)?) => {
-        $(mod $module;)*
-        const SCENARIOS: &[Def] = &[$($module::SCENARIO),*];
-    };
-}
+mod alarm;
+mod bad_peers;
+mod broker_restart;
+mod client_recovery;
+mod consumer_timeout;
+mod kill;
+mod malformed;
+mod probes;
+mod sigterm;
+mod stalls;
+mod stray_replies;
 
-scenarios![
-    kill,
-    sigterm,
-    broker_restart,
-    malformed,
-    stray_replies,
-    bad_peers,
-    alarm,
-    stalls,
-    client_recovery,
-    consumer_timeout,
-    probes,
+/// The scenarios, in order (a module left out here leaves its `SCENARIO` unused: a warning).
+const SCENARIOS: &[Def] = &[
+    kill::SCENARIO,
+    sigterm::SCENARIO,
+    broker_restart::SCENARIO,
+    malformed::SCENARIO,
+    stray_replies::SCENARIO,
+    bad_peers::SCENARIO,
+    alarm::SCENARIO,
+    stalls::SCENARIO,
+    client_recovery::SCENARIO,
+    consumer_timeout::SCENARIO,
+    probes::SCENARIO,
 ];
 
 /// A scenario of the run.

@@ -11,13 +11,13 @@
 //!    - a server whose link dies notices within two heartbeats and reconnects;
 //!    - a server whose link stalls stops within 10 s of SIGTERM.
 
+use super::{client_options, logs, start_servers, stop_servers, Def, Scenario, CONNECT_TIMEOUT};
 use crate::common::load::{Call, Outcome, GRACE};
 use crate::common::proxy::{method, Mode, Proxy};
 use crate::common::server::ServerProc;
-use super::{client_options, logs, start_servers, stop_servers, Def, Scenario, CONNECT_TIMEOUT};
-use rpc_client::{CLOSE_LIMIT, PROBE_LIMIT};
 use rpc_client::testing::{self, QueueGuard};
 use rpc_client::{BrokerOptions, ClientOptions, Error, FibonacciRpcClient};
+use rpc_client::{CLOSE_LIMIT, PROBE_LIMIT};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,11 @@ fn run(sc: &mut Scenario) {
 
     // A trickled handshake, and a stall at the callback queue's declare.
     for (what, mode, needle) in [
-        ("trickled handshake", Mode::Trickle, "no AMQP handshake within"),
+        (
+            "trickled handshake",
+            Mode::Trickle,
+            "no AMQP handshake within",
+        ),
         (
             "stall at the callback queue's declare",
             Mode::StallOn(method::QUEUE_DECLARE),
@@ -73,7 +77,14 @@ fn run(sc: &mut Scenario) {
         let proxy = Proxy::start(upstream(), mode).expect("proxy");
         let started = Instant::now();
         let result = FibonacciRpcClient::connect(&options(&proxy));
-        let call = expect_error(sc, what, result.map(|_| ()), needle, started, CONNECT_TIMEOUT);
+        let call = expect_error(
+            sc,
+            what,
+            result.map(|_| ()),
+            needle,
+            started,
+            CONNECT_TIMEOUT,
+        );
         sc.record(&call);
     }
 
@@ -103,7 +114,11 @@ fn run(sc: &mut Scenario) {
     let right = answer.as_deref().ok() == Some("832040");
     sc.record(&Call::new(
         30,
-        if right { Outcome::Right } else { Outcome::Wrong },
+        if right {
+            Outcome::Right
+        } else {
+            Outcome::Wrong
+        },
         format!("{answer:?}"),
         started,
         TIMEOUT + PROBE_LIMIT + GRACE,
@@ -146,9 +161,15 @@ fn expect_error(
             sc.check(err.exit_code() == 3, || {
                 format!("{what}: exit {} ({text})", err.exit_code())
             });
-            sc.check(text.contains(needle), || format!("{what}: {text:?} lacks {needle:?}"));
+            sc.check(text.contains(needle), || {
+                format!("{what}: {text:?} lacks {needle:?}")
+            });
             sc.check(elapsed <= bound + SLACK, || {
-                format!("{what}: took {:.2}s, bound {:.1}s", elapsed.as_secs_f64(), bound.as_secs_f64())
+                format!(
+                    "{what}: took {:.2}s, bound {:.1}s",
+                    elapsed.as_secs_f64(),
+                    bound.as_secs_f64()
+                )
             });
             sc.note(format!("{what}: {text} ({:.2}s)", elapsed.as_secs_f64()));
             (Outcome::Error, text)
@@ -163,11 +184,18 @@ fn expect_error(
 fn dead_link(sc: &mut Scenario, queue: &str) {
     let proxy = Proxy::start(upstream(), Mode::Forward).expect("proxy");
     let broker = via(&proxy);
-    let mut server =
-        ServerProc::on_broker(&logs(), "stall-heartbeat", queue, &broker, &["--heartbeat", "1"]);
-    testing::wait_until("stall-heartbeat to consume", Duration::from_secs(20), || {
-        Ok(server.log_count("waiting for RPC requests") == 1)
-    })
+    let mut server = ServerProc::on_broker(
+        &logs(),
+        "stall-heartbeat",
+        queue,
+        &broker,
+        &["--heartbeat", "1"],
+    );
+    testing::wait_until(
+        "stall-heartbeat to consume",
+        Duration::from_secs(20),
+        || Ok(server.log_count("waiting for RPC requests") == 1),
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail(10)));
     proxy.set_mode(Mode::Stall);
     let stalled = Instant::now();
@@ -177,12 +205,20 @@ fn dead_link(sc: &mut Scenario, queue: &str) {
     let took = stalled.elapsed();
     proxy.set_mode(Mode::Forward);
     sc.check(noticed.is_ok() && took <= Duration::from_secs(4), || {
-        format!("dead link noticed after {:.1}s\n{}", took.as_secs_f64(), server.log_tail(10))
+        format!(
+            "dead link noticed after {:.1}s\n{}",
+            took.as_secs_f64(),
+            server.log_tail(10)
+        )
     });
-    let back = testing::wait_until("stall-heartbeat to consume again", Duration::from_secs(20), || {
-        Ok(server.log_count("waiting for RPC requests") >= 2)
+    let back = testing::wait_until(
+        "stall-heartbeat to consume again",
+        Duration::from_secs(20),
+        || Ok(server.log_count("waiting for RPC requests") >= 2),
+    );
+    sc.check(back.is_ok(), || {
+        format!("no reconnect\n{}", server.log_tail(10))
     });
-    sc.check(back.is_ok(), || format!("no reconnect\n{}", server.log_tail(10)));
     sc.note(format!(
         "dead link (heartbeat 1 s) noticed after {:.2}s; consuming again",
         took.as_secs_f64()
@@ -205,9 +241,16 @@ fn stop_while_stalled(sc: &mut Scenario, queue: &str) {
     let status = server.wait_exit(Duration::from_secs(12));
     let took = signalled.elapsed();
     let code = status.and_then(|s| s.code());
-    sc.check(matches!(code, Some(0) | Some(3)) && took <= Duration::from_secs(10), || {
-        format!("stall-stop: exit {status:?} {:.1}s after SIGTERM\n{}", took.as_secs_f64(), server.log_tail(10))
-    });
+    sc.check(
+        matches!(code, Some(0) | Some(3)) && took <= Duration::from_secs(10),
+        || {
+            format!(
+                "stall-stop: exit {status:?} {:.1}s after SIGTERM\n{}",
+                took.as_secs_f64(),
+                server.log_tail(10)
+            )
+        },
+    );
     sc.note(format!(
         "stop while stalled: exit {code:?} {:.2}s after SIGTERM",
         took.as_secs_f64()

@@ -1,9 +1,9 @@
 //! 5. 20,000 replies with unknown correlation ids flood a client's callback queue while it
 //!    makes at least 300 calls: all of them are answered right.
 
-use crate::common::expected;
-use crate::common::caller::Caller;
 use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT};
+use crate::common::caller::Caller;
+use crate::common::expected;
 use amiquip::AmqpProperties;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire;
@@ -122,4 +122,3 @@ fn run(sc: &mut Scenario) {
     ));
     stop_servers(sc, &mut servers);
 }
-

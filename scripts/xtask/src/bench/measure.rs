@@ -145,15 +145,10 @@ impl Bench {
                 confirm,
             } => {
                 let mut cargo = super::cargo();
-                cargo.args([
-                    "bench",
-                    "-q",
-                    "-p",
-                    "rpc-client",
-                    "--features",
-                    "test-support",
-                ]);
-                cargo.args(["--bench", "echo_floor", "--", "--calls", &calls.to_string()]);
+                cargo
+                    .args(super::WORKSPACE_BENCH)
+                    .args(["-q", "--bench", "echo_floor"]);
+                cargo.args(["--", "--calls", &calls.to_string()]);
                 cargo.args(["--in-flight", &in_flight.to_string()]);
                 cargo.args(["--prefetch", &prefetch.to_string()]);
                 cargo.args(confirm.then_some("--confirm"));
@@ -207,8 +202,7 @@ impl Bench {
     }
 
     /// Runs the command `make` gives (stdout to `<stem>.out`, stderr to `<stem>.err` in the
-    /// run directory). If it fails, waits for the broker and our servers' consumers and tries
-    /// once more; if that fails too, the row is noted as failed (false). Err: interrupted.
+    /// run directory), retried once ([`Bench::retried`]): false if the row failed.
     pub(super) fn attempt(
         &mut self,
         stem: &str,
@@ -219,8 +213,22 @@ impl Bench {
             self.work.join(format!("{stem}.out")),
             self.work.join(format!("{stem}.err")),
         );
+        let row = stem.split('.').next().unwrap_or(stem);
+        self.retried(stem, row, |bench| {
+            process::run(&mut make(bench), &out, &err, limit)
+        })
+    }
+
+    /// Runs `run`; if it fails, waits for the broker and our servers' consumers and runs it
+    /// once more. If that fails too, `row` is noted as failed (false). Err: interrupted.
+    pub(super) fn retried(
+        &mut self,
+        stem: &str,
+        row: &str,
+        mut run: impl FnMut(&mut Bench) -> Result<()>,
+    ) -> Result<bool> {
         for attempt in 1..=2 {
-            let Err(error) = process::run(&mut make(self), &out, &err, limit) else {
+            let Err(error) = run(self) else {
                 return Ok(true);
             };
             process::check_interrupted()?;
@@ -237,9 +245,7 @@ impl Bench {
             }
             msg(&format!("{stem}: broker back; retrying"));
         }
-        self.results
-            .failed
-            .push(stem.split('.').next().unwrap_or(stem).into());
+        self.results.failed.push(row.into());
         Ok(false)
     }
 
@@ -277,9 +283,7 @@ impl Bench {
             let ns = ns.clone();
             move |_: &Bench| {
                 let mut cargo = super::cargo();
-                cargo
-                    .args(["bench", "-q", "-p", "rpc-server"])
-                    .args(features);
+                cargo.args(super::WORKSPACE_BENCH).arg("-q").args(features);
                 cargo.args(["--bench", "fib", "--"]).args(&ns);
                 cargo
             }
@@ -287,7 +291,7 @@ impl Bench {
         let mut runs: Vec<(&str, MakeCommand)> = vec![("ours", Box::new(ours(&[])))];
         // The optional GMP build (LGPL; off by default). Its first build compiles GMP (minutes).
         if !self.settings.quick {
-            runs.push(("gmp", Box::new(ours(&["--features", "gmp"]))));
+            runs.push(("gmp", Box::new(ours(&["--features", "rpc-server/gmp"]))));
         }
         let (python, peer) = (self.python.clone(), format!("{PEERS}/fib_gmpy2.py"));
         let gmpy2 = move |_: &Bench| {

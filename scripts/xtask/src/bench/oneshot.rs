@@ -1,6 +1,6 @@
 //! Rows e and g of the one-shot clients: wall time (hyperfine, or a timed loop) and peak RSS.
 
-use super::process::{self, check_interrupted};
+use super::process;
 use super::{msg, Bench, PEERS};
 use anyhow::Result;
 use std::process::Command;
@@ -87,38 +87,20 @@ impl Bench {
     /// Times `argv` BENCH_ONESHOT_RUNS times after 2 untimed runs, as one-shot row `id`;
     /// a failed run tries the whole loop once more after the broker is back.
     fn oneshot_loop(&mut self, id: &str, argv: &[String]) -> Result<()> {
-        for attempt in 1..=2 {
+        self.retried(id, id, |bench| {
             let mut times = Vec::new();
-            let mut failure = None;
-            for i in 0..self.settings.oneshot_runs + 2 {
+            for i in 0..bench.settings.oneshot_runs + 2 {
                 let mut command = Command::new(&argv[0]);
                 command.args(&argv[1..]);
-                match process::timed(&mut command, ONESHOT_LIMIT) {
-                    Ok(took) if i >= 2 => times.push(took.as_secs_f64()),
-                    Ok(_) => {}
-                    Err(err) => {
-                        failure = Some(err);
-                        break;
-                    }
+                let took = process::timed(&mut command, ONESHOT_LIMIT)?;
+                if i >= 2 {
+                    times.push(took.as_secs_f64());
                 }
             }
-            let Some(err) = failure else {
-                self.results.oneshot.insert(id.into(), times);
-                return Ok(());
-            };
-            check_interrupted()?;
-            msg(&format!("warning: {id}: {err:#}"));
-            if attempt == 2 || self.recover_quietly(id).is_err() {
-                break;
-            }
-        }
-        self.results.failed.push(id.into());
+            bench.results.oneshot.insert(id.into(), times);
+            Ok(())
+        })?;
         Ok(())
-    }
-
-    fn recover_quietly(&mut self, id: &str) -> Result<()> {
-        msg(&format!("{id}: waiting for the broker, then retrying once"));
-        self.recover()
     }
 
     /// (g) the one-shot clients' peak RSS (GNU time %M, largest of 3 runs).

@@ -115,12 +115,12 @@ fn server(name: &'static str, prefetch: u64, more: &[&str]) -> Server {
     }
 }
 
-/// "rpc-server ×1 (release, -q)<how>, prefetch P": the setup cell of a row on a server.
+/// "rpc-server ×1 (release, -q)`<how>`, prefetch P": the setup cell of a row on a server.
 pub fn ours(how: &str, prefetch: u64) -> String {
     format!("rpc-server ×1 (release, -q){how}, prefetch {prefetch}")
 }
 
-/// The echo floor a<K> and a<K>-confirm.
+/// The echo floor a`K` and a`K`-confirm.
 fn floors(depth: u64, prefetch: u64, calls: u64) -> [Row; 2] {
     let id = format!("a{depth}");
     let setup = format!("echo thread (amiquip), prefetch {prefetch}, exclusive reply queue");
@@ -167,7 +167,7 @@ fn client(id: String, what: String, setup: String, measure: Measure) -> Row {
     }
 }
 
-/// `rpc-client bench` rows c (1 in flight, `in_flight` 1) or d<K>, in both reply queues,
+/// `rpc-client bench` rows c (1 in flight, `in_flight` 1) or d`K`, in both reply queues,
 /// each against its echo floors (flagged below 0.95 × the bare one and 0.85 × the one with
 /// confirms).
 fn ours_vs_floor(s: &Settings, in_flight: u64, direct: bool) -> Row {

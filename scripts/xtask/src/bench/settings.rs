@@ -1,18 +1,18 @@
 //! The bench's settings, from its `BENCH_*` environment variables (defaults of a full run;
-//! in brackets those of the quick smoke run, `BENCH_QUICK=1` or `--quick`):
+//! in parentheses those of the quick smoke run, `BENCH_QUICK=1` or `--quick`):
 //!
 //! | variable | default | what |
 //! |---|---|---|
-//! | `BENCH_REPEAT` | 3 [1] | runs of each calls/s row (the best is shown) |
-//! | `BENCH_CALLS` | 20000 [2000] | sequential calls (echo floor a1, rpc-client c, m1) |
-//! | `BENCH_INFLIGHT_CALLS` | 100000 [5000] | calls per in-flight row (a, d, m64) |
-//! | `BENCH_PY_CALLS` | 10000 [1000] | calls per Python pika row (b) |
+//! | `BENCH_REPEAT` | 3 (1) | runs of each calls/s row (the best is shown) |
+//! | `BENCH_CALLS` | 20000 (2000) | sequential calls (echo floor a1, rpc-client c, m1) |
+//! | `BENCH_INFLIGHT_CALLS` | 100000 (5000) | calls per in-flight row (a, d, m64) |
+//! | `BENCH_PY_CALLS` | 10000 (1000) | calls per Python pika row (b) |
 //! | `BENCH_DEPTHS` | "8 64" | in-flight depths of rows a and d |
 //! | `BENCH_PREFETCH` | 100 | server and echo prefetch of the in-flight rows |
-//! | `BENCH_ONESHOT_RUNS` | 20 [5] | runs of each one-shot client (e) |
-//! | `BENCH_FIB_NS` | "10000 100000 1000000 10000000" [without 10^7] | the n of rows f |
-//! | `BENCH_H_CALLS` | 2000 [300] | calls per sequential row h (a process per call) |
-//! | `BENCH_H_INFLIGHT_CALLS` | 4000 [600] | calls per in-flight row h |
+//! | `BENCH_ONESHOT_RUNS` | 20 (5) | runs of each one-shot client (e) |
+//! | `BENCH_FIB_NS` | "10000 100000 1000000 10000000" (without 10^7) | the n of rows f |
+//! | `BENCH_H_CALLS` | 2000 (300) | calls per sequential row h (a process per call) |
+//! | `BENCH_H_INFLIGHT_CALLS` | 4000 (600) | calls per in-flight row h |
 //! | `BENCH_ONLY` | all groups | measure only these row groups, e.g. `BENCH_ONLY=cd` |
 //! | `BENCH_BROKER_WAIT` | 120 | seconds to wait for the broker before a retry |
 

@@ -1,6 +1,6 @@
 //! The assertions of scripts/test.sh's stages that need more than `cargo test` sets up: the
 //! scripts do the OS work (certificates, nodes, the Python venv, Prometheus) and then run one
-//! module of this ignored binary, telling it where things are through the environment:
+//! module of these ignored tests, telling them where things are through the environment:
 //!
 //! - [`tls`] (`scripts/tls-test.sh`): amqps:// against a node with a TLS listener;
 //! - [`interop`] (`scripts/interop.sh`): our binaries against the tutorial's Python peers;
@@ -9,16 +9,11 @@
 //!   refusals of RabbitMQ 4.3's defaults (the 4.x stage).
 //!
 //! ```text
-//! cargo test --release -p rpc-server --test stages MODULE -- --ignored --nocapture --test-threads=1
+//! cargo test --release -p rpc-server --test it stages::MODULE -- --ignored --nocapture --test-threads=1
 //! ```
 //!
 //! Every child process runs with a deadline ([`proc`]); what a failing child printed is shown.
 //! The broker is `AMQP_URI`'s (default the local one), each check on queues of its own.
-
-// The harness of the test binary tests/it/, of which this binary uses a part.
-#[allow(dead_code)]
-#[path = "../it/common/mod.rs"]
-mod common;
 
 mod e2e;
 mod interop;

@@ -2,15 +2,15 @@
 //! `start-servers.sh` on a fresh queue (ready once the broker counts its consumers), the
 //! rpc-client binary against the rpc-server binaries, `stop-servers.sh` (no consumer left).
 //! Results, exit codes and logs of the binaries are checked by the other tests
-//! (rpc-client/tests/client.rs, rpc-server/tests/{binary,rpc}.rs). And
+//! (rpc-client/tests/client/, rpc-server/tests/it/{binary.rs,rpc/}). And
 //! [`refusals_on_4x`]: RabbitMQ 4.3's defaults, against `scripts/rabbitmq4.sh`'s node.
 //!
-//! The scripts use `target/release/` (run this binary with `--release`) and its xtask, which
+//! The scripts use `target/release/` (run these tests with `--release`) and its xtask, which
 //! the calling script builds first (`XTASK_BUILT=1` here: no cargo inside cargo test).
 
+use super::proc::{self, Output};
+use super::{repo_root, rpc_server_bin};
 use crate::common::rpc_client_bin;
-use crate::proc::{self, Output};
-use crate::{repo_root, rpc_server_bin};
 use rpc_client::testing::{self, QueueGuard};
 use std::path::PathBuf;
 use std::process::Command;

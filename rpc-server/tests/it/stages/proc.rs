@@ -191,11 +191,6 @@ impl Bg {
         }
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {

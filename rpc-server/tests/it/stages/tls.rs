@@ -16,10 +16,10 @@
 //!
 //! Logs (server.log, client-NAME.err) are written to `TLS_DIR`.
 
+use super::proc::{self, Bg, Output};
+use super::{await_consumers, rpc_server_bin, Tally};
 use crate::common::broker::Ctl;
 use crate::common::server::INHERITED;
-use crate::proc::{self, Bg, Output};
-use crate::{await_consumers, rpc_server_bin, Tally};
 use rpc_client::BrokerOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -22,9 +22,9 @@
 //!
 //! The broker is `AMQP_URI`'s (all four programs read it). Logs in `target/tmp/interop/`.
 
+use super::proc::{self, Bg, Output};
+use super::{await_consumers, env_or, repo_root, rpc_server_bin, Tally};
 use crate::common::{fresh_log_dir, rpc_client_bin};
-use crate::proc::{self, Bg, Output};
-use crate::{await_consumers, env_or, repo_root, rpc_server_bin, Tally};
 use rpc_client::testing::{self, QueueGuard};
 use std::path::PathBuf;
 use std::process::Command;

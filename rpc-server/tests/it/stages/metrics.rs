@@ -5,10 +5,10 @@
 //! /healthz and /readyz. `PROMETHEUS` and `PROMTOOL` name the programs (default: from PATH).
 //! The probes under broker faults are fault scenario 11.
 
+use super::proc::{self, Bg};
+use super::{await_consumers, env_or, rpc_server_bin};
 use crate::common::http::{free_port, get, sample};
 use crate::common::{fresh_log_dir, rpc_client_bin};
-use crate::proc::{self, Bg};
-use crate::{await_consumers, env_or, rpc_server_bin};
 use rpc_client::testing::{self, QueueGuard};
 use std::net::SocketAddr;
 use std::path::Path;
