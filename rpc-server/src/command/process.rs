@@ -127,7 +127,7 @@ pub fn contain() -> Result<(), Error> {
 
 /// Ends the orphans of a [`contain`]ed server: processes its commands started whose parent
 /// has exited (a `setsid` child left behind, a daemon). Each is killed with its process group,
-/// then what it leaves is killed in turn, for at most [`ORPHANS_BOUND`]; orphans that exited
+/// then what it leaves is killed in turn, for at most `ORPHANS_BOUND`; orphans that exited
 /// by themselves are reaped. The command handler calls it each time a command ends. Does
 /// nothing in a process that did not call [`contain`].
 pub fn end_orphans() {

@@ -1,6 +1,6 @@
 //! Serving a program that stays up ([`StreamHandler`], `rpc-server --protocol lines|json --
 //! CMD`): each worker starts the program once and keeps it; requests go to its stdin one at a
-//! time, a line each, and the next line on its stdout is the reply ([`codec`] has the two
+//! time, a line each, and the next line on its stdout is the reply (`codec` has the two
 //! framings). An interpreter's start-up, caches and connections are paid once, not per
 //! request.
 //!
@@ -13,7 +13,7 @@
 //!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
 //!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
 //!   program is ended (its stream is out of step) and started again for the next request,
-//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s ([`Backoff`]),
+//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s (`Backoff`),
 //!   reset by a reply: a program that dies at start every time is logged and never spins;
 //! - its process group, the server's subreaper and guardian cover it as a command in hand for
 //!   as long as it lives; what escapes its group is ended after each request;
