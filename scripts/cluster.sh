@@ -123,8 +123,8 @@ cmd_up() {
 print_uris() {
     local i
     msg "AMQP URIs (guest may only log in from localhost):"
-    for ((i = 1; i <= N; i++)); do sel "$i" && printf '  %s   # %s\n' "$(node_uri)" "$NODE"; done
-    printf '  RPC_URIS=%s scripts/start-servers.sh %s -- --queue-type quorum\n' "$(cmd_uris)" "$N"
+    for ((i = 1; i <= N; i++)); do sel "$i" && printf '  %s   # %s\n' "$(node_uri | sed 's/:[^:@]*@/:****@/')" "$NODE"; done
+    printf "  RPC_URIS=\"\$(scripts/cluster.sh uris)\" scripts/start-servers.sh %s -- --queue-type quorum\n" "$N"
 }
 
 cmd_uris() {

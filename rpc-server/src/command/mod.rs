@@ -164,16 +164,7 @@ impl CommandHandler {
     /// Runs the command for `request`: its stdout, or the error reply.
     fn run(&self, request: &Request<'_>) -> Result<Vec<u8>, Reply> {
         let limits = &self.options;
-        if request.body.len() > limits.max_request_bytes {
-            return Err(Reply::refuse(
-                ErrorCode::TooLarge,
-                &format!(
-                    "the request body is {} bytes, above this server's limit of {} bytes",
-                    request.body.len(),
-                    limits.max_request_bytes
-                ),
-            ));
-        }
+        check_size(request, limits)?;
         let started = Instant::now();
         let deadline = started + limits.exec_timeout;
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
@@ -252,6 +243,22 @@ impl CommandHandler {
 
 /// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
 /// content type, or the refusal, which is logged.
+/// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
+/// program, per request (`-- CMD`) or kept (`--protocol lines|json`).
+pub(crate) fn check_size(request: &Request<'_>, limits: &CommandOptions) -> Result<(), Reply> {
+    if request.body.len() <= limits.max_request_bytes {
+        return Ok(());
+    }
+    Err(Reply::refuse(
+        ErrorCode::TooLarge,
+        &format!(
+            "the request body is {} bytes, above this server's limit of {} bytes",
+            request.body.len(),
+            limits.max_request_bytes
+        ),
+    ))
+}
+
 pub(crate) fn reply(outcome: Result<(Vec<u8>, Option<String>), Reply>) -> Reply {
     match outcome {
         Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),

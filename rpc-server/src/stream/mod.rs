@@ -233,16 +233,7 @@ impl StreamHandler {
     /// The reply body and content type, or the error reply.
     fn serve(&self, request: &Request<'_>) -> Result<(Vec<u8>, Option<String>), Reply> {
         let limits = &self.options.command;
-        if request.body.len() > limits.max_request_bytes {
-            return Err(Reply::refuse(
-                ErrorCode::TooLarge,
-                &format!(
-                    "the request body is {} bytes, above this server's limit of {} bytes",
-                    request.body.len(),
-                    limits.max_request_bytes
-                ),
-            ));
-        }
+        command::check_size(request, limits)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = codec::encode(self.options.protocol, id, request)
             .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;

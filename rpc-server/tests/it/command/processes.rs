@@ -108,10 +108,12 @@ fn a_server_killed_by_sigkill_leaves_no_command_running() {
         server.sigkill();
         let status = server.wait_exit(Duration::from_secs(5));
         assert!(status.is_some(), "{}", server.shown());
-        // Its guardian process kills the commands' groups.
+        // Its guardian process kills the commands' groups, then says so.
         await_marked(&mark, 0, Duration::from_secs(2), || server.shown());
-        let log = server.log_text();
-        assert!(log.contains("the server is gone; killed its"), "{log}");
+        let said = testing::wait_until("the guardian's line", Duration::from_secs(2), || {
+            Ok(server.log_text().contains("the server is gone; killed its"))
+        });
+        assert!(said.is_ok(), "{}", server.log_text());
         caller.join().expect("caller");
         drop(served.queue);
     }
