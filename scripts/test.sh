@@ -3,7 +3,7 @@
 # clippy, shellcheck, the unit and integration tests (in release), the end-to-end run of the scripts,
 # metrics, interop, TLS, faults, RabbitMQ 4.x, a bench smoke, and beside them in the background
 # the cluster test (each on nodes of its own: the broker on 5672 is never restarted).
-#   scripts/test.sh           everything, about 12-14 minutes
+#   scripts/test.sh           everything, about 8-10 minutes (from a fresh clone)
 #   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
 #                             default (cargo test --workspace) in debug against the running
 #                             broker (AMQP_URI, default 127.0.0.1:5672); nothing started
