@@ -12,16 +12,16 @@
 //! is the tests' `common` module, shared with the cluster test.
 //!
 //! The broker is `AMQP_URI`'s. Scenario 3 stops and restarts that broker's application with
-//! `$RABBITMQCTL` (a command prefix, e.g. `scripts/cluster.sh ctl 1`; default `rabbitmqctl`),
+//! `$RABBITMQCTL` (a command prefix, e.g. `scripts/node.sh ctl rpcfault`; default `rabbitmqctl`),
 //! which drops every connection on it: the run refuses to start it on a shared broker, i.e.
-//! when `AMQP_URI` is unset or names port 5672. Give it a throwaway node:
+//! when `AMQP_URI` is unset or names port 5672. Give it a throwaway node, as `scripts/test.sh`
+//! does:
 //!
 //! ```text
-//! flock /tmp/rabbit-rpc-side-nodes.lock sh -c '
-//!     CLUSTER_PORTS=5700 scripts/cluster.sh up &&
-//!     AMQP_URI=amqp://guest:guest@127.0.0.1:5700 RABBITMQCTL="$PWD/scripts/cluster.sh ctl 1" \
-//!         cargo test --release -p rpc-server --test it faults:: -- --ignored --nocapture --test-threads=1
-//!     rc=$?; CLUSTER_PORTS=5700 scripts/cluster.sh down; exit $rc'
+//! scripts/node.sh start rpcfault 5700 &&
+//!     AMQP_URI=$(scripts/node.sh uri rpcfault) RABBITMQCTL="$PWD/scripts/node.sh ctl rpcfault" \
+//!     cargo test --release -p rpc-server --test it faults:: -- --ignored --nocapture --test-threads=1
+//! scripts/node.sh stop rpcfault
 //! ```
 //!
 //! Server logs go to `target/tmp/faults/` (kept for inspection; replaced by the next run).
@@ -279,9 +279,9 @@ fn selected() -> Vec<&'static Def> {
             breaking.is_empty(),
             "refusing to run scenario(s) {} against a broker others may share: {why}. \
              Point AMQP_URI at a throwaway node and RABBITMQCTL at its rabbitmqctl (see the \
-             documentation of rpc-server/tests/it/faults/mod.rs: CLUSTER_PORTS=5700 \
-             scripts/cluster.sh up, AMQP_URI=amqp://guest:guest@127.0.0.1:5700, \
-             RABBITMQCTL=\"$PWD/scripts/cluster.sh ctl 1\"), or leave them out with \
+             documentation of rpc-server/tests/it/faults/mod.rs: scripts/node.sh start \
+             rpcfault 5700, AMQP_URI=$(scripts/node.sh uri rpcfault), \
+             RABBITMQCTL=\"$PWD/scripts/node.sh ctl rpcfault\"), or leave them out with \
              FAULT_SCENARIOS",
             breaking.join(", ")
         );
