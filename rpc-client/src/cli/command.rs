@@ -100,9 +100,9 @@ pub enum Command {
         #[arg(long, value_name = "TYPE", value_parser = parse_content_type)]
         content_type: Option<String>,
         /// One JSON object per reply and line: body (UTF-8 text, or base64 with "encoding":
-        /// "base64"), encoding, content_type, headers, server, elapsed_ms; an error reply is
-        /// {"error": {"code", "message"}, "server", "elapsed_ms"} and the calls go on (exit 5
-        /// at the end).
+        /// "base64"), encoding, content_type, headers, server, trace_id, elapsed_ms; an error
+        /// reply is {"error": {"code", "message"}, "server", "trace_id", "elapsed_ms"} and the
+        /// calls go on (exit 5 at the end).
         #[arg(long)]
         json: bool,
         /// Calls sent before waiting for replies (replies are still printed in order).
