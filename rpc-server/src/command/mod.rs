@@ -241,8 +241,6 @@ impl CommandHandler {
     }
 }
 
-/// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
-/// content type, or the refusal, which is logged.
 /// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
 /// program, per request (`-- CMD`) or kept (`--protocol lines|json`).
 pub(crate) fn check_size(request: &Request<'_>, limits: &CommandOptions) -> Result<(), Reply> {
@@ -259,6 +257,8 @@ pub(crate) fn check_size(request: &Request<'_>, limits: &CommandOptions) -> Resu
     ))
 }
 
+/// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
+/// content type, or the refusal, which is logged.
 pub(crate) fn reply(outcome: Result<(Vec<u8>, Option<String>), Reply>) -> Reply {
     match outcome {
         Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),

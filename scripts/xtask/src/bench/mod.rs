@@ -197,13 +197,13 @@ impl Bench {
             msg("hyperfine not available: timing one-shot runs with a loop");
         }
         msg("building (cargo build --release; cargo bench --workspace --no-run for echo_floor and fib)");
-        let builds: [&[&str]; 2] = [&["build", "--release"], &["--no-run"]];
+        let builds = [
+            vec!["build", "--release"],
+            [&WORKSPACE_BENCH[..], &["--no-run"]].concat(),
+        ];
         for (i, build) in builds.iter().enumerate() {
             let mut cargo = cargo();
-            if i == 1 {
-                cargo.args(WORKSPACE_BENCH);
-            }
-            cargo.args(*build);
+            cargo.args(build);
             let (out, err) = (
                 self.work.join(format!("build-{i}.out")),
                 self.work.join("build.log"),
