@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     match cli::run(cli::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rpc-client: {err:#}");
+            // As text, or one JSON object with --log-format json.
+            cli::stderr_line(log::Level::Error, "rpc-client", &format!("{err:#}"));
             ExitCode::from(cli::exit_code(&err))
         }
     }

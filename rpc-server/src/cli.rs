@@ -13,8 +13,8 @@ use crate::options::{
 use crate::stream::{Protocol, StreamHandler, StreamOptions, CLOSE_GRACE};
 use anyhow::Context as _;
 use clap::CommandFactory;
-use log::LevelFilter;
-use rpc_client::cli::{init_logging, parse_seconds, CommonArgs};
+use log::{Level, LevelFilter};
+use rpc_client::cli::{init_logging, parse_seconds, stderr_line, CommonArgs};
 use rpc_client::wire;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -288,7 +288,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let signals = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if signals.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("rpc-server: second signal, ending the commands in hand and exiting now");
+            stderr_line(
+                Level::Warn,
+                "rpc-server",
+                "second signal, ending the commands in hand and exiting now",
+            );
             command::end_all(END_ALL_BOUND);
             std::process::exit(exit_code::FORCED.into());
         }
@@ -298,9 +302,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .name("stop-bound".into())
             .spawn(move || {
                 std::thread::sleep(stop_bound);
-                eprintln!(
-                    "rpc-server: no clean stop within {}s of the signal; exiting",
-                    stop_bound.as_secs()
+                stderr_line(
+                    Level::Error,
+                    "rpc-server",
+                    &format!(
+                        "no clean stop within {}s of the signal; exiting",
+                        stop_bound.as_secs()
+                    ),
                 );
                 command::end_all(END_ALL_BOUND);
                 std::process::exit(exit_code::UNCLEAN_STOP.into());

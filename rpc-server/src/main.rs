@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     match cli::run(rpc_client::cli::parse::<Cli>()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rpc-server: {err:#}");
+            // As text, or one JSON object with --log-format json.
+            rpc_client::cli::stderr_line(log::Level::Error, "rpc-server", &format!("{err:#}"));
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -162,16 +162,32 @@ impl BrokerArgs {
 const MAX_PASSWORD_FILE: u64 = 64 * 1024;
 
 /// The password in file `path` (`--password-file`): its content without trailing line ends
-/// (`\n`, `\r\n`). A file that cannot be read, is empty, is not UTF-8 or is over 64 KiB is
-/// an [`Error::Config`] naming the file.
+/// (`\n`, `\r\n`). It must be a regular file (or a symlink to one): it is opened without
+/// blocking and checked on the open file, so a FIFO, a device, a socket or a directory is
+/// refused at once. A file that cannot be read, is not regular, is empty, is not UTF-8 or is
+/// over 64 KiB is an [`Error::Config`] naming the file.
 pub fn read_password_file(path: &Path) -> Result<String, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     let fail = |why: &dyn std::fmt::Display| {
         Error::Config(format!(
             "--password-file '{}': {why}",
             printable(&path.to_string_lossy())
         ))
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    // O_NONBLOCK: opening a FIFO for reading would wait for a writer; O_NOCTTY: a terminal
+    // does not become ours. Neither changes anything for a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| fail(&e))?;
+    let kind = file.metadata().map_err(|e| fail(&e))?.file_type();
+    if !kind.is_file() {
+        return Err(fail(&format_args!(
+            "not a regular file (a {}); give a file that holds the password",
+            describe_file_type(kind)
+        )));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_PASSWORD_FILE + 1)
         .read_to_end(&mut bytes)
@@ -185,6 +201,24 @@ pub fn read_password_file(path: &Path) -> Result<String, Error> {
         return Err(fail(&"empty"));
     }
     Ok(password.to_string())
+}
+
+/// What a file that is not regular is, for a message.
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 /// Verbosity flags (flatten into a clap parser). `RUST_LOG`, when set, wins over both.
@@ -266,14 +300,26 @@ impl GenerateArgs {
 /// printable ([`crate::text::printable`], line by line), and exits as clap would. clap's own
 /// message quotes a refused value raw: an escape sequence in a queue name would reach the
 /// terminal. Help and version go out as clap writes them.
+///
+/// In JSON ([`super::logging::format_from_args`]), the message is one JSON object, and the
+/// format is set for the lines written before the logger is installed.
 pub fn parse<P: clap::Parser>() -> P {
+    let format = super::logging::format_from_args(std::env::args_os());
+    super::logging::set_format(format);
     P::try_parse().unwrap_or_else(|err| {
         if !err.use_stderr() {
             err.exit();
         }
         let rendered = err.render().to_string();
-        for line in rendered.lines() {
-            eprintln!("{}", crate::text::printable(line));
+        if format == super::LogFormat::Json {
+            let program = <P as clap::CommandFactory>::command()
+                .get_name()
+                .to_string();
+            super::logging::stderr_line(log::Level::Error, &program, rendered.trim_end());
+        } else {
+            for line in rendered.lines() {
+                eprintln!("{}", crate::text::printable(line));
+            }
         }
         std::process::exit(err.exit_code());
     })
@@ -397,6 +443,13 @@ mod tests {
         };
         let secret = file("secret", b"s3 cr:et\r\n");
         let cli = Cli::parse_from(&["x", "--password-file", &secret]);
+        let brokers = cli.broker.to_options("test").expect("valid");
+        assert_eq!(brokers[0].password, "s3 cr:et");
+        // A symlink to a regular file is one.
+        let link = dir.join("link").display().to_string();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+        let cli = Cli::parse_from(&["x", "--password-file", &link]);
         let brokers = cli.broker.to_options("test").expect("valid");
         assert_eq!(brokers[0].password, "s3 cr:et");
         // It gives the password of URIs without one, and refuses to pick between two.

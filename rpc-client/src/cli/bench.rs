@@ -124,7 +124,9 @@ pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<Be
         },
     )?;
     // On a terminal the line is rewritten every second; in a log, a line every 5 s.
-    let terminal = std::io::stderr().is_terminal();
+    // (In JSON, each line is one object: no rewriting.)
+    let json = super::logging::is_json();
+    let terminal = std::io::stderr().is_terminal() && !json;
     let (interval, end) = if terminal {
         (Duration::from_secs(1), '\r')
     } else {
@@ -158,11 +160,12 @@ pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<Be
             }
             if options.progress && done.is_multiple_of(256) && Instant::now() >= next_progress {
                 let rate = done as f64 / started.elapsed().as_secs_f64();
-                let _ = write!(
-                    std::io::stderr(),
-                    "bench: {done}/{} calls, {rate:.0} calls/s{end}",
-                    options.calls
-                );
+                let progress = format!("{done}/{} calls, {rate:.0} calls/s", options.calls);
+                if json {
+                    super::logging::stderr_line(log::Level::Info, "bench", &progress);
+                } else {
+                    let _ = write!(std::io::stderr(), "bench: {progress}{end}");
+                }
                 next_progress += interval;
             }
             ControlFlow::Continue(())

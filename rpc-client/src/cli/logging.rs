@@ -8,11 +8,23 @@
 //! anything else as a string. Strings are escaped by [`crate::json`], so a line stays one
 //! line whatever it holds; text from the network is made printable where it is logged, in
 //! both formats.
+//!
+//! Lines the binaries write to stderr themselves (the final error, `prog: message`; a
+//! signal's note; bench progress; a panic) go through [`stderr_line`], so in JSON every
+//! stderr line is one object, whatever wrote it. A command-line error (clap's usage message)
+//! is one object too when `--log-format json` or `RPC_LOG_FORMAT=json` can be read from the
+//! arguments or the environment ([`format_from_args`]).
 
 use super::json;
 use log::kv::{self, VisitSource};
-use log::LevelFilter;
+use log::{Level, LevelFilter};
+use std::ffi::OsString;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Whether lines are JSON objects (set by [`init`] or [`set_format`]).
+static JSON: AtomicBool = AtomicBool::new(false);
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +55,7 @@ pub fn init(level: LevelFilter, format: LogFormat, targets: &[(&str, LevelFilter
         builder.parse_filters(&spec);
     }
     crate::amqp::hide_passwords(&mut builder);
+    set_format(format);
     match format {
         // Key-values are for JSON: text lines say what matters in their message.
         LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
@@ -72,6 +85,99 @@ pub fn init(level: LevelFilter, format: LogFormat, targets: &[(&str, LevelFilter
         }
     }
     let _ = builder.try_init();
+}
+
+/// Sets the format of [`stderr_line`] (which [`init`] does); in JSON, a panic's message is
+/// a JSON line too.
+pub fn set_format(format: LogFormat) {
+    let json = format == LogFormat::Json;
+    if JSON.swap(json, Ordering::Relaxed) != json && json {
+        std::panic::set_hook(Box::new(|info| {
+            let thread = std::thread::current();
+            let message = format!("thread '{}' {info}", thread.name().unwrap_or("<unnamed>"));
+            stderr_line(Level::Error, "panic", &message);
+        }));
+    }
+}
+
+/// Whether lines are JSON objects.
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// The format that `args` (a binary's arguments, its name first) and `RPC_LOG_FORMAT` ask
+/// for, read without parsing the rest: for a line written before the command line is parsed
+/// or when it is refused. The last `--log-format` before a lone `--` wins over the variable.
+pub fn format_from_args(args: impl IntoIterator<Item = OsString>) -> LogFormat {
+    let pick = |value: &str| match value {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    };
+    let mut chosen = std::env::var("RPC_LOG_FORMAT")
+        .ok()
+        .and_then(|value| pick(&value));
+    let mut args = args.into_iter().skip(1);
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else { continue };
+        if arg == "--" {
+            break;
+        }
+        if arg == "--log-format" {
+            let value = args.next();
+            chosen = value
+                .as_ref()
+                .and_then(|v| v.to_str())
+                .and_then(pick)
+                .or(chosen);
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            chosen = pick(value).or(chosen);
+        }
+    }
+    chosen.unwrap_or_default()
+}
+
+/// Writes `message` on stderr as the binaries' own line: `program: message` as text, or one
+/// JSON object (`target` is `program`) in the chosen format.
+pub fn stderr_line(level: Level, program: &str, message: &str) {
+    let line = if is_json() {
+        json_line(
+            &rfc3339_micros(SystemTime::now()),
+            &log::Record::builder()
+                .args(format_args!("{message}"))
+                .level(level)
+                .target(program)
+                .build(),
+        )
+    } else {
+        format!("{program}: {message}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `time` as RFC 3339 in UTC with microseconds, as the logger writes it
+/// (`2026-12-02T10:00:00.000000Z`).
+fn rfc3339_micros(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs();
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm), in eras of 400 years.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since.subsec_micros()
+    )
 }
 
 /// `record` as one JSON object and a newline.
@@ -120,6 +226,38 @@ impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_in_utc() {
+        let at = |secs: u64, micros: u64| {
+            rfc3339_micros(UNIX_EPOCH + std::time::Duration::from_micros(secs * 1_000_000 + micros))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_796_205_599, 999_999), "2026-12-02T09:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn the_format_is_read_from_the_arguments_up_to_a_lone_double_dash() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        // (RPC_LOG_FORMAT is not set by the tests.)
+        let read = |list: &[&str]| format_from_args(args(list));
+        assert_eq!(
+            read(&["x", "--log-format", "json", "--bad"]),
+            LogFormat::Json
+        );
+        assert_eq!(read(&["x", "--log-format=json", "-v"]), LogFormat::Json);
+        assert_eq!(
+            read(&["x", "--log-format=json", "--log-format", "text"]),
+            LogFormat::Text
+        );
+        assert_eq!(
+            read(&["x", "--", "cmd", "--log-format", "json"]),
+            LogFormat::Text
+        );
+        assert_eq!(read(&["--log-format", "json"]), LogFormat::Text);
+    }
 
     #[test]
     fn json_lines_are_one_line_with_their_fields() {

@@ -17,4 +17,6 @@ mod output;
 pub use args::check_command;
 pub use args::{parse, parse_seconds, BrokerArgs, CommonArgs, Generate, GenerateArgs, LogArgs};
 pub use command::{exit_code, run, Cli, Command, MAX_STDIN_BODY};
-pub use logging::{init as init_logging, LogFormat};
+pub use logging::{
+    format_from_args, init as init_logging, is_json, set_format, stderr_line, LogFormat,
+};

@@ -33,6 +33,15 @@ pub(super) fn start() -> std::io::Result<()> {
             // commands can read.
             .env_clear()
             .env(GUARDIAN_ENV, "1")
+            // Its one line in the server's log format.
+            .env(
+                "RPC_LOG_FORMAT",
+                if rpc_client::cli::is_json() {
+                    "json"
+                } else {
+                    "text"
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -91,9 +100,14 @@ pub fn guard() -> ! {
         kill_process(*pid);
     }
     if !in_hand.is_empty() {
-        eprintln!(
-            "rpc-server (guardian): the server is gone; killed its {} command(s) in hand",
-            in_hand.len()
+        rpc_client::cli::set_format(rpc_client::cli::format_from_args(std::env::args_os()));
+        rpc_client::cli::stderr_line(
+            log::Level::Warn,
+            "rpc-server (guardian)",
+            &format!(
+                "the server is gone; killed its {} command(s) in hand",
+                in_hand.len()
+            ),
         );
     }
     std::process::exit(0)

@@ -8,6 +8,7 @@
 //!   rpc-client library and raw AMQP;
 //! - [`binary`]: the `rpc-server` binary: starts, serves, logs, stops on SIGTERM, refuses bad
 //!   arguments;
+//! - [`endpoint`]: the `--metrics-addr` endpoint under slow and careless clients;
 //! - [`command`]: `rpc-server -- CMD`, a command run per request, called by the library and
 //!   `rpc-client call`;
 //! - [`poison`]: requests that kill their server; acks held during a long request;
@@ -31,6 +32,7 @@ mod common;
 
 mod binary;
 mod command;
+mod endpoint;
 mod poison;
 mod rpc;
 mod stream;

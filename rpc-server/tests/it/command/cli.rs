@@ -175,3 +175,101 @@ fn json_logs_and_the_trace_from_rpc_clients_environment() {
     let password = format!(":{}@", testing::broker().password);
     assert!(!stderr.contains(&password) && !server_log.contains(&password));
 }
+
+#[test]
+fn with_log_format_json_every_stderr_line_of_both_binaries_is_one_json_object() {
+    // The command's stderr (network text, to the client) has a quote, a backslash and an
+    // escape sequence.
+    let served = Served::start(
+        &logs(),
+        "cmd-json-errors",
+        &[
+            "--log-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "printf 'bad \"quote\" \\\\ \\033[2J\\n' >&2; exit 3",
+        ],
+    );
+    let queue = served.queue.name().to_string();
+    let out = rpc_client(&queue, &["--log-format", "json", "call", "x"], b"");
+    let client_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let shown = served.stop();
+    assert_eq!(out.status.code(), Some(5), "{client_err}\n{shown}");
+    let lines = json_log_lines(&client_err);
+    let last = lines.last().unwrap_or_else(|| panic!("no line\n{shown}"));
+    assert_eq!(last["level"], "ERROR", "{client_err}");
+    assert_eq!(last["target"], "rpc-client", "{client_err}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("server error ("), "{client_err}");
+    assert!(message.contains("bad \"quote\" \\"), "{client_err}");
+    assert!(!client_err.contains('\u{1b}'), "{client_err:?}");
+
+    // The server's final error line.
+    let mut server = crate::common::server::ServerProc::spawn_args(
+        &logs(),
+        "cmd-json-unreachable",
+        &[
+            "--log-format",
+            "json",
+            "--uri",
+            "amqp://guest:hunter2@127.0.0.1:1/",
+            "--connect-timeout",
+            "2",
+            "--max-retries",
+            "0",
+        ],
+        &[],
+    );
+    let (status, shown) = server.finish(super::EXIT_WITHIN);
+    assert_eq!(status.code(), Some(1), "{shown}");
+    let log = server.log_text();
+    let lines = json_log_lines(&log);
+    let last = lines.last().unwrap_or_else(|| panic!("no line\n{shown}"));
+    assert_eq!(
+        (&last["level"], &last["target"]),
+        (&"ERROR".into(), &"rpc-server".into())
+    );
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("cannot connect to amqp://guest:****@127.0.0.1:1/"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+
+    // Usage errors, with the format from a flag or the environment: one object.
+    for (program, args, env) in [
+        (
+            rpc_client_bin(),
+            &["--log-format", "json", "--bogus"][..],
+            None,
+        ),
+        (
+            env!("CARGO_BIN_EXE_rpc-server").into(),
+            &["--queue", "", "--log-format=json"][..],
+            None,
+        ),
+        (
+            rpc_client_bin(),
+            &["--in-flight", "x", "1"][..],
+            Some("json"),
+        ),
+    ] {
+        let mut command = Command::new(program);
+        command.args(args).env_remove("RPC_LOG_FORMAT");
+        if let Some(format) = env {
+            command.env("RPC_LOG_FORMAT", format);
+        }
+        let out = command.output().expect("run the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let lines = json_log_lines(&stderr);
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert_eq!(lines[0]["level"], "ERROR", "{stderr}");
+        assert!(lines[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("error: "));
+    }
+}

@@ -165,3 +165,77 @@ fn a_bad_password_file_is_a_one_line_error_exit_2_in_both_binaries() {
     }
     let _ = std::fs::remove_file(&empty);
 }
+
+#[test]
+fn a_password_file_that_is_not_a_regular_file_exits_2_at_once_in_both_binaries() {
+    let dir = logs().join(format!("special-password-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    // A FIFO with no writer: opening it for reading would wait for ever.
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let socket = dir.join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("a socket");
+    let link = dir.join("link-to-fifo");
+    std::os::unix::fs::symlink(&fifo, &link).expect("a symlink");
+    let at_once = std::time::Duration::from_secs(5);
+    for (file, why) in [
+        (fifo.as_path(), "not a regular file (a FIFO)"),
+        (&link, "not a regular file (a FIFO)"),
+        (&dir, "not a regular file (a directory)"),
+        (
+            Path::new("/dev/null"),
+            "not a regular file (a character device)",
+        ),
+        // A socket cannot be opened at all.
+        (&socket, "No such device or address"),
+    ] {
+        let path = file.display().to_string();
+        let started = std::time::Instant::now();
+        let mut server = ServerProc::spawn_args(
+            &logs(),
+            "cmd-special-password-file",
+            &["--password-file", &path, "--", "cat"],
+            &[],
+        );
+        let (status, shown) = server.finish(at_once);
+        assert_eq!(status.code(), Some(2), "{path}: {shown}");
+        let log = server.log_text();
+        assert_eq!(log.lines().count(), 1, "{path}: {log}");
+        assert!(
+            log.contains(&format!("--password-file '{path}': {why}")),
+            "{path}: {log}"
+        );
+
+        let mut client = Command::new(rpc_client_bin())
+            .args(["call", "x"])
+            .env("AMQP_PASSWORD_FILE", &path)
+            .env_remove("AMQP_PASSWORD")
+            .env_remove("AMQP_URI")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run rpc-client");
+        let exited = testing::wait_until("rpc-client to exit", at_once, || {
+            Ok(client.try_wait().is_ok_and(|status| status.is_some()))
+        });
+        if exited.is_err() {
+            let _ = client.kill();
+        }
+        let out = client.wait_with_output().expect("rpc-client's output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        exited.unwrap_or_else(|e| panic!("{path}: {e}: it blocks ({stderr})"));
+        assert_eq!(out.status.code(), Some(2), "{path}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{path}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--password-file '{path}': {why}")),
+            "{path}: {stderr}"
+        );
+        assert!(
+            started.elapsed() < 2 * at_once,
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
