@@ -249,7 +249,7 @@ impl StreamHandler {
         let Some(slot) = taken.slot.as_mut() else {
             return Err(Reply::refuse(ErrorCode::Internal, "no slot"));
         };
-        let result = self.exchange(slot, &frame, id, deadline, request);
+        let result = self.exchange(slot, frame, id, deadline, request);
         drop(taken);
         // As after any command: what left its group is ended.
         command::end_orphans();
@@ -343,7 +343,7 @@ impl StreamHandler {
     fn exchange(
         &self,
         slot: &mut Slot,
-        frame: &[u8],
+        frame: Vec<u8>,
         id: u64,
         deadline: Instant,
         request: &Request<'_>,
