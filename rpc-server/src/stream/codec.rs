@@ -4,15 +4,16 @@
 //! - `lines`: the request body is the line (it must be UTF-8 without a newline); the reply
 //!   body is the next line the program writes, without its `\n`.
 //! - `json`: one JSON object per line each way. In: `id`, `body` (or `body_base64` when the
-//!   body is not UTF-8), and when present `content_type`, `correlation_id`, `headers` (every
-//!   value as a string), `traceparent` (the server's span) and `tracestate`. Out: `id` (the
-//!   request's) with `body` or `body_base64`, and optionally `content_type`; or `id` with
-//!   `error`, a message for an error reply.
+//!   body is not UTF-8, or escaping it would more than double it), and when present
+//!   `content_type`, `correlation_id`, `headers` (every value as a string), `traceparent` (the
+//!   server's span) and `tracestate`. Out: `id` (the request's) with `body` or `body_base64`,
+//!   and optionally `content_type`; or `id` with `error`, a message for an error reply.
 
 use super::Protocol;
 use crate::handler::Request;
 use rpc_client::wire;
 use serde_json::{Map, Value};
+use std::io::Write;
 
 /// What the program answered to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,47 +77,91 @@ pub(crate) fn encode(
     }
 }
 
+/// The `json` frame of request `id`, written straight into one buffer sized for it: no
+/// intermediate JSON tree or copy of the body. A UTF-8 body goes as `body` unless escaping it
+/// would take more than twice its size (a body mostly of control characters, each written
+/// `\u00XX`): then, as a body that is not UTF-8, as `body_base64` (4/3 of its size). The frame
+/// is thus at most about twice the body, plus the properties.
 fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
-    let mut object = Map::new();
-    object.insert("id".into(), Value::String(id.to_string()));
-    match std::str::from_utf8(request.body) {
-        Ok(text) => object.insert("body".into(), Value::String(text.into())),
-        Err(_) => object.insert(
-            "body_base64".into(),
-            Value::String(rpc_client::base64::encode(request.body)),
-        ),
+    let body = request.body;
+    let (text, size) = match std::str::from_utf8(body) {
+        Ok(text) => match escaped_len(text) {
+            escaped if escaped <= body.len().saturating_mul(2) => (Some(text), escaped),
+            _ => (None, body.len().div_ceil(3) * 4),
+        },
+        Err(_) => (None, body.len().div_ceil(3) * 4),
     };
     let properties = request.properties;
+    // The body's room, and room for the rest in the usual case.
+    let mut line = Vec::with_capacity(size.saturating_add(256));
+    // Writing to a Vec cannot fail.
+    let _ = write!(line, "{{\"id\":\"{id}\"");
+    match text {
+        Some(text) => field(&mut line, "body", text),
+        None => {
+            line.extend_from_slice(b",\"body_base64\":\"");
+            rpc_client::base64::encode_into(body, &mut line);
+            line.push(b'"');
+        }
+    }
     if let Some(content_type) = properties.content_type() {
-        object.insert("content_type".into(), Value::String(content_type.clone()));
+        field(&mut line, "content_type", content_type);
     }
     if let Some(id) = properties.correlation_id() {
-        object.insert("correlation_id".into(), Value::String(id.clone()));
+        field(&mut line, "correlation_id", id);
     }
     if let Some(headers) = properties.headers() {
-        let headers = headers
-            .iter()
-            .map(|(name, value)| (name.clone(), Value::String(wire::header_text(value))))
-            .collect();
-        object.insert("headers".into(), Value::Object(headers));
+        line.extend_from_slice(b",\"headers\":{");
+        for (index, (name, value)) in headers.iter().enumerate() {
+            if index > 0 {
+                line.push(b',');
+            }
+            string(&mut line, name);
+            line.push(b':');
+            string(&mut line, &wire::header_text(value));
+        }
+        line.push(b'}');
     }
-    object.insert(
-        "traceparent".into(),
-        Value::String(request.trace.traceparent()),
-    );
+    field(&mut line, "traceparent", &request.trace.traceparent());
     if let Some(state) = &request.trace.state {
-        object.insert("tracestate".into(), Value::String(state.clone()));
+        field(&mut line, "tracestate", state);
     }
-    let mut line = Value::Object(object).to_string().into_bytes();
-    line.push(b'\n');
+    line.extend_from_slice(b"}\n");
     line
 }
 
-/// The answer in `line` (without its `\n`) to request `id`.
+/// Appends `,"name":` and `value` as a JSON string.
+fn field(line: &mut Vec<u8>, name: &str, value: &str) {
+    line.extend_from_slice(b",\"");
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b"\":");
+    string(line, value);
+}
+
+/// Appends `value` as a JSON string (quoted and escaped, as serde_json does).
+fn string(line: &mut Vec<u8>, value: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(line, value);
+}
+
+/// The length of `text` escaped in a JSON string, without its quotes.
+fn escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The answer in `line` (without its `\n`) to request `id`. The body is taken without a copy
+/// where it can be: the line itself (`lines`), the parsed string (`json`); `line` is freed
+/// before a `body_base64` is decoded.
 pub(crate) fn decode(
     protocol: Protocol,
     id: u64,
-    line: &[u8],
+    line: Vec<u8>,
     max_reply_bytes: usize,
 ) -> Result<Answer, Bad> {
     if protocol != Protocol::Json {
@@ -124,28 +169,20 @@ pub(crate) fn decode(
             return Err(Bad::TooLarge(line.len()));
         }
         return Ok(Answer::Body {
-            body: line.to_vec(),
+            body: line,
             content_type: None,
         });
     }
-    let value: Value = serde_json::from_slice(line)
+    let value: Value = serde_json::from_slice(&line)
         .map_err(|err| Bad::Protocol(format!("a reply line that is not JSON ({err})")))?;
-    let Value::Object(object) = value else {
+    drop(line);
+    let Value::Object(mut object) = value else {
         return Err(Bad::Protocol(
             "a reply line that is not a JSON object".into(),
         ));
     };
-    let text = |name: &str| -> Result<Option<&str>, Bad> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(Bad::Protocol(format!(
-                "a reply whose \"{name}\" is not a string"
-            ))),
-        }
-    };
     let expected = id.to_string();
-    match text("id")? {
+    match text(&object, "id")? {
         Some(got) if got == expected => {}
         Some(got) => {
             return Err(Bad::Protocol(format!(
@@ -155,12 +192,16 @@ pub(crate) fn decode(
         }
         None => return Err(Bad::Protocol("a reply without an \"id\"".into())),
     }
-    if let Some(message) = text("error")? {
+    if let Some(message) = text(&object, "error")? {
         return Ok(Answer::Error(message.to_string()));
     }
-    let body = match (text("body")?, text("body_base64")?) {
-        (Some(body), None) => body.as_bytes().to_vec(),
-        (None, Some(encoded)) => rpc_client::base64::decode(encoded)
+    let content_type = text(&object, "content_type")?.map(str::to_string);
+    let body = match (
+        take(&mut object, "body")?,
+        take(&mut object, "body_base64")?,
+    ) {
+        (Some(body), None) => body.into_bytes(),
+        (None, Some(encoded)) => rpc_client::base64::decode(&encoded)
             .ok_or_else(|| Bad::Protocol("a reply whose \"body_base64\" is not base64".into()))?,
         (Some(_), Some(_)) => {
             return Err(Bad::Protocol(
@@ -176,10 +217,29 @@ pub(crate) fn decode(
     if body.len() > max_reply_bytes {
         return Err(Bad::TooLarge(body.len()));
     }
-    Ok(Answer::Body {
-        body,
-        content_type: text("content_type")?.map(str::to_string),
-    })
+    Ok(Answer::Body { body, content_type })
+}
+
+/// The string `name` of a reply (absent or null: `None`).
+fn text<'a>(object: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, Bad> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(not_a_string(name)),
+    }
+}
+
+/// The string `name` of a reply, taken out of it.
+fn take(object: &mut Map<String, Value>, name: &str) -> Result<Option<String>, Bad> {
+    match object.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(not_a_string(name)),
+    }
+}
+
+fn not_a_string(name: &str) -> Bad {
+    Bad::Protocol(format!("a reply whose \"{name}\" is not a string"))
 }
 
 #[cfg(test)]
@@ -209,7 +269,7 @@ mod tests {
             let refused = encode(Protocol::Lines, 1, &request(body, &properties, &trace));
             assert!(refused.is_err(), "{body:?}");
         }
-        let answer = decode(Protocol::Lines, 1, b"HI", 2);
+        let answer = decode(Protocol::Lines, 1, b"HI".to_vec(), 2);
         assert_eq!(
             answer,
             Ok(Answer::Body {
@@ -217,7 +277,10 @@ mod tests {
                 content_type: None
             })
         );
-        assert_eq!(decode(Protocol::Lines, 1, b"HIS", 2), Err(Bad::TooLarge(3)));
+        assert_eq!(
+            decode(Protocol::Lines, 1, b"HIS".to_vec(), 2),
+            Err(Bad::TooLarge(3))
+        );
     }
 
     #[test]
@@ -249,12 +312,36 @@ mod tests {
     }
 
     #[test]
+    fn json_bodies_go_as_text_unless_escaping_would_more_than_double_them() {
+        let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
+        let frame = |body: &[u8]| {
+            let line = encode(Protocol::Json, 7, &request(body, &properties, &trace));
+            let line = line.expect("json takes any body");
+            assert_eq!(line.last(), Some(&b'\n'));
+            let value: Value = serde_json::from_slice(&line).expect("JSON");
+            (line.len(), value)
+        };
+        // Quotes, backslashes and newlines (two bytes each) stay text, as any UTF-8 text does.
+        let text = "say \"hi\"\\\n\t\u{1}é\u{7f}".repeat(100);
+        let (_, value) = frame(text.as_bytes());
+        assert_eq!(value["body"], text.as_str());
+        assert!(value.get("body_base64").is_none());
+        // Control characters (six bytes each escaped): base64, 4/3 of the body.
+        let control = vec![1u8; 3000];
+        let (size, value) = frame(&control);
+        assert!(value.get("body").is_none());
+        let decoded = rpc_client::base64::decode(value["body_base64"].as_str().unwrap_or(""));
+        assert_eq!(decoded, Some(control));
+        assert!(size < 4000 + 200, "{size}");
+    }
+
+    #[test]
     fn json_replies_are_checked() {
         let ok = |body: &str| Answer::Body {
             body: body.as_bytes().to_vec(),
             content_type: None,
         };
-        let decode = |line: &str| decode(Protocol::Json, 3, line.as_bytes(), 10);
+        let decode = |line: &str| decode(Protocol::Json, 3, line.as_bytes().to_vec(), 10);
         assert_eq!(decode(r#"{"id":"3","body":"hi"}"#), Ok(ok("hi")));
         assert_eq!(decode(r#"{"id":"3","body_base64":"aGk="}"#), Ok(ok("hi")));
         assert_eq!(

@@ -136,20 +136,25 @@ impl Kept {
     /// Writes `frame` to its stdin and reads its stdout until a whole line (at most `limit`
     /// bytes with its `\n`), its exit, or `deadline`; its stderr goes to `errors`. The frame
     /// is written at once, without a `poll`: the pipe is empty between requests (it holds 64
-    /// KiB), so only a larger frame, or a program slow to read, waits for room.
+    /// KiB), so only a larger frame, or a program slow to read, waits for room. The frame is
+    /// freed once written, before the answer comes (a large request's memory is not held twice).
     pub(crate) fn exchange(
         &mut self,
-        frame: &[u8],
+        mut frame: Vec<u8>,
         deadline: Instant,
         limit: usize,
         errors: &mut StderrLog,
     ) -> Outcome {
-        let mut written = self.write_stdin(frame);
+        let mut written = self.write_stdin(&frame);
         let mut scanned = 0;
         // How long to wait before looking for an exit that closed no pipe (a child of the
         // program may hold them): soon at first, then every 50 ms at most.
         let mut slice = Duration::from_millis(1);
         loop {
+            if written == frame.len() && written > 0 {
+                // Written: `written < frame.len()` stays false.
+                frame = Vec::new();
+            }
             if let Some(end) = self.pending[scanned..].iter().position(|b| *b == b'\n') {
                 let end = scanned + end;
                 if written < frame.len() {

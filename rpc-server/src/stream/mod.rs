@@ -19,7 +19,8 @@
 //!   as long as it lives; what escapes its group is ended after each request;
 //! - its stderr goes to the log, the first 20 lines per request;
 //! - `--max-requests-per-process N` retires a program after N replies (for handlers that
-//!   leak): its stdin is closed and it is given [`CLOSE_GRACE`] to exit, in the background;
+//!   leak): its stdin is closed and it is given [`CLOSE_GRACE`] to exit, in the background,
+//!   as many at once as there are workers; one retired beyond that is killed at once;
 //! - [`Handler::close`] (after a clean stop) closes every program's stdin, gives them a bounded
 //!   moment to exit, then ends their groups.
 
@@ -118,7 +119,7 @@ pub struct StreamHandler {
     /// The free slots; a request takes one and gives it back.
     slots: Mutex<Free>,
     free: Condvar,
-    /// Programs being retired in the background.
+    /// Programs being retired in the background: one thread each, at most one per worker.
     retiring: Mutex<Vec<JoinHandle<()>>>,
     /// The id of the next request (`json`).
     next_id: AtomicU64,
@@ -248,7 +249,7 @@ impl StreamHandler {
         let Some(slot) = taken.slot.as_mut() else {
             return Err(Reply::refuse(ErrorCode::Internal, "no slot"));
         };
-        let result = self.exchange(slot, &frame, id, deadline, request);
+        let result = self.exchange(slot, frame, id, deadline, request);
         drop(taken);
         // As after any command: what left its group is ended.
         command::end_orphans();
@@ -342,7 +343,7 @@ impl StreamHandler {
     fn exchange(
         &self,
         slot: &mut Slot,
-        frame: &[u8],
+        frame: Vec<u8>,
         id: u64,
         deadline: Instant,
         request: &Request<'_>,
@@ -395,7 +396,7 @@ impl StreamHandler {
                 return self.failed(slot, ErrorCode::ExecFailed, why);
             }
         };
-        let answer = match codec::decode(self.options.protocol, id, &line, limits.max_reply_bytes) {
+        let answer = match codec::decode(self.options.protocol, id, line, limits.max_reply_bytes) {
             Ok(answer) => answer,
             Err(Bad::TooLarge(_)) => return self.too_large(slot),
             Err(Bad::Protocol(what)) => {
@@ -450,7 +451,10 @@ impl StreamHandler {
         Err(Reply::refuse(code, &why))
     }
 
-    /// Retires the slot's program in the background once it has answered its quota.
+    /// Retires the slot's program once it has answered its quota: in the background, given
+    /// [`CLOSE_GRACE`] to exit after its stdin is closed; or killed at once when as many
+    /// programs as there are workers are being closed already, so that programs slow to exit
+    /// (or deaf to their stdin's end) cannot pile up under load.
     fn maybe_recycle(&self, slot: &mut Slot) {
         let Some(max) = self.options.max_requests_per_process else {
             return;
@@ -459,14 +463,28 @@ impl StreamHandler {
             return;
         }
         let Some(kept) = slot.kept.take() else { return };
+        let mut retiring = lock(&self.retiring);
+        retiring.retain(|thread| !thread.is_finished());
+        if retiring.len() >= self.options.processes.max(1) {
+            let closing = retiring.len();
+            drop(retiring);
+            log::info!(
+                target: command::COMMAND_LOG,
+                "worker {}: retiring its program (pid {}) after {max} request(s): killed at \
+                 once, {closing} retired program(s) still closing",
+                slot.index,
+                kept.pid
+            );
+            // Its group is killed and it is reaped.
+            drop(kept);
+            return;
+        }
         log::info!(
             target: command::COMMAND_LOG,
             "worker {}: retiring its program (pid {}) after {max} request(s)",
             slot.index,
             kept.pid
         );
-        let mut retiring = lock(&self.retiring);
-        retiring.retain(|thread| !thread.is_finished());
         let deadline = Instant::now() + CLOSE_GRACE;
         // Should the thread not start, the program is dropped with it: killed.
         let spawned = std::thread::Builder::new()

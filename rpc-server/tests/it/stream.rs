@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod limits;
+
 fn logs() -> PathBuf {
     log_dir("stream")
 }

@@ -1,7 +1,7 @@
 //! Measuring: a phase's servers and rows, the one-shot and memory rows, fib.
 
 use super::process::{self, Scraper, Server};
-use super::rows::{Measure, Phase, Row};
+use super::rows::{Measure, Phase, Row, BIG_JSON_BYTES};
 use super::{msg, Bench, PEERS};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -61,6 +61,9 @@ impl Bench {
         if let Some(id) = phase.rss_end {
             self.server_rss(id);
         }
+        if let Some(name) = phase.big_json.filter(|_| self.settings.want("s")) {
+            self.big_json(name)?;
+        }
         for scraper in scrapers {
             let (ok, failed) = scraper.finish();
             self.results.scrapes.0 += ok;
@@ -83,6 +86,47 @@ impl Bench {
         {
             self.results.add_rss(id, kb);
         }
+    }
+
+    /// Row s1-json-rss: the peak RSS of server `name` before and after one request of
+    /// [`BIG_JSON_BYTES`] of control characters (`rpc-client call -`, the body on stdin).
+    fn big_json(&mut self, name: &str) -> Result<()> {
+        let Some(pid) = (self.servers.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.pid())
+        else {
+            return Ok(());
+        };
+        let body = self.work.join("big-json.body");
+        let bytes: Vec<u8> = (0..BIG_JSON_BYTES)
+            .map(|i| [1, 2, 0x1b, 0x7f][i % 4])
+            .collect();
+        std::fs::write(&body, bytes)?;
+        msg(&format!(
+            "s1-json-rss: one request of {} MiB of control characters to {name}",
+            BIG_JSON_BYTES >> 20
+        ));
+        if let Some(kb) = process::vmhwm(pid) {
+            self.results.add_rss("json_before", kb);
+        }
+        let (client, queue) = (self.bin_dir.join("rpc-client"), self.queue_of(name));
+        let call = move |_: &Bench| {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                "exec \"$0\" --queue \"$1\" call - < \"$2\" > /dev/null",
+            ])
+            .arg(&client)
+            .arg(&queue)
+            .arg(&body);
+            sh
+        };
+        if self.attempt("s1-json-rss", ROW_LIMIT, call)? {
+            if let Some(kb) = process::vmhwm(pid) {
+                self.results.add_rss("json_after", kb);
+            }
+        }
+        Ok(())
     }
 
     fn queue_of(&self, server: &str) -> String {

@@ -80,7 +80,14 @@ pub struct Phase {
     pub rss_end: Option<&'static str>,
     /// After the rows, the one-shot rows e and the clients' peak RSS (g) on the first server.
     pub oneshots: bool,
+    /// After the rows, one request of [`BIG_JSON_BYTES`] of control characters to this server
+    /// (`--protocol json`), its peak RSS read before and after (row s1-json-rss).
+    pub big_json: Option<&'static str>,
 }
+
+/// The body of the big json request of row s1-json-rss: 8 MiB, the default
+/// `--max-request-bytes`.
+pub const BIG_JSON_BYTES: usize = 8 << 20;
 
 impl Row {
     pub fn group(&self) -> char {
@@ -239,6 +246,7 @@ fn sequential(s: &Settings) -> Phase {
         rss_idle: Some("server_idle"),
         rss_end: Some("server_seq"),
         oneshots: true,
+        ..Phase::default()
     }
 }
 
@@ -357,6 +365,11 @@ fn metrics(s: &Settings, depth: u64) -> Phase {
 /// The bench's Python handler (echoes each line), run kept and per request, by the venv's
 /// interpreter when there is one (`python3` may be a shim that costs more than Python's start).
 fn echo_py(more: &[&str]) -> Vec<String> {
+    python_script("echo_lines.py", more)
+}
+
+/// `scripts/interop/SCRIPT ARGS...` run by the venv's Python, else `python3`.
+fn python_script(script: &str, more: &[&str]) -> Vec<String> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let venv = format!("{root}/target/py-venv/bin/python");
     let python = if std::path::Path::new(&venv).exists() {
@@ -364,7 +377,7 @@ fn echo_py(more: &[&str]) -> Vec<String> {
     } else {
         "python3".into()
     };
-    let script = format!("{root}/scripts/interop/echo_lines.py");
+    let script = format!("{root}/scripts/interop/{script}");
     let mut command = vec![python, script];
     command.extend(more.iter().map(|a| a.to_string()));
     command
@@ -430,7 +443,8 @@ fn stream_row(
 
 /// (s) a program kept per worker (issue 20): sequentially, the Python echo handler kept
 /// (`--protocol lines`) vs the built-in Fibonacci handler and vs the same handler started per
-/// request, and `cat` kept; at 8 in flight, the kept Python handler with 1, 2 and 4 workers.
+/// request, its json twin kept (and that server's peak RSS over one big request), and `cat`
+/// kept; at 8 in flight, the kept Python handler with 1, 2 and 4 workers.
 fn stream(s: &Settings, depth: u64) -> Phase {
     let py = echo_py(&[]);
     let cat = vec!["cat".to_string()];
@@ -468,6 +482,22 @@ fn stream(s: &Settings, depth: u64) -> Phase {
             ours(exec, 1),
             &["s1-fib"],
         ));
+        servers.push(stream_server(
+            "py-json",
+            1,
+            1,
+            "json",
+            &python_script("echo_json.py", &[]),
+        ));
+        let json = " `--protocol json -- python3 echo_json.py` (kept)";
+        rows.push(stream_row(
+            "s1-py-json",
+            "py-json",
+            1,
+            calls,
+            ours(json, 1),
+            &["s1-fib", "s1-py-lines"],
+        ));
         let cat_lines = " `--protocol lines -- cat` (kept)";
         rows.push(stream_row(
             "s1-cat-lines",
@@ -502,6 +532,7 @@ fn stream(s: &Settings, depth: u64) -> Phase {
         groups: "s",
         servers,
         rows,
+        big_json: (depth == 1).then_some("py-json"),
         ..Phase::default()
     }
 }

@@ -213,6 +213,34 @@ fn memory_rows(r: &Results, s: &Settings) -> Vec<Cells> {
     ]
 }
 
+/// (s1-json-rss) the peak RSS of the json server of rows s before and after one big request.
+fn big_json_row(r: &Results) -> Cells {
+    let (before, after) = (r.rss_kb("json_before"), r.rss_kb("json_after"));
+    let body_kb = (rows::BIG_JSON_BYTES / 1024) as f64;
+    let grew = match (before, after) {
+        (Some(before), Some(after)) => format!(
+            "+{:.1} MiB: {:.2} × the body",
+            (after - before) / 1024.0,
+            (after - before) / body_kb
+        ),
+        _ => "n/a".into(),
+    };
+    cells([
+        "s1-json-rss",
+        &format!(
+            "peak RSS (VmHWM) of rpc-server before / after one request of {} MiB of control \
+             characters",
+            rows::BIG_JSON_BYTES >> 20
+        ),
+        &rows::ours(
+            " `--protocol json -- python3 echo_json.py`, after rows s1",
+            1,
+        ),
+        &format!("{} / {}", mib(before), mib(after)),
+        &grew,
+    ])
+}
+
 /// Every row of the table, in group order, and the flags they raise.
 fn table(r: &Results, s: &Settings) -> (Vec<Cells>, Vec<String>) {
     let mut flags = Vec::new();
@@ -228,6 +256,7 @@ fn table(r: &Results, s: &Settings) -> (Vec<Cells>, Vec<String>) {
     rows.extend(oneshot_rows(r, s, &mut flags));
     rows.extend(fib_rows(r, s));
     rows.extend(memory_rows(r, s));
+    rows.push(big_json_row(r));
     let group = |cells: &Cells| GROUPS.find(cells[0].chars().next().unwrap_or('?'));
     rows.sort_by_key(group); // stable: each group keeps its own order
     rows.retain(|cells| cells[0].chars().next().is_some_and(|c| s.only.contains(c)));
