@@ -10,6 +10,7 @@
 
 mod connection;
 mod consume;
+mod depth;
 mod error;
 mod random;
 mod reconnect;
@@ -19,6 +20,7 @@ mod watchdog;
 
 pub use connection::{connect_first, open_first, Link};
 pub use consume::{callback_queue, consume};
+pub use depth::{flatten_deep_headers, DepthGuard, FLATTENED_DEPTH};
 pub use error::{ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
 pub use tls::TlsError;
