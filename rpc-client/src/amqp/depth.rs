@@ -390,7 +390,7 @@ mod tests {
                 return Ok(0);
             };
             self.1 += 1;
-            if self.1 % 2 == 0 {
+            if self.1.is_multiple_of(2) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = out.len().min(piece.len());

@@ -76,7 +76,7 @@ fn a_server_refuses_headers_nested_as_deep_as_a_frame_allows_and_keeps_serving()
     for (kind, levels) in nestings(raw.frame_max, replies.name().len()) {
         let id = id("deep", kind, levels);
         let (flags, properties) =
-            request_properties(&nested_headers(kind, levels), &id, replies.name());
+            request_properties(&nested_headers(kind, levels), id.as_bytes(), replies.name());
         raw.publish(queue.name(), flags, &properties, b"10")
             .unwrap_or_else(|e| panic!("the broker refused {id}: {e}"));
         // The headers table itself is one level more.
@@ -171,7 +171,7 @@ fn a_waiting_client_discards_foreign_replies_nested_as_deep_as_a_frame_allows() 
     let mut raw = RawPublisher::connect(&broker).expect("raw publisher");
     for (kind, levels) in nestings(raw.frame_max, 1) {
         let foreign = id("foreign", kind, levels);
-        let (flags, properties) = request_properties(&nested_headers(kind, levels), &foreign, "x");
+        let (flags, properties) = request_properties(&nested_headers(kind, levels), foreign.as_bytes(), "x");
         raw.publish(&reply_to, flags, &properties, b"999")
             .unwrap_or_else(|e| panic!("the broker refused {foreign}: {e}"));
     }

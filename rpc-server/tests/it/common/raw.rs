@@ -169,11 +169,15 @@ impl Drop for RawPublisher {
     }
 }
 
-/// Basic properties with `headers` (an encoded table, its length first), `correlation_id` and
-/// `reply_to`, and their flags.
-pub fn request_properties(headers: &[u8], correlation_id: &str, reply_to: &str) -> (u16, Vec<u8>) {
+/// Basic properties with `headers` (an encoded table, its length first), `correlation_id` (any
+/// bytes) and `reply_to`, and their flags.
+pub fn request_properties(
+    headers: &[u8],
+    correlation_id: &[u8],
+    reply_to: &str,
+) -> (u16, Vec<u8>) {
     let mut properties = headers.to_vec();
-    properties.extend_from_slice(&short(correlation_id.as_bytes()));
+    properties.extend_from_slice(&short(correlation_id));
     properties.extend_from_slice(&short(reply_to.as_bytes()));
     (0x2000 | 0x0400 | 0x0200, properties)
 }
