@@ -204,6 +204,8 @@ fn a_request_with_a_binary_correlation_id_is_dropped_with_a_line_that_names_the_
     let (status, shown) = server.finish(EXIT_WITHIN);
     logged.unwrap_or_else(|e| panic!("{e}\n{shown}"));
     assert!(status.success(), "{shown}");
-    let line = server.log_lines("dropping a request without reply_to").join("\n");
+    let line = server
+        .log_lines("dropping a request without reply_to")
+        .join("\n");
     assert!(line.contains("Erlang tutorial client"), "{line}");
 }

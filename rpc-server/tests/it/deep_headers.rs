@@ -171,7 +171,8 @@ fn a_waiting_client_discards_foreign_replies_nested_as_deep_as_a_frame_allows() 
     let mut raw = RawPublisher::connect(&broker).expect("raw publisher");
     for (kind, levels) in nestings(raw.frame_max, 1) {
         let foreign = id("foreign", kind, levels);
-        let (flags, properties) = request_properties(&nested_headers(kind, levels), foreign.as_bytes(), "x");
+        let (flags, properties) =
+            request_properties(&nested_headers(kind, levels), foreign.as_bytes(), "x");
         raw.publish(&reply_to, flags, &properties, b"999")
             .unwrap_or_else(|e| panic!("the broker refused {foreign}: {e}"));
     }

@@ -171,11 +171,7 @@ impl Drop for RawPublisher {
 
 /// Basic properties with `headers` (an encoded table, its length first), `correlation_id` (any
 /// bytes) and `reply_to`, and their flags.
-pub fn request_properties(
-    headers: &[u8],
-    correlation_id: &[u8],
-    reply_to: &str,
-) -> (u16, Vec<u8>) {
+pub fn request_properties(headers: &[u8], correlation_id: &[u8], reply_to: &str) -> (u16, Vec<u8>) {
     let mut properties = headers.to_vec();
     properties.extend_from_slice(&short(correlation_id));
     properties.extend_from_slice(&short(reply_to.as_bytes()));
