@@ -26,7 +26,9 @@
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
 //!   replies, trace headers).
 //! - [`amqp`]: reaching the broker: [`BrokerOptions`] and `amqp://` URIs, opening a
-//!   connection (TCP_NODELAY, connect timeout, first of several brokers, TLS), the
+//!   connection (TCP_NODELAY, connect timeout, first of several brokers, TLS), reading the
+//!   broker through the [`amqp::DepthGuard`] (no message's headers, however deep they nest,
+//!   can overflow the decoder's stack: a program using the library needs no set-up for it), the
 //!   [`amqp::Watchdog`] bounding each round trip, consuming a queue, backoff between
 //!   connection attempts; its failures are [`LinkError`]s (the calling layer reports them as
 //!   [`Error`]s, with the same messages). Knows nothing of calls.

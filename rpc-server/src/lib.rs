@@ -42,7 +42,10 @@
 //!
 //! The wire contract, broker options and connection code live in the `rpc-client` crate
 //! (`rpc_client::wire`, and `rpc_client::amqp` for broker options and connections), shared by
-//! both.
+//! both. Connections read the broker through `rpc_client::amqp::DepthGuard`, so no message
+//! crashes a program that serves with this library, however deep its headers nest (a request
+//! nesting more than `rpc_client::wire::MAX_HEADER_DEPTH` levels is refused before any
+//! handler sees it); no set-up is needed for it.
 #![deny(missing_docs)]
 
 mod ack;

@@ -5,14 +5,18 @@
 //! amiquip's `Connection::insecure_open` leaves Nagle's algorithm on; a request/reply protocol
 //! then waits for the peer's delayed ACK on every round trip (measured: about 20–25 sequential
 //! calls/s instead of thousands). So we open the TCP stream ourselves, with a timeout, switch
-//! Nagle off and hand the stream to amiquip.
+//! Nagle off and hand the stream to amiquip (TLS over it is ours too), with every byte from the
+//! broker read through the header depth guard (`depth`: no message's headers can overflow
+//! amiquip's decoder).
 
+use super::depth::DepthGuard;
 use super::error::{ConnectFailure, LinkError};
 use super::tls;
 use super::uri::BrokerOptions;
 use super::watchdog::Watchdog;
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// An open connection and the watchdog that bounds its blocking calls.
@@ -118,8 +122,6 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, ConnectFailur
             .map_err(|e| ConnectFailure::Socket("clone the socket", e))?,
     )
     .map_err(ConnectFailure::Watchdog)?;
-    let stream = mio::net::TcpStream::from_stream(stream)
-        .map_err(|e| ConnectFailure::Socket("register the socket", e))?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     let amqp_options = ConnectionOptions::<Auth>::default()
         .auth(Auth::Plain {
@@ -132,26 +134,15 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, ConnectFailur
         .information(Some(options.client_name.clone()));
     // TLS and the handshake share what is left of the limit, however slowly bytes arrive.
     watchdog.arm(deadline, "to the handshake");
-    let opened = if options.tls {
-        let connector = tls::connector(options.tls_ca.as_deref()).map_err(ConnectFailure::Tls)?;
-        Connection::open_tls_stream(
-            connector,
-            &options.host,
-            stream,
-            amqp_options,
-            ConnectionTuning::default(),
-        )
-    } else {
-        Connection::insecure_open_stream(stream, amqp_options, ConnectionTuning::default())
-    };
+    let opened = handshake(stream, options, amqp_options);
     watchdog.disarm();
     let timed_out = watchdog.fired().is_some();
+    let opened = match opened {
+        Err(_) if timed_out => return Err(ConnectFailure::HandshakeTimeout(limit)),
+        other => other?,
+    };
     // amiquip reports any failure after the credentials were sent as a refused login.
     let connection = opened.map_err(|err| match err {
-        amiquip::Error::TlsHandshake { source } => ConnectFailure::TlsHandshake {
-            host: options.host.clone(),
-            reason: source.to_string(),
-        },
         amiquip::Error::InvalidCredentials => ConnectFailure::LoginRefused(options.user.clone()),
         amiquip::Error::ConnectionTimeout => ConnectFailure::HandshakeTimeout(limit),
         amiquip::Error::ServerClosedConnection { code: 530, .. } => ConnectFailure::VhostRefused {
@@ -165,4 +156,51 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, ConnectFailur
         connection,
         watchdog,
     })
+}
+
+/// TLS (if `options` ask for it) and the AMQP handshake over `stream`, whose bytes from the
+/// broker pass the header depth guard (see `depth`). So TLS is ours, not amiquip's, which
+/// would sit below the guard. Only a failed TLS handshake is an error here.
+fn handshake(
+    stream: TcpStream,
+    options: &BrokerOptions,
+    amqp_options: ConnectionOptions<Auth>,
+) -> Result<Result<Connection, amiquip::Error>, ConnectFailure> {
+    let fd = stream.as_raw_fd();
+    let tuning = ConnectionTuning::default();
+    if !options.tls {
+        nonblocking(&stream)?;
+        let guarded = DepthGuard::new(stream, fd);
+        return Ok(Connection::insecure_open_stream(
+            guarded,
+            amqp_options,
+            tuning,
+        ));
+    }
+    let connector = tls::connector(options.tls_ca.as_deref()).map_err(ConnectFailure::Tls)?;
+    // Blocking, within the watchdog's limit.
+    let stream = connector.connect(&options.host, stream).map_err(|err| {
+        let reason = match err {
+            native_tls::HandshakeError::Failure(err) => err.to_string(),
+            native_tls::HandshakeError::WouldBlock(_) => "the handshake stalled".into(),
+        };
+        ConnectFailure::TlsHandshake {
+            host: options.host.clone(),
+            reason,
+        }
+    })?;
+    nonblocking(stream.get_ref())?;
+    let guarded = DepthGuard::new(stream, fd);
+    Ok(Connection::insecure_open_stream(
+        guarded,
+        amqp_options,
+        tuning,
+    ))
+}
+
+/// amiquip's I/O loop reads and writes until the socket would block.
+fn nonblocking(stream: &TcpStream) -> Result<(), ConnectFailure> {
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| ConnectFailure::Socket("make the socket non-blocking", e))
 }

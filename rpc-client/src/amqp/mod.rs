@@ -1,6 +1,8 @@
 //! Reaching the broker, shared by both binaries: broker options and `amqp://` URIs
 //! ([`BrokerOptions`], [`mask_uri`]), opening a connection with `TCP_NODELAY` and one time
-//! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), time limits on
+//! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), every byte from
+//! the broker read through [`DepthGuard`] (headers nested too deep cut before amiquip decodes
+//! them), time limits on
 //! each later round trip ([`Watchdog`]), consuming a queue ([`consume`], [`callback_queue`])
 //! and the backoff between connection attempts ([`Reconnect`]). Its failures are
 //! [`LinkError`]s.
@@ -10,6 +12,7 @@
 
 mod connection;
 mod consume;
+mod depth;
 mod error;
 mod random;
 mod reconnect;
@@ -19,6 +22,7 @@ mod watchdog;
 
 pub use connection::{connect_first, open_first, Link};
 pub use consume::{callback_queue, consume};
+pub use depth::{flatten_deep_headers, DepthGuard, FLATTENED_DEPTH};
 pub use error::{ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
 pub use tls::TlsError;

@@ -22,6 +22,10 @@ pub(super) enum Admission {
     /// It has no `reply_to` (amiquip hands over empty properties when it cannot read them: a
     /// `correlation_id` or `content_type` that is not UTF-8). Acked, not answered.
     NoReplyTo,
+    /// Its headers nest deeper than [`wire::MAX_HEADER_DEPTH`]: this many levels, at most
+    /// [`rpc_client::amqp::FLATTENED_DEPTH`], where the connection cut deeper ones (see
+    /// [`rpc_client::amqp::DepthGuard`]). Refused: `bad-request`.
+    DeepHeaders(usize),
     /// What the redelivery rule says (see [`crate::redelivery`]).
     Redelivery(Verdict),
 }
@@ -38,6 +42,10 @@ pub(super) fn admission(
     }
     if properties.reply_to().is_none() {
         return Admission::NoReplyTo;
+    }
+    let depth = wire::header_depth(properties);
+    if depth > wire::MAX_HEADER_DEPTH {
+        return Admission::DeepHeaders(depth);
     }
     Admission::Redelivery(redeliveries.check(redelivered, properties))
 }
@@ -111,6 +119,26 @@ mod tests {
             admission(&mut redeliveries, false, &unanswerable),
             Admission::NoReplyTo
         );
+    }
+
+    #[test]
+    fn deep_headers_are_refused() {
+        fn nested(depth: usize) -> FieldTable {
+            let mut table = FieldTable::new();
+            for _ in 1..depth {
+                let mut outer = FieldTable::new();
+                outer.insert("t".into(), AmqpValue::FieldTable(table));
+                table = outer;
+            }
+            table
+        }
+        let mut redeliveries = Redeliveries::default();
+        let deepest = request().with_headers(nested(wire::MAX_HEADER_DEPTH));
+        let verdict = admission(&mut redeliveries, false, &deepest);
+        assert_eq!(verdict, Admission::Redelivery(Verdict::Handle));
+        let deeper = request().with_headers(nested(wire::MAX_HEADER_DEPTH + 1));
+        let verdict = admission(&mut redeliveries, false, &deeper);
+        assert_eq!(verdict, Admission::DeepHeaders(wire::MAX_HEADER_DEPTH + 1));
     }
 
     #[test]

@@ -226,11 +226,23 @@ impl<'c, 's> Session<'c, 's> {
             }
             Admission::NoReplyTo => {
                 log::warn!(
-                    "dropping a request without reply_to ({} bytes; properties that are not \
-                     UTF-8 cannot be read, so they count as missing)",
+                    "dropping a request without reply_to ({} bytes): nowhere to answer. If its \
+                     sender set one, a property that is not UTF-8 hid it: amiquip then cannot \
+                     read any property of the message (the Erlang tutorial client's binary \
+                     correlation_id does this; its caller waits for ever)",
                     delivery.body.len()
                 );
                 self.dropped(delivery)
+            }
+            Admission::DeepHeaders(_) => {
+                let message = format!(
+                    "the request's headers nest more than {} levels deep (tables or arrays in \
+                     tables, the headers table counting as one)",
+                    wire::MAX_HEADER_DEPTH
+                );
+                log::warn!("refusing request: {message}");
+                let reply = Reply::refuse(wire::ErrorCode::BadRequest, &message);
+                self.reply(delivery, reply, None, false)
             }
             Admission::Redelivery(Verdict::Handle) => self.handle(delivery),
             Admission::Redelivery(Verdict::Refuse(why)) => self.refuse_redelivered(delivery, &why),

@@ -4,6 +4,7 @@
 //! (`testing::broker()`); their output is in `target/tmp/binary/` and shown on failure.
 
 use crate::common::log_dir;
+use crate::common::raw::{nested_headers, request_properties, RawPublisher};
 use crate::common::server::ServerProc;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::{ClientOptions, FibonacciRpcClient};
@@ -179,4 +180,32 @@ fn a_queue_name_with_control_characters_is_logged_printable() {
             "{control:?} reached the log\n{shown}"
         );
     }
+}
+
+#[test]
+fn a_request_with_a_binary_correlation_id_is_dropped_with_a_line_that_names_the_erlang_client() {
+    let broker = testing::broker();
+    let queue = QueueGuard::new("bin-erlang");
+    let mut server = ServerProc::on_broker(&logs(), "bin-erlang", queue.name(), &broker, &[]);
+    let mut admin = Admin::connect().expect("admin");
+    if let Err(err) = admin.wait_for_consumers(queue.name(), 1) {
+        panic!("{err}\n{}", server.shown());
+    }
+    // What the Erlang tutorial client sends: term_to_binary of a reference, not UTF-8.
+    let id = b"\x83r\x00\x03d\x00\rnonode@nohost\x00\x00\x00\x00\xbe\x01\x00\x00";
+    let (flags, properties) = request_properties(&nested_headers(b'A', 1), id, "amq.gen-x");
+    let mut raw = RawPublisher::connect(&broker).expect("raw publisher");
+    raw.publish(queue.name(), flags, &properties, b"10")
+        .expect("the broker takes it");
+    let logged = testing::wait_until("the drop's log line", EXIT_WITHIN, || {
+        Ok(server.log_count("dropping a request without reply_to") > 0)
+    });
+    server.sigterm();
+    let (status, shown) = server.finish(EXIT_WITHIN);
+    logged.unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    assert!(status.success(), "{shown}");
+    let line = server
+        .log_lines("dropping a request without reply_to")
+        .join("\n");
+    assert!(line.contains("Erlang tutorial client"), "{line}");
 }

@@ -11,6 +11,7 @@
 //! - [`endpoint`]: the `--metrics-addr` endpoint under slow and careless clients;
 //! - [`command`]: `rpc-server -- CMD`, a command run per request, called by the library and
 //!   `rpc-client call`;
+//! - [`deep_headers`]: headers nested as deep as a frame allows, to a server and to a client;
 //! - [`poison`]: requests that kill their server; acks held during a long request;
 //! - [`stream`]: `rpc-server --protocol lines|json -- CMD`, a program kept per worker.
 //!
@@ -32,6 +33,7 @@ mod common;
 
 mod binary;
 mod command;
+mod deep_headers;
 mod endpoint;
 mod poison;
 mod rpc;

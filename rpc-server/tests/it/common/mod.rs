@@ -12,6 +12,7 @@
 //! - [`served`]: one serving a command or a kept program on its own queue, and its calls;
 //! - [`http`]: GET from the `--metrics-addr` endpoint;
 //! - [`proxy`]: a TCP proxy that stalls the link (at a given AMQP method) or trickles it;
+//! - [`raw`]: a publisher writing AMQP frames by hand, for messages no library sends;
 //! - here: the expected answers, a poison-tolerant lock, log directories.
 
 pub mod broker;
@@ -20,6 +21,7 @@ pub mod callers;
 pub mod http;
 pub mod load;
 pub mod proxy;
+pub mod raw;
 pub mod served;
 pub mod server;
 
