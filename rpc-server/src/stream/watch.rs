@@ -1,0 +1,326 @@
+//! Whether a kept program waits for its next request ([`Watch`]), from `/proc`: a reply is
+//! sent, and a request written, only once the program and every process it started in its
+//! group are blocked in a system call, at least one of them waiting for input (a `read` or
+//! `readv` of its stdin, or `poll`, `select` or `epoll`, as an event loop waits), and its
+//! stdout pipe is then empty. A line it writes after its reply, or at start, before it waits
+//! again, is then found in the pipe: it was not an answer to anybody.
+//!
+//! A look reads, per process, `/proc/PID/stat` (its state, group and thread count) and per
+//! thread `/proc/PID/task/TID/syscall` (`running`, or the system call it is blocked in and its
+//! arguments) and `.../children`; the files are kept open and read again from their start, one
+//! `pread` each. Processes it finds outside the program's group (`setsid`, a daemon) are
+//! listed in [`Watch::escaped`], for the caller to end.
+
+use nix::libc;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Processes of one program looked at, at most (a fork bomb does not make a look unbounded).
+const MAX_PROCESSES: usize = 64;
+
+/// What a look at a kept program found.
+#[derive(Debug)]
+pub(crate) enum Look {
+    /// Every thread is blocked in a system call, at least one waiting for input.
+    Waiting,
+    /// A thread runs, or none waits for input yet.
+    Busy,
+    /// The program exited (it is a zombie, or gone).
+    Gone,
+    /// `/proc` cannot tell: why.
+    Unknown(io::Error),
+}
+
+/// The `/proc` files of a kept program's processes, kept open between looks.
+pub(crate) struct Watch {
+    root: u32,
+    processes: Vec<Process>,
+    /// Processes outside the program's group that the last look found.
+    pub(crate) escaped: Vec<u32>,
+    text: Vec<u8>,
+}
+
+struct Process {
+    pid: u32,
+    stat: File,
+    tasks: Vec<Task>,
+    seen: bool,
+}
+
+struct Task {
+    syscall: File,
+    children: Option<File>,
+}
+
+impl Watch {
+    /// The watch of program `root` (its pid, which is its group's id).
+    pub(crate) fn new(root: u32) -> Watch {
+        Watch {
+            root,
+            processes: Vec::new(),
+            escaped: Vec::new(),
+            text: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Looks at the program and the processes it started.
+    pub(crate) fn look(&mut self) -> Look {
+        self.escaped.clear();
+        for process in &mut self.processes {
+            process.seen = false;
+        }
+        let mut stack = vec![self.root];
+        let mut waiting = false;
+        let mut looked = 0;
+        while let Some(pid) = stack.pop() {
+            looked += 1;
+            if looked > MAX_PROCESSES {
+                return Look::Busy;
+            }
+            let root = pid == self.root;
+            let index = match self.process(pid) {
+                Ok(index) => index,
+                Err(_) if !root => continue,
+                Err(err) if gone(&err) => return Look::Gone,
+                Err(err) => return Look::Unknown(err),
+            };
+            let Some((state, group, threads)) = self.stat(index) else {
+                if root {
+                    return Look::Gone;
+                }
+                continue;
+            };
+            if matches!(state, b'Z' | b'X') {
+                if root {
+                    return Look::Gone;
+                }
+                continue;
+            }
+            if group != self.root {
+                self.escaped.push(pid);
+                continue;
+            }
+            match self.tasks(index, threads, &mut stack) {
+                Ok(Some(input)) => waiting |= input,
+                Ok(None) => return Look::Busy,
+                Err(err) if root && !gone(&err) => return Look::Unknown(err),
+                Err(_) if root => return Look::Gone,
+                Err(_) => {}
+            }
+        }
+        self.processes.retain(|process| process.seen);
+        if waiting {
+            Look::Waiting
+        } else {
+            Look::Busy
+        }
+    }
+
+    /// The index of process `pid` in `processes`, its files opened if new.
+    fn process(&mut self, pid: u32) -> io::Result<usize> {
+        if let Some(index) = self.processes.iter().position(|p| p.pid == pid) {
+            if let Some(process) = self.processes.get_mut(index) {
+                process.seen = true;
+            }
+            return Ok(index);
+        }
+        let stat = File::open(format!("/proc/{pid}/stat"))?;
+        self.processes.push(Process {
+            pid,
+            stat,
+            tasks: Vec::new(),
+            seen: true,
+        });
+        Ok(self.processes.len() - 1)
+    }
+
+    /// State, process group and thread count of process `index`.
+    fn stat(&mut self, index: usize) -> Option<(u8, u32, usize)> {
+        let process = self.processes.get(index)?;
+        read_all(&process.stat, &mut self.text).ok()?;
+        // "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime priority nice num_threads ...": comm may hold anything.
+        let at = self.text.windows(2).rposition(|w| w == b") ")?;
+        let rest = std::str::from_utf8(self.text.get(at + 2..)?).ok()?;
+        let mut fields = rest.split(' ');
+        let state = *fields.next()?.as_bytes().first()?;
+        let group = fields.nth(1)?.parse().ok()?;
+        let threads = fields.nth(14)?.parse().ok()?;
+        Some((state, group, threads))
+    }
+
+    /// Reads the threads of process `index` (listed again when their count changed): `None`
+    /// if one runs, else whether one waits for input; their children go onto `stack`.
+    fn tasks(
+        &mut self,
+        index: usize,
+        threads: usize,
+        stack: &mut Vec<u32>,
+    ) -> io::Result<Option<bool>> {
+        let Some(process) = self.processes.get_mut(index) else {
+            return Ok(None);
+        };
+        if process.tasks.len() != threads {
+            process.tasks = list_tasks(process.pid)?;
+        }
+        let mut input = false;
+        let mut ended = false;
+        for task in &process.tasks {
+            if let Err(err) = read_all(&task.syscall, &mut self.text) {
+                if !gone(&err) {
+                    return Err(err);
+                }
+                ended = true;
+                break;
+            }
+            match blocked_in(&self.text) {
+                None => return Ok(None),
+                Some((number, first)) => input |= waits_for_input(number, first),
+            }
+            if let Some(children) = &task.children {
+                read_all(children, &mut self.text)?;
+                let text = String::from_utf8_lossy(&self.text);
+                stack.extend(
+                    text.split_whitespace()
+                        .filter_map(|pid| pid.parse::<u32>().ok()),
+                );
+            }
+        }
+        if ended {
+            // A thread that ended: listed again at the next look.
+            process.tasks.clear();
+            return Ok(None);
+        }
+        Ok(Some(input))
+    }
+}
+
+/// Opens the `syscall` and `children` files of each thread of process `pid`.
+fn list_tasks(pid: u32) -> io::Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = entry?.path();
+        let syscall = match File::open(path.join("syscall")) {
+            Ok(file) => file,
+            // A thread that ended meanwhile.
+            Err(err) if gone(&err) => continue,
+            Err(err) => return Err(err),
+        };
+        tasks.push(Task {
+            syscall,
+            children: File::open(path.join("children")).ok(),
+        });
+    }
+    Ok(tasks)
+}
+
+/// Whether `err` says the process is gone.
+fn gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Reads `file` from its start into `text`.
+fn read_all(file: &File, text: &mut Vec<u8>) -> io::Result<()> {
+    text.clear();
+    let mut chunk = [0u8; 512];
+    loop {
+        let offset = u64::try_from(text.len()).unwrap_or(u64::MAX);
+        match file.read_at(&mut chunk, offset)? {
+            0 => return Ok(()),
+            read => text.extend_from_slice(chunk.get(..read).unwrap_or_default()),
+        }
+    }
+}
+
+/// The system call a thread is blocked in and its first argument, from its `syscall` file:
+/// `None` when it runs (`running`) or is stopped outside a system call (`-1 ...`).
+fn blocked_in(text: &[u8]) -> Option<(i64, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_whitespace();
+    let number: i64 = fields.next()?.parse().ok()?;
+    if number < 0 {
+        return None;
+    }
+    let first = fields.next()?.trim_start_matches("0x");
+    Some((number, u64::from_str_radix(first, 16).ok()?))
+}
+
+/// Whether system call `number` with first argument `first` waits for input: a read of
+/// stdin, or a wait for events on file descriptors.
+fn waits_for_input(number: i64, first: u64) -> bool {
+    if number == libc::SYS_read || number == libc::SYS_readv {
+        return first == 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if [libc::SYS_poll, libc::SYS_select, libc::SYS_epoll_wait].contains(&number) {
+        return true;
+    }
+    [
+        libc::SYS_ppoll,
+        libc::SYS_pselect6,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+    ]
+    .contains(&number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Looks until `wanted` holds (10 s at most); the last look.
+    fn until(watch: &mut Watch, wanted: fn(&Look, &Watch) -> bool) -> Look {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let look = watch.look();
+            if wanted(&look, watch) || Instant::now() > deadline {
+                return look;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_reader_of_stdin_waits_a_sleeper_does_not_and_escapes_are_listed() {
+        // The reader is the shell's child, `cat`; the shell waits for it.
+        let mut shell = Command::new("sh")
+            .args(["-c", "setsid sleep 30 & cat; :"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let mut watch = Watch::new(shell.id());
+        let look = until(&mut watch, |look, watch| {
+            matches!(look, Look::Waiting) && watch.escaped.len() == 1
+        });
+        assert!(matches!(look, Look::Waiting), "{look:?}");
+        assert_eq!(watch.escaped.len(), 1, "the setsid sleep");
+        for pid in watch.escaped.clone() {
+            crate::command::process::kill_process(pid);
+        }
+        drop(shell.stdin.take());
+        let look = until(&mut watch, |look, _| matches!(look, Look::Gone));
+        assert!(matches!(look, Look::Gone), "{look:?}");
+        let _ = shell.wait();
+
+        let mut sleeper = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        // Running, then in `nanosleep`: never waiting for input.
+        let mut watch = Watch::new(sleeper.id());
+        for _ in 0..50 {
+            let look = watch.look();
+            assert!(matches!(look, Look::Busy), "{look:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+}
