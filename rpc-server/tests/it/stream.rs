@@ -696,20 +696,22 @@ const JSON_TWICE: &str = "import json, sys, threading, time\n\
 fn json_callers_caught_up_in_another_requests_extra_line_are_served() {
     let served = Kept::start(
         "stream-json-twice",
-        &["--protocol", "json"],
+        &["--protocol", "json", "--prefetch", "20"],
         &["python3", "-c", JSON_TWICE],
     );
-    for round in 0..6 {
-        let first = if round % 2 == 0 { "timer" } else { "now" };
-        let bodies = std::iter::once(format!("{first} {round}"))
-            .chain((0..30).map(|i| format!("plain {round}.{i}")));
-        // Sequential: the late line comes while a later request is in hand, or between two.
-        for body in bodies {
-            let reply = served
-                .call(RpcRequest::new(body.as_str()))
-                .unwrap_or_else(|e| panic!("{body}: {e}\n{}", served.server.shown()));
-            assert_eq!(reply.body, body.as_bytes());
-        }
+    // 16 in flight: the next request is in hand as soon as a reply is taken, so a late line
+    // comes while another request is in hand.
+    let bodies: Vec<String> = (0..150)
+        .map(|i| match i % 10 {
+            0 => format!("timer {i}"),
+            5 => format!("now {i}"),
+            _ => format!("plain {i}"),
+        })
+        .collect();
+    let results = call_all(&served, &bodies, 16);
+    let shown = served.stop();
+    assert_eq!(results.len(), bodies.len(), "{shown}");
+    for (body, result) in results {
+        assert_eq!(result.as_ref(), Ok(&body), "{shown}");
     }
-    served.stop();
 }
