@@ -141,12 +141,11 @@ impl Watch {
         read_all(&process.stat, &mut self.text).ok()?;
         // "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
         // utime stime cutime cstime priority nice num_threads ...": comm may hold anything.
-        let at = self.text.windows(2).rposition(|w| w == b") ")?;
-        let rest = std::str::from_utf8(self.text.get(at + 2..)?).ok()?;
-        let mut fields = rest.split(' ');
-        let state = *fields.next()?.as_bytes().first()?;
-        let group = fields.nth(1)?.parse().ok()?;
-        let threads = fields.nth(14)?.parse().ok()?;
+        let at = self.text.iter().rposition(|b| *b == b')')?;
+        let mut fields = self.text.get(at + 2..)?.split(|b| *b == b' ');
+        let state = *fields.next()?.first()?;
+        let group = u32::try_from(decimal(fields.nth(1)?)?).ok()?;
+        let threads = usize::try_from(decimal(fields.nth(14)?)?).ok()?;
         Some((state, group, threads))
     }
 
@@ -180,11 +179,8 @@ impl Watch {
             }
             if let Some(children) = &task.children {
                 read_all(children, &mut self.text)?;
-                let text = String::from_utf8_lossy(&self.text);
-                stack.extend(
-                    text.split_whitespace()
-                        .filter_map(|pid| pid.parse::<u32>().ok()),
-                );
+                let pids = self.text.split(|b| *b == b' ').filter_map(decimal);
+                stack.extend(pids.filter_map(|pid| u32::try_from(pid).ok()));
             }
         }
         if ended {
@@ -220,30 +216,44 @@ fn gone(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
 }
 
-/// Reads `file` from its start into `text`.
+/// Reads `file` from its start into `text`. A read shorter than asked for is the end: a
+/// `/proc` file fills the buffer while it has more (one `pread` where a file holds less).
 fn read_all(file: &File, text: &mut Vec<u8>) -> io::Result<()> {
+    const CHUNK: usize = 1024;
     text.clear();
-    let mut chunk = [0u8; 512];
     loop {
-        let offset = u64::try_from(text.len()).unwrap_or(u64::MAX);
-        match file.read_at(&mut chunk, offset)? {
-            0 => return Ok(()),
-            read => text.extend_from_slice(chunk.get(..read).unwrap_or_default()),
+        let start = text.len();
+        text.resize(start + CHUNK, 0);
+        let offset = u64::try_from(start).unwrap_or(u64::MAX);
+        let read = file.read_at(text.get_mut(start..).unwrap_or_default(), offset)?;
+        text.truncate(start + read);
+        if read < CHUNK {
+            return Ok(());
         }
     }
 }
 
-/// The system call a thread is blocked in and its first argument, from its `syscall` file:
-/// `None` when it runs (`running`) or is stopped outside a system call (`-1 ...`).
-fn blocked_in(text: &[u8]) -> Option<(i64, u64)> {
-    let text = std::str::from_utf8(text).ok()?;
-    let mut fields = text.split_whitespace();
-    let number: i64 = fields.next()?.parse().ok()?;
-    if number < 0 {
+/// The decimal number `digits` (an ASCII line end after it is allowed), if it is one.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    let digits = digits.strip_suffix(b"\n").unwrap_or(digits);
+    if digits.is_empty() {
         return None;
     }
-    let first = fields.next()?.trim_start_matches("0x");
-    Some((number, u64::from_str_radix(first, 16).ok()?))
+    digits.iter().try_fold(0u64, |number, byte| {
+        let digit = byte.checked_sub(b'0').filter(|digit| *digit < 10)?;
+        number.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// The system call a thread is blocked in and its first argument, from its `syscall` file
+/// ("0 0x0 0x7ffd... ..."): `None` when it runs (`running`) or is stopped outside a system
+/// call (`-1 ...`).
+fn blocked_in(text: &[u8]) -> Option<(i64, u64)> {
+    let mut fields = text.split(|b| *b == b' ');
+    let number = i64::try_from(decimal(fields.next()?)?).ok()?;
+    let first = fields.next()?.strip_prefix(b"0x")?;
+    let first = std::str::from_utf8(first).ok()?;
+    Some((number, u64::from_str_radix(first.trim_end(), 16).ok()?))
 }
 
 /// Whether system call `number` with first argument `first` waits for input: a read of
@@ -281,6 +291,22 @@ mod tests {
                 return look;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn proc_text_is_read() {
+        let read = b"0 0x0 0x55d0 0x2000 0x7fd0 0x0 0x0 0x7fff 0x7fd0\n";
+        assert_eq!(blocked_in(read), Some((0, 0)));
+        assert_eq!(
+            blocked_in(b"281 0xd 0x7ffe8fe875f0 0x400\n"),
+            Some((281, 13))
+        );
+        assert_eq!(blocked_in(b"running\n"), None);
+        assert_eq!(blocked_in(b"-1 0x7ffe 0x7fd0\n"), None);
+        assert_eq!(decimal(b"23285\n"), Some(23285));
+        for bad in [&b""[..], b"\n", b"12a", b"-1", b"99999999999999999999999"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
         }
     }
 
