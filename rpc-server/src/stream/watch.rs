@@ -5,16 +5,18 @@
 //! stdout pipe is then empty. A line it writes after its reply, or at start, before it waits
 //! again, is then found in the pipe: it was not an answer to anybody.
 //!
-//! A look reads, per process, `/proc/PID/stat` (its state, group and thread count) and per
-//! thread `/proc/PID/task/TID/syscall` (`running`, or the system call it is blocked in and its
-//! arguments) and `.../children`; the files are kept open and read again from their start, one
-//! `pread` each. Processes it finds outside the program's group (`setsid`, a daemon) are
-//! listed in [`Watch::escaped`], for the caller to end.
+//! A look takes, per process, the link count of `/proc/PID/task` (its thread count plus 2,
+//! one `statx`), for the processes the program started `/proc/PID/stat` (state and group),
+//! and per thread `/proc/PID/task/TID/syscall` (`running`, or the system call it is blocked in
+//! and its arguments) and `.../children`; the files are kept open and read again from their
+//! start, one `pread` each: three system calls for a program of one thread. Processes it finds
+//! outside the program's group (`setsid`, a daemon) are listed in [`Watch::escaped`], for the
+//! caller to end.
 
 use nix::libc;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Processes of one program looked at, at most (a fork bomb does not make a look unbounded).
 const MAX_PROCESSES: usize = 64;
@@ -43,9 +45,32 @@ pub(crate) struct Watch {
 
 struct Process {
     pid: u32,
-    stat: File,
+    /// `/proc/PID/task`.
+    task_dir: File,
+    /// `/proc/PID/stat`, for a process other than the program: its group may change.
+    stat: Option<File>,
     tasks: Vec<Task>,
     seen: bool,
+}
+
+/// What the threads of a process do.
+enum Threads {
+    /// One runs (or is stopped outside a system call).
+    Running,
+    /// Each is blocked in a system call; whether one waits for input.
+    Blocked { input: bool },
+    /// None is left (a zombie).
+    Exited,
+}
+
+/// What one thread does, from its `syscall` file.
+#[derive(Debug, PartialEq, Eq)]
+enum Thread {
+    Running,
+    /// Blocked in system call `.0`, whose first argument is `.1`.
+    In(i64, u64),
+    /// It exited (`-1 0x0 0x0`).
+    Dead,
 }
 
 struct Task {
@@ -79,34 +104,29 @@ impl Watch {
                 return Look::Busy;
             }
             let root = pid == self.root;
-            let index = match self.process(pid) {
+            let index = match self.process(pid, root) {
                 Ok(index) => index,
                 Err(_) if !root => continue,
                 Err(err) if gone(&err) => return Look::Gone,
                 Err(err) => return Look::Unknown(err),
             };
-            let Some((state, group, threads)) = self.stat(index) else {
-                if root {
-                    return Look::Gone;
+            if !root {
+                match self.stat(index) {
+                    None | Some((b'Z' | b'X', _)) => continue,
+                    Some((_, group)) if group != self.root => {
+                        self.escaped.push(pid);
+                        continue;
+                    }
+                    Some(_) => {}
                 }
-                continue;
-            };
-            if matches!(state, b'Z' | b'X') {
-                if root {
-                    return Look::Gone;
-                }
-                continue;
             }
-            if group != self.root {
-                self.escaped.push(pid);
-                continue;
-            }
-            match self.tasks(index, threads, &mut stack) {
-                Ok(Some(input)) => waiting |= input,
-                Ok(None) => return Look::Busy,
+            match self.threads(index, &mut stack) {
+                Ok(Threads::Blocked { input }) => waiting |= input,
+                Ok(Threads::Running) => return Look::Busy,
+                Ok(Threads::Exited) if root => return Look::Gone,
                 Err(err) if root && !gone(&err) => return Look::Unknown(err),
                 Err(_) if root => return Look::Gone,
-                Err(_) => {}
+                Ok(Threads::Exited) | Err(_) => {}
             }
         }
         self.processes.retain(|process| process.seen);
@@ -117,17 +137,24 @@ impl Watch {
         }
     }
 
-    /// The index of process `pid` in `processes`, its files opened if new.
-    fn process(&mut self, pid: u32) -> io::Result<usize> {
+    /// The index of process `pid` in `processes`, its files opened if new (its `stat` unless
+    /// it is the program).
+    fn process(&mut self, pid: u32, root: bool) -> io::Result<usize> {
         if let Some(index) = self.processes.iter().position(|p| p.pid == pid) {
             if let Some(process) = self.processes.get_mut(index) {
                 process.seen = true;
             }
             return Ok(index);
         }
-        let stat = File::open(format!("/proc/{pid}/stat"))?;
+        let task_dir = File::open(format!("/proc/{pid}/task"))?;
+        let stat = if root {
+            None
+        } else {
+            Some(File::open(format!("/proc/{pid}/stat"))?)
+        };
         self.processes.push(Process {
             pid,
+            task_dir,
             stat,
             tasks: Vec::new(),
             seen: true,
@@ -135,35 +162,32 @@ impl Watch {
         Ok(self.processes.len() - 1)
     }
 
-    /// State, process group and thread count of process `index`.
-    fn stat(&mut self, index: usize) -> Option<(u8, u32, usize)> {
-        let process = self.processes.get(index)?;
-        read_all(&process.stat, &mut self.text).ok()?;
-        // "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-        // utime stime cutime cstime priority nice num_threads ...": comm may hold anything.
+    /// State and process group of process `index`, from its `stat`.
+    fn stat(&mut self, index: usize) -> Option<(u8, u32)> {
+        let stat = self.processes.get(index)?.stat.as_ref()?;
+        read_all(stat, &mut self.text).ok()?;
+        // "pid (comm) state ppid pgrp ...": comm may hold anything.
         let at = self.text.iter().rposition(|b| *b == b')')?;
         let mut fields = self.text.get(at + 2..)?.split(|b| *b == b' ');
         let state = *fields.next()?.first()?;
         let group = u32::try_from(decimal(fields.nth(1)?)?).ok()?;
-        let threads = usize::try_from(decimal(fields.nth(14)?)?).ok()?;
-        Some((state, group, threads))
+        Some((state, group))
     }
 
-    /// Reads the threads of process `index` (listed again when their count changed): `None`
-    /// if one runs, else whether one waits for input; their children go onto `stack`.
-    fn tasks(
-        &mut self,
-        index: usize,
-        threads: usize,
-        stack: &mut Vec<u32>,
-    ) -> io::Result<Option<bool>> {
+    /// What the threads of process `index` do (listed again when their count changed); their
+    /// children go onto `stack`.
+    fn threads(&mut self, index: usize, stack: &mut Vec<u32>) -> io::Result<Threads> {
         let Some(process) = self.processes.get_mut(index) else {
-            return Ok(None);
+            return Ok(Threads::Running);
         };
-        if process.tasks.len() != threads {
+        // The link count of `/proc/PID/task` is its thread count plus 2: one `statx`, where
+        // `stat` (which also has the count) takes three times as long.
+        let threads = process.task_dir.metadata()?.nlink().saturating_sub(2);
+        if u64::try_from(process.tasks.len()).ok() != Some(threads) {
             process.tasks = list_tasks(process.pid)?;
         }
         let mut input = false;
+        let mut live = 0;
         let mut ended = false;
         for task in &process.tasks {
             if let Err(err) = read_all(&task.syscall, &mut self.text) {
@@ -173,10 +197,12 @@ impl Watch {
                 ended = true;
                 break;
             }
-            match blocked_in(&self.text) {
-                None => return Ok(None),
-                Some((number, first)) => input |= waits_for_input(number, first),
+            match thread(&self.text) {
+                Thread::Running => return Ok(Threads::Running),
+                Thread::Dead => continue,
+                Thread::In(number, first) => input |= waits_for_input(number, first),
             }
+            live += 1;
             if let Some(children) = &task.children {
                 read_all(children, &mut self.text)?;
                 let pids = self.text.split(|b| *b == b' ').filter_map(decimal);
@@ -186,9 +212,12 @@ impl Watch {
         if ended {
             // A thread that ended: listed again at the next look.
             process.tasks.clear();
-            return Ok(None);
+            return Ok(Threads::Running);
         }
-        Ok(Some(input))
+        if live == 0 {
+            return Ok(Threads::Exited);
+        }
+        Ok(Threads::Blocked { input })
     }
 }
 
@@ -245,15 +274,26 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// The system call a thread is blocked in and its first argument, from its `syscall` file
-/// ("0 0x0 0x7ffd... ..."): `None` when it runs (`running`) or is stopped outside a system
-/// call (`-1 ...`).
-fn blocked_in(text: &[u8]) -> Option<(i64, u64)> {
-    let mut fields = text.split(|b| *b == b' ');
-    let number = i64::try_from(decimal(fields.next()?)?).ok()?;
-    let first = fields.next()?.strip_prefix(b"0x")?;
-    let first = std::str::from_utf8(first).ok()?;
-    Some((number, u64::from_str_radix(first.trim_end(), 16).ok()?))
+/// What a thread does, from its `syscall` file: `running`; "NR ARG1 ... SP PC" when blocked
+/// in system call NR ("0 0x0 0x7ffd... ..."); "-1 SP PC" outside one (stopped: taken as
+/// running), "-1 0x0 0x0" once it exited.
+fn thread(text: &[u8]) -> Thread {
+    let mut fields = text.split(|b| b.is_ascii_whitespace());
+    let Some(number) = fields.next().and_then(decimal) else {
+        if text.starts_with(b"-1 0x0 0x0") {
+            return Thread::Dead;
+        }
+        return Thread::Running;
+    };
+    let first = fields
+        .next()
+        .and_then(|field| field.strip_prefix(b"0x"))
+        .and_then(|hex| std::str::from_utf8(hex).ok())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+    match (i64::try_from(number), first) {
+        (Ok(number), Some(first)) => Thread::In(number, first),
+        _ => Thread::Running,
+    }
 }
 
 /// Whether system call `number` with first argument `first` waits for input: a read of
@@ -297,13 +337,14 @@ mod tests {
     #[test]
     fn proc_text_is_read() {
         let read = b"0 0x0 0x55d0 0x2000 0x7fd0 0x0 0x0 0x7fff 0x7fd0\n";
-        assert_eq!(blocked_in(read), Some((0, 0)));
+        assert_eq!(thread(read), Thread::In(0, 0));
         assert_eq!(
-            blocked_in(b"281 0xd 0x7ffe8fe875f0 0x400\n"),
-            Some((281, 13))
+            thread(b"281 0xd 0x7ffe8fe875f0 0x400\n"),
+            Thread::In(281, 13)
         );
-        assert_eq!(blocked_in(b"running\n"), None);
-        assert_eq!(blocked_in(b"-1 0x7ffe 0x7fd0\n"), None);
+        assert_eq!(thread(b"running\n"), Thread::Running);
+        assert_eq!(thread(b"-1 0x7ffe 0x7fd0\n"), Thread::Running);
+        assert_eq!(thread(b"-1 0x0 0x0\n"), Thread::Dead);
         assert_eq!(decimal(b"23285\n"), Some(23285));
         for bad in [&b""[..], b"\n", b"12a", b"-1", b"99999999999999999999999"] {
             assert_eq!(decimal(bad), None, "{bad:?}");
