@@ -543,7 +543,7 @@ const DEBUG_AFTER_REPLY: &str = "import sys, time\n\
 fn lines_output_after_a_reply_never_reaches_another_caller() {
     let served = Kept::start(
         "stream-debug-line",
-        // Each failure pauses the restart; past 2 s the requests are refused at once.
+        // Each failure pauses the restart; past 5 s the requests are refused at once.
         &[
             "--protocol",
             "lines",
@@ -552,7 +552,7 @@ fn lines_output_after_a_reply_never_reaches_another_caller() {
             "--prefetch",
             "20",
             "--exec-timeout",
-            "2",
+            "5",
         ],
         &["python3", "-c", DEBUG_AFTER_REPLY],
     );
