@@ -75,7 +75,7 @@ enum Thread {
 
 struct Task {
     syscall: File,
-    children: Option<File>,
+    children: File,
 }
 
 impl Watch {
@@ -190,24 +190,31 @@ impl Watch {
         let mut live = 0;
         let mut ended = false;
         for task in &process.tasks {
-            if let Err(err) = read_all(&task.syscall, &mut self.text) {
-                if !gone(&err) {
-                    return Err(err);
+            // A thread that ended meanwhile makes its files fail with ESRCH.
+            let state = match read_all(&task.syscall, &mut self.text) {
+                Ok(()) => thread(&self.text),
+                Err(err) if gone(&err) => {
+                    ended = true;
+                    break;
                 }
-                ended = true;
-                break;
-            }
-            match thread(&self.text) {
+                Err(err) => return Err(err),
+            };
+            match state {
                 Thread::Running => return Ok(Threads::Running),
                 Thread::Dead => continue,
                 Thread::In(number, first) => input |= waits_for_input(number, first),
             }
-            live += 1;
-            if let Some(children) = &task.children {
-                read_all(children, &mut self.text)?;
-                let pids = self.text.split(|b| *b == b' ').filter_map(decimal);
-                stack.extend(pids.filter_map(|pid| u32::try_from(pid).ok()));
+            match read_all(&task.children, &mut self.text) {
+                Ok(()) => {}
+                Err(err) if gone(&err) => {
+                    ended = true;
+                    break;
+                }
+                Err(err) => return Err(err),
             }
+            live += 1;
+            let pids = self.text.split(|b| *b == b' ').filter_map(decimal);
+            stack.extend(pids.filter_map(|pid| u32::try_from(pid).ok()));
         }
         if ended {
             // A thread that ended: listed again at the next look.
@@ -232,10 +239,19 @@ fn list_tasks(pid: u32) -> io::Result<Vec<Task>> {
             Err(err) if gone(&err) => continue,
             Err(err) => return Err(err),
         };
-        tasks.push(Task {
-            syscall,
-            children: File::open(path.join("children")).ok(),
-        });
+        let children = match File::open(path.join("children")) {
+            Ok(file) => file,
+            Err(_) if path.exists() => {
+                // A kernel without CONFIG_PROC_CHILDREN: what the program started (the reader
+                // of its stdin, maybe) cannot be seen.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "no /proc/PID/task/TID/children in this kernel",
+                ));
+            }
+            Err(_) => continue,
+        };
+        tasks.push(Task { syscall, children });
     }
     Ok(tasks)
 }
