@@ -714,4 +714,26 @@ fn json_callers_caught_up_in_another_requests_extra_line_are_served() {
     for (body, result) in results {
         assert_eq!(result.as_ref(), Ok(&body), "{shown}");
     }
+    // A late line in hand for sure: `stale` is answered first with the previous request's id.
+    let served = Kept::start(
+        "stream-json-stale",
+        &["--protocol", "json"],
+        &["python3", "-c", JSON_STALE],
+    );
+    assert_eq!(served.text("a"), "a");
+    assert_eq!(served.text("stale"), "stale");
+    let shown = served.stop();
+    assert!(
+        shown.contains("an earlier request's: the request goes to a fresh program"),
+        "{shown}"
+    );
 }
+
+/// A `json` handler that answers `stale` with a reply to the request before it first.
+const JSON_STALE: &str = "import json, sys\n\
+    previous = None\n\
+    for line in sys.stdin:\n\
+    \x20   r = json.loads(line)\n\
+    \x20   if r['body'] == 'stale' and previous: print(json.dumps({'id': previous, 'body': 'late'}), flush=True)\n\
+    \x20   print(json.dumps({'id': r['id'], 'body': r['body']}), flush=True)\n\
+    \x20   previous = r['id']\n";
