@@ -1,7 +1,7 @@
 //! The frames of `--protocol lines` and `--protocol json`: a request as one line for the
 //! program's stdin, and the line it answers with as a reply.
 //!
-//! - `lines`: the request body is the line (it must be UTF-8 without a newline); the reply
+//! - `lines`: the request body is the line (it must be UTF-8 without LF or CR); the reply
 //!   body is the next line the program writes, without its `\n`.
 //! - `json`: one JSON object per line each way. In: `id`, `body` (or `body_base64` when the
 //!   body is not UTF-8, or escaping it would more than double it), and when present
@@ -32,6 +32,9 @@ pub(crate) enum Answer {
 pub(crate) enum Bad {
     /// Not a reply of the protocol (the program's stream is out of step).
     Protocol(String),
+    /// A `json` reply to another request: what it says (made printable), and its id if that
+    /// is a number (a late reply to an earlier request).
+    OtherId(String, Option<u64>),
     /// The body is over the reply limit (its size).
     TooLarge(usize),
 }
@@ -62,10 +65,11 @@ pub(crate) fn encode(
                         .into(),
                 );
             };
-            if text.contains('\n') {
+            // A CR ends a line too for many readers (Node's readline, Python's text stdin).
+            if text.contains(['\n', '\r']) {
                 return Err(
-                    "the body holds a newline, which --protocol lines cannot pass on \
-                            (--protocol json can)"
+                    "the body holds a line break (LF or CR), which --protocol lines cannot \
+                            pass on (--protocol json can)"
                         .into(),
                 );
             }
@@ -185,10 +189,13 @@ pub(crate) fn decode(
     match text(&object, "id")? {
         Some(got) if got == expected => {}
         Some(got) => {
-            return Err(Bad::Protocol(format!(
-                "a reply with id \"{}\" to request \"{expected}\"",
-                wire::printable(got)
-            )))
+            return Err(Bad::OtherId(
+                format!(
+                    "a reply with id \"{}\" to request \"{expected}\"",
+                    wire::printable(got)
+                ),
+                got.parse().ok(),
+            ))
         }
         None => return Err(Bad::Protocol("a reply without an \"id\"".into())),
     }
@@ -265,7 +272,7 @@ mod tests {
         let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
         let line = encode(Protocol::Lines, 1, &request(b"hi", &properties, &trace));
         assert_eq!(line.as_deref(), Ok(&b"hi\n"[..]));
-        for body in [&b"a\nb"[..], b"\xff"] {
+        for body in [&b"a\nb"[..], b"a\rb", b"\xff"] {
             let refused = encode(Protocol::Lines, 1, &request(body, &properties, &trace));
             assert!(refused.is_err(), "{body:?}");
         }

@@ -2,11 +2,14 @@
 //! in hand for the server's subreaper and guardian (see `crate::command::contain`) for as
 //! long as it lives; requests go to its stdin a line at a time and the next line on its
 //! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
-//! the worker's thread during a request, as a run of `-- CMD` is; a request costs four system
+//! the worker's thread during a request, as a run of `-- CMD` is; a request costs nine system
 //! calls when all goes well: a read that finds nothing unsolicited on its stdout and a
 //! `waitpid` that finds it alive (between requests), the write of the request straight to its
-//! stdin, and a `poll` that waits for the answer before the read that takes it.
+//! stdin, and a `poll` that waits for the answer before the read that takes it; then
+//! [`Kept::settle`]: the `pread`s of one look in `/proc` (three for a program of one process
+//! and one thread) and a read that finds its stdout empty.
 
+use super::watch::{Look, Watch};
 use crate::command::pipes::describe_status;
 use crate::command::process::{self, InHand};
 use crate::command::program;
@@ -15,12 +18,15 @@ use crate::command::{self, COMMAND_LOG};
 use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, ppoll, PollFd, PollFlags, PollTimeout};
+use nix::sys::time::TimeSpec;
+use rpc_client::wire;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How one request to a kept program ended.
@@ -54,6 +60,24 @@ pub(crate) enum Idle {
     Unsolicited(usize),
 }
 
+/// Whether the program settled: waits for its next request, with nothing more written.
+#[derive(Debug)]
+pub(crate) enum Settle {
+    /// It waits for input, and its stdout holds nothing.
+    Waiting,
+    /// It wrote this many bytes nobody asked for (still in `pending`).
+    Wrote(usize),
+    /// It exited; the status if it was reaped.
+    Exited(Option<ExitStatus>),
+    /// It did not wait for input by the time given.
+    Busy,
+    /// `/proc` cannot tell (logged once): only what is in the pipe is seen.
+    Unknown,
+}
+
+/// Set once the server logged that `/proc` cannot tell when a program waits.
+static BLIND_LOGGED: AtomicBool = AtomicBool::new(false);
+
 /// A program kept running. Dropping it kills its process group and reaps it.
 pub(crate) struct Kept {
     child: Child,
@@ -69,6 +93,12 @@ pub(crate) struct Kept {
     buffer: Box<[u8]>,
     /// Requests it answered.
     pub(crate) answered: u64,
+    /// The id of the first request it was given (`json`).
+    pub(crate) first_id: Option<u64>,
+    /// Its processes in `/proc`; `None` once `/proc` could not tell.
+    watch: Option<Watch>,
+    /// Whether it was seen waiting for input since it started.
+    pub(crate) settled: bool,
     /// Until dropped (after the reap), it is a command in hand.
     _in_hand: InHand,
 }
@@ -100,6 +130,9 @@ impl Kept {
             pending: Vec::new(),
             buffer: vec![0; READ_CHUNK].into_boxed_slice(),
             answered: 0,
+            first_id: None,
+            watch: Some(Watch::new(pid)),
+            settled: false,
             _in_hand: in_hand,
         };
         let fds = [
@@ -131,6 +164,105 @@ impl Kept {
             Ok(Some(status)) => Idle::Exited(Some(status)),
             Err(_) => Idle::Exited(None),
         }
+    }
+
+    /// Waits until `until` for the program to settle: every process of its group blocked, one
+    /// waiting for input (see `super::watch`), then nothing in its stdout. Output meanwhile
+    /// ends the wait at once; its stderr goes to `errors`. Processes found outside its group
+    /// are killed. Usually one look: the program is back in its `read` by the time the
+    /// server has read its reply; else a few yields, then waits from 25 µs up.
+    pub(crate) fn settle(&mut self, until: Instant, errors: &mut StderrLog) -> Settle {
+        let mut round = 0u32;
+        loop {
+            if !self.pending.is_empty() {
+                return Settle::Wrote(self.pending.len());
+            }
+            let Some(watch) = self.watch.as_mut() else {
+                return Settle::Unknown;
+            };
+            let look = watch.look();
+            self.end_escaped();
+            match look {
+                Look::Waiting | Look::Gone => {
+                    // All it wrote before blocking (or exiting) is in the pipe by now.
+                    let closed = self.read_stdout(0).unwrap_or(true);
+                    if !self.pending.is_empty() {
+                        return Settle::Wrote(self.pending.len());
+                    }
+                    if closed || matches!(look, Look::Gone) {
+                        return Settle::Exited(self.wind_down(errors));
+                    }
+                    self.settled = true;
+                    return Settle::Waiting;
+                }
+                Look::Unknown(err) => {
+                    if !BLIND_LOGGED.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            target: COMMAND_LOG,
+                            "[{}] /proc cannot tell when this program waits for input ({err}): \
+                             only output already in its pipe is caught before a request is \
+                             written (rpc-server/README.md, Serving a long-running program)",
+                            self.pid
+                        );
+                    }
+                    self.watch = None;
+                    return Settle::Unknown;
+                }
+                Look::Busy => {}
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Settle::Busy;
+            }
+            round += 1;
+            if round <= 3 {
+                std::thread::yield_now();
+                continue;
+            }
+            let pause = Duration::from_micros(25 << (round - 4).min(8)).min(until - now);
+            let fds = [
+                None,
+                self.stdout.as_ref().map(AsFd::as_fd),
+                self.stderr.as_ref().map(AsFd::as_fd),
+            ];
+            let Ok(ready) = wait3(fds, pause, true) else {
+                return Settle::Exited(None);
+            };
+            if ready[2] {
+                errors.drain(&mut self.stderr);
+            }
+            if ready[1] && self.read_stdout(0).unwrap_or(true) && self.pending.is_empty() {
+                return Settle::Exited(self.wind_down(errors));
+            }
+        }
+    }
+
+    /// Kills the processes the last look found outside the program's group.
+    fn end_escaped(&mut self) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        if watch.escaped.is_empty() {
+            return;
+        }
+        for pid in &watch.escaped {
+            process::kill_group(*pid);
+            process::kill_process(*pid);
+        }
+        log::info!(
+            target: COMMAND_LOG,
+            "[{}] ended {} process(es) it started outside its group",
+            self.pid,
+            watch.escaped.len()
+        );
+        watch.escaped.clear();
+    }
+
+    /// The start of what it wrote that nobody asked for, printable, for a message.
+    pub(crate) fn unsolicited(&self) -> String {
+        let shown = self.pending.get(..60).unwrap_or(self.pending.as_slice());
+        let line = shown.split(|b| *b == b'\n').next().unwrap_or_default();
+        wire::printable(&String::from_utf8_lossy(line))
     }
 
     /// Writes `frame` to its stdin and reads its stdout until a whole line (at most `limit`
@@ -365,6 +497,15 @@ impl Drop for Kept {
 /// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready
 /// (writable for the first, readable for the others, or closed).
 fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[bool; 3]> {
+    wait3(fds, timeout, false)
+}
+
+/// [`poll3`], to the nanosecond (`ppoll`) if `precise`.
+fn wait3(
+    fds: [Option<BorrowedFd<'_>>; 3],
+    timeout: Duration,
+    precise: bool,
+) -> io::Result<[bool; 3]> {
     let events = [PollFlags::POLLOUT, PollFlags::POLLIN, PollFlags::POLLIN];
     let mut polled = Vec::with_capacity(3);
     let mut slots = [None; 3];
@@ -375,7 +516,12 @@ fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[boo
         }
     }
     let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-    match poll(&mut polled, PollTimeout::from(millis)) {
+    let polled_now = if precise {
+        ppoll(&mut polled, Some(TimeSpec::from_duration(timeout)), None)
+    } else {
+        poll(&mut polled, PollTimeout::from(millis))
+    };
+    match polled_now {
         Ok(_) => {}
         Err(Errno::EINTR) => return Ok([false; 3]),
         Err(err) => return Err(err.into()),

@@ -15,6 +15,13 @@
 //!   program is ended (its stream is out of step) and started again for the next request,
 //!   after a pause of 0.1 s doubling with each failure in a row up to 10 s (`Backoff`),
 //!   reset by a reply: a program that dies at start every time is logged and never spins;
+//! - a reply is sent only once the program waits for its next request with nothing more on
+//!   its stdout (`watch`, from `/proc`), and its first request is written only then: a second
+//!   line for one request fails it with `lines` (nothing tells which is the answer), output at
+//!   start fails the request unwritten; either way the program is started again;
+//! - a program that exits with status 0 with a request in hand, unanswered, did not crash: the
+//!   request goes to a fresh program, once; so does a `json` request answered with an earlier
+//!   request's id (a late line of another request's);
 //! - its process group, the server's subreaper and guardian cover it as a command in hand for
 //!   as long as it lives; what escapes its group is ended after each request;
 //! - its stderr goes to the log, the first 20 lines per request;
@@ -26,6 +33,7 @@
 
 mod codec;
 mod kept;
+mod watch;
 
 use crate::command::pipes::describe_status;
 use crate::command::program::{find_program, quoted};
@@ -34,7 +42,7 @@ use crate::command::{self, process, CommandOptions, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
-use kept::{Idle, Kept, Outcome};
+use kept::{Idle, Kept, Outcome, Settle};
 use rpc_client::wire::{self, ErrorCode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +71,24 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest pause before starting a program again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long after its reply a program has to wait for its next request; past it, the reply
+/// is sent and the program ended (it may still write).
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+
+/// A reply body and content type, or the error reply.
+type Served = Result<(Vec<u8>, Option<String>), Reply>;
+
+/// A request to try once more on a fresh program: the failure was not its own. Why.
+struct Again(String);
+
+/// Whether `line` is a `json` reply to an earlier request than `id` of the slot's program.
+fn earlier_reply(slot: &Slot, got: Option<u64>, id: u64) -> bool {
+    let Some(first) = slot.kept.as_ref().and_then(|kept| kept.first_id) else {
+        return false;
+    };
+    got.is_some_and(|got| (first..id).contains(&got))
+}
 
 /// What program to keep and how.
 #[derive(Debug, Clone)]
@@ -249,7 +275,17 @@ impl StreamHandler {
         let Some(slot) = taken.slot.as_mut() else {
             return Err(Reply::refuse(ErrorCode::Internal, "no slot"));
         };
-        let result = self.exchange(slot, frame, id, deadline, request);
+        let result = match self.exchange(slot, frame, id, deadline, request, false) {
+            Ok(result) => result,
+            // Not this request's failure: once more, on a fresh program, with its frame made
+            // again (the first one was freed once written).
+            Err(Again(why)) => match codec::encode(self.options.protocol, id, request) {
+                Ok(frame) => self
+                    .exchange(slot, frame, id, deadline, request, true)
+                    .unwrap_or_else(|Again(why)| Err(Reply::refuse(ErrorCode::ExecFailed, &why))),
+                Err(_) => Err(Reply::refuse(ErrorCode::ExecFailed, &why)),
+            },
+        };
         drop(taken);
         // As after any command: what left its group is ended.
         command::end_orphans();
@@ -339,7 +375,8 @@ impl StreamHandler {
     }
 
     /// Sends request `id` (`frame`) to the slot's program and turns what comes back into the
-    /// reply body and content type, or the error reply.
+    /// reply body and content type, or the error reply; [`Again`] when the request is to go
+    /// to a fresh program instead (not on the `last_try`).
     fn exchange(
         &self,
         slot: &mut Slot,
@@ -347,74 +384,241 @@ impl StreamHandler {
         id: u64,
         deadline: Instant,
         request: &Request<'_>,
-    ) -> Result<(Vec<u8>, Option<String>), Reply> {
-        self.ready(slot, deadline)?;
+        last_try: bool,
+    ) -> Result<Served, Again> {
+        if let Err(reply) = self.ready(slot, deadline) {
+            return Ok(Err(reply));
+        }
+        let Some(pid) = slot.kept.as_ref().map(|kept| kept.pid) else {
+            return Ok(Err(Reply::refuse(ErrorCode::Internal, "no program")));
+        };
+        let mut errors = StderrLog::new(pid);
+        if let Err(reply) = self.first_settle(slot, deadline, &mut errors) {
+            return Ok(Err(reply));
+        }
         let Some(kept) = slot.kept.as_mut() else {
-            return Err(Reply::refuse(ErrorCode::Internal, "no program"));
+            return Ok(Err(Reply::refuse(ErrorCode::Internal, "no program")));
         };
         let limits = &self.options.command;
         let limit = codec::line_limit(self.options.protocol, limits.max_reply_bytes);
-        let mut errors = StderrLog::new(kept.pid);
+        kept.first_id.get_or_insert(id);
         let outcome = kept.exchange(frame, deadline, limit, &mut errors);
-        if process::ending() {
-            // `end_all` killed the program: the process is exiting, and the request goes back
-            // to the queue unanswered, as after any crash.
-            loop {
-                std::thread::park();
+        // `end_all` killed the program: the process is exiting, and the request goes back to
+        // the queue unanswered, as after any crash.
+        process::park_if_ending();
+        let line = match outcome {
+            Outcome::Line(line) => line,
+            outcome => return self.unanswered(slot, outcome, &mut errors, last_try),
+        };
+        // Not sent before the program waits for its next request with nothing more written.
+        let settle = kept.settle(Instant::now() + SETTLE_MAX, &mut errors);
+        errors.finish();
+        self.answer(slot, line, settle, id, request, last_try)
+    }
+
+    /// Before a program's first request: waits for it to wait for input with nothing written
+    /// (a banner, a `ready` line would be taken as the first reply). Else the error reply, the
+    /// request not written, and the program is started again after the backoff.
+    fn first_settle(
+        &self,
+        slot: &mut Slot,
+        deadline: Instant,
+        errors: &mut StderrLog,
+    ) -> Result<(), Reply> {
+        let Some(kept) = slot.kept.as_mut().filter(|kept| !kept.settled) else {
+            return Ok(());
+        };
+        let (code, why) = match kept.settle(deadline, errors) {
+            Settle::Waiting | Settle::Unknown => return Ok(()),
+            Settle::Wrote(bytes) => (
+                ErrorCode::ExecFailed,
+                format!(
+                    "the program wrote {bytes} bytes before any request (\"{}\"): a --protocol \
+                     {} program writes nothing but its replies on stdout (its stderr goes to \
+                     the log); it was restarted",
+                    kept.unsolicited(),
+                    self.protocol_name()
+                ),
+            ),
+            Settle::Exited(status) => {
+                let how = status.map_or_else(|| "closed its stdout".into(), describe_status);
+                let stderr = errors
+                    .finish()
+                    .map_or_else(String::new, |line| format!(": {line}"));
+                let why = format!("the program {how} before answering its first request{stderr}");
+                (ErrorCode::ExecFailed, why)
             }
-        }
+            Settle::Busy => (
+                ErrorCode::ExecTimeout,
+                format!(
+                    "the program did not wait for its first request (blocked reading its \
+                     stdin, or in poll, select or epoll) within the exec timeout ({}s) and was \
+                     killed",
+                    self.options.command.exec_timeout.as_secs_f64()
+                ),
+            ),
+        };
+        self.failed(slot, code, why)
+    }
+
+    /// The reply to a request that got no line: the error reply, or [`Again`] when the
+    /// program exited with status 0 (not a crash: it quit between requests, or does after
+    /// each one).
+    fn unanswered(
+        &self,
+        slot: &mut Slot,
+        outcome: Outcome,
+        errors: &mut StderrLog,
+        last_try: bool,
+    ) -> Result<Served, Again> {
+        let limits = &self.options.command;
         let stderr = errors
             .finish()
             .map_or_else(String::new, |line| format!(": {line}"));
-        let line = match outcome {
-            Outcome::Line(line) => line,
+        let answered = slot.kept.as_ref().map_or(0, |kept| kept.answered);
+        let why = match outcome {
+            Outcome::Line(_) => return Ok(Err(Reply::refuse(ErrorCode::Internal, "a line"))),
+            Outcome::Exited(Some(status)) if status.success() && !last_try => {
+                let why =
+                    format!("the program exited with status 0 with a request in hand{stderr}");
+                slot.kept = None;
+                if answered == 0 {
+                    slot.backoff.failed(&why);
+                }
+                log::info!(
+                    target: command::COMMAND_LOG,
+                    "worker {}: {why}, unanswered: the request goes to a fresh program",
+                    slot.index
+                );
+                return Err(Again(why));
+            }
             Outcome::Exited(status) => {
                 let how = status.map_or_else(|| "closed its stdout".into(), describe_status);
-                let when = if kept.answered == 0 {
+                let when = if answered == 0 {
                     "before answering its first request"
                 } else {
                     "with a request in hand"
                 };
-                let why = format!("the program {how} {when}{stderr}");
-                return self.failed(slot, ErrorCode::ExecFailed, why);
+                format!("the program {how} {when}{stderr}")
             }
             Outcome::TimedOut => {
                 let why = format!(
                     "the program did not answer within {}s and was killed{stderr}",
                     limits.exec_timeout.as_secs_f64()
                 );
-                return self.failed(slot, ErrorCode::ExecTimeout, why);
+                return Ok(self.failed(slot, ErrorCode::ExecTimeout, why));
             }
-            Outcome::TooLarge => return self.too_large(slot),
-            Outcome::Early => {
-                let why = "protocol error: the program answered before reading the whole \
-                           request; it was restarted";
-                return self.failed(slot, ErrorCode::ExecFailed, why.into());
-            }
-            Outcome::Lost(err) => {
-                let why = format!("the server lost track of its program: {err}");
-                return self.failed(slot, ErrorCode::ExecFailed, why);
-            }
+            Outcome::TooLarge => return Ok(self.too_large(slot)),
+            Outcome::Early => "protocol error: the program answered before reading the whole \
+                               request; it was restarted"
+                .into(),
+            Outcome::Lost(err) => format!("the server lost track of its program: {err}"),
         };
-        let answer = match codec::decode(self.options.protocol, id, line, limits.max_reply_bytes) {
+        Ok(self.failed(slot, ErrorCode::ExecFailed, why))
+    }
+
+    /// The reply for the program's `line` to request `id`, given how the program settled
+    /// after it.
+    fn answer(
+        &self,
+        slot: &mut Slot,
+        line: Vec<u8>,
+        settle: Settle,
+        id: u64,
+        request: &Request<'_>,
+        last_try: bool,
+    ) -> Result<Served, Again> {
+        let limits = &self.options.command;
+        let protocol = self.options.protocol;
+        if let (Settle::Wrote(bytes), Protocol::Lines) = (&settle, protocol) {
+            // Two lines for one request: neither can be told to be the answer.
+            let shown = slot
+                .kept
+                .as_ref()
+                .map(Kept::unsolicited)
+                .unwrap_or_default();
+            let why = format!(
+                "protocol error: the program wrote {bytes} more bytes (\"{shown}\") after its \
+                 reply line, before waiting for the next request (--protocol lines takes one \
+                 line per request); it was restarted"
+            );
+            return Ok(self.failed(slot, ErrorCode::ExecFailed, why));
+        }
+        let answer = match codec::decode(protocol, id, line, limits.max_reply_bytes) {
             Ok(answer) => answer,
-            Err(Bad::TooLarge(_)) => return self.too_large(slot),
+            Err(Bad::TooLarge(_)) => return Ok(self.too_large(slot)),
             Err(Bad::Protocol(what)) => {
                 let why = format!("protocol error: the program wrote {what}; it was restarted");
-                return self.failed(slot, ErrorCode::ExecFailed, why);
+                return Ok(self.failed(slot, ErrorCode::ExecFailed, why));
+            }
+            Err(Bad::OtherId(what, got)) => {
+                let why = format!("protocol error: the program wrote {what}; it was restarted");
+                if !last_try && earlier_reply(slot, got, id) {
+                    // Another request's late reply: this one is not at fault.
+                    slot.kept = None;
+                    log::warn!(
+                        target: command::COMMAND_LOG,
+                        "worker {}: {why}, an earlier request's: the request goes to a fresh \
+                         program",
+                        slot.index
+                    );
+                    return Err(Again(why));
+                }
+                return Ok(self.failed(slot, ErrorCode::ExecFailed, why));
             }
         };
-        kept.answered += 1;
+        if let Some(kept) = slot.kept.as_mut() {
+            kept.answered += 1;
+        }
         slot.backoff.succeeded();
-        self.maybe_recycle(slot);
+        self.after_reply(slot, settle);
         let reply_type = limits
             .reply_content_type
             .clone()
             .or_else(|| request.properties.content_type().clone());
-        match answer {
+        Ok(match answer {
             Answer::Body { body, content_type } => Ok((body, content_type.or(reply_type))),
             Answer::Error(message) => Err(Reply::refuse(ErrorCode::ExecFailed, &message)),
-        }
+        })
+    }
+
+    /// Keeps the slot's program after a reply if it settled, else ends it.
+    fn after_reply(&self, slot: &mut Slot, settle: Settle) {
+        let clean = matches!(settle, Settle::Exited(Some(status)) if status.success());
+        let why = match settle {
+            Settle::Waiting | Settle::Unknown => return self.maybe_recycle(slot),
+            Settle::Wrote(bytes) => {
+                let shown = slot
+                    .kept
+                    .as_ref()
+                    .map(Kept::unsolicited)
+                    .unwrap_or_default();
+                format!("wrote {bytes} bytes after its reply (\"{shown}\"), nobody asked for")
+            }
+            Settle::Exited(status) => format!(
+                "{} after its reply",
+                status.map_or_else(|| "closed its stdout".into(), describe_status)
+            ),
+            Settle::Busy => format!(
+                "did not wait for its next request within {}s of its reply (it may write more)",
+                SETTLE_MAX.as_secs_f64()
+            ),
+        };
+        let pid = slot.kept.as_ref().map_or(0, |kept| kept.pid);
+        slot.kept = None;
+        // Exiting after each reply is a way to serve; the rest is worth a warning.
+        let level = if clean {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            target: command::COMMAND_LOG,
+            level,
+            "worker {} (pid {pid}): the program {}; started again for the next request",
+            slot.index,
+            wire::printable(&why)
+        );
     }
 
     fn too_large(&self, slot: &mut Slot) -> Result<(Vec<u8>, Option<String>), Reply> {

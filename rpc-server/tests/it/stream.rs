@@ -132,8 +132,9 @@ fn lines_examples_in_python_and_node_keep_one_process() {
         assert_eq!(reply.body, "ÜMLAUT".as_bytes());
         assert_eq!(reply.content_type(), Some("text/plain"));
         assert_eq!(served.text(""), "");
-        // A body the protocol cannot carry never reaches the program.
-        for body in [&b"two\nlines"[..], b"\xff\xfe"] {
+        // A body the protocol cannot carry never reaches the program: a CR is a line break
+        // to these readers too.
+        for body in [&b"two\nlines"[..], b"x\rINJECTED", b"\xff\xfe"] {
             let (code, message) = served.refusal(RpcRequest::new(body));
             assert_eq!(code, "bad-request", "{message}");
         }
@@ -259,11 +260,15 @@ fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
     assert!(message.contains("100000 bytes"), "{message}");
     assert_eq!(served.text("d"), "d");
 
-    // The second line was not asked for: the program is out of step and started again.
-    assert_eq!(served.text("two"), "one");
+    // Two lines for one request: neither is sent; the program is started again.
+    let (code, message) = served.refusal(RpcRequest::new("two"));
+    assert_eq!(code, "exec-failed", "{message}");
+    assert!(
+        message.contains("4 more bytes (\"two\") after its reply line"),
+        "{message}"
+    );
     assert_eq!(served.text("e"), "e");
     let shown = served.stop();
-    assert!(shown.contains("nobody asked for"), "{shown}");
     // The first start and one after each of crash, hang, big and two.
     assert_eq!(shown.matches("started `").count(), 5, "{shown}");
     assert!(shown.contains("dying now"), "stderr is logged\n{shown}");
@@ -320,13 +325,14 @@ fn cat_carries_a_large_line_and_a_flood_is_cut_off() {
         reply.len()
     );
     served.stop();
-    // `yes` answers "y", then floods: each next request finds it out of step.
+    // `yes` floods from its start: no request is written to it, nor answered with a "y".
     let served = Kept::start("stream-flood", &["--protocol", "lines"], YES);
     for _ in 0..3 {
-        assert_eq!(served.text("x"), "y");
+        let (code, message) = served.refusal(RpcRequest::new("x"));
+        assert_eq!(code, "exec-failed", "{message}");
+        assert!(message.contains("before any request (\"y\")"), "{message}");
     }
-    let shown = served.stop();
-    assert!(shown.contains("nobody asked for"), "{shown}");
+    served.stop();
 }
 
 #[test]
@@ -502,3 +508,234 @@ fn rpc_client_call_against_a_lines_server() {
     assert!(out.status.success(), "{stderr}\n{shown}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
 }
+
+/// Calls `bodies` `in_flight` at a time: each body with its reply body or error reply.
+fn call_all(
+    served: &Kept,
+    bodies: &[String],
+    in_flight: usize,
+) -> Vec<(String, Result<String, String>)> {
+    let requests: Vec<RpcRequest> = bodies.iter().map(|b| RpcRequest::new(b.as_str())).collect();
+    let mut client = served.client(Duration::from_secs(60));
+    let mut results = Vec::new();
+    client
+        .call_many(&requests, in_flight, |index, result| {
+            let result = match result {
+                Ok(reply) => Ok(String::from_utf8_lossy(&reply.body).into_owned()),
+                Err(Error::Server { code, message }) => Err(format!("{code}: {message}")),
+                Err(err) => panic!("{err}"),
+            };
+            results.push((bodies[index].clone(), result));
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
+    results
+}
+
+/// A `lines` handler that answers, then writes a debug line on stdout: at once, or 5 ms later
+/// (before it reads again).
+const DEBUG_AFTER_REPLY: &str = "import sys, time\n\
+    for line in sys.stdin:\n\
+    \x20   body = line.removesuffix('\\n')\n\
+    \x20   print(body.upper(), flush=True)\n\
+    \x20   if body.endswith('late'): time.sleep(0.005)\n\
+    \x20   print('debug: done with ' + body, flush=True)\n";
+
+#[test]
+fn lines_output_after_a_reply_never_reaches_another_caller() {
+    let served = Kept::start(
+        "stream-debug-line",
+        // Each failure pauses the restart; past 5 s the requests are refused at once.
+        &[
+            "--protocol",
+            "lines",
+            "--workers",
+            "2",
+            "--prefetch",
+            "20",
+            "--exec-timeout",
+            "5",
+        ],
+        &["python3", "-c", DEBUG_AFTER_REPLY],
+    );
+    let bodies: Vec<String> = (0..60)
+        .map(|i| format!("call {i} {}", if i % 2 == 0 { "now" } else { "late" }))
+        .collect();
+    let results = call_all(&served, &bodies, 16);
+    let shown = served.stop();
+    assert_eq!(results.len(), bodies.len(), "{shown}");
+    let mut caught = 0;
+    for (body, result) in &results {
+        match result {
+            // Its own answer, never the debug line of another request.
+            Ok(reply) => assert_eq!(reply, &body.to_uppercase(), "{shown}"),
+            // An error reply: caught, or refused while the failing program's restart waits.
+            Err(message) => {
+                caught += usize::from(message.contains("more bytes (\"debug: done with"));
+            }
+        }
+    }
+    assert!(caught > 0, "{results:?}\n{shown}");
+}
+
+#[test]
+fn a_line_written_at_start_is_no_answer_and_restarts_back_off() {
+    let served = Kept::start(
+        "stream-banner",
+        &["--protocol", "lines"],
+        &[
+            "python3",
+            "-c",
+            "import sys\nprint('ready', flush=True)\nfor l in sys.stdin: print(l, end='', flush=True)",
+        ],
+    );
+    let began = Instant::now();
+    let mut calls = 0;
+    while began.elapsed() < Duration::from_secs(2) {
+        let (code, message) = served.refusal(RpcRequest::new("x"));
+        assert_eq!(code, "exec-failed", "{message}");
+        assert!(
+            message.contains("before any request (\"ready\")"),
+            "{message}"
+        );
+        calls += 1;
+    }
+    let shown = served.stop();
+    // 0.1 + 0.2 + 0.4 + 0.8 s of pauses: five starts at most in 2 s.
+    let starts = shown.matches("started `").count();
+    assert!(
+        (1..=6).contains(&starts),
+        "{starts} starts, {calls} calls\n{shown}"
+    );
+}
+
+#[test]
+fn a_clean_exit_with_a_request_in_hand_sends_it_to_a_fresh_program() {
+    // Exits after each reply: the next request, written meanwhile, must not fail.
+    let served = Kept::start(
+        "stream-one-shot",
+        &["--protocol", "lines", "--workers", "2", "--prefetch", "20"],
+        &["sh", "-c", "read -r l; echo \"$l\""],
+    );
+    let bodies: Vec<String> = (0..80).map(|i| format!("one shot {i}")).collect();
+    for (body, result) in call_all(&served, &bodies, 16) {
+        assert_eq!(result.as_ref(), Ok(&body), "{}", served.server.shown());
+    }
+    served.stop();
+    // Reads a request and exits 0 without answering it, once: tried again, answered.
+    let flag = logs().join(format!("quit-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let script = format!(
+        "while read -r l; do if [ \"$l\" = quit ] && [ ! -e '{0}' ]; then : > '{0}'; exit 0; fi; \
+         echo \"$l\"; done",
+        flag.display()
+    );
+    let served = Kept::start(
+        "stream-quits",
+        &["--protocol", "lines"],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(served.text("a"), "a");
+    assert_eq!(served.text("quit"), "quit");
+    // A crash still fails the request.
+    let served_crash = Kept::start(
+        "stream-crash-once",
+        &["--protocol", "lines"],
+        &["sh", "-c", "read -r l; exit 4"],
+    );
+    let (code, message) = served_crash.refusal(RpcRequest::new("x"));
+    assert_eq!(code, "exec-failed", "{message}");
+    assert!(message.contains("status 4"), "{message}");
+    served_crash.stop();
+    let shown = served.stop();
+    assert!(shown.contains("goes to a fresh program"), "{shown}");
+    let _ = std::fs::remove_file(&flag);
+}
+
+/// Starts `sleep 3605.MARKER` in a session of its own for each request, then answers.
+const SETSID_CHILD: &str = "import subprocess, sys\n\
+    for line in sys.stdin:\n\
+    \x20   subprocess.Popen(['sleep', '3605.' + sys.argv[1]], start_new_session=True)\n\
+    \x20   print(line, end='', flush=True)\n";
+
+#[test]
+fn what_a_kept_program_starts_outside_its_group_ends_with_the_request() {
+    let served = Kept::start(
+        "stream-setsid",
+        &["--protocol", "lines"],
+        &["python3", "-c", SETSID_CHILD],
+    );
+    for body in ["a", "b"] {
+        assert_eq!(served.text(body), body);
+        testing::poll_until(
+            "the setsid child to be ended",
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+            || Ok(served.programs().len() == 1),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", served.programs(), served.server.shown()));
+    }
+    let Kept { served, mark } = served;
+    let mut server = served.server;
+    server.sigkill();
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    nothing_left(&mark, &server.shown());
+    drop(served.queue);
+}
+
+/// A `json` handler that answers; then for `now` writes its reply again 3 ms later, before it
+/// reads again, and for `timer` 10 ms later from a timer thread, while it waits for input.
+const JSON_TWICE: &str = "import json, sys, threading, time\n\
+    def say(r, body):\n\
+    \x20   sys.stdout.write(json.dumps({'id': r['id'], 'body': body}) + '\\n'); sys.stdout.flush()\n\
+    for line in sys.stdin:\n\
+    \x20   r = json.loads(line)\n\
+    \x20   say(r, r['body'])\n\
+    \x20   if r['body'].startswith('timer'): threading.Timer(0.01, say, (r, 'late')).start()\n\
+    \x20   elif r['body'].startswith('now'): time.sleep(0.003); say(r, 'again')\n";
+
+#[test]
+fn json_callers_caught_up_in_another_requests_extra_line_are_served() {
+    let served = Kept::start(
+        "stream-json-twice",
+        &["--protocol", "json", "--prefetch", "20"],
+        &["python3", "-c", JSON_TWICE],
+    );
+    // 16 in flight: the next request is in hand as soon as a reply is taken, so a late line
+    // comes while another request is in hand.
+    let bodies: Vec<String> = (0..150)
+        .map(|i| match i % 10 {
+            0 => format!("timer {i}"),
+            5 => format!("now {i}"),
+            _ => format!("plain {i}"),
+        })
+        .collect();
+    let results = call_all(&served, &bodies, 16);
+    let shown = served.stop();
+    assert_eq!(results.len(), bodies.len(), "{shown}");
+    for (body, result) in results {
+        assert_eq!(result.as_ref(), Ok(&body), "{shown}");
+    }
+    // A late line in hand for sure: `stale` is answered first with the previous request's id.
+    let served = Kept::start(
+        "stream-json-stale",
+        &["--protocol", "json"],
+        &["python3", "-c", JSON_STALE],
+    );
+    assert_eq!(served.text("a"), "a");
+    assert_eq!(served.text("stale"), "stale");
+    let shown = served.stop();
+    assert!(
+        shown.contains("an earlier request's: the request goes to a fresh program"),
+        "{shown}"
+    );
+}
+
+/// A `json` handler that answers `stale` with a reply to the request before it first.
+const JSON_STALE: &str = "import json, sys\n\
+    previous = None\n\
+    for line in sys.stdin:\n\
+    \x20   r = json.loads(line)\n\
+    \x20   if r['body'] == 'stale' and previous: print(json.dumps({'id': previous, 'body': 'late'}), flush=True)\n\
+    \x20   print(json.dumps({'id': r['id'], 'body': r['body']}), flush=True)\n\
+    \x20   previous = r['id']\n";
