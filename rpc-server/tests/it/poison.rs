@@ -8,7 +8,7 @@
 use crate::common::broker::Ctl;
 use crate::common::server::ServerProc;
 use crate::common::{log_dir, rpc_client_bin};
-use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
+use amiquip::{AmqpProperties, ConsumerOptions, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_server::redelivery::{ATTEMPTS_HEADER, MAX_DELIVERIES};
 use std::os::unix::process::ExitStatusExt;
@@ -165,7 +165,7 @@ fn a_request_that_kills_its_server_is_answered_redelivered_on_classic_and_quorum
 #[test]
 fn a_foreign_callers_poison_request_is_acked_without_a_reply() {
     let queue = QueueGuard::new("poison-foreign");
-    let mut admin = Admin::connect().expect("admin");
+    let admin = Admin::connect().expect("admin");
     admin.declare(queue.name(), false).expect("declare");
     let pids = fresh_file("poison-foreign.pids");
     // As the tutorial's pika client does: an exclusive server-named callback queue, a request
@@ -209,9 +209,10 @@ fn a_foreign_callers_poison_request_is_acked_without_a_reply() {
     let late = replies.receiver().recv_timeout(Duration::from_millis(500));
     assert!(late.is_err(), "a tutorial caller got a reply: {late:?}\n{shown}");
     // Acked: nothing left in the queue, and no server holds it.
-    admin.wait_for_empty(queue.name()).expect("the request acked");
+    let mut probe = Admin::connect().expect("admin");
+    probe.wait_for_empty(queue.name()).expect("the request acked");
     assert_eq!(
-        admin.queue_state(queue.name()).expect("queue state"),
+        probe.queue_state(queue.name()).expect("queue state"),
         Some((0, 0)),
         "{shown}"
     );
