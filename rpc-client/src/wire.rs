@@ -534,7 +534,12 @@ mod tests {
             .with_correlation_id("id".into())
             .with_content_type("text/plain".into());
         assert!(!takes_error_replies(&tutorial));
-        for other in ["", "X-RPC-ERROR-REPLIES", "x-rpc-error-replies ", "MyApp.Request"] {
+        for other in [
+            "",
+            "X-RPC-ERROR-REPLIES",
+            "x-rpc-error-replies ",
+            "MyApp.Request",
+        ] {
             let typed = tutorial.clone().with_type_(other.into());
             assert!(!takes_error_replies(&typed), "{other:?}");
         }

@@ -164,11 +164,19 @@ mod tests {
             if n >= 3 {
                 // fib(n-1) differs from fib(n) from n = 3 on, fib(n+1) from n = 2.
                 let before = &all[n as usize - 1];
-                assert!(check_fib(n, before).is_err(), "fib({n}) accepted fib({})", n - 1);
+                assert!(
+                    check_fib(n, before).is_err(),
+                    "fib({n}) accepted fib({})",
+                    n - 1
+                );
             }
             if n >= 2 && n < 3000 {
                 let after = &all[n as usize + 1];
-                assert!(check_fib(n, after).is_err(), "fib({n}) accepted fib({})", n + 1);
+                assert!(
+                    check_fib(n, after).is_err(),
+                    "fib({n}) accepted fib({})",
+                    n + 1
+                );
             }
         }
     }

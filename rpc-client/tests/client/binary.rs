@@ -74,8 +74,8 @@ fn overflowed_answers_fail_as_bad_replies() {
         assert!(stderr.contains(&format!("fib({n})")), "{shown}");
     }
     // The library: the same error, for one call and in a batch.
-    let mut client = FibonacciRpcClient::connect(&options(q, Duration::from_secs(10)))
-        .expect("client connects");
+    let mut client =
+        FibonacciRpcClient::connect(&options(q, Duration::from_secs(10))).expect("client connects");
     assert!(matches!(client.call(100), Err(Error::BadReply(_))));
     let mut results = Vec::new();
     client
@@ -85,8 +85,14 @@ fn overflowed_answers_fail_as_bad_replies() {
         })
         .expect("batch");
     results.sort_by_key(|(n, _)| *n);
-    assert!(matches!(&results[0], (10, Ok(v)) if v == "55"), "{results:?}");
-    assert!(matches!(&results[1], (48, Err(Error::BadReply(_)))), "{results:?}");
+    assert!(
+        matches!(&results[0], (10, Ok(v)) if v == "55"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], (48, Err(Error::BadReply(_)))),
+        "{results:?}"
+    );
     responder.stop();
 }
 

@@ -75,7 +75,9 @@ impl Responder {
             let id = delivery.properties.correlation_id().as_deref();
             let body = overflowed_fib(n).map_or_else(|| small_fib(n).to_string(), str::to_string);
             let props = wire::reply_properties(id, "overflowing", None);
-            admin.publish(&reply_to, body.as_bytes(), props).expect("reply");
+            admin
+                .publish(&reply_to, body.as_bytes(), props)
+                .expect("reply");
         })
     }
 

@@ -207,10 +207,15 @@ fn a_foreign_callers_poison_request_is_acked_without_a_reply() {
     assert_eq!(crashes as u64, MAX_DELIVERIES, "{shown}");
     // No reply, not even a late one: the line is written instead of the publish.
     let late = replies.receiver().recv_timeout(Duration::from_millis(500));
-    assert!(late.is_err(), "a tutorial caller got a reply: {late:?}\n{shown}");
+    assert!(
+        late.is_err(),
+        "a tutorial caller got a reply: {late:?}\n{shown}"
+    );
     // Acked: nothing left in the queue, and no server holds it.
     let mut probe = Admin::connect().expect("admin");
-    probe.wait_for_empty(queue.name()).expect("the request acked");
+    probe
+        .wait_for_empty(queue.name())
+        .expect("the request acked");
     assert_eq!(
         probe.queue_state(queue.name()).expect("queue state"),
         Some((0, 0)),

@@ -141,11 +141,19 @@ fn callers_that_do_not_ask_for_error_replies_get_none() {
             .with_correlation_id(id.into())
     };
     let other_type = tutorial("typed").with_type_("MyApp.FibRequest".into());
-    admin.publish(queue.name(), b"-1", tutorial("minus")).expect("publish");
-    admin.publish(queue.name(), b"abc", tutorial("abc")).expect("publish");
-    admin.publish(queue.name(), b"5001", other_type).expect("publish");
+    admin
+        .publish(queue.name(), b"-1", tutorial("minus"))
+        .expect("publish");
+    admin
+        .publish(queue.name(), b"abc", tutorial("abc"))
+        .expect("publish");
+    admin
+        .publish(queue.name(), b"5001", other_type)
+        .expect("publish");
     // Last, a valid one: its reply comes after the server has dealt with the others.
-    admin.publish(queue.name(), b"20", tutorial("good")).expect("publish");
+    admin
+        .publish(queue.name(), b"20", tutorial("good"))
+        .expect("publish");
     match consumer.recv_timeout(Duration::from_secs(20)) {
         Ok(ConsumerMessage::Delivery(d)) => {
             assert_eq!(d.properties.correlation_id().as_deref(), Some("good"));

@@ -391,7 +391,8 @@ fn tutorial_bad_bodies(run: &Run, t: &mut Tally) {
     let names: Vec<String> = peers
         .iter()
         .flat_map(|peer| {
-            ["30", "-1", "abc"].map(|body| format!("tutorial client ({peer}) {body:?} -> our server"))
+            ["30", "-1", "abc"]
+                .map(|body| format!("tutorial client ({peer}) {body:?} -> our server"))
         })
         .collect();
     let mut server = match run.server(ours(&["--queue", q]), "tutorial-bad-our-server", q) {
@@ -431,10 +432,15 @@ fn tutorial_bad_bodies(run: &Run, t: &mut Tally) {
             });
         }
     }
-    let logged = server.stderr().matches("not replying (bad-request)").count();
-    t.check(logged == 4, "our server logs each bad body it leaves unanswered", || {
-        format!("  {logged} lines (want 4)\n{}", server.describe())
-    });
+    let logged = server
+        .stderr()
+        .matches("not replying (bad-request)")
+        .count();
+    t.check(
+        logged == 4,
+        "our server logs each bad body it leaves unanswered",
+        || format!("  {logged} lines (want 4)\n{}", server.describe()),
+    );
     let _ = server.stop(STOP);
 }
 
