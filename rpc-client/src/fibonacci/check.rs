@@ -26,15 +26,16 @@ const MAX_EXACT: u64 = 93;
 
 /// Why `value` (ASCII digits, at least one) is not fib(`n`), or `Ok`.
 pub fn check_fib(n: u64, value: &str) -> Result<(), String> {
+    if value.len() > 1 && value.starts_with('0') {
+        return Err("a leading zero".into());
+    }
     if n <= MAX_EXACT {
-        let want = small_fib(n).to_string();
-        if value == want {
+        let want = small_fib(n);
+        // No leading zero, so one number has one decimal form.
+        if value.parse::<u64>() == Ok(want) {
             return Ok(());
         }
         return Err(format!("fib({n}) is {want}"));
-    }
-    if value.starts_with('0') {
-        return Err("a leading zero".into());
     }
     let digits = value.len() as u64;
     let (fewest, most) = digit_bounds(n);
@@ -203,6 +204,9 @@ mod tests {
         assert!(err.contains("residue"), "{err}");
         assert!(check_fib(200, &format!("0{}", all[200])).is_err());
         assert!(check_fib(200, &all[200][1..]).is_err());
+        assert!(check_fib(30, "0832040").is_err());
+        assert!(check_fib(0, "00").is_err());
+        assert_eq!(check_fib(0, "0"), Ok(()));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::{client, fib_of_body, server_options, slow_fib, TestServer};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::Error;
-use rpc_server::{Handler, Reply, Request, ServerOptions};
+use rpc_server::{Handler, Request, ServerOptions};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
