@@ -171,7 +171,7 @@ mod tests {
                     n - 1
                 );
             }
-            if n >= 2 && n < 3000 {
+            if (2..3000).contains(&n) {
                 let after = &all[n as usize + 1];
                 assert!(
                     check_fib(n, after).is_err(),
