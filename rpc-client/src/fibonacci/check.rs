@@ -109,19 +109,22 @@ fn fib_mod_p(n: u64) -> u64 {
     a
 }
 
-/// The decimal number `digits` (ASCII digits) mod [`P`], 18 digits at a time.
+/// The decimal number `digits` (ASCII digits) mod [`P`], 18 digits at a time: each chunk is
+/// read by Horner's rule in a u64 (below 10¹⁸ < 2⁶⁰), then folded in with one multiplication
+/// mod P by 10 to the chunk's length.
 fn decimal_mod_p(digits: &str) -> u64 {
     const CHUNK: usize = 18;
-    let mut rest = digits.as_bytes();
-    let mut r = 0u64;
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
-        let (scale, value) = chunk.iter().fold((1u64, 0u64), |(scale, value), d| {
-            (scale * 10, value * 10 + u64::from(d - b'0'))
-        });
-        // r < 2⁶¹, scale ≤ 10¹⁸ < 2⁶⁰, value < 10¹⁸: r·scale + value < 2¹²¹.
-        r = add_mod(mul_mod(r, scale % P), value % P);
-        rest = tail;
+    let read = |chunk: &[u8]| {
+        chunk
+            .iter()
+            .fold(0u64, |value, d| value * 10 + u64::from(d.wrapping_sub(b'0')))
+    };
+    let bytes = digits.as_bytes();
+    let head = bytes.len() % CHUNK;
+    // The short chunk first, so that every later one scales by the same 10¹⁸.
+    let mut r = read(&bytes[..head]);
+    for chunk in bytes[head..].chunks_exact(CHUNK) {
+        r = add_mod(mul_mod(r, 1_000_000_000_000_000_000), read(chunk));
     }
     r
 }
