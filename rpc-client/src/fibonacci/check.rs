@@ -115,9 +115,9 @@ fn fib_mod_p(n: u64) -> u64 {
 fn decimal_mod_p(digits: &str) -> u64 {
     const CHUNK: usize = 18;
     let read = |chunk: &[u8]| {
-        chunk
-            .iter()
-            .fold(0u64, |value, d| value * 10 + u64::from(d.wrapping_sub(b'0')))
+        chunk.iter().fold(0u64, |value, d| {
+            value * 10 + u64::from(d.wrapping_sub(b'0'))
+        })
     };
     let bytes = digits.as_bytes();
     let head = bytes.len() % CHUNK;
