@@ -28,7 +28,7 @@ pub mod exit_code {
     /// Every exit code of `rpc-client` with its meaning (Markdown), as `rpc-client/README.md` lists them.
     pub const TABLE: &[(u8, &str)] = &[
         (0, "every call answered"),
-        (OTHER, "other error, e.g. a reply that is not a number"),
+        (OTHER, "other error, e.g. a reply that is not a number, or not fib(N)"),
         (USAGE, "bad arguments (`-1`, `abc`, a malformed `--uri`, …)"),
         (CONNECTION, "broker unreachable, login refused, or connection lost"),
         (

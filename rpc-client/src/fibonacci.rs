@@ -1,8 +1,11 @@
 //! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
 //!
 //! A thin layer over [`RpcClient`](crate::rpc::RpcClient): a request body is n in decimal,
-//! a reply body fib(n) in decimal ([`wire::parse_value`]). The connection, the callback queue,
-//! deadlines, correlation ids and timeouts are the bytes-level client's (see [`crate::rpc`]).
+//! a reply body fib(n) in decimal ([`wire::parse_value`]), checked to be fib(n) before it is
+//! returned ([`check`]: its digit count and its residue modulo a prime, O(log n)), so that a
+//! server whose arithmetic overflows gets [`Error::BadReply`] instead of a wrong number. The
+//! connection, the callback queue, deadlines, correlation ids and timeouts are the
+//! bytes-level client's (see [`crate::rpc`]).
 
 use crate::error::Error;
 use crate::request::{RpcReply, RpcRequest};
@@ -13,6 +16,9 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use crate::request::ClientOptions;
+
+mod check;
+use check::check_fib;
 
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +49,23 @@ fn request(n: u64, parent: Option<&TraceContext>) -> RpcRequest {
     RpcRequest::new(wire::encode_request(n)).with_parent(parent.cloned())
 }
 
-/// The result in a reply as received: an error reply's [`Error::Server`], a body that is not
-/// a decimal number's [`Error::BadReply`], or fib(n) (the body's buffer, not a copy).
-fn fib_reply(reply: RpcReply) -> Result<Reply, Error> {
+/// The result in a reply to fib(`n`) as received: an error reply's [`Error::Server`], a body
+/// that is not a decimal number, or not fib(n) ([`check_fib`]), an [`Error::BadReply`], or
+/// fib(n) (the body's buffer, not a copy).
+fn fib_reply(n: u64, reply: RpcReply) -> Result<Reply, Error> {
     if let Some(err) = reply.error() {
         return Err(err);
     }
+    let value = wire::parse_value(reply.body)?;
+    if let Err(why) = check_fib(n, &value) {
+        let shown = &value[..value.len().min(40)];
+        let more = if value.len() > 40 { "…" } else { "" };
+        return Err(Error::BadReply(format!(
+            "the server answered fib({n}) = {shown}{more}, which is wrong: {why}"
+        )));
+    }
     Ok(Reply {
-        value: wire::parse_value(reply.body)?,
+        value,
         server: reply.server,
         elapsed: reply.elapsed,
         trace_id: reply.trace.trace_id,
@@ -87,6 +102,7 @@ impl FibonacciRpcClient {
     /// (saying whether the queue has consumers), or a connection error.
     pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
         fib_reply(
+            n,
             self.rpc
                 .call_tagged(&request(n, self.parent.as_ref()), || describe(n))?,
         )
@@ -117,7 +133,7 @@ impl FibonacciRpcClient {
                 .map(move |n| (n, request(n, parent.as_ref()))),
             in_flight,
             |_, n| describe(*n),
-            |index, n, result| on_reply(index, n, result.and_then(fib_reply)),
+            |index, n, result| on_reply(index, n, result.and_then(|reply| fib_reply(n, reply))),
         )
     }
 

@@ -8,6 +8,11 @@
 //! - Additions that tutorial peers ignore: an error reply carries the header [`ERROR_HEADER`]
 //!   (a code from [`ErrorCode`]) and a one-line UTF-8 message as its body; every reply of ours
 //!   carries [`SERVER_HEADER`] naming the server that answered.
+//! - Error replies go only to callers that ask for them: a request whose AMQP `type` property
+//!   is [`ERROR_REPLIES_TYPE`] ([`takes_error_replies`]; ours always are). Tutorial clients read
+//!   any reply body as the result (Ruby's `to_i` and PHP's `intval` make an error message 0),
+//!   so a request that cannot be served and does not ask gets no reply, as from a tutorial
+//!   server: the server acks it, logs why and counts it.
 //! - W3C trace context ([`crate::TraceContext`]): our requests carry `traceparent` (and `tracestate`
 //!   when there is one); our replies carry the server span's `traceparent`, same trace id.
 //!
@@ -28,6 +33,13 @@ pub const DEFAULT_QUEUE: &str = "rpc_queue";
 
 /// Header present on error replies only; its value is an [`ErrorCode`] string.
 pub const ERROR_HEADER: &str = "x-rpc-error";
+
+/// The value of a request's AMQP `type` property that says "I take error replies": only such
+/// requests get one ([`takes_error_replies`]); others that cannot be served get no reply.
+/// A basic property, not a header: it costs a few bytes, not a field table entry to encode
+/// and decode. `type` is the message type name, for the application's use; no tutorial
+/// client sets it, and this value names our contract, so no other caller sends it by chance.
+pub const ERROR_REPLIES_TYPE: &str = "x-rpc-error-replies";
 
 /// Header naming the server that produced a reply (informational).
 pub const SERVER_HEADER: &str = "x-rpc-server";
@@ -229,11 +241,20 @@ pub fn parse_request(body: &[u8], max_n: u64) -> Result<u64, RequestError> {
     Ok(n)
 }
 
-/// Properties of a request: where to reply and which call it is.
+/// Properties of a request: where to reply, which call it is, and that the caller takes
+/// error replies (`type` = [`ERROR_REPLIES_TYPE`]).
 pub fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpProperties {
     AmqpProperties::default()
         .with_reply_to(reply_to.to_string())
         .with_correlation_id(correlation_id.to_string())
+        .with_type_(ERROR_REPLIES_TYPE.to_string())
+}
+
+/// Whether the caller of a request with `properties` takes error replies: its `type` property
+/// is [`ERROR_REPLIES_TYPE`]. A request that cannot be served and does not say so gets no
+/// reply (a tutorial client would read the error message as its result).
+pub fn takes_error_replies(properties: &AmqpProperties) -> bool {
+    properties.type_().as_deref() == Some(ERROR_REPLIES_TYPE)
 }
 
 /// [`request_properties`] for a caller that waits `timeout`: `expiration` = the timeout, so
@@ -538,6 +559,28 @@ mod tests {
         ));
         let plain = AmqpProperties::default();
         assert!(error_reply(&plain, b"x").is_none());
+    }
+
+    #[test]
+    fn our_requests_take_error_replies_and_others_do_not() {
+        assert!(takes_error_replies(&request_properties("q", "id")));
+        let deadline = request_properties_with_deadline("q", "id", Duration::from_secs(1));
+        assert!(takes_error_replies(&deadline));
+        // The tutorial clients' requests: reply_to and correlation_id (Go adds content_type).
+        let tutorial = AmqpProperties::default()
+            .with_reply_to("q".into())
+            .with_correlation_id("id".into())
+            .with_content_type("text/plain".into());
+        assert!(!takes_error_replies(&tutorial));
+        for other in [
+            "",
+            "X-RPC-ERROR-REPLIES",
+            "x-rpc-error-replies ",
+            "MyApp.Request",
+        ] {
+            let typed = tutorial.clone().with_type_(other.into());
+            assert!(!takes_error_replies(&typed), "{other:?}");
+        }
     }
 
     #[test]

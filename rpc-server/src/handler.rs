@@ -77,7 +77,9 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// The reply's `content_type` property, if any.
     pub content_type: Option<String>,
-    /// `Some` makes this an error reply with that code in the `x-rpc-error` header.
+    /// `Some` makes this an error reply with that code in the `x-rpc-error` header; a caller
+    /// that does not ask for error replies ([`wire::takes_error_replies`]) gets no reply
+    /// instead (the request is acked, logged and counted).
     pub error: Option<ErrorCode>,
 }
 

@@ -38,7 +38,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// The labels of `rpc_server_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
-    /// answered, refused, dropped, unconfirmed or requeued.
+    /// answered, refused, unanswered, dropped, unconfirmed or requeued.
     outcome: &'static str,
     /// The error code of a refusal; empty (left out) otherwise.
     code: &'static str,
@@ -66,6 +66,7 @@ pub struct Metrics {
     unconfirmed: Counter,
     requeued: Counter,
     refused: [Counter; CODES.len()],
+    unanswered: [Counter; CODES.len()],
     duration: Histogram,
     in_hand: Gauge,
     workers_busy: Gauge,
@@ -104,6 +105,7 @@ impl Metrics {
         let unconfirmed = series("unconfirmed", "");
         let requeued = series("requeued", "");
         let refused = CODES.map(|code| series("refused", code.as_str()));
+        let unanswered = CODES.map(|code| series("unanswered", code.as_str()));
         registry.register(
             "requests",
             "Requests by outcome: answered (a result), refused (an error reply, by code), \
@@ -168,6 +170,7 @@ impl Metrics {
             unconfirmed,
             requeued,
             refused,
+            unanswered,
             duration,
             in_hand,
             workers_busy,
@@ -291,6 +294,17 @@ impl Meter {
         }
     }
 
+    /// A request refused with `code` and acked without a reply: its caller did not ask for
+    /// error replies.
+    #[inline]
+    pub fn unanswered(&self, code: ErrorCode) {
+        if let Some(m) = &self.0 {
+            if let Some(i) = CODES.iter().position(|c| *c == code) {
+                m.unanswered[i].inc();
+            }
+        }
+    }
+
     /// A request acked without a reply.
     #[inline]
     pub fn dropped(&self) {
@@ -408,6 +422,7 @@ mod tests {
         meter.answered();
         meter.answered();
         meter.refused(ErrorCode::TooLarge);
+        meter.unanswered(ErrorCode::BadRequest);
         meter.dropped();
         meter.handled(Duration::from_millis(3));
         meter.load(2, 1, 0);
@@ -426,6 +441,8 @@ mod tests {
             "rpc_server_requests_total{outcome=\"answered\",code=\"\"} 2",
             "rpc_server_requests_total{outcome=\"refused\",code=\"too-large\"} 1",
             "rpc_server_requests_total{outcome=\"refused\",code=\"exec-timeout\"} 0",
+            "rpc_server_requests_total{outcome=\"unanswered\",code=\"bad-request\"} 1",
+            "rpc_server_requests_total{outcome=\"unanswered\",code=\"too-large\"} 0",
             "rpc_server_requests_total{outcome=\"dropped\",code=\"\"} 1",
             "rpc_server_request_duration_seconds_count 1",
             "rpc_server_requests_in_hand 2",

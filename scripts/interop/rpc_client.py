@@ -10,7 +10,9 @@ With --raw the arguments are request bodies sent as they are (their bytes, e.g.
 UTF-8 text) instead of numbers, and each reply body is printed decoded as UTF-8:
 a client of any served command (rpc-server -- CMD), not only of Fibonacci; an
 error reply (header x-rpc-error, which the tutorial does not know) is then
-reported on stderr with exit status 5.
+reported on stderr with exit status 5. Such replies come only to requests that
+ask for them (--error-replies: AMQP type "x-rpc-error-replies"); without it, a
+request our server cannot serve gets no reply, as from a tutorial server.
 
 Exit status: 0 ok, 1 timeout or error, 5 error reply with --raw (message on stderr).
 """
@@ -37,6 +39,8 @@ def main():
                    default=os.environ.get("AMQP_URI", "amqp://guest:guest@localhost:5672/"))
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for each reply (default 30)")
+    p.add_argument("--error-replies", action="store_true",
+                   help="ask for error replies (type=x-rpc-error-replies), as rpc-client does")
     p.add_argument("--direct-reply-to", action="store_true",
                    help="use amq.rabbitmq.reply-to instead of an own queue")
     decl = p.add_mutually_exclusive_group()
@@ -87,8 +91,9 @@ def main():
         ch.basic_publish(
             exchange="",
             routing_key=args.queue,
-            properties=pika.BasicProperties(reply_to=reply_to,
-                                            correlation_id=corr_id),
+            properties=pika.BasicProperties(
+                reply_to=reply_to, correlation_id=corr_id,
+                type="x-rpc-error-replies" if args.error_replies else None),
             body=body,
         )
         deadline = time.monotonic() + args.timeout

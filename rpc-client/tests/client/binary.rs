@@ -54,6 +54,49 @@ fn binary_prints_results_and_exit_codes() {
 }
 
 #[test]
+fn overflowed_answers_fail_as_bad_replies() {
+    let queue = QueueGuard::new("bin-overflow");
+    let responder = Responder::start_overflowing(queue.name());
+    let q = queue.name();
+    let (out, shown) = rpc_client(&["--queue", q, "47", "91"]);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert_eq!(out.stdout, b"2971215073\n4660046610375530309\n", "{shown}");
+    for n in ["48", "92", "94", "100"] {
+        let (out, shown) = rpc_client(&["--queue", q, n]);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(exit_code::OTHER)),
+            "{shown}"
+        );
+        assert!(out.stdout.is_empty(), "a wrong number printed: {shown}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad reply"), "{shown}");
+        assert!(stderr.contains(&format!("fib({n})")), "{shown}");
+    }
+    // The library: the same error, for one call and in a batch.
+    let mut client =
+        FibonacciRpcClient::connect(&options(q, Duration::from_secs(10))).expect("client connects");
+    assert!(matches!(client.call(100), Err(Error::BadReply(_))));
+    let mut results = Vec::new();
+    client
+        .call_many([10, 48], 2, |_, n, result| {
+            results.push((n, result.map(|reply| reply.value)));
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("batch");
+    results.sort_by_key(|(n, _)| *n);
+    assert!(
+        matches!(&results[0], (10, Ok(v)) if v == "55"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], (48, Err(Error::BadReply(_)))),
+        "{results:?}"
+    );
+    responder.stop();
+}
+
+#[test]
 fn binary_connection_failures_exit_3_without_the_password() {
     let broker = testing::broker();
     let refused = format!("amqp://guest:sesame@{}:1/", broker.host);

@@ -63,6 +63,24 @@ impl Responder {
         })
     }
 
+    /// A stand-in for tutorial servers whose arithmetic overflows: answers fib(n) with what
+    /// [`overflowed_fib`] says those servers send, and the right value otherwise.
+    pub fn start_overflowing(queue: &str) -> Responder {
+        Responder::spawn(queue, |admin, delivery| {
+            let n: u64 = std::str::from_utf8(&delivery.body)
+                .expect("utf8")
+                .parse()
+                .expect("number");
+            let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
+            let id = delivery.properties.correlation_id().as_deref();
+            let body = overflowed_fib(n).map_or_else(|| small_fib(n).to_string(), str::to_string);
+            let props = wire::reply_properties(id, "overflowing", None);
+            admin
+                .publish(&reply_to, body.as_bytes(), props)
+                .expect("reply");
+        })
+    }
+
     /// A stand-in for any server of raw bodies: replies with the body's ASCII letters
     /// uppercased (other bytes as they are), the request's content type and headers, plus
     /// `x-rpc-server: raw-responder` and `x-length` (the body's length, an integer header).
@@ -163,6 +181,19 @@ pub fn hostile_reply(id: Option<&str>) -> (AmqpProperties, Vec<u8>) {
     let mut body = b"bad\r\n[ERROR] forged line\x1b[31m".to_vec();
     body.resize(5_000_000, b'x');
     (props, body)
+}
+
+/// What the tutorial servers whose arithmetic overflows answer (issue 26): Java's int32 for
+/// fib(48), Go's and Rust's u64 for fib(100) (and fib(94), the first that wraps),
+/// JavaScript's doubles for fib(92).
+pub fn overflowed_fib(n: u64) -> Option<&'static str> {
+    match n {
+        48 => Some("512559680"),
+        92 => Some("7540113804746346000"),
+        94 => Some("1293530146158671551"),
+        100 => Some("3736710778780434371"),
+        _ => None,
+    }
 }
 
 pub fn small_fib(n: u64) -> u64 {

@@ -46,6 +46,9 @@ pub struct Stats {
     pub answered: u64,
     /// Requests answered with an error reply (published, or confirmed likewise).
     pub refused: u64,
+    /// Requests refused without a reply, acked: their callers did not ask for error replies
+    /// (see [`rpc_client::wire::takes_error_replies`]).
+    pub unanswered: u64,
     /// With [`ServerOptions::confirm_replies`]: replies the broker refused (nacked), or that
     /// were not confirmed before the connection closed.
     pub unconfirmed: u64,

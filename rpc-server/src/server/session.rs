@@ -15,7 +15,7 @@ use amiquip::{
 };
 use crossbeam_channel::{select, Receiver, RecvError, RecvTimeoutError};
 use rpc_client::amqp::Watchdog;
-use rpc_client::wire;
+use rpc_client::wire::{self, ErrorCode};
 use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
@@ -334,6 +334,11 @@ impl<'c, 's> Session<'c, 's> {
         };
         let options = self.server.options;
         let reply = fit_reply(reply, options.max_reply_bytes);
+        if let Some(code) = reply.error {
+            if !wire::takes_error_replies(&delivery.properties) {
+                return self.unanswered(delivery, code);
+            }
+        }
         let trace = trace.unwrap_or_else(|| server_span(&delivery.properties));
         let mut properties = wire::traced_reply_properties(
             delivery.properties.correlation_id().as_deref(),
@@ -364,6 +369,22 @@ impl<'c, 's> Session<'c, 's> {
         }
         self.books.awaiting_confirm(kind, delivery, requeue_on_nack);
         Ok(())
+    }
+
+    /// A request refused with `code` whose caller did not ask for error replies: acked without
+    /// a reply, as a tutorial server would leave it (a tutorial client would read the error
+    /// message as its result), logged and counted.
+    fn unanswered(&mut self, delivery: Delivery, code: ErrorCode) -> Result<(), Error> {
+        log::warn!(
+            "not replying ({code}): the request does not ask for error replies (AMQP type \
+             '{}'), so its caller would read the message as a result; acked",
+            wire::ERROR_REPLIES_TYPE
+        );
+        let server = &mut *self.server;
+        server.stats.unanswered += 1;
+        server.meter.unanswered(code);
+        server.redeliveries.finished(&delivery.properties);
+        self.settled(delivery)
     }
 
     /// Counts a reply the server is done with (confirmed, or published without confirms) and
@@ -483,9 +504,11 @@ impl<'c, 's> Session<'c, 's> {
         }
         let stats = self.server.stats;
         log::info!(
-            "shutting down: {} answered, {} refused, {} dropped, {} unconfirmed, {} reconnects",
+            "shutting down: {} answered, {} refused, {} unanswered, {} dropped, {} unconfirmed, \
+             {} reconnects",
             stats.answered,
             stats.refused,
+            stats.unanswered,
             stats.dropped,
             stats.unconfirmed,
             stats.reconnects

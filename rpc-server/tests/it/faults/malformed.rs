@@ -230,7 +230,9 @@ fn malformed_requests(reply_to: &str) -> Vec<RawRequest> {
     for (body, code) in bodies.iter().step_by(10) {
         requests.push(RawRequest {
             body: body.clone(),
-            properties: AmqpProperties::default().with_reply_to(reply_to.to_string()),
+            properties: AmqpProperties::default()
+                .with_reply_to(reply_to.to_string())
+                .with_type_(wire::ERROR_REPLIES_TYPE.into()),
             expect: Expect::RefusedWithoutId(code),
         });
     }

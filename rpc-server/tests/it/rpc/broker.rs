@@ -1,7 +1,7 @@
 //! The server and the broker: queues declared or used as they are, a closed connection, brokers
 //! that do not answer, replies the broker refuses, a queue name it would not take.
 
-use super::{client, server_options, slow_echo, start_servers, stop_all, TestServer};
+use super::{client, server_options, slow_fib, start_servers, stop_all, TestServer};
 use crate::common::broker::Ctl;
 use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
@@ -145,7 +145,7 @@ fn a_reply_the_broker_refuses_leaves_its_request_to_come_back() {
         )
         .expect("declare the full reply queue");
     let started = Arc::new(AtomicUsize::new(0));
-    let handler = slow_echo(Duration::ZERO, Arc::clone(&started));
+    let handler = slow_fib(Duration::ZERO, Arc::clone(&started));
     // Prefetch 1: the second request is delivered only once the first is acked or rejected.
     let options = ServerOptions {
         confirm_replies: true,
@@ -162,7 +162,7 @@ fn a_reply_the_broker_refuses_leaves_its_request_to_come_back() {
         )
         .expect("publish");
     // A second caller, whose reply arrives once the first request is settled for good.
-    assert_eq!(client(queue.name()).call(12).expect("call"), "12");
+    assert_eq!(client(queue.name()).call(12).expect("call"), "144");
     let stats = server.stop();
     // The first reply was nacked, so its request went back to the queue instead of being
     // acked; it came back redelivered and got the 'redelivered' error reply (the redelivery

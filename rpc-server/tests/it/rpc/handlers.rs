@@ -1,10 +1,10 @@
 //! Servers of Rust handlers: worker threads and a stop that waits for them, a handler that
 //! panics.
 
-use super::{client, server_options, slow_echo, TestServer};
+use super::{client, fib_of_body, server_options, slow_fib, TestServer};
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::Error;
-use rpc_server::{Handler, Reply, Request, ServerOptions};
+use rpc_server::{Handler, Request, ServerOptions};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ fn workers_handle_requests_at_once_and_a_stop_waits_for_them() {
         ..server_options(queue.name(), "workers-0")
     };
     let started = Arc::new(AtomicUsize::new(0));
-    let handler = slow_echo(Duration::from_secs(1), Arc::clone(&started));
+    let handler = slow_fib(Duration::from_secs(1), Arc::clone(&started));
     let server = TestServer::serving(options, handler);
     let mut admin = Admin::connect().expect("admin connects");
     admin
@@ -36,8 +36,8 @@ fn workers_handle_requests_at_once_and_a_stop_waits_for_them() {
         .expect("calls");
     let took = begun.elapsed();
     answers.sort_by_key(|(n, _)| *n);
-    assert_eq!(answers[0].1.as_deref().ok(), Some("7"), "{answers:?}");
-    assert_eq!(answers[1].1.as_deref().ok(), Some("8"), "{answers:?}");
+    assert_eq!(answers[0].1.as_deref().ok(), Some("13"), "{answers:?}");
+    assert_eq!(answers[1].1.as_deref().ok(), Some("21"), "{answers:?}");
     assert!(
         took < Duration::from_millis(1800),
         "two requests took {took:?}"
@@ -73,7 +73,7 @@ fn a_panicking_handler_gets_an_internal_error_reply_and_the_server_goes_on() {
         if request.body == b"13" {
             panic!("unlucky");
         }
-        Reply::answer(request.body)
+        fib_of_body(request)
     });
     let server = TestServer::serving(server_options(queue.name(), "panics-0"), handler);
     Admin::connect()
@@ -85,7 +85,7 @@ fn a_panicking_handler_gets_an_internal_error_reply_and_the_server_goes_on() {
         Err(Error::Server { code, .. }) => assert_eq!(code, "internal"),
         other => panic!("expected an internal error reply, got {other:?}"),
     }
-    assert_eq!(client.call(12).expect("the server goes on"), "12");
+    assert_eq!(client.call(12).expect("the server goes on"), "144");
     let stats = server.stop();
     assert_eq!((stats.answered, stats.refused), (1, 1), "{stats:?}");
 }

@@ -102,11 +102,19 @@ fn fib_by_addition(n: u64) -> String {
 }
 
 /// A handler that counts the requests it starts in `started`, takes `pause`, then answers
-/// with the request body (a decimal number, so the Fibonacci client accepts it as a reply).
-fn slow_echo(pause: Duration, started: Arc<AtomicUsize>) -> Arc<dyn Handler> {
+/// fib(n) for the body n ([`fib_of_body`]; the Fibonacci client checks its answers).
+fn slow_fib(pause: Duration, started: Arc<AtomicUsize>) -> Arc<dyn Handler> {
     Arc::new(move |request: &Request| {
         started.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(pause);
-        Reply::answer(request.body)
+        fib_of_body(request)
     })
+}
+
+/// fib(n) by [`fib_by_addition`] for a request body n, as a Rust handler answers it.
+fn fib_of_body(request: &Request) -> Reply {
+    match std::str::from_utf8(request.body).map(str::parse::<u64>) {
+        Ok(Ok(n)) => Reply::answer(fib_by_addition(n)),
+        _ => Reply::refuse(rpc_client::wire::ErrorCode::BadRequest, "not a number"),
+    }
 }

@@ -9,7 +9,8 @@ use rpc_client::Error;
 use rpc_server::Stats;
 use std::time::Duration;
 
-/// Publishes raw requests and collects the replies on an exclusive queue.
+/// Publishes raw requests and collects the replies on an exclusive queue; those with
+/// `reply_to` ask for error replies, as ours do.
 fn raw_round_trip(
     admin: &Admin,
     queue: &str,
@@ -21,7 +22,9 @@ fn raw_round_trip(
     for (i, (body, with_reply_to)) in requests.iter().enumerate() {
         let mut properties = AmqpProperties::default().with_correlation_id(i.to_string());
         if *with_reply_to {
-            properties = properties.with_reply_to(reply_queue.clone());
+            properties = properties
+                .with_reply_to(reply_queue.clone())
+                .with_type_(wire::ERROR_REPLIES_TYPE.into());
             expected += 1;
         }
         admin.publish(queue, body, properties).expect("publish");
@@ -110,10 +113,68 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
         Stats {
             answered: 2,
             refused: bad.len() as u64 + 1,
+            unanswered: 0,
             dropped: 1,
             unconfirmed: 0,
             reconnects: 0,
         }
+    );
+}
+
+#[test]
+fn callers_that_do_not_ask_for_error_replies_get_none() {
+    // The tutorial clients' requests (reply_to and correlation_id, no `type`): Ruby's `to_i`
+    // and PHP's `intval` would read an error message as 0, so a bad one gets no reply.
+    let queue = QueueGuard::new("no-errors");
+    let mut options = server_options(queue.name(), "quiet");
+    options.max_n = 5000;
+    let server = TestServer::start(options);
+    let mut admin = Admin::connect().expect("admin");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes");
+    let (reply_queue, consumer) =
+        rpc_client::amqp::callback_queue(admin.channel()).expect("reply queue");
+    let tutorial = |id: &str| {
+        AmqpProperties::default()
+            .with_reply_to(reply_queue.clone())
+            .with_correlation_id(id.into())
+    };
+    let other_type = tutorial("typed").with_type_("MyApp.FibRequest".into());
+    admin
+        .publish(queue.name(), b"-1", tutorial("minus"))
+        .expect("publish");
+    admin
+        .publish(queue.name(), b"abc", tutorial("abc"))
+        .expect("publish");
+    admin
+        .publish(queue.name(), b"5001", other_type)
+        .expect("publish");
+    // Last, a valid one: its reply comes after the server has dealt with the others.
+    admin
+        .publish(queue.name(), b"20", tutorial("good"))
+        .expect("publish");
+    match consumer.recv_timeout(Duration::from_secs(20)) {
+        Ok(ConsumerMessage::Delivery(d)) => {
+            assert_eq!(d.properties.correlation_id().as_deref(), Some("good"));
+            assert_eq!(d.body, b"6765");
+        }
+        other => panic!("waiting for the valid request's reply: {other:?}"),
+    }
+    admin
+        .wait_for_empty(queue.name())
+        .expect("the bad requests acked");
+    let stats = server.stop();
+    assert_eq!(
+        (stats.answered, stats.refused, stats.unanswered),
+        (1, 0, 3),
+        "{stats:?}"
+    );
+    // The server has stopped: any reply it published is in the callback queue by now.
+    let more = consumer.recv_timeout(Duration::from_millis(200));
+    assert!(
+        !matches!(more, Ok(ConsumerMessage::Delivery(_))),
+        "a caller that did not ask got an error reply: {more:?}"
     );
 }
 

@@ -13,7 +13,9 @@
 //!   with spaces and UTF-8);
 //! - (d) our client's `call` (raw bodies) -> their Fibonacci server and -> our command server.
 //!
-//! Plus: a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
+//! Plus: tutorial clients in pika and amqplib (`tutorial_client.py`, `node/tutorial_client.js`,
+//! reading replies as their tutorials do) get no reply to a bad body (`-1`, `abc`), which they
+//! would misread, and the answer to a good one; a failing command's error reply (x-rpc-error: exec-failed, with its exit status and
 //! last stderr line) as their raw client and our `call` (exit 5) see it; W3C trace context with
 //! pika and amqplib instrumented by OpenTelemetry (`otel_peer.py`, `node/otel_peer.js`, its
 //! modules from `INTEROP_NODE_PATH`): one trace id end to end both ways; our
@@ -36,6 +38,8 @@ const EXPECTED: &str = "0\n1\n1\n55\n832040\n19740274219868223167";
 const CALL_TIMEOUT: &str = "15";
 /// How long a client may run.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a tutorial client waits for the reply to a bad body, which must not come.
+const TUTORIAL_WAIT: Duration = Duration::from_secs(3);
 /// How long a server has to consume its queue.
 const READY: Duration = Duration::from_secs(20);
 /// How long a process has to exit after SIGTERM.
@@ -83,6 +87,14 @@ impl Run {
                 command
             }
         }
+    }
+
+    /// `node scripts/interop/node/SCRIPT ARGS...` with the amqplib modules.
+    fn node(&self, script: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("node");
+        command.arg(self.peers.join("node").join(script)).args(args);
+        command.env("NODE_PATH", &self.node_path);
+        command
     }
 
     fn py(&self, script: &str, args: &[&str]) -> Command {
@@ -183,6 +195,7 @@ fn interop() {
     own_declaration(&run, &mut t, "durable", &[]);
     lines_server(&run, &mut t);
     error_reply(&run, &mut t);
+    tutorial_bad_bodies(&run, &mut t);
     for peer in [Otel::Pika, Otel::Amqplib] {
         otel_their_client(&run, &mut t, peer);
         otel_their_server(&run, &mut t, peer);
@@ -351,12 +364,83 @@ fn error_reply(run: &Run, t: &mut Tally) {
     };
     let want =
         "error reply (x-rpc-error: exec-failed): the command exited with status 3: no such record";
-    let args = ["--raw", "--queue", q, "--timeout", CALL_TIMEOUT, "x"];
+    let args = [
+        "--raw",
+        "--error-replies",
+        "--queue",
+        q,
+        "--timeout",
+        CALL_TIMEOUT,
+        "x",
+    ];
     let out = proc::run(run.py("rpc_client.py", &args), b"", CLIENT_DEADLINE);
     check_error(t, e1, &out, want, &server);
     let args = ["--queue", q, "--timeout", CALL_TIMEOUT, "call", "x"];
     let out = proc::run(our_client(&args), b"", CLIENT_DEADLINE);
     check_error(t, e2, &out, "no such record", &server);
+    let _ = server.stop(STOP);
+}
+
+/// Tutorial clients that read any reply as the result (pika's `int(body)`, amqplib's text as
+/// is) send bad bodies to our Fibonacci server: they must get no reply (no ` [.] Got` line,
+/// "no reply" on stderr within [`TUTORIAL_WAIT`]), while a valid body is answered.
+fn tutorial_bad_bodies(run: &Run, t: &mut Tally) {
+    let guard = QueueGuard::new("interop-tutorial-bad");
+    let q = guard.name();
+    let peers = ["pika", "amqplib"];
+    let names: Vec<String> = peers
+        .iter()
+        .flat_map(|peer| {
+            ["30", "-1", "abc"]
+                .map(|body| format!("tutorial client ({peer}) {body:?} -> our server"))
+        })
+        .collect();
+    let mut server = match run.server(ours(&["--queue", q]), "tutorial-bad-our-server", q) {
+        Ok(server) => server,
+        Err(why) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            return not_ready(t, &names, &why);
+        }
+    };
+    let wait = TUTORIAL_WAIT.as_secs().to_string();
+    let mut names = names.iter();
+    for peer in peers {
+        for body in ["30", "-1", "abc"] {
+            let args = [body, "--queue", q, "--timeout", &wait];
+            let command = match peer {
+                "pika" => run.py("tutorial_client.py", &args),
+                _ => run.node("tutorial_client.js", &args),
+            };
+            let out = proc::run(command, b"", CLIENT_DEADLINE);
+            let name = names.next().map_or("", String::as_str);
+            if body == "30" {
+                let want = " [.] Got 832040";
+                t.check(out.exited(0) && out.out() == want, name, || {
+                    format!("  want exit 0 and '{want}'\n{}", out.describe())
+                });
+                continue;
+            }
+            let unanswered = !out.exited(0)
+                && !out.out().contains("[.] Got")
+                && out.stderr.contains("no reply within");
+            t.check(unanswered, name, || {
+                format!(
+                    "  want no reply (exit 1, 'no reply within' on stderr, no ' [.] Got')\n{}\n{}",
+                    out.describe(),
+                    server.describe()
+                )
+            });
+        }
+    }
+    let logged = server
+        .stderr()
+        .matches("not replying (bad-request)")
+        .count();
+    t.check(
+        logged == 4,
+        "our server logs each bad body it leaves unanswered",
+        || format!("  {logged} lines (want 4)\n{}", server.describe()),
+    );
     let _ = server.stop(STOP);
 }
 
