@@ -369,7 +369,6 @@ mod tests {
         for bad in [
             "garbage",
             "[1]",
-            r#"{"id":"2","body":"hi"}"#,
             r#"{"id":3,"body":"hi"}"#,
             r#"{"body":"hi"}"#,
             r#"{"id":"3"}"#,
@@ -378,5 +377,14 @@ mod tests {
         ] {
             assert!(matches!(decode(bad), Err(Bad::Protocol(_))), "{bad}");
         }
+        // Another request's reply: its id, where it is a number.
+        assert!(matches!(
+            decode(r#"{"id":"2","body":"hi"}"#),
+            Err(Bad::OtherId(_, Some(2)))
+        ));
+        assert!(matches!(
+            decode(r#"{"id":"x","body":"hi"}"#),
+            Err(Bad::OtherId(_, None))
+        ));
     }
 }
