@@ -228,6 +228,37 @@ impl RpcClient {
         Ok(())
     }
 
+    /// Waits, for at most `within`, until a server consumes the request queue: for a caller
+    /// started together with its server (`rpc-server ... &` and at once a call), which would
+    /// otherwise find no queue yet ([`Error::NoRoute`]). Asks the broker (a passive declare on
+    /// a channel of its own) every 0.1 s, backing off to 1 s.
+    ///
+    /// Returns the consumers seen last: `Some(n)`, n ≥ 1, as soon as a server consumes; at
+    /// the deadline `Some(0)` (the queue exists, no server consumes it) or `None` (no such
+    /// queue, or the broker would not say). Calls are not changed by it: after `None` the next
+    /// call still fails at once with [`Error::NoRoute`]. An error only if the broker stalls
+    /// ([`Error::Stalled`]) or the connection cannot be opened again.
+    pub fn wait_for_server(&mut self, within: Duration) -> Result<Option<u32>, Error> {
+        // At most 34 years: the deadline cannot overflow.
+        let deadline = Instant::now() + within.min(Duration::from_secs(1 << 30));
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if self.session.is_none() {
+                self.reopen(deadline)?;
+            }
+            let Some(session) = self.session.as_mut() else {
+                return Err(Error::ConnectionLost("closed".into()));
+            };
+            let seen = session.consumer_count(&self.queue)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if seen.is_some_and(|consumers| consumers > 0) || left.is_zero() {
+                return Ok(seen);
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
     /// Changes how long each following call waits for its reply.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;

@@ -137,6 +137,12 @@ impl FibonacciRpcClient {
         )
     }
 
+    /// Waits, for at most `within`, until a server consumes the request queue: see
+    /// [`RpcClient::wait_for_server`].
+    pub fn wait_for_server(&mut self, within: Duration) -> Result<Option<u32>, Error> {
+        self.rpc.wait_for_server(within)
+    }
+
     /// Changes how long each following call waits for its reply.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.rpc.set_timeout(timeout);

@@ -51,6 +51,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ReplyQueue::Exclusive, global = true)]
     pub reply_queue: ReplyQueue,
 
+    /// Before the first call, wait up to SECS until a server consumes the queue: for a server
+    /// started just before (`rpc-server ... &`). Without it a missing queue fails at once
+    /// (exit 6); with it, once SECS have passed without the queue.
+    #[arg(long, value_name = "SECS", global = true, value_parser = parse_seconds)]
+    pub wait_for_server: Option<Duration>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -194,6 +200,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
             let mut client = FibonacciRpcClient::connect(&options)?;
+            wait_for_server(cli.wait_for_server, &options.queue, |within| {
+                client.wait_for_server(within)
+            })?;
             client.set_parent(TraceContext::from_env());
             print_in_order(&mut client, &cli.numbers, cli.in_flight.into(), &mut stdout)?;
             close(client.close());
@@ -227,6 +236,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ..options
             };
             let mut client = RpcClient::connect(&options)?;
+            wait_for_server(cli.wait_for_server, &options.queue, |within| {
+                client.wait_for_server(within)
+            })?;
             print_replies_in_order(
                 &mut client,
                 &requests,
@@ -251,6 +263,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: true,
             };
             let mut client = FibonacciRpcClient::connect(&options)?;
+            wait_for_server(cli.wait_for_server, &options.queue, |within| {
+                client.wait_for_server(within)
+            })?;
             let report = bench::run(&mut client, &bench_options)?;
             ignore_broken_pipe(report.write(&mut stdout, &bench_options, cli.reply_queue, tsv))?;
             close(client.close());
@@ -258,6 +273,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} of {calls} calls failed; first: {first}", report.errors);
             }
         }
+    }
+    Ok(())
+}
+
+/// `--wait-for-server`: waits `within` for a server of `queue` and says on stderr when none
+/// came; the calls then fail (no queue: exit 6) or wait for their replies as they would have
+/// without the wait.
+fn wait_for_server(
+    within: Option<Duration>,
+    queue: &str,
+    wait: impl FnOnce(Duration) -> Result<Option<u32>, Error>,
+) -> Result<(), Error> {
+    let Some(within) = within else {
+        return Ok(());
+    };
+    let (queue, secs) = (crate::text::printable(queue), within.as_secs_f64());
+    log::info!("waiting up to {secs:.1} s for a server on queue '{queue}'");
+    match wait(within)? {
+        None => log::warn!("waited {secs:.1} s (--wait-for-server): still no queue '{queue}'"),
+        Some(0) => log::warn!(
+            "waited {secs:.1} s (--wait-for-server): queue '{queue}' has no consumer; calling \
+             anyway"
+        ),
+        Some(consumers) => log::debug!("queue '{queue}' has {consumers} consumer(s)"),
     }
     Ok(())
 }

@@ -213,3 +213,54 @@ fn queue_names_are_printed_printable_and_checked_up_front() {
     assert!(stderr.contains("line break"), "{stderr:?}");
     assert!(!stderr.contains(['\u{1b}', '\r', '\u{7}']), "{stderr:?}");
 }
+
+#[test]
+fn wait_for_server_waits_for_a_late_server_and_keeps_exit_6() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::time::Instant;
+    let queue = QueueGuard::new("wait-bin");
+    let q = queue.name();
+    // Without the flag, a missing queue fails at once (exit 6); with it, after the wait.
+    for (wait, at_least, at_most) in [(None, 0.0, 5.0), (Some("1.5"), 1.5, 8.0)] {
+        let mut args = vec!["--queue", q, "call", "x"];
+        args.extend(wait.iter().flat_map(|secs| ["--wait-for-server", *secs]));
+        let started = Instant::now();
+        let (out, shown) = rpc_client(&args);
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(exit_code::NO_ROUTE)),
+            "{shown}"
+        );
+        assert!((at_least..at_most).contains(&took), "{took} s: {shown}");
+        assert!(shown.contains(&format!("no queue '{q}' exists")), "{shown}");
+        assert_eq!(wait.is_some(), shown.contains("still no queue"), "{shown}");
+    }
+    // A server that starts after the client began waiting is found, and answers.
+    let broker = testing::broker();
+    let mut client = Command::new(env!("CARGO_BIN_EXE_rpc-client"))
+        .args(["--host", &broker.host, "--port", &broker.port.to_string()])
+        .args(["--queue", q, "--wait-for-server", "30", "-v", "30"])
+        .env_remove("AMQP_URI")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rpc-client");
+    let mut stderr = std::io::BufReader::new(client.stderr.take().expect("stderr"));
+    let mut shown = String::new();
+    while !shown.contains("waiting up to 30.0 s for a server") {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("stderr");
+        assert!(read > 0, "rpc-client ended before waiting: {shown}");
+        shown.push_str(&line);
+    }
+    let responder = Responder::start(q, false);
+    let started = Instant::now();
+    let out = client.wait_with_output().expect("wait for rpc-client");
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert_eq!(out.stdout, b"832040\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    responder.stop();
+}

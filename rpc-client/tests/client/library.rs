@@ -265,3 +265,34 @@ fn a_batch_reports_each_call_on_its_own() {
     assert_eq!(outcomes[6], Ok("21".to_string()));
     responder.stop();
 }
+
+#[test]
+fn wait_for_server_tells_a_consumer_from_an_idle_or_missing_queue() {
+    let mut queue = QueueGuard::new("wait-lib");
+    let mut client =
+        FibonacciRpcClient::connect(&options(queue.name(), Duration::from_secs(5))).expect("c");
+    let within = Duration::from_millis(400);
+    let started = Instant::now();
+    assert_eq!(client.wait_for_server(within).expect("wait"), None);
+    assert!(started.elapsed() >= within, "{:?}", started.elapsed());
+    // The failed passive declares left the client's connection usable, and the call still
+    // fails at once: the wait does not hide a missing queue.
+    assert!(matches!(client.call(30), Err(Error::NoRoute { .. })));
+    Admin::connect()
+        .expect("admin")
+        .declare(queue.name(), false)
+        .expect("declare");
+    assert_eq!(client.wait_for_server(within).expect("wait"), Some(0));
+    let responder = Responder::start(queue.name(), false);
+    let started = Instant::now();
+    let long = Duration::from_secs(20);
+    assert_eq!(client.wait_for_server(long).expect("wait"), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.call(30).expect("call"), "832040");
+    responder.stop();
+    queue.delete().expect("delete");
+}

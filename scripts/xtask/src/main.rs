@@ -41,9 +41,14 @@ enum Command {
     /// address of this machine.
     BrokerAddr,
     /// Succeed if HOST:PORT answers the AMQP 0-9-1 protocol header with Connection.Start
-    /// (with --tcp: if it accepts TCP connections), within the timeout.
+    /// (with --tcp: if it accepts TCP connections), within the timeout. HOST and PORT are
+    /// what is probed, whatever the broker flags and AMQP_* variables say.
     Probe {
+        // Ids of their own: as "host" and "port" they were the broker flags' (global) ids,
+        // so an exported AMQP_URI, which conflicts with those, refused every probe.
+        #[arg(id = "probe_host", value_name = "HOST")]
         host: String,
+        #[arg(id = "probe_port", value_name = "PORT")]
         port: u16,
         #[arg(long)]
         tcp: bool,
@@ -109,12 +114,7 @@ enum QueueAction {
 }
 
 fn main() -> ExitCode {
-    // The shared broker flags, with xtask's defaults: the address broker.sh checks, and
-    // connect attempts short enough for the scripts' waits to keep their deadlines.
-    let command = Cli::command()
-        .mut_arg("host", |arg| arg.default_value("127.0.0.1"))
-        .mut_arg("connect_timeout", |arg| arg.default_value("3"));
-    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
@@ -125,6 +125,15 @@ fn main() -> ExitCode {
             ExitCode::from(if bench::interrupted() { 130 } else { 1 })
         }
     }
+}
+
+/// The command line, with xtask's defaults for the shared broker flags.
+fn command() -> clap::Command {
+    // The address broker.sh checks, and connect attempts short enough for the scripts' waits
+    // to keep their deadlines.
+    Cli::command()
+        .mut_arg("host", |arg| arg.default_value("127.0.0.1"))
+        .mut_arg("connect_timeout", |arg| arg.default_value("3"))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -233,5 +242,41 @@ pub fn exited(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.trim_start().chars().next())
             .is_none_or(|state| matches!(state, 'Z' | 'X')),
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+    }
+
+    /// `probe HOST PORT` probes HOST:PORT also with broker URIs given (AMQP_URI exported, as
+    /// rpc-server's README suggests for a cluster): demo.sh and cluster.sh status probe that way.
+    #[test]
+    fn probe_arguments_win_over_broker_uris() {
+        let uri = "amqp://guest:guest@127.0.0.1:5681,amqp://guest:guest@127.0.0.1:5682";
+        // After the subcommand, --uri is parsed as AMQP_URI is: among the probe's arguments.
+        for args in [
+            ["xtask", "--uri", uri, "probe", "10.0.0.7", "5683", "--tcp"],
+            ["xtask", "probe", "10.0.0.7", "5683", "--tcp", "--uri", uri],
+        ] {
+            let cli = parse(&args).expect("probe with --uri parses");
+            let Command::Probe {
+                host, port, tcp, ..
+            } = cli.command
+            else {
+                panic!("not parsed as probe");
+            };
+            assert_eq!((host.as_str(), port, tcp), ("10.0.0.7", 5683, true));
+            assert_eq!(cli.broker.uri.len(), 2);
+        }
+        // The broker flags still conflict among themselves.
+        assert!(parse(&["xtask", "--uri", uri, "--host", "h", "broker-addr"]).is_err());
+        let cli = parse(&["xtask", "--port", "5999", "probe", "h", "5672"]).expect("parses");
+        assert!(matches!(cli.command, Command::Probe { port: 5672, .. }));
+        assert_eq!(cli.broker.port, 5999);
     }
 }
