@@ -115,9 +115,10 @@ pub(super) fn tell(what: char, pid: u32) {
 /// own: reads `+PID` (a command started) and `-PID` (it was reaped) lines on stdin, a pipe
 /// from the server; at its end (the server exited or died: the kernel closes the pipe) kills
 /// the process groups of the commands still in hand, then every process with the server's
-/// [`INSTANCE_ENV`] ([`end_marked`]), and exits. A process apart because a process cannot act
-/// after its own SIGKILL; a parent-death signal would need `fork` (and an `unsafe` hook)
-/// instead of `posix_spawn` for every command, which costs about a millisecond per request.
+/// [`INSTANCE_ENV`] in its environment (`end_marked`), and exits. A process apart because a
+/// process cannot act after its own SIGKILL; a parent-death signal would need `fork` (and an
+/// `unsafe` hook) instead of `posix_spawn` for every command, which costs about a millisecond
+/// per request.
 pub fn guard() -> ! {
     use std::io::BufRead;
     let mut in_hand = std::collections::HashSet::new();
