@@ -15,14 +15,16 @@
 //!   when the next command ends ([`end_orphans`]); [`end_all`] ends every command in hand and
 //!   all they started (a second signal, an unclean stop). A guardian process ([`guard`])
 //!   kills the process groups of the commands in hand if the server dies, so even a server
-//!   killed by SIGKILL leaves no command running (what left its command's group is not
-//!   reached then). [`contain`] also makes the server non-dumpable: its `/proc` files
-//!   (environment, memory) are closed to its commands.
+//!   killed by SIGKILL leaves no command running, and every process with the server's
+//!   [`INSTANCE_ENV`] in its environment: what left its command's group (unless it left
+//!   that environment or its user too). [`contain`] also makes the server non-dumpable: its
+//!   `/proc` files (environment, memory) are closed to its commands.
 //! - stdin, stdout and stderr are served by one `poll` loop, non-blocking: a command that never
 //!   reads its stdin, or writes more than a pipe holds, cannot deadlock the server.
 //! - Its stderr goes to the server's log (target [`COMMAND_LOG`]), bounded per request.
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
-//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus the request's [`ENV_CORRELATION_ID`],
+//!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus [`INSTANCE_ENV`] in a contained server, the
+//!   request's [`ENV_CORRELATION_ID`],
 //!   [`ENV_CONTENT_TYPE`] and the trace context of the server's span ([`ENV_TRACEPARENT`],
 //!   [`ENV_TRACESTATE`]): same trace as the request's `traceparent` (a new one when it has
 //!   none, or a malformed one), the server's span as the parent.
@@ -50,7 +52,7 @@ pub(crate) mod process;
 pub(crate) mod program;
 pub(crate) mod stderr;
 
-pub use guardian::{guard, GUARDIAN_ENV};
+pub use guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
 pub use process::{contain, end_all, end_orphans};
 
 use crate::error::Error;

@@ -110,7 +110,8 @@ pub(crate) fn park_if_ending() {
 ///   readable by every user (`ps`), so a password has no place there;
 /// - the parent of a guardian process ([`guard`](super::guard)): told of each command as it
 ///   starts and ends, it kills the process groups of the commands in hand when the server
-///   dies, however it dies (SIGKILL, the OOM killer).
+///   dies, however it dies (SIGKILL, the OOM killer), and the processes with the server's id
+///   in their environment ([`INSTANCE_ENV`](super::INSTANCE_ENV), which every command gets).
 ///
 /// Linux only; an error names the setting the kernel refused, or why the guardian could not
 /// start.

@@ -18,8 +18,9 @@ pub(crate) const HIDDEN_ENV: &[&str] = &["AMQP_URI", "AMQP_PASSWORD", "AMQP_PASS
 const MAX_ENV_VALUE: usize = 4096;
 
 /// `program` (found at `path`, argv\[0\] as typed) with `args`: stdin, stdout and stderr piped,
-/// in a process group of its own, with the server's environment less [`HIDDEN_ENV`]. What
-/// `-- CMD` runs per request, and what `--protocol lines|json` keeps.
+/// in a process group of its own, with the server's environment less [`HIDDEN_ENV`], plus the
+/// server's id for its guardian (`INSTANCE_ENV`) once it has one. What `-- CMD` runs per
+/// request, and what `--protocol lines|json` keeps.
 pub(crate) fn piped(path: &Path, program: &OsStr, args: &[OsString]) -> std::process::Command {
     let mut command = std::process::Command::new(path);
     command
@@ -31,6 +32,9 @@ pub(crate) fn piped(path: &Path, program: &OsStr, args: &[OsString]) -> std::pro
         .process_group(0);
     for name in HIDDEN_ENV {
         command.env_remove(name);
+    }
+    if let Some(instance) = super::guardian::instance() {
+        command.env(super::guardian::INSTANCE_ENV, instance);
     }
     command
 }

@@ -683,6 +683,41 @@ fn what_a_kept_program_starts_outside_its_group_ends_with_the_request() {
     drop(served.queue);
 }
 
+#[test]
+fn a_server_killed_by_sigkill_leaves_nothing_its_program_started() {
+    // For each line, children out of the program's group (by `setsid`, by a double fork),
+    // then no answer: the request stays in hand.
+    let served = Kept::start(
+        "stream-sigkill-setsid",
+        &["--protocol", "lines"],
+        &[
+            "sh",
+            "-c",
+            "while read -r l; do setsid sleep 3606.$0 & (setsid sleep 3607.$0 &); \
+             sleep 3608.$0; done",
+        ],
+    );
+    let mut client = served.client(Duration::from_secs(5));
+    let caller = std::thread::spawn(move || {
+        let _ = client.call(&RpcRequest::new("a"));
+    });
+    // The program and its three sleeps.
+    testing::poll_until(
+        "the program's children",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || Ok(served.programs().len() == 4),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", served.programs(), served.server.shown()));
+    let Kept { served, mark } = served;
+    let mut server = served.server;
+    server.sigkill();
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    nothing_left(&mark, &server.shown());
+    caller.join().expect("caller");
+    drop(served.queue);
+}
+
 /// A `json` handler that answers; then for `now` writes its reply again 3 ms later, before it
 /// reads again, and for `timer` 10 ms later from a timer thread, while it waits for input.
 const JSON_TWICE: &str = "import json, sys, threading, time\n\

@@ -120,6 +120,29 @@ fn a_server_killed_by_sigkill_leaves_no_command_running() {
 }
 
 #[test]
+fn a_server_killed_by_sigkill_leaves_nothing_its_commands_started() {
+    let mark = marker();
+    let served = Served::start(&logs(), "cmd-sigkill-setsid", &SCRIPT_SERVER);
+    // Out of the command's group while its request is in hand: by `setsid` (the command's
+    // child), by a double fork (the server's child, its subreaper's); the command hangs.
+    let script =
+        format!("setsid sleep 3610.{mark} & (setsid sleep 3611.{mark} &); exec sleep 3612.{mark}");
+    let caller = calls_in_flight(&served, &script, 1);
+    await_marked(&mark, 3, Duration::from_secs(10), || served.server.shown());
+    let mut server = served.server;
+    server.sigkill();
+    assert!(
+        server.wait_exit(Duration::from_secs(5)).is_some(),
+        "{}",
+        server.shown()
+    );
+    // The guardian finds them by the server's mark in their environment.
+    await_marked(&mark, 0, Duration::from_secs(2), || server.shown());
+    caller.join().expect("caller");
+    drop(served.queue);
+}
+
+#[test]
 fn a_command_is_answered_when_it_exits_and_what_left_its_group_is_ended() {
     let mark = marker();
     let served = Served::start(
