@@ -30,7 +30,8 @@ fn logs() -> PathBuf {
 /// amiquip's decoder survived on a 2 MiB stack in a release build, and the deepest that fits
 /// next to a correlation id of [`id`] and a `reply_to` of `reply_to` bytes.
 fn nestings(frame_max: usize, reply_to: usize) -> Vec<(u8, usize)> {
-    let others = 2 + id("", b'A', 0).len() + reply_to;
+    // The short strings' lengths, the correlation id, reply_to and type.
+    let others = 3 + id("", b'A', 0).len() + reply_to + rpc_client::wire::ERROR_REPLIES_TYPE.len();
     let mut all = Vec::new();
     for kind in [b'A', b'F'] {
         for levels in [31, 32, 4_000, deepest_fitting(kind, frame_max, others)] {

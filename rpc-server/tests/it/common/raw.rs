@@ -3,7 +3,7 @@
 //! recurses once per level). Plain TCP, PLAIN login, one channel in confirm mode; every read
 //! has a deadline.
 
-use rpc_client::BrokerOptions;
+use rpc_client::{wire, BrokerOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -170,12 +170,14 @@ impl Drop for RawPublisher {
 }
 
 /// Basic properties with `headers` (an encoded table, its length first), `correlation_id` (any
-/// bytes) and `reply_to`, and their flags.
+/// bytes), `reply_to` and `type` (error replies asked for, as by our client), and their flags.
 pub fn request_properties(headers: &[u8], correlation_id: &[u8], reply_to: &str) -> (u16, Vec<u8>) {
     let mut properties = headers.to_vec();
     properties.extend_from_slice(&short(correlation_id));
     properties.extend_from_slice(&short(reply_to.as_bytes()));
-    (0x2000 | 0x0400 | 0x0200, properties)
+    // As our client's requests: they take error replies (`type`).
+    properties.extend_from_slice(&short(wire::ERROR_REPLIES_TYPE.as_bytes()));
+    (0x2000 | 0x0400 | 0x0200 | 0x0020, properties)
 }
 
 /// A headers table `{"d": V}`, V being `levels` arrays (`b'A'`) or tables (`b'F'`, each entry
