@@ -84,6 +84,24 @@ impl Kept {
         marked(&self.mark, self.server.pid())
     }
 
+    /// Polls for `within` until `count` kept processes (and what they started) run.
+    fn wait_programs(&self, what: &str, count: usize, within: Duration) {
+        testing::poll_until(what, within, Duration::from_millis(10), || {
+            Ok(self.programs().len() == count)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", self.programs(), self.server.shown()));
+    }
+
+    /// SIGKILL; then nothing marked may be left (the guardian's work), and the queue goes.
+    fn sigkill(self) {
+        let Kept { served, mark } = self;
+        let mut server = served.server;
+        server.sigkill();
+        assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+        nothing_left(&mark, &server.shown());
+        drop(served.queue);
+    }
+
     /// SIGTERM; the exit status must be 0 and nothing marked may be left.
     fn stop(self) -> String {
         let shown = self.served.stop();
@@ -462,13 +480,8 @@ fn a_server_killed_by_sigkill_leaves_no_program_running() {
     assert_eq!(served.text("a"), "a");
     // The program and its child.
     assert_eq!(served.programs().len(), 2, "{:?}", served.programs());
-    let Kept { served, mark } = served;
-    let mut server = served.server;
-    server.sigkill();
-    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
     // The guardian kills the programs' groups (the sleep with them).
-    nothing_left(&mark, &server.shown());
-    drop(served.queue);
+    served.sigkill();
 }
 
 #[test]
@@ -667,20 +680,9 @@ fn what_a_kept_program_starts_outside_its_group_ends_with_the_request() {
     );
     for body in ["a", "b"] {
         assert_eq!(served.text(body), body);
-        testing::poll_until(
-            "the setsid child to be ended",
-            Duration::from_secs(2),
-            Duration::from_millis(10),
-            || Ok(served.programs().len() == 1),
-        )
-        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", served.programs(), served.server.shown()));
+        served.wait_programs("the setsid child to be ended", 1, Duration::from_secs(2));
     }
-    let Kept { served, mark } = served;
-    let mut server = served.server;
-    server.sigkill();
-    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
-    nothing_left(&mark, &server.shown());
-    drop(served.queue);
+    served.sigkill();
 }
 
 #[test]
@@ -702,20 +704,9 @@ fn a_server_killed_by_sigkill_leaves_nothing_its_program_started() {
         let _ = client.call(&RpcRequest::new("a"));
     });
     // The program and its three sleeps.
-    testing::poll_until(
-        "the program's children",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || Ok(served.programs().len() == 4),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", served.programs(), served.server.shown()));
-    let Kept { served, mark } = served;
-    let mut server = served.server;
-    server.sigkill();
-    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
-    nothing_left(&mark, &server.shown());
+    served.wait_programs("the program's children", 4, Duration::from_secs(10));
+    served.sigkill();
     caller.join().expect("caller");
-    drop(served.queue);
 }
 
 /// A `json` handler that answers; then for `now` writes its reply again 3 ms later, before it
