@@ -95,8 +95,11 @@ cmd_up() {
     # Join every other node to node 1, unless node 1 already counts it as a member.
     if ((N > 1)); then
         sel 1
-        json=$(cluster_json) || json=
-        [[ -n $json ]] || die "rabbitmqctl cluster_status failed on $NODE"
+        # Each try may take 30 s on a busy machine (the first after a boot is the slowest).
+        until json=$(cluster_json) && [[ -n $json ]]; do
+            ((SECONDS < deadline)) || die "rabbitmqctl cluster_status failed on $NODE until the deadline (${NODE_WAIT}s)"
+            sleep 1
+        done
         members=" $(json_nodes "$json" disk_nodes) $(json_nodes "$json" ram_nodes) "
         for ((i = 2; i <= N; i++)); do
             sel "$i"

@@ -89,12 +89,23 @@ stage_clippy() {
     need_component clippy clippy && cargo clippy --workspace --all-targets ${release:+"$release"} -- -D warnings
 }
 
+# Every Debian package a stage uses, in one apt-get run before the stages (one in the background
+# must not install anything: apt-get is one at a time). Without root, what is missing is
+# reported here, and the stages that need it are skipped.
+stage_packages() {
+    local needs=(build shellcheck node python) missing
+    ((quick)) || needs+=(rabbitmq prometheus iptables openssl gnu-time hyperfine debootstrap)
+    mapfile -t missing < <(missing_packages "${needs[@]}")
+    ((${#missing[@]} > 0)) || { msg "all here"; return 0; }
+    apt_install "${missing[@]}" && return 0
+    (($? == 1)) || return 1 # apt-get failed (its log shown)
+    ensure_build_deps # dies if the build cannot run
+    warn "the stages that need ${missing[*]} will be skipped (as root: apt-get install ${missing[*]})"
+}
+
 stage_shellcheck() {
     if ! command -v shellcheck >/dev/null 2>&1; then
-        if ! apt_install shellcheck; then
-            warn "shellcheck is not installed and cannot be installed here (needs root): skipping"
-            return "$SKIP"
-        fi
+        apt_install shellcheck || { (($? == 1)) && return "$SKIP"; return 1; }
     fi
     local files=(scripts/*.sh .ci/run)
     msg "shellcheck ${files[*]}"
@@ -132,15 +143,18 @@ stage_rabbitmq4() {
     stage_tests e2e::refusals_on_4x
 }
 
-run_stage "build dependencies (C compiler, OpenSSL headers)" ensure_build_deps
-# --quick leaves out the broker stage: scripts/broker.sh builds the workspace in release mode.
-((quick)) || run_stage "broker (scripts/broker.sh)" scripts/broker.sh
+run_stage "Debian packages (build dependencies, and what the stages use)" stage_packages
+if ((!quick)); then
+    before=$failed
+    run_stage "cargo build --release" build_release
+    ((failed > before)) || export XTASK_BUILT=1 # the stages after it need not ask cargo again
+    run_stage "broker (scripts/broker.sh)" scripts/broker.sh
+fi
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
 run_stage "shellcheck" stage_shellcheck
 run_stage "cargo test --workspace" stage_test
 if ((!quick)); then
-    run_stage "cargo build --release" cargo build --release
     # rpc-server/tests/it/cluster/ on a local three-node cluster (scripts/cluster.sh): a rolling
     # restart, kill -9 of the leader's and of a caller's node, a 30 s partition; 77 (skipped)
     # where no node can run. It mostly waits for nodes: the stages below run beside it.
