@@ -18,7 +18,7 @@ set -euo pipefail
 node_installed # a missing RabbitMQ is a skip here, not a failure as in scripts/cluster.sh
 # The partition scenario cuts links with iptables; without it (no root) that scenario is skipped.
 if ! command -v iptables >/dev/null 2>&1 && ((EUID == 0)); then
-    apt_install iptables || warn "cannot install iptables: the partition scenario will be skipped"
+    apt_install iptables || warn "iptables could not be installed (see above): the partition scenario will be left out"
 fi
 
 # One run at a time: a second run would stop the first one's nodes.

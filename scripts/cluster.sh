@@ -60,7 +60,7 @@ start_app() {
 }
 
 cmd_up() {
-    local i t0=$SECONDS deadline json members running started=
+    local i t0=$SECONDS deadline json members running out started=
     local -a to_start=()
     for ((i = 1; i <= N; i++)); do
         sel "$i"
@@ -106,8 +106,11 @@ cmd_up() {
             [[ $members == *" $NODE "* ]] && continue
             msg "joining $NODE to $(name 1)"
             node_ctl 60 -q stop_app >/dev/null || die "rabbitmqctl stop_app failed on $NODE"
-            node_ctl 60 -q join_cluster "$(name 1)" >/dev/null ||
-                die "rabbitmqctl join_cluster $(name 1) failed on $NODE"
+            # Its output only if it fails: a join that works logs "[error] Failed to create a
+            # tracked connection table for node ...: node_not_running" (this node's app is
+            # stopped while it joins; the tables are made when the app starts).
+            out=$(node_ctl 60 -q join_cluster "$(name 1)" 2>&1) ||
+                die "rabbitmqctl join_cluster $(name 1) failed on $NODE: $out"
             start_app
         done
     fi
