@@ -160,7 +160,7 @@ apt_install() {
         if apt_lists_stale "${todo[@]}"; then apt_update || exit 2; fi
         apt_get install "${todo[@]}" && exit 0
         # Stale lists (a package version gone from the mirror): once more, after an update.
-        apt_update_done || { apt_update && apt_get install "${todo[@]}"; } || exit 2
+        ! apt_update_done && apt_update && apt_get install "${todo[@]}" || exit 2
     ) 8>&- || rc=$?
     if ((rc != 0)); then
         msg "apt-get install ${todo[*]} failed; the end of $APT_LOG:"
