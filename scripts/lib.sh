@@ -33,8 +33,9 @@ export CARGO_FUTURE_INCOMPAT_REPORT_FREQUENCY=never
 
 # build_release: `cargo build --release` of the workspace (the binaries and scripts/xtask), once
 # per run (XTASK_BUILT=1 afterwards). A build that compiles says what it builds and shows its
-# progress (crates built of the workspace's total, a line a minute; on a terminal, one line
-# kept up to date); cargo's warnings and errors come on stderr as usual.
+# progress (crates built of the workspace's total: a line a minute, after 5 lines every 2
+# minutes; on a terminal, one line kept up to date); cargo's warnings and errors come on
+# stderr as usual.
 build_release() {
     [[ -z ${XTASK_BUILT:-} ]] || return 0
     ensure_build_deps
@@ -58,7 +59,7 @@ build_release() {
 # workspace's: built last, and the longest to build in release).
 build_progress() {
     local total=$1 ours=$2 line chunk='' id seen=' ' done=0 deps=0 built=0 last='' now
-    local t0=$SECONDS shown=$SECONDS tty=0 rc
+    local t0=$SECONDS shown=$SECONDS lines=0 tty=0 rc
     [[ -t 2 ]] && tty=1
     while :; do
         # read -t 5: a line a minute even while one crate compiles for long; a partial line
@@ -92,9 +93,9 @@ build_progress() {
         ((ours == 0 || deps < total - ours)) || now="now the workspace's own crates, the longest part"
         if ((tty)); then
             printf '\r\033[K  %s of %s crates built, %s (%s)' "$done" "$total" "$(mins $((SECONDS - t0)))" "$now" >&2
-        elif ((SECONDS - shown >= 60)); then
+        elif ((SECONDS - shown >= (lines < 5 ? 60 : 120))); then
             msg "  $done of $total crates built, $(mins $((SECONDS - t0))) so far ($now)"
-            shown=$SECONDS
+            shown=$SECONDS lines=$((lines + 1))
         fi
     done
     ((tty == 0 || built == 0)) || printf '\r\033[K' >&2
