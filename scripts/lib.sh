@@ -45,7 +45,7 @@ build_release() {
     total=$(grep -c . <<<"$tree") ours=$(grep -c ' 1$' <<<"$tree")
     {
         CARGO_FUTURE_INCOMPAT_REPORT_FREQUENCY=always \
-            cargo build --release -q --message-format=json-render-diagnostics 2> >(nom_note >&2) |
+            cargo build --release --message-format=json-render-diagnostics 2> >(nom_note >&2) |
             build_progress "$total" "$ours"
         statuses=("${PIPESTATUS[@]}")
         wait $! # nom_note's last lines
@@ -104,11 +104,13 @@ build_progress() {
 
 mins() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
-# nom_note: passes cargo's stderr on; after cargo's future-incompatibility notice, when it names
-# only nom, says what it means.
+# nom_note: passes cargo's stderr on without its status lines (Compiling, Downloaded, ...: -q
+# would also drop the future-incompatibility notice); after that notice, when it names only
+# nom, says what it means.
 nom_note() {
     local line nom=0
     while IFS= read -r line; do
+        [[ $line =~ ^\ *(Compiling|Checking|Downloading|Downloaded|Updating|Locking|Adding|Blocking|Finished|Fresh|Running)\  ]] && continue
         printf '%s\n' "$line"
         if [[ $line == 'warning: the following packages contain code that will be rejected by a future version of Rust: nom v'* &&
             $line != *,* ]]; then
