@@ -85,7 +85,8 @@ build_progress() {
             if [[ $line != *'"fresh":true'* ]]; then
                 ((built > 0)) || msg "cargo build --release: compiling the workspace and its dependencies ($total crates; the first build takes a few minutes)"
                 built=$((built + 1))
-                last=${line#*\"target\":\{*\"name\":\"} last=${last%%\"*}
+                # The package's name (package_id: ...#NAME@VERSION, or .../NAME#VERSION).
+                if [[ $id == *#*@* ]]; then last=${id##*#} last=${last%@*}; else last=${id%#*} last=${last##*/}; fi
             fi
         fi
         ((built > 0)) || continue
