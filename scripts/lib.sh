@@ -189,11 +189,12 @@ apt_update() {
     printf '%s\n' "$RPC_RUN" >target/apt-updated
 }
 # apt_lists_stale PKG...: should apt-get update run first (not done yet in this run, and a
-# package without a candidate or no package list from the last day)?
+# package without a candidate or no package list written in the last day: ctime, as apt sets
+# a list's mtime to the mirror's date)?
 apt_lists_stale() {
     local pkg
     apt_update_done && return 1
-    [[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -1 2>/dev/null | head -n 1) ]] || return 0
+    [[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -ctime -1 2>/dev/null | head -n 1) ]] || return 0
     for pkg; do
         apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]' || return 0
     done
