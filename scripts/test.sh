@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Full check (CI runs it: .ci/run): build dependencies, broker (the release build), fmt,
+# Full check (CI runs it: .ci/run): Debian packages, the release build, broker, fmt,
 # clippy, shellcheck, the unit and integration tests (in release), faults, the end-to-end run of
 # the scripts, metrics, interop, TLS, RabbitMQ 4.x, a bench smoke, and beside these last ones in
 # the background the cluster test (each on nodes of its own: the broker on 5672 is never
 # restarted). The first stage installs every Debian package the stages use.
-#   scripts/test.sh           everything, about 8-10 minutes (from a fresh clone)
+#   scripts/test.sh           everything: on a fresh 2-core machine after demo.sh about 14
+#                             minutes, installs included; about 7 once installed and built
 #   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
 #                             default (cargo test --workspace) in debug against the running
 #                             broker (AMQP_URI, default 127.0.0.1:5672); nothing started
