@@ -16,10 +16,9 @@ set -euo pipefail
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 node_installed # a missing RabbitMQ is a skip here, not a failure as in scripts/cluster.sh
-ensure_build_deps
 # The partition scenario cuts links with iptables; without it (no root) that scenario is skipped.
 if ! command -v iptables >/dev/null 2>&1 && ((EUID == 0)); then
-    apt_install iptables || warn "cannot install iptables: the partition scenario will be skipped"
+    apt_install iptables || warn "iptables could not be installed (see above): the partition scenario will be left out"
 fi
 
 # One run at a time: a second run would stop the first one's nodes.
@@ -49,7 +48,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # The scenarios run target/release/rpc-client.
-cargo build --release
+build_release
 scripts/cluster.sh up
 uris=$(scripts/cluster.sh uris)
 msg "running the cluster test (cargo test --release -p rpc-server --test it cluster::; scenarios ${CLUSTER_SCENARIOS:-all})"

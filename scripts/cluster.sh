@@ -60,7 +60,7 @@ start_app() {
 }
 
 cmd_up() {
-    local i t0=$SECONDS deadline json members running started=
+    local i t0=$SECONDS deadline json members running out started=
     local -a to_start=()
     for ((i = 1; i <= N; i++)); do
         sel "$i"
@@ -95,16 +95,22 @@ cmd_up() {
     # Join every other node to node 1, unless node 1 already counts it as a member.
     if ((N > 1)); then
         sel 1
-        json=$(cluster_json) || json=
-        [[ -n $json ]] || die "rabbitmqctl cluster_status failed on $NODE"
+        # Each try may take 30 s on a busy machine (the first after a boot is the slowest).
+        until json=$(cluster_json) && [[ -n $json ]]; do
+            ((SECONDS < deadline)) || die "rabbitmqctl cluster_status failed on $NODE until the deadline (${NODE_WAIT}s)"
+            sleep 1
+        done
         members=" $(json_nodes "$json" disk_nodes) $(json_nodes "$json" ram_nodes) "
         for ((i = 2; i <= N; i++)); do
             sel "$i"
             [[ $members == *" $NODE "* ]] && continue
             msg "joining $NODE to $(name 1)"
             node_ctl 60 -q stop_app >/dev/null || die "rabbitmqctl stop_app failed on $NODE"
-            node_ctl 60 -q join_cluster "$(name 1)" >/dev/null ||
-                die "rabbitmqctl join_cluster $(name 1) failed on $NODE"
+            # Its output only if it fails: a join that works logs "[error] Failed to create a
+            # tracked connection table for node ...: node_not_running" (this node's app is
+            # stopped while it joins; the tables are made when the app starts).
+            out=$(node_ctl 60 -q join_cluster "$(name 1)" 2>&1) ||
+                die "rabbitmqctl join_cluster $(name 1) failed on $NODE: $out"
             start_app
         done
     fi

@@ -12,12 +12,19 @@ client=$BIN_DIR/rpc-client
 
 step() { printf '\n%s: === %s\n' "$PROG" "$*"; }
 
-step "broker"
-scripts/broker.sh
+step "Debian packages"
+mapfile -t missing < <(missing_packages build rabbitmq)
+if ((${#missing[@]} == 0)); then
+    msg "the build's and RabbitMQ's packages are installed"
+else
+    apt_install "${missing[@]}" || die "cannot go on without ${missing[*]} (see above)"
+fi
 
 step "cargo build --release"
-ensure_build_deps
-cargo build --release
+build_release
+
+step "broker"
+scripts/broker.sh
 
 step "starting $count server(s)"
 scripts/start-servers.sh "$count"

@@ -17,7 +17,9 @@ set -euo pipefail
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
 ensure_venv scripts/interop/requirements.txt scripts/interop/requirements-otel.txt
 # The amqplib peers (scripts/interop/node): Node.js and npm (Debian's if missing), then npm ci.
-command -v npm >/dev/null || apt_install nodejs npm || die "the amqplib peers need Node.js and npm"
+mapfile -t missing < <(missing_packages node)
+((${#missing[@]} == 0)) || apt_install "${missing[@]}" ||
+    die "the amqplib peers need Node.js and npm, which could not be installed (see above)"
 lock=scripts/interop/node/package-lock.json stamp=target/node-peers/installed.json
 if ! cmp -s "$lock" "$stamp"; then
     mkdir -p target/node-peers && cp scripts/interop/node/package.json "$lock" target/node-peers/

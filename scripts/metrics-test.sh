@@ -10,7 +10,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ $# -eq 0 ]] || die "usage: $PROG   (takes no arguments)"
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    apt_install prometheus || skip "prometheus is not installed and cannot be installed here (needs root)"
+if [[ -n $(missing_packages prometheus) ]]; then
+    apt_install prometheus || { (($? == 1)) && skip "prometheus is not installed, and installing it needs root"; die "installing prometheus failed (see above)"; }
 fi
 stage_tests metrics

@@ -56,6 +56,8 @@ node_select() {
         ERL_EPMD_ADDRESS=127.0.0.1 'ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}'
         LC_ALL=C.UTF-8 ${NODE_EPMD_PORT:+"ERL_EPMD_PORT=$NODE_EPMD_PORT"})
     NODE_EPMD=(${NODE_EPMD_PORT:+"ERL_EPMD_PORT=$NODE_EPMD_PORT"})
+    NODE_INETRC=$NODE_BASE/home/inetrc
+    [[ ! -s $NODE_ROOT$NODE_INETRC ]] || NODE_ENV+=("ERL_INETRC=$NODE_INETRC")
     # Where the host sees the node's files.
     NODE_HOST_DIR=$NODE_ROOT$NODE_DIR
 }
@@ -94,6 +96,24 @@ node_show_log() {
     done
 }
 
+# node_write_inetrc: the Erlang resolver's settings of the nodes and of rabbitmqctl: this
+# machine's name is 127.0.0.1. rabbitmqctl's own node is rabbitmqcli-N-rabbit@<hostname>, and a
+# command that asks every node of a cluster (list_queues, list_connections) has each node send
+# its rows to it; the nodes reach it by that name. Debian maps the hostname to 127.0.1.1 in
+# /etc/hosts, where neither rabbitmqctl's distribution port nor epmd listens (both on
+# 127.0.0.1 only): without this, such commands wait for those rows until they time out.
+node_write_inetrc() {
+    local host
+    host=$(uname -n)
+    mkdir -p "$NODE_ROOT$NODE_BASE/home"
+    {
+        printf '%% Written by scripts/%s: see node_write_inetrc in scripts/node.sh.\n' "$PROG"
+        printf '{host, {127,0,0,1}, ["%s"%s]}.\n' "$host" "$([[ $host == *.* ]] && printf ', "%s"' "${host%%.*}")"
+        printf '{lookup, [file, native]}.\n'
+    } >"$NODE_ROOT$NODE_INETRC"
+    [[ " ${NODE_ENV[*]} " == *" ERL_INETRC="* ]] || NODE_ENV+=("ERL_INETRC=$NODE_INETRC")
+}
+
 # node_write_config CONF-LINE...: a fresh node directory and cookie (kept if there), and the
 # node's rabbitmq.conf with these lines.
 node_write_config() {
@@ -126,6 +146,7 @@ node_preflight() {
 node_start() {
     local deadline
     node_preflight
+    node_write_inetrc
     rm -f "$NODE_ROOT$NODE_PID_FILE"
     msg "starting $NODE (AMQP $NODE_HOST:$NODE_PORT, distribution $NODE_HOST:$NODE_DIST)"
     "${NODE_RUN[@]}" env "${NODE_ENV[@]}" \
