@@ -249,8 +249,11 @@ pub fn exited(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// Parses `args` alone: without the flags' environment variables (the 4.x stage exports
+    /// AMQP_URI, which conflicts with `--port`).
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+        let command = command().mut_args(|arg| arg.env(None::<&str>));
+        Cli::from_arg_matches(&command.try_get_matches_from(args)?)
     }
 
     /// `probe HOST PORT` probes HOST:PORT also with broker URIs given (AMQP_URI exported, as
