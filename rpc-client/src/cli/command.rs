@@ -263,6 +263,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: true,
             };
             let mut client = FibonacciRpcClient::connect(&options)?;
+            // Echo servers too: each reply is compared with the first (bench::run).
+            client.set_checked(false);
             wait_for_server(cli.wait_for_server, &options.queue, |within| {
                 client.wait_for_server(within)
             })?;
