@@ -4,8 +4,8 @@
 # the scripts, metrics, interop, TLS, RabbitMQ 4.x, a bench smoke, and beside these last ones in
 # the background the cluster test (each on nodes of its own: the broker on 5672 is never
 # restarted). The first stage installs every Debian package the stages use.
-#   scripts/test.sh           everything: on a fresh 2-core machine after demo.sh about 14
-#                             minutes, installs included; about 7 once installed and built
+#   scripts/test.sh           everything: on a fresh 2-core machine after demo.sh 9-12 minutes
+#                             (14 on a busy one), installs included; about 7 once installed and built
 #   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
 #                             default (cargo test --workspace) in debug against the running
 #                             broker (AMQP_URI, default 127.0.0.1:5672); nothing started
