@@ -21,6 +21,16 @@ pub const SLOW: u64 = 555;
 /// Answered with an error reply whose header values and body would attack a terminal.
 pub const HOSTILE: u64 = 888;
 
+/// A fib(n) request as our client sends it: n, `reply_to` and `correlation_id`.
+fn fib_request(delivery: &Delivery) -> (u64, String, Option<&str>) {
+    let n = std::str::from_utf8(&delivery.body)
+        .expect("utf8")
+        .parse()
+        .expect("number");
+    let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
+    (n, reply_to, delivery.properties.correlation_id().as_deref())
+}
+
 /// A stand-in server: answers fib(n) for small n, and misbehaves on cue.
 pub struct Responder {
     stop: Sender<()>,
@@ -31,12 +41,7 @@ impl Responder {
     /// With `stray`, every real reply is preceded by one with an unknown correlation id.
     pub fn start(queue: &str, stray: bool) -> Responder {
         Responder::spawn(queue, move |admin, delivery| {
-            let n: u64 = std::str::from_utf8(&delivery.body)
-                .expect("utf8")
-                .parse()
-                .expect("number");
-            let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
-            let id = delivery.properties.correlation_id().as_deref();
+            let (n, reply_to, id) = fib_request(delivery);
             let (body, error) = match n {
                 MALFORMED => (b"abc".to_vec(), None),
                 REFUSED => (b"refused on purpose".to_vec(), Some(ErrorCode::BadRequest)),
@@ -67,12 +72,7 @@ impl Responder {
     /// [`overflowed_fib`] says those servers send, and the right value otherwise.
     pub fn start_overflowing(queue: &str) -> Responder {
         Responder::spawn(queue, |admin, delivery| {
-            let n: u64 = std::str::from_utf8(&delivery.body)
-                .expect("utf8")
-                .parse()
-                .expect("number");
-            let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
-            let id = delivery.properties.correlation_id().as_deref();
+            let (n, reply_to, id) = fib_request(delivery);
             let body = overflowed_fib(n).map_or_else(|| small_fib(n).to_string(), str::to_string);
             let props = wire::reply_properties(id, "overflowing", None);
             admin
