@@ -82,6 +82,14 @@ type Served = Result<(Vec<u8>, Option<String>), Reply>;
 /// A request to try once more on a fresh program: the failure was not its own. Why.
 struct Again(String);
 
+/// Ends the slot's program (`why` it is ended); one that never answered counts as a failed
+/// start, for the backoff.
+fn end_program(slot: &mut Slot, why: &str) {
+    if slot.kept.take().map_or(0, |kept| kept.answered) == 0 {
+        slot.backoff.failed(why);
+    }
+}
+
 /// Whether `line` is a `json` reply to an earlier request than `id` of the slot's program.
 fn earlier_reply(slot: &Slot, got: Option<u64>, id: u64) -> bool {
     let Some(first) = slot.kept.as_ref().and_then(|kept| kept.first_id) else {
@@ -323,11 +331,7 @@ impl StreamHandler {
                     format!("wrote {bytes} bytes nobody asked for (out of step)")
                 }
             };
-            let answered = kept.answered;
-            slot.kept = None;
-            if answered == 0 {
-                slot.backoff.failed(&why);
-            }
+            end_program(slot, &why);
             log::warn!(
                 target: command::COMMAND_LOG,
                 "worker {}: the program {why}; starting it again",
@@ -481,10 +485,7 @@ impl StreamHandler {
             Outcome::Exited(Some(status)) if status.success() && !last_try => {
                 let why =
                     format!("the program exited with status 0 with a request in hand{stderr}");
-                slot.kept = None;
-                if answered == 0 {
-                    slot.backoff.failed(&why);
-                }
+                end_program(slot, &why);
                 log::info!(
                     target: command::COMMAND_LOG,
                     "worker {}: {why}, unanswered: the request goes to a fresh program",
