@@ -59,6 +59,9 @@ pub struct RpcClient {
     queue: String,
     timeout: Duration,
     idempotent: bool,
+    /// Whether a call without a parent trace context starts a new trace
+    /// ([`RpcClient::set_trace`]).
+    trace: bool,
     /// The bound on each set-up round trip of a connection.
     setup_limit: Duration,
     closed: bool,
@@ -98,9 +101,17 @@ impl RpcClient {
             queue: options.queue.clone(),
             timeout: options.timeout,
             idempotent: options.idempotent,
+            trace: false,
             setup_limit,
             closed: false,
         })
+    }
+
+    /// Whether calls without a parent trace context ([`RpcRequest::trace`]) start a new
+    /// trace each, and so carry a `traceparent` (off by default: such calls carry no trace
+    /// context, and none is generated). Calls with a parent are always sent as its children.
+    pub fn set_trace(&mut self, start: bool) {
+        self.trace = start;
     }
 
     /// Sends `request` and returns the reply.
@@ -319,20 +330,23 @@ impl RpcClient {
 fn finish(
     delivery: Delivery,
     started: Instant,
-    trace: TraceContext,
+    trace: Option<TraceContext>,
     describe: impl FnOnce() -> String,
 ) -> RpcReply {
     let elapsed = started.elapsed();
     let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
-    log::info!(
-        trace_id:display = trace.trace_id,
-        duration_ms = elapsed.as_secs_f64() * 1e3;
-        "{} answered by {} in {:.2} ms, trace {}",
-        describe(),
-        server.as_deref().unwrap_or("a server without a name"),
-        elapsed.as_secs_f64() * 1e3,
-        trace.trace_id
-    );
+    let by = server.as_deref().unwrap_or("a server without a name");
+    let ms = elapsed.as_secs_f64() * 1e3;
+    match &trace {
+        Some(trace) => log::info!(
+            trace_id:display = trace.trace_id,
+            duration_ms = ms;
+            "{} answered by {by} in {ms:.2} ms, trace {}",
+            describe(),
+            trace.trace_id
+        ),
+        None => log::info!(duration_ms = ms; "{} answered by {by} in {ms:.2} ms", describe()),
+    }
     RpcReply {
         body: delivery.body,
         properties: delivery.properties,

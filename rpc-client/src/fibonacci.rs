@@ -29,8 +29,9 @@ pub struct Reply {
     pub server: Option<String>,
     /// From publishing the request to receiving the reply.
     pub elapsed: Duration,
-    /// The trace the call belongs to (see [`FibonacciRpcClient::set_parent`]).
-    pub trace_id: TraceId,
+    /// The trace the call belongs to, if it was traced (see [`FibonacciRpcClient::set_parent`]
+    /// and [`FibonacciRpcClient::set_trace`]).
+    pub trace_id: Option<TraceId>,
 }
 
 /// A connection to the broker that calls fib(n) remotely.
@@ -46,7 +47,7 @@ fn describe(n: u64) -> String {
     format!("fib({n})")
 }
 
-/// The request for fib(`n`), a span of `parent` (or of a new trace).
+/// The request for fib(`n`), a span of `parent` if there is one.
 fn request(n: u64, parent: Option<&TraceContext>) -> RpcRequest {
     RpcRequest::new(wire::encode_request(n)).with_parent(parent.cloned())
 }
@@ -74,7 +75,7 @@ fn fib_reply(n: u64, reply: RpcReply, checked: bool) -> Result<Reply, Error> {
         value,
         server: reply.server,
         elapsed: reply.elapsed,
-        trace_id: reply.trace.trace_id,
+        trace_id: reply.trace.map(|trace| trace.trace_id),
     })
 }
 
@@ -102,9 +103,15 @@ impl FibonacciRpcClient {
     }
 
     /// Makes each following call a span of `parent` (a child of it, in its trace); `None`
-    /// (the default) starts a new trace per call.
+    /// (the default): calls carry no trace context, unless [`FibonacciRpcClient::set_trace`]
+    /// has them start a new trace each.
     pub fn set_parent(&mut self, parent: Option<TraceContext>) {
         self.parent = parent;
+    }
+
+    /// Whether calls without a parent start a new trace each ([`RpcClient::set_trace`]).
+    pub fn set_trace(&mut self, start: bool) {
+        self.rpc.set_trace(start);
     }
 
     /// Calls fib(`n`) and returns it in decimal.

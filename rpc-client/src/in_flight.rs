@@ -28,17 +28,17 @@ pub(crate) struct Pending<T, R> {
     pub nacks: u32,
     /// How often it went unconfirmed for long and was sent again.
     pub overdue: u32,
-    /// Its span: the same on every sending.
-    pub trace: TraceContext,
+    /// Its span, if it is traced: the same on every sending.
+    pub trace: Option<TraceContext>,
 }
 
 impl<T, R> Pending<T, R> {
-    /// A call not sent yet, with `timeout` from `started`, sent as the span `trace`.
+    /// A call not sent yet, with `timeout` from `started`, sent as the span `trace` (if any).
     pub fn new(
         (index, tag, request): (usize, T, R),
         started: Instant,
         timeout: Duration,
-        trace: TraceContext,
+        trace: Option<TraceContext>,
     ) -> Self {
         Pending {
             index,
@@ -222,8 +222,7 @@ mod tests {
         let mut calls = InFlight::with_capacity(count);
         for index in 0..count {
             let started = start + Duration::from_millis(index as u64);
-            let trace = TraceContext::new_trace();
-            let call = Pending::new((index, "tag", ()), started, Duration::from_secs(1), trace);
+            let call = Pending::new((index, "tag", ()), started, Duration::from_secs(1), None);
             calls.insert(format!("id{index}"), call);
         }
         calls

@@ -91,8 +91,10 @@ pub struct RpcRequest {
     /// not empty. Of two headers with the same name, the last one is sent.
     pub headers: Vec<(String, String)>,
     /// The parent trace context: each call is sent as a new span of it (a child, with the
-    /// parent's trace id, flags and `tracestate`), or, without one, as the root of a new
-    /// trace. Its `traceparent` (and `tracestate`) replace any given in `headers`.
+    /// parent's trace id, flags and `tracestate`). Without one the call carries no trace
+    /// context, unless the client starts traces ([`crate::RpcClient::set_trace`]): then it
+    /// is the root of a new trace. Its `traceparent` (and `tracestate`) replace any given in
+    /// `headers`.
     pub trace: Option<TraceContext>,
 }
 
@@ -139,22 +141,28 @@ impl RpcRequest {
         Ok(())
     }
 
-    /// The AMQP properties of this request sent as the span `trace`, on top of `properties`
-    /// (where to reply, which call).
+    /// The AMQP properties of this request sent as the span `trace` (if it is traced), on
+    /// top of `properties` (where to reply, which call). No header table without headers or
+    /// a trace.
     pub(crate) fn properties(
         &self,
         mut properties: AmqpProperties,
-        trace: &TraceContext,
+        trace: Option<&TraceContext>,
     ) -> AmqpProperties {
         if let Some(content_type) = &self.content_type {
             properties = properties.with_content_type(content_type.clone());
+        }
+        if self.headers.is_empty() && trace.is_none() {
+            return properties;
         }
         let mut headers: FieldTable = self
             .headers
             .iter()
             .map(|(name, value)| (name.clone(), AmqpValue::LongString(value.clone())))
             .collect();
-        wire::insert_trace(&mut headers, trace);
+        if let Some(trace) = trace {
+            wire::insert_trace(&mut headers, trace);
+        }
         properties.with_headers(headers)
     }
 }
@@ -170,9 +178,9 @@ pub struct RpcReply {
     pub server: Option<String>,
     /// From publishing the request to receiving the reply.
     pub elapsed: Duration,
-    /// The trace context the request was sent with (the call's span): its trace id is the
-    /// one the server logs and puts on its reply.
-    pub trace: TraceContext,
+    /// The trace context the request was sent with (the call's span), if it was traced: its
+    /// trace id is the one the server logs and puts on its reply.
+    pub trace: Option<TraceContext>,
 }
 
 /// The headers of a message without any.

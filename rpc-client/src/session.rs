@@ -220,14 +220,14 @@ impl Session {
         self.broker
     }
 
-    /// Publishes `request` to `queue` as the call `correlation_id`, span `trace`, whose caller waits
+    /// Publishes `request` to `queue` as the call `correlation_id`, span `trace` (if traced), whose caller waits
     /// `remaining` more (its `expiration`); returns its publish sequence number. Fails at once
     /// while the broker blocks our publishers; the publish itself waits at most `remaining`.
     pub fn publish(
         &mut self,
         queue: &str,
         request: &RpcRequest,
-        trace: &TraceContext,
+        trace: Option<&TraceContext>,
         correlation_id: &str,
         remaining: Duration,
     ) -> Result<u64, Error> {

@@ -3,10 +3,14 @@
 //! the Java and .NET clients) carry it.
 //!
 //! A [`TraceContext`] is one span's place in a trace: the trace id, the span id, the flags
-//! and the vendors' `tracestate`. The client sends a child of its parent context (or a new
-//! trace) on every call; the server reads the request's context ([`TraceContext::parse`]: a
-//! malformed one counts as absent), makes its own span a child of it (or starts a new trace)
-//! and puts that span's `traceparent` on the reply. Ids come from `crate::amqp` (`random_u64`): not for
+//! and the vendors' `tracestate`. Trace context is paid for only when tracing is in use, as
+//! in OpenTelemetry without a configured SDK: the client sends a child of its parent context
+//! when it has one (`TRACEPARENT`, or one the caller gives), a new trace only when asked to
+//! start traces, and otherwise no `traceparent` at all. The server reads the request's
+//! context ([`TraceContext::parse`]: a malformed one counts as absent) and, when there is one,
+//! makes its own span a child of it and puts that span's `traceparent` on the reply; a request
+//! without one gets no trace unless the server is told to start them
+//! ([`TraceContext::span_of`]). Ids come from `crate::amqp` (`random_u64`): not for
 //! cryptography, as W3C asks of ids only that they be unlikely to collide.
 
 use crate::amqp::random_u64;
@@ -84,9 +88,14 @@ impl TraceContext {
         }
     }
 
-    /// A child of `parent`, or the root of a new trace without one.
-    pub fn child_of(parent: Option<&TraceContext>) -> TraceContext {
-        parent.map_or_else(TraceContext::new_trace, TraceContext::child)
+    /// The span of one call or request: a child of `parent`; without a parent, the root of
+    /// a new trace if `start`, else none (nothing is generated, and no trace context sent).
+    pub fn span_of(parent: Option<&TraceContext>, start: bool) -> Option<TraceContext> {
+        match parent {
+            Some(parent) => Some(parent.child()),
+            None if start => Some(TraceContext::new_trace()),
+            None => None,
+        }
     }
 
     /// Reads a `traceparent` value and, if it is valid, a `tracestate` value. `None` when the
@@ -238,8 +247,16 @@ mod tests {
         assert!(a.sampled());
         let parsed = TraceContext::parse(Some(&a.traceparent()), None).expect("valid");
         assert_eq!(parsed, a);
-        assert_eq!(TraceContext::child_of(Some(&a)).trace_id, a.trace_id);
-        assert_ne!(TraceContext::child_of(None).trace_id, a.trace_id);
+        let child = TraceContext::span_of(Some(&a), false).expect("a child");
+        assert_eq!(child.trace_id, a.trace_id);
+        assert_ne!(child.span_id, a.span_id);
+        let started = TraceContext::span_of(None, true).expect("a new trace");
+        assert_ne!(started.trace_id, a.trace_id);
+        assert_eq!(
+            TraceContext::span_of(None, false),
+            None,
+            "no parent, not started: none"
+        );
     }
 
     #[test]

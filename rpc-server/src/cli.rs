@@ -78,6 +78,12 @@ pub struct Cli {
     #[arg(long)]
     pub confirm_replies: bool,
 
+    /// Start a W3C trace for each request that carries no (valid) `traceparent`: every reply
+    /// then has one and every request line a trace id. Without it only requests that carry
+    /// trace context are traced (their replies get the server span's `traceparent`).
+    #[arg(long)]
+    pub trace: bool,
+
     /// Largest n served by Fibonacci; larger requests get an error reply.
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     pub max_n: u64,
@@ -182,6 +188,7 @@ impl Cli {
             max_retries: self.max_retries,
             max_backoff: self.max_backoff,
             confirm_replies: self.confirm_replies,
+            start_traces: self.trace,
             metrics: None,
         })
     }

@@ -34,10 +34,10 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The request's AMQP properties (`correlation_id`, `content_type`, `headers`, …).
     pub properties: &'a AmqpProperties,
-    /// The server's span of this request: a child of the request's `traceparent`, or the root
-    /// of a new trace when it has none (or a malformed one). Its `traceparent` goes on the
-    /// reply.
-    pub trace: &'a TraceContext,
+    /// The server's span of this request, if it is traced: a child of the request's
+    /// `traceparent`; for a request without one (or with a malformed one), the root of a new
+    /// trace with `--trace`, else `None`. Its `traceparent` goes on the reply.
+    pub trace: Option<&'a TraceContext>,
 }
 
 impl Request<'_> {
@@ -46,9 +46,9 @@ impl Request<'_> {
         wire::header(self.properties, name)
     }
 
-    /// Writes the per-request line ([`REQUEST_LOG`], info): `message` and the trace id, and,
-    /// as fields of a JSON line, the correlation id (printable), trace id, `outcome`
-    /// (`answered`, or the error code) and `duration_ms` (`took`).
+    /// Writes the per-request line ([`REQUEST_LOG`], info): `message` and the trace id (when
+    /// traced), and, as fields of a JSON line, the correlation id (printable), trace id (when
+    /// traced), `outcome` (`answered`, or the error code) and `duration_ms` (`took`).
     pub fn log(&self, message: std::fmt::Arguments<'_>, error: Option<ErrorCode>, took: Duration) {
         if !log::log_enabled!(target: REQUEST_LOG, log::Level::Info) {
             return;
@@ -58,15 +58,27 @@ impl Request<'_> {
             .correlation_id()
             .as_deref()
             .map(wire::printable);
-        log::info!(
-            target: REQUEST_LOG,
-            correlation_id = correlation_id.as_deref().unwrap_or(""),
-            trace_id:% = self.trace.trace_id,
-            outcome = error.map_or("answered", ErrorCode::as_str),
-            duration_ms = took.as_secs_f64() * 1e3;
-            "{message} (trace {})",
-            self.trace.trace_id
-        );
+        let correlation_id = correlation_id.as_deref().unwrap_or("");
+        let outcome = error.map_or("answered", ErrorCode::as_str);
+        let duration_ms = took.as_secs_f64() * 1e3;
+        match self.trace {
+            Some(trace) => log::info!(
+                target: REQUEST_LOG,
+                correlation_id,
+                trace_id:% = trace.trace_id,
+                outcome,
+                duration_ms;
+                "{message} (trace {})",
+                trace.trace_id
+            ),
+            None => log::info!(
+                target: REQUEST_LOG,
+                correlation_id,
+                outcome,
+                duration_ms;
+                "{message}"
+            ),
+        }
     }
 }
 
@@ -243,7 +255,7 @@ mod tests {
         let request = Request {
             body: b"10",
             properties: &properties,
-            trace: &TraceContext::new_trace(),
+            trace: Some(&TraceContext::new_trace()),
         };
         let fib = Fibonacci {
             max_n: 100,

@@ -63,6 +63,10 @@ pub struct ServerOptions {
     /// throughput (see the README), and without it a request is acked after its reply is
     /// published, as in the tutorial.
     pub confirm_replies: bool,
+    /// Start a new trace for each request without trace context (`--trace`). Off by default:
+    /// such a request is not traced (no trace id logged, no `traceparent` on its reply), as
+    /// with OpenTelemetry without a configured SDK; a request that carries one always is.
+    pub start_traces: bool,
     /// Where the server counts what it does and says whether it is ready (served over HTTP
     /// by [`crate::http::Endpoint`] with `--metrics-addr`); `None` counts nothing.
     pub metrics: Option<Arc<Metrics>>,
@@ -83,6 +87,7 @@ impl Default for ServerOptions {
             max_retries: None,
             max_backoff: Duration::from_secs(10),
             confirm_replies: false,
+            start_traces: false,
             metrics: None,
         }
     }

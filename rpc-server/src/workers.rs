@@ -31,8 +31,8 @@ pub struct Done {
     pub reply: Reply,
     /// How long the handler took.
     pub took: Duration,
-    /// The server's span of the request (see [`Request::trace`]).
-    pub trace: TraceContext,
+    /// The server's span of the request, if it is traced (see [`Request::trace`]).
+    pub trace: Option<TraceContext>,
 }
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
@@ -44,12 +44,18 @@ pub struct Workers {
     inline: Option<Arc<dyn Handler>>,
     size: usize,
     busy: usize,
+    /// Whether a request without trace context starts a new trace (`--trace`).
+    start_traces: bool,
 }
 
 impl Workers {
     /// Starts `size` threads running `handler` (none for a size of 1 or less: see the module
-    /// documentation).
-    pub fn start(handler: Arc<dyn Handler>, size: usize) -> std::io::Result<Workers> {
+    /// documentation); with `start_traces`, a request without trace context gets a new trace.
+    pub fn start(
+        handler: Arc<dyn Handler>,
+        size: usize,
+        start_traces: bool,
+    ) -> std::io::Result<Workers> {
         let size = size.max(1);
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         if size == 1 {
@@ -59,6 +65,7 @@ impl Workers {
                 inline: Some(handler),
                 size,
                 busy: 0,
+                start_traces,
             });
         }
         let (finished, done) = crossbeam_channel::unbounded();
@@ -75,7 +82,7 @@ impl Workers {
                     } in queue
                     {
                         let started = Instant::now();
-                        let (reply, trace) = handle(handler.as_ref(), &delivery);
+                        let (reply, trace) = handle(handler.as_ref(), &delivery, start_traces);
                         let done = Done {
                             generation,
                             delivery,
@@ -95,6 +102,7 @@ impl Workers {
             inline: None,
             size,
             busy: 0,
+            start_traces,
         })
     }
 
@@ -121,7 +129,7 @@ impl Workers {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
             let started = Instant::now();
-            let (reply, trace) = handle(handler.as_ref(), &delivery);
+            let (reply, trace) = handle(handler.as_ref(), &delivery, self.start_traces);
             return Some(Done {
                 generation,
                 delivery,
@@ -151,14 +159,18 @@ impl Workers {
     }
 }
 
-/// The handler's reply to `delivery`, and the server's span of it; a panic becomes an
-/// `internal` error reply.
-fn handle(handler: &dyn Handler, delivery: &Delivery) -> (Reply, TraceContext) {
-    let trace = server_span(&delivery.properties);
+/// The handler's reply to `delivery`, and the server's span of it if traced ([`server_span`]);
+/// a panic becomes an `internal` error reply.
+fn handle(
+    handler: &dyn Handler,
+    delivery: &Delivery,
+    start_traces: bool,
+) -> (Reply, Option<TraceContext>) {
+    let trace = server_span(&delivery.properties, start_traces);
     let request = Request {
         body: &delivery.body,
         properties: &delivery.properties,
-        trace: &trace,
+        trace: trace.as_ref(),
     };
     let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
         log::error!("the handler panicked; answering with an internal error reply");
@@ -170,8 +182,9 @@ fn handle(handler: &dyn Handler, delivery: &Delivery) -> (Reply, TraceContext) {
     (reply, trace)
 }
 
-/// The server's span of a request with `properties`: a child of its trace context, or the
-/// root of a new trace when it has none or a malformed one (which is never passed on).
-pub fn server_span(properties: &AmqpProperties) -> TraceContext {
-    TraceContext::child_of(wire::trace_context(properties).as_ref())
+/// The server's span of a request with `properties`: a child of its trace context; when it
+/// has none or a malformed one (which is never passed on), the root of a new trace if
+/// `start_traces` (`--trace`), else none: the request is not traced.
+pub fn server_span(properties: &AmqpProperties, start_traces: bool) -> Option<TraceContext> {
+    TraceContext::span_of(wire::trace_context(properties).as_ref(), start_traces)
 }

@@ -57,6 +57,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", global = true, value_parser = parse_seconds)]
     pub wait_for_server: Option<Duration>,
 
+    /// Start a new W3C trace for each call and send its `traceparent`. Without it, calls
+    /// carry trace context only when TRACEPARENT holds a parent (each call is then its child).
+    #[arg(long, global = true)]
+    pub trace: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -196,6 +201,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         reply_queue: cli.reply_queue,
         ..ClientOptions::default()
     };
+    // Trace context only when tracing is in use: a parent in TRACEPARENT, or --trace.
+    let parent = TraceContext::from_env();
     let mut stdout = std::io::stdout().lock();
     match cli.command {
         None => {
@@ -203,7 +210,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             wait_for_server(cli.wait_for_server, &options.queue, |within| {
                 client.wait_for_server(within)
             })?;
-            client.set_parent(TraceContext::from_env());
+            client.set_parent(parent);
+            client.set_trace(cli.trace);
             print_in_order(&mut client, &cli.numbers, cli.in_flight.into(), &mut stdout)?;
             close(client.close());
         }
@@ -215,7 +223,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             in_flight,
             idempotent,
         }) => {
-            let parent = TraceContext::from_env();
             let requests: Vec<RpcRequest> =
                 read_bodies(bodies, std::io::stdin().lock(), MAX_STDIN_BODY)?
                     .into_iter()
@@ -236,6 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ..options
             };
             let mut client = RpcClient::connect(&options)?;
+            client.set_trace(cli.trace);
             wait_for_server(cli.wait_for_server, &options.queue, |within| {
                 client.wait_for_server(within)
             })?;
@@ -265,6 +273,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = FibonacciRpcClient::connect(&options)?;
             // Echo servers too: each reply is compared with the first (bench::run).
             client.set_checked(false);
+            client.set_parent(parent);
+            client.set_trace(cli.trace);
             wait_for_server(cli.wait_for_server, &options.queue, |within| {
                 client.wait_for_server(within)
             })?;

@@ -137,9 +137,10 @@ pub fn write_body(out: &mut dyn Write, body: &[u8]) -> io::Result<()> {
 
 /// Writes `reply` as one line of JSON:
 /// `{"body": …, "encoding": "utf-8"|"base64", "content_type": …|null, "headers": {…},
-/// "server": …|null, "trace_id": "<32 hex digits>", "elapsed_ms": 1.234}`, the body as a string if it is UTF-8, in base64
-/// otherwise, header values as text ([`wire::header_text`]). With `error` (the reply's
-/// [`Error::Server`]): `{"error": {"code": …, "message": …}, "server": …, "trace_id": …, "elapsed_ms": …}`.
+/// "server": …|null, "trace_id": "<32 hex digits>", "elapsed_ms": 1.234}`, the body as a
+/// string if it is UTF-8, in base64 otherwise, header values as text ([`wire::header_text`]),
+/// `trace_id` only when the call was traced. With `error` (the reply's [`Error::Server`]):
+/// `{"error": {"code": …, "message": …}, "server": …, "trace_id": …, "elapsed_ms": …}`.
 pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) -> io::Result<()> {
     let mut line = String::with_capacity(reply.body.len() + 128);
     line.push('{');
@@ -181,9 +182,11 @@ pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) 
     }
     line.push_str(", \"server\": ");
     push_optional(&mut line, reply.server.as_deref());
+    if let Some(trace) = &reply.trace {
+        line.push_str(&format!(", \"trace_id\": \"{}\"", trace.trace_id));
+    }
     line.push_str(&format!(
-        ", \"trace_id\": \"{}\", \"elapsed_ms\": {:.3}}}\n",
-        reply.trace.trace_id,
+        ", \"elapsed_ms\": {:.3}}}\n",
         reply.elapsed.as_secs_f64() * 1e3
     ));
     out.write_all(line.as_bytes())
@@ -247,8 +250,7 @@ mod tests {
             trace: crate::trace::TraceContext::parse(
                 Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
                 None,
-            )
-            .expect("valid"),
+            ),
         }
     }
 
@@ -299,6 +301,17 @@ mod tests {
             "{\"error\": {\"code\": \"bad-request\", \"message\": \"no??[31m\"}, \
              \"server\": null, \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \
              \"elapsed_ms\": 1.234}\n"
+        );
+    }
+
+    #[test]
+    fn an_untraced_reply_has_no_trace_id() {
+        let mut r = reply(b"ok", AmqpProperties::default());
+        r.trace = None;
+        assert_eq!(
+            json_line(&r),
+            "{\"body\": \"ok\", \"encoding\": \"utf-8\", \"content_type\": null, \
+             \"headers\": {}, \"server\": \"s\\\"1\", \"elapsed_ms\": 1.234}\n"
         );
     }
 

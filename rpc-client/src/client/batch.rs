@@ -93,7 +93,7 @@ impl RpcClient {
                     break;
                 };
                 request.borrow().check()?;
-                let trace = TraceContext::child_of(request.borrow().trace.as_ref());
+                let trace = TraceContext::span_of(request.borrow().trace.as_ref(), self.trace);
                 let call = Pending::new((index, tag, request), Instant::now(), self.timeout, trace);
                 calls.insert(Uuid::new_v4().to_string(), call);
             }
@@ -198,7 +198,7 @@ impl RpcClient {
             match session.publish(
                 &self.queue,
                 call.request.borrow(),
-                &call.trace,
+                call.trace.as_ref(),
                 &id,
                 remaining,
             ) {
@@ -229,14 +229,14 @@ impl RpcClient {
                     .correlation_id()
                     .as_deref()
                     .unwrap_or("");
-                let Some(call) = calls.take(id) else {
+                let Some(mut call) = calls.take(id) else {
                     discard(&delivery);
                     return Ok(Step::Next);
                 };
                 if let (Some(seq), Some(session)) = (call.seq, self.session.as_mut()) {
                     session.answered(seq);
                 }
-                let trace = call.trace.clone();
+                let trace = call.trace.take();
                 let reply = finish(delivery, call.started, trace, || {
                     describe(call.index, &call.tag)
                 });

@@ -218,7 +218,9 @@ fn binary_call_json_describes_each_reply() {
     let queue = QueueGuard::new("bin-call-json");
     let responder = Responder::start_raw(queue.name());
     let q = queue.name();
+    // --trace: each call starts a trace, and its line says which (`trace_id`).
     let args = [
+        "--trace",
         "call",
         "--queue",
         q,

@@ -25,9 +25,10 @@
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
 //!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus [`INSTANCE_ENV`] in a contained server, the
 //!   request's [`ENV_CORRELATION_ID`],
-//!   [`ENV_CONTENT_TYPE`] and the trace context of the server's span ([`ENV_TRACEPARENT`],
-//!   [`ENV_TRACESTATE`]): same trace as the request's `traceparent` (a new one when it has
-//!   none, or a malformed one), the server's span as the parent.
+//!   [`ENV_CONTENT_TYPE`] and, when the request is traced, the trace context of the server's
+//!   span ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]): same trace as the request's
+//!   `traceparent`, the server's span as the parent. A request without one (or with a
+//!   malformed one) sets neither, unless the server starts traces (`--trace`).
 //!
 //! ```no_run
 //! use rpc_server::command::{CommandHandler, CommandOptions};
@@ -76,7 +77,7 @@ pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
 pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
 /// The `traceparent` (W3C trace context) of the server's span of the request, under the name
 /// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
-/// never a request's header as received.
+/// never a request's header as received. Unset for a request that is not traced.
 pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
 /// The request's `tracestate` header (W3C trace context), when valid and with a valid
 /// `traceparent`.
@@ -342,7 +343,7 @@ mod tests {
         handler.handle(&Request {
             body,
             properties: &properties,
-            trace: &TraceContext::new_trace(),
+            trace: None,
         })
     }
 
@@ -399,7 +400,7 @@ mod tests {
         let mut options = CommandOptions::new("yes", Vec::<String>::new());
         options.max_reply_bytes = 100_000;
         let reply = CommandHandler::new(options).expect("yes").handle(&Request {
-            trace: &TraceContext::new_trace(),
+            trace: None,
             body: b"",
             properties: &AmqpProperties::default(),
         });
@@ -433,15 +434,24 @@ mod tests {
         let properties = AmqpProperties::default()
             .with_correlation_id("id-7".into())
             .with_headers(headers);
-        let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|\
+        let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|${TRACEPARENT-unset}|\
                       ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
-        // The malformed traceparent counts as absent (its tracestate with it): the command
-        // gets the server's span of a new trace, never the header as received.
-        let trace = crate::workers::server_span(&properties);
+        // The malformed traceparent counts as absent (its tracestate with it): the request is
+        // not traced, so the command gets no TRACEPARENT, never the header as received ...
+        let untraced = crate::workers::server_span(&properties, false);
+        assert_eq!(untraced, None);
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
             properties: &properties,
-            trace: &trace,
+            trace: None,
+        });
+        assert_eq!(message(&reply), "id-7||unset|unset|unset\n");
+        // ... and with --trace, the server's span of a new trace.
+        let trace = crate::workers::server_span(&properties, true).expect("a new trace");
+        let reply = handler("sh", &["-c", script]).handle(&Request {
+            body: b"",
+            properties: &properties,
+            trace: Some(&trace),
         });
         assert_eq!(
             message(&reply),
@@ -460,7 +470,7 @@ mod tests {
         let mut options = CommandOptions::new("cat", Vec::<String>::new());
         options.max_request_bytes = 4;
         let reply = CommandHandler::new(options).expect("cat").handle(&Request {
-            trace: &TraceContext::new_trace(),
+            trace: None,
             body: b"12345",
             properties: &AmqpProperties::default(),
         });

@@ -3,7 +3,7 @@
 
 use super::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use crate::handler::Request;
-use rpc_client::wire;
+use rpc_client::{wire, TraceContext};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -49,12 +49,15 @@ pub(super) fn command(
 ) -> std::process::Command {
     let mut command = piped(path, program, args);
     let properties = request.properties;
-    let traceparent = request.trace.traceparent();
+    let traceparent = request.trace.map(TraceContext::traceparent);
     let values = [
         (ENV_CORRELATION_ID, properties.correlation_id().as_deref()),
         (ENV_CONTENT_TYPE, properties.content_type().as_deref()),
-        (ENV_TRACEPARENT, Some(traceparent.as_str())),
-        (ENV_TRACESTATE, request.trace.state.as_deref()),
+        (ENV_TRACEPARENT, traceparent.as_deref()),
+        (
+            ENV_TRACESTATE,
+            request.trace.and_then(|t| t.state.as_deref()),
+        ),
     ];
     for (name, value) in values {
         match value {

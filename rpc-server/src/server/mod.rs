@@ -104,7 +104,7 @@ pub fn serve(
     }
     let description = handler.describe();
     let long_calls = handler.time_limit().is_some();
-    let workers = Workers::start(handler, options.workers)
+    let workers = Workers::start(handler, options.workers, options.start_traces)
         .map_err(|err| Error::Config(format!("cannot start the worker threads: {err}")))?;
     let mut server = Server {
         options,

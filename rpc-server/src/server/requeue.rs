@@ -30,7 +30,8 @@ impl Session<'_, '_> {
     ) -> Result<(), Error> {
         log::warn!("refusing a redelivered request: {why}");
         let reply = Reply::refuse(ErrorCode::Redelivered, why);
-        self.reply(delivery, reply, None, false)
+        let trace = self.span(&delivery);
+        self.reply(delivery, reply, trace, false)
     }
 
     /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of

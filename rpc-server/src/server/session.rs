@@ -242,7 +242,8 @@ impl<'c, 's> Session<'c, 's> {
                 );
                 log::warn!("refusing request: {message}");
                 let reply = Reply::refuse(wire::ErrorCode::BadRequest, &message);
-                self.reply(delivery, reply, None, false)
+                let trace = self.span(&delivery);
+                self.reply(delivery, reply, trace, false)
             }
             Admission::Redelivery(Verdict::Handle) => self.handle(delivery),
             Admission::Redelivery(Verdict::Refuse(why)) => self.refuse_redelivered(delivery, &why),
@@ -291,7 +292,12 @@ impl<'c, 's> Session<'c, 's> {
             );
             return Ok(());
         }
-        self.reply(delivery, reply, Some(trace), true)
+        self.reply(delivery, reply, trace, true)
+    }
+
+    /// The server's span of a request answered without the handler ([`server_span`]).
+    pub(super) fn span(&self, delivery: &Delivery) -> Option<TraceContext> {
+        server_span(&delivery.properties, self.server.options.start_traces)
     }
 
     /// Waits (a round trip at most) for the confirms of the replies published so far, and
@@ -318,7 +324,7 @@ impl<'c, 's> Session<'c, 's> {
     }
 
     /// Publishes `reply` to the request `delivery` with the `traceparent` of the server's
-    /// span `trace` (one is made here if not given), which is acked once the broker confirms
+    /// span `trace` when the request is traced ([`Session::span`]), which is acked once the broker confirms
     /// the reply. If the broker refuses (nacks) it, the request goes back to the queue when
     /// `requeue_on_nack`, else it is acked all the same. A reply over the server's limit
     /// becomes a `too-large` error reply: the broker would refuse it.
@@ -339,12 +345,11 @@ impl<'c, 's> Session<'c, 's> {
                 return self.unanswered(delivery, code);
             }
         }
-        let trace = trace.unwrap_or_else(|| server_span(&delivery.properties));
         let mut properties = wire::traced_reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &options.name,
             reply.error,
-            Some(&trace),
+            trace.as_ref(),
         );
         if let Some(content_type) = reply.content_type {
             properties = properties.with_content_type(content_type);

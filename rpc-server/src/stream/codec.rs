@@ -6,7 +6,7 @@
 //! - `json`: one JSON object per line each way. In: `id`, `body` (or `body_base64` when the
 //!   body is not UTF-8, or escaping it would more than double it), and when present
 //!   `content_type`, `correlation_id`, `headers` (every value as a string), `traceparent` (the
-//!   server's span) and `tracestate`. Out: `id` (the request's) with `body` or `body_base64`,
+//!   server's span, when the request is traced) and `tracestate`. Out: `id` (the request's) with `body` or `body_base64`,
 //!   and optionally `content_type`; or `id` with `error`, a message for an error reply.
 
 use super::Protocol;
@@ -126,9 +126,11 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
         }
         line.push(b'}');
     }
-    field(&mut line, "traceparent", &request.trace.traceparent());
-    if let Some(state) = &request.trace.state {
-        field(&mut line, "tracestate", state);
+    if let Some(trace) = request.trace {
+        field(&mut line, "traceparent", &trace.traceparent());
+        if let Some(state) = &trace.state {
+            field(&mut line, "tracestate", state);
+        }
     }
     line.extend_from_slice(b"}\n");
     line
@@ -263,7 +265,7 @@ mod tests {
         Request {
             body,
             properties,
-            trace,
+            trace: Some(trace),
         }
     }
 

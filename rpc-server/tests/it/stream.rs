@@ -219,6 +219,14 @@ fn json_requests_carry_body_properties_and_the_servers_span() {
     assert_eq!(seen["traceparent"], traceparent, "{seen}");
     assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
     assert!(seen["id"].is_string(), "{seen}");
+    // A request without trace context is not traced: no traceparent in the frame or reply.
+    let reply = served
+        .call(RpcRequest::new("plain"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", served.server.shown()));
+    let seen: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    assert_eq!(seen["body"], "plain", "{seen}");
+    assert!(seen.get("traceparent").is_none(), "{seen}");
+    assert_eq!(reply.header("traceparent"), None);
     served.stop();
 }
 

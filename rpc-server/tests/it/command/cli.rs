@@ -15,6 +15,8 @@ fn rpc_client(queue: &str, args: &[&str], stdin: &[u8]) -> Output {
 fn rpc_client_env(queue: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let broker = testing::broker();
     let mut child = Command::new(rpc_client_bin())
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
         .envs(env.iter().copied())
         .args(["--host", &broker.host, "--port", &broker.port.to_string()])
         .args(["--vhost", &broker.vhost, "--user", &broker.user])
@@ -174,6 +176,72 @@ fn json_logs_and_the_trace_from_rpc_clients_environment() {
     );
     let password = format!(":{}@", testing::broker().password);
     assert!(!stderr.contains(&password) && !server_log.contains(&password));
+}
+
+#[test]
+fn no_trace_context_by_default_and_trace_starts_one() {
+    let served = Served::start(
+        &logs(),
+        "cmd-untraced",
+        &[
+            "--log-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"${TRACEPARENT-none}\"",
+        ],
+    );
+    let queue = served.queue.name().to_string();
+    let json = [("RPC_LOG_FORMAT", "json")];
+    let plain = rpc_client_env(&queue, &["-v", "call", "--json", "x"], b"", &json);
+    let traced = rpc_client_env(
+        &queue,
+        &["-v", "--trace", "call", "--json", "y"],
+        b"",
+        &json,
+    );
+    let server_log = served.server.log_text();
+    let shown = served.stop();
+    let (plain_err, traced_err) = (
+        String::from_utf8_lossy(&plain.stderr),
+        String::from_utf8_lossy(&traced.stderr),
+    );
+    assert!(plain.status.success(), "{plain_err}\n{shown}");
+    assert!(traced.status.success(), "{traced_err}\n{shown}");
+    // Without TRACEPARENT or --trace: no traceparent sent, none on the reply, no trace id in
+    // the output or either log.
+    let reply: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("JSON");
+    assert_eq!(reply["body"], "none", "{reply}");
+    assert!(reply.get("trace_id").is_none(), "{reply}");
+    assert!(reply["headers"].get("traceparent").is_none(), "{reply}");
+    assert!(json_log_lines(&plain_err)
+        .iter()
+        .all(|l| l.get("trace_id").is_none()));
+    // --trace: the call starts a trace; the command's TRACEPARENT is the server's span of it.
+    let reply: serde_json::Value = serde_json::from_slice(&traced.stdout).expect("JSON");
+    let trace_id = reply["trace_id"].as_str().expect("a trace id").to_string();
+    let body = reply["body"].as_str().expect("body");
+    assert_eq!(&body[3..35], trace_id, "{reply}");
+    assert_eq!(reply["headers"]["traceparent"], body, "{reply}");
+    assert!(json_log_lines(&traced_err)
+        .iter()
+        .any(|l| l.get("trace_id").and_then(|v| v.as_str()) == Some(&trace_id)));
+    // The server's per-request lines: a trace id on the traced one only.
+    let requests: Vec<_> = json_log_lines(&server_log)
+        .into_iter()
+        .filter(|l| l["target"] == "rpc_server::request")
+        .collect();
+    assert_eq!(requests.len(), 2, "{server_log}");
+    let ids: Vec<_> = requests
+        .iter()
+        .map(|l| l.get("trace_id").cloned())
+        .collect();
+    assert!(ids.contains(&None), "{server_log}");
+    assert!(
+        ids.contains(&Some(serde_json::Value::from(trace_id))),
+        "{server_log}"
+    );
 }
 
 #[test]
