@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // An rpc-server handler for --protocol json: one JSON object per line each way. In: id, body
-// (or body_base64), correlation_id, content_type, headers, traceparent. Out: the same id with
-// body (and content_type), or with error (an exec-failed error reply).
+// (or body_base64), correlation_id, content_type, headers, and traceparent when the request is
+// traced. Out: the same id with body (and content_type), or with error (an exec-failed error
+// reply).
 //
 //   rpc-server --queue words --protocol json -- node words_json.js
 const lines = require("node:readline").createInterface({ input: process.stdin });

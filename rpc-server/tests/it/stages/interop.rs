@@ -198,7 +198,8 @@ fn interop() {
     tutorial_bad_bodies(&run, &mut t);
     for peer in [Otel::Pika, Otel::Amqplib] {
         otel_their_client(&run, &mut t, peer);
-        otel_their_server(&run, &mut t, peer);
+        otel_their_server(&run, &mut t, peer, Some(OTEL_PARENT));
+        otel_their_server(&run, &mut t, peer, None);
     }
     if flavours.contains(&"classic") {
         own_declaration(&run, &mut t, "classic", &["--transient"]);
@@ -499,46 +500,55 @@ fn otel_their_client(run: &Run, t: &mut Tally, peer: Otel) {
     });
 }
 
-/// Our client (TRACEPARENT) -> their instrumented server: one trace id in their spans, our
-/// reply's traceparent and `call --json`'s output.
-fn otel_their_server(run: &Run, t: &mut Tally, peer: Otel) {
+/// The trace id of the parent our client gets in TRACEPARENT.
+const OTEL_PARENT: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// Our client -> their instrumented server, tracing by `TRACEPARENT` (a child of the trace
+/// `parent`) or, without a parent, by `--trace` (a new trace): one trace id in their spans,
+/// our reply's traceparent and `call --json`'s output.
+fn otel_their_server(run: &Run, t: &mut Tally, peer: Otel, parent: Option<&str>) {
     let guard = QueueGuard::new("interop-otel-their");
     let q = guard.name();
+    let how = if parent.is_some() {
+        "TRACEPARENT"
+    } else {
+        "--trace"
+    };
     let o2 = format!(
-        "trace context: our client (TRACEPARENT) -> their instrumented server ({}), one trace",
+        "trace context: our client ({how}) -> their instrumented server ({}), one trace",
         peer.name()
     );
     let o2 = o2.as_str();
-    let parent = "0af7651916cd43dd8448eb211c80319c";
     let args = ["server", "--queue", q, "--count", "1"];
     let name = format!("otel-their-server-{}", peer.name());
     let mut server = match run.server(run.otel(peer, &args), &name, q) {
         Ok(server) => server,
         Err(why) => return not_ready(t, &[o2], &why),
     };
-    let mut client = our_client(&[
-        "--queue",
-        q,
-        "--timeout",
-        CALL_TIMEOUT,
-        "call",
-        "--json",
-        "10",
-    ]);
-    client.env("TRACEPARENT", format!("00-{parent}-b7ad6b7169203331-01"));
+    let mut flags = vec!["--queue", q, "--timeout", CALL_TIMEOUT];
+    if parent.is_none() {
+        flags.push("--trace");
+    }
+    flags.extend(["call", "--json", "10"]);
+    let mut client = our_client(&flags);
+    if let Some(parent) = parent {
+        client.env("TRACEPARENT", format!("00-{parent}-b7ad6b7169203331-01"));
+    }
     let out = proc::run(client, b"", CLIENT_DEADLINE);
     // Their server exits after the one request, printing the trace id its spans share.
     let exit = server.wait_exit(STOP);
     let theirs = server.stdout();
+    let theirs = theirs.trim_end();
     let json = &out.stdout;
     let ok = out.exited(0)
         && exit.is_some_and(|s| s.success())
-        && theirs.trim_end() == parent
-        && json.contains(&format!("\"trace_id\": \"{parent}\""))
-        && json.contains(&format!("\"traceparent\": \"00-{parent}-"))
+        && parent.is_none_or(|parent| theirs == parent)
+        && theirs.len() == 32
+        && json.contains(&format!("\"trace_id\": \"{theirs}\""))
+        && json.contains(&format!("\"traceparent\": \"00-{theirs}-"))
         && json.contains("\"body\": \"55\"");
     t.check(ok, o2, || {
-        let theirs = proc::tail(&theirs, 3);
+        let theirs = proc::tail(theirs, 3);
         format!(
             "  their server: {exit:?}, printed:\n{theirs}\n{}\n{}",
             out.describe(),
