@@ -19,7 +19,6 @@
 //! - `fibonacci`: [`FibonacciRpcClient`], fib(n) calls on top of [`RpcClient`].
 //! - `error`: [`Error`] and the exit codes of `rpc-client` ([`exit_code`]).
 //! - `trace`: W3C trace context ([`TraceContext`]).
-//! - [`base64`]: base64 both ways (`call --json`, the server's `--protocol json` frames).
 //! - `text`: text from the network made printable and bounded ([`wire::printable`]).
 //!
 //! Shared with `rpc-server`:
@@ -64,7 +63,6 @@
 #![deny(missing_docs)]
 
 pub mod amqp;
-pub mod base64;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod client;

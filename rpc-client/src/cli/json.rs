@@ -1,5 +1,5 @@
 //! The little JSON `rpc-client call --json` writes: strings escaped ([`push_string`]); bytes go
-//! in base64 ([`crate::base64`]).
+//! in base64 (the `base64` crate's standard alphabet, padded: in `output.rs`).
 
 use crate::text::is_bidi;
 

@@ -8,6 +8,8 @@ use crate::request::{RpcReply, RpcRequest};
 use crate::wire;
 use crate::FibonacciRpcClient;
 use crate::RpcClient;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 
@@ -163,7 +165,7 @@ pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) 
             }
             Err(_) => {
                 line.push('"');
-                line.push_str(&crate::base64::encode(&reply.body));
+                STANDARD.encode_string(&reply.body, &mut line);
                 line.push_str("\", \"encoding\": \"base64\"");
             }
         }

@@ -11,6 +11,8 @@
 
 use super::Protocol;
 use crate::handler::Request;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use rpc_client::wire;
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -104,7 +106,7 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
         Some(text) => field(&mut line, "body", text),
         None => {
             line.extend_from_slice(b",\"body_base64\":\"");
-            rpc_client::base64::encode_into(body, &mut line);
+            push_base64(&mut line, body);
             line.push(b'"');
         }
     }
@@ -134,6 +136,18 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
     }
     line.extend_from_slice(b"}\n");
     line
+}
+
+/// Appends `bytes` in base64 (standard alphabet, padded) to `line`.
+fn push_base64(line: &mut Vec<u8>, bytes: &[u8]) {
+    let start = line.len();
+    let size = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    line.resize(start + size, 0);
+    // The room is exactly the encoded length: this cannot fail.
+    let written = STANDARD
+        .encode_slice(bytes, &mut line[start..])
+        .unwrap_or(0);
+    line.truncate(start + written);
 }
 
 /// Appends `,"name":` and `value` as a JSON string.
@@ -210,8 +224,12 @@ pub(crate) fn decode(
         take(&mut object, "body_base64")?,
     ) {
         (Some(body), None) => body.into_bytes(),
-        (None, Some(encoded)) => rpc_client::base64::decode(&encoded)
-            .ok_or_else(|| Bad::Protocol("a reply whose \"body_base64\" is not base64".into()))?,
+        // Canonical base64 only (padded, no stray bits: `Zh==` is refused).
+        (None, Some(encoded)) => STANDARD.decode(encoded).map_err(|err| {
+            Bad::Protocol(format!(
+                "a reply whose \"body_base64\" is not base64 ({err})"
+            ))
+        })?,
         (Some(_), Some(_)) => {
             return Err(Bad::Protocol(
                 "a reply with both \"body\" and \"body_base64\"".into(),
@@ -339,8 +357,8 @@ mod tests {
         let control = vec![1u8; 3000];
         let (size, value) = frame(&control);
         assert!(value.get("body").is_none());
-        let decoded = rpc_client::base64::decode(value["body_base64"].as_str().unwrap_or(""));
-        assert_eq!(decoded, Some(control));
+        let decoded = STANDARD.decode(value["body_base64"].as_str().unwrap_or(""));
+        assert_eq!(decoded.ok(), Some(control));
         assert!(size < 4000 + 200, "{size}");
     }
 
@@ -376,6 +394,13 @@ mod tests {
             r#"{"id":"3"}"#,
             r#"{"id":"3","body":"a","body_base64":"YQ=="}"#,
             r#"{"id":"3","body_base64":"a"}"#,
+            // Not canonical: stray bits in the last character, missing or extra padding.
+            r#"{"id":"3","body_base64":"Zh=="}"#,
+            r#"{"id":"3","body_base64":"Zm9=" }"#,
+            r#"{"id":"3","body_base64":"Zg"}"#,
+            r#"{"id":"3","body_base64":"Zg="}"#,
+            r#"{"id":"3","body_base64":"Zg==Zg=="}"#,
+            r#"{"id":"3","body_base64":"Zm9v!A=="}"#,
         ] {
             assert!(matches!(decode(bad), Err(Bad::Protocol(_))), "{bad}");
         }
