@@ -327,7 +327,6 @@ impl Handler for CommandHandler {
 mod tests {
     use super::*;
     use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-    use rpc_client::TraceContext;
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());
