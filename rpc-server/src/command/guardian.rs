@@ -3,7 +3,7 @@
 //! commands in hand when the server dies, however it dies, and every process that carries
 //! the server's [`INSTANCE_ENV`] in its environment (what left a command's group).
 
-use super::process::{kill_group, kill_process};
+use super::kill::{kill_group, kill_process};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Stdio};

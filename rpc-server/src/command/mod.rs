@@ -47,6 +47,7 @@
 //! pipes with its size and time bounds (`pipes`); stderr to the log (`stderr`).
 
 mod guardian;
+mod kill;
 pub(crate) mod pipes;
 pub(crate) mod process;
 pub(crate) mod program;

@@ -9,6 +9,7 @@
 //! [`ending`] says the server is exiting.
 
 use super::guardian;
+pub(crate) use super::kill::{kill_group, kill_process};
 use crate::error::Error;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -305,22 +306,4 @@ fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
             })
             .collect()
     })
-}
-
-/// Sends SIGKILL to process `pid`, if it is still there.
-pub(crate) fn kill_process(pid: u32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// Kills process group `pid` (the command and whatever it started), if it is still there.
-pub(crate) fn kill_group(pid: u32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }
