@@ -2,13 +2,13 @@
 //! request (admit it, have it handled, reply, ack) and each confirm.
 
 use super::books::Books;
-use super::requeue::Requeue;
+use super::requeue::{self, Requeue};
 use super::rules::{admission, cancel_cause, fit_reply, Admission};
 use super::{lost, stop_failed, Server, STOP_LIMIT};
 use crate::confirms::ReplyKind;
 use crate::error::Error;
 use crate::handler::Reply;
-use crate::redelivery::Verdict;
+use crate::redelivery::{self, Verdict, MAX_DELIVERIES};
 use crate::workers::{server_span, Done};
 use amiquip::{
     Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, Delivery, Publish,
@@ -514,5 +514,72 @@ impl<'c, 's> Session<'c, 's> {
             stats.reconnects
         );
         Ok(())
+    }
+}
+
+/// Requests that came back (see [`crate::redelivery`]).
+impl Session<'_, '_> {
+    /// Answers a request that must not be handled again with a `redelivered` error reply: the
+    /// last word, acked whatever the broker says to the reply.
+    pub(super) fn refuse_redelivered(
+        &mut self,
+        delivery: Delivery,
+        why: &str,
+    ) -> Result<(), Error> {
+        log::warn!("refusing a redelivered request: {why}");
+        let reply = Reply::refuse(ErrorCode::Redelivered, why);
+        self.reply(delivery, reply, None, false)
+    }
+
+    /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of
+    /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
+    /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
+    /// handled here instead, so that nothing loops.
+    pub(super) fn requeue(&mut self, delivery: Delivery, attempts: u64) -> Result<(), Error> {
+        let properties =
+            redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
+        let queue = self.server.options.queue.as_str();
+        let broker = requeue::Broker {
+            connection: &mut *self.broker.connection,
+            watchdog: self.broker.watchdog,
+            limit: self.broker.limit,
+        };
+        match Requeue::publish_confirmed(
+            &mut self.requeue,
+            broker,
+            queue,
+            &delivery.body,
+            properties,
+        ) {
+            Ok(true) => {
+                log::info!(
+                    "a request came back (delivered {attempts} time(s) before; at \
+                     {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
+                    redelivery::ATTEMPTS_HEADER
+                );
+                self.server.meter.requeued();
+                self.settled(delivery)
+            }
+            // Refused: a quorum queue without a leader for the moment (a node lost, a
+            // partition) nacks, as does a full queue with reject-publish. Neither says anything
+            // about the request, which is handled here then, its count not raised this once.
+            // (The cluster scenarios answered a request 'redelivered' when this refused it.)
+            Ok(false) => {
+                log::warn!(
+                    "a request came back and the broker refused (nacked) its copy with its count \
+                     of attempts; handling it here (delivered {attempts} time(s) before)"
+                );
+                self.handle(delivery)
+            }
+            Err(err) if err.channel_closed() => {
+                log::warn!(
+                    "the broker closed the channel of re-queued requests ({err}); handling the \
+                     request here (delivered {attempts} time(s) before)"
+                );
+                self.requeue = None;
+                self.handle(delivery)
+            }
+            Err(err) => Err(err),
+        }
     }
 }
