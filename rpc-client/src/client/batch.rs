@@ -271,11 +271,10 @@ impl RpcClient {
                 Step::Outcome(call, Err(err))
             }
             Err(err) if err.is_connection_loss() => {
-                let cause = err.to_string();
-                let cause = cause
-                    .strip_prefix("connection to the broker lost: ")
-                    .unwrap_or(&cause)
-                    .to_string();
+                let cause = match err {
+                    Error::ConnectionLost(why) => why,
+                    other => other.to_string(),
+                };
                 log::warn!(
                     "connection to the broker lost ({cause}) with {} call(s) in flight",
                     calls.len()

@@ -2,7 +2,7 @@
 //! ([`admission`]), a reply over the limit ([`fit_reply`]), and what a `basic.cancel` most
 //! likely meant ([`cancel_cause`]).
 
-use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
+use crate::error::Error;
 use crate::handler::Reply;
 use crate::redelivery::{Redeliveries, Verdict};
 use amiquip::AmqpProperties;
@@ -80,8 +80,8 @@ pub(super) fn cancel_cause(
         Ok(false) => Error::ConsumerStopped(format!(
             "the broker cancelled our consumer: queue '{queue}' was deleted"
         )),
-        Ok(true) if busy > 0 || longest_call >= LONG_CALL => Error::ConsumerStopped(format!(
-            "{CONSUMER_TIMEOUT_CANCEL} (queue '{queue}'; {busy} request(s) in hand, the longest \
+        Ok(true) if busy > 0 || longest_call >= LONG_CALL => Error::ConsumerTimeout(format!(
+            "(queue '{queue}'; {busy} request(s) in hand, the longest \
              finished one took {:.1}s): most likely a consumer timeout",
             longest_call.as_secs_f64()
         )),
