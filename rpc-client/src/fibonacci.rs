@@ -1,11 +1,11 @@
 //! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
 //!
-//! A thin layer over [`RpcClient`](crate::rpc::RpcClient): a request body is n in decimal,
+//! A thin layer over [`crate::RpcClient`]: a request body is n in decimal,
 //! a reply body fib(n) in decimal ([`wire::parse_value`]), checked to be fib(n) before it is
 //! returned ([`check`]: its digit count and its residue modulo a prime, O(log n)), so that a
 //! server whose arithmetic overflows gets [`Error::BadReply`] instead of a wrong number. The
 //! connection, the callback queue, deadlines, correlation ids and timeouts are the
-//! bytes-level client's (see [`crate::rpc`]).
+//! bytes-level client's (see [`crate::client`]).
 
 use crate::error::Error;
 use crate::request::{RpcReply, RpcRequest};

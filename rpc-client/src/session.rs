@@ -1,7 +1,7 @@
 //! One connection's worth of calling ([`Session`]): the link to one broker, a channel with
 //! publisher confirms, the callback queue, and the requests the broker has not confirmed yet.
 //!
-//! [`crate::rpc::RpcClient`] opens a session, calls over it, and when the connection is lost
+//! [`crate::RpcClient`] opens a session, calls over it, and when the connection is lost
 //! drops it and opens another one (on the next broker). A session knows nothing of calls
 //! beyond their correlation ids; which call may be re-sent is the client's business.
 //!

@@ -2,7 +2,7 @@
 //! masking.
 //!
 //! [`BrokerOptions`] is what [`open_first`](super::open_first) needs; the command-line flags that
-//! fill it are in [`crate::args`]. Anything that prints a broker address prints
+//! fill it are in `rpc_client::cli` (feature `cli`). Anything that prints a broker address prints
 //! [`BrokerOptions::display_uri`] or [`mask_uri`], never the password.
 
 use std::fmt;

@@ -5,7 +5,7 @@
 //! A JSON line is one object: `timestamp` (RFC 3339, UTC, microseconds), `level`, `target`,
 //! `message`, then the record's key-values (a server's per-request line: `correlation_id`,
 //! `trace_id`, `outcome`, `duration_ms`): numbers and booleans as JSON numbers and booleans,
-//! anything else as a string. Strings are escaped by [`crate::json`], so a line stays one
+//! anything else as a string. Strings are escaped by [`super::json`], so a line stays one
 //! line whatever it holds; text from the network is made printable where it is logged, in
 //! both formats.
 //!
