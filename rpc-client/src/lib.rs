@@ -62,6 +62,8 @@
 //! # Ok::<(), rpc_client::Error>(())
 //! ```
 #![deny(missing_docs)]
+// A bare `pub` only on what the crate's API exports (lapin does the same).
+#![warn(unreachable_pub)]
 
 pub mod amqp;
 pub mod base64;

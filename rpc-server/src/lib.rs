@@ -16,7 +16,6 @@
 //! - [`stream`]: [`stream::StreamHandler`], a program kept running per worker
 //!   (`--protocol lines|json`), requests over its stdin and stdout.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
-//! - [`redelivery`]: the rule for requests that keep coming back.
 //! - [`metrics`]: the Prometheus registry and readiness state ([`metrics::Metrics`]), and
 //!   the consume loop's one-call-per-event handle on it ([`metrics::Meter`]).
 //! - [`http`]: the `--metrics-addr` endpoint: `/metrics`, `/healthz`, `/readyz`.
@@ -37,6 +36,8 @@
 //! - `queue`: making sure the request queue exists, declared from the options if not.
 //! - `ack`: acking answered requests several at a time.
 //! - `confirms`: replies counted once the broker confirms them.
+//! - `redelivery`: the rule for requests that keep coming back ([`ATTEMPTS_HEADER`],
+//!   [`MAX_DELIVERIES`]).
 //! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with
 //!   the recovering client.
 //!
@@ -47,6 +48,8 @@
 //! nesting more than `rpc_client::wire::MAX_HEADER_DEPTH` levels is refused before any
 //! handler sees it); no set-up is needed for it.
 #![deny(missing_docs)]
+// A bare `pub` only on what the crate's API exports (lapin does the same).
+#![warn(unreachable_pub)]
 
 mod ack;
 pub mod cli;
@@ -59,7 +62,7 @@ pub mod http;
 pub mod metrics;
 pub mod options;
 mod queue;
-pub mod redelivery;
+mod redelivery;
 mod server;
 pub mod stream;
 mod workers;
@@ -68,4 +71,5 @@ pub use command::{CommandHandler, CommandOptions};
 pub use error::Error;
 pub use handler::{Handler, Reply, Request};
 pub use options::{QueueType, ServerOptions};
+pub use redelivery::{ATTEMPTS_HEADER, MAX_DELIVERIES};
 pub use server::{run, serve, Stats, STOP_LIMIT};

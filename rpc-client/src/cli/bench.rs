@@ -63,7 +63,7 @@ impl std::fmt::Display for TsvRow<'_> {
 
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
-pub struct BenchOptions {
+pub(super) struct BenchOptions {
     /// Calls to time.
     pub calls: u64,
     /// Calls outstanding at once.
@@ -78,7 +78,7 @@ pub struct BenchOptions {
 
 /// What was measured.
 #[derive(Debug)]
-pub struct BenchReport {
+pub(super) struct BenchReport {
     /// Calls timed.
     pub calls: u64,
     /// Calls that failed or returned a different value than the first reply.
@@ -93,17 +93,17 @@ pub struct BenchReport {
 
 impl BenchReport {
     /// Timed calls per second.
-    pub fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Latency quantile `q` (0..=1) in milliseconds.
-    pub fn latency_ms(&self, q: f64) -> f64 {
+    pub(super) fn latency_ms(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1e3
     }
 
     /// Highest latency in milliseconds.
-    pub fn max_ms(&self) -> f64 {
+    pub(super) fn max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1e3
     }
 }
@@ -111,7 +111,7 @@ impl BenchReport {
 impl BenchReport {
     /// Writes the report for `options` and `reply_queue`: two lines of prose, or with `tsv` a
     /// header line and one row of tab-separated values (for scripts).
-    pub fn write(
+    pub(super) fn write(
         &self,
         out: &mut dyn Write,
         options: &BenchOptions,
@@ -155,7 +155,10 @@ impl BenchReport {
 }
 
 /// Runs the warm-up, then the timed calls, over `client`.
-pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<BenchReport, Error> {
+pub(super) fn run(
+    client: &mut FibonacciRpcClient,
+    options: &BenchOptions,
+) -> Result<BenchReport, Error> {
     let mut expected: Option<String> = None;
     let mut report = BenchReport {
         calls: options.calls,

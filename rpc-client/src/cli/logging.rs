@@ -181,7 +181,7 @@ fn rfc3339_micros(time: SystemTime) -> String {
 }
 
 /// `record` as one JSON object and a newline.
-pub fn json_line(timestamp: &str, record: &log::Record<'_>) -> String {
+pub(super) fn json_line(timestamp: &str, record: &log::Record<'_>) -> String {
     let mut line = String::with_capacity(160);
     line.push_str("{\"timestamp\": ");
     json::push_string(&mut line, timestamp);
