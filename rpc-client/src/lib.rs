@@ -86,7 +86,7 @@ pub use amqp::{BrokerOptions, LinkError};
 pub use cli::BrokerArgs;
 pub use client::RpcClient;
 pub use error::{exit_code, Error};
-pub use fibonacci::{FibonacciRpcClient, Reply};
+pub use fibonacci::{FibonacciReply, FibonacciRpcClient};
 pub use request::{
     ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
     MAX_SHORT_STRING, PROBE_LIMIT,

@@ -37,7 +37,7 @@ pub(crate) const CONFIRM_PATIENCE: Duration = Duration::from_secs(2);
 /// What the broker sent us next.
 pub(crate) enum Event {
     /// A message on the callback queue.
-    Reply(Delivery),
+    Delivered(Delivery),
     /// A request the broker returned (published `mandatory`, no queue to route it to).
     Returned(Return),
     /// The correlation ids of requests the broker refused (nacked): they never reached the
@@ -345,7 +345,7 @@ impl Session {
             let remaining = wake.saturating_duration_since(now);
             let note = select! {
                 recv(self.replies) -> message => return match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
+                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Delivered(delivery)),
                     Ok(ConsumerMessage::ServerClosedChannel(err))
                     | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
                     Ok(other) => Err(Error::ConnectionLost(format!(

@@ -28,15 +28,15 @@
 //! - `server`: [`serve`], the consume loop (reply, then ack; reconnect after a loss) with a
 //!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests); [`run`]
 //!   serves Fibonacci. `server/mod.rs` is the server across connections (connecting,
-//!   consuming, the clean stop, reconnecting); `session.rs` one connection's serving (admit
-//!   a request, reply, ack, confirms); `books.rs` its bookkeeping (requests in hand, acks
+//!   consuming, the clean stop, reconnecting); `serving.rs` one connection's serving (admit
+//!   a request, reply, ack, confirms); `owed.rs` its bookkeeping (requests in hand, acks
 //!   due, replies awaiting a confirm) and `rules.rs` its decisions, both without a broker
 //!   and unit-tested; `requeue.rs` re-queuing a request that came back.
-//! - `workers`: the threads that run the handler, N requests at once.
-//! - `queue`: making sure the request queue exists, declared from the options if not.
-//! - `ack`: acking answered requests several at a time.
-//! - `confirms`: replies counted once the broker confirms them.
-//! - `redelivery`: the rule for requests that keep coming back ([`ATTEMPTS_HEADER`],
+//! - `server::workers`: the threads that run the handler, N requests at once.
+//! - `server::queue`: making sure the request queue exists, declared from the options if not.
+//! - `server::ack`: acking answered requests several at a time.
+//! - `server::confirms`: replies counted once the broker confirms them.
+//! - `server::redelivery`: the rule for requests that keep coming back ([`ATTEMPTS_HEADER`],
 //!   [`MAX_DELIVERIES`]).
 //! - backoff between connection attempts comes from `rpc_client::amqp::Reconnect`, shared with
 //!   the recovering client.
@@ -51,25 +51,20 @@
 // A bare `pub` only on what the crate's API exports (lapin does the same).
 #![warn(unreachable_pub)]
 
-mod ack;
 pub mod cli;
 pub mod command;
-mod confirms;
 pub mod error;
 pub mod fib;
 pub mod handler;
 pub mod http;
 pub mod metrics;
 pub mod options;
-mod queue;
-mod redelivery;
 mod server;
 pub mod stream;
-mod workers;
 
 pub use command::{CommandHandler, CommandOptions};
 pub use error::Error;
 pub use handler::{Handler, Reply, Request};
 pub use options::{QueueType, ServerOptions};
-pub use redelivery::{ATTEMPTS_HEADER, MAX_DELIVERIES};
+pub use server::redelivery::{ATTEMPTS_HEADER, MAX_DELIVERIES};
 pub use server::{run, serve, Stats, STOP_LIMIT};

@@ -223,7 +223,7 @@ impl RpcClient {
         describe: &impl Fn(usize, &T) -> String,
     ) -> Result<Step<T, R>, Error> {
         let step = match event {
-            Ok(Event::Reply(delivery)) => {
+            Ok(Event::Delivered(delivery)) => {
                 let id = delivery
                     .properties
                     .correlation_id()

@@ -438,7 +438,7 @@ mod tests {
                       ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
         // The malformed traceparent counts as absent (its tracestate with it): the command
         // gets the server's span of a new trace, never the header as received.
-        let trace = crate::workers::server_span(&properties);
+        let trace = crate::server::workers::server_span(&properties);
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
             properties: &properties,

@@ -1,4 +1,4 @@
-//! The channel that requests which came back (see [`crate::redelivery`]) are re-queued on,
+//! The channel that requests which came back (see [`crate::server::redelivery`]) are re-queued on,
 //! with their count of deliveries: its own, in confirm mode. The session decides (re-queue,
 //! or a `redelivered` error reply); this module knows nothing of the session.
 

@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use crate::handler::Reply;
-use crate::redelivery::{Redeliveries, Verdict};
+use crate::server::redelivery::{Redeliveries, Verdict};
 use amiquip::AmqpProperties;
 use rpc_client::wire::{self, ErrorCode};
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub(super) enum Admission {
     /// [`rpc_client::amqp::FLATTENED_DEPTH`], where the connection cut deeper ones (see
     /// [`rpc_client::amqp::DepthGuard`]). Refused: `bad-request`.
     DeepHeaders(usize),
-    /// What the redelivery rule says (see [`crate::redelivery`]).
+    /// What the redelivery rule says (see [`crate::server::redelivery`]).
     Redelivery(Verdict),
 }
 
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(again, Admission::Redelivery(Verdict::Requeue(1)));
         let mut headers = FieldTable::new();
         headers.insert(
-            crate::redelivery::ATTEMPTS_HEADER.into(),
+            crate::server::redelivery::ATTEMPTS_HEADER.into(),
             AmqpValue::LongLongInt(9),
         );
         let spent = request().with_headers(headers);

@@ -1,4 +1,4 @@
-//! One program kept running ([`Kept`]): started once in a process group of its own, a command
+//! One program kept running ([`KeptProgram`]): started once in a process group of its own, a command
 //! in hand for the server's subreaper and guardian (see `crate::command::contain`) for as
 //! long as it lives; requests go to its stdin a line at a time and the next line on its
 //! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
@@ -6,7 +6,7 @@
 //! calls when all goes well: a read that finds nothing unsolicited on its stdout and a
 //! `waitpid` that finds it alive (between requests), the write of the request straight to its
 //! stdin, and a `poll` that waits for the answer before the read that takes it; then
-//! [`Kept::settle`]: the `pread`s of one look in `/proc` (three for a program of one process
+//! [`KeptProgram::settle`]: the `pread`s of one look in `/proc` (three for a program of one process
 //! and one thread) and a read that finds its stdout empty.
 
 use super::watch::{Look, Watch};
@@ -79,7 +79,7 @@ pub(crate) enum Settle {
 static BLIND_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// A program kept running. Dropping it kills its process group and reaps it.
-pub(crate) struct Kept {
+pub(crate) struct KeptProgram {
     child: Child,
     /// Its pid, which is its process group's id.
     pub(crate) pid: u32,
@@ -103,11 +103,15 @@ pub(crate) struct Kept {
     _in_hand: InHand,
 }
 
-impl Kept {
+impl KeptProgram {
     /// Starts `path` (argv\[0\] `program`) with `args`: piped, in a group of its own, with the
     /// server's environment less the broker credentials and the per-request variables of
     /// `-- CMD`.
-    pub(crate) fn start(path: &Path, program: &OsString, args: &[OsString]) -> io::Result<Kept> {
+    pub(crate) fn start(
+        path: &Path,
+        program: &OsString,
+        args: &[OsString],
+    ) -> io::Result<KeptProgram> {
         let mut command = program::piped(path, program, args);
         for name in [
             ENV_CORRELATION_ID,
@@ -121,7 +125,7 @@ impl Kept {
         let pid = child.id();
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let kept = Kept {
+        let kept = KeptProgram {
             child,
             pid,
             stdin,
@@ -482,7 +486,7 @@ impl Kept {
     }
 }
 
-impl Drop for Kept {
+impl Drop for KeptProgram {
     fn drop(&mut self) {
         // A group's id is not reused while a member of it lives, reaped leader or not.
         process::kill_group(self.pid);

@@ -42,7 +42,7 @@ use crate::command::{self, process, CommandOptions, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
-use kept::{Idle, Kept, Outcome, Settle};
+use kept::{Idle, KeptProgram, Outcome, Settle};
 use rpc_client::wire::{self, ErrorCode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,7 +140,7 @@ impl Backoff {
 /// A worker's place: its program, if running, and its backoff.
 struct Slot {
     index: usize,
-    kept: Option<Kept>,
+    kept: Option<KeptProgram>,
     backoff: Backoff,
 }
 
@@ -151,7 +151,7 @@ pub struct StreamHandler {
     shown: String,
     command_line: String,
     /// The free slots; a request takes one and gives it back.
-    slots: Mutex<Free>,
+    slots: Mutex<FreeSlots>,
     free: Condvar,
     /// Programs being retired in the background: one thread each, at most one per worker.
     retiring: Mutex<Vec<JoinHandle<()>>>,
@@ -169,18 +169,18 @@ impl std::fmt::Debug for StreamHandler {
 
 /// The free slots, and how many requests wait for one (only then is a slot given back
 /// signalled: a `notify_one` is a system call even when nobody waits).
-struct Free {
+struct FreeSlots {
     slots: Vec<Slot>,
     waiting: usize,
 }
 
 /// A slot taken by one request, given back when dropped.
-struct Taken<'a> {
+struct SlotInUse<'a> {
     handler: &'a StreamHandler,
     slot: Option<Slot>,
 }
 
-impl Drop for Taken<'_> {
+impl Drop for SlotInUse<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             let mut free = lock(&self.handler.slots);
@@ -227,7 +227,7 @@ impl StreamHandler {
             path,
             shown,
             command_line,
-            slots: Mutex::new(Free { slots, waiting: 0 }),
+            slots: Mutex::new(FreeSlots { slots, waiting: 0 }),
             free: Condvar::new(),
             retiring: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
@@ -242,11 +242,11 @@ impl StreamHandler {
     }
 
     /// A free slot, waiting for one until `deadline`.
-    fn take(&self, deadline: Instant) -> Option<Taken<'_>> {
+    fn take(&self, deadline: Instant) -> Option<SlotInUse<'_>> {
         let mut free = lock(&self.slots);
         loop {
             if let Some(slot) = free.slots.pop() {
-                return Some(Taken {
+                return Some(SlotInUse {
                     handler: self,
                     slot: Some(slot),
                 });
@@ -318,7 +318,7 @@ impl StreamHandler {
 
     /// Makes sure `slot` has a program ready for a request (started after its backoff, if
     /// due before `deadline`), or the error reply.
-    fn ready(&self, slot: &mut Slot, deadline: Instant) -> Result<(), Reply> {
+    fn restart_if_needed(&self, slot: &mut Slot, deadline: Instant) -> Result<(), Reply> {
         if let Some(kept) = slot.kept.as_mut() {
             let why = match kept.idle_check() {
                 Idle::Ready => return Ok(()),
@@ -358,7 +358,7 @@ impl StreamHandler {
             }
         }
         let options = &self.options.command;
-        match Kept::start(&self.path, &options.program, &options.args) {
+        match KeptProgram::start(&self.path, &options.program, &options.args) {
             Ok(kept) => {
                 log::info!(
                     target: command::COMMAND_LOG,
@@ -390,7 +390,7 @@ impl StreamHandler {
         request: &Request<'_>,
         last_try: bool,
     ) -> Result<Served, Again> {
-        if let Err(reply) = self.ready(slot, deadline) {
+        if let Err(reply) = self.restart_if_needed(slot, deadline) {
             return Ok(Err(reply));
         }
         let Some(pid) = slot.kept.as_ref().map(|kept| kept.pid) else {
@@ -536,7 +536,7 @@ impl StreamHandler {
             let shown = slot
                 .kept
                 .as_ref()
-                .map(Kept::unsolicited)
+                .map(KeptProgram::unsolicited)
                 .unwrap_or_default();
             let why = format!(
                 "protocol error: the program wrote {bytes} more bytes (\"{shown}\") after its \
@@ -592,7 +592,7 @@ impl StreamHandler {
                 let shown = slot
                     .kept
                     .as_ref()
-                    .map(Kept::unsolicited)
+                    .map(KeptProgram::unsolicited)
                     .unwrap_or_default();
                 format!("wrote {bytes} bytes after its reply (\"{shown}\"), nobody asked for")
             }
@@ -725,7 +725,7 @@ impl Handler for StreamHandler {
     /// then kills their groups; waits for the programs being retired too.
     fn close(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        let kept: Vec<Kept> = lock(&self.slots)
+        let kept: Vec<KeptProgram> = lock(&self.slots)
             .slots
             .iter_mut()
             .filter_map(|slot| slot.kept.take())

@@ -1,9 +1,9 @@
 //! Replies the broker has not confirmed yet ([`Unconfirmed`]).
 //!
 //! The server publishes replies with publisher confirms on: the broker acks each reply once it
-//! has routed it, or nacks it. Only then is the reply's request acked (see [`crate::ack`]), and
+//! has routed it, or nacks it. Only then is the reply's request acked (see [`crate::server::ack`]), and
 //! the reply counted as answered (or refused); only then is the request forgotten by
-//! [`crate::redelivery::Redeliveries`]. A nacked reply's request is rejected back to the queue
+//! [`crate::server::redelivery::Redeliveries`]. A nacked reply's request is rejected back to the queue
 //! (once: see the server); a reply the broker refuses by closing the channel (a message over
 //! its `max_message_size`) is never confirmed, so its request comes back and is recognised.
 

@@ -15,7 +15,7 @@
 //! request of unknown length runs would be delivered again (and run again) if the server died
 //! meanwhile. So before a handler with a time limit (a command) starts on the consume loop's
 //! own thread, the server waits for the confirms of the replies published so far and acks
-//! every settled request (`Session::settle_all` in `crate::server`); with worker threads the
+//! every settled request (`Serving::settle_all` in `crate::server`); with worker threads the
 //! loop stays free and acks as soon as it has no request waiting to be taken.
 
 use std::collections::VecDeque;
