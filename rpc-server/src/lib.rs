@@ -7,12 +7,8 @@
 //!
 //! - [`handler`]: [`Handler`], what a server answers to one request; [`handler::Fibonacci`].
 //! - [`command`]: [`command::CommandHandler`], a command run per request (stdin = request,
-//!   stdout = reply), bounded in time and size: `command/mod.rs` (its options, the replies
-//!   to how a run ended), `program.rs` (finding the program, its environment), `process.rs`
-//!   (process groups in hand, killing, reaping, orphans, [`command::contain`],
-//!   [`command::end_all`]), `guardian.rs` ([`command::guard`]), `pipes.rs` (the `poll`
-//!   loop over stdin, stdout and stderr with its size and time bounds), `stderr.rs` (stderr
-//!   to the log).
+//!   stdout = reply), bounded in time and size: its options, the replies to how a run ended;
+//!   [`command::contain`], [`command::end_all`], [`command::guard`] re-exported from `child`.
 //! - [`stream`]: [`stream::StreamHandler`], a program kept running per worker
 //!   (`--protocol lines|json`), requests over its stdin and stdout.
 //! - [`fib`]: exact Fibonacci numbers by fast doubling on big integers.
@@ -25,6 +21,10 @@
 //!
 //! Private modules:
 //!
+//! - `child`: the child-process toolkit of [`command`] and [`stream`], siblings on top of it:
+//!   `program.rs` (finding the program, its environment), `process.rs` and `kill.rs` (process
+//!   groups in hand, killing, reaping, orphans), `guardian.rs`, `pipes.rs` (the `poll` loop
+//!   over stdin, stdout and stderr with its size and time bounds), `stderr.rs` (to the log).
 //! - `server`: [`serve`], the consume loop (reply, then ack; reconnect after a loss) with a
 //!   caller-supplied shutdown signal (Ctrl-C/SIGTERM in [`cli`], a channel in tests); [`run`]
 //!   serves Fibonacci. `server/mod.rs` is the server across connections (connecting,
@@ -51,6 +51,7 @@
 // A bare `pub` only on what the crate's API exports (lapin does the same).
 #![warn(unreachable_pub)]
 
+mod child;
 pub mod cli;
 pub mod command;
 pub mod error;

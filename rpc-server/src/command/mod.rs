@@ -41,51 +41,29 @@
 //! # Ok::<(), rpc_server::Error>(())
 //! ```
 //!
-//! The parts: the program, its command line and environment (`program`); the processes,
+//! The parts, in `child/` (shared with [`crate::stream`]): the program, its command line and environment (`program`); the processes,
 //! their groups, reaping, orphans and the unclean stop (`process`, [`contain`], [`end_orphans`],
 //! [`end_all`]); the guardian process (`guardian`, [`guard`]); the `poll` loop over a run's
 //! pipes with its size and time bounds (`pipes`); stderr to the log (`stderr`).
 
-mod guardian;
-mod kill;
-pub(crate) mod pipes;
-pub(crate) mod process;
-pub(crate) mod program;
-pub(crate) mod stderr;
+pub use crate::child::guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
+pub use crate::child::process::{contain, end_all, end_orphans};
+pub use crate::child::{
+    COMMAND_LOG, ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE, LINGER,
+};
 
-pub use guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
-pub use process::{contain, end_all, end_orphans};
-
+use crate::child::pipes::{describe_status, Ended, Run};
+use crate::child::process::{end_orphans as end_orphaned, kill_group};
+use crate::child::program::{find_program, quoted};
+use crate::child::stderr::StderrLog;
+use crate::child::{process, program};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
-use pipes::{describe_status, Ended, Run};
-use process::{end_orphans as end_orphaned, kill_group};
-use program::{find_program, quoted};
 use rpc_client::wire::{self, ErrorCode};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
-use stderr::StderrLog;
-
-/// Log target of the commands' stderr lines.
-pub const COMMAND_LOG: &str = "rpc_server::command";
-
-/// The request's `correlation_id`.
-pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
-/// The request's `content_type`.
-pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
-/// The `traceparent` (W3C trace context) of the server's span of the request, under the name
-/// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
-/// never a request's header as received.
-pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
-/// The request's `tracestate` header (W3C trace context), when valid and with a valid
-/// `traceparent`.
-pub const ENV_TRACESTATE: &str = "TRACESTATE";
-
-/// Once the command has exited, how long what is left on its pipes is still collected (a
-/// process that escaped its group, a `setsid` child, may hold them open).
-pub const LINGER: Duration = Duration::from_millis(150);
 
 /// Default for `--exec-timeout`.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);

@@ -10,12 +10,12 @@
 //! and one thread) and a read that finds its stdout empty.
 
 use super::watch::{Look, Watch};
-use crate::command::pipes::describe_status;
-use crate::command::process::{self, InHand};
-use crate::command::program;
-use crate::command::stderr::StderrLog;
-use crate::command::{self, COMMAND_LOG};
-use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
+use crate::child::pipes::describe_status;
+use crate::child::process::{self, InHand};
+use crate::child::program;
+use crate::child::stderr::StderrLog;
+use crate::child::COMMAND_LOG;
+use crate::child::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, ppoll, PollFd, PollFlags, PollTimeout};
@@ -350,9 +350,9 @@ impl KeptProgram {
     }
 
     /// Once its stdout closed: collects the rest of its stderr and its exit status, for at
-    /// most [`command::LINGER`] (what it left in its group may hold the pipe).
+    /// most [`crate::child::LINGER`] (what it left in its group may hold the pipe).
     fn wind_down(&mut self, errors: &mut StderrLog) -> Option<ExitStatus> {
-        let until = Instant::now() + command::LINGER;
+        let until = Instant::now() + crate::child::LINGER;
         let mut pause = Duration::from_micros(100);
         loop {
             if self.stderr.is_some() {

@@ -35,10 +35,11 @@ mod codec;
 mod kept;
 mod watch;
 
-use crate::command::pipes::describe_status;
-use crate::command::program::{find_program, quoted};
-use crate::command::stderr::StderrLog;
-use crate::command::{self, process, CommandOptions, KILL_GRACE};
+use crate::child::pipes::describe_status;
+use crate::child::process;
+use crate::child::program::{find_program, quoted};
+use crate::child::stderr::StderrLog;
+use crate::command::{self, CommandOptions, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
@@ -333,7 +334,7 @@ impl StreamHandler {
             };
             end_program(slot, &why);
             log::warn!(
-                target: command::COMMAND_LOG,
+                target: crate::child::COMMAND_LOG,
                 "worker {}: the program {why}; starting it again",
                 slot.index
             );
@@ -361,7 +362,7 @@ impl StreamHandler {
         match KeptProgram::start(&self.path, &options.program, &options.args) {
             Ok(kept) => {
                 log::info!(
-                    target: command::COMMAND_LOG,
+                    target: crate::child::COMMAND_LOG,
                     "worker {}: started `{}` (pid {}, --protocol {})",
                     slot.index,
                     self.command_line,
@@ -487,7 +488,7 @@ impl StreamHandler {
                     format!("the program exited with status 0 with a request in hand{stderr}");
                 end_program(slot, &why);
                 log::info!(
-                    target: command::COMMAND_LOG,
+                    target: crate::child::COMMAND_LOG,
                     "worker {}: {why}, unanswered: the request goes to a fresh program",
                     slot.index
                 );
@@ -558,7 +559,7 @@ impl StreamHandler {
                     // Another request's late reply: this one is not at fault.
                     slot.kept = None;
                     log::warn!(
-                        target: command::COMMAND_LOG,
+                        target: crate::child::COMMAND_LOG,
                         "worker {}: {why}, an earlier request's: the request goes to a fresh \
                          program",
                         slot.index
@@ -614,7 +615,7 @@ impl StreamHandler {
             log::Level::Warn
         };
         log::log!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             level,
             "worker {} (pid {pid}): the program {}; started again for the next request",
             slot.index,
@@ -645,7 +646,7 @@ impl StreamHandler {
             ""
         };
         log::warn!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             "worker {} (pid {pid}): {}; {} failure(s) in a row{at_start}; next start in {:.1}s \
              at the earliest",
             slot.index,
@@ -674,7 +675,7 @@ impl StreamHandler {
             let closing = retiring.len();
             drop(retiring);
             log::info!(
-                target: command::COMMAND_LOG,
+                target: crate::child::COMMAND_LOG,
                 "worker {}: retiring its program (pid {}) after {max} request(s): killed at \
                  once, {closing} retired program(s) still closing",
                 slot.index,
@@ -685,7 +686,7 @@ impl StreamHandler {
             return;
         }
         log::info!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             "worker {}: retiring its program (pid {}) after {max} request(s)",
             slot.index,
             kept.pid
