@@ -13,7 +13,7 @@
 //!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
 //!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
 //!   program is ended (its stream is out of step) and started again for the next request,
-//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s (`Backoff`),
+//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s, ±25% (`Backoff`),
 //!   reset by a reply: a program that dies at start every time is logged and never spins;
 //! - a reply is sent only once the program waits for its next request with nothing more on
 //!   its stdout (`watch`, from `/proc`), and its first request is written only then: a second
@@ -44,6 +44,7 @@ use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
 use kept::{Idle, KeptProgram, Outcome, Settle};
+use rpc_client::amqp::Reconnect;
 use rpc_client::wire::{self, ErrorCode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,9 +67,6 @@ pub enum Protocol {
 /// How long a program whose stdin was closed (at a stop, or to recycle it) has to exit before
 /// its group is killed.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// First pause before starting a program again after a failure.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest pause before starting a program again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -113,27 +111,42 @@ pub struct StreamOptions {
 }
 
 /// The pause before the next start of a failing program: 0.1 s after the first failure in a
-/// row, doubling up to 10 s; a reply resets it.
-#[derive(Debug, Default, Clone)]
+/// row, doubling up to 10 s, each ±25% at random (`rpc_client::amqp::Reconnect`, the
+/// connections' backoff: programs that fail together do not restart together); a reply
+/// resets it.
+#[derive(Debug, Clone)]
 struct Backoff {
-    failures: u32,
+    reconnect: Reconnect,
     not_before: Option<Instant>,
     last: String,
 }
 
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            reconnect: Reconnect::new(None, MAX_BACKOFF),
+            not_before: None,
+            last: String::new(),
+        }
+    }
+}
+
 impl Backoff {
     fn failed(&mut self, why: &str) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let pause = FIRST_BACKOFF
-            .saturating_mul(1 << (self.failures - 1).min(10))
-            .min(MAX_BACKOFF);
+        // Never None: no limit on the failures in a row.
+        let pause = self.reconnect.failed().unwrap_or(MAX_BACKOFF);
         self.not_before = Some(Instant::now() + pause);
         self.last = why.to_string();
         pause
     }
 
+    /// Failures in a row so far.
+    fn failures(&self) -> u32 {
+        self.reconnect.failures()
+    }
+
     fn succeeded(&mut self) {
-        self.failures = 0;
+        self.reconnect.succeeded();
         self.not_before = None;
     }
 }
@@ -348,7 +361,7 @@ impl StreamHandler {
                         &format!(
                             "the program failed {} time(s) in a row and is not started again \
                              for {:.1}s (last: {})",
-                            slot.backoff.failures,
+                            slot.backoff.failures(),
                             (not_before - now).as_secs_f64(),
                             slot.backoff.last
                         ),
@@ -640,7 +653,7 @@ impl StreamHandler {
         // Killed with its group and reaped.
         slot.kept = None;
         let pause = slot.backoff.failed(&why);
-        let at_start = if answered == 0 && slot.backoff.failures > 1 {
+        let at_start = if answered == 0 && slot.backoff.failures() > 1 {
             ", it keeps failing before its first reply"
         } else {
             ""
@@ -651,7 +664,7 @@ impl StreamHandler {
              at the earliest",
             slot.index,
             wire::printable(&why),
-            slot.backoff.failures,
+            slot.backoff.failures(),
             pause.as_secs_f64()
         );
         Err(Reply::refuse(code, &why))
