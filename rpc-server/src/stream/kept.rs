@@ -10,20 +10,16 @@
 //! and one thread) and a read that finds its stdout empty.
 
 use super::watch::{Look, Watch};
-use crate::child::pipes::describe_status;
+use crate::child::pipes::{describe_status, poll3, set_nonblocking, wait3};
 use crate::child::process::{self, InHand};
 use crate::child::program;
 use crate::child::stderr::StderrLog;
 use crate::child::COMMAND_LOG;
 use crate::child::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, ppoll, PollFd, PollFlags, PollTimeout};
-use nix::sys::time::TimeSpec;
 use rpc_client::wire;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,10 +140,7 @@ impl KeptProgram {
             kept.stdout.as_ref().map(AsFd::as_fd),
             kept.stderr.as_ref().map(AsFd::as_fd),
         ];
-        for fd in fds.into_iter().flatten() {
-            let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        }
+        set_nonblocking(fds)?;
         Ok(kept)
     }
 
@@ -496,44 +489,4 @@ impl Drop for KeptProgram {
         }
         // Then `_in_hand` goes: no longer a command in hand.
     }
-}
-
-/// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready
-/// (writable for the first, readable for the others, or closed).
-fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[bool; 3]> {
-    wait3(fds, timeout, false)
-}
-
-/// [`poll3`], to the nanosecond (`ppoll`) if `precise`.
-fn wait3(
-    fds: [Option<BorrowedFd<'_>>; 3],
-    timeout: Duration,
-    precise: bool,
-) -> io::Result<[bool; 3]> {
-    let events = [PollFlags::POLLOUT, PollFlags::POLLIN, PollFlags::POLLIN];
-    let mut polled = Vec::with_capacity(3);
-    let mut slots = [None; 3];
-    for (index, fd) in fds.into_iter().enumerate() {
-        if let Some(fd) = fd {
-            slots[index] = Some(polled.len());
-            polled.push(PollFd::new(fd, events[index]));
-        }
-    }
-    let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-    let polled_now = if precise {
-        ppoll(&mut polled, Some(TimeSpec::from_duration(timeout)), None)
-    } else {
-        poll(&mut polled, PollTimeout::from(millis))
-    };
-    match polled_now {
-        Ok(_) => {}
-        Err(Errno::EINTR) => return Ok([false; 3]),
-        Err(err) => return Err(err.into()),
-    }
-    let ready = |slot: Option<usize>| {
-        slot.and_then(|i| polled.get(i))
-            .and_then(PollFd::revents)
-            .is_some_and(|events| !events.is_empty())
-    };
-    Ok([ready(slots[0]), ready(slots[1]), ready(slots[2])])
 }
