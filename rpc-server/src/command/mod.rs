@@ -56,7 +56,7 @@ use crate::child::pipes::{describe_status, Ended, Run};
 use crate::child::process::{end_orphans as end_orphaned, kill_group};
 use crate::child::program::{find_program, quoted};
 use crate::child::stderr::StderrLog;
-use crate::child::{process, program};
+use crate::child::{check_size, process, program, reply, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use rpc_client::wire::{self, ErrorCode};
@@ -70,9 +70,6 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default for `--max-request-bytes`.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
-
-/// How long past `--exec-timeout` a run may take, to kill and reap the command.
-pub(crate) const KILL_GRACE: Duration = Duration::from_secs(6);
 
 /// What command to run and within which limits.
 #[derive(Debug, Clone)]
@@ -145,7 +142,7 @@ impl CommandHandler {
     /// Runs the command for `request`: its stdout, or the error reply.
     fn run(&self, request: &Request<'_>) -> Result<Vec<u8>, Reply> {
         let limits = &self.options;
-        check_size(request, limits)?;
+        check_size(request, limits.max_request_bytes)?;
         let started = Instant::now();
         let deadline = started + limits.exec_timeout;
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
@@ -218,37 +215,6 @@ impl CommandHandler {
                 ErrorCode::ExecFailed,
                 &format!("the server lost track of its command: {err}"),
             )),
-        }
-    }
-}
-
-/// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
-/// program, per request (`-- CMD`) or kept (`--protocol lines|json`).
-pub(crate) fn check_size(request: &Request<'_>, limits: &CommandOptions) -> Result<(), Reply> {
-    if request.body.len() <= limits.max_request_bytes {
-        return Ok(());
-    }
-    Err(Reply::refuse(
-        ErrorCode::TooLarge,
-        &format!(
-            "the request body is {} bytes, above this server's limit of {} bytes",
-            request.body.len(),
-            limits.max_request_bytes
-        ),
-    ))
-}
-
-/// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
-/// content type, or the refusal, which is logged.
-pub(crate) fn reply(outcome: Result<(Vec<u8>, Option<String>), Reply>) -> Reply {
-    match outcome {
-        Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),
-        Err(refusal) => {
-            log::warn!(
-                "refusing request: {}",
-                String::from_utf8_lossy(&refusal.body)
-            );
-            refusal
         }
     }
 }

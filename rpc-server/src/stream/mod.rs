@@ -39,7 +39,8 @@ use crate::child::pipes::describe_status;
 use crate::child::process;
 use crate::child::program::{find_program, quoted};
 use crate::child::stderr::StderrLog;
-use crate::command::{self, CommandOptions, KILL_GRACE};
+use crate::child::KILL_GRACE;
+use crate::command::CommandOptions;
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
@@ -282,7 +283,7 @@ impl StreamHandler {
     /// The reply body and content type, or the error reply.
     fn serve(&self, request: &Request<'_>) -> Result<(Vec<u8>, Option<String>), Reply> {
         let limits = &self.options.command;
-        command::check_size(request, limits)?;
+        crate::child::check_size(request, limits.max_request_bytes)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = codec::encode(self.options.protocol, id, request)
             .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
@@ -310,7 +311,7 @@ impl StreamHandler {
         };
         drop(taken);
         // As after any command: what left its group is ended.
-        command::end_orphans();
+        process::end_orphans();
         let took = started.elapsed();
         let (outcome, bytes_out) = match &result {
             Ok((body, _)) => ("answered".to_string(), body.len()),
@@ -718,7 +719,7 @@ impl StreamHandler {
 
 impl Handler for StreamHandler {
     fn handle(&self, request: &Request<'_>) -> Reply {
-        command::reply(self.serve(request))
+        crate::child::reply(self.serve(request))
     }
 
     fn time_limit(&self) -> Option<Duration> {
