@@ -128,8 +128,9 @@ cmd_up() {
 
 print_uris() {
     local i
+    build_release # once here: xtask in the $(...) below would check the build per node
     msg "AMQP URIs (guest may only log in from localhost):"
-    for ((i = 1; i <= N; i++)); do sel "$i" && printf '  %s   # %s\n' "$(node_uri | sed 's/:[^:@]*@/:****@/')" "$NODE"; done
+    for ((i = 1; i <= N; i++)); do sel "$i" && printf '  %s   # %s\n' "$(node_uri | xtask mask-uri)" "$NODE"; done
     printf "  RPC_URIS=\"\$(scripts/cluster.sh uris)\" scripts/start-servers.sh %s -- --queue-type quorum\n" "$N"
 }
 

@@ -95,7 +95,7 @@ case $1 in
         # Fresh data unless it runs. RabbitMQ 4.3 denies these deprecated features by default; 4.0 only warns.
         NODE_CONF=$'deprecated_features.permit.transient_nonexcl_queues = false\ndeprecated_features.permit.global_qos = false' \
             scripts/node.sh start rpc4 "$PORT"
-        msg "RabbitMQ $(root_version) with 4.3's deny settings: $("$0" uri | sed "s/:[^:@]*@/:****@/")"
+        msg "RabbitMQ $(root_version) with 4.3's deny settings: $("$0" uri | xtask mask-uri)"
         ;;
     stop)
         [[ $# -eq 1 ]] || usage

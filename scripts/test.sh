@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Full check (CI runs it: .ci/run): Debian packages, the release build, broker, fmt,
-# clippy, shellcheck, the unit and integration tests (in release), faults, the end-to-end run of
+# clippy, docs, shellcheck, the unit and integration tests (in release), faults, the end-to-end run of
 # the scripts, metrics, interop, TLS, RabbitMQ 4.x, a bench smoke, and beside these last ones in
 # the background the cluster test (each on nodes of its own: the broker on 5672 is never
 # restarted). The first stage installs every Debian package the stages use.
 #   scripts/test.sh           everything: on a fresh 2-core machine after demo.sh 9-12 minutes
 #                             (14 on a busy one), installs included; about 7 once installed and built
-#   scripts/test.sh --quick   the inner loop: fmt, clippy, shellcheck and the tests that run by
+#   scripts/test.sh --quick   the inner loop: fmt, clippy, docs, shellcheck and the tests that run by
 #                             default (cargo test --workspace) in debug against the running
 #                             broker (AMQP_URI, default 127.0.0.1:5672); nothing started
 # Every stage runs even if an earlier one failed; exits non-zero if any failed.
@@ -91,6 +91,9 @@ stage_clippy() {
     need_component clippy clippy && cargo clippy --workspace --all-targets ${release:+"$release"} -- -D warnings
 }
 
+# rustdoc with private items and warnings as errors: no link left stale by a rename.
+stage_docs() { RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items; }
+
 # Every Debian package a stage uses, in one apt-get run before the stages (one in the background
 # must not install anything: apt-get is one at a time). Without root, what is missing is
 # reported here, and the stages that need it are skipped.
@@ -154,6 +157,7 @@ if ((!quick)); then
 fi
 run_stage "cargo fmt --all -- --check" stage_fmt
 run_stage "cargo clippy --workspace --all-targets -- -D warnings" stage_clippy
+run_stage "RUSTDOCFLAGS=-D warnings cargo doc --workspace --no-deps --document-private-items" stage_docs
 run_stage "shellcheck" stage_shellcheck
 run_stage "cargo test --workspace" stage_test
 if ((!quick)); then

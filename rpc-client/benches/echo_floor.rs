@@ -12,13 +12,15 @@
 //! no-ack callback queue and counts replies. No parsing, no Fibonacci, no correlation-id
 //! bookkeeping: whatever our RPC layer costs on top shows as the distance to this figure.
 //! Both ends use `TCP_NODELAY` connections like the real binaries. Prints the same
-//! tab-separated columns as `rpc-client bench --tsv` (latency columns empty).
+//! tab-separated columns as `rpc-client bench --tsv` (latency columns empty), written by the
+//! same code (`rpc_client::cli::BenchTsvRow`).
 
 use amiquip::{
     AmqpProperties, Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Publish,
 };
 use crossbeam_channel::Receiver;
 use rpc_client::amqp::{callback_queue, consume};
+use rpc_client::cli::BenchTsvRow;
 use rpc_client::testing::{broker, connect, unique_name, Admin};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -48,11 +50,16 @@ fn main() {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
     let echo = std::thread::spawn(move || echo(&echo_queue, prefetch, confirm, &stopped));
     let seconds = call(&queue, calls, in_flight);
-    println!("calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors");
-    println!(
-        "{calls}\t{in_flight}\texclusive\t30\t{seconds:.3}\t{:.0}\t\t\t\t\t0",
-        calls as f64 / seconds
-    );
+    let row = BenchTsvRow {
+        calls,
+        in_flight,
+        reply_queue: "exclusive",
+        n: 30,
+        seconds,
+        latency_ms: None,
+        errors: 0,
+    };
+    print!("{row}");
     let _ = stop.send(());
     echo.join().expect("echo thread");
     let mut admin = admin;

@@ -1,5 +1,5 @@
 //! [`RpcClient`]: raw request/reply calls (bytes, content type, headers) to whichever server
-//! consumes the request queue. [`crate::client::FibonacciRpcClient`] is a thin layer on top.
+//! consumes the request queue. [`crate::FibonacciRpcClient`] is a thin layer on top.
 //!
 //! One connection, one channel and one callback queue per client (not per call): an exclusive,
 //! auto-delete, server-named queue, or RabbitMQ's direct reply-to pseudo-queue. Each call
@@ -301,7 +301,7 @@ impl RpcClient {
 
     /// The error of `call` that got no reply in time: a timeout saying whether the queue has
     /// consumers, or [`Error::Stalled`] if even that question got no answer in
-    /// [`PROBE_LIMIT`].
+    /// [`PROBE_LIMIT`](crate::PROBE_LIMIT).
     fn timed_out(&mut self, call: &str, started: Instant) -> Error {
         let waited = started.elapsed();
         let Some(session) = self.session.as_mut() else {

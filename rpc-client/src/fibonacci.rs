@@ -1,11 +1,11 @@
 //! [`FibonacciRpcClient`]: calls fib(n) on whichever rpc-server consumes the request queue.
 //!
-//! A thin layer over [`RpcClient`](crate::rpc::RpcClient): a request body is n in decimal,
+//! A thin layer over [`crate::RpcClient`]: a request body is n in decimal,
 //! a reply body fib(n) in decimal ([`wire::parse_value`]), checked to be fib(n) before it is
 //! returned ([`check`]: its digit count and its residue modulo a prime, O(log n)), so that a
 //! server whose arithmetic overflows gets [`Error::BadReply`] instead of a wrong number. The
 //! connection, the callback queue, deadlines, correlation ids and timeouts are the
-//! bytes-level client's (see [`crate::rpc`]).
+//! bytes-level client's (see [`crate::client`]).
 
 use crate::error::Error;
 use crate::request::{RpcReply, RpcRequest};
@@ -22,7 +22,7 @@ use check::check_fib;
 
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct FibonacciReply {
     /// fib(n) in decimal.
     pub value: String,
     /// The `x-rpc-server` header, if the server sent one (ours do; tutorial servers don't).
@@ -55,7 +55,7 @@ fn request(n: u64, parent: Option<&TraceContext>) -> RpcRequest {
 /// The result in a reply to fib(`n`) as received: an error reply's [`Error::Server`], a body
 /// that is not a decimal number, or not fib(n) ([`check_fib`]), an [`Error::BadReply`], or
 /// fib(n) (the body's buffer, not a copy). Without `checked`, any decimal number passes.
-fn fib_reply(n: u64, reply: RpcReply, checked: bool) -> Result<Reply, Error> {
+fn fib_reply(n: u64, reply: RpcReply, checked: bool) -> Result<FibonacciReply, Error> {
     if let Some(err) = reply.error() {
         return Err(err);
     }
@@ -71,7 +71,7 @@ fn fib_reply(n: u64, reply: RpcReply, checked: bool) -> Result<Reply, Error> {
             "the server answered fib({n}) = {shown}{more}, which is wrong: {why}"
         )));
     }
-    Ok(Reply {
+    Ok(FibonacciReply {
         value,
         server: reply.server,
         elapsed: reply.elapsed,
@@ -124,7 +124,7 @@ impl FibonacciRpcClient {
     /// Ends within the timeout with the result, the server's error reply, or a local error:
     /// [`Error::NoRoute`] at once if the request queue does not exist, [`Error::Timeout`]
     /// (saying whether the queue has consumers), or a connection error.
-    pub fn call_reply(&mut self, n: u64) -> Result<Reply, Error> {
+    pub fn call_reply(&mut self, n: u64) -> Result<FibonacciReply, Error> {
         fib_reply(
             n,
             self.rpc
@@ -149,7 +149,7 @@ impl FibonacciRpcClient {
     ) -> Result<(), Error>
     where
         I: IntoIterator<Item = u64>,
-        F: FnMut(usize, u64, Result<Reply, Error>) -> ControlFlow<()>,
+        F: FnMut(usize, u64, Result<FibonacciReply, Error>) -> ControlFlow<()>,
     {
         let (parent, checked) = (self.parent.clone(), self.checked);
         self.rpc.call_many_tagged(

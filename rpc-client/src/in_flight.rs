@@ -34,7 +34,7 @@ pub(crate) struct Pending<T, R> {
 
 impl<T, R> Pending<T, R> {
     /// A call not sent yet, with `timeout` from `started`, sent as the span `trace` (if any).
-    pub fn new(
+    pub(crate) fn new(
         (index, tag, request): (usize, T, R),
         started: Instant,
         timeout: Duration,
@@ -68,7 +68,7 @@ pub(crate) struct InFlight<T, R> {
 
 impl<T, R> InFlight<T, R> {
     /// No calls, room for `capacity`.
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         InFlight {
             calls: HashMap::with_capacity(capacity),
             order: VecDeque::with_capacity(capacity),
@@ -78,36 +78,36 @@ impl<T, R> InFlight<T, R> {
     }
 
     /// How many calls await their outcome.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.calls.len()
     }
 
     /// How many calls are due to be sent.
-    pub fn to_send_len(&self) -> usize {
+    pub(crate) fn to_send_len(&self) -> usize {
         self.to_send.len()
     }
 
     /// Adds a new call with correlation id `id`, to be sent; calls must be inserted in the
     /// order of their deadlines.
-    pub fn insert(&mut self, id: String, call: Pending<T, R>) {
+    pub(crate) fn insert(&mut self, id: String, call: Pending<T, R>) {
         self.order.push_back((call.deadline, id.clone()));
         self.to_send.push_back(id.clone());
         self.calls.insert(id, call);
     }
 
     /// The call with correlation id `id`, if it still awaits its outcome.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Pending<T, R>> {
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Pending<T, R>> {
         self.calls.get_mut(id)
     }
 
     /// Takes the call a reply (or a returned request) with correlation id `id` is for; `None`
     /// for an id that is not (or no longer) ours.
-    pub fn take(&mut self, id: &str) -> Option<Pending<T, R>> {
+    pub(crate) fn take(&mut self, id: &str) -> Option<Pending<T, R>> {
         self.calls.remove(id)
     }
 
     /// The deadline of the call that times out first, if any call is left.
-    pub fn next_deadline(&mut self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         // Forget answered calls at the front; the first one left times out first.
         while self
             .order
@@ -120,13 +120,13 @@ impl<T, R> InFlight<T, R> {
     }
 
     /// Takes the call that times out first (its deadline has passed: the caller checked).
-    pub fn expire_first(&mut self) -> Option<Pending<T, R>> {
+    pub(crate) fn expire_first(&mut self) -> Option<Pending<T, R>> {
         let (_, id) = self.order.pop_front()?;
         self.calls.remove(&id)
     }
 
     /// The earlier of `deadline` and the time the first refused call is due again.
-    pub fn wake_at(&self, deadline: Instant) -> Instant {
+    pub(crate) fn wake_at(&self, deadline: Instant) -> Instant {
         self.refused
             .iter()
             .map(|(due, _)| *due)
@@ -134,7 +134,7 @@ impl<T, R> InFlight<T, R> {
     }
 
     /// Queues the refused calls due by `now` to be sent again.
-    pub fn release_refused(&mut self, now: Instant) {
+    pub(crate) fn release_refused(&mut self, now: Instant) {
         let to_send = &mut self.to_send;
         self.refused.retain(|(due, id)| {
             let due = *due <= now;
@@ -147,7 +147,7 @@ impl<T, R> InFlight<T, R> {
 
     /// The next call to send, its id taken off the queue ([`InFlight::send_first`] puts it
     /// back).
-    pub fn next_to_send(&mut self) -> Option<(String, &mut Pending<T, R>)> {
+    pub(crate) fn next_to_send(&mut self) -> Option<(String, &mut Pending<T, R>)> {
         while let Some(id) = self.to_send.pop_front() {
             if self.calls.contains_key(&id) {
                 let call = self.calls.get_mut(&id)?;
@@ -158,13 +158,17 @@ impl<T, R> InFlight<T, R> {
     }
 
     /// Puts `id` first in the queue to send: its sending failed.
-    pub fn send_first(&mut self, id: String) {
+    pub(crate) fn send_first(&mut self, id: String) {
         self.to_send.push_front(id);
     }
 
     /// The broker refused (nacked) call `id`: it is sent again after a backoff that doubles
     /// per refusal (0.1 s up to 2 s, counted from `now`). Returns the call and the backoff.
-    pub fn refused(&mut self, id: String, now: Instant) -> Option<(&Pending<T, R>, Duration)> {
+    pub(crate) fn refused(
+        &mut self,
+        id: String,
+        now: Instant,
+    ) -> Option<(&Pending<T, R>, Duration)> {
         let call = self.calls.get_mut(&id)?;
         call.seq = None;
         call.nacks += 1;
@@ -176,7 +180,7 @@ impl<T, R> InFlight<T, R> {
     }
 
     /// Call `id` went unconfirmed for long: it is queued to be sent again. Returns the call.
-    pub fn unconfirmed(&mut self, id: String) -> Option<&Pending<T, R>> {
+    pub(crate) fn unconfirmed(&mut self, id: String) -> Option<&Pending<T, R>> {
         let call = self.calls.get_mut(&id)?;
         call.seq = None;
         call.overdue += 1;
@@ -186,7 +190,7 @@ impl<T, R> InFlight<T, R> {
 
     /// The calls that were sent on the lost connection, except the `nacked` ones, with their
     /// sequence numbers, in the order they were first sent.
-    pub fn sent_except(&self, nacked: &[String]) -> Vec<(String, u64)> {
+    pub(crate) fn sent_except(&self, nacked: &[String]) -> Vec<(String, u64)> {
         let mut sent: Vec<(&String, &Pending<T, R>)> = self
             .calls
             .iter()
@@ -200,7 +204,7 @@ impl<T, R> InFlight<T, R> {
 
     /// After a lost connection: nothing is sent on the new one yet. Sends `again` first, then
     /// the `nacked` calls not queued already, then what was queued before.
-    pub fn resend_after_loss(&mut self, mut again: VecDeque<String>, nacked: Vec<String>) {
+    pub(crate) fn resend_after_loss(&mut self, mut again: VecDeque<String>, nacked: Vec<String>) {
         for id in nacked {
             if self.calls.contains_key(&id) && !self.to_send.contains(&id) {
                 again.push_back(id);

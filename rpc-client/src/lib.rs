@@ -61,6 +61,8 @@
 //! # Ok::<(), rpc_client::Error>(())
 //! ```
 #![deny(missing_docs)]
+// A bare `pub` only on what the crate's API exports (lapin does the same).
+#![warn(unreachable_pub)]
 
 pub mod amqp;
 #[cfg(feature = "cli")]
@@ -82,7 +84,7 @@ pub use amqp::{BrokerOptions, LinkError};
 pub use cli::BrokerArgs;
 pub use client::RpcClient;
 pub use error::{exit_code, Error};
-pub use fibonacci::{FibonacciRpcClient, Reply};
+pub use fibonacci::{FibonacciReply, FibonacciRpcClient};
 pub use request::{
     ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
     MAX_SHORT_STRING, PROBE_LIMIT,

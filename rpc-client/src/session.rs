@@ -1,7 +1,7 @@
 //! One connection's worth of calling ([`Session`]): the link to one broker, a channel with
 //! publisher confirms, the callback queue, and the requests the broker has not confirmed yet.
 //!
-//! [`crate::rpc::RpcClient`] opens a session, calls over it, and when the connection is lost
+//! [`crate::RpcClient`] opens a session, calls over it, and when the connection is lost
 //! drops it and opens another one (on the next broker). A session knows nothing of calls
 //! beyond their correlation ids; which call may be re-sent is the client's business.
 //!
@@ -27,17 +27,17 @@ use std::time::{Duration, Instant};
 
 /// How long a request may go unanswered and unconfirmed before the session listens for its
 /// confirm (and so hears at once of a nack).
-pub const CONFIRM_WAIT: Duration = Duration::from_millis(50);
+pub(crate) const CONFIRM_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a request may go unanswered and unconfirmed before the session reports it
 /// ([`Event::Unconfirmed`]): the broker may have dropped it without a nack (seen when a quorum
 /// queue's leader is killed), or be slow to take it.
-pub const CONFIRM_PATIENCE: Duration = Duration::from_secs(2);
+pub(crate) const CONFIRM_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the broker sent us next.
-pub enum Event {
+pub(crate) enum Event {
     /// A message on the callback queue.
-    Reply(Delivery),
+    Delivered(Delivery),
     /// A request the broker returned (published `mandatory`, no queue to route it to).
     Returned(Return),
     /// The correlation ids of requests the broker refused (nacked): they never reached the
@@ -51,7 +51,7 @@ pub enum Event {
 }
 
 /// An open connection to one broker, set up for calls.
-pub struct Session {
+pub(crate) struct Session {
     // Field order is drop order: the channel closes before its connection, the receivers
     // outlive both (amiquip's I/O thread must never find them gone), and the link's watchdog
     // bounds the closes (see `Drop`).
@@ -99,7 +99,7 @@ impl Session {
     /// Connects to the first broker of `brokers` that answers, starting at `start`, and sets
     /// up the channel (with publisher confirms) and the callback queue, each round trip bounded
     /// by `limit`, and all of them by `deadline` if there is one.
-    pub fn open(
+    pub(crate) fn open(
         brokers: &[BrokerOptions],
         start: usize,
         reply_queue: ReplyQueue,
@@ -211,19 +211,19 @@ impl Session {
     }
 
     /// The callback queue (the `reply_to` of this session's requests).
-    pub fn reply_queue(&self) -> &str {
+    pub(crate) fn reply_queue(&self) -> &str {
         &self.reply_queue
     }
 
     /// Which of the client's brokers this session is connected to.
-    pub fn broker(&self) -> usize {
+    pub(crate) fn broker(&self) -> usize {
         self.broker
     }
 
     /// Publishes `request` to `queue` as the call `correlation_id`, span `trace` (if traced), whose caller waits
     /// `remaining` more (its `expiration`); returns its publish sequence number. Fails at once
     /// while the broker blocks our publishers; the publish itself waits at most `remaining`.
-    pub fn publish(
+    pub(crate) fn publish(
         &mut self,
         queue: &str,
         request: &RpcRequest,
@@ -252,19 +252,19 @@ impl Session {
     }
 
     /// The request published as `seq` was answered: its confirm no longer matters.
-    pub fn answered(&mut self, seq: u64) {
+    pub(crate) fn answered(&mut self, seq: u64) {
         self.unconfirmed.remove(&seq);
         self.overdue.remove(&seq);
     }
 
     /// Whether the broker confirmed the request published as `seq`, by the confirms taken in
     /// so far ([`Session::take_confirms`]).
-    pub fn confirmed(&self, seq: u64) -> bool {
+    pub(crate) fn confirmed(&self, seq: u64) -> bool {
         seq < self.next_seq && !self.unconfirmed.contains_key(&seq) && !self.overdue.contains(&seq)
     }
 
     /// Takes in the confirms that arrived; returns the correlation ids of nacked requests.
-    pub fn take_confirms(&mut self) -> Vec<String> {
+    pub(crate) fn take_confirms(&mut self) -> Vec<String> {
         let mut nacked = Vec::new();
         while let Ok(confirm) = self.confirms.try_recv() {
             self.settle(confirm, &mut nacked);
@@ -315,7 +315,7 @@ impl Session {
 
     /// Waits until `deadline` for a reply, a returned request or a nack; fails at once when
     /// the broker blocks our publishers (our requests would wait in its buffers).
-    pub fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
+    pub(crate) fn next_event(&mut self, deadline: Instant) -> Result<Event, Error> {
         loop {
             let nacked = self.take_confirms();
             if !nacked.is_empty() {
@@ -345,7 +345,7 @@ impl Session {
             let remaining = wake.saturating_duration_since(now);
             let note = select! {
                 recv(self.replies) -> message => return match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Reply(delivery)),
+                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Delivered(delivery)),
                     Ok(ConsumerMessage::ServerClosedChannel(err))
                     | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
                     Ok(other) => Err(Error::ConnectionLost(format!(
@@ -427,7 +427,7 @@ impl Session {
     /// Consumers of `queue`, for the timeout message; `None` if it can't be told, an error
     /// only if the broker did not answer within [`PROBE_LIMIT`] (the connection is then
     /// abandoned).
-    pub fn consumer_count(&mut self, queue: &str) -> Result<Option<u32>, Error> {
+    pub(crate) fn consumer_count(&mut self, queue: &str) -> Result<Option<u32>, Error> {
         let Link {
             connection,
             watchdog,
@@ -453,7 +453,7 @@ impl Session {
 
     /// Closes the connection (and with it the channel), within [`CLOSE_LIMIT`]: a close the
     /// broker does not answer in time abandons the connection and reports [`Error::Stalled`].
-    pub fn close(mut self) -> Result<(), Error> {
+    pub(crate) fn close(mut self) -> Result<(), Error> {
         let Some(Link {
             connection,
             watchdog,

@@ -82,12 +82,58 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
+/// Why a wait of this module ended without its condition.
+#[derive(Debug)]
+pub enum WaitError {
+    /// The condition could not be checked: what was waited for, and why.
+    Failed {
+        /// What was waited for.
+        what: String,
+        /// The error checking the condition.
+        source: Box<Error>,
+    },
+    /// The time was up: what was waited for, for how long, and what was seen last, if known.
+    TimedOut {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// What was seen last, e.g. `0 consumer(s)`.
+        last: Option<String>,
+    },
+    /// The caller's `give_up` stopped the wait early (a server being waited for exited, say).
+    GaveUp {
+        /// What was waited for.
+        what: String,
+        /// Why the wait stopped.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::Failed { what, source } => write!(f, "while waiting for {what}: {source}"),
+            WaitError::TimedOut { what, waited, last } => {
+                write!(f, "timed out after {waited:?} waiting for {what}")?;
+                match last {
+                    Some(last) => write!(f, " (last seen: {last})"),
+                    None => Ok(()),
+                }
+            }
+            WaitError::GaveUp { what, why } => write!(f, "{why} while waiting for {what}"),
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
 /// Polls `condition` every 20 ms until it holds; fails with `what` after `timeout`.
 pub fn wait_until(
     what: &str,
     timeout: Duration,
     condition: impl FnMut() -> Result<bool, Error>,
-) -> Result<(), String> {
+) -> Result<(), WaitError> {
     poll_until(what, timeout, Duration::from_millis(20), condition)
 }
 
@@ -97,16 +143,25 @@ pub fn poll_until(
     timeout: Duration,
     every: Duration,
     mut condition: impl FnMut() -> Result<bool, Error>,
-) -> Result<(), String> {
+) -> Result<(), WaitError> {
     let deadline = Instant::now() + timeout;
     loop {
         match condition() {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(err) => return Err(format!("while waiting for {what}: {err}")),
+            Err(source) => {
+                return Err(WaitError::Failed {
+                    what: what.to_string(),
+                    source: Box::new(source),
+                })
+            }
         }
         if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+            return Err(WaitError::TimedOut {
+                what: what.to_string(),
+                waited: timeout,
+                last: None,
+            });
         }
         std::thread::sleep(every.min(deadline.saturating_duration_since(Instant::now())));
     }
@@ -143,7 +198,7 @@ pub fn wait_for_consumers(
     queue: &str,
     consumers: u32,
     within: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, WaitError> {
     wait_for_consumer_count(
         brokers,
         queue,
@@ -188,7 +243,7 @@ pub fn wait_for_consumer_count(
     want: Consumers,
     within: Duration,
     mut give_up: impl FnMut() -> Option<String>,
-) -> Result<Duration, String> {
+) -> Result<Duration, WaitError> {
     let started = Instant::now();
     let what = format!("{want} on '{queue}'");
     let mut admin: Option<Admin> = None;
@@ -220,9 +275,16 @@ pub fn wait_for_consumer_count(
         }
         Ok(false)
     })
-    .map_err(|err| format!("{err} (last seen: {last})"))?;
+    .map_err(|err| match err {
+        WaitError::TimedOut { what, waited, .. } => WaitError::TimedOut {
+            what,
+            waited,
+            last: Some(last),
+        },
+        other => other,
+    })?;
     match gave_up {
-        Some(why) => Err(format!("{why} while waiting for {what}")),
+        Some(why) => Err(WaitError::GaveUp { what, why }),
         None => Ok(started.elapsed()),
     }
 }
@@ -294,12 +356,12 @@ impl Admin {
 
     /// Waits up to 20 s until `queue` has exactly `consumers` consumers (see the function
     /// [`wait_for_consumers`], which this calls with the brokers this admin connected through).
-    pub fn wait_for_consumers(&mut self, queue: &str, consumers: u32) -> Result<(), String> {
+    pub fn wait_for_consumers(&mut self, queue: &str, consumers: u32) -> Result<(), WaitError> {
         wait_for_consumers(&self.brokers, queue, consumers, Duration::from_secs(20)).map(|_| ())
     }
 
     /// Waits until `queue` holds no ready messages.
-    pub fn wait_for_empty(&mut self, queue: &str) -> Result<(), String> {
+    pub fn wait_for_empty(&mut self, queue: &str) -> Result<(), WaitError> {
         wait_until(
             &format!("queue '{queue}' to be empty"),
             Duration::from_secs(20),

@@ -21,15 +21,15 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Header carrying the vendors' trace state, passed on as received when valid.
 pub const TRACESTATE_HEADER: &str = "tracestate";
 /// Environment variable of a parent context, under the name OpenTelemetry uses for processes.
-pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
+pub(crate) const ENV_TRACEPARENT: &str = "TRACEPARENT";
 /// Environment variable of the parent's trace state.
-pub const ENV_TRACESTATE: &str = "TRACESTATE";
+pub(crate) const ENV_TRACESTATE: &str = "TRACESTATE";
 
 /// Length of a version-00 `traceparent`.
-pub const TRACEPARENT_LEN: usize = 55;
+pub(crate) const TRACEPARENT_LEN: usize = 55;
 /// Longest `tracestate` passed on (W3C: at most 32 entries; 512 bytes is what a vendor may
 /// count on being propagated).
-pub const MAX_TRACESTATE: usize = 512;
+pub(crate) const MAX_TRACESTATE: usize = 512;
 
 /// The `sampled` flag.
 const SAMPLED: u8 = 0x01;

@@ -41,9 +41,9 @@ pub mod exit_code {
     ];
 }
 
-/// How [`Error::ConsumerStopped`] begins for a `basic.cancel` that was most likely a consumer
-/// timeout: the broker cancelled the consumer while the request queue still exists and a
-/// request was in hand, or had just taken long.
+/// How [`Error::ConsumerTimeout`]'s message begins: the broker cancelled the consumer (a
+/// `basic.cancel`) while the request queue still exists and a request was in hand, or had
+/// just taken long.
 pub const CONSUMER_TIMEOUT_CANCEL: &str =
     "the broker cancelled our consumer while the queue still exists, after a long request";
 
@@ -64,6 +64,9 @@ pub enum Error {
     },
     /// The request consumer stopped: cancelled by the broker, or its channel went away.
     ConsumerStopped(String),
+    /// The broker cancelled the consumer in a way that was most likely a consumer timeout
+    /// (see [`CONSUMER_TIMEOUT_CANCEL`]): the queue, the requests in hand, the longest one.
+    ConsumerTimeout(String),
     /// The broker refused something that trying again with the same settings cannot fix, so
     /// the server stopped instead of reconnecting: the login or the virtual host (403/530 at
     /// connect), a permission (403 ACCESS_REFUSED), an exclusive queue of another connection
@@ -122,10 +125,10 @@ impl Error {
     /// used: ..."); a quorum queue of 4.3 and later cancels the consumer instead (a
     /// `basic.cancel` without a reason: see [`CONSUMER_TIMEOUT_CANCEL`]).
     pub fn consumer_timeout(&self) -> Option<String> {
-        if let Error::ConsumerStopped(why) = self {
-            return why
-                .starts_with(CONSUMER_TIMEOUT_CANCEL)
-                .then(|| CONSUMER_TIMEOUT_CANCEL.to_string());
+        match self {
+            Error::ConsumerTimeout(_) => return Some(CONSUMER_TIMEOUT_CANCEL.to_string()),
+            Error::ConsumerStopped(_) => return None,
+            _ => {}
         }
         self.link_error()
             .and_then(LinkError::broker_code)
@@ -168,6 +171,9 @@ impl fmt::Display for Error {
             Error::Connection(err) => err.fmt(f),
             Error::Broker { doing, source } => write!(f, "{doing}: {source}"),
             Error::ConsumerStopped(why) => write!(f, "consumer stopped: {why}"),
+            Error::ConsumerTimeout(details) => {
+                write!(f, "consumer stopped: {CONSUMER_TIMEOUT_CANCEL} {details}")
+            }
             Error::Refused { hint, cause } => {
                 write!(f, "{cause}; not retrying: {hint}")
             }

@@ -51,7 +51,7 @@ pub fn connect_first(
 /// Tries every address the host resolves to, in order. `options.connect_timeout` bounds the
 /// TCP connect, TLS and the AMQP handshake of one address together, however slowly the peer
 /// sends its bytes. Errors name the masked URI.
-pub fn open_link(options: &BrokerOptions) -> Result<Link, LinkError> {
+pub(super) fn open_link(options: &BrokerOptions) -> Result<Link, LinkError> {
     let fail = |failure: ConnectFailure| LinkError::Connect {
         uri: options.display_uri(),
         failure: Box::new(failure),

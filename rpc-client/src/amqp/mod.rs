@@ -3,7 +3,7 @@
 //! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), every byte from
 //! the broker read through [`DepthGuard`] (headers nested too deep cut before amiquip decodes
 //! them), time limits on
-//! each later round trip ([`Watchdog`]), consuming a queue ([`consume`], [`callback_queue`])
+//! each later round trip ([`Watchdog`]), consuming a queue ([`consume`](fn@consume), [`callback_queue`])
 //! and the backoff between connection attempts ([`Reconnect`]). Its failures are
 //! [`LinkError`]s.
 //!

@@ -11,7 +11,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 /// A random 64-bit number (not for cryptography).
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RandomState::new().build_hasher().finish()
 }
 
@@ -22,7 +22,7 @@ fn below(bound: u64) -> u64 {
 
 /// Shuffles `items` in place (Fisher-Yates).
 #[cfg(feature = "cli")]
-pub fn shuffle<T>(items: &mut [T]) {
+pub(crate) fn shuffle<T>(items: &mut [T]) {
     for i in (1..items.len()).rev() {
         let j = below(i as u64 + 1) as usize;
         items.swap(i, j);
@@ -30,7 +30,7 @@ pub fn shuffle<T>(items: &mut [T]) {
 }
 
 /// `duration` scaled by a random factor in `1 - spread ..= 1 + spread` (`spread` in 0..=1).
-pub fn jitter(duration: Duration, spread: f64) -> Duration {
+pub(super) fn jitter(duration: Duration, spread: f64) -> Duration {
     let spread = spread.clamp(0.0, 1.0);
     let unit = below(1_000_001) as f64 / 1_000_000.0; // 0..=1
     duration.mul_f64(1.0 - spread + 2.0 * spread * unit)

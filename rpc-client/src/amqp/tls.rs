@@ -48,7 +48,7 @@ impl fmt::Display for TlsError {
 impl std::error::Error for TlsError {}
 
 /// Reads every certificate of a PEM file (a CA bundle may hold several).
-pub fn load_ca(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError> {
+pub(crate) fn load_ca(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
@@ -65,7 +65,7 @@ pub fn load_ca(path: &Path) -> Result<Vec<native_tls::Certificate>, TlsError> {
 }
 
 /// A connector trusting the system's CAs plus every certificate in `extra_ca`.
-pub fn connector(extra_ca: Option<&Path>) -> Result<native_tls::TlsConnector, TlsError> {
+pub(super) fn connector(extra_ca: Option<&Path>) -> Result<native_tls::TlsConnector, TlsError> {
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = extra_ca {
         for certificate in load_ca(path)? {

@@ -2,17 +2,17 @@
 //! masking.
 //!
 //! [`BrokerOptions`] is what [`open_first`](super::open_first) needs; the command-line flags that
-//! fill it are in [`crate::args`]. Anything that prints a broker address prints
+//! fill it are in `rpc_client::cli` (feature `cli`). Anything that prints a broker address prints
 //! [`BrokerOptions::display_uri`] or [`mask_uri`], never the password.
 
 use std::fmt;
 use std::time::Duration;
 
 /// The RabbitMQ default AMQP port.
-pub const DEFAULT_PORT: u16 = 5672;
+pub(crate) const DEFAULT_PORT: u16 = 5672;
 
 /// The RabbitMQ default AMQP-over-TLS port.
-pub const DEFAULT_TLS_PORT: u16 = 5671;
+pub(crate) const DEFAULT_TLS_PORT: u16 = 5671;
 
 /// Everything needed to open an AMQP connection.
 ///
@@ -257,7 +257,7 @@ pub fn mask_uri(uri: &str) -> String {
 /// Whether `uri` holds a password (`scheme://user:password@…`, an empty one included), valid
 /// URI or not.
 #[cfg(feature = "cli")]
-pub fn has_password(uri: &str) -> bool {
+pub(crate) fn has_password(uri: &str) -> bool {
     password_span(uri).is_some()
 }
 

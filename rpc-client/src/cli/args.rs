@@ -166,7 +166,7 @@ const MAX_PASSWORD_FILE: u64 = 64 * 1024;
 /// blocking and checked on the open file, so a FIFO, a device, a socket or a directory is
 /// refused at once. A file that cannot be read, is not regular, is empty, is not UTF-8 or is
 /// over 64 KiB is an [`Error::Config`] naming the file.
-pub fn read_password_file(path: &Path) -> Result<String, Error> {
+pub(super) fn read_password_file(path: &Path) -> Result<String, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |why: &dyn std::fmt::Display| {
         Error::Config(format!(

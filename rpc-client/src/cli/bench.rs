@@ -8,9 +8,62 @@ use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+/// The columns of `rpc-client bench --tsv`, in order: its header line. The echo floor bench
+/// writes them too ([`TsvRow`]), and xtask's bench reads its columns by these names.
+pub const TSV_COLUMNS: [&str; 11] = [
+    "calls",
+    "in_flight",
+    "reply_queue",
+    "n",
+    "seconds",
+    "calls_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+];
+
+/// One bench result as `--tsv` prints it: the header line ([`TSV_COLUMNS`]), then the row.
+#[derive(Debug, Clone, Copy)]
+pub struct TsvRow<'a> {
+    /// Calls timed.
+    pub calls: u64,
+    /// Calls outstanding at once.
+    pub in_flight: u64,
+    /// `exclusive` or `direct`.
+    pub reply_queue: &'a str,
+    /// The n of every call.
+    pub n: u64,
+    /// Seconds the timed calls took.
+    pub seconds: f64,
+    /// p50, p90, p99 and max latency in ms; `None` leaves the four columns empty.
+    pub latency_ms: Option<[f64; 4]>,
+    /// Calls that failed.
+    pub errors: u64,
+}
+
+impl std::fmt::Display for TsvRow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.calls as f64 / self.seconds.max(1e-9);
+        writeln!(f, "{}", TSV_COLUMNS.join("\t"))?;
+        let (calls, in_flight, queue, n) = (self.calls, self.in_flight, self.reply_queue, self.n);
+        write!(
+            f,
+            "{calls}\t{in_flight}\t{queue}\t{n}\t{:.3}\t{rate:.0}",
+            self.seconds
+        )?;
+        match self.latency_ms {
+            Some(latency) => latency.iter().try_for_each(|ms| write!(f, "\t{ms:.3}"))?,
+            None => f.write_str("\t\t\t\t")?,
+        }
+        writeln!(f, "\t{}", self.errors)
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
-pub struct BenchOptions {
+pub(super) struct BenchOptions {
     /// Calls to time.
     pub calls: u64,
     /// Calls outstanding at once.
@@ -25,7 +78,7 @@ pub struct BenchOptions {
 
 /// What was measured.
 #[derive(Debug)]
-pub struct BenchReport {
+pub(super) struct BenchReport {
     /// Calls timed.
     pub calls: u64,
     /// Calls that failed or returned a different value than the first reply.
@@ -40,17 +93,17 @@ pub struct BenchReport {
 
 impl BenchReport {
     /// Timed calls per second.
-    pub fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Latency quantile `q` (0..=1) in milliseconds.
-    pub fn latency_ms(&self, q: f64) -> f64 {
+    pub(super) fn latency_ms(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1e3
     }
 
     /// Highest latency in milliseconds.
-    pub fn max_ms(&self) -> f64 {
+    pub(super) fn max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1e3
     }
 }
@@ -58,7 +111,7 @@ impl BenchReport {
 impl BenchReport {
     /// Writes the report for `options` and `reply_queue`: two lines of prose, or with `tsv` a
     /// header line and one row of tab-separated values (for scripts).
-    pub fn write(
+    pub(super) fn write(
         &self,
         out: &mut dyn Write,
         options: &BenchOptions,
@@ -78,14 +131,16 @@ impl BenchReport {
         let (calls, n, in_flight) = (self.calls, options.n, options.in_flight);
         let (seconds, rate, errors) = (self.elapsed.as_secs_f64(), self.rate(), self.errors);
         if tsv {
-            writeln!(
-                out,
-                "calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors"
-            )?;
-            writeln!(
-                out,
-                "{calls}\t{in_flight}\t{reply_queue}\t{n}\t{seconds:.3}\t{rate:.0}\t{p50:.3}\t{p90:.3}\t{p99:.3}\t{max:.3}\t{errors}",
-            )
+            let row = TsvRow {
+                calls,
+                in_flight: in_flight as u64,
+                reply_queue,
+                n,
+                seconds,
+                latency_ms: Some([p50, p90, p99, max]),
+                errors,
+            };
+            write!(out, "{row}")
         } else {
             writeln!(
                 out,
@@ -100,7 +155,10 @@ impl BenchReport {
 }
 
 /// Runs the warm-up, then the timed calls, over `client`.
-pub fn run(client: &mut FibonacciRpcClient, options: &BenchOptions) -> Result<BenchReport, Error> {
+pub(super) fn run(
+    client: &mut FibonacciRpcClient,
+    options: &BenchOptions,
+) -> Result<BenchReport, Error> {
     let mut expected: Option<String> = None;
     let mut report = BenchReport {
         calls: options.calls,

@@ -129,7 +129,7 @@ pub enum Command {
 }
 
 /// Parses `--header K=V`: split at the first `=`; K not empty and at most 255 bytes.
-pub fn parse_header(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_header(text: &str) -> Result<(String, String), String> {
     let Some((name, value)) = text.split_once('=') else {
         return Err("expected NAME=VALUE (no '=' in it)".into());
     };
@@ -141,7 +141,7 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `--content-type`: at most 255 bytes.
-pub fn parse_content_type(text: &str) -> Result<String, String> {
+pub(super) fn parse_content_type(text: &str) -> Result<String, String> {
     check_short_string("the content type", text)?;
     Ok(text.to_string())
 }
@@ -149,7 +149,7 @@ pub fn parse_content_type(text: &str) -> Result<String, String> {
 /// The request bodies of `rpc-client call`: each argument's bytes, or for `-` all of `stdin`
 /// (at most `limit` bytes). More than one `-`, or more than `limit` bytes on stdin, is an
 /// [`Error::Config`] (exit 2).
-pub fn read_bodies(
+pub(super) fn read_bodies(
     bodies: Vec<String>,
     stdin: impl Read,
     limit: usize,

@@ -7,7 +7,7 @@ use crate::text::is_bidi;
 /// are escaped, so are control characters (C0, DEL, C1) and bidirectional overrides
 /// (`\uXXXX`, or `\n`, `\t` and the like), so that the output is safe on a terminal; other
 /// non-ASCII text is kept as UTF-8.
-pub fn push_string(out: &mut String, text: &str) {
+pub(super) fn push_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

@@ -5,7 +5,7 @@
 //! A JSON line is one object: `timestamp` (RFC 3339, UTC, microseconds), `level`, `target`,
 //! `message`, then the record's key-values (a server's per-request line: `correlation_id`,
 //! `trace_id` when the request was traced, `outcome`, `duration_ms`): numbers and booleans as JSON numbers and booleans,
-//! anything else as a string. Strings are escaped by [`crate::json`], so a line stays one
+//! anything else as a string. Strings are escaped by [`super::json`], so a line stays one
 //! line whatever it holds; text from the network is made printable where it is logged, in
 //! both formats.
 //!
@@ -181,7 +181,7 @@ fn rfc3339_micros(time: SystemTime) -> String {
 }
 
 /// `record` as one JSON object and a newline.
-pub fn json_line(timestamp: &str, record: &log::Record<'_>) -> String {
+pub(super) fn json_line(timestamp: &str, record: &log::Record<'_>) -> String {
     let mut line = String::with_capacity(160);
     line.push_str("{\"timestamp\": ");
     json::push_string(&mut line, timestamp);

@@ -16,6 +16,7 @@ mod output;
 #[cfg(any(test, feature = "test-support"))]
 pub use args::check_command;
 pub use args::{parse, parse_seconds, BrokerArgs, CommonArgs, Generate, GenerateArgs, LogArgs};
+pub use bench::{TsvRow as BenchTsvRow, TSV_COLUMNS as BENCH_TSV_COLUMNS};
 pub use command::{exit_code, run, Cli, Command, MAX_STDIN_BODY};
 pub use logging::{
     format_from_args, init as init_logging, is_json, set_format, stderr_line, LogFormat,

@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 /// `index` from 0; the callback's `Break` asks it to stop). Stops at the first failure in
 /// argument order, after writing everything before it, and returns that failure. A reader
 /// that closed the pipe (`| head`) ends the calls without an error.
-pub fn in_order<T>(
+pub(super) fn in_order<T>(
     count: usize,
     out: &mut dyn Write,
     mut write: impl FnMut(&mut dyn Write, T) -> io::Result<()>,
@@ -61,7 +61,7 @@ pub fn in_order<T>(
 
 /// Calls fib(n) for every n of `numbers` with up to `in_flight` calls outstanding, writing
 /// each result to `out` on its own line in argument order (see [`in_order`]).
-pub fn print_in_order(
+pub(super) fn print_in_order(
     client: &mut FibonacciRpcClient,
     numbers: &[u64],
     in_flight: usize,
@@ -81,7 +81,7 @@ pub fn print_in_order(
 
 /// How [`print_replies_in_order`] writes a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyFormat {
+pub(super) enum ReplyFormat {
     /// The body as received, then a newline unless the body ends with one ([`write_body`]).
     /// An error reply stops the batch.
     Body,
@@ -92,7 +92,7 @@ pub enum ReplyFormat {
 
 /// Sends every request of `requests` with up to `in_flight` outstanding, writing each reply
 /// to `out` in `format`, in argument order (see [`in_order`]).
-pub fn print_replies_in_order(
+pub(super) fn print_replies_in_order(
     client: &mut RpcClient,
     requests: &[RpcRequest],
     in_flight: usize,
@@ -129,7 +129,7 @@ pub fn print_replies_in_order(
 /// Writes a reply body as received (it is the user's data: not made printable), then a
 /// newline unless it ends with one, so that every reply ends a line and `hello` or `hello\n`
 /// both print as one line.
-pub fn write_body(out: &mut dyn Write, body: &[u8]) -> io::Result<()> {
+pub(super) fn write_body(out: &mut dyn Write, body: &[u8]) -> io::Result<()> {
     out.write_all(body)?;
     if body.last() != Some(&b'\n') {
         out.write_all(b"\n")?;
@@ -143,7 +143,11 @@ pub fn write_body(out: &mut dyn Write, body: &[u8]) -> io::Result<()> {
 /// string if it is UTF-8, in base64 otherwise, header values as text ([`wire::header_text`]),
 /// `trace_id` only when the call was traced. With `error` (the reply's [`Error::Server`]):
 /// `{"error": {"code": …, "message": …}, "server": …, "trace_id": …, "elapsed_ms": …}`.
-pub fn write_json(out: &mut dyn Write, reply: &RpcReply, error: Option<&Error>) -> io::Result<()> {
+pub(super) fn write_json(
+    out: &mut dyn Write,
+    reply: &RpcReply,
+    error: Option<&Error>,
+) -> io::Result<()> {
     let mut line = String::with_capacity(reply.body.len() + 128);
     line.push('{');
     if let Some(error) = error {
@@ -204,7 +208,7 @@ fn push_optional(line: &mut String, text: Option<&str>) {
 
 /// `Ok` for a write that failed only because the reader closed the pipe (`| head`): that is the
 /// reader's choice, not our failure.
-pub fn ignore_broken_pipe(result: io::Result<()>) -> io::Result<()> {
+pub(super) fn ignore_broken_pipe(result: io::Result<()>) -> io::Result<()> {
     match result {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
@@ -213,7 +217,7 @@ pub fn ignore_broken_pipe(result: io::Result<()>) -> io::Result<()> {
 
 /// Why [`in_order`] stopped early.
 #[derive(Debug)]
-pub enum PrintError {
+pub(super) enum PrintError {
     /// A call failed (or the connection was lost).
     Call(Error),
     /// Writing the output failed.

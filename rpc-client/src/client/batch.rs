@@ -223,7 +223,7 @@ impl RpcClient {
         describe: &impl Fn(usize, &T) -> String,
     ) -> Result<Step<T, R>, Error> {
         let step = match event {
-            Ok(Event::Reply(delivery)) => {
+            Ok(Event::Delivered(delivery)) => {
                 let id = delivery
                     .properties
                     .correlation_id()
@@ -271,11 +271,10 @@ impl RpcClient {
                 Step::Outcome(call, Err(err))
             }
             Err(err) if err.is_connection_loss() => {
-                let cause = err.to_string();
-                let cause = cause
-                    .strip_prefix("connection to the broker lost: ")
-                    .unwrap_or(&cause)
-                    .to_string();
+                let cause = match err {
+                    Error::ConnectionLost(why) => why,
+                    other => other.to_string(),
+                };
                 log::warn!(
                     "connection to the broker lost ({cause}) with {} call(s) in flight",
                     calls.len()

@@ -25,7 +25,7 @@ const LOG10_SQRT5: f64 = 0.349_485_002_168_009_4;
 const MAX_EXACT: u64 = 93;
 
 /// Why `value` (ASCII digits, at least one) is not fib(`n`), or `Ok`.
-pub fn check_fib(n: u64, value: &str) -> Result<(), String> {
+pub(super) fn check_fib(n: u64, value: &str) -> Result<(), String> {
     if value.len() > 1 && value.starts_with('0') {
         return Err("a leading zero".into());
     }

@@ -42,59 +42,35 @@
 //! # Ok::<(), rpc_server::Error>(())
 //! ```
 //!
-//! The parts: the program, its command line and environment (`program`); the processes,
+//! The parts, in `child/` (shared with [`crate::stream`]): the program, its command line and environment (`program`); the processes,
 //! their groups, reaping, orphans and the unclean stop (`process`, [`contain`], [`end_orphans`],
 //! [`end_all`]); the guardian process (`guardian`, [`guard`]); the `poll` loop over a run's
 //! pipes with its size and time bounds (`pipes`); stderr to the log (`stderr`).
 
-mod guardian;
-pub(crate) mod pipes;
-pub(crate) mod process;
-pub(crate) mod program;
-pub(crate) mod stderr;
+pub use crate::child::guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
+pub use crate::child::process::{contain, end_all, end_orphans};
+pub use crate::child::{
+    COMMAND_LOG, ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE, LINGER,
+};
 
-pub use guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
-pub use process::{contain, end_all, end_orphans};
-
+use crate::child::pipes::{describe_status, Ended, Run};
+use crate::child::process::{end_orphans as end_orphaned, kill_group};
+use crate::child::program::{find_program, quoted};
+use crate::child::stderr::StderrLog;
+use crate::child::{check_size, process, program, reply, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
-use pipes::{describe_status, Ended, Run};
-use process::{end_orphans as end_orphaned, kill_group};
-use program::{find_program, quoted};
 use rpc_client::wire::{self, ErrorCode};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
-use stderr::StderrLog;
-
-/// Log target of the commands' stderr lines.
-pub const COMMAND_LOG: &str = "rpc_server::command";
-
-/// The request's `correlation_id`.
-pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
-/// The request's `content_type`.
-pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
-/// The `traceparent` (W3C trace context) of the server's span of the request, under the name
-/// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
-/// never a request's header as received. Unset for a request that is not traced.
-pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
-/// The request's `tracestate` header (W3C trace context), when valid and with a valid
-/// `traceparent`.
-pub const ENV_TRACESTATE: &str = "TRACESTATE";
-
-/// Once the command has exited, how long what is left on its pipes is still collected (a
-/// process that escaped its group, a `setsid` child, may hold them open).
-pub const LINGER: Duration = Duration::from_millis(150);
 
 /// Default for `--exec-timeout`.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default for `--max-request-bytes`.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
-
-/// How long past `--exec-timeout` a run may take, to kill and reap the command.
-pub(crate) const KILL_GRACE: Duration = Duration::from_secs(6);
 
 /// What command to run and within which limits.
 #[derive(Debug, Clone)]
@@ -167,7 +143,7 @@ impl CommandHandler {
     /// Runs the command for `request`: its stdout, or the error reply.
     fn run(&self, request: &Request<'_>) -> Result<Vec<u8>, Reply> {
         let limits = &self.options;
-        check_size(request, limits)?;
+        check_size(request, limits.max_request_bytes)?;
         let started = Instant::now();
         let deadline = started + limits.exec_timeout;
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
@@ -240,37 +216,6 @@ impl CommandHandler {
                 ErrorCode::ExecFailed,
                 &format!("the server lost track of its command: {err}"),
             )),
-        }
-    }
-}
-
-/// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
-/// program, per request (`-- CMD`) or kept (`--protocol lines|json`).
-pub(crate) fn check_size(request: &Request<'_>, limits: &CommandOptions) -> Result<(), Reply> {
-    if request.body.len() <= limits.max_request_bytes {
-        return Ok(());
-    }
-    Err(Reply::refuse(
-        ErrorCode::TooLarge,
-        &format!(
-            "the request body is {} bytes, above this server's limit of {} bytes",
-            request.body.len(),
-            limits.max_request_bytes
-        ),
-    ))
-}
-
-/// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its
-/// content type, or the refusal, which is logged.
-pub(crate) fn reply(outcome: Result<(Vec<u8>, Option<String>), Reply>) -> Reply {
-    match outcome {
-        Ok((body, content_type)) => Reply::answer(body).with_content_type(content_type),
-        Err(refusal) => {
-            log::warn!(
-                "refusing request: {}",
-                String::from_utf8_lossy(&refusal.body)
-            );
-            refusal
         }
     }
 }
@@ -437,7 +382,7 @@ mod tests {
                       ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
         // The malformed traceparent counts as absent (its tracestate with it): the request is
         // not traced, so the command gets no TRACEPARENT, never the header as received ...
-        let untraced = crate::workers::server_span(&properties, false);
+        let untraced = crate::server::workers::server_span(&properties, false);
         assert_eq!(untraced, None);
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
@@ -446,7 +391,7 @@ mod tests {
         });
         assert_eq!(message(&reply), "id-7||unset|unset|unset\n");
         // ... and with --trace, the server's span of a new trace.
-        let trace = crate::workers::server_span(&properties, true).expect("a new trace");
+        let trace = crate::server::workers::server_span(&properties, true).expect("a new trace");
         let reply = handler("sh", &["-c", script]).handle(&Request {
             body: b"",
             properties: &properties,

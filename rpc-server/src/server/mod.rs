@@ -4,37 +4,42 @@
 //!
 //! Acking only after the reply is confirmed means that neither a server that dies mid-request
 //! nor a broker that refuses or loses a reply loses the request: the broker delivers it again
-//! (see [`crate::ack`] and [`crate::confirms`]). A prefetch of 1 (the default)
+//! (see [`crate::server::ack`] and [`crate::server::confirms`]). A prefetch of 1 (the default)
 //! hands each server one request at a time, so N servers share slow work evenly; with
 //! `workers` N the prefetch is at least N, and each request is acked after its own reply.
 //!
 //! A request that comes back (`redelivered`: its server died or lost it) is not handled as
 //! it comes: it is re-published with its count of deliveries and acked, or, at the limit,
-//! answered with a `redelivered` error reply (see [`crate::redelivery`]), so that a request
+//! answered with a `redelivered` error reply (see [`crate::server::redelivery`]), so that a request
 //! that kills its server every time stops after a few, on every queue type.
 //!
 //! The parts: here, the server across connections (connecting, consuming, the clean stop,
-//! reconnecting); `session`, one connection's serving (admit a request, reply, ack, the
-//! confirms); `books`, its bookkeeping, and `rules`, its decisions, both without a broker;
+//! reconnecting); `serving`, one connection's serving (admit a request, reply, ack, the
+//! confirms); `owed`, its bookkeeping, and `rules`, its decisions, both without a broker;
 //! `requeue`, re-queuing a request that came back.
 
-mod books;
+mod ack;
+mod confirms;
+mod owed;
+mod queue;
+pub(crate) mod redelivery;
 mod requeue;
 mod rules;
-mod session;
+mod serving;
+pub(crate) mod workers;
 
 use crate::error::Error;
 use crate::handler::{Fibonacci, Handler};
 use crate::metrics::Meter;
 use crate::options::{QueueType, ServerOptions};
-use crate::queue::ensure_queue;
-use crate::redelivery::Redeliveries;
-use crate::workers::Workers;
+use crate::server::queue::ensure_queue;
+use crate::server::redelivery::Redeliveries;
+use crate::server::workers::Workers;
 use amiquip::{Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_client::amqp::{consume, open_first, Link, LinkError, Reconnect, Watchdog};
 use rpc_client::wire;
-use session::{Handles, Session};
+use serving::{Handles, Serving};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -267,7 +272,7 @@ impl Server<'_> {
             login: &options.brokers[reached].user,
             limit,
         };
-        let mut session = Session::new(self, handles, usize::from(prefetch));
+        let mut session = Serving::new(self, handles, usize::from(prefetch));
         let served = session.consume(&deliveries, blocked);
         if served.is_err() {
             // Lost with the connection: the broker delivers their requests again.
@@ -334,7 +339,7 @@ fn subscribe(
     })?;
     let channel = watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
     // With confirm_replies, requests are acked once their replies are confirmed (see
-    // crate::ack, crate::confirms); without, once they are published.
+    // crate::server::ack, crate::server::confirms); without, once they are published.
     let confirms = if options.confirm_replies {
         watchdog.bounded("to enabling publisher confirms", limit, || {
             let confirms = channel.listen_for_publisher_confirms()?;

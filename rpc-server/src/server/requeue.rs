@@ -1,16 +1,13 @@
-//! A request that came back (see [`crate::redelivery`]): re-queued with its count of
-//! deliveries on a channel of its own, in confirm mode, or answered with a `redelivered`
-//! error reply.
+//! The channel that requests which came back (see [`crate::server::redelivery`]) are re-queued on,
+//! with their count of deliveries: its own, in confirm mode. The session decides (re-queue,
+//! or a `redelivered` error reply); this module knows nothing of the session.
 
 use super::lost;
-use super::session::Session;
 use crate::error::Error;
-use crate::handler::Reply;
-use crate::redelivery::{self, MAX_DELIVERIES};
-use amiquip::{AmqpProperties, Channel, Confirm, Delivery, Publish};
+use amiquip::{AmqpProperties, Channel, Confirm, Connection, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rpc_client::wire::ErrorCode;
-use std::time::Instant;
+use rpc_client::amqp::Watchdog;
+use std::time::{Duration, Instant};
 
 /// A channel in confirm mode for re-queued requests, and its confirms.
 pub(super) struct Requeue {
@@ -20,68 +17,25 @@ pub(super) struct Requeue {
     published: u64,
 }
 
-impl Session<'_, '_> {
-    /// Answers a request that must not be handled again with a `redelivered` error reply: the
-    /// last word, acked whatever the broker says to the reply.
-    pub(super) fn refuse_redelivered(
-        &mut self,
-        delivery: Delivery,
-        why: &str,
-    ) -> Result<(), Error> {
-        log::warn!("refusing a redelivered request: {why}");
-        let reply = Reply::refuse(ErrorCode::Redelivered, why);
-        let trace = self.span(&delivery);
-        self.reply(delivery, reply, trace, false)
-    }
+/// What opening the channel and publishing on it take from a session's broker handles.
+pub(super) struct Broker<'b> {
+    pub(super) connection: &'b mut Connection,
+    pub(super) watchdog: &'b Watchdog,
+    /// Each broker round trip's bound.
+    pub(super) limit: Duration,
+}
 
-    /// A request came back (see [`crate::redelivery`]): publishes a copy with its count of
-    /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
-    /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
-    /// handled here instead, so that nothing loops.
-    pub(super) fn requeue(&mut self, delivery: Delivery, attempts: u64) -> Result<(), Error> {
-        let properties =
-            redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
-        let queue = self.server.options.queue.as_str();
-        match self.publish_confirmed(queue, &delivery.body, properties) {
-            Ok(true) => {
-                log::info!(
-                    "a request came back (delivered {attempts} time(s) before; at \
-                     {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
-                    redelivery::ATTEMPTS_HEADER
-                );
-                self.server.meter.requeued();
-                self.settled(delivery)
-            }
-            // Refused: a quorum queue without a leader for the moment (a node lost, a
-            // partition) nacks, as does a full queue with reject-publish. Neither says anything
-            // about the request, which is handled here then, its count not raised this once.
-            // (The cluster scenarios answered a request 'redelivered' when this refused it.)
-            Ok(false) => {
-                log::warn!(
-                    "a request came back and the broker refused (nacked) its copy with its count \
-                     of attempts; handling it here (delivered {attempts} time(s) before)"
-                );
-                self.handle(delivery)
-            }
-            Err(err) if err.channel_closed() => {
-                log::warn!(
-                    "the broker closed the channel of re-queued requests ({err}); handling the \
-                     request here (delivered {attempts} time(s) before)"
-                );
-                self.requeue = None;
-                self.handle(delivery)
-            }
-            Err(err) => Err(err),
-        }
-    }
-
+impl Requeue {
     /// The channel for re-queued requests, opened (in confirm mode) if it is not yet.
-    fn requeue_channel(&mut self) -> Result<&mut Requeue, Error> {
-        if self.requeue.is_none() {
-            let connection = &mut *self.broker.connection;
-            let requeue = self.broker.watchdog.bounded(
+    fn channel<'r>(
+        slot: &'r mut Option<Requeue>,
+        broker: &mut Broker<'_>,
+    ) -> Result<&'r mut Requeue, Error> {
+        if slot.is_none() {
+            let connection = &mut *broker.connection;
+            let requeue = broker.watchdog.bounded(
                 "to opening the channel for re-queued requests",
-                self.broker.limit,
+                broker.limit,
                 || {
                     let channel = connection.open_channel(None)?;
                     let confirms = channel.listen_for_publisher_confirms()?;
@@ -93,25 +47,26 @@ impl Session<'_, '_> {
                     })
                 },
             )?;
-            self.requeue = Some(requeue);
+            *slot = Some(requeue);
         }
-        self.requeue
-            .as_mut()
+        slot.as_mut()
             .ok_or_else(|| Error::ConsumerStopped("no channel for re-queued requests".into()))
     }
 
     /// Publishes `body` with `properties` to `queue` (through the default exchange) on the
     /// re-queue channel and waits for the broker's confirm, each within the round-trip bound:
     /// `Ok(true)` once acked, `Ok(false)` if nacked.
-    fn publish_confirmed(
-        &mut self,
+    /// `slot` holds the channel, opened here if it is not yet, and dropped if it went away.
+    pub(super) fn publish_confirmed(
+        slot: &mut Option<Requeue>,
+        mut broker: Broker<'_>,
         queue: &str,
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<bool, Error> {
-        let limit = self.broker.limit;
-        let watchdog = self.broker.watchdog;
-        let requeue = self.requeue_channel()?;
+        let limit = broker.limit;
+        let watchdog = broker.watchdog;
+        let requeue = Self::channel(slot, &mut broker)?;
         let channel = &requeue.channel;
         watchdog
             .bounded("to the re-queued request's publish", limit, || {
@@ -133,7 +88,7 @@ impl Session<'_, '_> {
                 }
                 // The channel or the connection went away: the channel's close says which.
                 Err(RecvTimeoutError::Disconnected) => {
-                    let closed = self.requeue.take().map(|r| r.channel.close());
+                    let closed = slot.take().map(|r| r.channel.close());
                     return Err(match closed {
                         Some(Err(err)) => Error::broker("cannot re-queue a request")(err),
                         _ => lost(watchdog, "connection closed"),

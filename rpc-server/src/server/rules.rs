@@ -2,9 +2,9 @@
 //! ([`admission`]), a reply over the limit ([`fit_reply`]), and what a `basic.cancel` most
 //! likely meant ([`cancel_cause`]).
 
-use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
+use crate::error::Error;
 use crate::handler::Reply;
-use crate::redelivery::{Redeliveries, Verdict};
+use crate::server::redelivery::{Redeliveries, Verdict};
 use amiquip::AmqpProperties;
 use rpc_client::wire::{self, ErrorCode};
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub(super) enum Admission {
     /// [`rpc_client::amqp::FLATTENED_DEPTH`], where the connection cut deeper ones (see
     /// [`rpc_client::amqp::DepthGuard`]). Refused: `bad-request`.
     DeepHeaders(usize),
-    /// What the redelivery rule says (see [`crate::redelivery`]).
+    /// What the redelivery rule says (see [`crate::server::redelivery`]).
     Redelivery(Verdict),
 }
 
@@ -80,8 +80,8 @@ pub(super) fn cancel_cause(
         Ok(false) => Error::ConsumerStopped(format!(
             "the broker cancelled our consumer: queue '{queue}' was deleted"
         )),
-        Ok(true) if busy > 0 || longest_call >= LONG_CALL => Error::ConsumerStopped(format!(
-            "{CONSUMER_TIMEOUT_CANCEL} (queue '{queue}'; {busy} request(s) in hand, the longest \
+        Ok(true) if busy > 0 || longest_call >= LONG_CALL => Error::ConsumerTimeout(format!(
+            "(queue '{queue}'; {busy} request(s) in hand, the longest \
              finished one took {:.1}s): most likely a consumer timeout",
             longest_call.as_secs_f64()
         )),
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(again, Admission::Redelivery(Verdict::Requeue(1)));
         let mut headers = FieldTable::new();
         headers.insert(
-            crate::redelivery::ATTEMPTS_HEADER.into(),
+            crate::server::redelivery::ATTEMPTS_HEADER.into(),
             AmqpValue::LongLongInt(9),
         );
         let spent = request().with_headers(headers);

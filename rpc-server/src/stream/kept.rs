@@ -1,4 +1,4 @@
-//! One program kept running ([`Kept`]): started once in a process group of its own, a command
+//! One program kept running ([`KeptProgram`]): started once in a process group of its own, a command
 //! in hand for the server's subreaper and guardian (see `crate::command::contain`) for as
 //! long as it lives; requests go to its stdin a line at a time and the next line on its
 //! stdout is the answer. Its three pipes are non-blocking and served by one `poll` loop on
@@ -6,24 +6,20 @@
 //! calls when all goes well: a read that finds nothing unsolicited on its stdout and a
 //! `waitpid` that finds it alive (between requests), the write of the request straight to its
 //! stdin, and a `poll` that waits for the answer before the read that takes it; then
-//! [`Kept::settle`]: the `pread`s of one look in `/proc` (three for a program of one process
+//! [`KeptProgram::settle`]: the `pread`s of one look in `/proc` (three for a program of one process
 //! and one thread) and a read that finds its stdout empty.
 
 use super::watch::{Look, Watch};
-use crate::command::pipes::describe_status;
-use crate::command::process::{self, InHand};
-use crate::command::program;
-use crate::command::stderr::StderrLog;
-use crate::command::{self, COMMAND_LOG};
-use crate::command::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, ppoll, PollFd, PollFlags, PollTimeout};
-use nix::sys::time::TimeSpec;
+use crate::child::pipes::{describe_status, poll3, set_nonblocking, wait3};
+use crate::child::process::{self, InHand};
+use crate::child::program;
+use crate::child::stderr::StderrLog;
+use crate::child::COMMAND_LOG;
+use crate::child::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use rpc_client::wire;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +75,7 @@ pub(crate) enum Settle {
 static BLIND_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// A program kept running. Dropping it kills its process group and reaps it.
-pub(crate) struct Kept {
+pub(crate) struct KeptProgram {
     child: Child,
     /// Its pid, which is its process group's id.
     pub(crate) pid: u32,
@@ -103,11 +99,15 @@ pub(crate) struct Kept {
     _in_hand: InHand,
 }
 
-impl Kept {
+impl KeptProgram {
     /// Starts `path` (argv\[0\] `program`) with `args`: piped, in a group of its own, with the
     /// server's environment less the broker credentials and the per-request variables of
     /// `-- CMD`.
-    pub(crate) fn start(path: &Path, program: &OsString, args: &[OsString]) -> io::Result<Kept> {
+    pub(crate) fn start(
+        path: &Path,
+        program: &OsString,
+        args: &[OsString],
+    ) -> io::Result<KeptProgram> {
         let mut command = program::piped(path, program, args);
         for name in [
             ENV_CORRELATION_ID,
@@ -121,7 +121,7 @@ impl Kept {
         let pid = child.id();
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let kept = Kept {
+        let kept = KeptProgram {
             child,
             pid,
             stdin,
@@ -140,10 +140,7 @@ impl Kept {
             kept.stdout.as_ref().map(AsFd::as_fd),
             kept.stderr.as_ref().map(AsFd::as_fd),
         ];
-        for fd in fds.into_iter().flatten() {
-            let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        }
+        set_nonblocking(fds)?;
         Ok(kept)
     }
 
@@ -346,9 +343,9 @@ impl Kept {
     }
 
     /// Once its stdout closed: collects the rest of its stderr and its exit status, for at
-    /// most [`command::LINGER`] (what it left in its group may hold the pipe).
+    /// most [`crate::child::LINGER`] (what it left in its group may hold the pipe).
     fn wind_down(&mut self, errors: &mut StderrLog) -> Option<ExitStatus> {
-        let until = Instant::now() + command::LINGER;
+        let until = Instant::now() + crate::child::LINGER;
         let mut pause = Duration::from_micros(100);
         loop {
             if self.stderr.is_some() {
@@ -482,7 +479,7 @@ impl Kept {
     }
 }
 
-impl Drop for Kept {
+impl Drop for KeptProgram {
     fn drop(&mut self) {
         // A group's id is not reused while a member of it lives, reaped leader or not.
         process::kill_group(self.pid);
@@ -492,44 +489,4 @@ impl Drop for Kept {
         }
         // Then `_in_hand` goes: no longer a command in hand.
     }
-}
-
-/// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready
-/// (writable for the first, readable for the others, or closed).
-fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[bool; 3]> {
-    wait3(fds, timeout, false)
-}
-
-/// [`poll3`], to the nanosecond (`ppoll`) if `precise`.
-fn wait3(
-    fds: [Option<BorrowedFd<'_>>; 3],
-    timeout: Duration,
-    precise: bool,
-) -> io::Result<[bool; 3]> {
-    let events = [PollFlags::POLLOUT, PollFlags::POLLIN, PollFlags::POLLIN];
-    let mut polled = Vec::with_capacity(3);
-    let mut slots = [None; 3];
-    for (index, fd) in fds.into_iter().enumerate() {
-        if let Some(fd) = fd {
-            slots[index] = Some(polled.len());
-            polled.push(PollFd::new(fd, events[index]));
-        }
-    }
-    let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-    let polled_now = if precise {
-        ppoll(&mut polled, Some(TimeSpec::from_duration(timeout)), None)
-    } else {
-        poll(&mut polled, PollTimeout::from(millis))
-    };
-    match polled_now {
-        Ok(_) => {}
-        Err(Errno::EINTR) => return Ok([false; 3]),
-        Err(err) => return Err(err.into()),
-    }
-    let ready = |slot: Option<usize>| {
-        slot.and_then(|i| polled.get(i))
-            .and_then(PollFd::revents)
-            .is_some_and(|events| !events.is_empty())
-    };
-    Ok([ready(slots[0]), ready(slots[1]), ready(slots[2])])
 }

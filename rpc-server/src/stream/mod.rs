@@ -13,7 +13,7 @@
 //!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
 //!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
 //!   program is ended (its stream is out of step) and started again for the next request,
-//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s (`Backoff`),
+//!   after a pause of 0.1 s doubling with each failure in a row up to 10 s, ±25% (`Backoff`),
 //!   reset by a reply: a program that dies at start every time is logged and never spins;
 //! - a reply is sent only once the program waits for its next request with nothing more on
 //!   its stdout (`watch`, from `/proc`), and its first request is written only then: a second
@@ -35,14 +35,17 @@ mod codec;
 mod kept;
 mod watch;
 
-use crate::command::pipes::describe_status;
-use crate::command::program::{find_program, quoted};
-use crate::command::stderr::StderrLog;
-use crate::command::{self, process, CommandOptions, KILL_GRACE};
+use crate::child::pipes::describe_status;
+use crate::child::process;
+use crate::child::program::{find_program, quoted};
+use crate::child::stderr::StderrLog;
+use crate::child::KILL_GRACE;
+use crate::command::CommandOptions;
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use codec::{Answer, Bad};
-use kept::{Idle, Kept, Outcome, Settle};
+use kept::{Idle, KeptProgram, Outcome, Settle};
+use rpc_client::amqp::Reconnect;
 use rpc_client::wire::{self, ErrorCode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,9 +68,6 @@ pub enum Protocol {
 /// How long a program whose stdin was closed (at a stop, or to recycle it) has to exit before
 /// its group is killed.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// First pause before starting a program again after a failure.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest pause before starting a program again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -112,27 +112,42 @@ pub struct StreamOptions {
 }
 
 /// The pause before the next start of a failing program: 0.1 s after the first failure in a
-/// row, doubling up to 10 s; a reply resets it.
-#[derive(Debug, Default, Clone)]
+/// row, doubling up to 10 s, each ±25% at random (`rpc_client::amqp::Reconnect`, the
+/// connections' backoff: programs that fail together do not restart together); a reply
+/// resets it.
+#[derive(Debug, Clone)]
 struct Backoff {
-    failures: u32,
+    reconnect: Reconnect,
     not_before: Option<Instant>,
     last: String,
 }
 
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            reconnect: Reconnect::new(None, MAX_BACKOFF),
+            not_before: None,
+            last: String::new(),
+        }
+    }
+}
+
 impl Backoff {
     fn failed(&mut self, why: &str) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let pause = FIRST_BACKOFF
-            .saturating_mul(1 << (self.failures - 1).min(10))
-            .min(MAX_BACKOFF);
+        // Never None: no limit on the failures in a row.
+        let pause = self.reconnect.failed().unwrap_or(MAX_BACKOFF);
         self.not_before = Some(Instant::now() + pause);
         self.last = why.to_string();
         pause
     }
 
+    /// Failures in a row so far.
+    fn failures(&self) -> u32 {
+        self.reconnect.failures()
+    }
+
     fn succeeded(&mut self) {
-        self.failures = 0;
+        self.reconnect.succeeded();
         self.not_before = None;
     }
 }
@@ -140,7 +155,7 @@ impl Backoff {
 /// A worker's place: its program, if running, and its backoff.
 struct Slot {
     index: usize,
-    kept: Option<Kept>,
+    kept: Option<KeptProgram>,
     backoff: Backoff,
 }
 
@@ -151,7 +166,7 @@ pub struct StreamHandler {
     shown: String,
     command_line: String,
     /// The free slots; a request takes one and gives it back.
-    slots: Mutex<Free>,
+    slots: Mutex<FreeSlots>,
     free: Condvar,
     /// Programs being retired in the background: one thread each, at most one per worker.
     retiring: Mutex<Vec<JoinHandle<()>>>,
@@ -169,18 +184,18 @@ impl std::fmt::Debug for StreamHandler {
 
 /// The free slots, and how many requests wait for one (only then is a slot given back
 /// signalled: a `notify_one` is a system call even when nobody waits).
-struct Free {
+struct FreeSlots {
     slots: Vec<Slot>,
     waiting: usize,
 }
 
 /// A slot taken by one request, given back when dropped.
-struct Taken<'a> {
+struct SlotInUse<'a> {
     handler: &'a StreamHandler,
     slot: Option<Slot>,
 }
 
-impl Drop for Taken<'_> {
+impl Drop for SlotInUse<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             let mut free = lock(&self.handler.slots);
@@ -227,7 +242,7 @@ impl StreamHandler {
             path,
             shown,
             command_line,
-            slots: Mutex::new(Free { slots, waiting: 0 }),
+            slots: Mutex::new(FreeSlots { slots, waiting: 0 }),
             free: Condvar::new(),
             retiring: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
@@ -242,11 +257,11 @@ impl StreamHandler {
     }
 
     /// A free slot, waiting for one until `deadline`.
-    fn take(&self, deadline: Instant) -> Option<Taken<'_>> {
+    fn take(&self, deadline: Instant) -> Option<SlotInUse<'_>> {
         let mut free = lock(&self.slots);
         loop {
             if let Some(slot) = free.slots.pop() {
-                return Some(Taken {
+                return Some(SlotInUse {
                     handler: self,
                     slot: Some(slot),
                 });
@@ -268,7 +283,7 @@ impl StreamHandler {
     /// The reply body and content type, or the error reply.
     fn serve(&self, request: &Request<'_>) -> Result<(Vec<u8>, Option<String>), Reply> {
         let limits = &self.options.command;
-        command::check_size(request, limits)?;
+        crate::child::check_size(request, limits.max_request_bytes)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = codec::encode(self.options.protocol, id, request)
             .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
@@ -296,7 +311,7 @@ impl StreamHandler {
         };
         drop(taken);
         // As after any command: what left its group is ended.
-        command::end_orphans();
+        process::end_orphans();
         let took = started.elapsed();
         let (outcome, bytes_out) = match &result {
             Ok((body, _)) => ("answered".to_string(), body.len()),
@@ -318,7 +333,7 @@ impl StreamHandler {
 
     /// Makes sure `slot` has a program ready for a request (started after its backoff, if
     /// due before `deadline`), or the error reply.
-    fn ready(&self, slot: &mut Slot, deadline: Instant) -> Result<(), Reply> {
+    fn restart_if_needed(&self, slot: &mut Slot, deadline: Instant) -> Result<(), Reply> {
         if let Some(kept) = slot.kept.as_mut() {
             let why = match kept.idle_check() {
                 Idle::Ready => return Ok(()),
@@ -333,7 +348,7 @@ impl StreamHandler {
             };
             end_program(slot, &why);
             log::warn!(
-                target: command::COMMAND_LOG,
+                target: crate::child::COMMAND_LOG,
                 "worker {}: the program {why}; starting it again",
                 slot.index
             );
@@ -347,7 +362,7 @@ impl StreamHandler {
                         &format!(
                             "the program failed {} time(s) in a row and is not started again \
                              for {:.1}s (last: {})",
-                            slot.backoff.failures,
+                            slot.backoff.failures(),
                             (not_before - now).as_secs_f64(),
                             slot.backoff.last
                         ),
@@ -358,10 +373,10 @@ impl StreamHandler {
             }
         }
         let options = &self.options.command;
-        match Kept::start(&self.path, &options.program, &options.args) {
+        match KeptProgram::start(&self.path, &options.program, &options.args) {
             Ok(kept) => {
                 log::info!(
-                    target: command::COMMAND_LOG,
+                    target: crate::child::COMMAND_LOG,
                     "worker {}: started `{}` (pid {}, --protocol {})",
                     slot.index,
                     self.command_line,
@@ -390,7 +405,7 @@ impl StreamHandler {
         request: &Request<'_>,
         last_try: bool,
     ) -> Result<Served, Again> {
-        if let Err(reply) = self.ready(slot, deadline) {
+        if let Err(reply) = self.restart_if_needed(slot, deadline) {
             return Ok(Err(reply));
         }
         let Some(pid) = slot.kept.as_ref().map(|kept| kept.pid) else {
@@ -487,7 +502,7 @@ impl StreamHandler {
                     format!("the program exited with status 0 with a request in hand{stderr}");
                 end_program(slot, &why);
                 log::info!(
-                    target: command::COMMAND_LOG,
+                    target: crate::child::COMMAND_LOG,
                     "worker {}: {why}, unanswered: the request goes to a fresh program",
                     slot.index
                 );
@@ -536,7 +551,7 @@ impl StreamHandler {
             let shown = slot
                 .kept
                 .as_ref()
-                .map(Kept::unsolicited)
+                .map(KeptProgram::unsolicited)
                 .unwrap_or_default();
             let why = format!(
                 "protocol error: the program wrote {bytes} more bytes (\"{shown}\") after its \
@@ -558,7 +573,7 @@ impl StreamHandler {
                     // Another request's late reply: this one is not at fault.
                     slot.kept = None;
                     log::warn!(
-                        target: command::COMMAND_LOG,
+                        target: crate::child::COMMAND_LOG,
                         "worker {}: {why}, an earlier request's: the request goes to a fresh \
                          program",
                         slot.index
@@ -592,7 +607,7 @@ impl StreamHandler {
                 let shown = slot
                     .kept
                     .as_ref()
-                    .map(Kept::unsolicited)
+                    .map(KeptProgram::unsolicited)
                     .unwrap_or_default();
                 format!("wrote {bytes} bytes after its reply (\"{shown}\"), nobody asked for")
             }
@@ -614,7 +629,7 @@ impl StreamHandler {
             log::Level::Warn
         };
         log::log!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             level,
             "worker {} (pid {pid}): the program {}; started again for the next request",
             slot.index,
@@ -639,18 +654,18 @@ impl StreamHandler {
         // Killed with its group and reaped.
         slot.kept = None;
         let pause = slot.backoff.failed(&why);
-        let at_start = if answered == 0 && slot.backoff.failures > 1 {
+        let at_start = if answered == 0 && slot.backoff.failures() > 1 {
             ", it keeps failing before its first reply"
         } else {
             ""
         };
         log::warn!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             "worker {} (pid {pid}): {}; {} failure(s) in a row{at_start}; next start in {:.1}s \
              at the earliest",
             slot.index,
             wire::printable(&why),
-            slot.backoff.failures,
+            slot.backoff.failures(),
             pause.as_secs_f64()
         );
         Err(Reply::refuse(code, &why))
@@ -674,7 +689,7 @@ impl StreamHandler {
             let closing = retiring.len();
             drop(retiring);
             log::info!(
-                target: command::COMMAND_LOG,
+                target: crate::child::COMMAND_LOG,
                 "worker {}: retiring its program (pid {}) after {max} request(s): killed at \
                  once, {closing} retired program(s) still closing",
                 slot.index,
@@ -685,7 +700,7 @@ impl StreamHandler {
             return;
         }
         log::info!(
-            target: command::COMMAND_LOG,
+            target: crate::child::COMMAND_LOG,
             "worker {}: retiring its program (pid {}) after {max} request(s)",
             slot.index,
             kept.pid
@@ -704,7 +719,7 @@ impl StreamHandler {
 
 impl Handler for StreamHandler {
     fn handle(&self, request: &Request<'_>) -> Reply {
-        command::reply(self.serve(request))
+        crate::child::reply(self.serve(request))
     }
 
     fn time_limit(&self) -> Option<Duration> {
@@ -725,7 +740,7 @@ impl Handler for StreamHandler {
     /// then kills their groups; waits for the programs being retired too.
     fn close(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        let kept: Vec<Kept> = lock(&self.slots)
+        let kept: Vec<KeptProgram> = lock(&self.slots)
             .slots
             .iter_mut()
             .filter_map(|slot| slot.kept.take())

@@ -384,7 +384,7 @@ mod tests {
         assert!(matches!(look, Look::Waiting), "{look:?}");
         assert_eq!(watch.escaped.len(), 1, "the setsid sleep");
         for pid in watch.escaped.clone() {
-            crate::command::process::kill_process(pid);
+            crate::child::process::kill_process(pid);
         }
         drop(shell.stdin.take());
         let look = until(&mut watch, |look, _| matches!(look, Look::Gone));

@@ -10,7 +10,7 @@ use crate::common::server::ServerProc;
 use crate::common::{log_dir, rpc_client_bin};
 use amiquip::{AmqpProperties, ConsumerOptions, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_server::redelivery::{ATTEMPTS_HEADER, MAX_DELIVERIES};
+use rpc_server::{ATTEMPTS_HEADER, MAX_DELIVERIES};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -35,7 +35,7 @@ pub fn run(cluster: &Cluster, title: &str) -> ScenarioResult {
                 "{SERVERS} consumers again {:.1}s after node {node} stopped",
                 secs(waited)
             )),
-            Err(err) => run.checks.check(false, || err),
+            Err(err) => run.checks.check(false, || err.to_string()),
         }
         if !run.restart_node(cluster, node) {
             break;

@@ -175,6 +175,7 @@ pub fn wait_for_broker(broker: &BrokerOptions, within: Duration) -> Result<(), S
     testing::wait_until("the broker to accept AMQP connections", within, || {
         Ok(testing::Admin::connect_to(std::slice::from_ref(broker)).is_ok())
     })
+    .map_err(|e| e.to_string())
 }
 
 /// The RabbitMQ application of the node `ctl` reaches, stopped by [`BrokerApp::stop`]; started

@@ -172,7 +172,11 @@ fn stop_while_blocked(sc: &mut Scenario, close: bool) {
     sc.check(settled.is_ok(), || {
         format!(
             "{name}: {} (last seen (ready, consumers): request queue {:?}, reply queue {:?})",
-            settled.err().unwrap_or_default(),
+            settled
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             seen.0,
             seen.1
         )

@@ -156,7 +156,12 @@ fn hostile_scraper(sc: &mut Scenario, probed: &Probed, client: &mut FibonacciRpc
         HTTP_TIMEOUT,
         || Ok(probed.status("/metrics") == Ok(200)),
     );
-    sc.check(back.is_ok(), || back.err().unwrap_or_default());
+    sc.check(back.is_ok(), || {
+        back.as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    });
 }
 
 /// A request held in `hold` (a queue with a TTL), dead-lettered by the broker into `queue`
@@ -231,7 +236,11 @@ fn memory_alarm(
     sc.check(blocked.is_ok(), || {
         format!(
             "{}\n{}",
-            blocked.clone().err().unwrap_or_default(),
+            blocked
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             probed.server.log_tail(5)
         )
     });
@@ -251,7 +260,13 @@ fn memory_alarm(
         Duration::from_secs(10),
         || Ok(probed.status("/readyz") == Ok(200)),
     );
-    sc.check(unblocked.is_ok(), || unblocked.err().unwrap_or_default());
+    sc.check(unblocked.is_ok(), || {
+        unblocked
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    });
     drop(admin);
 }
 
@@ -270,7 +285,11 @@ fn broker_restart(sc: &mut Scenario, probed: &Probed) {
     sc.check(not_ready.is_ok(), || {
         format!(
             "{}\n{}",
-            not_ready.clone().err().unwrap_or_default(),
+            not_ready
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             probed.server.log_tail(5)
         )
     });
@@ -292,7 +311,11 @@ fn broker_restart(sc: &mut Scenario, probed: &Probed) {
     sc.check(ready.is_ok(), || {
         format!(
             "{}\n{}",
-            ready.clone().err().unwrap_or_default(),
+            ready
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             probed.server.log_tail(5)
         )
     });

@@ -1,6 +1,7 @@
 //! What a bench run measured, kept as the rows' results for the table.
 
 use anyhow::{Context as _, Result};
+use rpc_client::cli::BENCH_TSV_COLUMNS;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -44,20 +45,23 @@ pub struct Results {
 
 impl Results {
     /// Adds one run of row `id` from the result line of a `--tsv` bench output (its last
-    /// line: calls/s in column 6, p50 in 7, p99 in 9, failed calls in 11; latencies may be
-    /// empty).
+    /// line; its columns are `BENCH_TSV_COLUMNS`, read by name: calls/s, p50, p99 and failed
+    /// calls; latencies may be empty).
     pub fn add_run(&mut self, id: &str, output: &str) -> Result<()> {
         let line = output.lines().last().unwrap_or("");
         let columns: Vec<&str> = line.split('\t').map(str::trim).collect();
-        let column = |i: usize| columns.get(i - 1).copied().unwrap_or("");
-        let rate = column(6)
+        let column = |name: &str| {
+            let at = BENCH_TSV_COLUMNS.iter().position(|c| *c == name);
+            at.and_then(|i| columns.get(i)).copied().unwrap_or("")
+        };
+        let rate = column("calls_per_s")
             .parse::<u64>()
-            .with_context(|| format!("{id}: no calls/s in column 6 of '{line}'"))?;
+            .with_context(|| format!("{id}: no calls_per_s in '{line}'"))?;
         let row = self.rates.entry(id.into()).or_default();
         row.runs.push(rate);
-        row.errors += column(11).parse::<u64>().unwrap_or(0);
+        row.errors += column("errors").parse::<u64>().unwrap_or(0);
         if row.best.as_ref().is_none_or(|(best, _, _)| rate > *best) {
-            row.best = Some((rate, column(7).into(), column(9).into()));
+            row.best = Some((rate, column("p50_ms").into(), column("p99_ms").into()));
         }
         Ok(())
     }
@@ -149,9 +153,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_what_rpc_client_bench_writes() {
+        let mut r = Results::default();
+        let row = rpc_client::cli::BenchTsvRow {
+            calls: 3000,
+            in_flight: 4,
+            reply_queue: "direct",
+            n: 30,
+            seconds: 2.0,
+            latency_ms: Some([1.25, 2.0, 3.5, 9.0]),
+            errors: 2,
+        };
+        r.add_run("w", &row.to_string()).expect("a row");
+        assert_eq!(r.rate("w"), Some(1500.0));
+        let rate = r.rates.get("w").expect("row w");
+        assert_eq!(rate.best, Some((1500, "1.250".into(), "3.500".into())));
+        assert_eq!(rate.errors, 2);
+    }
+
+    #[test]
     fn best_run_and_failed_calls() {
         let mut r = Results::default();
-        let head = "calls\tin_flight\treply_queue\tn\tseconds\tcalls_per_s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors\n";
+        let head = format!("{}\n", BENCH_TSV_COLUMNS.join("\t"));
         r.add_run(
             "c",
             &format!("{head}2000\t1\tx\t30\t1\t800\t1.1\t.\t2.0\t.\t0"),
@@ -168,7 +191,7 @@ mod tests {
         let err = r
             .add_run("c", "1\t2\t3\t4\t5\tfast\t\t\t\t\t0")
             .expect_err("no rate");
-        assert!(format!("{err:#}").contains("no calls/s in column 6"));
+        assert!(format!("{err:#}").contains("no calls_per_s"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! [`ending`] says the server is exiting.
 
 use super::guardian;
+pub(crate) use super::kill::{kill_group, kill_process};
 use crate::error::Error;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -58,7 +59,7 @@ impl Drop for InHand {
 /// known to [`end_orphans`], [`end_all`] and the guardian until the [`InHand`] is dropped,
 /// which must be after the child is reaped (no scan for orphans sees it before it is
 /// recorded). Refused once [`end_all`] was called. For a run of
-/// [`CommandHandler`](super::CommandHandler) and for the programs `crate::stream` keeps
+/// [`CommandHandler`](crate::command::CommandHandler) and for the programs `crate::stream` keeps
 /// running.
 pub(crate) fn spawn(command: &mut std::process::Command) -> io::Result<(Child, InHand)> {
     let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
@@ -98,7 +99,7 @@ pub(crate) fn park_if_ending() {
 
 /// Makes this process the keeper of whatever its commands start, for a server that serves a
 /// command (the `rpc-server` binary calls it before serving). Only for a binary whose `main`
-/// runs [`guard`](super::guard) when [`GUARDIAN_ENV`](super::GUARDIAN_ENV) is set: it starts
+/// runs [`guard`](crate::command::guard) when [`GUARDIAN_ENV`](crate::command::GUARDIAN_ENV) is set: it starts
 /// its own executable as the guardian.
 ///
 /// - a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process whose parent exits, such as
@@ -108,10 +109,10 @@ pub(crate) fn park_if_ending() {
 ///   among them, can no longer read its `/proc/PID/environ` (where `AMQP_PASSWORD` is) or
 ///   its memory, nor attach a debugger; it also dumps no core. Its command line stays
 ///   readable by every user (`ps`), so a password has no place there;
-/// - the parent of a guardian process ([`guard`](super::guard)): told of each command as it
+/// - the parent of a guardian process ([`guard`](crate::command::guard)): told of each command as it
 ///   starts and ends, it kills the process groups of the commands in hand when the server
 ///   dies, however it dies (SIGKILL, the OOM killer), and the processes with the server's id
-///   in their environment ([`INSTANCE_ENV`](super::INSTANCE_ENV), which every command gets).
+///   in their environment ([`INSTANCE_ENV`](crate::command::INSTANCE_ENV), which every command gets).
 ///
 /// Linux only; an error names the setting the kernel refused, or why the guardian could not
 /// start.
@@ -305,22 +306,4 @@ fn children(thread: Option<nix::unistd::Pid>) -> Vec<u32> {
             })
             .collect()
     })
-}
-
-/// Sends SIGKILL to process `pid`, if it is still there.
-pub(crate) fn kill_process(pid: u32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// Kills process group `pid` (the command and whatever it started), if it is still there.
-pub(crate) fn kill_group(pid: u32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }

@@ -58,7 +58,7 @@ const REMEMBERED: usize = 10_000;
 
 /// What to do with a request just received.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Handle it (a first delivery, or a copy re-published with its count).
     Handle,
     /// Answer it with a `redelivered` error reply, for this reason, and ack it.
@@ -70,7 +70,7 @@ pub enum Verdict {
 
 /// The requests this server started and did not see acked, by correlation id and `reply_to`.
 #[derive(Debug, Default)]
-pub struct Redeliveries {
+pub(crate) struct Redeliveries {
     /// Each request started and not finished, with its number in `order`.
     started: HashMap<Key, u64, BuildHasherDefault<KeyHasher>>,
     /// Requests in the order they were started, by number; entries of finished ones are
@@ -83,7 +83,7 @@ pub struct Redeliveries {
 impl Redeliveries {
     /// What to do with a request (see [`Verdict`]); records it as started when it is to be
     /// handled (see [`Redeliveries::finished`]).
-    pub fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Verdict {
+    pub(crate) fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Verdict {
         let earlier = earlier_deliveries(redelivered, properties);
         if earlier >= MAX_DELIVERIES {
             return Verdict::Refuse(format!(
@@ -134,13 +134,13 @@ impl Redeliveries {
 
     /// The connection was lost (not a channel closed by the broker): whatever happened to the
     /// requests in hand says nothing about them, so none of them counts as lost while handled.
-    pub fn forget_started(&mut self) {
+    pub(crate) fn forget_started(&mut self) {
         self.started.clear();
         self.order.clear();
     }
 
     /// The request was answered and acked: forget it.
-    pub fn finished(&mut self, properties: &AmqpProperties) {
+    pub(crate) fn finished(&mut self, properties: &AmqpProperties) {
         if let Some(key) = key(properties) {
             if self.started.remove(&key).is_some() {
                 self.trim();
@@ -152,7 +152,7 @@ impl Redeliveries {
 /// How many times a request was delivered before this delivery: the count of earlier copies
 /// ([`ATTEMPTS_HEADER`]) plus this copy's own earlier deliveries (the broker's
 /// `x-delivery-count`, at least 1 when `redelivered`).
-pub fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties) -> u64 {
+pub(crate) fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties) -> u64 {
     let own = count_header(properties, "x-delivery-count")
         .unwrap_or(0)
         .max(u64::from(redelivered));
@@ -165,7 +165,7 @@ pub fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties) -> u64
 /// [`ATTEMPTS_HEADER`] = `attempts`, without the broker's `x-delivery-count`, and without a
 /// `user_id` other than `login` (the broker refuses a publish whose `user_id` is not the
 /// publisher's login).
-pub fn requeued_properties(
+pub(crate) fn requeued_properties(
     original: &AmqpProperties,
     attempts: u64,
     login: &str,

@@ -1,9 +1,9 @@
-//! One connection's bookkeeping, with no broker in it ([`Books`]): the requests in hand, the
-//! acks due (see [`crate::ack`]), the replies waiting for a confirm (see [`crate::confirms`]),
+//! One connection's bookkeeping, with no broker in it ([`Owed`]): the requests in hand, the
+//! acks due (see [`crate::server::ack`]), the replies waiting for a confirm (see [`crate::server::confirms`]),
 //! and when the consume loop must wait for those confirms.
 
-use crate::ack::Acks;
-use crate::confirms::{ReplyKind, Settled, Unconfirmed};
+use crate::server::ack::Acks;
+use crate::server::confirms::{ReplyKind, Settled, Unconfirmed};
 use amiquip::Confirm;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub(super) struct Replied<T> {
 }
 
 /// What one channel owes the broker and its callers; `T` is a request (a delivery).
-pub(super) struct Books<T> {
+pub(super) struct Owed<T> {
     acks: Acks<T>,
     unconfirmed: Unconfirmed<Replied<T>>,
     /// The prefetch: with that many requests unacked the broker sends no more.
@@ -33,10 +33,10 @@ pub(super) struct Books<T> {
     longest_call: Duration,
 }
 
-impl<T> Books<T> {
+impl<T> Owed<T> {
     /// Nothing owed yet, on a channel with a prefetch of `window`.
-    pub(super) fn new(window: usize) -> Books<T> {
-        Books {
+    pub(super) fn new(window: usize) -> Owed<T> {
+        Owed {
             acks: Acks::new(ACK_BATCH),
             unconfirmed: Unconfirmed::default(),
             window,
@@ -147,7 +147,7 @@ mod tests {
     }
 
     /// A request taken, answered and published: its reply's confirm is number `sequence`.
-    fn answered(books: &mut Books<u64>, tag: u64) {
+    fn answered(books: &mut Owed<u64>, tag: u64) {
         books.taken(tag);
         books.replied(tag);
         books.awaiting_confirm(ReplyKind::Answer, tag, true);
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_request_is_acked_once_its_reply_is_confirmed() {
-        let mut books = Books::new(10);
+        let mut books = Owed::new(10);
         answered(&mut books, 1);
         assert_eq!(
             (books.unacked(), books.in_hand(), books.awaiting()),
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_settled_request_behind_one_in_hand_is_acked_alone_at_once() {
-        let mut books = Books::new(10);
+        let mut books = Owed::new(10);
         books.taken(1);
         books.taken(2);
         assert_eq!(books.in_hand(), 2);
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn confirms_wake_the_loop_only_when_nothing_else_may() {
-        let mut books = Books::new(2);
+        let mut books = Owed::new(2);
         // Nothing waits for a confirm: no reason to wake, whatever else holds.
         assert!(!books.confirms_urgent(true, true));
         assert_eq!(books.patience(false), Duration::MAX);
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_longest_call_is_kept() {
-        let mut books = Books::<u64>::new(1);
+        let mut books = Owed::<u64>::new(1);
         books.handled(Duration::from_millis(5));
         books.handled(Duration::from_millis(2));
         assert_eq!(books.longest_call(), Duration::from_millis(5));

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// or quorum, and all of them share one queue. Probing and declaring happen on channels of
 /// their own, because a failed passive declare (404) or a conflicting declare (406) closes the
 /// channel it was sent on. Each round trip waits at most `limit`.
-pub fn ensure_queue(
+pub(crate) fn ensure_queue(
     connection: &mut Connection,
     watchdog: &Watchdog,
     options: &ServerOptions,

@@ -7,9 +7,10 @@ use super::stderr::StderrLog;
 use super::LINGER;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, ppoll, PollFd, PollFlags, PollTimeout};
+use nix::sys::time::TimeSpec;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
@@ -79,6 +80,16 @@ struct Ready {
     stderr: bool,
 }
 
+/// Makes the pipes in `fds` (a child's stdin, stdout, stderr) non-blocking, for a `poll` loop:
+/// a command run per request and a kept program alike.
+pub(crate) fn set_nonblocking(fds: [Option<BorrowedFd<'_>>; 3]) -> io::Result<()> {
+    for fd in fds.into_iter().flatten() {
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
 impl<'a> Run<'a> {
     /// Takes the pipes of `child` and makes them non-blocking.
     pub(crate) fn new(child: &'a mut Child) -> io::Result<Run<'a>> {
@@ -90,10 +101,7 @@ impl<'a> Run<'a> {
             stdout.as_ref().map(AsFd::as_fd),
             stderr.as_ref().map(AsFd::as_fd),
         ];
-        for fd in fds.into_iter().flatten() {
-            let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        }
+        set_nonblocking(fds)?;
         Ok(Run {
             child,
             pid,
@@ -207,35 +215,18 @@ impl<'a> Run<'a> {
 
     /// Waits up to `timeout` (rounded up to whole milliseconds) for a pipe to be ready.
     fn poll(&self, timeout: Duration) -> io::Result<Ready> {
-        let pipes = [
-            (self.stdin.as_ref().map(AsFd::as_fd), PollFlags::POLLOUT),
-            (self.stdout.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
-            (self.stderr.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
-        ];
-        let mut fds = Vec::with_capacity(3);
-        let mut slots = [None; 3];
-        for (slot, (fd, events)) in slots.iter_mut().zip(pipes) {
-            if let Some(fd) = fd {
-                *slot = Some(fds.len());
-                fds.push(PollFd::new(fd, events));
-            }
-        }
-        let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-        match poll(&mut fds, PollTimeout::from(millis)) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => return Ok(Ready::default()),
-            Err(err) => return Err(err.into()),
-        }
-        // Readable, writable, or closed (POLLHUP, POLLERR): the read or write says which.
-        let ready = |slot: Option<usize>| {
-            slot.and_then(|i| fds.get(i))
-                .and_then(PollFd::revents)
-                .is_some_and(|events| !events.is_empty())
-        };
+        let [stdin, stdout, stderr] = poll3(
+            [
+                self.stdin.as_ref().map(AsFd::as_fd),
+                self.stdout.as_ref().map(AsFd::as_fd),
+                self.stderr.as_ref().map(AsFd::as_fd),
+            ],
+            timeout,
+        )?;
         Ok(Ready {
-            stdin: ready(slots[0]),
-            stdout: ready(slots[1]),
-            stderr: ready(slots[2]),
+            stdin,
+            stdout,
+            stderr,
         })
     }
 
@@ -297,4 +288,44 @@ impl<'a> Run<'a> {
         }
         why
     }
+}
+
+/// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready
+/// (writable for the first, readable for the others, or closed).
+pub(crate) fn poll3(fds: [Option<BorrowedFd<'_>>; 3], timeout: Duration) -> io::Result<[bool; 3]> {
+    wait3(fds, timeout, false)
+}
+
+/// [`poll3`], to the nanosecond (`ppoll`) if `precise`.
+pub(crate) fn wait3(
+    fds: [Option<BorrowedFd<'_>>; 3],
+    timeout: Duration,
+    precise: bool,
+) -> io::Result<[bool; 3]> {
+    let events = [PollFlags::POLLOUT, PollFlags::POLLIN, PollFlags::POLLIN];
+    let mut polled = Vec::with_capacity(3);
+    let mut slots = [None; 3];
+    for (index, fd) in fds.into_iter().enumerate() {
+        if let Some(fd) = fd {
+            slots[index] = Some(polled.len());
+            polled.push(PollFd::new(fd, events[index]));
+        }
+    }
+    let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    let polled_now = if precise {
+        ppoll(&mut polled, Some(TimeSpec::from_duration(timeout)), None)
+    } else {
+        poll(&mut polled, PollTimeout::from(millis))
+    };
+    match polled_now {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok([false; 3]),
+        Err(err) => return Err(err.into()),
+    }
+    let ready = |slot: Option<usize>| {
+        slot.and_then(|i| polled.get(i))
+            .and_then(PollFd::revents)
+            .is_some_and(|events| !events.is_empty())
+    };
+    Ok([ready(slots[0]), ready(slots[1]), ready(slots[2])])
 }

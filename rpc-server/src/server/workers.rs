@@ -22,7 +22,7 @@ struct Job {
 }
 
 /// A handled request: the delivery (to ack) and its reply.
-pub struct Done {
+pub(crate) struct Done {
     /// The connection the request came on (see [`Workers::submit`]).
     pub generation: u64,
     /// The request.
@@ -37,7 +37,7 @@ pub struct Done {
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
 /// the request it is handling.
-pub struct Workers {
+pub(crate) struct Workers {
     jobs: Sender<Job>,
     done: Receiver<Done>,
     /// With one worker: the handler, run by [`Workers::submit`] itself.
@@ -51,7 +51,7 @@ pub struct Workers {
 impl Workers {
     /// Starts `size` threads running `handler` (none for a size of 1 or less: see the module
     /// documentation); with `start_traces`, a request without trace context gets a new trace.
-    pub fn start(
+    pub(crate) fn start(
         handler: Arc<dyn Handler>,
         size: usize,
         start_traces: bool,
@@ -107,24 +107,24 @@ impl Workers {
     }
 
     /// Whether a worker is free for another request.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.busy < self.size
     }
 
     /// Whether the handler runs on the caller's thread, in [`Workers::submit`] (one worker).
-    pub fn inline(&self) -> bool {
+    pub(crate) fn inline(&self) -> bool {
         self.inline.is_some()
     }
 
     /// Requests being handled.
-    pub fn busy(&self) -> usize {
+    pub(crate) fn busy(&self) -> usize {
         self.busy
     }
 
     /// Hands `delivery`, which came on connection `generation`, to a free worker; its reply
     /// comes out of [`Workers::done`]. With one worker it is handled here and now, and its
     /// reply returned.
-    pub fn submit(&mut self, generation: u64, delivery: Delivery) -> Option<Done> {
+    pub(crate) fn submit(&mut self, generation: u64, delivery: Delivery) -> Option<Done> {
         if let Some(handler) = &self.inline {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
@@ -149,12 +149,12 @@ impl Workers {
 
     /// Handled requests, as they finish; each one received must be passed to
     /// [`Workers::finished`].
-    pub fn done(&self) -> &Receiver<Done> {
+    pub(crate) fn done(&self) -> &Receiver<Done> {
         &self.done
     }
 
     /// A request received from [`Workers::done`] frees its worker.
-    pub fn finished(&mut self) {
+    pub(crate) fn finished(&mut self) {
         self.busy = self.busy.saturating_sub(1);
     }
 }
@@ -185,6 +185,6 @@ fn handle(
 /// The server's span of a request with `properties`: a child of its trace context; when it
 /// has none or a malformed one (which is never passed on), the root of a new trace if
 /// `start_traces` (`--trace`), else none: the request is not traced.
-pub fn server_span(properties: &AmqpProperties, start_traces: bool) -> Option<TraceContext> {
+pub(crate) fn server_span(properties: &AmqpProperties, start_traces: bool) -> Option<TraceContext> {
     TraceContext::span_of(wire::trace_context(properties).as_ref(), start_traces)
 }

@@ -1,15 +1,15 @@
-//! One connection's serving ([`Session`]): the consume loop, and what it does with each
+//! One connection's serving ([`Serving`]): the consume loop, and what it does with each
 //! request (admit it, have it handled, reply, ack) and each confirm.
 
-use super::books::Books;
-use super::requeue::Requeue;
+use super::owed::Owed;
+use super::requeue::{self, Requeue};
 use super::rules::{admission, cancel_cause, fit_reply, Admission};
 use super::{lost, stop_failed, Server, STOP_LIMIT};
-use crate::confirms::ReplyKind;
 use crate::error::Error;
 use crate::handler::Reply;
-use crate::redelivery::Verdict;
-use crate::workers::{server_span, Done};
+use crate::server::confirms::ReplyKind;
+use crate::server::redelivery::{self, Verdict, MAX_DELIVERIES};
+use crate::server::workers::{server_span, Done};
 use amiquip::{
     Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage, Delivery, Publish,
 };
@@ -19,7 +19,7 @@ use rpc_client::wire::{self, ErrorCode};
 use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
-/// One connection's broker handles, as a [`Session`] uses them.
+/// One connection's broker handles, as a [`Serving`] uses them.
 pub(super) struct Handles<'c> {
     pub(super) watchdog: &'c Watchdog,
     /// The channel requests come on and replies go out on.
@@ -33,31 +33,31 @@ pub(super) struct Handles<'c> {
     pub(super) limit: Duration,
 }
 
-/// One connection's serving: its broker handles, what it owes ([`Books`]), and the server it
+/// One connection's serving: its broker handles, what it owes ([`Owed`]), and the server it
 /// serves for (its handler's workers, counts, the redelivery rule, the stop).
-pub(super) struct Session<'c, 's> {
+pub(super) struct Serving<'c, 's> {
     pub(super) server: &'c mut Server<'s>,
     pub(super) broker: Handles<'c>,
     /// The channel re-queued requests are published on, with publisher confirms: opened when
     /// the first redelivered request comes.
     pub(super) requeue: Option<Requeue>,
-    books: Books<Delivery>,
+    owed: Owed<Delivery>,
     /// During the clean stop: the watchdog is armed for the whole stop, until then.
     stop_deadline: Option<Instant>,
 }
 
-impl<'c, 's> Session<'c, 's> {
+impl<'c, 's> Serving<'c, 's> {
     /// A session of `server` on `broker`, whose channel has a prefetch of `window`.
     pub(super) fn new(
         server: &'c mut Server<'s>,
         broker: Handles<'c>,
         window: usize,
-    ) -> Session<'c, 's> {
-        Session {
+    ) -> Serving<'c, 's> {
+        Serving {
             server,
             broker,
             requeue: None,
-            books: Books::new(window),
+            owed: Owed::new(window),
             stop_deadline: None,
         }
     }
@@ -77,7 +77,7 @@ impl<'c, 's> Session<'c, 's> {
         let mut confirms_due = false;
         loop {
             let stopping = self.server.stopping;
-            if stopping && self.books.in_hand() == 0 {
+            if stopping && self.owed.in_hand() == 0 {
                 return Ok(());
             }
             // New requests only while a worker is free and no stop was asked for; the ones
@@ -92,9 +92,9 @@ impl<'c, 's> Session<'c, 's> {
             } else {
                 &self.server.shutdown
             };
-            let urgent = self.books.confirms_urgent(confirms_due, stopping);
+            let urgent = self.owed.confirms_urgent(confirms_due, stopping);
             let confirm_wait = if urgent { confirms } else { &no_confirms };
-            let patience = self.books.patience(urgent);
+            let patience = self.owed.patience(urgent);
             select! {
                 recv(intake) -> message => {
                     if !self.take(message)? {
@@ -132,16 +132,16 @@ impl<'c, 's> Session<'c, 's> {
         while let Ok(confirm) = self.broker.confirms.try_recv() {
             self.confirmed(confirm)?;
         }
-        let all_confirmed = self.books.all_confirmed();
+        let all_confirmed = self.owed.all_confirmed();
         // Acks wait for more answers only while the next request can be taken at once.
         let server = &*self.server;
         let more_waiting = !deliveries.is_empty() && server.workers.has_room() && !server.stopping;
         self.flush(more_waiting)?;
         let server = &*self.server;
         server.meter.load(
-            self.books.unacked(),
+            self.owed.unacked(),
             server.workers.busy(),
-            self.books.awaiting(),
+            self.owed.awaiting(),
         );
         Ok(all_confirmed)
     }
@@ -157,7 +157,7 @@ impl<'c, 's> Session<'c, 's> {
                     self.server.stop_asked();
                     return Ok(false);
                 }
-                self.books.taken(delivery.delivery_tag());
+                self.owed.taken(delivery.delivery_tag());
                 self.admit(delivery)?;
                 Ok(true)
             }
@@ -212,10 +212,10 @@ impl<'c, 's> Session<'c, 's> {
                     }
                 });
         let busy = self.server.workers.busy();
-        cancel_cause(probed, name, busy, self.books.longest_call())
+        cancel_cause(probed, name, busy, self.owed.longest_call())
     }
 
-    /// Takes in one request (already [`Books::taken`]): drops it, refuses it, or hands it to a
+    /// Takes in one request (already [`Owed::taken`]): drops it, refuses it, or hands it to a
     /// worker. Only broker failures are errors; bad input is answered.
     pub(super) fn admit(&mut self, delivery: Delivery) -> Result<(), Error> {
         let redeliveries = &mut self.server.redeliveries;
@@ -255,7 +255,7 @@ impl<'c, 's> Session<'c, 's> {
     fn dropped(&mut self, delivery: Delivery) -> Result<(), Error> {
         self.server.stats.dropped += 1;
         self.server.meter.dropped();
-        self.settled(delivery)
+        self.ack(delivery)
     }
 
     /// Has a request handled: by a worker thread, or here and now (then its reply is
@@ -283,7 +283,7 @@ impl<'c, 's> Session<'c, 's> {
             took,
             trace,
         } = done;
-        self.books.handled(took);
+        self.owed.handled(took);
         self.server.meter.handled(took);
         if generation != self.server.generation {
             log::info!(
@@ -303,9 +303,9 @@ impl<'c, 's> Session<'c, 's> {
     /// Waits (a round trip at most) for the confirms of the replies published so far, and
     /// acks every settled request.
     fn settle_all(&mut self) -> Result<(), Error> {
-        if !self.books.all_confirmed() {
+        if !self.owed.all_confirmed() {
             let deadline = Instant::now() + self.broker.limit;
-            while !self.books.all_confirmed() {
+            while !self.owed.all_confirmed() {
                 match self.broker.confirms.recv_deadline(deadline) {
                     Ok(confirm) => self.confirmed(confirm)?,
                     Err(RecvTimeoutError::Timeout) => {
@@ -336,7 +336,7 @@ impl<'c, 's> Session<'c, 's> {
         requeue_on_nack: bool,
     ) -> Result<(), Error> {
         let Some(reply_to) = delivery.properties.reply_to().as_deref() else {
-            return self.settled(delivery);
+            return self.ack(delivery);
         };
         let options = self.server.options;
         let reply = fit_reply(reply, options.max_reply_bytes);
@@ -366,13 +366,13 @@ impl<'c, 's> Session<'c, 's> {
             None => ReplyKind::Answer,
             Some(code) => ReplyKind::Refusal(code),
         };
-        self.books.replied(delivery.delivery_tag());
+        self.owed.replied(delivery.delivery_tag());
         if !options.confirm_replies {
             // Published is as far as the server follows a reply.
             self.count(kind, &delivery);
-            return self.settled(delivery);
+            return self.ack(delivery);
         }
-        self.books.awaiting_confirm(kind, delivery, requeue_on_nack);
+        self.owed.awaiting_confirm(kind, delivery, requeue_on_nack);
         Ok(())
     }
 
@@ -389,7 +389,7 @@ impl<'c, 's> Session<'c, 's> {
         server.stats.unanswered += 1;
         server.meter.unanswered(code);
         server.redeliveries.finished(&delivery.properties);
-        self.settled(delivery)
+        self.ack(delivery)
     }
 
     /// Counts a reply the server is done with (confirmed, or published without confirms) and
@@ -412,7 +412,7 @@ impl<'c, 's> Session<'c, 's> {
     /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
     /// after a nack, rejected back to the queue (or acked, for a last-word reply).
     fn confirmed(&mut self, confirm: Confirm) -> Result<(), Error> {
-        for reply in self.books.confirm(confirm) {
+        for reply in self.owed.confirm(confirm) {
             let delivery = reply.tag.delivery;
             if reply.accepted {
                 self.count(reply.kind, &delivery);
@@ -423,7 +423,7 @@ impl<'c, 's> Session<'c, 's> {
                     log::warn!(
                         "the broker refused (nacked) a reply; its request goes back to the queue"
                     );
-                    self.books.rejected(delivery.delivery_tag());
+                    self.owed.rejected(delivery.delivery_tag());
                     let channel = self.broker.channel;
                     self.call("to a reject", "cannot reject", || {
                         delivery.reject(channel, true)
@@ -435,7 +435,7 @@ impl<'c, 's> Session<'c, 's> {
                      request is dropped"
                 );
             }
-            self.settled(delivery)?;
+            self.ack(delivery)?;
         }
         Ok(())
     }
@@ -457,19 +457,19 @@ impl<'c, 's> Session<'c, 's> {
             .bounded(what, self.broker.limit, call)?)
     }
 
-    /// Nothing more is owed for `delivery`: acks it now or later (see [`Books::settled`]).
-    pub(super) fn settled(&mut self, delivery: Delivery) -> Result<(), Error> {
+    /// Nothing more is owed for `delivery`: acks it now or later (see [`Owed::settled`]).
+    pub(super) fn ack(&mut self, delivery: Delivery) -> Result<(), Error> {
         let tag = delivery.delivery_tag();
-        if let Some(delivery) = self.books.settled(tag, delivery) {
+        if let Some(delivery) = self.owed.settled(tag, delivery) {
             let channel = self.broker.channel;
             self.call("to an ack", "cannot ack", || delivery.ack(channel))?;
         }
         Ok(())
     }
 
-    /// Sends the `multiple` ack that is due, if one is (see [`Books::ack_due`]).
+    /// Sends the `multiple` ack that is due, if one is (see [`Owed::ack_due`]).
     fn flush(&mut self, more_waiting: bool) -> Result<(), Error> {
-        if let Some(newest) = self.books.ack_due(more_waiting) {
+        if let Some(newest) = self.owed.ack_due(more_waiting) {
             let channel = self.broker.channel;
             self.call("to an ack", "cannot ack", || newest.ack_multiple(channel))?;
         }
@@ -479,7 +479,7 @@ impl<'c, 's> Session<'c, 's> {
     /// Counts the replies still unconfirmed as such (the connection is going away: the broker
     /// delivers their requests again).
     pub(super) fn count_unconfirmed(&mut self) {
-        let awaiting = self.books.awaiting();
+        let awaiting = self.owed.awaiting();
         self.server.stats.unconfirmed += awaiting as u64;
         self.server.meter.unconfirmed(awaiting);
     }
@@ -493,7 +493,7 @@ impl<'c, 's> Session<'c, 's> {
         watchdog.arm(deadline, "to the clean stop");
         self.stop_deadline = Some(deadline);
         // The last confirms, so that their requests are acked and the counts are final.
-        while !self.books.all_confirmed() {
+        while !self.owed.all_confirmed() {
             match self.broker.confirms.recv_deadline(deadline) {
                 Ok(confirm) => self.confirmed(confirm)?,
                 Err(_) => break,
@@ -519,5 +519,73 @@ impl<'c, 's> Session<'c, 's> {
             stats.reconnects
         );
         Ok(())
+    }
+}
+
+/// Requests that came back (see [`crate::server::redelivery`]).
+impl Serving<'_, '_> {
+    /// Answers a request that must not be handled again with a `redelivered` error reply: the
+    /// last word, acked whatever the broker says to the reply.
+    pub(super) fn refuse_redelivered(
+        &mut self,
+        delivery: Delivery,
+        why: &str,
+    ) -> Result<(), Error> {
+        log::warn!("refusing a redelivered request: {why}");
+        let reply = Reply::refuse(ErrorCode::Redelivered, why);
+        let trace = self.span(&delivery);
+        self.reply(delivery, reply, trace, false)
+    }
+
+    /// A request came back (see [`crate::server::redelivery`]): publishes a copy with its count of
+    /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
+    /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
+    /// handled here instead, so that nothing loops.
+    pub(super) fn requeue(&mut self, delivery: Delivery, attempts: u64) -> Result<(), Error> {
+        let properties =
+            redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
+        let queue = self.server.options.queue.as_str();
+        let broker = requeue::Broker {
+            connection: &mut *self.broker.connection,
+            watchdog: self.broker.watchdog,
+            limit: self.broker.limit,
+        };
+        match Requeue::publish_confirmed(
+            &mut self.requeue,
+            broker,
+            queue,
+            &delivery.body,
+            properties,
+        ) {
+            Ok(true) => {
+                log::info!(
+                    "a request came back (delivered {attempts} time(s) before; at \
+                     {MAX_DELIVERIES} it is refused): re-queued with {}={attempts}",
+                    redelivery::ATTEMPTS_HEADER
+                );
+                self.server.meter.requeued();
+                self.ack(delivery)
+            }
+            // Refused: a quorum queue without a leader for the moment (a node lost, a
+            // partition) nacks, as does a full queue with reject-publish. Neither says anything
+            // about the request, which is handled here then, its count not raised this once.
+            // (The cluster scenarios answered a request 'redelivered' when this refused it.)
+            Ok(false) => {
+                log::warn!(
+                    "a request came back and the broker refused (nacked) its copy with its count \
+                     of attempts; handling it here (delivered {attempts} time(s) before)"
+                );
+                self.handle(delivery)
+            }
+            Err(err) if err.channel_closed() => {
+                log::warn!(
+                    "the broker closed the channel of re-queued requests ({err}); handling the \
+                     request here (delivered {attempts} time(s) before)"
+                );
+                self.requeue = None;
+                self.handle(delivery)
+            }
+            Err(err) => Err(err),
+        }
     }
 }

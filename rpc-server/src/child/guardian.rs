@@ -1,9 +1,9 @@
-//! The guardian of a [`contain`](super::contain)ed server's commands: a process of its own,
+//! The guardian of a [`contain`](crate::command::contain)ed server's commands: a process of its own,
 //! told of each command as it starts and is reaped, that kills the process groups of the
 //! commands in hand when the server dies, however it dies, and every process that carries
 //! the server's [`INSTANCE_ENV`] in its environment (what left a command's group).
 
-use super::process::{kill_group, kill_process};
+use super::kill::{kill_group, kill_process};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Stdio};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// [`guard`] when it finds it.
 pub const GUARDIAN_ENV: &str = "RPC_SERVER_INTERNAL_GUARDIAN";
 
-/// In the environment of every command and kept program of a [`contain`](super::contain)ed
+/// In the environment of every command and kept program of a [`contain`](crate::command::contain)ed
 /// server: a random id of the server, by which its guardian finds, in `/proc/PID/environ`,
 /// the processes they started once the server is gone.
 pub const INSTANCE_ENV: &str = "RPC_SERVER_INSTANCE";
@@ -46,7 +46,7 @@ fn guardian_pipe() -> std::sync::MutexGuard<'static, Option<ChildStdin>> {
 
 /// Starts this process's own executable as its guardian ([`guard`]), with nothing of the
 /// server's environment.
-pub(super) fn start() -> std::io::Result<()> {
+pub(crate) fn start() -> std::io::Result<()> {
     let instance = INSTANCE.get_or_init(|| {
         // 128 random bits from the standard library's randomly keyed hasher (not for secrets:
         // the id is no secret, only unique).
@@ -94,13 +94,13 @@ pub(crate) fn instance() -> Option<&'static str> {
 }
 
 /// The guardian's pid, 0 if there is none.
-pub(super) fn pid() -> u32 {
+pub(crate) fn pid() -> u32 {
     GUARDIAN_PID.load(Ordering::Relaxed)
 }
 
 /// Tells the guardian that command `pid` started (`+`) or was reaped (`-`). A guardian that
 /// is gone is logged once and forgotten.
-pub(super) fn tell(what: char, pid: u32) {
+pub(crate) fn tell(what: char, pid: u32) {
     let mut pipe = guardian_pipe();
     let Some(stdin) = pipe.as_mut() else { return };
     if let Err(err) = stdin.write_all(format!("{what}{pid}\n").as_bytes()) {
@@ -111,7 +111,7 @@ pub(super) fn tell(what: char, pid: u32) {
     }
 }
 
-/// The guardian of a [`contain`](super::contain)ed server's commands, run in a process of its
+/// The guardian of a [`contain`](crate::command::contain)ed server's commands, run in a process of its
 /// own: reads `+PID` (a command started) and `-PID` (it was reaped) lines on stdin, a pipe
 /// from the server; at its end (the server exited or died: the kernel closes the pipe) kills
 /// the process groups of the commands still in hand, then every process with the server's

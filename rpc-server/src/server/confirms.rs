@@ -1,9 +1,9 @@
 //! Replies the broker has not confirmed yet ([`Unconfirmed`]).
 //!
 //! The server publishes replies with publisher confirms on: the broker acks each reply once it
-//! has routed it, or nacks it. Only then is the reply's request acked (see [`crate::ack`]), and
+//! has routed it, or nacks it. Only then is the reply's request acked (see [`crate::server::ack`]), and
 //! the reply counted as answered (or refused); only then is the request forgotten by
-//! [`crate::redelivery::Redeliveries`]. A nacked reply's request is rejected back to the queue
+//! [`crate::server::redelivery::Redeliveries`]. A nacked reply's request is rejected back to the queue
 //! (once: see the server); a reply the broker refuses by closing the channel (a message over
 //! its `max_message_size`) is never confirmed, so its request comes back and is recognised.
 
@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 /// What a reply was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
+pub(crate) enum ReplyKind {
     /// A result.
     Answer,
     /// An error reply, with its code.
@@ -22,7 +22,7 @@ pub enum ReplyKind {
 
 /// A reply the broker confirmed (`accepted`) or refused, with what it carried along.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled<T> {
+pub(crate) struct Settled<T> {
     /// What the reply was.
     pub kind: ReplyKind,
     /// The broker acked it (false: nacked).
@@ -34,7 +34,7 @@ pub struct Settled<T> {
 /// Replies published on one channel and not yet confirmed, in publish order. Each carries a
 /// `T` of the caller's (the request's identity).
 #[derive(Debug)]
-pub struct Unconfirmed<T> {
+pub(crate) struct Unconfirmed<T> {
     /// The broker's sequence number of the next publish on this channel (the first is 1).
     next: u64,
     pending: VecDeque<(u64, ReplyKind, T)>,
@@ -51,23 +51,23 @@ impl<T> Default for Unconfirmed<T> {
 
 impl<T> Unconfirmed<T> {
     /// Records a reply just published.
-    pub fn published(&mut self, kind: ReplyKind, tag: T) {
+    pub(crate) fn published(&mut self, kind: ReplyKind, tag: T) {
         self.pending.push_back((self.next, kind, tag));
         self.next += 1;
     }
 
     /// Replies still waiting for the broker's word.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.len()
     }
 
     /// Whether every reply was confirmed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// The replies a confirm settles (one, or all up to its tag when `multiple`).
-    pub fn confirm(&mut self, confirm: Confirm) -> Vec<Settled<T>> {
+    pub(crate) fn confirm(&mut self, confirm: Confirm) -> Vec<Settled<T>> {
         let (payload, accepted) = match confirm {
             Confirm::Ack(payload) => (payload, true),
             Confirm::Nack(payload) => (payload, false),

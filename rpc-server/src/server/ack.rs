@@ -15,7 +15,7 @@
 //! request of unknown length runs would be delivered again (and run again) if the server died
 //! meanwhile. So before a handler with a time limit (a command) starts on the consume loop's
 //! own thread, the server waits for the confirms of the replies published so far and acks
-//! every settled request (`Session::settle_all` in `crate::server`); with worker threads the
+//! every settled request (`Serving::settle_all` in `crate::server`); with worker threads the
 //! loop stays free and acks as soon as it has no request waiting to be taken.
 
 use std::collections::VecDeque;
@@ -34,7 +34,7 @@ enum Slot<T> {
 /// The requests of one channel not acked yet, by delivery tag, and what to ack; `T` is the
 /// delivery to ack.
 #[derive(Debug)]
-pub struct Acks<T> {
+pub(crate) struct Acks<T> {
     /// Ascending delivery tags (the broker numbers deliveries in order).
     unacked: VecDeque<(u64, Slot<T>)>,
     in_hand: usize,
@@ -43,7 +43,7 @@ pub struct Acks<T> {
 
 impl<T> Acks<T> {
     /// Acks at most `limit` (at least 1) settled requests with one `multiple` ack.
-    pub fn new(limit: usize) -> Acks<T> {
+    pub(crate) fn new(limit: usize) -> Acks<T> {
         Acks {
             unacked: VecDeque::new(),
             in_hand: 0,
@@ -53,13 +53,13 @@ impl<T> Acks<T> {
 
     /// A request just received (tags come in ascending order), in hand until
     /// [`Acks::replied`] or [`Acks::settled`].
-    pub fn taken(&mut self, tag: u64) {
+    pub(crate) fn taken(&mut self, tag: u64) {
         self.unacked.push_back((tag, Slot::InHand));
         self.in_hand += 1;
     }
 
     /// The reply to request `tag` was published; it waits for the broker's confirm.
-    pub fn replied(&mut self, tag: u64) {
+    pub(crate) fn replied(&mut self, tag: u64) {
         if let Some(slot) = self.slot(tag) {
             let was_in_hand = matches!(slot, Slot::InHand);
             *slot = Slot::Replied;
@@ -72,7 +72,7 @@ impl<T> Acks<T> {
     /// Nothing more is owed for request `tag`: its reply was confirmed, or it needs none.
     /// Returns `delivery` to ack on its own now when an older request is still in hand;
     /// otherwise it is kept for [`Acks::due`].
-    pub fn settled(&mut self, tag: u64, delivery: T) -> Option<T> {
+    pub(crate) fn settled(&mut self, tag: u64, delivery: T) -> Option<T> {
         let Some(index) = self.index(tag) else {
             return Some(delivery);
         };
@@ -93,7 +93,7 @@ impl<T> Acks<T> {
     }
 
     /// Request `tag` is no longer this channel's to ack (it was rejected).
-    pub fn forget(&mut self, tag: u64) {
+    pub(crate) fn forget(&mut self, tag: u64) {
         if let Some(index) = self.index(tag) {
             self.remove(index);
         }
@@ -102,7 +102,7 @@ impl<T> Acks<T> {
     /// The delivery to ack now with `multiple` (covering every settled request before it), if
     /// any: the newest of the settled requests that no unsettled one precedes, once they are
     /// `limit` or `more_waiting` is false (nothing else will wake the server soon).
-    pub fn due(&mut self, more_waiting: bool) -> Option<T> {
+    pub(crate) fn due(&mut self, more_waiting: bool) -> Option<T> {
         // Called on every turn of the consume loop: answer the common cases without a scan.
         if more_waiting && self.unacked.len() < self.limit
             || !matches!(self.unacked.front(), Some((_, Slot::Settled(_))))
@@ -128,18 +128,18 @@ impl<T> Acks<T> {
     }
 
     /// Requests received and not acked (nor rejected).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.unacked.len()
     }
 
     /// Whether every request received was acked (or rejected).
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.unacked.is_empty()
     }
 
     /// Requests a worker is handling.
-    pub fn in_hand(&self) -> usize {
+    pub(crate) fn in_hand(&self) -> usize {
         self.in_hand
     }
 

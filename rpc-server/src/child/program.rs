@@ -41,7 +41,7 @@ pub(crate) fn piped(path: &Path, program: &OsStr, args: &[OsString]) -> std::pro
 
 /// The command line to run `program` (found at `path`) with `args` for `request`: its pipes,
 /// and the server's environment without the credentials, with the request's values.
-pub(super) fn command(
+pub(crate) fn command(
     path: &Path,
     program: &OsStr,
     args: &[OsString],
