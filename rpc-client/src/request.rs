@@ -155,6 +155,11 @@ impl RpcRequest {
             .map(|(name, value)| (name.clone(), AmqpValue::LongString(value.clone())))
             .collect();
         wire::insert_trace(&mut headers, trace);
+        // No table at all when there is nothing in it: amiquip encodes an empty one too, and
+        // each property of a message costs its encoding (see the README's Failure semantics).
+        if headers.is_empty() {
+            return properties;
+        }
         properties.with_headers(headers)
     }
 }
