@@ -403,4 +403,34 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn ratios_medians_and_flags() {
+        let mut r = crate::bench::results::Results::default();
+        for x in [45_000.0, 44_000.0, 46_000.0] {
+            r.add_instructions("i1-echo", x);
+        }
+        r.add_instructions("i1-server", 51_750.0);
+        r.add_instructions("i64-echo", 35_000.0);
+        r.add_instructions("i64-server", 47_000.0);
+        let row = |id: &str| rows().into_iter().find(|r| r.id == id).expect(id);
+        let mut flags = Vec::new();
+        let [result, ratio] = cells(&row("i1-server"), &r, &mut flags);
+        assert_eq!(result, "51750 instructions per call");
+        assert_eq!(ratio, "1.15 × i1-echo (bar 1.15)");
+        assert!(flags.is_empty(), "{flags:?}");
+        let [result, ratio] = cells(&row("i1-echo"), &r, &mut flags);
+        assert_eq!(ratio, "anchor");
+        assert!(
+            result.starts_with("45000 instructions per call (median of runs: 45000, 44000, 46000)")
+        );
+        let [_, ratio] = cells(&row("i64-server"), &r, &mut flags);
+        assert_eq!(ratio, "1.34 × i64-echo (bar 1.15)");
+        assert_eq!(
+            flags,
+            ["i64-server: 1.34 × i64-echo in instructions per call (above 1.15)"]
+        );
+        let [result, ratio] = cells(&row("i64-client"), &r, &mut flags);
+        assert_eq!((result.as_str(), ratio.as_str()), ("failed", "n/a"));
+    }
 }
