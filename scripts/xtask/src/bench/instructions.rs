@@ -25,6 +25,17 @@ use std::time::Duration;
 /// Calls of the shorter and the longer run of a row.
 pub const FEW: u64 = 1_000;
 pub const MANY: u64 = 4_000;
+/// The same in the quick smoke run, which only proves that the rows run.
+const QUICK_CALLS: (u64, u64) = (100, 400);
+
+/// Calls of the shorter and the longer run of a row in a run (`quick` or not).
+pub fn calls(quick: bool) -> (u64, u64) {
+    if quick {
+        QUICK_CALLS
+    } else {
+        (FEW, MANY)
+    }
+}
 /// Depths of the rows i.
 pub const DEPTHS: [u64; 2] = [1, 64];
 /// The prefetch of every server of the rows.
@@ -143,9 +154,10 @@ impl Bench {
     /// Measures the rows i (see the module docs), `BENCH_REPEAT` runs each.
     pub(super) fn instructions(&mut self) -> Result<()> {
         let echo = echo_floor_binary(&self.work)?;
+        let (few, many) = calls(self.settings.quick);
         msg(&format!(
-            "i: instructions per call under callgrind, (I({MANY}) − I({FEW})) / {}",
-            MANY - FEW
+            "i: instructions per call under callgrind, (I({many}) − I({few})) / {}",
+            many - few
         ));
         // The native rpc-server the measured clients call.
         let queue = format!("{}-i-native", self.queue);
@@ -165,13 +177,13 @@ impl Bench {
                 ));
                 let mut counts = [0; 2];
                 let measured = self.retried(&stem, &row.id, |bench| {
-                    for (i, calls) in [FEW, MANY].into_iter().enumerate() {
+                    for (i, calls) in [few, many].into_iter().enumerate() {
                         counts[i] = bench.callgrind(&row, &echo, &queue, calls, &stem)?;
                     }
                     Ok(())
                 })?;
                 if measured {
-                    let per_call = counts[1].saturating_sub(counts[0]) as f64 / (MANY - FEW) as f64;
+                    let per_call = counts[1].saturating_sub(counts[0]) as f64 / (many - few) as f64;
                     msg(&format!("{}: {per_call:.0} instructions per call", row.id));
                     self.results.add_instructions(&row.id, per_call);
                 }

@@ -312,14 +312,13 @@ fn header(r: &Results, s: &Settings) -> String {
         );
     }
     if s.want("i") {
+        let (few, many) = instructions::calls(s.quick);
         let _ = writeln!(
             out,
             "- rows i: instructions per call under callgrind (valgrind), (I({many}) − I({few})) / {}, \
              all threads of the measured process, the other end native; lower is better, and \
-             the machine's load does not move them",
-            instructions::MANY - instructions::FEW,
-            many = instructions::MANY,
-            few = instructions::FEW,
+             the machine's load moves them far less than calls/s (a few percent)",
+            many - few,
         );
     }
     if s.want("s") {
