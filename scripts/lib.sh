@@ -204,7 +204,8 @@ apt_lists_stale() {
 # missing_packages NEED...: the Debian packages missing here for each NEED (one a line):
 #   build       cargo build: a C compiler, pkg-config, OpenSSL's headers
 #   rabbitmq    a RabbitMQ broker and nodes (scripts/broker.sh, node.sh, cluster.sh)
-#   node, python, prometheus, gnu-time, and shellcheck, iptables, openssl, hyperfine, debootstrap
+#   node, python, prometheus, gnu-time, and shellcheck, iptables, openssl, hyperfine, debootstrap,
+#   valgrind (the bench's rows i)
 missing_packages() {
     local need
     for need; do
@@ -219,7 +220,7 @@ missing_packages() {
             python) python3 -c 'import venv, ensurepip' 2>/dev/null || printf '%s\n' python3 python3-venv ;;
             prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || echo prometheus ;;
             gnu-time) [[ -x /usr/bin/time ]] || echo time ;;
-            shellcheck | iptables | openssl | hyperfine | debootstrap) command -v "$need" >/dev/null 2>&1 || echo "$need" ;;
+            shellcheck | iptables | openssl | hyperfine | debootstrap | valgrind) command -v "$need" >/dev/null 2>&1 || echo "$need" ;;
             *) die "missing_packages: unknown need '$need'" ;;
         esac
     done

@@ -99,7 +99,7 @@ stage_docs() { RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --docu
 # reported here, and the stages that need it are skipped.
 stage_packages() {
     local needs=(build shellcheck node python) missing
-    ((quick)) || needs+=(rabbitmq prometheus iptables openssl gnu-time hyperfine debootstrap)
+    ((quick)) || needs+=(rabbitmq prometheus iptables openssl gnu-time hyperfine debootstrap valgrind)
     mapfile -t missing < <(missing_packages "${needs[@]}")
     ((${#missing[@]} > 0)) || { msg "all here"; return 0; }
     apt_install "${missing[@]}" && return 0

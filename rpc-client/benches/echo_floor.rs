@@ -3,6 +3,15 @@
 //! `cargo bench -p rpc-client --bench echo_floor -- [--calls N] [--in-flight K] [--prefetch P]
 //! [--confirm]`
 //!
+//! Either end alone, for `cargo xtask bench`'s instructions-per-call rows (group i), which run
+//! one of them under callgrind against our other binary:
+//! - `--serve QUEUE [--prefetch P] --calls N`: the echo alone on an existing queue; it exits
+//!   once it has answered N requests (the raw amiquip echo server rpc-server is compared with);
+//! - `--call QUEUE [--in-flight K] [--calls N] [--warmup W] [--body B] [--confirm-requests]`:
+//!   the caller alone against a server on QUEUE. With `--confirm-requests` it does the
+//!   protocol work rpc-client's requests must do: publisher confirms (drained without waiting,
+//!   a nack panics), and `expiration`, `timestamp` and `mandatory` on each request.
+//!
 //! An echo thread consumes a queue and publishes each body back to its `reply_to` with the
 //! same `correlation_id`, then acks. With `--confirm` it publishes with publisher confirms on
 //! and acks each request only once the broker confirmed its reply, as `rpc-server
@@ -23,7 +32,7 @@ use rpc_client::amqp::{callback_queue, consume};
 use rpc_client::cli::BenchTsvRow;
 use rpc_client::testing::{broker, connect, unique_name, Admin};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -37,19 +46,64 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The value of option `name`, if given.
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    Some(
+        args.get(i + 1)
+            .unwrap_or_else(|| panic!("{name} takes a value"))
+            .clone(),
+    )
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// How the caller publishes its requests.
+struct Caller {
+    in_flight: u64,
+    warmup: u64,
+    body: Vec<u8>,
+    /// Publisher confirms, `expiration`, `timestamp` and `mandatory`.
+    confirm: bool,
+}
+
 fn main() {
     let calls = arg("--calls", 20_000);
-    let in_flight = arg("--in-flight", 1).max(1);
     let prefetch = u16::try_from(arg("--prefetch", 100)).expect("--prefetch fits u16");
-    let confirm = std::env::args().any(|a| a == "--confirm");
+    let caller = Caller {
+        in_flight: arg("--in-flight", 1).max(1),
+        warmup: arg("--warmup", 500).min(calls),
+        body: text_arg("--body").unwrap_or("30".into()).into_bytes(),
+        confirm: flag("--confirm-requests"),
+    };
+    if let Some(queue) = text_arg("--serve") {
+        echo(&queue, prefetch, false, calls, &crossbeam_channel::never());
+        return;
+    }
+    if let Some(queue) = text_arg("--call") {
+        report(calls, caller.in_flight, call(&queue, calls, &caller));
+        return;
+    }
+    let confirm = flag("--confirm");
     let queue = unique_name("echo-floor");
     let admin = Admin::connect().expect("connect");
     admin.declare(&queue, false).expect("declare");
 
     let echo_queue = queue.clone();
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-    let echo = std::thread::spawn(move || echo(&echo_queue, prefetch, confirm, &stopped));
-    let seconds = call(&queue, calls, in_flight);
+    let echo = std::thread::spawn(move || echo(&echo_queue, prefetch, confirm, u64::MAX, &stopped));
+    report(calls, caller.in_flight, call(&queue, calls, &caller));
+    let _ = stop.send(());
+    echo.join().expect("echo thread");
+    let mut admin = admin;
+    admin.delete(&queue).expect("delete queue");
+}
+
+/// The result line, as `rpc-client bench --tsv` prints it.
+fn report(calls: u64, in_flight: u64, seconds: f64) {
     let row = BenchTsvRow {
         calls,
         in_flight,
@@ -60,15 +114,12 @@ fn main() {
         errors: 0,
     };
     print!("{row}");
-    let _ = stop.send(());
-    echo.join().expect("echo thread");
-    let mut admin = admin;
-    admin.delete(&queue).expect("delete queue");
 }
 
 /// The echo: consumes `queue` (with `prefetch`) and publishes each body back, acking each
-/// request at once or, with `confirm`, once its reply is confirmed; until `stopped`.
-fn echo(queue: &str, prefetch: u16, confirm: bool, stopped: &Receiver<()>) {
+/// request at once or, with `confirm`, once its reply is confirmed; until `stopped`, or until
+/// it has answered and acked `limit` requests.
+fn echo(queue: &str, prefetch: u16, confirm: bool, limit: u64, stopped: &Receiver<()>) {
     let mut connection = connect(&broker()).expect("echo connects");
     let channel = connection.open_channel(None).expect("channel");
     channel.qos(0, prefetch, false).expect("qos");
@@ -82,8 +133,8 @@ fn echo(queue: &str, prefetch: u16, confirm: bool, stopped: &Receiver<()>) {
     };
     // With --confirm: requests whose replies wait for a confirm, by the reply's number.
     let mut unconfirmed: VecDeque<(u64, Delivery)> = VecDeque::new();
-    let mut published = 0;
-    loop {
+    let (mut published, mut answered) = (0, 0);
+    while answered < limit || !unconfirmed.is_empty() {
         crossbeam_channel::select! {
             recv(requests) -> message => {
                 let Ok(ConsumerMessage::Delivery(d)) = message else { return };
@@ -93,6 +144,7 @@ fn echo(queue: &str, prefetch: u16, confirm: bool, stopped: &Receiver<()>) {
                 channel
                     .basic_publish("", Publish::with_properties(&d.body, reply_to, properties))
                     .expect("publish");
+                answered += 1;
                 if confirm {
                     published += 1;
                     unconfirmed.push_back((published, d));
@@ -133,30 +185,53 @@ fn ack_confirmed(
     }
 }
 
-/// Calls the echo on `queue` with `in_flight` requests at a time: a warm-up of up to 500,
-/// then `calls`; the seconds those took.
-fn call(queue: &str, calls: u64, in_flight: u64) -> f64 {
+/// Calls the echo on `queue` as `caller` says: a warm-up, then `calls`; the seconds those
+/// took. Each reply's correlation id must be one of a request sent.
+fn call(queue: &str, calls: u64, caller: &Caller) -> f64 {
     let mut connection = connect(&broker()).expect("caller connects");
     let channel = connection.open_channel(None).expect("channel");
     let (reply_queue, replies) = callback_queue(&channel).expect("callback queue");
+    let confirms = if caller.confirm {
+        let confirms = channel.listen_for_publisher_confirms().expect("confirms");
+        channel.enable_publisher_confirms().expect("confirm mode");
+        confirms
+    } else {
+        crossbeam_channel::never()
+    };
     let send = |i: u64| {
-        let properties = AmqpProperties::default()
+        let mut properties = AmqpProperties::default()
             .with_reply_to(reply_queue.clone())
             .with_correlation_id(i.to_string());
-        channel
-            .basic_publish("", Publish::with_properties(b"30", queue, properties))
-            .expect("publish");
+        if caller.confirm {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+            properties = properties
+                .with_expiration("30000".into())
+                .with_timestamp(now.as_secs());
+        }
+        let mut publish = Publish::with_properties(&caller.body, queue, properties);
+        publish.mandatory = caller.confirm;
+        channel.basic_publish("", publish).expect("publish");
+        // Drained without waiting: whatever confirms have arrived.
+        for confirm in confirms.try_iter() {
+            assert!(matches!(confirm, Confirm::Ack(_)), "request nacked");
+        }
     };
-    let warmup = 500.min(calls);
     let run = |count: u64| {
         let mut sent = 0;
-        while sent < count.min(in_flight) {
+        while sent < count.min(caller.in_flight) {
             send(sent);
             sent += 1;
         }
         for _ in 0..count {
             match replies.recv() {
-                Ok(ConsumerMessage::Delivery(_)) => {}
+                Ok(ConsumerMessage::Delivery(d)) => {
+                    let id = d.properties.correlation_id().as_deref();
+                    let ours = id.and_then(|id| id.parse::<u64>().ok());
+                    assert!(
+                        ours.is_some_and(|id| id < sent),
+                        "reply to no request: {id:?}"
+                    );
+                }
                 other => panic!("reply consumer ended: {other:?}"),
             }
             if sent < count {
@@ -165,7 +240,7 @@ fn call(queue: &str, calls: u64, in_flight: u64) -> f64 {
             }
         }
     };
-    run(warmup);
+    run(caller.warmup);
     let started = Instant::now();
     run(calls);
     started.elapsed().as_secs_f64()

@@ -324,7 +324,7 @@ impl<'c, 's> Serving<'c, 's> {
     }
 
     /// Publishes `reply` to the request `delivery` with the `traceparent` of the server's
-    /// span `trace` when the request is traced ([`Session::span`]), which is acked once the broker confirms
+    /// span `trace` when the request is traced ([`Serving::span`]), which is acked once the broker confirms
     /// the reply. If the broker refuses (nacks) it, the request goes back to the queue when
     /// `requeue_on_nack`, else it is acked all the same. A reply over the server's limit
     /// becomes a `too-large` error reply: the broker would refuse it.

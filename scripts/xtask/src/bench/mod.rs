@@ -16,6 +16,9 @@
 //!   `--workers 2 -- cat`
 //! - (m) the cost of the metrics endpoint: rpc-server `--metrics-addr 127.0.0.1:0` with
 //!   /metrics fetched once a second vs the same server without, 1 and 64 in flight
+//! - (i) instructions per call under callgrind (load-independent): rpc-server vs the raw
+//!   amiquip echo server, rpc-client vs the raw amiquip client with confirms, `--metrics-addr`
+//!   on vs off, trace context on vs off; 1 and 64 in flight ([`instructions`])
 //! - (s) a program kept per worker (`--protocol lines`): a Python echo handler kept vs the
 //!   Fibonacci server and vs the same handler per request; `cat` kept; workers 1, 2, 4
 //!
@@ -28,6 +31,7 @@
 //! (Ctrl-C included); raw outputs and server logs stay in target/bench/`run-<id>` after a
 //! failure. Settings: see [`settings`].
 
+mod instructions;
 mod measure;
 mod oneshot;
 mod process;
@@ -161,6 +165,9 @@ impl Bench {
         if self.settings.want("f") {
             self.fib()?;
         }
+        if self.settings.want("i") {
+            self.instructions()?;
+        }
         let r = &mut self.results;
         r.info.date = utc_now()?;
         r.info.elapsed_secs = started.elapsed().as_secs();
@@ -193,6 +200,9 @@ impl Bench {
             msg("warning: GNU time (/usr/bin/time) missing: client RSS rows will read n/a");
         }
         self.hyperfine = self.tool(&["hyperfine", "--version"], "hyperfine");
+        if self.settings.want("i") && !self.tool(&["valgrind", "--version"], "valgrind") {
+            bail!("rows i need valgrind (apt-get install valgrind)");
+        }
         if !self.hyperfine {
             msg("hyperfine not available: timing one-shot runs with a loop");
         }

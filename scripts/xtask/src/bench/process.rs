@@ -187,17 +187,31 @@ impl Server {
         log: &Path,
         brokers: &[BrokerOptions],
     ) -> Result<Server> {
+        let mut command = Command::new(bin);
+        command.args(["--name", name]).args(args);
+        Server::spawn(command, queue, log, brokers, START_WAIT)
+    }
+
+    /// Starts `command`, a server of `queue` (its output in `log`), and waits up to `within`
+    /// until it consumes `queue`. Its stop bound allows for rpc-server's with a command (`--`).
+    pub fn spawn(
+        mut command: Command,
+        queue: &str,
+        log: &Path,
+        brokers: &[BrokerOptions],
+        within: Duration,
+    ) -> Result<Server> {
         let file = std::fs::File::create(log).with_context(|| log.display().to_string())?;
-        let child = Command::new(bin)
-            .args(["--name", name])
-            .args(args)
+        let program = command.get_program().to_string_lossy().into_owned();
+        let has = |arg: &str| command.get_args().any(|a| a == arg);
+        let (serves_command, metrics) = (has("--"), has("--metrics-addr"));
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0) // a Ctrl-C at the terminal reaches us only: we stop it once
             .spawn()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        let serves_command = args.iter().any(|a| a == "--");
+            .with_context(|| format!("cannot run {program}"))?;
         let mut server = Server {
             child,
             queue: queue.into(),
@@ -205,19 +219,38 @@ impl Server {
             stop_wait: Duration::from_secs(if serves_command { 49 } else { 12 }),
             metrics: None,
         };
-        server
-            .wait_consuming(brokers, START_WAIT)
-            .with_context(|| {
-                format!(
-                    "starting rpc-server on '{queue}'; last lines of {}:\n{}",
-                    log.display(),
-                    tail(log, 10)
-                )
-            })?;
-        if args.iter().any(|a| a == "--metrics-addr") {
+        server.wait_consuming(brokers, within).with_context(|| {
+            format!(
+                "starting {program} on '{queue}'; last lines of {}:\n{}",
+                log.display(),
+                tail(log, 10)
+            )
+        })?;
+        if metrics {
             server.metrics = Some(server.metrics_addr()?);
         }
         Ok(server)
+    }
+
+    /// Waits up to `within` for it to exit by itself (0); SIGKILL after that.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{status} (log: {})", self.log.display());
+                }
+                return Ok(());
+            }
+            check_interrupted()?;
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!(
+            "still running {within:?} after its last call; killed (log: {})",
+            self.log.display()
+        )
     }
 
     /// Waits up to `within` until it consumes its queue; fails at once if it exits first.

@@ -38,6 +38,8 @@ pub struct Results {
     pub fib: HashMap<(String, u64), [String; 4]>,
     /// Measurements that failed twice.
     pub failed: Vec<String>,
+    /// Instructions per call of rows i, one per run.
+    pub instructions: BTreeMap<String, Vec<f64>>,
     /// `/metrics` scrapes of rows m: succeeded, failed.
     pub scrapes: (u64, u64),
     pub info: Info,
@@ -64,6 +66,18 @@ impl Results {
             row.best = Some((rate, column("p50_ms").into(), column("p99_ms").into()));
         }
         Ok(())
+    }
+
+    pub fn add_instructions(&mut self, id: &str, per_call: f64) {
+        self.instructions
+            .entry(id.into())
+            .or_default()
+            .push(per_call);
+    }
+
+    /// The median instructions per call of row i `id`.
+    pub fn per_call(&self, id: &str) -> Option<f64> {
+        median(self.instructions.get(id)?)
     }
 
     pub fn add_rss(&mut self, id: &str, kb: u64) {
@@ -94,18 +108,7 @@ impl Results {
 
     /// The median one-shot time of `id`, in ms.
     pub fn median_ms(&self, id: &str) -> Option<f64> {
-        let mut times = self.oneshot.get(id)?.clone();
-        if times.is_empty() {
-            return None;
-        }
-        times.sort_by(f64::total_cmp);
-        let mid = times.len() / 2;
-        let median = if times.len() % 2 == 1 {
-            times[mid]
-        } else {
-            (times[mid - 1] + times[mid]) / 2.0
-        };
-        Some(median * 1000.0)
+        Some(median(self.oneshot.get(id)?)? * 1000.0)
     }
 
     /// The result cell of calls/s row `id`; `repeat`: the runs of each row.
@@ -129,6 +132,21 @@ impl Results {
         }
         cell
     }
+}
+
+/// The median of `values`, if any.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut values = values.to_vec();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
 }
 
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {

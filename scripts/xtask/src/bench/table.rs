@@ -1,6 +1,7 @@
 //! The markdown report: header, one table (the calls/s rows of `rows.rs`, and the one-shot,
 //! fib and memory rows e, f, g), flags and run time.
 
+use super::instructions;
 use super::results::{extra_per_call, ratio, Results};
 use super::rows::{self, Compare, Row};
 use super::settings::{Settings, GROUPS};
@@ -257,6 +258,11 @@ fn table(r: &Results, s: &Settings) -> (Vec<Cells>, Vec<String>) {
     rows.extend(fib_rows(r, s));
     rows.extend(memory_rows(r, s));
     rows.push(big_json_row(r));
+    for row in instructions::rows() {
+        let [result, ratio] = instructions::cells(&row, r, &mut flags);
+        let setup = instructions::setup(&row);
+        rows.push([row.id.clone(), row.what.clone(), setup, result, ratio]);
+    }
     let group = |cells: &Cells| GROUPS.find(cells[0].chars().next().unwrap_or('?'));
     rows.sort_by_key(group); // stable: each group keeps its own order
     rows.retain(|cells| cells[0].chars().next().is_some_and(|c| s.only.contains(c)));
@@ -303,6 +309,16 @@ fn header(r: &Results, s: &Settings) -> String {
              its /metrics fetched once a second by a thread of the bench while the rows run \
              ({} scrapes, {failed} failed), and without",
             ok + failed
+        );
+    }
+    if s.want("i") {
+        let (few, many) = instructions::calls(s.quick);
+        let _ = writeln!(
+            out,
+            "- rows i: instructions per call under callgrind (valgrind), (I({many}) − I({few})) / {}, \
+             all threads of the measured process, the other end native; lower is better, and \
+             the machine's load moves them far less than calls/s (a few percent)",
+            many - few,
         );
     }
     if s.want("s") {
