@@ -36,6 +36,7 @@ mod batch;
 
 use crate::amqp::BrokerOptions;
 use crate::error::Error;
+use crate::properties::Properties;
 use crate::request::{ClientOptions, ReplyQueue, RpcReply, RpcRequest};
 use crate::session::Session;
 use crate::trace::TraceContext;
@@ -323,7 +324,8 @@ fn finish(
     describe: impl FnOnce() -> String,
 ) -> RpcReply {
     let elapsed = started.elapsed();
-    let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
+    let properties = Properties::from_amqp(delivery.properties);
+    let server = wire::header(&properties, wire::SERVER_HEADER).map(wire::printable);
     log::info!(
         trace_id:display = trace.trace_id,
         duration_ms = elapsed.as_secs_f64() * 1e3;
@@ -335,7 +337,7 @@ fn finish(
     );
     RpcReply {
         body: delivery.body,
-        properties: delivery.properties,
+        properties,
         server,
         elapsed,
         trace,

@@ -71,6 +71,7 @@ mod client;
 mod error;
 mod fibonacci;
 mod in_flight;
+mod properties;
 mod request;
 mod session;
 #[cfg(feature = "test-support")]
@@ -85,6 +86,7 @@ pub use cli::BrokerArgs;
 pub use client::RpcClient;
 pub use error::{exit_code, Error};
 pub use fibonacci::{FibonacciRpcClient, Reply};
+pub use properties::{HeaderValue, Headers, Properties};
 pub use request::{
     ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
     MAX_SHORT_STRING, PROBE_LIMIT,

@@ -236,7 +236,7 @@ impl Session {
             wire::request_properties_with_deadline(&self.reply_queue, correlation_id, remaining),
             trace,
         );
-        let mut publish = Publish::with_properties(&request.body, queue, properties);
+        let mut publish = Publish::with_properties(&request.body, queue, properties.into_amqp());
         publish.mandatory = true;
         let channel = &self.channel;
         self.link()?

@@ -15,7 +15,7 @@
 //! ```
 
 use crate::fib;
-use amiquip::AmqpProperties;
+use rpc_client::Properties;
 use rpc_client::wire::{self, ErrorCode};
 use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ pub struct Request<'a> {
     /// The request body, as published.
     pub body: &'a [u8],
     /// The request's AMQP properties (`correlation_id`, `content_type`, `headers`, …).
-    pub properties: &'a AmqpProperties,
+    pub properties: &'a Properties,
     /// The server's span of this request: a child of the request's `traceparent`, or the root
     /// of a new trace when it has none (or a malformed one). Its `traceparent` goes on the
     /// reply.
@@ -56,7 +56,6 @@ impl Request<'_> {
         let correlation_id = self
             .properties
             .correlation_id()
-            .as_deref()
             .map(wire::printable);
         log::info!(
             target: REQUEST_LOG,
@@ -239,7 +238,7 @@ mod tests {
 
     #[test]
     fn closures_and_fibonacci_are_handlers() {
-        let properties = AmqpProperties::default();
+        let properties = Properties::default();
         let request = Request {
             body: b"10",
             properties: &properties,

@@ -150,7 +150,7 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, ConnectFailur
             user: options.user.clone(),
         },
         _ if timed_out => ConnectFailure::HandshakeTimeout(limit),
-        other => ConnectFailure::Amqp(other),
+        other => ConnectFailure::Amqp(other.to_string()),
     })?;
     Ok(Link {
         connection,

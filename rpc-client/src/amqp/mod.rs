@@ -23,13 +23,13 @@ mod watchdog;
 pub use connection::{connect_first, open_first, Link};
 pub use consume::{callback_queue, consume};
 pub use depth::{flatten_deep_headers, DepthGuard, FLATTENED_DEPTH};
-pub use error::{ConnectFailure, LinkError};
+pub use error::{AmqpError, ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
 pub use tls::TlsError;
 pub use uri::{mask_uri, BrokerOptions, UriError, UriProblem};
 pub use watchdog::Watchdog;
 
-pub(crate) use error::{connection_gone, each_broker};
+pub(crate) use error::each_broker;
 pub(crate) use random::random_u64;
 // For the command line's broker flags.
 #[cfg(feature = "cli")]

@@ -305,7 +305,7 @@ impl Handler for CommandHandler {
             .options
             .reply_content_type
             .clone()
-            .or_else(|| request.properties.content_type().clone());
+            .or_else(|| request.properties.content_type().map(String::from));
         reply(self.run(request).map(|body| (body, content_type)))
     }
 
@@ -325,7 +325,7 @@ impl Handler for CommandHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+    use rpc_client::{Headers, Properties};
     use rpc_client::TraceContext;
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
@@ -336,9 +336,9 @@ mod tests {
     }
 
     fn call(handler: &CommandHandler, body: &[u8]) -> Reply {
-        let properties = AmqpProperties::default()
-            .with_correlation_id("id-1".into())
-            .with_content_type("text/plain".into());
+        let properties = Properties::default()
+            .with_correlation_id("id-1")
+            .with_content_type("text/plain");
         handler.handle(&Request {
             body,
             properties: &properties,
@@ -401,7 +401,7 @@ mod tests {
         let reply = CommandHandler::new(options).expect("yes").handle(&Request {
             trace: &TraceContext::new_trace(),
             body: b"",
-            properties: &AmqpProperties::default(),
+            properties: &Properties::default(),
         });
         assert_eq!(
             reply.error,
@@ -424,14 +424,11 @@ mod tests {
 
     #[test]
     fn environment_carries_the_request_and_hides_credentials() {
-        let mut headers = FieldTable::new();
-        headers.insert(
-            "traceparent".into(),
-            AmqpValue::LongString("00-abc-def-01".into()),
-        );
-        headers.insert("tracestate".into(), AmqpValue::LongString("a=1".into()));
-        let properties = AmqpProperties::default()
-            .with_correlation_id("id-7".into())
+        let mut headers = Headers::new();
+        headers.insert("traceparent", "00-abc-def-01");
+        headers.insert("tracestate", "a=1");
+        let properties = Properties::default()
+            .with_correlation_id("id-7")
             .with_headers(headers);
         let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|$TRACEPARENT|\
                       ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
@@ -462,7 +459,7 @@ mod tests {
         let reply = CommandHandler::new(options).expect("cat").handle(&Request {
             trace: &TraceContext::new_trace(),
             body: b"12345",
-            properties: &AmqpProperties::default(),
+            properties: &Properties::default(),
         });
         assert_eq!(reply.error, Some(ErrorCode::TooLarge));
         let missing = CommandHandler::new(CommandOptions::new("no-such-program-x", ["a"]));

@@ -7,7 +7,8 @@ use super::session::Session;
 use crate::error::Error;
 use crate::handler::Reply;
 use crate::redelivery::{self, MAX_DELIVERIES};
-use amiquip::{AmqpProperties, Channel, Confirm, Delivery, Publish};
+use amiquip::{Channel, Confirm, Delivery, Publish};
+use rpc_client::Properties;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_client::wire::ErrorCode;
 use std::time::Instant;
@@ -37,9 +38,11 @@ impl Session<'_, '_> {
     /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
     /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
     /// handled here instead, so that nothing loops.
-    pub(super) fn requeue(&mut self, delivery: Delivery, attempts: u64) -> Result<(), Error> {
-        let properties =
-            redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
+    pub(super) fn requeue(&mut self, mut delivery: Delivery, attempts: u64) -> Result<(), Error> {
+        let login = self.broker.login;
+        let properties = Properties::lend(&mut delivery.properties, |p| {
+            redelivery::requeued_properties(p, attempts, login)
+        });
         let queue = self.server.options.queue.as_str();
         match self.publish_confirmed(queue, &delivery.body, properties) {
             Ok(true) => {
@@ -106,8 +109,9 @@ impl Session<'_, '_> {
         &mut self,
         queue: &str,
         body: &[u8],
-        properties: AmqpProperties,
+        properties: Properties,
     ) -> Result<bool, Error> {
+        let properties = properties.into_amqp();
         let limit = self.broker.limit;
         let watchdog = self.broker.watchdog;
         let requeue = self.requeue_channel()?;
