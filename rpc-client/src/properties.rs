@@ -253,6 +253,14 @@ pub(crate) fn table_depth(table: &FieldTable) -> usize {
     deepest
 }
 
+/// For tests and `rpc-server`: no stability promise.
+#[doc(hidden)]
+impl From<AmqpProperties> for Properties {
+    fn from(properties: AmqpProperties) -> Self {
+        Properties(properties)
+    }
+}
+
 /// A message's headers: names to typed values.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Headers(FieldTable);

@@ -10,7 +10,7 @@ use crate::amqp::{connect_first, LinkError};
 use crate::BrokerOptions;
 use crate::Error;
 use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
+    AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use std::sync::OnceLock;
@@ -312,8 +312,9 @@ impl Admin {
         &self,
         routing_key: &str,
         body: &[u8],
-        properties: AmqpProperties,
+        properties: impl Into<crate::Properties>,
     ) -> Result<(), Error> {
+        let properties = properties.into().into_amqp();
         self.channel
             .basic_publish("", Publish::with_properties(body, routing_key, properties))?;
         Ok(())

@@ -3,7 +3,7 @@
 use super::{client, start_servers, stop_all};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_client::wire::{self, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use rpc_client::wire::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, RpcClient, RpcRequest};
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// The trace id of a reply's `traceparent`, which must be valid.
 fn reply_trace(properties: &AmqpProperties) -> TraceContext {
-    let header = wire::header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
+    let header = crate::common::raw_header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
     TraceContext::parse(Some(header), None).expect("the reply's traceparent is valid")
 }
 
@@ -48,7 +48,7 @@ fn trace_context_goes_client_to_server_to_reply() {
         let reply = rpc
             .call(&RpcRequest::new("7").with_parent(parent.clone()))
             .expect("call");
-        let server = reply_trace(&reply.properties);
+        let server = reply_trace(reply.properties.amqp());
         assert_eq!(server.trace_id, reply.trace.trace_id);
         assert_ne!(server.span_id, reply.trace.span_id);
         if let Some(parent) = &parent {
@@ -112,8 +112,8 @@ fn malformed_or_missing_traceparent_starts_a_new_trace_and_is_never_echoed() {
         match consumer.recv_timeout(Duration::from_secs(20)) {
             Ok(ConsumerMessage::Delivery(d)) => {
                 let id = d.properties.correlation_id().clone().expect("id");
-                let header = wire::header(&d.properties, TRACEPARENT_HEADER).map(String::from);
-                let state = wire::header(&d.properties, TRACESTATE_HEADER).map(String::from);
+                let header = crate::common::raw_header(&d.properties, TRACEPARENT_HEADER).map(String::from);
+                let state = crate::common::raw_header(&d.properties, TRACESTATE_HEADER).map(String::from);
                 seen.insert(id, (reply_trace(&d.properties), header, state));
             }
             other => panic!("waiting for reply {} of 5: {other:?}", seen.len() + 1),
