@@ -221,17 +221,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// For `rpc-server` and this crate's sessions: no stability promise.
-#[doc(hidden)]
-impl From<amiquip::Error> for Error {
-    /// Connection-level failures become [`Error::ConnectionLost`], except a close by the broker,
-    /// which stays an AMQP error so that its reply code can be read ([`Error::broker_code`]);
-    /// both exit 3.
-    fn from(err: amiquip::Error) -> Self {
-        LinkError::from(err).into()
-    }
-}
-
 impl From<LinkError> for Error {
     /// The link's failures as the calling layer reports them: failed connects as
     /// [`Error::Connect`], a stalled round trip as [`Error::Stalled`], a lost connection as

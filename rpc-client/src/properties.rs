@@ -446,12 +446,9 @@ impl HeaderValue {
             HeaderValue::Array(items) => {
                 A::FieldArray(items.into_iter().map(HeaderValue::into_amqp).collect())
             }
-            HeaderValue::Table(table) => A::FieldTable(
-                table
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_amqp()))
-                    .collect(),
-            ),
+            HeaderValue::Table(table) => {
+                A::FieldTable(table.into_iter().map(|(k, v)| (k, v.into_amqp())).collect())
+            }
             HeaderValue::Void => A::Void,
         }
     }
@@ -514,7 +511,10 @@ mod tests {
             HeaderValue::I64(-8),
             HeaderValue::F32(1.5),
             HeaderValue::F64(2.5),
-            HeaderValue::Decimal { scale: 2, value: 314 },
+            HeaderValue::Decimal {
+                scale: 2,
+                value: 314,
+            },
             HeaderValue::Str("s".into()),
             HeaderValue::Bytes(vec![0, 255]),
             HeaderValue::Timestamp(7),

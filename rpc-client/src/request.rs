@@ -2,10 +2,10 @@
 //! ([`RpcRequest`], checked against what AMQP can carry) and a reply ([`RpcReply`]).
 
 use crate::error::Error;
+use crate::properties::{Headers, Properties};
 use crate::trace::TraceContext;
 use crate::wire;
 use crate::BrokerOptions;
-use crate::properties::{Headers, Properties};
 use std::time::Duration;
 
 /// RabbitMQ's direct reply-to pseudo-queue.

@@ -19,9 +19,9 @@
 //! Both crates use this module, so the contract is written down once.
 
 use crate::error::Error;
+use crate::properties::{Headers, Properties};
 pub use crate::text::{printable, MAX_PRINTABLE};
 pub use crate::trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
-use crate::properties::{Headers, Properties};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +46,7 @@ pub const SERVER_HEADER: &str = "x-rpc-server";
 
 /// How deep a message's headers may nest: tables and arrays in tables, the `headers` table
 /// itself counting as level 1 (`x-death` needs 3). A server refuses a request with deeper
-/// headers (`bad-request`). Deeper levels never reach amiquip's decoder, which would need about
+/// headers (`bad-request`). Deeper levels never reach the AMQP library's decoder, which would need about
 /// 0.6 KB of stack per level (3.7 KB in a debug build): every connection passes the tables and
 /// arrays below level `MAX_HEADER_DEPTH + 1` on as byte arrays (byte array values, [`crate::HeaderValue::Bytes`]) of
 /// the same bytes.
@@ -126,7 +126,7 @@ impl fmt::Display for RequestError {
 /// Longest queue name with characters beyond ASCII, in bytes. RabbitMQ quotes the queue name
 /// in its error messages ("NOT_FOUND - no queue '…' in vhost '/'", as a server's check of a
 /// queue that does not exist yet gets) and cuts a message over 255 bytes at byte 252, which
-/// can fall inside a multi-byte character; the AMQP library (amiquip) then cannot read the
+/// can fall inside a multi-byte character; the AMQP library then cannot read the
 /// message and drops the connection ("i/o loop dropped sending side of a channel"), again at
 /// every reconnect. Measured on RabbitMQ 3.10 and 4.0: 76 '☃' (228 bytes) work, 77 (231) do
 /// not. 160 leaves room for the longest prefixes before the name (about 90 bytes, with a

@@ -192,14 +192,6 @@ impl From<LinkError> for Error {
     }
 }
 
-/// For this crate's sessions: no stability promise.
-#[doc(hidden)]
-impl From<amiquip::Error> for Error {
-    fn from(err: amiquip::Error) -> Self {
-        LinkError::from(err).into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{exit_code, Error};
@@ -257,7 +249,9 @@ mod tests {
         );
         assert!(timeout.channel_closed() && timeout.refusal().is_none());
 
-        let lost = Error::from(LinkError::Lost("underlying socket closed unexpectedly".into()));
+        let lost = Error::from(LinkError::Lost(
+            "underlying socket closed unexpectedly".into(),
+        ));
         assert!(lost.refusal().is_none() && !lost.channel_closed());
         assert!(matches!(
             Error::from(LinkError::NoBroker),

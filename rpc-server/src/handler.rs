@@ -15,8 +15,8 @@
 //! ```
 
 use crate::fib;
-use rpc_client::Properties;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::Properties;
 use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
@@ -53,10 +53,7 @@ impl Request<'_> {
         if !log::log_enabled!(target: REQUEST_LOG, log::Level::Info) {
             return;
         }
-        let correlation_id = self
-            .properties
-            .correlation_id()
-            .map(wire::printable);
+        let correlation_id = self.properties.correlation_id().map(wire::printable);
         log::info!(
             target: REQUEST_LOG,
             correlation_id = correlation_id.as_deref().unwrap_or(""),

@@ -165,17 +165,10 @@ pub fn earlier_deliveries(redelivered: bool, properties: &Properties) -> u64 {
 /// [`ATTEMPTS_HEADER`] = `attempts`, without the broker's `x-delivery-count`, and without a
 /// `user_id` other than `login` (the broker refuses a publish whose `user_id` is not the
 /// publisher's login).
-pub fn requeued_properties(
-    original: &Properties,
-    attempts: u64,
-    login: &str,
-) -> Properties {
+pub fn requeued_properties(original: &Properties, attempts: u64, login: &str) -> Properties {
     let mut headers = original.headers();
     headers.remove("x-delivery-count");
-    headers.insert(
-        ATTEMPTS_HEADER,
-        i64::try_from(attempts).unwrap_or(i64::MAX),
-    );
+    headers.insert(ATTEMPTS_HEADER, i64::try_from(attempts).unwrap_or(i64::MAX));
     let mut copy = original.clone().with_headers(headers);
     if original.user_id().is_some_and(|user| user != login) {
         copy = copy.without_user_id();

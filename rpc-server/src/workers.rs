@@ -162,15 +162,14 @@ fn handle(handler: &dyn Handler, delivery: &mut Delivery) -> (Reply, TraceContex
             properties,
             trace: &trace,
         };
-        let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(
-            |_| {
+        let reply =
+            catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
                 log::error!("the handler panicked; answering with an internal error reply");
                 Reply::refuse(
                     ErrorCode::Internal,
                     "the server failed while handling the request",
                 )
-            },
-        );
+            });
         (reply, trace)
     })
 }

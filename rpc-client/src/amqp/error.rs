@@ -139,7 +139,10 @@ impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AmqpError::ConnectionClosed { code, message } => {
-                write!(f, "server closed connection (code={code} message={message})")
+                write!(
+                    f,
+                    "server closed connection (code={code} message={message})"
+                )
             }
             AmqpError::ChannelClosed {
                 channel,
@@ -231,6 +234,17 @@ impl From<amiquip::Error> for LinkError {
             err if connection_gone(&err) => LinkError::Lost(err.to_string()),
             err => LinkError::Amqp(err.to_string()),
         }
+    }
+}
+
+/// For `rpc-server` and this crate's sessions: no stability promise.
+#[doc(hidden)]
+impl From<amiquip::Error> for crate::Error {
+    /// Connection-level failures become [`crate::Error::ConnectionLost`], except a close by the broker,
+    /// which stays an AMQP error so that its reply code can be read ([`crate::Error::broker_code`]);
+    /// both exit 3.
+    fn from(err: amiquip::Error) -> Self {
+        LinkError::from(err).into()
     }
 }
 

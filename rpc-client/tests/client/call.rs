@@ -44,10 +44,7 @@ fn raw_calls_round_trip_bytes_content_type_and_headers() {
     assert_eq!(reply.content_type(), Some("text/plain; charset=utf-8"));
     assert_eq!(reply.header("lang"), Some("fr"));
     assert_eq!(reply.header("note"), Some("a=b\n"));
-    assert_eq!(
-        reply.headers().get("x-length"),
-        Some(HeaderValue::I64(3))
-    );
+    assert_eq!(reply.headers().get("x-length"), Some(HeaderValue::I64(3)));
 
     match client.call(&RpcRequest::new("ERR no thanks")) {
         Err(err @ Error::Server { .. }) => {

@@ -325,8 +325,8 @@ impl Handler for CommandHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_client::{Headers, Properties};
     use rpc_client::TraceContext;
+    use rpc_client::{Headers, Properties};
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());

@@ -8,9 +8,9 @@ use crate::error::Error;
 use crate::handler::Reply;
 use crate::redelivery::{self, MAX_DELIVERIES};
 use amiquip::{Channel, Confirm, Delivery, Publish};
-use rpc_client::Properties;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_client::wire::ErrorCode;
+use rpc_client::Properties;
 use std::time::Instant;
 
 /// A channel in confirm mode for re-queued requests, and its confirms.

@@ -5,8 +5,8 @@
 use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
 use crate::handler::Reply;
 use crate::redelivery::{Redeliveries, Verdict};
-use rpc_client::Properties;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::Properties;
 use std::time::Duration;
 
 /// A request that took this long before a `basic.cancel` makes the cancel a likely consumer
@@ -19,7 +19,7 @@ pub(super) enum Admission {
     /// Its caller's deadline has passed (this can be a redelivery after a server died):
     /// answering would only cost work. Acked, not answered.
     Late,
-    /// It has no `reply_to` (amiquip hands over empty properties when it cannot read them: a
+    /// It has no `reply_to` (the AMQP library hands over empty properties when it cannot read them: a
     /// `correlation_id` or `content_type` that is not UTF-8). Acked, not answered.
     NoReplyTo,
     /// Its headers nest deeper than [`wire::MAX_HEADER_DEPTH`]: this many levels, at most

@@ -5,7 +5,7 @@ use super::books::Books;
 use super::requeue::Requeue;
 use super::rules::{admission, cancel_cause, fit_reply, Admission};
 use super::{lost, stop_failed, Server, STOP_LIMIT};
-use crate::confirms::ReplyKind;
+use crate::confirms::{BrokerConfirm, ReplyKind};
 use crate::error::Error;
 use crate::handler::Reply;
 use crate::redelivery::Verdict;
@@ -344,9 +344,8 @@ impl<'c, 's> Session<'c, 's> {
                 return self.unanswered(delivery, code);
             }
         }
-        let trace = trace.unwrap_or_else(|| {
-            Properties::lend(&mut delivery.properties, server_span)
-        });
+        let trace =
+            trace.unwrap_or_else(|| Properties::lend(&mut delivery.properties, server_span));
         let mut properties = wire::traced_reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &options.name,
@@ -357,7 +356,11 @@ impl<'c, 's> Session<'c, 's> {
             properties = properties.with_content_type(content_type);
         }
         let properties = properties.into_amqp();
-        let reply_to = delivery.properties.reply_to().as_deref().unwrap_or_default();
+        let reply_to = delivery
+            .properties
+            .reply_to()
+            .as_deref()
+            .unwrap_or_default();
         let body = reply.body;
         let channel = self.broker.channel;
         self.broker
@@ -418,7 +421,7 @@ impl<'c, 's> Session<'c, 's> {
     /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
     /// after a nack, rejected back to the queue (or acked, for a last-word reply).
     fn confirmed(&mut self, confirm: Confirm) -> Result<(), Error> {
-        for reply in self.books.confirm(confirm) {
+        for reply in self.books.confirm(broker_confirm(confirm)) {
             let mut delivery = reply.tag.delivery;
             if reply.accepted {
                 self.count(reply.kind, &mut delivery);
@@ -525,5 +528,18 @@ impl<'c, 's> Session<'c, 's> {
             stats.reconnects
         );
         Ok(())
+    }
+}
+
+/// The AMQP library's publisher confirm in our own terms, for the bookkeeping.
+fn broker_confirm(confirm: Confirm) -> BrokerConfirm {
+    let (payload, accepted) = match confirm {
+        Confirm::Ack(payload) => (payload, true),
+        Confirm::Nack(payload) => (payload, false),
+    };
+    BrokerConfirm {
+        sequence: payload.delivery_tag,
+        multiple: payload.multiple,
+        accepted,
     }
 }

@@ -252,8 +252,8 @@ fn not_a_string(name: &str) -> Bad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_client::{HeaderValue, Headers, Properties};
     use rpc_client::TraceContext;
+    use rpc_client::{HeaderValue, Headers, Properties};
 
     fn request<'a>(
         body: &'a [u8],

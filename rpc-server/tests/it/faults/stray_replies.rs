@@ -4,9 +4,9 @@
 use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT};
 use crate::common::caller::Caller;
 use crate::common::expected;
-use rpc_client::Properties;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire;
+use rpc_client::Properties;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -62,10 +62,7 @@ fn run(sc: &mut Scenario) {
                     ),
                     // 252 characters: a short string holds at most 255 bytes (amiquip does not
                     // check, and the broker closes the connection on a longer one).
-                    _ => (
-                        Properties::default().with_correlation_id(id.repeat(7)),
-                        b"",
-                    ),
+                    _ => (Properties::default().with_correlation_id(id.repeat(7)), b""),
                 };
                 admin
                     .publish(&reply_queue, body, properties)

@@ -95,7 +95,10 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
                 "{message:?}"
             );
         }
-        assert_eq!(crate::common::raw_header(properties, SERVER_HEADER), Some("strict"));
+        assert_eq!(
+            crate::common::raw_header(properties, SERVER_HEADER),
+            Some("strict")
+        );
     }
     // The library reports an error reply as Error::Server.
     let mut client = client(queue.name());

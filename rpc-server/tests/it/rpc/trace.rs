@@ -11,7 +11,8 @@ use std::time::Duration;
 
 /// The trace id of a reply's `traceparent`, which must be valid.
 fn reply_trace(properties: &AmqpProperties) -> TraceContext {
-    let header = crate::common::raw_header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
+    let header =
+        crate::common::raw_header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
     TraceContext::parse(Some(header), None).expect("the reply's traceparent is valid")
 }
 
@@ -112,8 +113,10 @@ fn malformed_or_missing_traceparent_starts_a_new_trace_and_is_never_echoed() {
         match consumer.recv_timeout(Duration::from_secs(20)) {
             Ok(ConsumerMessage::Delivery(d)) => {
                 let id = d.properties.correlation_id().clone().expect("id");
-                let header = crate::common::raw_header(&d.properties, TRACEPARENT_HEADER).map(String::from);
-                let state = crate::common::raw_header(&d.properties, TRACESTATE_HEADER).map(String::from);
+                let header =
+                    crate::common::raw_header(&d.properties, TRACEPARENT_HEADER).map(String::from);
+                let state =
+                    crate::common::raw_header(&d.properties, TRACESTATE_HEADER).map(String::from);
                 seen.insert(id, (reply_trace(&d.properties), header, state));
             }
             other => panic!("waiting for reply {} of 5: {other:?}", seen.len() + 1),
