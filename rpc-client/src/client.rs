@@ -36,12 +36,10 @@ mod batch;
 
 use crate::amqp::BrokerOptions;
 use crate::error::Error;
-use crate::properties::Properties;
 use crate::request::{ClientOptions, ReplyQueue, RpcReply, RpcRequest};
-use crate::session::Session;
+use crate::session::{Incoming, Returned, Session};
 use crate::trace::TraceContext;
 use crate::wire;
-use amiquip::{Delivery, Return};
 use std::borrow::Borrow;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -282,7 +280,7 @@ impl RpcClient {
         }
     }
 
-    fn no_route(&self, returned: Return) -> Error {
+    fn no_route(&self, returned: Returned) -> Error {
         Error::NoRoute {
             queue: self.queue.clone(),
             reason: wire::printable(&returned.reply_text),
@@ -318,13 +316,13 @@ impl RpcClient {
 /// Turns the reply to our call into an [`RpcReply`], taking its body and properties as they
 /// are. `describe` names the call in the log.
 fn finish(
-    delivery: Delivery,
+    delivery: Incoming,
     started: Instant,
     trace: TraceContext,
     describe: impl FnOnce() -> String,
 ) -> RpcReply {
     let elapsed = started.elapsed();
-    let properties = Properties::from_amqp(delivery.properties);
+    let properties = delivery.properties;
     let server = wire::header(&properties, wire::SERVER_HEADER).map(wire::printable);
     log::info!(
         trace_id:display = trace.trace_id,
@@ -344,7 +342,7 @@ fn finish(
     }
 }
 
-fn discard(delivery: &Delivery) {
+fn discard(delivery: &Incoming) {
     log::debug!(
         "discarding reply with unknown correlation id {:?}",
         delivery.properties.correlation_id()
