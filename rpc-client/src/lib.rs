@@ -89,7 +89,7 @@ pub use cli::BrokerArgs;
 pub use client::RpcClient;
 pub use error::{exit_code, Error};
 pub use fibonacci::{FibonacciRpcClient, Reply};
-pub use properties::{HeaderValue, Headers, Properties};
+pub use properties::{HeaderValue, Headers, Properties, ReadProperties};
 pub use request::{
     ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
     MAX_SHORT_STRING, PROBE_LIMIT,

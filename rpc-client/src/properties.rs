@@ -13,6 +13,91 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Properties(AmqpProperties);
 
+/// Reading a message's properties where they lie, without a copy. [`Properties`] implements
+/// it (its methods of the same names call these), and so, for `rpc-server`, does the AMQP
+/// library's own type: the rules of [`crate::wire`] read a delivery's properties through it.
+pub trait ReadProperties {
+    /// The AMQP library's properties. For `rpc-server`: no stability promise.
+    #[doc(hidden)]
+    fn amqp_properties(&self) -> &AmqpProperties;
+
+    /// `correlation_id`: which call a reply answers.
+    fn correlation_id(&self) -> Option<&str> {
+        self.amqp_properties().correlation_id().as_deref()
+    }
+
+    /// `reply_to`: the queue a reply goes to.
+    fn reply_to(&self) -> Option<&str> {
+        self.amqp_properties().reply_to().as_deref()
+    }
+
+    /// `type`: the message type name.
+    fn kind(&self) -> Option<&str> {
+        self.amqp_properties().type_().as_deref()
+    }
+
+    /// `expiration`: milliseconds, as text.
+    fn expiration(&self) -> Option<&str> {
+        self.amqp_properties().expiration().as_deref()
+    }
+
+    /// `timestamp`, Unix seconds.
+    fn timestamp(&self) -> Option<u64> {
+        *self.amqp_properties().timestamp()
+    }
+
+    /// The value of header `name` if it is a string, borrowed.
+    fn header_str(&self, name: &str) -> Option<&str> {
+        match self.amqp_properties().headers().as_ref()?.get(name)? {
+            AmqpValue::LongString(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value of header `name` if it is an integer of any width that fits an `i64`.
+    fn header_i64(&self, name: &str) -> Option<i64> {
+        match *self.amqp_properties().headers().as_ref()?.get(name)? {
+            AmqpValue::ShortShortInt(n) => Some(n.into()),
+            AmqpValue::ShortShortUInt(n) => Some(n.into()),
+            AmqpValue::ShortInt(n) => Some(n.into()),
+            AmqpValue::ShortUInt(n) => Some(n.into()),
+            AmqpValue::LongInt(n) => Some(n.into()),
+            AmqpValue::LongUInt(n) => Some(n.into()),
+            AmqpValue::LongLongInt(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether header `name` is present, whatever its value.
+    fn has_header(&self, name: &str) -> bool {
+        let headers = self.amqp_properties().headers().as_ref();
+        headers.is_some_and(|t| t.contains_key(name))
+    }
+
+    /// How deep the headers nest: 0 without headers, 1 for a table of plain values, one more
+    /// for each table or array in a table or array.
+    fn header_depth(&self) -> usize {
+        self.amqp_properties()
+            .headers()
+            .as_ref()
+            .map_or(0, table_depth)
+    }
+}
+
+impl ReadProperties for Properties {
+    fn amqp_properties(&self) -> &AmqpProperties {
+        &self.0
+    }
+}
+
+/// For `rpc-server`: no stability promise.
+#[doc(hidden)]
+impl ReadProperties for AmqpProperties {
+    fn amqp_properties(&self) -> &AmqpProperties {
+        self
+    }
+}
+
 /// A string property getter.
 macro_rules! text_properties {
     ($($(#[$doc:meta])* $name:ident, $with:ident, $amqp:ident, $amqp_with:ident;)*) => {$(
@@ -53,7 +138,7 @@ impl Properties {
 
     /// `timestamp`, Unix seconds.
     pub fn timestamp(&self) -> Option<u64> {
-        *self.0.timestamp()
+        ReadProperties::timestamp(self)
     }
 
     /// Sets `timestamp`.
@@ -114,30 +199,18 @@ impl Properties {
 
     /// The value of header `name` if it is a string, borrowed (no copy).
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        match self.table()?.get(name)? {
-            AmqpValue::LongString(s) => Some(s),
-            _ => None,
-        }
+        ReadProperties::header_str(self, name)
     }
 
     /// The value of header `name` if it is an integer of any width that fits an `i64`
     /// (no copy).
     pub fn header_i64(&self, name: &str) -> Option<i64> {
-        match *self.table()?.get(name)? {
-            AmqpValue::ShortShortInt(n) => Some(n.into()),
-            AmqpValue::ShortShortUInt(n) => Some(n.into()),
-            AmqpValue::ShortInt(n) => Some(n.into()),
-            AmqpValue::ShortUInt(n) => Some(n.into()),
-            AmqpValue::LongInt(n) => Some(n.into()),
-            AmqpValue::LongUInt(n) => Some(n.into()),
-            AmqpValue::LongLongInt(n) => Some(n),
-            _ => None,
-        }
+        ReadProperties::header_i64(self, name)
     }
 
     /// Whether header `name` is present, whatever its value.
     pub fn has_header(&self, name: &str) -> bool {
-        self.table().is_some_and(|t| t.contains_key(name))
+        ReadProperties::has_header(self, name)
     }
 
     /// The headers' table, if any.
@@ -148,7 +221,7 @@ impl Properties {
     /// How deep the headers nest: 0 without headers, 1 for a table of plain values, one more
     /// for each table or array in a table or array.
     pub fn header_depth(&self) -> usize {
-        self.table().map_or(0, table_depth)
+        ReadProperties::header_depth(self)
     }
 
     /// The same properties without `user_id`.

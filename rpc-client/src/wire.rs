@@ -19,7 +19,7 @@
 //! Both crates use this module, so the contract is written down once.
 
 use crate::error::Error;
-use crate::properties::{Headers, Properties};
+use crate::properties::{Headers, Properties, ReadProperties};
 pub use crate::text::{printable, MAX_PRINTABLE};
 pub use crate::trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use std::fmt;
@@ -53,7 +53,7 @@ pub const SERVER_HEADER: &str = "x-rpc-server";
 pub const MAX_HEADER_DEPTH: usize = 32;
 
 /// How deep `properties`' headers nest (see [`MAX_HEADER_DEPTH`]): 0 without headers.
-pub fn header_depth(properties: &Properties) -> usize {
+pub fn header_depth(properties: &(impl ReadProperties + ?Sized)) -> usize {
     properties.header_depth()
 }
 
@@ -228,7 +228,7 @@ pub fn request_properties(reply_to: &str, correlation_id: &str) -> Properties {
 /// Whether the caller of a request with `properties` takes error replies: its `type` property
 /// is [`ERROR_REPLIES_TYPE`]. A request that cannot be served and does not say so gets no
 /// reply (a tutorial client would read the error message as its result).
-pub fn takes_error_replies(properties: &Properties) -> bool {
+pub fn takes_error_replies(properties: &(impl ReadProperties + ?Sized)) -> bool {
     properties.kind() == Some(ERROR_REPLIES_TYPE)
 }
 
@@ -257,7 +257,7 @@ pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(300);
 /// (the timestamp's second counts as a whole). False for requests without both properties,
 /// such as the tutorial clients'. Requests that wait in the queue need no such check: the
 /// broker drops them at their `expiration` without comparing clocks.
-pub fn deadline_passed(properties: &Properties) -> bool {
+pub fn deadline_passed(properties: &(impl ReadProperties + ?Sized)) -> bool {
     let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
         return false;
     };
@@ -328,7 +328,7 @@ pub fn insert_trace(headers: &mut Headers, trace: &TraceContext) {
 
 /// The trace context a message carries in its `traceparent` and `tracestate` headers; `None`
 /// when it has no valid `traceparent` (a malformed one counts as absent).
-pub fn trace_context(properties: &Properties) -> Option<TraceContext> {
+pub fn trace_context(properties: &(impl ReadProperties + ?Sized)) -> Option<TraceContext> {
     TraceContext::parse(
         header(properties, TRACEPARENT_HEADER),
         header(properties, TRACESTATE_HEADER),
@@ -336,13 +336,13 @@ pub fn trace_context(properties: &Properties) -> Option<TraceContext> {
 }
 
 /// A string header of a message, if present.
-pub fn header<'a>(properties: &'a Properties, name: &str) -> Option<&'a str> {
+pub fn header<'a>(properties: &'a (impl ReadProperties + ?Sized), name: &str) -> Option<&'a str> {
     properties.header_str(name)
 }
 
 /// The server's error if this reply is an error reply (it carries [`ERROR_HEADER`]):
 /// [`Error::Server`] with the code and the body's first line, both made printable and bounded.
-pub fn error_reply(properties: &Properties, body: &[u8]) -> Option<Error> {
+pub fn error_reply(properties: &(impl ReadProperties + ?Sized), body: &[u8]) -> Option<Error> {
     if !properties.has_header(ERROR_HEADER) {
         return None;
     }

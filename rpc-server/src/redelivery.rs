@@ -38,7 +38,7 @@
 //! A request that merely waited in a dead server's buffer comes back too, is re-published once
 //! (one of its [`MAX_DELIVERIES`]) and answered as usual.
 
-use rpc_client::Properties;
+use rpc_client::{Properties, ReadProperties};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -83,7 +83,7 @@ pub struct Redeliveries {
 impl Redeliveries {
     /// What to do with a request (see [`Verdict`]); records it as started when it is to be
     /// handled (see [`Redeliveries::finished`]).
-    pub fn check(&mut self, redelivered: bool, properties: &Properties) -> Verdict {
+    pub fn check(&mut self, redelivered: bool, properties: &impl ReadProperties) -> Verdict {
         let earlier = earlier_deliveries(redelivered, properties);
         if earlier >= MAX_DELIVERIES {
             return Verdict::Refuse(format!(
@@ -140,7 +140,7 @@ impl Redeliveries {
     }
 
     /// The request was answered and acked: forget it.
-    pub fn finished(&mut self, properties: &Properties) {
+    pub fn finished(&mut self, properties: &impl ReadProperties) {
         if let Some(key) = key(properties) {
             if self.started.remove(&key).is_some() {
                 self.trim();
@@ -152,7 +152,7 @@ impl Redeliveries {
 /// How many times a request was delivered before this delivery: the count of earlier copies
 /// ([`ATTEMPTS_HEADER`]) plus this copy's own earlier deliveries (the broker's
 /// `x-delivery-count`, at least 1 when `redelivered`).
-pub fn earlier_deliveries(redelivered: bool, properties: &Properties) -> u64 {
+pub fn earlier_deliveries(redelivered: bool, properties: &impl ReadProperties) -> u64 {
     let own = count_header(properties, "x-delivery-count")
         .unwrap_or(0)
         .max(u64::from(redelivered));
@@ -178,12 +178,12 @@ pub fn requeued_properties(original: &Properties, attempts: u64, login: &str) ->
 
 /// A non-negative integer header (the broker's `x-delivery-count`, our [`ATTEMPTS_HEADER`]).
 /// A value of another type, or negative, counts as absent.
-fn count_header(properties: &Properties, name: &str) -> Option<u64> {
+fn count_header(properties: &impl ReadProperties, name: &str) -> Option<u64> {
     u64::try_from(properties.header_i64(name)?).ok()
 }
 
 /// A request's identity: its correlation id and where it wants the reply.
-fn key(properties: &Properties) -> Option<Key> {
+fn key(properties: &impl ReadProperties) -> Option<Key> {
     let id = properties.correlation_id()?;
     let reply_to = properties.reply_to().unwrap_or("");
     // FNV-1a over both, with a byte no UTF-8 text holds between them: no allocation and a

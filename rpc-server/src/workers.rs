@@ -10,7 +10,7 @@ use crate::handler::{Handler, Reply, Request};
 use amiquip::Delivery;
 use crossbeam_channel::{Receiver, Sender};
 use rpc_client::wire::{self, ErrorCode};
-use rpc_client::{Properties, TraceContext};
+use rpc_client::{Properties, ReadProperties, TraceContext};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,6 +176,6 @@ fn handle(handler: &dyn Handler, delivery: &mut Delivery) -> (Reply, TraceContex
 
 /// The server's span of a request with `properties`: a child of its trace context, or the
 /// root of a new trace when it has none or a malformed one (which is never passed on).
-pub fn server_span(properties: &Properties) -> TraceContext {
+pub fn server_span(properties: &impl ReadProperties) -> TraceContext {
     TraceContext::child_of(wire::trace_context(properties).as_ref())
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, CONSUMER_TIMEOUT_CANCEL};
 use crate::handler::Reply;
 use crate::redelivery::{Redeliveries, Verdict};
 use rpc_client::wire::{self, ErrorCode};
-use rpc_client::Properties;
+use rpc_client::ReadProperties;
 use std::time::Duration;
 
 /// A request that took this long before a `basic.cancel` makes the cancel a likely consumer
@@ -35,7 +35,7 @@ pub(super) enum Admission {
 pub(super) fn admission(
     redeliveries: &mut Redeliveries,
     redelivered: bool,
-    properties: &Properties,
+    properties: &impl ReadProperties,
 ) -> Admission {
     if wire::deadline_passed(properties) {
         return Admission::Late;

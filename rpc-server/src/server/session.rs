@@ -16,7 +16,7 @@ use amiquip::{
 use crossbeam_channel::{select, Receiver, RecvError, RecvTimeoutError};
 use rpc_client::amqp::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
-use rpc_client::{Properties, TraceContext};
+use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
 /// One connection's broker handles, as a [`Session`] uses them.
@@ -217,13 +217,9 @@ impl<'c, 's> Session<'c, 's> {
 
     /// Takes in one request (already [`Books::taken`]): drops it, refuses it, or hands it to a
     /// worker. Only broker failures are errors; bad input is answered.
-    pub(super) fn admit(&mut self, mut delivery: Delivery) -> Result<(), Error> {
+    pub(super) fn admit(&mut self, delivery: Delivery) -> Result<(), Error> {
         let redeliveries = &mut self.server.redeliveries;
-        let redelivered = delivery.redelivered;
-        let admitted = Properties::lend(&mut delivery.properties, |properties| {
-            admission(redeliveries, redelivered, properties)
-        });
-        match admitted {
+        match admission(redeliveries, delivery.redelivered, &delivery.properties) {
             Admission::Late => {
                 log::info!("dropping a request whose caller's deadline has passed");
                 self.dropped(delivery)
@@ -328,7 +324,7 @@ impl<'c, 's> Session<'c, 's> {
     /// becomes a `too-large` error reply: the broker would refuse it.
     pub(super) fn reply(
         &mut self,
-        mut delivery: Delivery,
+        delivery: Delivery,
         reply: Reply,
         trace: Option<TraceContext>,
         requeue_on_nack: bool,
@@ -339,13 +335,11 @@ impl<'c, 's> Session<'c, 's> {
         let options = self.server.options;
         let reply = fit_reply(reply, options.max_reply_bytes);
         if let Some(code) = reply.error {
-            let takes = Properties::lend(&mut delivery.properties, wire::takes_error_replies);
-            if !takes {
+            if !wire::takes_error_replies(&delivery.properties) {
                 return self.unanswered(delivery, code);
             }
         }
-        let trace =
-            trace.unwrap_or_else(|| Properties::lend(&mut delivery.properties, server_span));
+        let trace = trace.unwrap_or_else(|| server_span(&delivery.properties));
         let mut properties = wire::traced_reply_properties(
             delivery.properties.correlation_id().as_deref(),
             &options.name,
@@ -376,7 +370,7 @@ impl<'c, 's> Session<'c, 's> {
         self.books.replied(delivery.delivery_tag());
         if !options.confirm_replies {
             // Published is as far as the server follows a reply.
-            self.count(kind, &mut delivery);
+            self.count(kind, &delivery);
             return self.settled(delivery);
         }
         self.books.awaiting_confirm(kind, delivery, requeue_on_nack);
@@ -386,7 +380,7 @@ impl<'c, 's> Session<'c, 's> {
     /// A request refused with `code` whose caller did not ask for error replies: acked without
     /// a reply, as a tutorial server would leave it (a tutorial client would read the error
     /// message as its result), logged and counted.
-    fn unanswered(&mut self, mut delivery: Delivery, code: ErrorCode) -> Result<(), Error> {
+    fn unanswered(&mut self, delivery: Delivery, code: ErrorCode) -> Result<(), Error> {
         log::warn!(
             "not replying ({code}): the request does not ask for error replies (AMQP type \
              '{}'), so its caller would read the message as a result; acked",
@@ -395,14 +389,13 @@ impl<'c, 's> Session<'c, 's> {
         let server = &mut *self.server;
         server.stats.unanswered += 1;
         server.meter.unanswered(code);
-        let redeliveries = &mut server.redeliveries;
-        Properties::lend(&mut delivery.properties, |p| redeliveries.finished(p));
+        server.redeliveries.finished(&delivery.properties);
         self.settled(delivery)
     }
 
     /// Counts a reply the server is done with (confirmed, or published without confirms) and
     /// forgets its request for the redelivery rule.
-    fn count(&mut self, kind: ReplyKind, delivery: &mut Delivery) {
+    fn count(&mut self, kind: ReplyKind, delivery: &Delivery) {
         let server = &mut *self.server;
         match kind {
             ReplyKind::Answer => {
@@ -414,17 +407,16 @@ impl<'c, 's> Session<'c, 's> {
                 server.meter.refused(code);
             }
         }
-        let redeliveries = &mut server.redeliveries;
-        Properties::lend(&mut delivery.properties, |p| redeliveries.finished(p));
+        server.redeliveries.finished(&delivery.properties);
     }
 
     /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
     /// after a nack, rejected back to the queue (or acked, for a last-word reply).
     fn confirmed(&mut self, confirm: Confirm) -> Result<(), Error> {
         for reply in self.books.confirm(broker_confirm(confirm)) {
-            let mut delivery = reply.tag.delivery;
+            let delivery = reply.tag.delivery;
             if reply.accepted {
-                self.count(reply.kind, &mut delivery);
+                self.count(reply.kind, &delivery);
             } else {
                 self.server.stats.unconfirmed += 1;
                 self.server.meter.unconfirmed(1);
