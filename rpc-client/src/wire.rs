@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn deadlines() {
         let live = request_properties_with_deadline("q", "id", Duration::from_secs(60));
-        assert_eq!(live.expiration().as_deref(), Some("60000"));
+        assert_eq!(live.expiration(), Some("60000"));
         assert!(live.timestamp().is_some());
         assert!(!deadline_passed(&live));
         let sent_long_ago = request_properties("q", "id")

@@ -98,7 +98,7 @@ pub(super) fn cancel_cause(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_client::{HeaderValue, Headers};
+    use rpc_client::{HeaderValue, Headers, Properties};
 
     fn request() -> Properties {
         Properties::default()
