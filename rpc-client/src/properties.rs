@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 pub struct Properties(AmqpProperties);
 
 /// Reading a message's properties where they lie, without a copy. [`Properties`] implements
-/// it (its methods of the same names call these), and so, for `rpc-server`, does the AMQP
+/// it (and has methods of the same names, no import needed), and so, for `rpc-server`, does the AMQP
 /// library's own type: the rules of [`crate::wire`] read a delivery's properties through it.
 pub trait ReadProperties {
     /// The AMQP library's properties. For `rpc-server`: no stability promise.
