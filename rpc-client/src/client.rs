@@ -37,10 +37,9 @@ mod batch;
 use crate::amqp::BrokerOptions;
 use crate::error::Error;
 use crate::request::{ClientOptions, ReplyQueue, RpcReply, RpcRequest};
-use crate::session::Session;
+use crate::session::{Incoming, Returned, Session};
 use crate::trace::TraceContext;
 use crate::wire;
-use amiquip::{Delivery, Return};
 use std::borrow::Borrow;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -292,7 +291,7 @@ impl RpcClient {
         }
     }
 
-    fn no_route(&self, returned: Return) -> Error {
+    fn no_route(&self, returned: Returned) -> Error {
         Error::NoRoute {
             queue: self.queue.clone(),
             reason: wire::printable(&returned.reply_text),
@@ -328,13 +327,14 @@ impl RpcClient {
 /// Turns the reply to our call into an [`RpcReply`], taking its body and properties as they
 /// are. `describe` names the call in the log.
 fn finish(
-    delivery: Delivery,
+    delivery: Incoming,
     started: Instant,
     trace: Option<TraceContext>,
     describe: impl FnOnce() -> String,
 ) -> RpcReply {
     let elapsed = started.elapsed();
-    let server = wire::header(&delivery.properties, wire::SERVER_HEADER).map(wire::printable);
+    let properties = delivery.properties;
+    let server = wire::header(&properties, wire::SERVER_HEADER).map(wire::printable);
     let by = server.as_deref().unwrap_or("a server without a name");
     let ms = elapsed.as_secs_f64() * 1e3;
     match &trace {
@@ -349,14 +349,14 @@ fn finish(
     }
     RpcReply {
         body: delivery.body,
-        properties: delivery.properties,
+        properties,
         server,
         elapsed,
         trace,
     }
 }
 
-fn discard(delivery: &Delivery) {
+fn discard(delivery: &Incoming) {
     log::debug!(
         "discarding reply with unknown correlation id {:?}",
         delivery.properties.correlation_id()

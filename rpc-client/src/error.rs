@@ -4,7 +4,7 @@
 //! Library users match on [`Error`]; the binary maps it to a process exit code with
 //! [`Error::exit_code`] so scripts can tell "no broker" from "no answer" from "bad request".
 
-use crate::amqp::{connection_gone, each_broker, LinkError};
+use crate::amqp::{each_broker, AmqpError, LinkError};
 use std::fmt;
 use std::time::Duration;
 
@@ -124,8 +124,9 @@ pub enum Error {
     },
     /// A reply arrived with our correlation id but is not a valid result.
     BadReply(String),
-    /// Any other AMQP failure reported by the client library.
-    Amqp(amiquip::Error),
+    /// A close by the broker (its reply code and text), or another failure the AMQP library
+    /// reported (its words).
+    Amqp(AmqpError),
     /// The options are unusable (e.g. a malformed URI).
     Config(String),
 }
@@ -144,7 +145,7 @@ impl Error {
             Error::Server { .. } => exit_code::SERVER_ERROR,
             Error::BadReply(_) => exit_code::OTHER,
             Error::Config(_) => exit_code::USAGE,
-            Error::Amqp(err) if connection_gone(err) => exit_code::CONNECTION,
+            Error::Amqp(err) if err.is_connection_loss() => exit_code::CONNECTION,
             Error::Amqp(_) => exit_code::OTHER,
         }
     }
@@ -220,15 +221,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<amiquip::Error> for Error {
-    /// Connection-level failures become [`Error::ConnectionLost`], except a close by the broker,
-    /// which stays an AMQP error so that its reply code can be read ([`Error::broker_code`]);
-    /// both exit 3.
-    fn from(err: amiquip::Error) -> Self {
-        LinkError::from(err).into()
-    }
-}
-
 impl From<LinkError> for Error {
     /// The link's failures as the calling layer reports them: failed connects as
     /// [`Error::Connect`], a stalled round trip as [`Error::Stalled`], a lost connection as
@@ -253,18 +245,18 @@ impl From<LinkError> for Error {
                 Error::ConnectionLost(crate::text::printable(&amqp.to_string()))
             }
             LinkError::ConnectionClosed { code, message } => {
-                Error::Amqp(amiquip::Error::ServerClosedConnection { code, message })
+                Error::Amqp(AmqpError::ConnectionClosed { code, message })
             }
             LinkError::ChannelClosed {
                 channel,
                 code,
                 message,
-            } => Error::Amqp(amiquip::Error::ServerClosedChannel {
-                channel_id: channel,
+            } => Error::Amqp(AmqpError::ChannelClosed {
+                channel,
                 code,
                 message,
             }),
-            LinkError::Amqp(amqp) => Error::Amqp(amqp),
+            LinkError::Amqp(text) => Error::Amqp(AmqpError::Other(text)),
         }
     }
 }
@@ -276,10 +268,7 @@ impl Error {
     /// through [`crate::text::printable`].
     pub fn broker_code(&self) -> Option<(u16, &str)> {
         match self {
-            Error::Amqp(amiquip::Error::ServerClosedChannel { code, message, .. })
-            | Error::Amqp(amiquip::Error::ServerClosedConnection { code, message }) => {
-                Some((*code, message.as_str()))
-            }
+            Error::Amqp(err) => err.broker_code(),
             _ => None,
         }
     }
@@ -291,7 +280,7 @@ impl Error {
     pub fn is_connection_loss(&self) -> bool {
         match self {
             Error::ConnectionLost(_) | Error::Stalled(_) => true,
-            Error::Amqp(err) => connection_gone(err),
+            Error::Amqp(err) => err.is_connection_loss(),
             _ => false,
         }
     }
@@ -348,34 +337,32 @@ mod tests {
                 true,
             ),
             (
-                amiquip::Error::IoThreadPanic.into(),
+                LinkError::Lost("I/O thread panicked".into()),
                 exit_code::CONNECTION,
                 false,
                 true,
             ),
             (
-                amiquip::Error::ServerClosedConnection {
+                LinkError::ConnectionClosed {
                     code: 320,
                     message: "CONNECTION_FORCED\r\n".into(),
-                }
-                .into(),
+                },
                 exit_code::CONNECTION,
                 false,
                 true,
             ),
             (
-                amiquip::Error::ServerClosedChannel {
-                    channel_id: 3,
+                LinkError::ChannelClosed {
+                    channel: 3,
                     code: 406,
                     message: "PRECONDITION_FAILED".into(),
-                }
-                .into(),
+                },
                 exit_code::OTHER,
                 false,
                 false,
             ),
             (
-                amiquip::Error::FrameUnexpected.into(),
+                LinkError::Amqp("AMQP protocol error - received unexpected frame".into()),
                 exit_code::OTHER,
                 false,
                 false,

@@ -23,14 +23,17 @@
 //!
 //! Shared with `rpc-server`:
 //! - [`wire`]: the tutorial-six wire contract (request and reply bodies, properties, error
-//!   replies, trace headers).
+//!   replies, trace headers), on [`Properties`].
 //! - [`amqp`]: reaching the broker: [`BrokerOptions`] and `amqp://` URIs, opening a
 //!   connection (TCP_NODELAY, connect timeout, first of several brokers, TLS), reading the
-//!   broker through the [`amqp::DepthGuard`] (no message's headers, however deep they nest,
-//!   can overflow the decoder's stack: a program using the library needs no set-up for it), the
-//!   [`amqp::Watchdog`] bounding each round trip, consuming a queue, backoff between
-//!   connection attempts; its failures are [`LinkError`]s (the calling layer reports them as
-//!   [`Error`]s, with the same messages). Knows nothing of calls.
+//!   broker through a depth guard (no message's headers, however deep they nest, can
+//!   overflow the decoder's stack: a program using the library needs no set-up for it), a
+//!   watchdog bounding each round trip, consuming a queue, backoff between connection
+//!   attempts; its failures are [`LinkError`]s (the calling layer reports them as [`Error`]s,
+//!   with the same messages). Knows nothing of calls. Its items that hand over the AMQP library's own
+//!   types are hidden: for `rpc-server`, no stability promise.
+//! - `properties`: [`Properties`], [`Headers`] and [`HeaderValue`], a message's properties and
+//!   headers in our own types; the one conversion from and to the AMQP library's.
 //! - [`cli`] (feature `cli`, on by default): the flags both binaries share (broker, logging,
 //!   `--generate`; the only module that knows flag names), the stderr logger, and
 //!   `rpc-client`'s own command line ([`cli::run`]) with its output, JSON and `bench`. Without
@@ -71,6 +74,7 @@ mod client;
 mod error;
 mod fibonacci;
 mod in_flight;
+mod properties;
 mod request;
 mod session;
 #[cfg(feature = "test-support")]
@@ -79,12 +83,13 @@ mod text;
 mod trace;
 pub mod wire;
 
-pub use amqp::{BrokerOptions, LinkError};
+pub use amqp::{AmqpError, BrokerOptions, LinkError};
 #[cfg(feature = "cli")]
 pub use cli::BrokerArgs;
 pub use client::RpcClient;
 pub use error::{exit_code, Error};
 pub use fibonacci::{FibonacciReply, FibonacciRpcClient};
+pub use properties::{HeaderValue, Headers, Properties, ReadProperties};
 pub use request::{
     ClientOptions, ReplyQueue, RpcReply, RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO,
     MAX_SHORT_STRING, PROBE_LIMIT,

@@ -2,10 +2,10 @@
 //! ([`RpcRequest`], checked against what AMQP can carry) and a reply ([`RpcReply`]).
 
 use crate::error::Error;
+use crate::properties::{Headers, Properties};
 use crate::trace::TraceContext;
 use crate::wire;
 use crate::BrokerOptions;
-use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::time::Duration;
 
 /// RabbitMQ's direct reply-to pseudo-queue.
@@ -146,9 +146,9 @@ impl RpcRequest {
     /// a trace.
     pub(crate) fn properties(
         &self,
-        mut properties: AmqpProperties,
+        mut properties: Properties,
         trace: Option<&TraceContext>,
-    ) -> AmqpProperties {
+    ) -> Properties {
         if let Some(content_type) = &self.content_type {
             properties = properties.with_content_type(content_type.clone());
         }
@@ -157,10 +157,10 @@ impl RpcRequest {
         if self.headers.is_empty() && trace.is_none() {
             return properties;
         }
-        let mut headers: FieldTable = self
+        let mut headers: Headers = self
             .headers
             .iter()
-            .map(|(name, value)| (name.clone(), AmqpValue::LongString(value.clone())))
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         if let Some(trace) = trace {
             wire::insert_trace(&mut headers, trace);
@@ -175,7 +175,7 @@ pub struct RpcReply {
     /// The message body, as received.
     pub body: Vec<u8>,
     /// The message properties, as received (content type, headers, correlation id, …).
-    pub properties: AmqpProperties,
+    pub properties: Properties,
     /// The `x-rpc-server` header made printable, if the server sent one (ours do).
     pub server: Option<String>,
     /// From publishing the request to receiving the reply.
@@ -185,19 +185,16 @@ pub struct RpcReply {
     pub trace: Option<TraceContext>,
 }
 
-/// The headers of a message without any.
-static NO_HEADERS: FieldTable = FieldTable::new();
-
 impl RpcReply {
     /// The `content_type` property, as received (not made printable).
     pub fn content_type(&self) -> Option<&str> {
-        self.properties.content_type().as_deref()
+        self.properties.content_type()
     }
 
     /// The headers, as received (values of any AMQP type; see [`wire::header_text`] to show
-    /// one). Empty when the reply had none.
-    pub fn headers(&self) -> &FieldTable {
-        self.properties.headers().as_ref().unwrap_or(&NO_HEADERS)
+    /// one), as a copy. Empty when the reply had none.
+    pub fn headers(&self) -> Headers {
+        self.properties.headers()
     }
 
     /// A header whose value is a string, as received.

@@ -14,12 +14,13 @@
 use crate::amqp::BrokerOptions;
 use crate::amqp::{open_first, Link, LinkError};
 use crate::error::Error;
+use crate::properties::Properties;
 use crate::request::{RpcRequest, CLOSE_LIMIT, DIRECT_REPLY_TO, PROBE_LIMIT};
 use crate::trace::TraceContext;
 use crate::{amqp, wire, ReplyQueue};
 use amiquip::{
-    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
-    Publish, Return,
+    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Publish,
+    Return,
 };
 use crossbeam_channel::{select, Receiver};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,12 +35,28 @@ pub(crate) const CONFIRM_WAIT: Duration = Duration::from_millis(50);
 /// queue's leader is killed), or be slow to take it.
 pub(crate) const CONFIRM_PATIENCE: Duration = Duration::from_secs(2);
 
+/// A message on the callback queue, in our own types (moved out of the AMQP library's).
+pub(crate) struct Incoming {
+    /// Its body.
+    pub(crate) body: Vec<u8>,
+    /// Its properties.
+    pub(crate) properties: Properties,
+}
+
+/// A request the broker returned, in our own types.
+pub(crate) struct Returned {
+    /// The broker's reason, e.g. `NO_ROUTE` (not made printable).
+    pub(crate) reply_text: String,
+    /// The request's properties.
+    pub(crate) properties: Properties,
+}
+
 /// What the broker sent us next.
 pub(crate) enum Event {
     /// A message on the callback queue.
-    Delivered(Delivery),
+    Delivered(Incoming),
     /// A request the broker returned (published `mandatory`, no queue to route it to).
-    Returned(Return),
+    Returned(Returned),
     /// The correlation ids of requests the broker refused (nacked): they never reached the
     /// queue.
     Nacked(Vec<String>),
@@ -236,7 +253,7 @@ impl Session {
             wire::request_properties_with_deadline(&self.reply_queue, correlation_id, remaining),
             trace,
         );
-        let mut publish = Publish::with_properties(&request.body, queue, properties);
+        let mut publish = Publish::with_properties(&request.body, queue, properties.into_amqp());
         publish.mandatory = true;
         let channel = &self.channel;
         self.link()?
@@ -345,7 +362,10 @@ impl Session {
             let remaining = wake.saturating_duration_since(now);
             let note = select! {
                 recv(self.replies) -> message => return match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Delivered(delivery)),
+                    Ok(ConsumerMessage::Delivery(delivery)) => Ok(Event::Delivered(Incoming {
+                        body: delivery.body,
+                        properties: Properties::from_amqp(delivery.properties),
+                    })),
                     Ok(ConsumerMessage::ServerClosedChannel(err))
                     | Ok(ConsumerMessage::ServerClosedConnection(err)) => Err(err.into()),
                     Ok(other) => Err(Error::ConnectionLost(format!(
@@ -354,7 +374,10 @@ impl Session {
                     Err(_) => Err(self.lost("reply consumer closed")),
                 },
                 recv(self.returns) -> returned => return match returned {
-                    Ok(returned) => Ok(Event::Returned(returned)),
+                    Ok(returned) => Ok(Event::Returned(Returned {
+                        reply_text: returned.reply_text,
+                        properties: Properties::from_amqp(returned.properties),
+                    })),
                     Err(_) => Err(self.lost("channel closed")),
                 },
                 recv(confirms) -> confirm => match confirm {

@@ -10,8 +10,7 @@ use crate::amqp::{connect_first, LinkError};
 use crate::BrokerOptions;
 use crate::Error;
 use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
-    QueueDeleteOptions,
+    AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -182,7 +181,7 @@ pub fn init_logging() {
         .filter_level(log::LevelFilter::Warn)
         // amiquip warns about channel closes tests provoke on purpose (a 404 on a passive
         // declare).
-        .filter_module("amiquip", log::LevelFilter::Error);
+        .filter_module(crate::amqp::LIBRARY_LOG, log::LevelFilter::Error);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
@@ -374,8 +373,9 @@ impl Admin {
         &self,
         routing_key: &str,
         body: &[u8],
-        properties: AmqpProperties,
+        properties: impl Into<crate::Properties>,
     ) -> Result<(), Error> {
+        let properties = properties.into().into_amqp();
         self.channel
             .basic_publish("", Publish::with_properties(body, routing_key, properties))?;
         Ok(())

@@ -19,9 +19,9 @@
 //! Both crates use this module, so the contract is written down once.
 
 use crate::error::Error;
+use crate::properties::{Headers, Properties, ReadProperties};
 pub use crate::text::{printable, MAX_PRINTABLE};
 pub use crate::trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
-use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,40 +46,15 @@ pub const SERVER_HEADER: &str = "x-rpc-server";
 
 /// How deep a message's headers may nest: tables and arrays in tables, the `headers` table
 /// itself counting as level 1 (`x-death` needs 3). A server refuses a request with deeper
-/// headers (`bad-request`). Deeper levels never reach amiquip's decoder, which would need about
+/// headers (`bad-request`). Deeper levels never reach the AMQP library's decoder, which would need about
 /// 0.6 KB of stack per level (3.7 KB in a debug build): every connection passes the tables and
-/// arrays below level `MAX_HEADER_DEPTH + 1` on as byte arrays ([`AmqpValue::ByteArray`]) of
+/// arrays below level `MAX_HEADER_DEPTH + 1` on as byte arrays (byte array values, [`crate::HeaderValue::Bytes`]) of
 /// the same bytes.
 pub const MAX_HEADER_DEPTH: usize = 32;
 
 /// How deep `properties`' headers nest (see [`MAX_HEADER_DEPTH`]): 0 without headers.
-pub fn header_depth(properties: &AmqpProperties) -> usize {
-    properties.headers().as_ref().map_or(0, table_depth)
-}
-
-/// How deep `table` nests: 1 for a table of plain values, one more for each table or array in
-/// a table or array. Walks without recursion, so any depth is safe.
-pub fn table_depth(table: &FieldTable) -> usize {
-    fn nested(value: &AmqpValue) -> bool {
-        matches!(value, AmqpValue::FieldTable(_) | AmqpValue::FieldArray(_))
-    }
-    let mut deepest = 1;
-    // Only tables and arrays are pushed: plain headers cost no allocation.
-    let mut inside: Vec<(&AmqpValue, usize)> = Vec::new();
-    inside.extend(table.values().filter(|v| nested(v)).map(|v| (v, 2)));
-    while let Some((value, depth)) = inside.pop() {
-        deepest = deepest.max(depth);
-        match value {
-            AmqpValue::FieldTable(t) => {
-                inside.extend(t.values().filter(|v| nested(v)).map(|v| (v, depth + 1)));
-            }
-            AmqpValue::FieldArray(a) => {
-                inside.extend(a.iter().filter(|v| nested(v)).map(|v| (v, depth + 1)));
-            }
-            _ => {}
-        }
-    }
-    deepest
+pub fn header_depth(properties: &(impl ReadProperties + ?Sized)) -> usize {
+    properties.header_depth()
 }
 
 /// Longest request body a server reads; a u64 has at most 20 digits.
@@ -151,7 +126,7 @@ impl fmt::Display for RequestError {
 /// Longest queue name with characters beyond ASCII, in bytes. RabbitMQ quotes the queue name
 /// in its error messages ("NOT_FOUND - no queue '…' in vhost '/'", as a server's check of a
 /// queue that does not exist yet gets) and cuts a message over 255 bytes at byte 252, which
-/// can fall inside a multi-byte character; the AMQP library (amiquip) then cannot read the
+/// can fall inside a multi-byte character; the AMQP library then cannot read the
 /// message and drops the connection ("i/o loop dropped sending side of a channel"), again at
 /// every reconnect. Measured on RabbitMQ 3.10 and 4.0: 76 '☃' (228 bytes) work, 77 (231) do
 /// not. 160 leaves room for the longest prefixes before the name (about 90 bytes, with a
@@ -243,18 +218,18 @@ pub fn parse_request(body: &[u8], max_n: u64) -> Result<u64, RequestError> {
 
 /// Properties of a request: where to reply, which call it is, and that the caller takes
 /// error replies (`type` = [`ERROR_REPLIES_TYPE`]).
-pub fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpProperties {
-    AmqpProperties::default()
-        .with_reply_to(reply_to.to_string())
-        .with_correlation_id(correlation_id.to_string())
-        .with_type_(ERROR_REPLIES_TYPE.to_string())
+pub fn request_properties(reply_to: &str, correlation_id: &str) -> Properties {
+    Properties::default()
+        .with_reply_to(reply_to)
+        .with_correlation_id(correlation_id)
+        .with_kind(ERROR_REPLIES_TYPE)
 }
 
 /// Whether the caller of a request with `properties` takes error replies: its `type` property
 /// is [`ERROR_REPLIES_TYPE`]. A request that cannot be served and does not say so gets no
 /// reply (a tutorial client would read the error message as its result).
-pub fn takes_error_replies(properties: &AmqpProperties) -> bool {
-    properties.type_().as_deref() == Some(ERROR_REPLIES_TYPE)
+pub fn takes_error_replies(properties: &(impl ReadProperties + ?Sized)) -> bool {
+    properties.kind() == Some(ERROR_REPLIES_TYPE)
 }
 
 /// [`request_properties`] for a caller that waits `timeout`: `expiration` = the timeout, so
@@ -265,7 +240,7 @@ pub fn request_properties_with_deadline(
     reply_to: &str,
     correlation_id: &str,
     timeout: Duration,
-) -> AmqpProperties {
+) -> Properties {
     let timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX));
     request_properties(reply_to, correlation_id)
         .with_expiration(timeout_ms.to_string())
@@ -282,7 +257,7 @@ pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(300);
 /// (the timestamp's second counts as a whole). False for requests without both properties,
 /// such as the tutorial clients'. Requests that wait in the queue need no such check: the
 /// broker drops them at their `expiration` without comparing clocks.
-pub fn deadline_passed(properties: &AmqpProperties) -> bool {
+pub fn deadline_passed(properties: &(impl ReadProperties + ?Sized)) -> bool {
     let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
         return false;
     };
@@ -311,7 +286,7 @@ pub fn reply_properties(
     correlation_id: Option<&str>,
     server: &str,
     error: Option<ErrorCode>,
-) -> AmqpProperties {
+) -> Properties {
     traced_reply_properties(correlation_id, server, error, None)
 }
 
@@ -322,42 +297,28 @@ pub fn traced_reply_properties(
     server: &str,
     error: Option<ErrorCode>,
     trace: Option<&TraceContext>,
-) -> AmqpProperties {
-    let mut headers = FieldTable::new();
+) -> Properties {
+    let mut headers = Headers::new();
     if let Some(trace) = trace {
         insert_trace(&mut headers, trace);
     }
-    headers.insert(
-        SERVER_HEADER.to_string(),
-        AmqpValue::LongString(server.to_string()),
-    );
+    headers.insert(SERVER_HEADER, server);
     if let Some(code) = error {
-        headers.insert(
-            ERROR_HEADER.to_string(),
-            AmqpValue::LongString(code.as_str().to_string()),
-        );
+        headers.insert(ERROR_HEADER, code.as_str());
     }
-    let properties = AmqpProperties::default().with_headers(headers);
+    let properties = Properties::default().with_headers(headers);
     match correlation_id {
-        Some(id) => properties.with_correlation_id(id.to_string()),
+        Some(id) => properties.with_correlation_id(id),
         None => properties,
     }
 }
 
 /// Puts the span `trace` into `headers`: its `traceparent`, and its `tracestate` if it has
 /// one (else any `tracestate` there is removed, as it would belong to another context).
-pub fn insert_trace(headers: &mut FieldTable, trace: &TraceContext) {
-    headers.insert(
-        TRACEPARENT_HEADER.to_string(),
-        AmqpValue::LongString(trace.traceparent()),
-    );
+pub fn insert_trace(headers: &mut Headers, trace: &TraceContext) {
+    headers.insert(TRACEPARENT_HEADER, trace.traceparent());
     match &trace.state {
-        Some(state) => {
-            headers.insert(
-                TRACESTATE_HEADER.to_string(),
-                AmqpValue::LongString(state.clone()),
-            );
-        }
+        Some(state) => headers.insert(TRACESTATE_HEADER, state.as_str()),
         None if headers.len() > 1 => {
             headers.remove(TRACESTATE_HEADER);
         }
@@ -367,7 +328,7 @@ pub fn insert_trace(headers: &mut FieldTable, trace: &TraceContext) {
 
 /// The trace context a message carries in its `traceparent` and `tracestate` headers; `None`
 /// when it has no valid `traceparent` (a malformed one counts as absent).
-pub fn trace_context(properties: &AmqpProperties) -> Option<TraceContext> {
+pub fn trace_context(properties: &(impl ReadProperties + ?Sized)) -> Option<TraceContext> {
     TraceContext::parse(
         header(properties, TRACEPARENT_HEADER),
         header(properties, TRACESTATE_HEADER),
@@ -375,21 +336,14 @@ pub fn trace_context(properties: &AmqpProperties) -> Option<TraceContext> {
 }
 
 /// A string header of a message, if present.
-pub fn header<'a>(properties: &'a AmqpProperties, name: &str) -> Option<&'a str> {
-    match properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongString(s) => Some(s.as_str()),
-        _ => None,
-    }
+pub fn header<'a>(properties: &'a (impl ReadProperties + ?Sized), name: &str) -> Option<&'a str> {
+    properties.header_str(name)
 }
 
 /// The server's error if this reply is an error reply (it carries [`ERROR_HEADER`]):
 /// [`Error::Server`] with the code and the body's first line, both made printable and bounded.
-pub fn error_reply(properties: &AmqpProperties, body: &[u8]) -> Option<Error> {
-    let has_error = properties
-        .headers()
-        .as_ref()
-        .is_some_and(|h| h.contains_key(ERROR_HEADER));
-    if !has_error {
+pub fn error_reply(properties: &(impl ReadProperties + ?Sized), body: &[u8]) -> Option<Error> {
+    if !properties.has_header(ERROR_HEADER) {
         return None;
     }
     // Only what printable keeps is decoded: a huge body costs no huge copy.
@@ -426,7 +380,7 @@ mod tests {
     use super::*;
 
     /// A reply to one of our calls: the decimal result, or the server's error.
-    fn parse_reply(properties: &AmqpProperties, body: &[u8]) -> Result<String, Error> {
+    fn parse_reply(properties: &Properties, body: &[u8]) -> Result<String, Error> {
         match error_reply(properties, body) {
             Some(err) => Err(err),
             None => parse_value(body.to_vec()),
@@ -507,17 +461,17 @@ mod tests {
     #[test]
     fn deadlines() {
         let live = request_properties_with_deadline("q", "id", Duration::from_secs(60));
-        assert_eq!(live.expiration().as_deref(), Some("60000"));
+        assert_eq!(live.expiration(), Some("60000"));
         assert!(live.timestamp().is_some());
         assert!(!deadline_passed(&live));
         let sent_long_ago = request_properties("q", "id")
             .with_timestamp(1_000)
-            .with_expiration("1000".into());
+            .with_expiration("1000");
         assert!(deadline_passed(&sent_long_ago));
         // A client whose clock is 120 s behind (or a server 120 s ahead): still served.
         let skewed = request_properties("q", "id")
             .with_timestamp(unix_millis() / 1000 - 120)
-            .with_expiration("30000".into());
+            .with_expiration("30000");
         assert!(!deadline_passed(&skewed));
         // Without both properties (tutorial clients), a request is always served.
         assert!(!deadline_passed(
@@ -529,11 +483,8 @@ mod tests {
     #[test]
     fn hostile_error_replies_are_made_printable_and_bounded() {
         let hostile = reply_properties(Some("id"), "s1", None).with_headers({
-            let mut headers = FieldTable::new();
-            headers.insert(
-                ERROR_HEADER.to_string(),
-                AmqpValue::LongString("\x1b]0;owned\x07".into()),
-            );
+            let mut headers = Headers::new();
+            headers.insert(ERROR_HEADER, "\x1b]0;owned\x07");
             headers
         });
         match parse_reply(&hostile, "line\nforged: yes".repeat(100_000).as_bytes()) {
@@ -557,7 +508,7 @@ mod tests {
             parse_value(b"\xff1".to_vec()),
             Err(Error::BadReply(_))
         ));
-        let plain = AmqpProperties::default();
+        let plain = Properties::default();
         assert!(error_reply(&plain, b"x").is_none());
     }
 
@@ -567,10 +518,10 @@ mod tests {
         let deadline = request_properties_with_deadline("q", "id", Duration::from_secs(1));
         assert!(takes_error_replies(&deadline));
         // The tutorial clients' requests: reply_to and correlation_id (Go adds content_type).
-        let tutorial = AmqpProperties::default()
-            .with_reply_to("q".into())
-            .with_correlation_id("id".into())
-            .with_content_type("text/plain".into());
+        let tutorial = Properties::default()
+            .with_reply_to("q")
+            .with_correlation_id("id")
+            .with_content_type("text/plain");
         assert!(!takes_error_replies(&tutorial));
         for other in [
             "",
@@ -578,14 +529,14 @@ mod tests {
             "x-rpc-error-replies ",
             "MyApp.Request",
         ] {
-            let typed = tutorial.clone().with_type_(other.into());
+            let typed = tutorial.clone().with_kind(other);
             assert!(!takes_error_replies(&typed), "{other:?}");
         }
     }
 
     #[test]
     fn tutorial_reply_without_headers_is_a_result() {
-        let plain = AmqpProperties::default().with_correlation_id("x".into());
+        let plain = Properties::default().with_correlation_id("x");
         assert_eq!(parse_reply(&plain, b"55").ok().as_deref(), Some("55"));
     }
 }

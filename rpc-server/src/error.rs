@@ -84,8 +84,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// A [`Error::Broker`] for `doing`, for `map_err` on amiquip's errors.
-    pub fn broker(doing: impl Into<String>) -> impl FnOnce(amiquip::Error) -> Error {
+    /// A [`Error::Broker`] for `doing`, for `map_err` on the AMQP layer's errors.
+    pub fn broker<E: Into<LinkError>>(doing: impl Into<String>) -> impl FnOnce(E) -> Error {
         let doing = doing.into();
         move |source| Error::Broker {
             doing,
@@ -198,12 +198,6 @@ impl From<LinkError> for Error {
     }
 }
 
-impl From<amiquip::Error> for Error {
-    fn from(err: amiquip::Error) -> Self {
-        LinkError::from(err).into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{exit_code, Error};
@@ -254,18 +248,16 @@ mod tests {
         assert!(!transient.channel_closed());
 
         let acks = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out\r\n";
-        let timeout = Error::broker("cannot ack")(amiquip::Error::ServerClosedChannel {
-            channel_id: 1,
-            code: 406,
-            message: acks.into(),
-        });
+        let timeout = Error::broker("cannot ack")(channel_closed(406, acks));
         assert_eq!(
             timeout.consumer_timeout().as_deref(),
             Some("406 PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out??")
         );
         assert!(timeout.channel_closed() && timeout.refusal().is_none());
 
-        let lost = Error::from(amiquip::Error::UnexpectedSocketClose);
+        let lost = Error::from(LinkError::Lost(
+            "underlying socket closed unexpectedly".into(),
+        ));
         assert!(lost.refusal().is_none() && !lost.channel_closed());
         assert!(matches!(
             Error::from(LinkError::NoBroker),

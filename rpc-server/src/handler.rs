@@ -15,8 +15,8 @@
 //! ```
 
 use crate::fib;
-use amiquip::AmqpProperties;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::Properties;
 use rpc_client::TraceContext;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ pub struct Request<'a> {
     /// The request body, as published.
     pub body: &'a [u8],
     /// The request's AMQP properties (`correlation_id`, `content_type`, `headers`, …).
-    pub properties: &'a AmqpProperties,
+    pub properties: &'a Properties,
     /// The server's span of this request, if it is traced: a child of the request's
     /// `traceparent`; for a request without one (or with a malformed one), the root of a new
     /// trace with `--trace`, else `None`. Its `traceparent` goes on the reply.
@@ -53,11 +53,7 @@ impl Request<'_> {
         if !log::log_enabled!(target: REQUEST_LOG, log::Level::Info) {
             return;
         }
-        let correlation_id = self
-            .properties
-            .correlation_id()
-            .as_deref()
-            .map(wire::printable);
+        let correlation_id = self.properties.correlation_id().map(wire::printable);
         let correlation_id = correlation_id.as_deref().unwrap_or("");
         let outcome = error.map_or("answered", ErrorCode::as_str);
         let duration_ms = took.as_secs_f64() * 1e3;
@@ -251,7 +247,7 @@ mod tests {
 
     #[test]
     fn closures_and_fibonacci_are_handlers() {
-        let properties = AmqpProperties::default();
+        let properties = Properties::default();
         let request = Request {
             body: b"10",
             properties: &properties,

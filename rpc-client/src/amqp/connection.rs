@@ -15,6 +15,15 @@ use super::tls;
 use super::uri::BrokerOptions;
 use super::watchdog::Watchdog;
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
+
+/// The AMQP library's log target (its crate's name), for log filters.
+#[cfg(any(feature = "cli", feature = "test-support"))]
+pub(crate) const LIBRARY_LOG: &str = "amiquip";
+
+/// The log target of the AMQP library's handshake, which logs the SASL response, password
+/// included, at debug level.
+#[cfg(any(feature = "cli", feature = "test-support"))]
+pub(crate) const HANDSHAKE_LOG: &str = "amiquip::io_loop::handshake_state";
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
@@ -150,7 +159,7 @@ fn open(addr: SocketAddr, options: &BrokerOptions) -> Result<Link, ConnectFailur
             user: options.user.clone(),
         },
         _ if timed_out => ConnectFailure::HandshakeTimeout(limit),
-        other => ConnectFailure::Amqp(other),
+        other => ConnectFailure::Amqp(other.to_string()),
     })?;
     Ok(Link {
         connection,

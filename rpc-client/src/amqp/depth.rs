@@ -12,7 +12,7 @@
 //! array (`x`) of the same bytes: the same length, so the frame stays valid and only its type
 //! byte changes. amiquip then decodes at most that many levels, and what our code (or a library
 //! user) does with the headers (drop, clone, walk) is bounded too. A server refuses a request
-//! whose headers nest deeper than [`crate::wire::MAX_HEADER_DEPTH`] ([`crate::wire::header_depth`]),
+//! whose headers nest deeper than [`crate::wire::MAX_HEADER_DEPTH`] ([`crate::Properties::header_depth`]),
 //! which every flattened message does. Any `frame_max` works: the walk needs no stack per level.
 
 use mio::unix::EventedFd;
@@ -283,7 +283,7 @@ mod tests {
             panic!("not a content header");
         };
         let headers = header.properties.headers().clone().expect("headers");
-        crate::wire::table_depth(&headers)
+        crate::properties::table_depth(&headers)
     }
 
     #[test]

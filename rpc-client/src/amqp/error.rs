@@ -30,8 +30,8 @@ pub enum LinkError {
     /// abandoned (its socket shut down): says what was waited for.
     Stalled(String),
     /// The connection went away: its socket closed or failed, the broker's heartbeats
-    /// stopped, or amiquip's I/O thread ended (boxed: it is large, and errors are rare).
-    Lost(Box<amiquip::Error>),
+    /// stopped, or the AMQP library's I/O thread ended. The library's words, as it gave them.
+    Lost(String),
     /// The broker closed the connection, with this reply code and text (e.g. 320
     /// CONNECTION_FORCED, 530 NOT_ALLOWED).
     ConnectionClosed {
@@ -50,8 +50,8 @@ pub enum LinkError {
         /// The broker's reply text, as received: print it through [`crate::wire::printable`].
         message: String,
     },
-    /// Any other failure amiquip reports.
-    Amqp(amiquip::Error),
+    /// Any other failure the AMQP library reports: its words, as it gave them.
+    Amqp(String),
 }
 
 impl LinkError {
@@ -87,10 +87,77 @@ impl LinkError {
     }
 }
 
-/// "AMQP error: " and amiquip's words for `err`, made printable.
-fn amqp_error(f: &mut fmt::Formatter<'_>, err: &amiquip::Error) -> fmt::Result {
-    write!(f, "AMQP error: {}", printable(&err.to_string()))
+/// "AMQP error: " and `text`, made printable.
+fn amqp_error(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    write!(f, "AMQP error: {}", printable(text))
 }
+
+/// A failure of the AMQP layer that is neither a failed connect nor a lost connection, in our
+/// own types: a close by the broker, with its reply code and text, or the AMQP library's
+/// words for anything else. Its text reads as the library's did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmqpError {
+    /// The broker closed the connection (e.g. 320 CONNECTION_FORCED).
+    ConnectionClosed {
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's reply text, as received: print it through [`crate::wire::printable`].
+        message: String,
+    },
+    /// The broker closed a channel (e.g. 404 NOT_FOUND); the connection stays open.
+    ChannelClosed {
+        /// The channel's id.
+        channel: u16,
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's reply text, as received: print it through [`crate::wire::printable`].
+        message: String,
+    },
+    /// Any other failure the AMQP library reports: its words, as it gave them.
+    Other(String),
+}
+
+impl AmqpError {
+    /// The reply code and text of a close by the broker.
+    pub fn broker_code(&self) -> Option<(u16, &str)> {
+        match self {
+            AmqpError::ConnectionClosed { code, message }
+            | AmqpError::ChannelClosed { code, message, .. } => Some((*code, message)),
+            AmqpError::Other(_) => None,
+        }
+    }
+
+    /// Whether the connection is gone (the broker closed it).
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, AmqpError::ConnectionClosed { .. })
+    }
+}
+
+/// As the AMQP library words it, not made printable: show it through
+/// [`crate::wire::printable`].
+impl fmt::Display for AmqpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AmqpError::ConnectionClosed { code, message } => {
+                write!(
+                    f,
+                    "server closed connection (code={code} message={message})"
+                )
+            }
+            AmqpError::ChannelClosed {
+                channel,
+                code,
+                message,
+            } => write!(
+                f,
+                "server closed channel {channel} (code={code}, message={message})"
+            ),
+            AmqpError::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::error::Error for AmqpError {}
 
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,31 +172,14 @@ impl fmt::Display for LinkError {
                 f,
                 "connection to the broker lost: {why}; the connection was abandoned"
             ),
-            LinkError::Lost(err) => write!(
-                f,
-                "connection to the broker lost: {}",
-                printable(&err.to_string())
-            ),
-            LinkError::ConnectionClosed { code, message } => amqp_error(
-                f,
-                &amiquip::Error::ServerClosedConnection {
-                    code: *code,
-                    message: message.clone(),
-                },
-            ),
-            LinkError::ChannelClosed {
-                channel,
-                code,
-                message,
-            } => amqp_error(
-                f,
-                &amiquip::Error::ServerClosedChannel {
-                    channel_id: *channel,
-                    code: *code,
-                    message: message.clone(),
-                },
-            ),
-            LinkError::Amqp(err) => amqp_error(f, err),
+            LinkError::Lost(text) => {
+                write!(f, "connection to the broker lost: {}", printable(text))
+            }
+            LinkError::ConnectionClosed { .. } | LinkError::ChannelClosed { .. } => {
+                let closed = self.amqp_error().map(|e| e.to_string()).unwrap_or_default();
+                amqp_error(f, &closed)
+            }
+            LinkError::Amqp(text) => amqp_error(f, text),
         }
     }
 }
@@ -137,6 +187,32 @@ impl fmt::Display for LinkError {
 /// The source's text is part of the message, so it is not repeated as a `source()`.
 impl std::error::Error for LinkError {}
 
+impl LinkError {
+    /// A close by the broker, or another failure of the AMQP library, as an [`AmqpError`];
+    /// `None` for failed connects and lost connections.
+    pub fn amqp_error(&self) -> Option<AmqpError> {
+        match self {
+            LinkError::ConnectionClosed { code, message } => Some(AmqpError::ConnectionClosed {
+                code: *code,
+                message: message.clone(),
+            }),
+            LinkError::ChannelClosed {
+                channel,
+                code,
+                message,
+            } => Some(AmqpError::ChannelClosed {
+                channel: *channel,
+                code: *code,
+                message: message.clone(),
+            }),
+            LinkError::Amqp(text) => Some(AmqpError::Other(text.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The one conversion from the AMQP library's errors. For `rpc-server`: no stability promise.
+#[doc(hidden)]
 impl From<amiquip::Error> for LinkError {
     /// Sorts amiquip's errors: a close by the broker (with its code), a connection gone, or
     /// anything else.
@@ -155,14 +231,25 @@ impl From<amiquip::Error> for LinkError {
                 code,
                 message,
             },
-            err if connection_gone(&err) => LinkError::Lost(Box::new(err)),
-            err => LinkError::Amqp(err),
+            err if connection_gone(&err) => LinkError::Lost(err.to_string()),
+            err => LinkError::Amqp(err.to_string()),
         }
     }
 }
 
+/// For `rpc-server` and this crate's sessions: no stability promise.
+#[doc(hidden)]
+impl From<amiquip::Error> for crate::Error {
+    /// Connection-level failures become [`crate::Error::ConnectionLost`], except a close by the broker,
+    /// which stays an AMQP error so that its reply code can be read ([`crate::Error::broker_code`]);
+    /// both exit 3.
+    fn from(err: amiquip::Error) -> Self {
+        LinkError::from(err).into()
+    }
+}
+
 /// Whether `err` means the connection is gone (a close by the broker included).
-pub(crate) fn connection_gone(err: &amiquip::Error) -> bool {
+fn connection_gone(err: &amiquip::Error) -> bool {
     use amiquip::Error as E;
     matches!(
         err,
@@ -227,8 +314,8 @@ pub enum ConnectFailure {
         /// The user.
         user: String,
     },
-    /// Any other failure amiquip reports.
-    Amqp(amiquip::Error),
+    /// Any other failure the AMQP library reports: its words, as it gave them.
+    Amqp(String),
 }
 
 impl ConnectFailure {
@@ -275,7 +362,7 @@ impl fmt::Display for ConnectFailure {
             ConnectFailure::Watchdog(e) => {
                 write!(f, "cannot start the connection's watchdog: {e}")
             }
-            ConnectFailure::Amqp(e) => e.fmt(f),
+            ConnectFailure::Amqp(text) => f.write_str(&printable(text)),
         }
     }
 }

@@ -1,14 +1,19 @@
 //! Reaching the broker, shared by both binaries: broker options and `amqp://` URIs
 //! ([`BrokerOptions`], [`mask_uri`]), opening a connection with `TCP_NODELAY` and one time
-//! limit for TCP, TLS and the handshake together ([`open_first`], [`Link`]), every byte from
-//! the broker read through [`DepthGuard`] (headers nested too deep cut before amiquip decodes
-//! them), time limits on
-//! each later round trip ([`Watchdog`]), consuming a queue ([`consume`](fn@consume), [`callback_queue`])
-//! and the backoff between connection attempts ([`Reconnect`]). Its failures are
+//! limit for TCP, TLS and the handshake together (`open_first`, `Link`), every byte from
+//! the broker read through `DepthGuard` (headers nested too deep cut before the AMQP library
+//! decodes them, [`flatten_deep_headers`]), time limits on each later round trip (`Watchdog`),
+//! consuming a queue (`consume`, `callback_queue`) and the backoff between connection attempts ([`Reconnect`]). Its failures are
 //! [`LinkError`]s.
 //!
 //! Nothing here knows about calls or replies: the calling layer ([`crate::RpcClient`]) and
 //! `rpc-server` are built on it.
+//!
+//! The documented items here use only our own types. The items that hand over the AMQP
+//! library's own (its connection and channel, its consumer messages, its errors) are hidden
+//! from the documentation: `Link`, `open_first`, `connect_first`, `consume`,
+//! `callback_queue`, `DepthGuard` and `Watchdog` are for `rpc-server`, with no stability
+//! promise (see "The AMQP seam" in `rpc-client/README.md`).
 
 mod connection;
 mod consume;
@@ -20,18 +25,25 @@ mod tls;
 mod uri;
 mod watchdog;
 
+#[doc(hidden)]
 pub use connection::{connect_first, open_first, Link};
+#[doc(hidden)]
 pub use consume::{callback_queue, consume};
-pub use depth::{flatten_deep_headers, DepthGuard, FLATTENED_DEPTH};
-pub use error::{ConnectFailure, LinkError};
+#[doc(hidden)]
+pub use depth::DepthGuard;
+pub use depth::{flatten_deep_headers, FLATTENED_DEPTH};
+pub use error::{AmqpError, ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
 pub use tls::TlsError;
 pub use uri::{mask_uri, BrokerOptions, UriError, UriProblem};
+#[doc(hidden)]
 pub use watchdog::Watchdog;
 
-pub(crate) use error::{connection_gone, each_broker};
+pub(crate) use error::each_broker;
 pub(crate) use random::random_u64;
 // For the command line's broker flags.
+#[cfg(any(feature = "cli", feature = "test-support"))]
+pub(crate) use connection::LIBRARY_LOG;
 #[cfg(feature = "cli")]
 pub(crate) use {
     random::shuffle,
@@ -39,10 +51,11 @@ pub(crate) use {
     uri::{has_password, DEFAULT_PORT, DEFAULT_TLS_PORT},
 };
 
-/// Keeps passwords out of a log: amiquip logs the SASL response, password included, at debug
-/// level in its handshake module, which stays at info whatever else `builder` lets through.
+/// Keeps passwords out of a log: the AMQP library logs the SASL response, password included,
+/// at debug level in its handshake module, which stays at info whatever else `builder` lets
+/// through.
 /// Call it after any filter a user chose (`RUST_LOG`).
 #[cfg(any(feature = "cli", feature = "test-support"))]
 pub(crate) fn hide_passwords(builder: &mut env_logger::Builder) {
-    builder.filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info);
+    builder.filter_module(connection::HANDSHAKE_LOG, log::LevelFilter::Info);
 }

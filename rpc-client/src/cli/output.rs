@@ -182,7 +182,7 @@ pub(super) fn write_json(
             }
             json::push_string(&mut line, name);
             line.push_str(": ");
-            json::push_string(&mut line, &wire::header_text(value));
+            json::push_string(&mut line, &wire::header_text(&value));
         }
         line.push('}');
     }
@@ -244,10 +244,10 @@ impl std::error::Error for PrintError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+    use crate::{HeaderValue, Headers, Properties};
     use std::time::Duration;
 
-    fn reply(body: &[u8], properties: AmqpProperties) -> RpcReply {
+    fn reply(body: &[u8], properties: Properties) -> RpcReply {
         RpcReply {
             body: body.to_vec(),
             properties,
@@ -277,12 +277,12 @@ mod tests {
 
     #[test]
     fn replies_as_json() {
-        let mut headers = FieldTable::new();
-        headers.insert("x-rpc-server".into(), AmqpValue::LongString("s\"1".into()));
-        headers.insert("n".into(), AmqpValue::LongInt(-2));
-        let properties = AmqpProperties::default()
+        let mut headers = Headers::new();
+        headers.insert("x-rpc-server", "s\"1");
+        headers.insert("n", HeaderValue::I32(-2));
+        let properties = Properties::default()
             .with_headers(headers)
-            .with_content_type("text/plain".into());
+            .with_content_type("text/plain");
         assert_eq!(
             json_line(&reply(b"h\xc3\xa9\n", properties)),
             "{\"body\": \"h\u{e9}\\n\", \"encoding\": \"utf-8\", \"content_type\": \"text/plain\", \
@@ -290,7 +290,7 @@ mod tests {
              \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \"elapsed_ms\": 1.234}\n"
         );
         assert_eq!(
-            json_line(&reply(b"\xff\xfe\x00", AmqpProperties::default())),
+            json_line(&reply(b"\xff\xfe\x00", Properties::default())),
             "{\"body\": \"//4A\", \"encoding\": \"base64\", \"content_type\": null, \
              \"headers\": {}, \"server\": \"s\\\"1\", \
              \"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \"elapsed_ms\": 1.234}\n"
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn an_untraced_reply_has_no_trace_id() {
-        let mut r = reply(b"ok", AmqpProperties::default());
+        let mut r = reply(b"ok", Properties::default());
         r.trace = None;
         assert_eq!(
             json_line(&r),

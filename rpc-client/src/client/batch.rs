@@ -224,11 +224,7 @@ impl RpcClient {
     ) -> Result<Step<T, R>, Error> {
         let step = match event {
             Ok(Event::Delivered(delivery)) => {
-                let id = delivery
-                    .properties
-                    .correlation_id()
-                    .as_deref()
-                    .unwrap_or("");
+                let id = delivery.properties.correlation_id().unwrap_or("");
                 let Some(mut call) = calls.take(id) else {
                     discard(&delivery);
                     return Ok(Step::Next);
@@ -243,11 +239,7 @@ impl RpcClient {
                 Step::Outcome(call, Ok(reply))
             }
             Ok(Event::Returned(returned)) => {
-                let id = returned
-                    .properties
-                    .correlation_id()
-                    .as_deref()
-                    .unwrap_or("");
+                let id = returned.properties.correlation_id().unwrap_or("");
                 let Some(call) = calls.take(id) else {
                     return Ok(Step::Next);
                 };

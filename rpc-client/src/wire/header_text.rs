@@ -1,6 +1,6 @@
 //! Header values of any AMQP type as text ([`header_text`]), for showing a reply's headers.
 
-use amiquip::AmqpValue;
+use crate::properties::HeaderValue;
 
 /// How deep [`header_text`] shows nested arrays and tables.
 const MAX_HEADER_DEPTH: usize = 4;
@@ -9,7 +9,7 @@ const MAX_HEADER_DEPTH: usize = 4;
 /// where it is shown), numbers, booleans and timestamps in decimal, byte arrays as UTF-8
 /// (lossy), arrays as `[a, b]`, tables as `{k: v}` (nested at most a few levels, then `…`),
 /// no value as the empty string.
-pub fn header_text(value: &AmqpValue) -> String {
+pub fn header_text(value: &HeaderValue) -> String {
     let mut text = String::new();
     write_header_text(&mut text, value, 0);
     text
@@ -29,34 +29,34 @@ fn decimal_text(scale: u8, value: u32) -> String {
     }
 }
 
-fn write_header_text(out: &mut String, value: &AmqpValue, depth: usize) {
+fn write_header_text(out: &mut String, value: &HeaderValue, depth: usize) {
     use std::fmt::Write;
     // Writing to a String cannot fail.
     let _ = match value {
-        AmqpValue::LongString(s) => {
+        HeaderValue::Str(s) => {
             out.push_str(s);
             Ok(())
         }
-        AmqpValue::Boolean(b) => write!(out, "{b}"),
-        AmqpValue::ShortShortInt(v) => write!(out, "{v}"),
-        AmqpValue::ShortShortUInt(v) => write!(out, "{v}"),
-        AmqpValue::ShortInt(v) => write!(out, "{v}"),
-        AmqpValue::ShortUInt(v) => write!(out, "{v}"),
-        AmqpValue::LongInt(v) => write!(out, "{v}"),
-        AmqpValue::LongUInt(v) => write!(out, "{v}"),
-        AmqpValue::LongLongInt(v) => write!(out, "{v}"),
-        AmqpValue::Float(v) => write!(out, "{v}"),
-        AmqpValue::Double(v) => write!(out, "{v}"),
-        AmqpValue::Timestamp(v) => write!(out, "{v}"),
-        AmqpValue::DecimalValue(d) => {
-            out.push_str(&decimal_text(d.scale, d.value));
+        HeaderValue::Bool(b) => write!(out, "{b}"),
+        HeaderValue::I8(v) => write!(out, "{v}"),
+        HeaderValue::U8(v) => write!(out, "{v}"),
+        HeaderValue::I16(v) => write!(out, "{v}"),
+        HeaderValue::U16(v) => write!(out, "{v}"),
+        HeaderValue::I32(v) => write!(out, "{v}"),
+        HeaderValue::U32(v) => write!(out, "{v}"),
+        HeaderValue::I64(v) => write!(out, "{v}"),
+        HeaderValue::F32(v) => write!(out, "{v}"),
+        HeaderValue::F64(v) => write!(out, "{v}"),
+        HeaderValue::Timestamp(v) => write!(out, "{v}"),
+        HeaderValue::Decimal { scale, value } => {
+            out.push_str(&decimal_text(*scale, *value));
             Ok(())
         }
-        AmqpValue::ByteArray(bytes) => {
+        HeaderValue::Bytes(bytes) => {
             out.push_str(&String::from_utf8_lossy(bytes));
             Ok(())
         }
-        AmqpValue::FieldArray(items) if depth < MAX_HEADER_DEPTH => {
+        HeaderValue::Array(items) if depth < MAX_HEADER_DEPTH => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -67,7 +67,7 @@ fn write_header_text(out: &mut String, value: &AmqpValue, depth: usize) {
             out.push(']');
             Ok(())
         }
-        AmqpValue::FieldTable(table) if depth < MAX_HEADER_DEPTH => {
+        HeaderValue::Table(table) if depth < MAX_HEADER_DEPTH => {
             out.push('{');
             for (i, (name, item)) in table.iter().enumerate() {
                 if i > 0 {
@@ -80,40 +80,40 @@ fn write_header_text(out: &mut String, value: &AmqpValue, depth: usize) {
             out.push('}');
             Ok(())
         }
-        AmqpValue::FieldArray(_) | AmqpValue::FieldTable(_) => {
+        HeaderValue::Array(_) | HeaderValue::Table(_) => {
             out.push('…');
             Ok(())
         }
-        AmqpValue::Void => Ok(()),
+        HeaderValue::Void => Ok(()),
     };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::FieldTable;
+    use std::collections::BTreeMap;
 
     #[test]
     fn header_values_of_any_type_become_text() {
-        use amiquip::AmqpValue as V;
-        let mut table = FieldTable::new();
-        table.insert("a".into(), V::LongLongInt(-3));
-        table.insert("b".into(), V::FieldArray(vec![V::Boolean(true), V::Void]));
+        use HeaderValue as V;
+        let mut table = BTreeMap::new();
+        table.insert("a".into(), V::I64(-3));
+        table.insert("b".into(), V::Array(vec![V::Bool(true), V::Void]));
         let cases = [
-            (V::LongString("x\ny".into()), "x\ny"),
-            (V::ShortShortUInt(7), "7"),
-            (V::Double(1.5), "1.5"),
+            (V::Str("x\ny".into()), "x\ny"),
+            (V::U8(7), "7"),
+            (V::F64(1.5), "1.5"),
             (V::Timestamp(1_700_000_000), "1700000000"),
-            (V::ByteArray(b"ok\xff".to_vec()), "ok\u{fffd}"),
-            (V::FieldTable(table), "{a: -3, b: [true, ]}"),
+            (V::Bytes(b"ok\xff".to_vec()), "ok\u{fffd}"),
+            (V::Table(table), "{a: -3, b: [true, ]}"),
             (V::Void, ""),
         ];
         for (value, text) in cases {
             assert_eq!(header_text(&value), text, "{value:?}");
         }
-        let mut deep = V::Boolean(false);
+        let mut deep = V::Bool(false);
         for _ in 0..100 {
-            deep = V::FieldArray(vec![deep]);
+            deep = V::Array(vec![deep]);
         }
         assert_eq!(header_text(&deep), "[[[[…]]]]");
     }

@@ -1,10 +1,10 @@
 //! Raw calls: bytes, content type and headers, by the library and by `rpc-client call`.
 
 use crate::util::*;
-use amiquip::AmqpValue;
+
 use rpc_client::exit_code;
 use rpc_client::testing::{self, QueueGuard};
-use rpc_client::{Error, RpcClient, RpcRequest};
+use rpc_client::{Error, HeaderValue, RpcClient, RpcRequest};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -44,10 +44,7 @@ fn raw_calls_round_trip_bytes_content_type_and_headers() {
     assert_eq!(reply.content_type(), Some("text/plain; charset=utf-8"));
     assert_eq!(reply.header("lang"), Some("fr"));
     assert_eq!(reply.header("note"), Some("a=b\n"));
-    assert_eq!(
-        reply.headers().get("x-length"),
-        Some(&AmqpValue::LongLongInt(3))
-    );
+    assert_eq!(reply.headers().get("x-length"), Some(HeaderValue::I64(3)));
 
     match client.call(&RpcRequest::new("ERR no thanks")) {
         Err(err @ Error::Server { .. }) => {

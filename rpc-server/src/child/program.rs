@@ -51,8 +51,8 @@ pub(crate) fn command(
     let properties = request.properties;
     let traceparent = request.trace.map(TraceContext::traceparent);
     let values = [
-        (ENV_CORRELATION_ID, properties.correlation_id().as_deref()),
-        (ENV_CONTENT_TYPE, properties.content_type().as_deref()),
+        (ENV_CORRELATION_ID, properties.correlation_id()),
+        (ENV_CONTENT_TYPE, properties.content_type()),
         (ENV_TRACEPARENT, traceparent.as_deref()),
         (
             ENV_TRACESTATE,

@@ -251,7 +251,7 @@ impl Handler for CommandHandler {
             .options
             .reply_content_type
             .clone()
-            .or_else(|| request.properties.content_type().clone());
+            .or_else(|| request.properties.content_type().map(String::from));
         reply(self.run(request).map(|body| (body, content_type)))
     }
 
@@ -271,7 +271,7 @@ impl Handler for CommandHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+    use rpc_client::{Headers, Properties};
 
     fn handler(program: &str, args: &[&str]) -> CommandHandler {
         let mut options = CommandOptions::new(program, args.iter().copied());
@@ -281,9 +281,9 @@ mod tests {
     }
 
     fn call(handler: &CommandHandler, body: &[u8]) -> Reply {
-        let properties = AmqpProperties::default()
-            .with_correlation_id("id-1".into())
-            .with_content_type("text/plain".into());
+        let properties = Properties::default()
+            .with_correlation_id("id-1")
+            .with_content_type("text/plain");
         handler.handle(&Request {
             body,
             properties: &properties,
@@ -346,7 +346,7 @@ mod tests {
         let reply = CommandHandler::new(options).expect("yes").handle(&Request {
             trace: None,
             body: b"",
-            properties: &AmqpProperties::default(),
+            properties: &Properties::default(),
         });
         assert_eq!(
             reply.error,
@@ -369,14 +369,11 @@ mod tests {
 
     #[test]
     fn environment_carries_the_request_and_hides_credentials() {
-        let mut headers = FieldTable::new();
-        headers.insert(
-            "traceparent".into(),
-            AmqpValue::LongString("00-abc-def-01".into()),
-        );
-        headers.insert("tracestate".into(), AmqpValue::LongString("a=1".into()));
-        let properties = AmqpProperties::default()
-            .with_correlation_id("id-7".into())
+        let mut headers = Headers::new();
+        headers.insert("traceparent", "00-abc-def-01");
+        headers.insert("tracestate", "a=1");
+        let properties = Properties::default()
+            .with_correlation_id("id-7")
             .with_headers(headers);
         let script = "echo \"$RPC_CORRELATION_ID|$RPC_CONTENT_TYPE|${TRACEPARENT-unset}|\
                       ${TRACESTATE-unset}|${AMQP_PASSWORD-unset}\"";
@@ -416,7 +413,7 @@ mod tests {
         let reply = CommandHandler::new(options).expect("cat").handle(&Request {
             trace: None,
             body: b"12345",
-            properties: &AmqpProperties::default(),
+            properties: &Properties::default(),
         });
         assert_eq!(reply.error, Some(ErrorCode::TooLarge));
         let missing = CommandHandler::new(CommandOptions::new("no-such-program-x", ["a"]));

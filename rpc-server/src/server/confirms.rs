@@ -7,9 +7,20 @@
 //! (once: see the server); a reply the broker refuses by closing the channel (a message over
 //! its `max_message_size`) is never confirmed, so its request comes back and is recognised.
 
-use amiquip::Confirm;
 use rpc_client::wire::ErrorCode;
 use std::collections::VecDeque;
+
+/// A publisher confirm from the broker, in our own terms (the session converts the AMQP
+/// library's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BrokerConfirm {
+    /// The publish sequence number it confirms (all up to it when `multiple`).
+    pub(crate) sequence: u64,
+    /// Whether it confirms every publish up to `sequence`.
+    pub(crate) multiple: bool,
+    /// An ack (true) or a nack (false).
+    pub(crate) accepted: bool,
+}
 
 /// What a reply was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +78,18 @@ impl<T> Unconfirmed<T> {
     }
 
     /// The replies a confirm settles (one, or all up to its tag when `multiple`).
-    pub(crate) fn confirm(&mut self, confirm: Confirm) -> Vec<Settled<T>> {
-        let (payload, accepted) = match confirm {
-            Confirm::Ack(payload) => (payload, true),
-            Confirm::Nack(payload) => (payload, false),
-        };
+    pub(crate) fn confirm(&mut self, confirm: BrokerConfirm) -> Vec<Settled<T>> {
+        let BrokerConfirm {
+            sequence,
+            multiple,
+            accepted,
+        } = confirm;
         let mut settled = Vec::new();
-        if payload.multiple {
+        if multiple {
             while self
                 .pending
                 .front()
-                .is_some_and(|(seq, _, _)| *seq <= payload.delivery_tag)
+                .is_some_and(|(seq, _, _)| *seq <= sequence)
             {
                 if let Some((_, kind, tag)) = self.pending.pop_front() {
                     settled.push(Settled {
@@ -87,11 +99,7 @@ impl<T> Unconfirmed<T> {
                     });
                 }
             }
-        } else if let Some(i) = self
-            .pending
-            .iter()
-            .position(|(seq, _, _)| *seq == payload.delivery_tag)
-        {
+        } else if let Some(i) = self.pending.iter().position(|(seq, _, _)| *seq == sequence) {
             if let Some((_, kind, tag)) = self.pending.remove(i) {
                 settled.push(Settled {
                     kind,
@@ -107,13 +115,13 @@ impl<T> Unconfirmed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::ConfirmPayload;
 
-    fn ack(delivery_tag: u64, multiple: bool) -> Confirm {
-        Confirm::Ack(ConfirmPayload {
-            delivery_tag,
+    fn ack(sequence: u64, multiple: bool) -> BrokerConfirm {
+        BrokerConfirm {
+            sequence,
             multiple,
-        })
+            accepted: true,
+        }
     }
 
     #[test]
@@ -128,10 +136,11 @@ mod tests {
         assert_eq!(tags(unconfirmed.confirm(ack(2, false))), ["b"]);
         assert_eq!(tags(unconfirmed.confirm(ack(3, true))), ["a", "c"]);
         assert_eq!(unconfirmed.len(), 1);
-        let nacked = unconfirmed.confirm(Confirm::Nack(ConfirmPayload {
-            delivery_tag: 4,
+        let nacked = unconfirmed.confirm(BrokerConfirm {
+            sequence: 4,
             multiple: false,
-        }));
+            accepted: false,
+        });
         assert_eq!(nacked.len(), 1);
         assert!(!nacked[0].accepted);
         assert!(unconfirmed.is_empty());

@@ -390,3 +390,12 @@ fn stop_failed(watchdog: &Watchdog, doing: &str, err: amiquip::Error) -> Error {
         None => Error::broker(doing)(err),
     }
 }
+
+/// The AMQP library's errors, as the sessions get them: the server's errors through the link's
+/// (the one conversion, [`LinkError`]'s). Not part of the documented API.
+#[doc(hidden)]
+impl From<amiquip::Error> for Error {
+    fn from(err: amiquip::Error) -> Self {
+        LinkError::from(err).into()
+    }
+}

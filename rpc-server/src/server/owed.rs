@@ -3,8 +3,7 @@
 //! and when the consume loop must wait for those confirms.
 
 use crate::server::ack::Acks;
-use crate::server::confirms::{ReplyKind, Settled, Unconfirmed};
-use amiquip::Confirm;
+use crate::server::confirms::{BrokerConfirm, ReplyKind, Settled, Unconfirmed};
 use std::time::Duration;
 
 /// Most settled requests acked with one `multiple` ack.
@@ -64,7 +63,7 @@ impl<T> Owed<T> {
     }
 
     /// The replies `confirm` settles, in publish order (see [`Unconfirmed::confirm`]).
-    pub(super) fn confirm(&mut self, confirm: Confirm) -> Vec<Settled<Replied<T>>> {
+    pub(super) fn confirm(&mut self, confirm: BrokerConfirm) -> Vec<Settled<Replied<T>>> {
         self.unconfirmed.confirm(confirm)
     }
 
@@ -136,14 +135,14 @@ impl<T> Owed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::ConfirmPayload;
     use rpc_client::wire::ErrorCode;
 
-    fn ack(tag: u64) -> Confirm {
-        Confirm::Ack(ConfirmPayload {
-            delivery_tag: tag,
+    fn ack(tag: u64) -> BrokerConfirm {
+        BrokerConfirm {
+            sequence: tag,
             multiple: false,
-        })
+            accepted: true,
+        }
     }
 
     /// A request taken, answered and published: its reply's confirm is number `sequence`.
@@ -196,10 +195,11 @@ mod tests {
         // A nacked reply's request is rejected: nothing left to ack.
         books.replied(1);
         books.awaiting_confirm(ReplyKind::Refusal(ErrorCode::Internal), 1, true);
-        let nacked = books.confirm(Confirm::Nack(ConfirmPayload {
-            delivery_tag: 1,
+        let nacked = books.confirm(BrokerConfirm {
+            sequence: 1,
             multiple: true,
-        }));
+            accepted: false,
+        });
         assert!(nacked.len() == 1 && !nacked[0].accepted && nacked[0].tag.requeue_on_nack);
         books.rejected(1);
         assert_eq!((books.unacked(), books.ack_due(false)), (0, None));

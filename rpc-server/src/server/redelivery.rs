@@ -38,7 +38,7 @@
 //! A request that merely waited in a dead server's buffer comes back too, is re-published once
 //! (one of its [`MAX_DELIVERIES`]) and answered as usual.
 
-use amiquip::{AmqpProperties, AmqpValue};
+use rpc_client::{Properties, ReadProperties};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -83,7 +83,7 @@ pub(crate) struct Redeliveries {
 impl Redeliveries {
     /// What to do with a request (see [`Verdict`]); records it as started when it is to be
     /// handled (see [`Redeliveries::finished`]).
-    pub(crate) fn check(&mut self, redelivered: bool, properties: &AmqpProperties) -> Verdict {
+    pub(crate) fn check(&mut self, redelivered: bool, properties: &impl ReadProperties) -> Verdict {
         let earlier = earlier_deliveries(redelivered, properties);
         if earlier >= MAX_DELIVERIES {
             return Verdict::Refuse(format!(
@@ -140,7 +140,7 @@ impl Redeliveries {
     }
 
     /// The request was answered and acked: forget it.
-    pub(crate) fn finished(&mut self, properties: &AmqpProperties) {
+    pub(crate) fn finished(&mut self, properties: &impl ReadProperties) {
         if let Some(key) = key(properties) {
             if self.started.remove(&key).is_some() {
                 self.trim();
@@ -152,7 +152,7 @@ impl Redeliveries {
 /// How many times a request was delivered before this delivery: the count of earlier copies
 /// ([`ATTEMPTS_HEADER`]) plus this copy's own earlier deliveries (the broker's
 /// `x-delivery-count`, at least 1 when `redelivered`).
-pub(crate) fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties) -> u64 {
+pub(crate) fn earlier_deliveries(redelivered: bool, properties: &impl ReadProperties) -> u64 {
     let own = count_header(properties, "x-delivery-count")
         .unwrap_or(0)
         .max(u64::from(redelivered));
@@ -165,92 +165,27 @@ pub(crate) fn earlier_deliveries(redelivered: bool, properties: &AmqpProperties)
 /// [`ATTEMPTS_HEADER`] = `attempts`, without the broker's `x-delivery-count`, and without a
 /// `user_id` other than `login` (the broker refuses a publish whose `user_id` is not the
 /// publisher's login).
-pub(crate) fn requeued_properties(
-    original: &AmqpProperties,
-    attempts: u64,
-    login: &str,
-) -> AmqpProperties {
-    let mut headers = original.headers().clone().unwrap_or_default();
+pub(crate) fn requeued_properties(original: &Properties, attempts: u64, login: &str) -> Properties {
+    let mut headers = original.headers();
     headers.remove("x-delivery-count");
-    headers.insert(
-        ATTEMPTS_HEADER.to_string(),
-        AmqpValue::LongLongInt(i64::try_from(attempts).unwrap_or(i64::MAX)),
-    );
+    headers.insert(ATTEMPTS_HEADER, i64::try_from(attempts).unwrap_or(i64::MAX));
     let mut copy = original.clone().with_headers(headers);
-    if original
-        .user_id()
-        .as_deref()
-        .is_some_and(|user| user != login)
-    {
-        copy = strip_user_id(copy);
-    }
-    copy
-}
-
-/// `properties` without `user_id` (amiquip's properties have no setter to clear one field).
-fn strip_user_id(properties: AmqpProperties) -> AmqpProperties {
-    let mut copy = AmqpProperties::default();
-    if let Some(v) = properties.content_type() {
-        copy = copy.with_content_type(v.clone());
-    }
-    if let Some(v) = properties.content_encoding() {
-        copy = copy.with_content_encoding(v.clone());
-    }
-    if let Some(v) = properties.headers() {
-        copy = copy.with_headers(v.clone());
-    }
-    if let Some(v) = properties.delivery_mode() {
-        copy = copy.with_delivery_mode(*v);
-    }
-    if let Some(v) = properties.priority() {
-        copy = copy.with_priority(*v);
-    }
-    if let Some(v) = properties.correlation_id() {
-        copy = copy.with_correlation_id(v.clone());
-    }
-    if let Some(v) = properties.reply_to() {
-        copy = copy.with_reply_to(v.clone());
-    }
-    if let Some(v) = properties.expiration() {
-        copy = copy.with_expiration(v.clone());
-    }
-    if let Some(v) = properties.message_id() {
-        copy = copy.with_message_id(v.clone());
-    }
-    if let Some(v) = properties.timestamp() {
-        copy = copy.with_timestamp(*v);
-    }
-    if let Some(v) = properties.type_() {
-        copy = copy.with_type_(v.clone());
-    }
-    if let Some(v) = properties.app_id() {
-        copy = copy.with_app_id(v.clone());
-    }
-    if let Some(v) = properties.cluster_id() {
-        copy = copy.with_cluster_id(v.clone());
+    if original.user_id().is_some_and(|user| user != login) {
+        copy = copy.without_user_id();
     }
     copy
 }
 
 /// A non-negative integer header (the broker's `x-delivery-count`, our [`ATTEMPTS_HEADER`]).
 /// A value of another type, or negative, counts as absent.
-fn count_header(properties: &AmqpProperties, name: &str) -> Option<u64> {
-    match properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AmqpValue::LongInt(n) => u64::try_from(*n).ok(),
-        AmqpValue::LongUInt(n) => Some(u64::from(*n)),
-        AmqpValue::ShortInt(n) => u64::try_from(*n).ok(),
-        AmqpValue::ShortUInt(n) => Some(u64::from(*n)),
-        AmqpValue::ShortShortInt(n) => u64::try_from(*n).ok(),
-        AmqpValue::ShortShortUInt(n) => Some(u64::from(*n)),
-        _ => None,
-    }
+fn count_header(properties: &impl ReadProperties, name: &str) -> Option<u64> {
+    u64::try_from(properties.header_i64(name)?).ok()
 }
 
 /// A request's identity: its correlation id and where it wants the reply.
-fn key(properties: &AmqpProperties) -> Option<Key> {
-    let id = properties.correlation_id().as_deref()?;
-    let reply_to = properties.reply_to().as_deref().unwrap_or("");
+fn key(properties: &impl ReadProperties) -> Option<Key> {
+    let id = properties.correlation_id()?;
+    let reply_to = properties.reply_to().unwrap_or("");
     // FNV-1a over both, with a byte no UTF-8 text holds between them: no allocation and a
     // few hundred instructions per request (a formatted String key hashed with SipHash cost
     // about 3,800 per request, 10% of the serving loop's own work).
@@ -290,16 +225,17 @@ impl Hasher for KeyHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rpc_client::Headers;
 
-    fn request(id: &str) -> AmqpProperties {
-        AmqpProperties::default()
-            .with_correlation_id(id.into())
-            .with_reply_to("q".into())
+    fn request(id: &str) -> Properties {
+        Properties::default()
+            .with_correlation_id(id)
+            .with_reply_to("q")
     }
 
-    fn with_header(properties: AmqpProperties, name: &str, n: i64) -> AmqpProperties {
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        headers.insert(name.into(), AmqpValue::LongLongInt(n));
+    fn with_header(properties: Properties, name: &str, n: i64) -> Properties {
+        let mut headers: Headers = properties.headers();
+        headers.insert(name, n);
         properties.with_headers(headers)
     }
 
@@ -378,23 +314,23 @@ mod tests {
     #[test]
     fn the_copy_keeps_the_request_but_not_the_broker_count_nor_a_foreign_user() {
         let original = with_header(request("e"), "x-delivery-count", 2)
-            .with_expiration("3000".into())
+            .with_expiration("3000")
             .with_timestamp(1_700_000_000)
-            .with_content_type("text/plain".into())
-            .with_user_id("someone".into());
+            .with_content_type("text/plain")
+            .with_user_id("someone");
         let original = with_header(original, "x-custom", 9);
         let copy = requeued_properties(&original, 2, "guest");
-        assert_eq!(copy.reply_to().as_deref(), Some("q"));
-        assert_eq!(copy.correlation_id().as_deref(), Some("e"));
-        assert_eq!(copy.expiration().as_deref(), Some("3000"));
-        assert_eq!(copy.timestamp(), &Some(1_700_000_000));
-        assert_eq!(copy.content_type().as_deref(), Some("text/plain"));
-        assert_eq!(copy.user_id(), &None);
+        assert_eq!(copy.reply_to(), Some("q"));
+        assert_eq!(copy.correlation_id(), Some("e"));
+        assert_eq!(copy.expiration(), Some("3000"));
+        assert_eq!(copy.timestamp(), Some(1_700_000_000));
+        assert_eq!(copy.content_type(), Some("text/plain"));
+        assert_eq!(copy.user_id(), None);
         assert_eq!(count_header(&copy, "x-custom"), Some(9));
         assert_eq!(count_header(&copy, ATTEMPTS_HEADER), Some(2));
         assert_eq!(count_header(&copy, "x-delivery-count"), None);
-        let own = requeued_properties(&original.with_user_id("guest".into()), 2, "guest");
-        assert_eq!(own.user_id().as_deref(), Some("guest"));
+        let own = requeued_properties(&original.with_user_id("guest"), 2, "guest");
+        assert_eq!(own.user_id(), Some("guest"));
     }
 
     #[test]

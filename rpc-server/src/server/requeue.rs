@@ -4,9 +4,10 @@
 
 use super::lost;
 use crate::error::Error;
-use amiquip::{AmqpProperties, Channel, Confirm, Connection, Publish};
+use amiquip::{Channel, Confirm, Connection, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_client::amqp::Watchdog;
+use rpc_client::Properties;
 use std::time::{Duration, Instant};
 
 /// A channel in confirm mode for re-queued requests, and its confirms.
@@ -62,8 +63,9 @@ impl Requeue {
         mut broker: Broker<'_>,
         queue: &str,
         body: &[u8],
-        properties: AmqpProperties,
+        properties: Properties,
     ) -> Result<bool, Error> {
+        let properties = properties.into_amqp();
         let limit = broker.limit;
         let watchdog = broker.watchdog;
         let requeue = Self::channel(slot, &mut broker)?;

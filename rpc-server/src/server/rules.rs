@@ -5,8 +5,8 @@
 use crate::error::Error;
 use crate::handler::Reply;
 use crate::server::redelivery::{Redeliveries, Verdict};
-use amiquip::AmqpProperties;
 use rpc_client::wire::{self, ErrorCode};
+use rpc_client::ReadProperties;
 use std::time::Duration;
 
 /// A request that took this long before a `basic.cancel` makes the cancel a likely consumer
@@ -19,7 +19,7 @@ pub(super) enum Admission {
     /// Its caller's deadline has passed (this can be a redelivery after a server died):
     /// answering would only cost work. Acked, not answered.
     Late,
-    /// It has no `reply_to` (amiquip hands over empty properties when it cannot read them: a
+    /// It has no `reply_to` (the AMQP library hands over empty properties when it cannot read them: a
     /// `correlation_id` or `content_type` that is not UTF-8). Acked, not answered.
     NoReplyTo,
     /// Its headers nest deeper than [`wire::MAX_HEADER_DEPTH`]: this many levels, at most
@@ -35,7 +35,7 @@ pub(super) enum Admission {
 pub(super) fn admission(
     redeliveries: &mut Redeliveries,
     redelivered: bool,
-    properties: &AmqpProperties,
+    properties: &impl ReadProperties,
 ) -> Admission {
     if wire::deadline_passed(properties) {
         return Admission::Late;
@@ -98,12 +98,12 @@ pub(super) fn cancel_cause(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::{AmqpValue, FieldTable};
+    use rpc_client::{HeaderValue, Headers, Properties};
 
-    fn request() -> AmqpProperties {
-        AmqpProperties::default()
-            .with_reply_to("callback".into())
-            .with_correlation_id("id-1".into())
+    fn request() -> Properties {
+        Properties::default()
+            .with_reply_to("callback")
+            .with_correlation_id("id-1")
     }
 
     #[test]
@@ -112,9 +112,9 @@ mod tests {
         let first = admission(&mut redeliveries, false, &request());
         assert_eq!(first, Admission::Redelivery(Verdict::Handle));
         // Sent at the epoch's second 1, with 1 s to live: long past.
-        let late = request().with_timestamp(1).with_expiration("1000".into());
+        let late = request().with_timestamp(1).with_expiration("1000");
         assert_eq!(admission(&mut redeliveries, false, &late), Admission::Late);
-        let unanswerable = AmqpProperties::default().with_correlation_id("id-2".into());
+        let unanswerable = Properties::default().with_correlation_id("id-2");
         assert_eq!(
             admission(&mut redeliveries, false, &unanswerable),
             Admission::NoReplyTo
@@ -123,11 +123,11 @@ mod tests {
 
     #[test]
     fn deep_headers_are_refused() {
-        fn nested(depth: usize) -> FieldTable {
-            let mut table = FieldTable::new();
+        fn nested(depth: usize) -> Headers {
+            let mut table = Headers::new();
             for _ in 1..depth {
-                let mut outer = FieldTable::new();
-                outer.insert("t".into(), AmqpValue::FieldTable(table));
+                let mut outer = Headers::new();
+                outer.insert("t", HeaderValue::from(table));
                 table = outer;
             }
             table
@@ -146,11 +146,8 @@ mod tests {
         let mut redeliveries = Redeliveries::default();
         let again = admission(&mut redeliveries, true, &request());
         assert_eq!(again, Admission::Redelivery(Verdict::Requeue(1)));
-        let mut headers = FieldTable::new();
-        headers.insert(
-            crate::server::redelivery::ATTEMPTS_HEADER.into(),
-            AmqpValue::LongLongInt(9),
-        );
+        let mut headers = Headers::new();
+        headers.insert(crate::server::redelivery::ATTEMPTS_HEADER, 9_i64);
         let spent = request().with_headers(headers);
         assert!(matches!(
             admission(&mut redeliveries, true, &spent),

@@ -7,6 +7,7 @@ use super::rules::{admission, cancel_cause, fit_reply, Admission};
 use super::{lost, stop_failed, Server, STOP_LIMIT};
 use crate::error::Error;
 use crate::handler::Reply;
+use crate::server::confirms::BrokerConfirm;
 use crate::server::confirms::ReplyKind;
 use crate::server::redelivery::{self, Verdict, MAX_DELIVERIES};
 use crate::server::workers::{server_span, Done};
@@ -16,7 +17,7 @@ use amiquip::{
 use crossbeam_channel::{select, Receiver, RecvError, RecvTimeoutError};
 use rpc_client::amqp::Watchdog;
 use rpc_client::wire::{self, ErrorCode};
-use rpc_client::TraceContext;
+use rpc_client::{Properties, TraceContext};
 use std::time::{Duration, Instant};
 
 /// One connection's broker handles, as a [`Serving`] uses them.
@@ -354,6 +355,7 @@ impl<'c, 's> Serving<'c, 's> {
         if let Some(content_type) = reply.content_type {
             properties = properties.with_content_type(content_type);
         }
+        let properties = properties.into_amqp();
         let body = reply.body;
         let channel = self.broker.channel;
         self.broker
@@ -412,7 +414,7 @@ impl<'c, 's> Serving<'c, 's> {
     /// Counts the replies a confirm settles and settles their requests: acked once confirmed;
     /// after a nack, rejected back to the queue (or acked, for a last-word reply).
     fn confirmed(&mut self, confirm: Confirm) -> Result<(), Error> {
-        for reply in self.owed.confirm(confirm) {
+        for reply in self.owed.confirm(broker_confirm(confirm)) {
             let delivery = reply.tag.delivery;
             if reply.accepted {
                 self.count(reply.kind, &delivery);
@@ -541,9 +543,11 @@ impl Serving<'_, '_> {
     /// earlier deliveries to the request queue, waits for the broker's confirm, then acks the
     /// original. A copy the broker refuses (a nack, or a closed channel) leaves the request
     /// handled here instead, so that nothing loops.
-    pub(super) fn requeue(&mut self, delivery: Delivery, attempts: u64) -> Result<(), Error> {
-        let properties =
-            redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
+    pub(super) fn requeue(&mut self, mut delivery: Delivery, attempts: u64) -> Result<(), Error> {
+        let login = self.broker.login;
+        let properties = Properties::lend(&mut delivery.properties, |p| {
+            redelivery::requeued_properties(p, attempts, login)
+        });
         let queue = self.server.options.queue.as_str();
         let broker = requeue::Broker {
             connection: &mut *self.broker.connection,
@@ -587,5 +591,18 @@ impl Serving<'_, '_> {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+/// The AMQP library's publisher confirm in our own terms, for the bookkeeping.
+fn broker_confirm(confirm: Confirm) -> BrokerConfirm {
+    let (payload, accepted) = match confirm {
+        Confirm::Ack(payload) => (payload, true),
+        Confirm::Nack(payload) => (payload, false),
+    };
+    BrokerConfirm {
+        sequence: payload.delivery_tag,
+        multiple: payload.multiple,
+        accepted,
     }
 }

@@ -7,10 +7,10 @@
 //! thread.
 
 use crate::handler::{Handler, Reply, Request};
-use amiquip::{AmqpProperties, Delivery};
+use amiquip::Delivery;
 use crossbeam_channel::{Receiver, Sender};
 use rpc_client::wire::{self, ErrorCode};
-use rpc_client::TraceContext;
+use rpc_client::{Properties, ReadProperties, TraceContext};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,11 +78,11 @@ impl Workers {
                 .spawn(move || {
                     for Job {
                         generation,
-                        delivery,
+                        mut delivery,
                     } in queue
                     {
                         let started = Instant::now();
-                        let (reply, trace) = handle(handler.as_ref(), &delivery, start_traces);
+                        let (reply, trace) = handle(handler.as_ref(), &mut delivery, start_traces);
                         let done = Done {
                             generation,
                             delivery,
@@ -124,12 +124,12 @@ impl Workers {
     /// Hands `delivery`, which came on connection `generation`, to a free worker; its reply
     /// comes out of [`Workers::done`]. With one worker it is handled here and now, and its
     /// reply returned.
-    pub(crate) fn submit(&mut self, generation: u64, delivery: Delivery) -> Option<Done> {
+    pub(crate) fn submit(&mut self, generation: u64, mut delivery: Delivery) -> Option<Done> {
         if let Some(handler) = &self.inline {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
             let started = Instant::now();
-            let (reply, trace) = handle(handler.as_ref(), &delivery, self.start_traces);
+            let (reply, trace) = handle(handler.as_ref(), &mut delivery, self.start_traces);
             return Some(Done {
                 generation,
                 delivery,
@@ -163,28 +163,35 @@ impl Workers {
 /// a panic becomes an `internal` error reply.
 fn handle(
     handler: &dyn Handler,
-    delivery: &Delivery,
+    delivery: &mut Delivery,
     start_traces: bool,
 ) -> (Reply, Option<TraceContext>) {
-    let trace = server_span(&delivery.properties, start_traces);
-    let request = Request {
-        body: &delivery.body,
-        properties: &delivery.properties,
-        trace: trace.as_ref(),
-    };
-    let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
-        log::error!("the handler panicked; answering with an internal error reply");
-        Reply::refuse(
-            ErrorCode::Internal,
-            "the server failed while handling the request",
-        )
-    });
-    (reply, trace)
+    let body = &delivery.body;
+    Properties::lend(&mut delivery.properties, |properties| {
+        let trace = server_span(properties, start_traces);
+        let request = Request {
+            body,
+            properties,
+            trace: trace.as_ref(),
+        };
+        let reply =
+            catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
+                log::error!("the handler panicked; answering with an internal error reply");
+                Reply::refuse(
+                    ErrorCode::Internal,
+                    "the server failed while handling the request",
+                )
+            });
+        (reply, trace)
+    })
 }
 
 /// The server's span of a request with `properties`: a child of its trace context; when it
 /// has none or a malformed one (which is never passed on), the root of a new trace if
 /// `start_traces` (`--trace`), else none: the request is not traced.
-pub(crate) fn server_span(properties: &AmqpProperties, start_traces: bool) -> Option<TraceContext> {
+pub(crate) fn server_span(
+    properties: &impl ReadProperties,
+    start_traces: bool,
+) -> Option<TraceContext> {
     TraceContext::span_of(wire::trace_context(properties).as_ref(), start_traces)
 }

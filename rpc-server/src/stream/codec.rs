@@ -116,15 +116,15 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
     if let Some(id) = properties.correlation_id() {
         field(&mut line, "correlation_id", id);
     }
-    if let Some(headers) = properties.headers() {
+    if let Some(headers) = properties.header_entries() {
         line.extend_from_slice(b",\"headers\":{");
-        for (index, (name, value)) in headers.iter().enumerate() {
+        for (index, (name, value)) in headers.enumerate() {
             if index > 0 {
                 line.push(b',');
             }
             string(&mut line, name);
             line.push(b':');
-            string(&mut line, &wire::header_text(value));
+            string(&mut line, &wire::header_text(&value));
         }
         line.push(b'}');
     }
@@ -272,12 +272,12 @@ fn not_a_string(name: &str) -> Bad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::{AmqpProperties, AmqpValue, FieldTable};
     use rpc_client::TraceContext;
+    use rpc_client::{HeaderValue, Headers, Properties};
 
     fn request<'a>(
         body: &'a [u8],
-        properties: &'a AmqpProperties,
+        properties: &'a Properties,
         trace: &'a TraceContext,
     ) -> Request<'a> {
         Request {
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn lines_refuses_newlines_and_non_utf8() {
-        let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
+        let (properties, trace) = (Properties::default(), TraceContext::new_trace());
         let line = encode(Protocol::Lines, 1, &request(b"hi", &properties, &trace));
         assert_eq!(line.as_deref(), Ok(&b"hi\n"[..]));
         for body in [&b"a\nb"[..], b"a\rb", b"\xff"] {
@@ -312,12 +312,12 @@ mod tests {
 
     #[test]
     fn json_requests_carry_the_properties() {
-        let mut headers = FieldTable::new();
-        headers.insert("lang".into(), AmqpValue::LongString("en".into()));
-        headers.insert("n".into(), AmqpValue::LongInt(7));
-        let properties = AmqpProperties::default()
-            .with_correlation_id("c-1".into())
-            .with_content_type("text/plain".into())
+        let mut headers = Headers::new();
+        headers.insert("lang", "en");
+        headers.insert("n", HeaderValue::I32(7));
+        let properties = Properties::default()
+            .with_correlation_id("c-1")
+            .with_content_type("text/plain")
             .with_headers(headers);
         let trace = TraceContext::new_trace();
         for (body, field, expected) in [
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn json_bodies_go_as_text_unless_escaping_would_more_than_double_them() {
-        let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
+        let (properties, trace) = (Properties::default(), TraceContext::new_trace());
         let frame = |body: &[u8]| {
             let line = encode(Protocol::Json, 7, &request(body, &properties, &trace));
             let line = line.expect("json takes any body");

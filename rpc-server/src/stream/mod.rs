@@ -591,7 +591,7 @@ impl StreamHandler {
         let reply_type = limits
             .reply_content_type
             .clone()
-            .or_else(|| request.properties.content_type().clone());
+            .or_else(|| request.properties.content_type().map(String::from));
         Ok(match answer {
             Answer::Body { body, content_type } => Ok((body, content_type.or(reply_type))),
             Answer::Error(message) => Err(Reply::refuse(ErrorCode::ExecFailed, &message)),

@@ -11,7 +11,7 @@ use crate::common::server::ServerProc;
 use crate::common::{log_dir, rpc_client_bin};
 use amiquip::{AmqpProperties, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_client::wire::{self, ERROR_HEADER};
+use rpc_client::wire::ERROR_HEADER;
 use rpc_client::{ClientOptions, FibonacciRpcClient};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -105,7 +105,7 @@ fn a_server_refuses_headers_nested_as_deep_as_a_frame_allows_and_keeps_serving()
         let accepted = expected
             .remove(&id)
             .unwrap_or_else(|| panic!("reply to {id:?}?"));
-        let error = wire::header(&reply.properties, ERROR_HEADER);
+        let error = crate::common::raw_header(&reply.properties, ERROR_HEADER);
         if accepted {
             assert_eq!((error, body.as_str()), (None, "55"), "{id}");
         } else {

@@ -213,7 +213,7 @@ fn json_requests_carry_body_properties_and_the_servers_span() {
     assert!(seen.get("body").is_none(), "{seen}");
     assert_eq!(seen["content_type"], "application/octet-stream");
     assert_eq!(seen["headers"]["k"], "v", "{seen}");
-    let id = reply.properties.correlation_id().clone().expect("id");
+    let id = reply.properties.correlation_id().expect("id").to_string();
     assert_eq!(seen["correlation_id"], id.as_str());
     let traceparent = reply.header("traceparent").expect("reply traceparent");
     assert_eq!(seen["traceparent"], traceparent, "{seen}");

@@ -163,11 +163,7 @@ fn the_command_sees_the_request_in_its_environment_but_not_the_password() {
                 .with_parent(TraceContext::parse(Some(parent), None)),
         )
         .expect("call");
-    let id = reply
-        .properties
-        .correlation_id()
-        .clone()
-        .expect("correlation id");
+    let id = reply.properties.correlation_id().expect("correlation id");
     // The command's parent is the server's span: the reply's traceparent, in the caller's
     // trace.
     let traceparent = reply.header("traceparent").expect("reply traceparent");

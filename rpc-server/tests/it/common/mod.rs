@@ -26,6 +26,14 @@ pub mod served;
 pub mod server;
 
 use std::collections::HashMap;
+
+/// A string header of a message as amiquip delivered it (the tests read deliveries raw).
+pub fn raw_header<'a>(properties: &'a amiquip::AmqpProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.get(name)? {
+        amiquip::AmqpValue::LongString(s) => Some(s),
+        _ => None,
+    }
+}
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};

@@ -207,7 +207,7 @@ fn malformed_requests(reply_to: &str) -> Vec<RawRequest> {
     let bodies = malformed_bodies();
     let mut requests = Vec::new();
     for (i, (body, code)) in bodies.iter().enumerate() {
-        let mut properties = wire::request_properties(reply_to, &format!("m-{i}"));
+        let mut properties = wire::request_properties(reply_to, &format!("m-{i}")).into_amqp();
         if i % 7 == 3 {
             // Odd properties, a stray header and a timestamp without expiration: ignored.
             let mut headers = FieldTable::new();
@@ -363,7 +363,7 @@ fn collect_replies(
 }
 
 fn code_of(properties: &AmqpProperties) -> Option<&str> {
-    wire::header(properties, ERROR_HEADER)
+    crate::common::raw_header(properties, ERROR_HEADER)
 }
 
 /// Records how each raw request (and the final one) was answered and checks that no reply

@@ -4,9 +4,9 @@
 use super::{client_options, start_servers, stop_servers, Def, Scenario, CALL_TIMEOUT};
 use crate::common::caller::Caller;
 use crate::common::expected;
-use amiquip::AmqpProperties;
 use rpc_client::testing::{self, Admin, QueueGuard};
 use rpc_client::wire;
+use rpc_client::Properties;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -42,7 +42,7 @@ fn run(sc: &mut Scenario) {
             let admin = Admin::connect().expect("flood connects");
             for i in 0..FLOOD_REPLIES {
                 let id = uuid::Uuid::new_v4().to_string();
-                let (properties, body): (AmqpProperties, &[u8]) = match i % 5 {
+                let (properties, body): (Properties, &[u8]) = match i % 5 {
                     0 => (
                         wire::reply_properties(Some(&id), "impostor", None),
                         b"12345",
@@ -55,17 +55,14 @@ fn run(sc: &mut Scenario) {
                         ),
                         b"not yours",
                     ),
-                    2 => (AmqpProperties::default(), b"832040"),
+                    2 => (Properties::default(), b"832040"),
                     3 => (
-                        AmqpProperties::default().with_correlation_id(String::new()),
+                        Properties::default().with_correlation_id(String::new()),
                         b"\xff\xfe",
                     ),
                     // 252 characters: a short string holds at most 255 bytes (amiquip does not
                     // check, and the broker closes the connection on a longer one).
-                    _ => (
-                        AmqpProperties::default().with_correlation_id(id.repeat(7)),
-                        b"",
-                    ),
+                    _ => (Properties::default().with_correlation_id(id.repeat(7)), b""),
                 };
                 admin
                     .publish(&reply_queue, body, properties)

@@ -80,11 +80,11 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
             .expect("correlation id echoed");
         if id == requests.len() - 1 {
             assert_eq!(body, b"6765");
-            assert_eq!(wire::header(properties, ERROR_HEADER), None);
+            assert_eq!(crate::common::raw_header(properties, ERROR_HEADER), None);
         } else {
             let (request, code) = bad[id];
             assert_eq!(
-                wire::header(properties, ERROR_HEADER),
+                crate::common::raw_header(properties, ERROR_HEADER),
                 Some(code),
                 "request {request:?} got {:?}",
                 String::from_utf8_lossy(body)
@@ -95,7 +95,10 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
                 "{message:?}"
             );
         }
-        assert_eq!(wire::header(properties, SERVER_HEADER), Some("strict"));
+        assert_eq!(
+            crate::common::raw_header(properties, SERVER_HEADER),
+            Some("strict")
+        );
     }
     // The library reports an error reply as Error::Server.
     let mut client = client(queue.name());
@@ -220,7 +223,7 @@ fn requests_past_their_deadline_are_dropped_unanswered() {
     // messages by their time in the queue, so it delivers this one.)
     let expired = wire::request_properties("nobody-listens-here", "gone")
         .with_timestamp(1_000)
-        .with_expiration("10000".into());
+        .with_expiration("10000");
     admin
         .publish(queue.name(), b"1000000", expired)
         .expect("publish");
@@ -248,7 +251,7 @@ fn skewed_clocks_do_not_drop_requests() {
     for (id, sent) in [("behind", now - 120), ("ahead", now + 120)] {
         let properties = wire::request_properties(&reply_queue, id)
             .with_timestamp(sent)
-            .with_expiration("30000".into());
+            .with_expiration("30000");
         admin
             .publish(queue.name(), b"30", properties)
             .expect("publish");

@@ -4,7 +4,7 @@
 use super::{client, server_options, start_servers, stop_all, TestServer};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, FieldTable};
 use rpc_client::testing::{self, Admin, QueueGuard};
-use rpc_client::wire::{self, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use rpc_client::wire::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use rpc_client::TraceContext;
 use rpc_client::{ClientOptions, RpcClient, RpcRequest};
 use rpc_server::{Reply, Request, ServerOptions};
@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// The trace id of a reply's `traceparent`, which must be valid.
 fn reply_trace(properties: &AmqpProperties) -> TraceContext {
-    let header = wire::header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
+    let header =
+        crate::common::raw_header(properties, TRACEPARENT_HEADER).expect("reply has a traceparent");
     TraceContext::parse(Some(header), None).expect("the reply's traceparent is valid")
 }
 
@@ -57,7 +58,7 @@ fn trace_context_goes_client_to_server_to_reply() {
         let reply = rpc
             .call(&RpcRequest::new("7").with_parent(parent.clone()))
             .expect("call");
-        let server = reply_trace(&reply.properties);
+        let server = reply_trace(reply.properties.amqp());
         let call = reply.trace.as_ref().expect("a traced call");
         assert_eq!(server.trace_id, call.trace_id);
         assert_ne!(server.span_id, call.span_id);
@@ -119,7 +120,10 @@ fn no_trace_context_unless_tracing_is_in_use() {
         String::from_utf8_lossy(&reply.body),
         format!("{}|{trace_id}", call.traceparent())
     );
-    assert_eq!(reply_trace(&reply.properties).trace_id, parent.trace_id);
+    assert_eq!(
+        reply_trace(reply.properties.amqp()).trace_id,
+        parent.trace_id
+    );
     // Asked to trace (`--trace`): each call starts a trace and sends it.
     rpc.set_trace(true);
     let reply = rpc.call(&RpcRequest::new("3")).expect("call");
@@ -137,7 +141,7 @@ fn no_trace_context_unless_tracing_is_in_use() {
     let mut rpc = rpc_client(queue.name());
     let reply = rpc.call(&RpcRequest::new("4")).expect("call");
     assert_eq!(reply.trace, None);
-    let server_span = reply_trace(&reply.properties);
+    let server_span = reply_trace(reply.properties.amqp());
     assert_eq!(
         String::from_utf8_lossy(&reply.body),
         format!("-|{}", server_span.trace_id)
@@ -207,8 +211,10 @@ fn replies_to_cases(start_traces: bool) -> HashMap<String, (Option<String>, Opti
             Ok(ConsumerMessage::Delivery(d)) => {
                 assert_eq!(d.body, b"5", "fib(5)");
                 let id = d.properties.correlation_id().clone().expect("id");
-                let header = wire::header(&d.properties, TRACEPARENT_HEADER).map(String::from);
-                let state = wire::header(&d.properties, TRACESTATE_HEADER).map(String::from);
+                let header =
+                    crate::common::raw_header(&d.properties, TRACEPARENT_HEADER).map(String::from);
+                let state =
+                    crate::common::raw_header(&d.properties, TRACESTATE_HEADER).map(String::from);
                 seen.insert(id, (header, state));
             }
             other => panic!("waiting for reply {} of 5: {other:?}", seen.len() + 1),
