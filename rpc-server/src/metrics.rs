@@ -38,7 +38,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// The labels of `rpc_server_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
-    /// answered, refused, unanswered, dropped, unconfirmed or requeued.
+    /// answered, refused, unanswered, dropped, abandoned, unconfirmed or requeued.
     outcome: &'static str,
     /// The error code of a refusal; empty (left out) otherwise.
     code: &'static str,
@@ -63,6 +63,7 @@ pub struct Metrics {
     registry: Registry,
     answered: Counter,
     dropped: Counter,
+    abandoned: Counter,
     unconfirmed: Counter,
     requeued: Counter,
     refused: [Counter; CODES.len()],
@@ -102,6 +103,7 @@ impl Metrics {
         };
         let answered = series("answered", "");
         let dropped = series("dropped", "");
+        let abandoned = series("abandoned", "");
         let unconfirmed = series("unconfirmed", "");
         let requeued = series("requeued", "");
         let refused = CODES.map(|code| series("refused", code.as_str()));
@@ -109,7 +111,8 @@ impl Metrics {
         registry.register(
             "requests",
             "Requests by outcome: answered (a result), refused (an error reply, by code), \
-             dropped (no reply_to, or the caller's deadline passed), unconfirmed (a reply the \
+             dropped (no reply_to, or the caller's deadline passed), abandoned (the caller's \
+             deadline passed while it was handled: the work was ended, no reply), unconfirmed (a reply the \
              broker refused or did not confirm; the request goes back to the queue), requeued \
              (a redelivered request re-queued with its count of attempts)",
             requests,
@@ -167,6 +170,7 @@ impl Metrics {
             registry,
             answered,
             dropped,
+            abandoned,
             unconfirmed,
             requeued,
             refused,
@@ -310,6 +314,15 @@ impl Meter {
     pub fn dropped(&self) {
         if let Some(m) = &self.0 {
             m.dropped.inc();
+        }
+    }
+
+    /// A request whose caller's deadline passed while it was handled: its work was ended, and
+    /// it was acked without a reply.
+    #[inline]
+    pub fn abandoned(&self) {
+        if let Some(m) = &self.0 {
+            m.abandoned.inc();
         }
     }
 

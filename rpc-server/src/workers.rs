@@ -15,10 +15,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A request for a worker; `generation` names the connection it came on.
+/// A request for a worker; `generation` names the connection it came on, `budget` is its
+/// caller's deadline counted from when its handling starts.
 struct Job {
     generation: u64,
     delivery: Delivery,
+    budget: Option<Duration>,
 }
 
 /// A handled request: the delivery (to ack) and its reply.
@@ -33,6 +35,10 @@ pub struct Done {
     pub took: Duration,
     /// The server's span of the request (see [`Request::trace`]).
     pub trace: TraceContext,
+    /// The request's deadline ([`Request::deadline`]) passed before the handler returned:
+    /// its caller no longer waits, and the handler ended the work then (a command killed, a
+    /// kept program restarted). Nothing is to be sent.
+    pub abandoned: bool,
 }
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
@@ -72,17 +78,10 @@ impl Workers {
                     for Job {
                         generation,
                         delivery,
+                        budget,
                     } in queue
                     {
-                        let started = Instant::now();
-                        let (reply, trace) = handle(handler.as_ref(), &delivery);
-                        let done = Done {
-                            generation,
-                            delivery,
-                            reply,
-                            took: started.elapsed(),
-                            trace,
-                        };
+                        let done = run(handler.as_ref(), generation, delivery, budget);
                         if finished.send(done).is_err() {
                             break;
                         }
@@ -113,28 +112,26 @@ impl Workers {
         self.busy
     }
 
-    /// Hands `delivery`, which came on connection `generation`, to a free worker; its reply
-    /// comes out of [`Workers::done`]. With one worker it is handled here and now, and its
-    /// reply returned.
-    pub fn submit(&mut self, generation: u64, delivery: Delivery) -> Option<Done> {
+    /// Hands `delivery`, which came on connection `generation`, to a free worker, to be
+    /// handled within `budget` (see [`Request::deadline`]); its reply comes out of
+    /// [`Workers::done`]. With one worker it is handled here and now, and its reply returned.
+    pub fn submit(
+        &mut self,
+        generation: u64,
+        delivery: Delivery,
+        budget: Option<Duration>,
+    ) -> Option<Done> {
         if let Some(handler) = &self.inline {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
-            let started = Instant::now();
-            let (reply, trace) = handle(handler.as_ref(), &delivery);
-            return Some(Done {
-                generation,
-                delivery,
-                reply,
-                took: started.elapsed(),
-                trace,
-            });
+            return Some(run(handler.as_ref(), generation, delivery, budget));
         }
         self.busy += 1;
         // The workers hold the receiver for as long as `self` lives.
         let _ = self.jobs.send(Job {
             generation,
             delivery,
+            budget,
         });
         None
     }
@@ -151,14 +148,42 @@ impl Workers {
     }
 }
 
-/// The handler's reply to `delivery`, and the server's span of it; a panic becomes an
-/// `internal` error reply.
-fn handle(handler: &dyn Handler, delivery: &Delivery) -> (Reply, TraceContext) {
+/// Handles `delivery` (see [`handle`]) with the deadline `budget` from now, and times it:
+/// abandoned when the budget was spent (the clock is read twice per request, as for the
+/// time taken alone).
+fn run(
+    handler: &dyn Handler,
+    generation: u64,
+    delivery: Delivery,
+    budget: Option<Duration>,
+) -> Done {
+    let started = Instant::now();
+    let deadline = budget.and_then(|budget| started.checked_add(budget));
+    let (reply, trace) = handle(handler, &delivery, deadline);
+    let took = started.elapsed();
+    Done {
+        generation,
+        delivery,
+        reply,
+        took,
+        trace,
+        abandoned: budget.is_some_and(|budget| took >= budget),
+    }
+}
+
+/// The handler's reply to `delivery`, whose caller waits until `deadline`, and the server's
+/// span of it; a panic becomes an `internal` error reply.
+fn handle(
+    handler: &dyn Handler,
+    delivery: &Delivery,
+    deadline: Option<Instant>,
+) -> (Reply, TraceContext) {
     let trace = server_span(&delivery.properties);
     let request = Request {
         body: &delivery.body,
         properties: &delivery.properties,
         trace: &trace,
+        deadline,
     };
     let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {
         log::error!("the handler panicked; answering with an internal error reply");

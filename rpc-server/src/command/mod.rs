@@ -74,6 +74,9 @@ pub const COMMAND_LOG: &str = "rpc_server::command";
 pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
 /// The request's `content_type`.
 pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
+/// The milliseconds the command has when it starts: until the earliest of `--exec-timeout`
+/// and its caller's deadline ([`Request::deadline`]), when it is ended.
+pub const ENV_TIMEOUT_MS: &str = "RPC_TIMEOUT_MS";
 /// The `traceparent` (W3C trace context) of the server's span of the request, under the name
 /// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
 /// never a request's header as received.
@@ -168,8 +171,9 @@ impl CommandHandler {
         let limits = &self.options;
         check_size(request, limits)?;
         let started = Instant::now();
-        let deadline = started + limits.exec_timeout;
+        let deadline = end_of_run(request, limits.exec_timeout, started);
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
+        command.env(ENV_TIMEOUT_MS, millis(deadline - started).to_string());
         // `_in_hand` is kept until the end: every way out of this function reaps the command.
         let (mut child, _in_hand) = process::spawn(&mut command).map_err(|err| {
             // Refused because the server is exiting: its request goes back to the queue.
@@ -241,6 +245,26 @@ impl CommandHandler {
             )),
         }
     }
+}
+
+/// When the work for `request` that starts at `started` is ended: at the earliest of its
+/// `exec_timeout` and the caller's deadline (the caller no longer waits then; see
+/// [`crate::workers::Done::abandoned`]).
+pub(crate) fn end_of_run(
+    request: &Request<'_>,
+    exec_timeout: Duration,
+    started: Instant,
+) -> Instant {
+    let limit = started + exec_timeout;
+    request
+        .deadline
+        .map_or(limit, |deadline| deadline.min(limit))
+}
+
+/// `time` in whole milliseconds, rounded down (what [`ENV_TIMEOUT_MS`] and the `json`
+/// requests' `timeout_ms` give).
+pub(crate) fn millis(time: Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
@@ -343,6 +367,7 @@ mod tests {
             body,
             properties: &properties,
             trace: &TraceContext::new_trace(),
+            deadline: None,
         })
     }
 
@@ -395,6 +420,39 @@ mod tests {
     }
 
     #[test]
+    fn the_caller_deadline_ends_the_command_and_the_command_sees_it() {
+        // exec timeout 2 s, the caller's deadline in 0.5 s: killed at 0.5 s.
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(500);
+        let properties = AmqpProperties::default();
+        let request = |body: &'static [u8]| Request {
+            body,
+            properties: &properties,
+            trace: &TraceContext::new_trace(),
+            deadline: Some(deadline),
+        };
+        let reply = handler("sh", &["-c", "sleep 30"]).handle(&request(b""));
+        assert_eq!(reply.error, Some(ErrorCode::ExecTimeout));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The time left when it starts: the earlier of the two bounds.
+        let script = "echo $RPC_TIMEOUT_MS";
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let reply = handler("sh", &["-c", script]).handle(&Request {
+            deadline: Some(deadline),
+            ..request(b"")
+        });
+        let ms: u64 = message(&reply).trim().parse().expect("a number");
+        assert!((1000..=1500).contains(&ms), "{ms}");
+        let reply = call(&handler("sh", &["-c", script]), b"");
+        let ms: u64 = message(&reply).trim().parse().expect("a number");
+        assert!((1500..=2000).contains(&ms), "{ms}");
+    }
+
+    #[test]
     fn floods_and_unread_stdin_do_not_deadlock() {
         let mut options = CommandOptions::new("yes", Vec::<String>::new());
         options.max_reply_bytes = 100_000;
@@ -402,6 +460,7 @@ mod tests {
             trace: &TraceContext::new_trace(),
             body: b"",
             properties: &AmqpProperties::default(),
+            deadline: None,
         });
         assert_eq!(
             reply.error,
@@ -442,6 +501,7 @@ mod tests {
             body: b"",
             properties: &properties,
             trace: &trace,
+            deadline: None,
         });
         assert_eq!(
             message(&reply),
@@ -463,6 +523,7 @@ mod tests {
             trace: &TraceContext::new_trace(),
             body: b"12345",
             properties: &AmqpProperties::default(),
+            deadline: None,
         });
         assert_eq!(reply.error, Some(ErrorCode::TooLarge));
         let missing = CommandHandler::new(CommandOptions::new("no-such-program-x", ["a"]));

@@ -3,13 +3,14 @@
 //! error reply.
 
 use super::lost;
+use super::rules::budget;
 use super::session::Session;
 use crate::error::Error;
 use crate::handler::Reply;
 use crate::redelivery::{self, MAX_DELIVERIES};
 use amiquip::{AmqpProperties, Channel, Confirm, Delivery, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rpc_client::wire::ErrorCode;
+use rpc_client::wire::{self, ErrorCode};
 use std::time::Instant;
 
 /// A channel in confirm mode for re-queued requests, and its confirms.
@@ -41,6 +42,8 @@ impl Session<'_, '_> {
         let properties =
             redelivery::requeued_properties(&delivery.properties, attempts, self.broker.login);
         let queue = self.server.options.queue.as_str();
+        // Should it be handled here after all: its caller's deadline, counted from now.
+        let budget = budget(wire::patience(&delivery.properties));
         match self.publish_confirmed(queue, &delivery.body, properties) {
             Ok(true) => {
                 log::info!(
@@ -60,7 +63,7 @@ impl Session<'_, '_> {
                     "a request came back and the broker refused (nacked) its copy with its count \
                      of attempts; handling it here (delivered {attempts} time(s) before)"
                 );
-                self.handle(delivery)
+                self.handle(delivery, budget)
             }
             Err(err) if err.channel_closed() => {
                 log::warn!(
@@ -68,7 +71,7 @@ impl Session<'_, '_> {
                      request here (delivered {attempts} time(s) before)"
                 );
                 self.requeue = None;
-                self.handle(delivery)
+                self.handle(delivery, budget)
             }
             Err(err) => Err(err),
         }

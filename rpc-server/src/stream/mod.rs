@@ -90,6 +90,28 @@ fn end_program(slot: &mut Slot, why: &str) {
     }
 }
 
+/// The caller's deadline passed with the slot's request in hand: its program is ended (out
+/// of step, as after a hang) and started again for the next request, with no pause: it did
+/// not fail. The error reply is never sent (see [`crate::workers::Done::abandoned`]).
+fn abandoned(slot: &mut Slot) -> Served {
+    let pid = slot.kept.take().map_or(0, |kept| kept.pid);
+    log::info!(
+        target: command::COMMAND_LOG,
+        "worker {} (pid {pid}): the caller's deadline passed with the request in hand; the \
+         program was ended, and is started again for the next request",
+        slot.index
+    );
+    Err(Reply::refuse(
+        ErrorCode::ExecTimeout,
+        "the caller's deadline passed",
+    ))
+}
+
+/// The time from now to `deadline` (none once past).
+fn time_left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
 /// Whether `line` is a `json` reply to an earlier request than `id` of the slot's program.
 fn earlier_reply(slot: &Slot, got: Option<u64>, id: u64) -> bool {
     let Some(first) = slot.kept.as_ref().and_then(|kept| kept.first_id) else {
@@ -270,10 +292,11 @@ impl StreamHandler {
         let limits = &self.options.command;
         command::check_size(request, limits)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode(self.options.protocol, id, request)
-            .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
         let started = Instant::now();
-        let deadline = started + limits.exec_timeout;
+        let deadline = command::end_of_run(request, limits.exec_timeout, started);
+        let protocol = self.options.protocol;
+        let frame = codec::encode(protocol, id, request, deadline - started)
+            .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
         let Some(mut taken) = self.take(deadline) else {
             return Err(Reply::refuse(
                 ErrorCode::ExecTimeout,
@@ -287,7 +310,7 @@ impl StreamHandler {
             Ok(result) => result,
             // Not this request's failure: once more, on a fresh program, with its frame made
             // again (the first one was freed once written).
-            Err(Again(why)) => match codec::encode(self.options.protocol, id, request) {
+            Err(Again(why)) => match codec::encode(protocol, id, request, time_left(deadline)) {
                 Ok(frame) => self
                     .exchange(slot, frame, id, deadline, request, true)
                     .unwrap_or_else(|Again(why)| Err(Reply::refuse(ErrorCode::ExecFailed, &why))),
@@ -412,6 +435,7 @@ impl StreamHandler {
         process::park_if_ending();
         let line = match outcome {
             Outcome::Line(line) => line,
+            Outcome::TimedOut if request.abandoned() => return Ok(abandoned(slot)),
             outcome => return self.unanswered(slot, outcome, &mut errors, last_try),
         };
         // Not sent before the program waits for its next request with nothing more written.
