@@ -424,11 +424,11 @@ mod tests {
         // exec timeout 2 s, the caller's deadline in 0.5 s: killed at 0.5 s.
         let started = Instant::now();
         let deadline = started + Duration::from_millis(500);
-        let properties = AmqpProperties::default();
+        let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
         let request = |body: &'static [u8]| Request {
             body,
             properties: &properties,
-            trace: &TraceContext::new_trace(),
+            trace: &trace,
             deadline: Some(deadline),
         };
         let reply = handler("sh", &["-c", "sleep 30"]).handle(&request(b""));

@@ -280,7 +280,12 @@ mod tests {
     #[test]
     fn lines_refuses_newlines_and_non_utf8() {
         let (properties, trace) = (AmqpProperties::default(), TraceContext::new_trace());
-        let line = encode(Protocol::Lines, 1, &request(b"hi", &properties, &trace));
+        let line = encode(
+            Protocol::Lines,
+            1,
+            &request(b"hi", &properties, &trace),
+            SECOND,
+        );
         assert_eq!(line.as_deref(), Ok(&b"hi\n"[..]));
         for body in [&b"a\nb"[..], b"a\rb", b"\xff"] {
             let refused = encode(

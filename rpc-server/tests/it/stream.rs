@@ -292,6 +292,47 @@ fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
     assert!(shown.contains("dying now"), "stderr is logged\n{shown}");
 }
 
+#[test]
+fn a_program_hung_on_an_abandoned_request_is_replaced_and_the_next_call_answered() {
+    // One worker, --exec-timeout 60: the caller gives up at 2 s.
+    let served = Kept::start(
+        "stream-abandoned",
+        &["--protocol", "lines", "--exec-timeout", "60"],
+        &["sh", "-c", SH_HANDLER],
+    );
+    assert_eq!(served.text("a"), "a");
+    let sent = Instant::now();
+    let result = served
+        .client(Duration::from_secs(2))
+        .call(&RpcRequest::new("hang"));
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "{result:?}\n{}",
+        served.server.shown()
+    );
+    // The hung program and its children are gone within 1 s of the deadline ...
+    served.wait_programs(
+        "the hung program's group to go",
+        0,
+        Duration::from_secs(3).saturating_sub(sent.elapsed()),
+    );
+    // ... and a fresh one answers the next call at once.
+    let started = Instant::now();
+    assert_eq!(served.text("b"), "b");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let shown = served.stop();
+    assert!(
+        shown.contains("the caller's deadline passed with the request in hand"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("started `").count(), 2, "{shown}");
+    assert!(!shown.contains("failure(s) in a row"), "{shown}");
+}
+
 /// A `json` handler: `garbage` is not JSON, `wrong` has another id, `error`; else an echo.
 const JSON_FAULTY: &str = "import json, sys\n\
     for line in sys.stdin:\n\
