@@ -219,6 +219,9 @@ fn json_requests_carry_body_properties_and_the_servers_span() {
     assert_eq!(seen["traceparent"], traceparent, "{seen}");
     assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
     assert!(seen["id"].is_string(), "{seen}");
+    // The time left: within the caller's 20 s (Served::call), the server's 30 s exec timeout.
+    let left = seen["timeout_ms"].as_u64().expect("timeout_ms, a number");
+    assert!((15_000..=20_000).contains(&left), "{seen}");
     served.stop();
 }
 
