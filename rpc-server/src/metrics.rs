@@ -112,9 +112,9 @@ impl Metrics {
             "requests",
             "Requests by outcome: answered (a result), refused (an error reply, by code), \
              dropped (no reply_to, or the caller's deadline passed), abandoned (the caller's \
-             deadline passed while it was handled: the work was ended, no reply), unconfirmed (a reply the \
-             broker refused or did not confirm; the request goes back to the queue), requeued \
-             (a redelivered request re-queued with its count of attempts)",
+             deadline passed while it was handled: the work was ended, no reply), unconfirmed \
+             (a reply the broker refused or did not confirm; the request goes back to the \
+             queue), requeued (a redelivered request re-queued with its count of attempts)",
             requests,
         );
         let duration = Histogram::new(DURATION_BUCKETS);
@@ -437,6 +437,7 @@ mod tests {
         meter.refused(ErrorCode::TooLarge);
         meter.unanswered(ErrorCode::BadRequest);
         meter.dropped();
+        meter.abandoned();
         meter.handled(Duration::from_millis(3));
         meter.load(2, 1, 0);
         let text = metrics.encode(true);
@@ -457,6 +458,7 @@ mod tests {
             "rpc_server_requests_total{outcome=\"unanswered\",code=\"bad-request\"} 1",
             "rpc_server_requests_total{outcome=\"unanswered\",code=\"too-large\"} 0",
             "rpc_server_requests_total{outcome=\"dropped\",code=\"\"} 1",
+            "rpc_server_requests_total{outcome=\"abandoned\",code=\"\"} 1",
             "rpc_server_request_duration_seconds_count 1",
             "rpc_server_requests_in_hand 2",
             "rpc_server_workers_busy 1",
