@@ -3,7 +3,8 @@
 //!
 //! - Exit status 0 is a reply. A non-zero status or death by a signal is an `exec-failed`
 //!   error reply, past the time limit an `exec-timeout` one, more stdout than the reply limit
-//!   a `too-large` one; their messages give the status and the last line of stderr, printable
+//!   a `too-large` one; at the caller's deadline ([`Request::deadline`]), when earlier than
+//!   the time limit, the command is killed the same way and nothing is sent; their messages give the status and the last line of stderr, printable
 //!   and bounded.
 //! - The command runs in a process group of its own; when it ends (or is ended), whatever it
 //!   left running in that group is killed too, so no request leaves processes behind. The
@@ -25,7 +26,7 @@
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
 //!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus [`INSTANCE_ENV`] in a contained server, the
 //!   request's [`ENV_CORRELATION_ID`],
-//!   [`ENV_CONTENT_TYPE`] and the trace context of the server's span ([`ENV_TRACEPARENT`],
+//!   [`ENV_CONTENT_TYPE`], its time left ([`ENV_TIMEOUT_MS`]) and the trace context of the server's span ([`ENV_TRACEPARENT`],
 //!   [`ENV_TRACESTATE`]): same trace as the request's `traceparent` (a new one when it has
 //!   none, or a malformed one), the server's span as the parent.
 //!

@@ -9,7 +9,9 @@
 //!
 //! - a program that exits or crashes with a request in hand: that request gets `exec-failed`
 //!   with the exit status and the last line of its stderr; past `--exec-timeout` its process
-//!   group is killed and the request gets `exec-timeout`; a reply over `--max-reply-bytes` is
+//!   group is killed and the request gets `exec-timeout` (at the caller's deadline, when
+//!   earlier, the same, but nothing is sent and no backoff follows: the program did not
+//!   fail); a reply over `--max-reply-bytes` is
 //!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
 //!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
 //!   program is ended (its stream is out of step) and started again for the next request,
