@@ -252,17 +252,37 @@ pub fn request_properties_with_deadline(
 /// clock, so skewed clocks never make a server drop requests whose caller still waits.
 pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(300);
 
-/// Has the caller of this request surely given up? True when it carries `timestamp` and
-/// `expiration` and that deadline passed more than [`CLOCK_SKEW_TOLERANCE`] ago by our clock
-/// (the timestamp's second counts as a whole). False for requests without both properties,
-/// such as the tutorial clients'. Requests that wait in the queue need no such check: the
-/// broker drops them at their `expiration` without comparing clocks.
-pub fn deadline_passed(properties: &(impl ReadProperties + ?Sized)) -> bool {
-    let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
-        return false;
+/// How long the caller of a request still waits, as a server that has just taken it can
+/// tell ([`patience`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    /// No deadline: the request has no usable `expiration` (tutorial clients send none).
+    Unbounded,
+    /// The caller waits at most this long from now.
+    Left(Duration),
+    /// The caller has surely given up (see [`deadline_passed`]).
+    Gone,
+}
+
+/// How long the caller of a request with `properties` still waits, counted from now, never
+/// less than it really does whatever the clocks of caller and server say. Two bounds, the
+/// smaller wins:
+/// - its `expiration` counted from now: the caller started waiting before the request was
+///   taken, so it waits no longer than that; no clock is compared;
+/// - its `timestamp` plus `expiration` (the timestamp's second counting as a whole), by our
+///   clock, plus [`CLOCK_SKEW_TOLERANCE`]: the clocks are judged to agree when they are less
+///   than that apart, the rule that already drops late requests. This bound is the smaller
+///   only for a request held longer than the tolerance (in a server's prefetch, or
+///   redelivered after a server died); a timestamp in our future (a caller's clock ahead)
+///   never shortens the first bound.
+///
+/// [`Patience::Unbounded`] without a numeric `expiration`.
+pub fn patience(properties: &(impl ReadProperties + ?Sized)) -> Patience {
+    let Some(expiration_ms) = properties.expiration().and_then(|e| e.parse::<u64>().ok()) else {
+        return Patience::Unbounded;
     };
-    let Ok(expiration_ms) = expiration.parse::<u64>() else {
-        return false;
+    let Some(sent) = properties.timestamp() else {
+        return Patience::Left(Duration::from_millis(expiration_ms));
     };
     let tolerance_ms = CLOCK_SKEW_TOLERANCE.as_millis() as u64;
     let deadline_ms = sent
@@ -270,7 +290,19 @@ pub fn deadline_passed(properties: &(impl ReadProperties + ?Sized)) -> bool {
         .saturating_mul(1000)
         .saturating_add(expiration_ms)
         .saturating_add(tolerance_ms);
-    unix_millis() > deadline_ms
+    match deadline_ms.checked_sub(unix_millis()) {
+        None | Some(0) => Patience::Gone,
+        Some(left) => Patience::Left(Duration::from_millis(left.min(expiration_ms))),
+    }
+}
+
+/// Has the caller of this request surely given up? True when it carries `timestamp` and
+/// `expiration` and that deadline passed more than [`CLOCK_SKEW_TOLERANCE`] ago by our clock
+/// (the timestamp's second counts as a whole). False for requests without both properties,
+/// such as the tutorial clients'. Requests that wait in the queue need no such check: the
+/// broker drops them at their `expiration` without comparing clocks.
+pub fn deadline_passed(properties: &(impl ReadProperties + ?Sized)) -> bool {
+    patience(properties) == Patience::Gone
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -478,6 +510,37 @@ mod tests {
             &request_properties("q", "id").with_timestamp(1_000)
         ));
         assert!(!deadline_passed(&request_properties("q", "id")));
+    }
+
+    #[test]
+    fn patience_is_never_shorter_than_the_caller_waits() {
+        let ms = Duration::from_millis;
+        let now = unix_millis() / 1000;
+        let with = |sent: Option<u64>, expiration: &str| {
+            let properties = request_properties("q", "id").with_expiration(expiration);
+            patience(&sent.map_or(properties.clone(), |s| properties.with_timestamp(s)))
+        };
+        // No expiration (tutorial clients), or one that is not a number: no deadline.
+        assert_eq!(
+            patience(&request_properties("q", "id")),
+            Patience::Unbounded
+        );
+        assert_eq!(with(Some(now), "soon"), Patience::Unbounded);
+        // The expiration counted from now, with or without a timestamp.
+        assert_eq!(with(None, "10000"), Patience::Left(ms(10_000)));
+        assert_eq!(with(Some(now), "10000"), Patience::Left(ms(10_000)));
+        // Clocks apart by 5 s or 120 s either way: the whole expiration still.
+        for skew in [5, 120] {
+            assert_eq!(with(Some(now - skew), "10000"), Patience::Left(ms(10_000)));
+            assert_eq!(with(Some(now + skew), "10000"), Patience::Left(ms(10_000)));
+        }
+        // Held longer than the tolerance: what is left of it.
+        let tolerance = CLOCK_SKEW_TOLERANCE.as_secs();
+        match with(Some(now - tolerance - 5), "10000") {
+            Patience::Left(left) => assert!(left > ms(5_000) && left <= ms(6_000), "{left:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(with(Some(1_000), "10000"), Patience::Gone);
     }
 
     #[test]

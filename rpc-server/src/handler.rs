@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 /// at high request rates writing it is a large share of the server's own CPU time.
 pub const REQUEST_LOG: &str = "rpc_server::request";
 
+/// From this n on, Fibonacci checks the request's deadline (fib(n) takes a millisecond or
+/// more; below it, the check would cost more than it saves).
+pub const LARGE_N: u64 = 100_000;
+
 /// log10 of the golden ratio: fib(n) has about `n * LOG10_PHI` decimal digits.
 const LOG10_PHI: f64 = 0.208_987_640_249_978_7;
 
@@ -38,9 +42,28 @@ pub struct Request<'a> {
     /// `traceparent`; for a request without one (or with a malformed one), the root of a new
     /// trace with `--trace`, else `None`. Its `traceparent` goes on the reply.
     pub trace: Option<&'a TraceContext>,
+    /// When the caller stops waiting ([`Request::deadline`]); `None` for no deadline.
+    pub deadline: Option<Instant>,
 }
 
 impl Request<'_> {
+    /// When the caller stops waiting, by this server's clock: from the request's `expiration`
+    /// (and `timestamp`), never earlier than the caller really gives up whatever the clocks
+    /// say (see [`wire::patience`]). `None` for a request without `expiration` (the tutorial
+    /// clients'). Past it no reply is sent: the request is acked and counted as abandoned.
+    /// A handler that computes long checks it and stops early (its reply does not matter
+    /// then); the command handlers end their command there.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the caller has stopped waiting (always false without a deadline). Reads the
+    /// clock when there is a deadline.
+    pub fn abandoned(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
     /// A string header of the request, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         wire::header(self.properties, name)
@@ -164,7 +187,12 @@ pub struct Fibonacci {
 impl Handler for Fibonacci {
     fn handle(&self, request: &Request<'_>) -> Reply {
         let started = Instant::now();
-        let (n, body, error) = fib_answer(request.body, self.max_n, self.max_reply_bytes);
+        let (n, body, error) = fib_answer(
+            request.body,
+            self.max_n,
+            self.max_reply_bytes,
+            request.deadline,
+        );
         if let Some(n) = n {
             request.log(format_args!(" [.] fib({n})"), error, started.elapsed());
         }
@@ -185,15 +213,18 @@ impl Handler for Fibonacci {
 /// answered, never an error of the server. A reply too large for the broker is never sent: it
 /// would close the channel and bring the request back again and again.
 pub fn fib_reply(body: &[u8], max_n: u64, max_reply_bytes: usize) -> (Vec<u8>, Option<ErrorCode>) {
-    let (_, body, error) = fib_answer(body, max_n, max_reply_bytes);
+    let (_, body, error) = fib_answer(body, max_n, max_reply_bytes, None);
     (body, error)
 }
 
-/// [`fib_reply`], with n when the body is a valid request.
+/// [`fib_reply`], with n when the body is a valid request. From [`LARGE_N`] on, the
+/// `deadline` is checked before fib(n) is computed and before it is written in decimal (the
+/// two long steps): past it the caller is gone and nothing more is computed.
 fn fib_answer(
     body: &[u8],
     max_n: u64,
     max_reply_bytes: usize,
+    deadline: Option<Instant>,
 ) -> (Option<u64>, Vec<u8>, Option<ErrorCode>) {
     let too_large = |n: u64, digits: String| {
         let message = format!(
@@ -209,7 +240,21 @@ fn fib_answer(
             if estimate > max_reply_bytes as f64 + 1.0 {
                 return too_large(n, format!("about {estimate:.0}"));
             }
-            match fib::fib_decimal(n) {
+            let past = |deadline: Option<Instant>| {
+                n >= LARGE_N && deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            };
+            let gone = || {
+                let message = format!("fib({n}) not computed: the caller's deadline passed");
+                (Some(n), message.into_bytes(), Some(ErrorCode::Internal))
+            };
+            if past(deadline) {
+                return gone();
+            }
+            let value = fib::fib(n);
+            if past(deadline) {
+                return gone();
+            }
+            match value.to_string() {
                 value if value.len() > max_reply_bytes => too_large(n, value.len().to_string()),
                 value => (Some(n), value.into_bytes(), None),
             }
@@ -246,12 +291,28 @@ mod tests {
     }
 
     #[test]
+    fn fibonacci_stops_at_the_deadline_for_large_n() {
+        let past = Some(Instant::now());
+        let (message, code) = {
+            let (_, body, code) = fib_answer(b"1000000", u64::MAX, 1 << 20, past);
+            (String::from_utf8_lossy(&body).into_owned(), code)
+        };
+        assert_eq!(code, Some(ErrorCode::Internal));
+        assert!(message.contains("deadline passed"), "{message}");
+        // Small n are computed whatever the deadline; a deadline ahead changes nothing.
+        assert_eq!(fib_answer(b"30", 100, 1000, past).1, b"832040");
+        let ahead = Instant::now().checked_add(Duration::from_secs(60));
+        assert_eq!(fib_answer(b"100000", u64::MAX, 1 << 20, ahead).2, None);
+    }
+
+    #[test]
     fn closures_and_fibonacci_are_handlers() {
         let properties = Properties::default();
         let request = Request {
             body: b"10",
             properties: &properties,
             trace: Some(&TraceContext::new_trace()),
+            deadline: None,
         };
         let fib = Fibonacci {
             max_n: 100,

@@ -38,7 +38,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// The labels of `rpc_server_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
-    /// answered, refused, unanswered, dropped, unconfirmed or requeued.
+    /// answered, refused, unanswered, dropped, abandoned, unconfirmed or requeued.
     outcome: &'static str,
     /// The error code of a refusal; empty (left out) otherwise.
     code: &'static str,
@@ -63,6 +63,7 @@ pub struct Metrics {
     registry: Registry,
     answered: Counter,
     dropped: Counter,
+    abandoned: Counter,
     unconfirmed: Counter,
     requeued: Counter,
     refused: [Counter; CODES.len()],
@@ -102,6 +103,7 @@ impl Metrics {
         };
         let answered = series("answered", "");
         let dropped = series("dropped", "");
+        let abandoned = series("abandoned", "");
         let unconfirmed = series("unconfirmed", "");
         let requeued = series("requeued", "");
         let refused = CODES.map(|code| series("refused", code.as_str()));
@@ -109,9 +111,10 @@ impl Metrics {
         registry.register(
             "requests",
             "Requests by outcome: answered (a result), refused (an error reply, by code), \
-             dropped (no reply_to, or the caller's deadline passed), unconfirmed (a reply the \
-             broker refused or did not confirm; the request goes back to the queue), requeued \
-             (a redelivered request re-queued with its count of attempts)",
+             dropped (no reply_to, or the caller's deadline passed), abandoned (the caller's \
+             deadline passed while it was handled: the work was ended, no reply), unconfirmed \
+             (a reply the broker refused or did not confirm; the request goes back to the \
+             queue), requeued (a redelivered request re-queued with its count of attempts)",
             requests,
         );
         let duration = Histogram::new(DURATION_BUCKETS);
@@ -167,6 +170,7 @@ impl Metrics {
             registry,
             answered,
             dropped,
+            abandoned,
             unconfirmed,
             requeued,
             refused,
@@ -313,6 +317,15 @@ impl Meter {
         }
     }
 
+    /// A request whose caller's deadline passed while it was handled: its work was ended, and
+    /// it was acked without a reply.
+    #[inline]
+    pub fn abandoned(&self) {
+        if let Some(m) = &self.0 {
+            m.abandoned.inc();
+        }
+    }
+
     /// `count` replies the broker refused or never confirmed.
     #[inline]
     pub fn unconfirmed(&self, count: usize) {
@@ -424,6 +437,7 @@ mod tests {
         meter.refused(ErrorCode::TooLarge);
         meter.unanswered(ErrorCode::BadRequest);
         meter.dropped();
+        meter.abandoned();
         meter.handled(Duration::from_millis(3));
         meter.load(2, 1, 0);
         let text = metrics.encode(true);
@@ -444,6 +458,7 @@ mod tests {
             "rpc_server_requests_total{outcome=\"unanswered\",code=\"bad-request\"} 1",
             "rpc_server_requests_total{outcome=\"unanswered\",code=\"too-large\"} 0",
             "rpc_server_requests_total{outcome=\"dropped\",code=\"\"} 1",
+            "rpc_server_requests_total{outcome=\"abandoned\",code=\"\"} 1",
             "rpc_server_request_duration_seconds_count 1",
             "rpc_server_requests_in_hand 2",
             "rpc_server_workers_busy 1",

@@ -14,7 +14,7 @@ pub(crate) mod stderr;
 
 use crate::handler::{Reply, Request};
 use rpc_client::wire::ErrorCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Log target of the commands' stderr lines.
 pub const COMMAND_LOG: &str = "rpc_server::command";
@@ -24,6 +24,10 @@ pub const ENV_CORRELATION_ID: &str = "RPC_CORRELATION_ID";
 
 /// The request's `content_type`.
 pub const ENV_CONTENT_TYPE: &str = "RPC_CONTENT_TYPE";
+
+/// The milliseconds the command has when it starts: until the earliest of `--exec-timeout`
+/// and its caller's deadline ([`Request::deadline`]), when it is ended.
+pub const ENV_TIMEOUT_MS: &str = "RPC_TIMEOUT_MS";
 
 /// The `traceparent` (W3C trace context) of the server's span of the request, under the name
 /// OpenTelemetry uses for environment variables: the request's trace, the server's span id;
@@ -40,6 +44,26 @@ pub const LINGER: Duration = Duration::from_millis(150);
 
 /// How long past `--exec-timeout` a run may take, to kill and reap the command.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(6);
+
+/// When the work for `request` that starts at `started` is ended: at the earliest of its
+/// `exec_timeout` and the caller's deadline (the caller no longer waits then; see
+/// [`crate::server::workers::Done::abandoned`]).
+pub(crate) fn end_of_run(
+    request: &Request<'_>,
+    exec_timeout: Duration,
+    started: Instant,
+) -> Instant {
+    let limit = started + exec_timeout;
+    request
+        .deadline
+        .map_or(limit, |deadline| deadline.min(limit))
+}
+
+/// `time` in whole milliseconds, rounded down (what [`ENV_TIMEOUT_MS`] and the `json`
+/// requests' `timeout_ms` give).
+pub(crate) fn millis(time: Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// A request body over `--max-request-bytes` is refused (`too-large`) before it reaches a
 /// program, per request (`-- CMD`) or kept (`--protocol lines|json`).

@@ -3,7 +3,8 @@
 //!
 //! - Exit status 0 is a reply. A non-zero status or death by a signal is an `exec-failed`
 //!   error reply, past the time limit an `exec-timeout` one, more stdout than the reply limit
-//!   a `too-large` one; their messages give the status and the last line of stderr, printable
+//!   a `too-large` one; at the caller's deadline ([`Request::deadline`]), when earlier than
+//!   the time limit, the command is killed the same way and nothing is sent; their messages give the status and the last line of stderr, printable
 //!   and bounded.
 //! - The command runs in a process group of its own; when it ends (or is ended), whatever it
 //!   left running in that group is killed too, so no request leaves processes behind. The
@@ -25,10 +26,10 @@
 //! - Its environment is the server's, without the broker credentials (`AMQP_URI`,
 //!   `AMQP_PASSWORD`, `AMQP_PASSWORD_FILE`), plus [`INSTANCE_ENV`] in a contained server, the
 //!   request's [`ENV_CORRELATION_ID`],
-//!   [`ENV_CONTENT_TYPE`] and, when the request is traced, the trace context of the server's
-//!   span ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]): same trace as the request's
-//!   `traceparent`, the server's span as the parent. A request without one (or with a
-//!   malformed one) sets neither, unless the server starts traces (`--trace`).
+//!   [`ENV_CONTENT_TYPE`], its time left ([`ENV_TIMEOUT_MS`]) and, when the request is traced,
+//!   the trace context of the server's span ([`ENV_TRACEPARENT`], [`ENV_TRACESTATE`]): same
+//!   trace as the request's `traceparent`, the server's span as the parent. A request without
+//!   one (or with a malformed one) sets neither, unless the server starts traces (`--trace`).
 //!
 //! ```no_run
 //! use rpc_server::command::{CommandHandler, CommandOptions};
@@ -50,14 +51,15 @@
 pub use crate::child::guardian::{guard, GUARDIAN_ENV, INSTANCE_ENV};
 pub use crate::child::process::{contain, end_all, end_orphans};
 pub use crate::child::{
-    COMMAND_LOG, ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE, LINGER,
+    COMMAND_LOG, ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TIMEOUT_MS, ENV_TRACEPARENT,
+    ENV_TRACESTATE, LINGER,
 };
 
 use crate::child::pipes::{describe_status, Ended, Run};
 use crate::child::process::{end_orphans as end_orphaned, kill_group};
 use crate::child::program::{find_program, quoted};
 use crate::child::stderr::StderrLog;
-use crate::child::{check_size, process, program, reply, KILL_GRACE};
+use crate::child::{check_size, end_of_run, millis, process, program, reply, KILL_GRACE};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use rpc_client::wire::{self, ErrorCode};
@@ -145,8 +147,9 @@ impl CommandHandler {
         let limits = &self.options;
         check_size(request, limits.max_request_bytes)?;
         let started = Instant::now();
-        let deadline = started + limits.exec_timeout;
+        let deadline = end_of_run(request, limits.exec_timeout, started);
         let mut command = program::command(&self.path, &limits.program, &limits.args, request);
+        command.env(ENV_TIMEOUT_MS, millis(deadline - started).to_string());
         // `_in_hand` is kept until the end: every way out of this function reaps the command.
         let (mut child, _in_hand) = process::spawn(&mut command).map_err(|err| {
             // Refused because the server is exiting: its request goes back to the queue.
@@ -288,6 +291,7 @@ mod tests {
             body,
             properties: &properties,
             trace: None,
+            deadline: None,
         })
     }
 
@@ -340,6 +344,39 @@ mod tests {
     }
 
     #[test]
+    fn the_caller_deadline_ends_the_command_and_the_command_sees_it() {
+        // exec timeout 2 s, the caller's deadline in 0.5 s: killed at 0.5 s.
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(500);
+        let properties = Properties::default();
+        let request = |body: &'static [u8]| Request {
+            body,
+            properties: &properties,
+            trace: None,
+            deadline: Some(deadline),
+        };
+        let reply = handler("sh", &["-c", "sleep 30"]).handle(&request(b""));
+        assert_eq!(reply.error, Some(ErrorCode::ExecTimeout));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The time left when it starts: the earlier of the two bounds.
+        let script = "echo $RPC_TIMEOUT_MS";
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let reply = handler("sh", &["-c", script]).handle(&Request {
+            deadline: Some(deadline),
+            ..request(b"")
+        });
+        let ms: u64 = message(&reply).trim().parse().expect("a number");
+        assert!((1000..=1500).contains(&ms), "{ms}");
+        let reply = call(&handler("sh", &["-c", script]), b"");
+        let ms: u64 = message(&reply).trim().parse().expect("a number");
+        assert!((1500..=2000).contains(&ms), "{ms}");
+    }
+
+    #[test]
     fn floods_and_unread_stdin_do_not_deadlock() {
         let mut options = CommandOptions::new("yes", Vec::<String>::new());
         options.max_reply_bytes = 100_000;
@@ -347,6 +384,7 @@ mod tests {
             trace: None,
             body: b"",
             properties: &Properties::default(),
+            deadline: None,
         });
         assert_eq!(
             reply.error,
@@ -385,6 +423,7 @@ mod tests {
             body: b"",
             properties: &properties,
             trace: None,
+            deadline: None,
         });
         assert_eq!(message(&reply), "id-7||unset|unset|unset\n");
         // ... and with --trace, the server's span of a new trace.
@@ -393,6 +432,7 @@ mod tests {
             body: b"",
             properties: &properties,
             trace: Some(&trace),
+            deadline: None,
         });
         assert_eq!(
             message(&reply),
@@ -414,6 +454,7 @@ mod tests {
             trace: None,
             body: b"12345",
             properties: &Properties::default(),
+            deadline: None,
         });
         assert_eq!(reply.error, Some(ErrorCode::TooLarge));
         let missing = CommandHandler::new(CommandOptions::new("no-such-program-x", ["a"]));

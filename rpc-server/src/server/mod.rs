@@ -59,6 +59,9 @@ pub struct Stats {
     pub unconfirmed: u64,
     /// Requests without `reply_to`, or whose caller's deadline had passed: acked, not answered.
     pub dropped: u64,
+    /// Requests whose caller's deadline passed while they were handled: the work was ended,
+    /// the request acked, not answered.
+    pub abandoned: u64,
     /// Times the server lost its connection (or could not connect) and tried again.
     pub reconnects: u64,
 }

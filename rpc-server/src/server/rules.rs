@@ -5,7 +5,7 @@
 use crate::error::Error;
 use crate::handler::Reply;
 use crate::server::redelivery::{Redeliveries, Verdict};
-use rpc_client::wire::{self, ErrorCode};
+use rpc_client::wire::{self, ErrorCode, Patience};
 use rpc_client::ReadProperties;
 use std::time::Duration;
 
@@ -30,14 +30,15 @@ pub(super) enum Admission {
     Redelivery(Verdict),
 }
 
-/// What to do with a request with `properties`, `redelivered` or not; one to handle is
-/// recorded as started in `redeliveries`.
+/// What to do with a request with `properties`, `redelivered` or not, whose caller waits
+/// `patience` ([`wire::patience`]); one to handle is recorded as started in `redeliveries`.
 pub(super) fn admission(
     redeliveries: &mut Redeliveries,
     redelivered: bool,
     properties: &impl ReadProperties,
+    patience: Patience,
 ) -> Admission {
-    if wire::deadline_passed(properties) {
+    if patience == Patience::Gone {
         return Admission::Late;
     }
     if properties.reply_to().is_none() {
@@ -48,6 +49,16 @@ pub(super) fn admission(
         return Admission::DeepHeaders(depth);
     }
     Admission::Redelivery(redeliveries.check(redelivered, properties))
+}
+
+/// The time a request's handling has, counted from when it starts: what its caller still
+/// waits (see [`wire::patience`]); `None` for no deadline (and for a caller already gone,
+/// which [`admission`] drops before).
+pub(super) fn budget(patience: Patience) -> Option<Duration> {
+    match patience {
+        Patience::Left(left) => Some(left),
+        Patience::Unbounded | Patience::Gone => None,
+    }
 }
 
 /// `reply`, or a `too-large` error reply in its place when its body is over `max` bytes: the
@@ -100,6 +111,19 @@ mod tests {
     use super::*;
     use rpc_client::{HeaderValue, Headers, Properties};
 
+    fn admit(
+        redeliveries: &mut Redeliveries,
+        redelivered: bool,
+        properties: &Properties,
+    ) -> Admission {
+        admission(
+            redeliveries,
+            redelivered,
+            properties,
+            wire::patience(properties),
+        )
+    }
+
     fn request() -> Properties {
         Properties::default()
             .with_reply_to("callback")
@@ -109,14 +133,14 @@ mod tests {
     #[test]
     fn late_requests_and_those_without_reply_to_are_dropped() {
         let mut redeliveries = Redeliveries::default();
-        let first = admission(&mut redeliveries, false, &request());
+        let first = admit(&mut redeliveries, false, &request());
         assert_eq!(first, Admission::Redelivery(Verdict::Handle));
         // Sent at the epoch's second 1, with 1 s to live: long past.
         let late = request().with_timestamp(1).with_expiration("1000");
-        assert_eq!(admission(&mut redeliveries, false, &late), Admission::Late);
+        assert_eq!(admit(&mut redeliveries, false, &late), Admission::Late);
         let unanswerable = Properties::default().with_correlation_id("id-2");
         assert_eq!(
-            admission(&mut redeliveries, false, &unanswerable),
+            admit(&mut redeliveries, false, &unanswerable),
             Admission::NoReplyTo
         );
     }
@@ -134,23 +158,23 @@ mod tests {
         }
         let mut redeliveries = Redeliveries::default();
         let deepest = request().with_headers(nested(wire::MAX_HEADER_DEPTH));
-        let verdict = admission(&mut redeliveries, false, &deepest);
+        let verdict = admit(&mut redeliveries, false, &deepest);
         assert_eq!(verdict, Admission::Redelivery(Verdict::Handle));
         let deeper = request().with_headers(nested(wire::MAX_HEADER_DEPTH + 1));
-        let verdict = admission(&mut redeliveries, false, &deeper);
+        let verdict = admit(&mut redeliveries, false, &deeper);
         assert_eq!(verdict, Admission::DeepHeaders(wire::MAX_HEADER_DEPTH + 1));
     }
 
     #[test]
     fn redeliveries_follow_the_redelivery_rule() {
         let mut redeliveries = Redeliveries::default();
-        let again = admission(&mut redeliveries, true, &request());
+        let again = admit(&mut redeliveries, true, &request());
         assert_eq!(again, Admission::Redelivery(Verdict::Requeue(1)));
         let mut headers = Headers::new();
         headers.insert(crate::server::redelivery::ATTEMPTS_HEADER, 9_i64);
         let spent = request().with_headers(headers);
         assert!(matches!(
-            admission(&mut redeliveries, true, &spent),
+            admit(&mut redeliveries, true, &spent),
             Admission::Redelivery(Verdict::Refuse(_))
         ));
     }

@@ -3,7 +3,7 @@
 
 use super::owed::Owed;
 use super::requeue::{self, Requeue};
-use super::rules::{admission, cancel_cause, fit_reply, Admission};
+use super::rules::{admission, budget, cancel_cause, fit_reply, Admission};
 use super::{lost, stop_failed, Server, STOP_LIMIT};
 use crate::error::Error;
 use crate::handler::Reply;
@@ -220,7 +220,10 @@ impl<'c, 's> Serving<'c, 's> {
     /// worker. Only broker failures are errors; bad input is answered.
     pub(super) fn admit(&mut self, delivery: Delivery) -> Result<(), Error> {
         let redeliveries = &mut self.server.redeliveries;
-        match admission(redeliveries, delivery.redelivered, &delivery.properties) {
+        // The one clock read per request of a caller with a deadline (`timestamp`).
+        let patience = wire::patience(&delivery.properties);
+        let properties = &delivery.properties;
+        match admission(redeliveries, delivery.redelivered, properties, patience) {
             Admission::Late => {
                 log::info!("dropping a request whose caller's deadline has passed");
                 self.dropped(delivery)
@@ -246,7 +249,7 @@ impl<'c, 's> Serving<'c, 's> {
                 let trace = self.span(&delivery);
                 self.reply(delivery, reply, trace, false)
             }
-            Admission::Redelivery(Verdict::Handle) => self.handle(delivery),
+            Admission::Redelivery(Verdict::Handle) => self.handle(delivery, budget(patience)),
             Admission::Redelivery(Verdict::Refuse(why)) => self.refuse_redelivered(delivery, &why),
             Admission::Redelivery(Verdict::Requeue(attempts)) => self.requeue(delivery, attempts),
         }
@@ -259,16 +262,21 @@ impl<'c, 's> Serving<'c, 's> {
         self.ack(delivery)
     }
 
-    /// Has a request handled: by a worker thread, or here and now (then its reply is
-    /// published before this returns).
-    pub(super) fn handle(&mut self, delivery: Delivery) -> Result<(), Error> {
+    /// Has a request handled within `budget` (its caller's deadline, counted from when its
+    /// handling starts; see [`budget`]): by a worker thread, or here and now (then its reply
+    /// is published before this returns).
+    pub(super) fn handle(
+        &mut self,
+        delivery: Delivery,
+        budget: Option<Duration>,
+    ) -> Result<(), Error> {
         if self.server.long_calls && self.server.workers.inline() {
             // The call blocks this loop for as long as it runs: ack what is answered first, so
             // that a server killed during the call leaves no answered request to run again.
             self.settle_all()?;
         }
         let generation = self.server.generation;
-        match self.server.workers.submit(generation, delivery) {
+        match self.server.workers.submit(generation, delivery, budget) {
             Some(done) => self.finish(done),
             None => Ok(()),
         }
@@ -283,6 +291,7 @@ impl<'c, 's> Serving<'c, 's> {
             reply,
             took,
             trace,
+            abandoned,
         } = done;
         self.owed.handled(took);
         self.server.meter.handled(took);
@@ -293,12 +302,31 @@ impl<'c, 's> Serving<'c, 's> {
             );
             return Ok(());
         }
+        if abandoned {
+            return self.abandoned(delivery, took);
+        }
         self.reply(delivery, reply, trace, true)
     }
 
     /// The server's span of a request answered without the handler ([`server_span`]).
     pub(super) fn span(&self, delivery: &Delivery) -> Option<TraceContext> {
         server_span(&delivery.properties, self.server.options.start_traces)
+    }
+
+    /// A request whose caller's deadline passed while it was handled (the work was ended
+    /// then, see [`crate::server::workers::Done::abandoned`]): acked without a reply, nobody waits
+    /// for one; logged and counted.
+    fn abandoned(&mut self, delivery: Delivery, took: Duration) -> Result<(), Error> {
+        log::info!(
+            "abandoned a request after {:.1}s: its caller's deadline passed (the work was \
+             ended); acked, not answered",
+            took.as_secs_f64()
+        );
+        let server = &mut *self.server;
+        server.stats.abandoned += 1;
+        server.meter.abandoned();
+        server.redeliveries.finished(&delivery.properties);
+        self.ack(delivery)
     }
 
     /// Waits (a round trip at most) for the confirms of the replies published so far, and
@@ -511,12 +539,13 @@ impl<'c, 's> Serving<'c, 's> {
         }
         let stats = self.server.stats;
         log::info!(
-            "shutting down: {} answered, {} refused, {} unanswered, {} dropped, {} unconfirmed, \
-             {} reconnects",
+            "shutting down: {} answered, {} refused, {} unanswered, {} dropped, {} abandoned, \
+             {} unconfirmed, {} reconnects",
             stats.answered,
             stats.refused,
             stats.unanswered,
             stats.dropped,
+            stats.abandoned,
             stats.unconfirmed,
             stats.reconnects
         );
@@ -549,6 +578,8 @@ impl Serving<'_, '_> {
             redelivery::requeued_properties(p, attempts, login)
         });
         let queue = self.server.options.queue.as_str();
+        // Should it be handled here after all: its caller's deadline, counted from now.
+        let budget = budget(wire::patience(&delivery.properties));
         let broker = requeue::Broker {
             connection: &mut *self.broker.connection,
             watchdog: self.broker.watchdog,
@@ -579,7 +610,7 @@ impl Serving<'_, '_> {
                     "a request came back and the broker refused (nacked) its copy with its count \
                      of attempts; handling it here (delivered {attempts} time(s) before)"
                 );
-                self.handle(delivery)
+                self.handle(delivery, budget)
             }
             Err(err) if err.channel_closed() => {
                 log::warn!(
@@ -587,7 +618,7 @@ impl Serving<'_, '_> {
                      request here (delivered {attempts} time(s) before)"
                 );
                 self.requeue = None;
-                self.handle(delivery)
+                self.handle(delivery, budget)
             }
             Err(err) => Err(err),
         }

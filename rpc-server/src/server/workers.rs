@@ -15,10 +15,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A request for a worker; `generation` names the connection it came on.
+/// A request for a worker; `generation` names the connection it came on, `budget` is its
+/// caller's deadline counted from when its handling starts.
 struct Job {
     generation: u64,
     delivery: Delivery,
+    budget: Option<Duration>,
 }
 
 /// A handled request: the delivery (to ack) and its reply.
@@ -32,7 +34,11 @@ pub(crate) struct Done {
     /// How long the handler took.
     pub took: Duration,
     /// The server's span of the request, if it is traced (see [`Request::trace`]).
-    pub trace: Option<TraceContext>,
+    pub(crate) trace: Option<TraceContext>,
+    /// The request's deadline ([`Request::deadline`]) passed before the handler returned:
+    /// its caller no longer waits, and the handler ended the work then (a command killed, a
+    /// kept program restarted). Nothing is to be sent.
+    pub(crate) abandoned: bool,
 }
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
@@ -78,18 +84,12 @@ impl Workers {
                 .spawn(move || {
                     for Job {
                         generation,
-                        mut delivery,
+                        delivery,
+                        budget,
                     } in queue
                     {
-                        let started = Instant::now();
-                        let (reply, trace) = handle(handler.as_ref(), &mut delivery, start_traces);
-                        let done = Done {
-                            generation,
-                            delivery,
-                            reply,
-                            took: started.elapsed(),
-                            trace,
-                        };
+                        let done =
+                            run(handler.as_ref(), generation, delivery, budget, start_traces);
                         if finished.send(done).is_err() {
                             break;
                         }
@@ -121,28 +121,32 @@ impl Workers {
         self.busy
     }
 
-    /// Hands `delivery`, which came on connection `generation`, to a free worker; its reply
-    /// comes out of [`Workers::done`]. With one worker it is handled here and now, and its
-    /// reply returned.
-    pub(crate) fn submit(&mut self, generation: u64, mut delivery: Delivery) -> Option<Done> {
+    /// Hands `delivery`, which came on connection `generation`, to a free worker, to be
+    /// handled within `budget` (see [`Request::deadline`]); its reply comes out of
+    /// [`Workers::done`]. With one worker it is handled here and now, and its reply returned.
+    pub(crate) fn submit(
+        &mut self,
+        generation: u64,
+        delivery: Delivery,
+        budget: Option<Duration>,
+    ) -> Option<Done> {
         if let Some(handler) = &self.inline {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
-            let started = Instant::now();
-            let (reply, trace) = handle(handler.as_ref(), &mut delivery, self.start_traces);
-            return Some(Done {
+            return Some(run(
+                handler.as_ref(),
                 generation,
                 delivery,
-                reply,
-                took: started.elapsed(),
-                trace,
-            });
+                budget,
+                self.start_traces,
+            ));
         }
         self.busy += 1;
         // The workers hold the receiver for as long as `self` lives.
         let _ = self.jobs.send(Job {
             generation,
             delivery,
+            budget,
         });
         None
     }
@@ -159,11 +163,36 @@ impl Workers {
     }
 }
 
-/// The handler's reply to `delivery`, and the server's span of it if traced ([`server_span`]);
-/// a panic becomes an `internal` error reply.
+/// Handles `delivery` (see [`handle`]) with the deadline `budget` from now, and times it:
+/// abandoned when the budget was spent (the clock is read twice per request, as for the
+/// time taken alone).
+fn run(
+    handler: &dyn Handler,
+    generation: u64,
+    mut delivery: Delivery,
+    budget: Option<Duration>,
+    start_traces: bool,
+) -> Done {
+    let started = Instant::now();
+    let deadline = budget.and_then(|budget| started.checked_add(budget));
+    let (reply, trace) = handle(handler, &mut delivery, deadline, start_traces);
+    let took = started.elapsed();
+    Done {
+        generation,
+        delivery,
+        reply,
+        took,
+        trace,
+        abandoned: budget.is_some_and(|budget| took >= budget),
+    }
+}
+
+/// The handler's reply to `delivery`, whose caller waits until `deadline`, and the server's
+/// span of it if traced ([`server_span`]); a panic becomes an `internal` error reply.
 fn handle(
     handler: &dyn Handler,
     delivery: &mut Delivery,
+    deadline: Option<Instant>,
     start_traces: bool,
 ) -> (Reply, Option<TraceContext>) {
     let body = &delivery.body;
@@ -173,6 +202,7 @@ fn handle(
             body,
             properties,
             trace: trace.as_ref(),
+            deadline,
         };
         let reply =
             catch_unwind(AssertUnwindSafe(|| handler.handle(&request))).unwrap_or_else(|_| {

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use rpc_client::wire;
 use serde_json::{Map, Value};
 use std::io::Write;
+use std::time::Duration;
 
 /// What the program answered to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,15 +51,17 @@ pub(crate) fn line_limit(protocol: Protocol, max_reply_bytes: usize) -> usize {
     }
 }
 
-/// The line (with its `\n`) that carries `request` as request `id`, or why the request
-/// cannot go to the program (a `bad-request` message).
+/// The line (with its `\n`) that carries `request` as request `id`, which the program has
+/// `timeout` for (`json` gives it as `timeout_ms`), or why the request cannot go to the
+/// program (a `bad-request` message).
 pub(crate) fn encode(
     protocol: Protocol,
     id: u64,
     request: &Request<'_>,
+    timeout: Duration,
 ) -> Result<Vec<u8>, String> {
     match protocol {
-        Protocol::Json => Ok(encode_json(id, request)),
+        Protocol::Json => Ok(encode_json(id, request, timeout)),
         _ => {
             let Ok(text) = std::str::from_utf8(request.body) else {
                 return Err(
@@ -88,7 +91,7 @@ pub(crate) fn encode(
 /// would take more than twice its size (a body mostly of control characters, each written
 /// `\u00XX`): then, as a body that is not UTF-8, as `body_base64` (4/3 of its size). The frame
 /// is thus at most about twice the body, plus the properties.
-fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
+fn encode_json(id: u64, request: &Request<'_>, timeout: Duration) -> Vec<u8> {
     let body = request.body;
     let (text, size) = match std::str::from_utf8(body) {
         Ok(text) => match escaped_len(text) {
@@ -101,7 +104,11 @@ fn encode_json(id: u64, request: &Request<'_>) -> Vec<u8> {
     // The body's room, and room for the rest in the usual case.
     let mut line = Vec::with_capacity(size.saturating_add(256));
     // Writing to a Vec cannot fail.
-    let _ = write!(line, "{{\"id\":\"{id}\"");
+    let _ = write!(
+        line,
+        "{{\"id\":\"{id}\",\"timeout_ms\":{}",
+        crate::child::millis(timeout)
+    );
     match text {
         Some(text) => field(&mut line, "body", text),
         None => {
@@ -284,16 +291,29 @@ mod tests {
             body,
             properties,
             trace: Some(trace),
+            deadline: None,
         }
     }
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
     fn lines_refuses_newlines_and_non_utf8() {
         let (properties, trace) = (Properties::default(), TraceContext::new_trace());
-        let line = encode(Protocol::Lines, 1, &request(b"hi", &properties, &trace));
+        let line = encode(
+            Protocol::Lines,
+            1,
+            &request(b"hi", &properties, &trace),
+            SECOND,
+        );
         assert_eq!(line.as_deref(), Ok(&b"hi\n"[..]));
         for body in [&b"a\nb"[..], b"a\rb", b"\xff"] {
-            let refused = encode(Protocol::Lines, 1, &request(body, &properties, &trace));
+            let refused = encode(
+                Protocol::Lines,
+                1,
+                &request(body, &properties, &trace),
+                SECOND,
+            );
             assert!(refused.is_err(), "{body:?}");
         }
         let answer = decode(Protocol::Lines, 1, b"HI".to_vec(), 2);
@@ -324,11 +344,17 @@ mod tests {
             (&b"h\xc3\xa9\n"[..], "body", "hé\n"),
             (&b"\xff\x00"[..], "body_base64", "/wA="),
         ] {
-            let line = encode(Protocol::Json, 42, &request(body, &properties, &trace));
+            let line = encode(
+                Protocol::Json,
+                42,
+                &request(body, &properties, &trace),
+                SECOND,
+            );
             let line = line.expect("json takes any body");
             assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
             let value: Value = serde_json::from_slice(&line).expect("JSON");
             assert_eq!(value["id"], "42");
+            assert_eq!(value["timeout_ms"], 1000);
             assert_eq!(value[field], expected);
             assert_eq!(value["correlation_id"], "c-1");
             assert_eq!(value["content_type"], "text/plain");
@@ -342,7 +368,12 @@ mod tests {
     fn json_bodies_go_as_text_unless_escaping_would_more_than_double_them() {
         let (properties, trace) = (Properties::default(), TraceContext::new_trace());
         let frame = |body: &[u8]| {
-            let line = encode(Protocol::Json, 7, &request(body, &properties, &trace));
+            let line = encode(
+                Protocol::Json,
+                7,
+                &request(body, &properties, &trace),
+                SECOND,
+            );
             let line = line.expect("json takes any body");
             assert_eq!(line.last(), Some(&b'\n'));
             let value: Value = serde_json::from_slice(&line).expect("JSON");

@@ -9,7 +9,9 @@
 //!
 //! - a program that exits or crashes with a request in hand: that request gets `exec-failed`
 //!   with the exit status and the last line of its stderr; past `--exec-timeout` its process
-//!   group is killed and the request gets `exec-timeout`; a reply over `--max-reply-bytes` is
+//!   group is killed and the request gets `exec-timeout` (at the caller's deadline, when
+//!   earlier, the same, but nothing is sent and no backoff follows: the program did not
+//!   fail); a reply over `--max-reply-bytes` is
 //!   `too-large`, and a line that is not a reply of the protocol (garbage, a wrong id, a
 //!   second line nobody asked for) is a protocol error (`exec-failed`). In each case the
 //!   program is ended (its stream is out of step) and started again for the next request,
@@ -88,6 +90,28 @@ fn end_program(slot: &mut Slot, why: &str) {
     if slot.kept.take().map_or(0, |kept| kept.answered) == 0 {
         slot.backoff.failed(why);
     }
+}
+
+/// The caller's deadline passed with the slot's request in hand: its program is ended (out
+/// of step, as after a hang) and started again for the next request, with no pause: it did
+/// not fail. The error reply is never sent (see [`crate::server::workers::Done::abandoned`]).
+fn abandoned(slot: &mut Slot) -> Served {
+    let pid = slot.kept.take().map_or(0, |kept| kept.pid);
+    log::info!(
+        target: crate::child::COMMAND_LOG,
+        "worker {} (pid {pid}): the caller's deadline passed with the request in hand; the \
+         program was ended, and is started again for the next request",
+        slot.index
+    );
+    Err(Reply::refuse(
+        ErrorCode::ExecTimeout,
+        "the caller's deadline passed",
+    ))
+}
+
+/// The time from now to `deadline` (none once past).
+fn time_left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// Whether `line` is a `json` reply to an earlier request than `id` of the slot's program.
@@ -285,10 +309,11 @@ impl StreamHandler {
         let limits = &self.options.command;
         crate::child::check_size(request, limits.max_request_bytes)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode(self.options.protocol, id, request)
-            .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
         let started = Instant::now();
-        let deadline = started + limits.exec_timeout;
+        let deadline = crate::child::end_of_run(request, limits.exec_timeout, started);
+        let protocol = self.options.protocol;
+        let frame = codec::encode(protocol, id, request, deadline - started)
+            .map_err(|why| Reply::refuse(ErrorCode::BadRequest, &why))?;
         let Some(mut taken) = self.take(deadline) else {
             return Err(Reply::refuse(
                 ErrorCode::ExecTimeout,
@@ -302,7 +327,7 @@ impl StreamHandler {
             Ok(result) => result,
             // Not this request's failure: once more, on a fresh program, with its frame made
             // again (the first one was freed once written).
-            Err(Again(why)) => match codec::encode(self.options.protocol, id, request) {
+            Err(Again(why)) => match codec::encode(protocol, id, request, time_left(deadline)) {
                 Ok(frame) => self
                     .exchange(slot, frame, id, deadline, request, true)
                     .unwrap_or_else(|Again(why)| Err(Reply::refuse(ErrorCode::ExecFailed, &why))),
@@ -427,6 +452,7 @@ impl StreamHandler {
         process::park_if_ending();
         let line = match outcome {
             Outcome::Line(line) => line,
+            Outcome::TimedOut if request.abandoned() => return Ok(abandoned(slot)),
             outcome => return self.unanswered(slot, outcome, &mut errors, last_try),
         };
         // Not sent before the program waits for its next request with nothing more written.

@@ -219,6 +219,9 @@ fn json_requests_carry_body_properties_and_the_servers_span() {
     assert_eq!(seen["traceparent"], traceparent, "{seen}");
     assert!(traceparent.starts_with(&parent[..36]), "{traceparent}");
     assert!(seen["id"].is_string(), "{seen}");
+    // The time left: within the caller's 20 s (Served::call), the server's 30 s exec timeout.
+    let left = seen["timeout_ms"].as_u64().expect("timeout_ms, a number");
+    assert!((15_000..=20_000).contains(&left), "{seen}");
     // A request without trace context is not traced: no traceparent in the frame or reply.
     let reply = served
         .call(RpcRequest::new("plain"))
@@ -298,6 +301,47 @@ fn crash_hang_huge_reply_and_extra_lines_restart_the_program() {
     // The first start and one after each of crash, hang, big and two.
     assert_eq!(shown.matches("started `").count(), 5, "{shown}");
     assert!(shown.contains("dying now"), "stderr is logged\n{shown}");
+}
+
+#[test]
+fn a_program_hung_on_an_abandoned_request_is_replaced_and_the_next_call_answered() {
+    // One worker, --exec-timeout 60: the caller gives up at 2 s.
+    let served = Kept::start(
+        "stream-abandoned",
+        &["--protocol", "lines", "--exec-timeout", "60"],
+        &["sh", "-c", SH_HANDLER],
+    );
+    assert_eq!(served.text("a"), "a");
+    let sent = Instant::now();
+    let result = served
+        .client(Duration::from_secs(2))
+        .call(&RpcRequest::new("hang"));
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "{result:?}\n{}",
+        served.server.shown()
+    );
+    // The hung program and its children are gone within 1 s of the deadline ...
+    served.wait_programs(
+        "the hung program's group to go",
+        0,
+        Duration::from_secs(3).saturating_sub(sent.elapsed()),
+    );
+    // ... and a fresh one answers the next call at once.
+    let started = Instant::now();
+    assert_eq!(served.text("b"), "b");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let shown = served.stop();
+    assert!(
+        shown.contains("the caller's deadline passed with the request in hand"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("started `").count(), 2, "{shown}");
+    assert!(!shown.contains("failure(s) in a row"), "{shown}");
 }
 
 /// A `json` handler: `garbage` is not JSON, `wrong` has another id, `error`; else an echo.

@@ -7,10 +7,12 @@
 //!
 //! - [`replies`]: what a command's run makes of a request;
 //! - [`processes`]: nothing a command starts outlives its request or its server;
+//! - [`deadline`]: the caller's deadline ends the command, which sees its time left;
 //! - [`password`]: the broker password, out of the command's reach;
 //! - [`cli`]: `rpc-client call`, JSON logs and trace context through the binaries.
 
 mod cli;
+mod deadline;
 mod password;
 mod processes;
 mod replies;

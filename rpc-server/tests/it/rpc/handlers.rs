@@ -89,3 +89,51 @@ fn a_panicking_handler_gets_an_internal_error_reply_and_the_server_goes_on() {
     let stats = server.stop();
     assert_eq!((stats.answered, stats.refused), (1, 1), "{stats:?}");
 }
+
+#[test]
+fn a_rust_handler_sees_the_callers_deadline_and_past_it_nothing_is_sent() {
+    let queue = QueueGuard::new("rust-deadline");
+    let options = ServerOptions {
+        workers: 2,
+        ..server_options(queue.name(), "rust-deadline")
+    };
+    // "wait": works until the caller is gone; anything else: the time left in ms, or "none".
+    let handler: Arc<dyn Handler> = Arc::new(|request: &Request| {
+        if request.body == b"wait" {
+            while !request.abandoned() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return rpc_server::Reply::answer("too late");
+        }
+        let left = request
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        rpc_server::Reply::answer(left.map_or("none".into(), |d| d.as_millis().to_string()))
+    });
+    let server = TestServer::serving(options, handler);
+    let mut admin = Admin::connect().expect("admin connects");
+    admin
+        .wait_for_consumers(queue.name(), 1)
+        .expect("server consumes");
+    let caller = |timeout: Duration| {
+        rpc_client::RpcClient::connect(&rpc_client::ClientOptions {
+            brokers: vec![testing::broker()],
+            queue: queue.name().to_string(),
+            timeout,
+            ..rpc_client::ClientOptions::default()
+        })
+        .expect("client connects")
+    };
+    let reply = caller(Duration::from_secs(5))
+        .call(&rpc_client::RpcRequest::new("left?"))
+        .expect("answered");
+    let left: u64 = String::from_utf8_lossy(&reply.body)
+        .parse()
+        .expect("ms left");
+    assert!((4_000..=5_000).contains(&left), "{left}");
+    let gone = caller(Duration::from_secs(1)).call(&rpc_client::RpcRequest::new("wait"));
+    assert!(matches!(gone, Err(Error::Timeout { .. })), "{gone:?}");
+    // Nothing was sent for it: the server counts it abandoned once the handler returns.
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.abandoned), (1, 1), "{stats:?}");
+}

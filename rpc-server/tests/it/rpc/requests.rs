@@ -118,6 +118,7 @@ fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
             refused: bad.len() as u64 + 1,
             unanswered: 0,
             dropped: 1,
+            abandoned: 0,
             unconfirmed: 0,
             reconnects: 0,
         }
