@@ -152,7 +152,7 @@ impl RpcRequest {
         if let Some(content_type) = &self.content_type {
             properties = properties.with_content_type(content_type.clone());
         }
-        // No table at all when there is nothing in it: amiquip encodes an empty one too, and
+        // No table at all when there is nothing in it: the AMQP library encodes an empty one too, and
         // each property of a message costs its encoding (see the README's Failure semantics).
         if self.headers.is_empty() && trace.is_none() {
             return properties;

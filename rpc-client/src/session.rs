@@ -222,7 +222,7 @@ impl Session {
         let confirms = watchdog.bounded("to enabling publisher confirms", bound.next(), || {
             let confirms = channel.listen_for_publisher_confirms()?;
             channel.enable_publisher_confirms()?;
-            Ok(confirms)
+            Ok::<_, amiquip::Error>(confirms)
         })?;
         Ok((channel, reply_queue, replies, returns, blocked, confirms))
     }
@@ -465,7 +465,7 @@ impl Session {
                 .queue_declare_passive(queue)?
                 .declared_consumer_count();
             probe.close()?;
-            Ok(count)
+            Ok::<_, amiquip::Error>(count)
         });
         match probe {
             Ok(count) => Ok(count),

@@ -6,12 +6,10 @@
 //! a missing broker fails every test at once with one message instead of each after its
 //! own timeouts.
 
-use crate::amqp::{connect_first, LinkError};
+use crate::amqp::{connect_first, queue_options, LinkError, QueueKind};
 use crate::BrokerOptions;
 use crate::Error;
-use amiquip::{
-    AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
-};
+use amiquip::{Channel, Connection, Publish, QueueDeleteOptions};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -321,21 +319,11 @@ impl Admin {
 
     /// Declares `queue` durable: classic (rpc-server's default), or quorum.
     pub fn declare(&self, queue: &str, quorum: bool) -> Result<(), Error> {
-        let mut arguments = FieldTable::new();
-        if quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AmqpValue::LongString("quorum".into()),
-            );
-        }
-        self.channel.queue_declare(
-            queue,
-            QueueDeclareOptions {
-                durable: true,
-                arguments,
-                ..QueueDeclareOptions::default()
-            },
-        )?;
+        let kind = QueueKind {
+            durable: true,
+            quorum,
+        };
+        self.channel.queue_declare(queue, queue_options(kind))?;
         Ok(())
     }
 

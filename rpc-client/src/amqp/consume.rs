@@ -1,8 +1,15 @@
-//! Consuming queues: the client's callback queue, and subscriptions whose receiver can live
-//! beside its channel.
+//! Declaring and consuming queues: the client's callback queue, subscriptions whose receiver
+//! can live beside its channel, and rpc-server's request queue checked and declared in our own
+//! words ([`Queues`], [`QueueKind`], [`QueueState`]).
 
-use amiquip::{Channel, ConsumerMessage, ConsumerOptions, QueueDeclareOptions};
+use super::error::LinkError;
+use super::watchdog::Watchdog;
+use amiquip::{
+    AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, FieldTable,
+    QueueDeclareOptions,
+};
 use crossbeam_channel::Receiver;
+use std::time::Duration;
 
 /// Declares a callback queue (exclusive, auto-delete, named by the broker) and consumes it
 /// without acks; returns its name and the receiver of the replies that arrive on it.
@@ -49,4 +56,98 @@ pub fn consume(
     let receiver = consumer.receiver().clone();
     std::mem::forget(consumer);
     Ok(receiver)
+}
+
+/// How a queue is declared: durable or not, classic or quorum. For `rpc-server` and the test
+/// support: no stability promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueKind {
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// A quorum queue (`x-queue-type: quorum`), else a classic one.
+    pub quorum: bool,
+}
+
+/// What the broker said of a queue it found or declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready.
+    pub messages: u32,
+    /// Its consumers.
+    pub consumers: u32,
+}
+
+/// The AMQP library's declare options for a queue of `kind`: the one place that writes the
+/// quorum argument.
+pub fn queue_options(kind: QueueKind) -> QueueDeclareOptions {
+    let mut arguments = FieldTable::new();
+    if kind.quorum {
+        arguments.insert(
+            "x-queue-type".to_string(),
+            AmqpValue::LongString("quorum".to_string()),
+        );
+    }
+    QueueDeclareOptions {
+        durable: kind.durable,
+        arguments,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Checks and declares queues on `connection`, each on a channel of its own (a failed passive
+/// declare, 404, or a conflicting declare, 406, closes the channel it was sent on), each round
+/// trip bounded by `watchdog` to `limit`. The broker's refusals come back as
+/// [`LinkError::ChannelClosed`] with their code, for the caller to decide. For `rpc-server`:
+/// no stability promise.
+pub struct Queues<'a> {
+    connection: &'a mut Connection,
+    watchdog: &'a Watchdog,
+    limit: Duration,
+}
+
+impl<'a> Queues<'a> {
+    /// Queues of `connection`, whose round trips `watchdog` bounds to `limit` each.
+    pub fn new(connection: &'a mut Connection, watchdog: &'a Watchdog, limit: Duration) -> Self {
+        Queues {
+            connection,
+            watchdog,
+            limit,
+        }
+    }
+
+    /// `queue`'s state if it exists (a passive declare); a missing queue is
+    /// `ChannelClosed` with code 404.
+    pub fn check(&mut self, queue: &str) -> Result<QueueState, LinkError> {
+        self.on_own_channel("to the request queue's check", |channel| {
+            channel.queue_declare_passive(queue)
+        })
+    }
+
+    /// Declares `queue` as `kind`; one declared otherwise already is `ChannelClosed` with
+    /// code 406.
+    pub fn declare(&mut self, queue: &str, kind: QueueKind) -> Result<QueueState, LinkError> {
+        self.on_own_channel("to the request queue's declare", |channel| {
+            channel.queue_declare(queue, queue_options(kind))
+        })
+    }
+
+    /// Opens a channel, runs `declare` on it (bounded as `what`) and closes it.
+    fn on_own_channel(
+        &mut self,
+        what: &'static str,
+        declare: impl FnOnce(&Channel) -> Result<amiquip::Queue<'_>, amiquip::Error>,
+    ) -> Result<QueueState, LinkError> {
+        let (watchdog, limit) = (self.watchdog, self.limit);
+        let connection = &mut *self.connection;
+        let channel =
+            watchdog.bounded("to a channel open", limit, || connection.open_channel(None))?;
+        let state = watchdog.bounded(what, limit, || {
+            declare(&channel).map(|queue| QueueState {
+                messages: queue.declared_message_count().unwrap_or(0),
+                consumers: queue.declared_consumer_count().unwrap_or(0),
+            })
+        })?;
+        watchdog.bounded("to a channel close", limit, || channel.close())?;
+        Ok(state)
+    }
 }

@@ -12,7 +12,8 @@
 //! The documented items here use only our own types. The items that hand over the AMQP
 //! library's own (its connection and channel, its consumer messages, its errors) are hidden
 //! from the documentation: `Link`, `open_first`, `connect_first`, `consume`,
-//! `callback_queue`, `DepthGuard` and `Watchdog` are for `rpc-server`, with no stability
+//! `callback_queue`, `Queues` (with `QueueKind`, `QueueState` and `queue_options`), `DepthGuard`
+//! and `Watchdog` are for `rpc-server`, with no stability
 //! promise (see "The AMQP seam" in `rpc-client/README.md`).
 
 mod connection;
@@ -28,7 +29,7 @@ mod watchdog;
 #[doc(hidden)]
 pub use connection::{connect_first, open_first, Link};
 #[doc(hidden)]
-pub use consume::{callback_queue, consume};
+pub use consume::{callback_queue, consume, queue_options, QueueKind, QueueState, Queues};
 #[doc(hidden)]
 pub use depth::DepthGuard;
 pub use depth::{flatten_deep_headers, FLATTENED_DEPTH};

@@ -1,9 +1,9 @@
-//! Time limits on amiquip's blocking calls ([`Watchdog`]).
+//! Time limits on the AMQP library's blocking calls ([`Watchdog`]).
 //!
-//! amiquip waits for the broker's answer to a channel open, a declare, a consume, a cancel or
+//! The AMQP library waits for the broker's answer to a channel open, a declare, a consume, a cancel or
 //! a close without any limit, and its connect timeout measures silence between bytes, not the
 //! whole handshake. We open the TCP socket ourselves, so we keep a handle on it: a watchdog
-//! thread per connection shuts the socket down when an armed deadline passes. amiquip's I/O
+//! thread per connection shuts the socket down when an armed deadline passes. The library's I/O
 //! loop then fails, every call waiting on that connection returns at once, and the caller
 //! reports what it waited for ([`Watchdog::bounded`]). The connection is abandoned: the broker
 //! requeues whatever it had delivered and not been acked.
@@ -107,17 +107,21 @@ impl Watchdog {
         self.shared.lock().fired.clone()
     }
 
-    /// Runs `call` (a blocking amiquip call) with at most `limit` to answer. If the deadline
+    /// Runs `call` (a blocking call of the AMQP library, whose errors convert to
+    /// [`LinkError`]) with at most `limit` to answer. If the deadline
     /// passes, the connection is abandoned and the result is [`LinkError::Stalled`] naming `what`
     /// (worded to follow "no answer within 2.0s", e.g. "to the channel open");
     /// a connection abandoned earlier fails the call the same way. Other errors are returned
     /// as they are.
-    pub fn bounded<T>(
+    pub fn bounded<T, E>(
         &self,
         what: &'static str,
         limit: Duration,
-        call: impl FnOnce() -> Result<T, amiquip::Error>,
-    ) -> Result<T, LinkError> {
+        call: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, LinkError>
+    where
+        LinkError: From<E>,
+    {
         // One clock read and two locks per call: this wraps every publish and ack.
         self.arm_with(Instant::now() + limit, limit, Cow::Borrowed(what));
         let result = call();
@@ -201,7 +205,7 @@ mod tests {
             let mut buf = [0u8; 1];
             // Blocks until the socket is shut down, then reads end-of-file.
             let _ = reader.read(&mut buf);
-            Ok(())
+            Ok::<_, LinkError>(())
         });
         let took = started.elapsed();
         assert!(
@@ -220,7 +224,7 @@ mod tests {
         let (ours, _peer) = pair();
         let watchdog = Watchdog::new(ours).expect("watchdog");
         for _ in 0..100 {
-            let value = watchdog.bounded("quick", Duration::from_secs(5), || Ok(7));
+            let value = watchdog.bounded("quick", Duration::from_secs(5), || Ok::<_, LinkError>(7));
             assert_eq!(value.ok(), Some(7));
         }
         assert_eq!(watchdog.fired(), None);
@@ -231,7 +235,11 @@ mod tests {
         let (ours, _peer) = pair();
         let watchdog = Watchdog::new(ours).expect("watchdog");
         watchdog.abandon("stopping");
-        let result = watchdog.bounded("anything", Duration::from_secs(5), || Ok(()));
+        let result = watchdog.bounded(
+            "anything",
+            Duration::from_secs(5),
+            || Ok::<_, LinkError>(()),
+        );
         assert!(matches!(result, Err(LinkError::Stalled(_))), "{result:?}");
     }
 }

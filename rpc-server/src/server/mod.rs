@@ -34,11 +34,13 @@ use crate::metrics::Meter;
 use crate::options::{QueueType, ServerOptions};
 use crate::server::queue::ensure_queue;
 use crate::server::redelivery::Redeliveries;
-use crate::server::workers::Workers;
-use amiquip::{Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions};
+use crate::server::workers::{Delivered, Workers};
+use amiquip::{
+    Channel, Confirm, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions, Delivery,
+};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rpc_client::amqp::{consume, open_first, Link, LinkError, Reconnect, Watchdog};
-use rpc_client::wire;
+use rpc_client::amqp::{consume, open_first, Link, LinkError, Queues, Reconnect, Watchdog};
+use rpc_client::{wire, Properties};
 use serving::{Handles, Serving};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,7 +170,7 @@ struct Server<'a> {
     options: &'a ServerOptions,
     /// What the handler serves, for the log.
     description: String,
-    workers: Workers,
+    workers: Workers<Delivery>,
     /// The handler's calls may be long (it has a time limit, e.g. a command): acks are not held
     /// back while one runs on the consume loop's thread.
     long_calls: bool,
@@ -347,12 +349,12 @@ fn subscribe(
         watchdog.bounded("to enabling publisher confirms", limit, || {
             let confirms = channel.listen_for_publisher_confirms()?;
             channel.enable_publisher_confirms()?;
-            Ok(confirms)
+            Ok::<_, amiquip::Error>(confirms)
         })?
     } else {
         crossbeam_channel::never()
     };
-    ensure_queue(connection, watchdog, options, limit)?;
+    ensure_queue(&mut Queues::new(connection, watchdog, limit), options)?;
     let prefetch = options.prefetch();
     watchdog
         .bounded("to the prefetch setting (qos)", limit, || {
@@ -391,6 +393,14 @@ fn stop_failed(watchdog: &Watchdog, doing: &str, err: amiquip::Error) -> Error {
     match watchdog.fired() {
         Some(why) => LinkError::Stalled(why).into(),
         None => Error::broker(doing)(err),
+    }
+}
+
+/// The AMQP library's delivery, as the workers see it: its body, and its properties as ours.
+impl Delivered for Delivery {
+    fn lend<R>(&mut self, f: impl FnOnce(&[u8], &Properties) -> R) -> R {
+        let body = &self.body;
+        Properties::lend(&mut self.properties, |properties| f(body, properties))
     }
 }
 

@@ -41,7 +41,7 @@ impl Requeue {
                     let channel = connection.open_channel(None)?;
                     let confirms = channel.listen_for_publisher_confirms()?;
                     channel.enable_publisher_confirms()?;
-                    Ok(Requeue {
+                    Ok::<_, amiquip::Error>(Requeue {
                         channel,
                         confirms,
                         published: 0,

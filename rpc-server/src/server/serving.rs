@@ -284,7 +284,7 @@ impl<'c, 's> Serving<'c, 's> {
 
     /// A request handled (by a worker thread, or inline): its reply is published, unless it
     /// came on an earlier connection.
-    fn finish(&mut self, done: Done) -> Result<(), Error> {
+    fn finish(&mut self, done: Done<Delivery>) -> Result<(), Error> {
         let Done {
             generation,
             delivery,

@@ -7,7 +7,6 @@
 //! thread.
 
 use crate::handler::{Handler, Reply, Request};
-use amiquip::Delivery;
 use crossbeam_channel::{Receiver, Sender};
 use rpc_client::wire::{self, ErrorCode};
 use rpc_client::{Properties, ReadProperties, TraceContext};
@@ -15,20 +14,28 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A request as the broker delivered it, as the workers need it: its body and properties, lent
+/// to the handler. The AMQP library's delivery is one (see [`crate::server`]); the workers
+/// carry it back in [`Done`], to be acked.
+pub(crate) trait Delivered: Send + 'static {
+    /// Runs `f` with the body and the properties.
+    fn lend<R>(&mut self, f: impl FnOnce(&[u8], &Properties) -> R) -> R;
+}
+
 /// A request for a worker; `generation` names the connection it came on, `budget` is its
 /// caller's deadline counted from when its handling starts.
-struct Job {
+struct Job<D> {
     generation: u64,
-    delivery: Delivery,
+    delivery: D,
     budget: Option<Duration>,
 }
 
 /// A handled request: the delivery (to ack) and its reply.
-pub(crate) struct Done {
+pub(crate) struct Done<D> {
     /// The connection the request came on (see [`Workers::submit`]).
     pub generation: u64,
     /// The request.
-    pub delivery: Delivery,
+    pub delivery: D,
     /// What the handler answered.
     pub reply: Reply,
     /// How long the handler took.
@@ -43,9 +50,9 @@ pub(crate) struct Done {
 
 /// N worker threads sharing one handler. They end when the `Workers` is dropped, each after
 /// the request it is handling.
-pub(crate) struct Workers {
-    jobs: Sender<Job>,
-    done: Receiver<Done>,
+pub(crate) struct Workers<D> {
+    jobs: Sender<Job<D>>,
+    done: Receiver<Done<D>>,
     /// With one worker: the handler, run by [`Workers::submit`] itself.
     inline: Option<Arc<dyn Handler>>,
     size: usize,
@@ -54,16 +61,16 @@ pub(crate) struct Workers {
     start_traces: bool,
 }
 
-impl Workers {
+impl<D: Delivered> Workers<D> {
     /// Starts `size` threads running `handler` (none for a size of 1 or less: see the module
     /// documentation); with `start_traces`, a request without trace context gets a new trace.
     pub(crate) fn start(
         handler: Arc<dyn Handler>,
         size: usize,
         start_traces: bool,
-    ) -> std::io::Result<Workers> {
+    ) -> std::io::Result<Workers<D>> {
         let size = size.max(1);
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job<D>>();
         if size == 1 {
             return Ok(Workers {
                 jobs,
@@ -127,9 +134,9 @@ impl Workers {
     pub(crate) fn submit(
         &mut self,
         generation: u64,
-        delivery: Delivery,
+        delivery: D,
         budget: Option<Duration>,
-    ) -> Option<Done> {
+    ) -> Option<Done<D>> {
         if let Some(handler) = &self.inline {
             // Handed straight back: a trip through the done channel and the loop's select
             // cost about 1,500 instructions per request.
@@ -153,7 +160,7 @@ impl Workers {
 
     /// Handled requests, as they finish; each one received must be passed to
     /// [`Workers::finished`].
-    pub(crate) fn done(&self) -> &Receiver<Done> {
+    pub(crate) fn done(&self) -> &Receiver<Done<D>> {
         &self.done
     }
 
@@ -166,13 +173,13 @@ impl Workers {
 /// Handles `delivery` (see [`handle`]) with the deadline `budget` from now, and times it:
 /// abandoned when the budget was spent (the clock is read twice per request, as for the
 /// time taken alone).
-fn run(
+fn run<D: Delivered>(
     handler: &dyn Handler,
     generation: u64,
-    mut delivery: Delivery,
+    mut delivery: D,
     budget: Option<Duration>,
     start_traces: bool,
-) -> Done {
+) -> Done<D> {
     let started = Instant::now();
     let deadline = budget.and_then(|budget| started.checked_add(budget));
     let (reply, trace) = handle(handler, &mut delivery, deadline, start_traces);
@@ -191,12 +198,11 @@ fn run(
 /// span of it if traced ([`server_span`]); a panic becomes an `internal` error reply.
 fn handle(
     handler: &dyn Handler,
-    delivery: &mut Delivery,
+    delivery: &mut impl Delivered,
     deadline: Option<Instant>,
     start_traces: bool,
 ) -> (Reply, Option<TraceContext>) {
-    let body = &delivery.body;
-    Properties::lend(&mut delivery.properties, |properties| {
+    delivery.lend(|body, properties| {
         let trace = server_span(properties, start_traces);
         let request = Request {
             body,
