@@ -3,7 +3,9 @@
 //! group of its own, killed, reaped, and the subreaper's orphans (`process`, `kill`); the
 //! guardian process that ends them if the server dies (`guardian`); finding a program and the
 //! environment it gets (`program`); stderr to the log (`stderr`); the `poll` loop over a
-//! run's pipes with its size and time bounds (`pipes`).
+//! run's pipes with its size and time bounds, and the non-blocking writes to stdin and reads
+//! of stdout both use (`pipes`); the handlers' set-up: the size check, the time limit, the
+//! reply's content type and the refusal's log line ([`reply`]).
 
 pub(crate) mod guardian;
 mod kill;
@@ -79,6 +81,16 @@ pub(crate) fn check_size(request: &Request<'_>, max_request_bytes: usize) -> Res
             max_request_bytes
         ),
     ))
+}
+
+/// A reply's content type: `configured` (`--reply-content-type`), else the request's.
+pub(crate) fn reply_content_type(
+    configured: &Option<String>,
+    request: &Request<'_>,
+) -> Option<String> {
+    configured
+        .clone()
+        .or_else(|| request.properties.content_type().map(String::from))
 }
 
 /// The reply of a command's handler (`-- CMD`, `--protocol lines|json`): the body with its

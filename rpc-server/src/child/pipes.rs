@@ -1,6 +1,7 @@
 //! One running command's pipes, served by one `poll` loop on the calling thread ([`Run`]):
 //! the request body to stdin, stdout (at most the reply limit) and stderr (to the log), until
-//! the command exits or its time is up.
+//! the command exits or its time is up; and the non-blocking stdin write and stdout read that
+//! it and a kept program share ([`write_stdin`], [`read_stdout`]).
 
 use super::process::{self, end_orphans, kill_group};
 use super::stderr::StderrLog;
@@ -230,54 +231,30 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Writes what the pipe takes of the rest of `body`; closes stdin when all is written, or
-    /// when the command closed its end (it need not read its stdin).
+    /// Writes what the pipe takes of the rest of `body` ([`write_stdin`]); closes stdin when
+    /// all is written (a command closing its end need not read its stdin).
     fn write_stdin(&mut self, body: &[u8]) {
-        let Some(stdin) = self.stdin.as_mut() else {
-            return;
-        };
-        match stdin.write(body.get(self.written..).unwrap_or_default()) {
-            Ok(written) => {
-                self.written += written;
-                if self.written >= body.len() {
-                    self.stdin = None;
-                }
-            }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => self.stdin = None,
+        self.written += write_stdin(
+            &mut self.stdin,
+            body.get(self.written..).unwrap_or_default(),
+        );
+        if self.written >= body.len() {
+            self.stdin = None;
         }
     }
 
-    /// Reads what stdout holds; an error of kind `FileTooLarge` past `limit` bytes.
+    /// Reads what stdout holds ([`read_stdout`]); an error of kind `FileTooLarge` past `limit`
+    /// bytes.
     fn read_stdout(&mut self, limit: usize) -> io::Result<()> {
-        let Some(stdout) = self.stdout.as_mut() else {
-            return Ok(());
-        };
         let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match stdout.read(&mut chunk) {
-                Ok(0) => {
-                    self.stdout = None;
-                    return Ok(());
-                }
-                Ok(read) => {
-                    if self.output.len() + read > limit {
-                        return Err(io::Error::new(
-                            io::ErrorKind::FileTooLarge,
-                            "too much output",
-                        ));
-                    }
-                    self.output.extend_from_slice(&chunk[..read]);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
+        read_stdout(&mut self.stdout, &mut chunk, &mut self.output, limit)?;
+        if self.output.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "too much output",
+            ));
         }
+        Ok(())
     }
 
     /// Kills the command's group and reaps the command; `why` is how the run ended.
@@ -288,6 +265,63 @@ impl<'a> Run<'a> {
         }
         why
     }
+}
+
+/// Writes what a child's non-blocking `stdin` takes of `data`: how many bytes, 0 when the pipe
+/// is full. A pipe the child closed (or that fails) is dropped: the child gets no more. For a
+/// command's body ([`Run`]) and a kept program's requests.
+pub(crate) fn write_stdin(stdin: &mut Option<ChildStdin>, data: &[u8]) -> usize {
+    let Some(pipe) = stdin.as_mut() else {
+        return 0;
+    };
+    match pipe.write(data) {
+        Ok(written) => written,
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            0
+        }
+        Err(_) => {
+            *stdin = None;
+            0
+        }
+    }
+}
+
+/// Reads what a child's non-blocking `stdout` holds into `into` through `chunk`, until a read
+/// leaves the pipe empty (one shorter than `chunk`: no read that finds nothing) or `into` is
+/// over `limit` bytes; `true` when stdout is closed (then dropped). For a command's output
+/// ([`Run`]) and a kept program's replies.
+pub(crate) fn read_stdout(
+    stdout: &mut Option<ChildStdout>,
+    chunk: &mut [u8],
+    into: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<bool> {
+    let Some(pipe) = stdout.as_mut() else {
+        return Ok(true);
+    };
+    while into.len() <= limit {
+        match pipe.read(chunk) {
+            Ok(0) => {
+                *stdout = None;
+                return Ok(true);
+            }
+            Ok(read) => {
+                into.extend_from_slice(chunk.get(..read).unwrap_or_default());
+                if read < chunk.len() {
+                    return Ok(false);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(false)
 }
 
 /// Waits up to `timeout` (rounded up to whole milliseconds) for one of `fds` to be ready

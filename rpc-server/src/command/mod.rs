@@ -59,7 +59,9 @@ use crate::child::pipes::{describe_status, Ended, Run};
 use crate::child::process::{end_orphans as end_orphaned, kill_group};
 use crate::child::program::{find_program, quoted};
 use crate::child::stderr::StderrLog;
-use crate::child::{check_size, end_of_run, millis, process, program, reply, KILL_GRACE};
+use crate::child::{
+    check_size, end_of_run, millis, process, program, reply, reply_content_type, KILL_GRACE,
+};
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
 use rpc_client::wire::{self, ErrorCode};
@@ -250,11 +252,7 @@ fn serve_pipes(
 
 impl Handler for CommandHandler {
     fn handle(&self, request: &Request<'_>) -> Reply {
-        let content_type = self
-            .options
-            .reply_content_type
-            .clone()
-            .or_else(|| request.properties.content_type().map(String::from));
+        let content_type = reply_content_type(&self.options.reply_content_type, request);
         reply(self.run(request).map(|body| (body, content_type)))
     }
 

@@ -10,7 +10,7 @@
 //! and one thread) and a read that finds its stdout empty.
 
 use super::watch::{Look, Watch};
-use crate::child::pipes::{describe_status, poll3, set_nonblocking, wait3};
+use crate::child::pipes::{self, describe_status, poll3, set_nonblocking, wait3};
 use crate::child::process::{self, InHand};
 use crate::child::program;
 use crate::child::stderr::StderrLog;
@@ -18,7 +18,7 @@ use crate::child::COMMAND_LOG;
 use crate::child::{ENV_CONTENT_TYPE, ENV_CORRELATION_ID, ENV_TRACEPARENT, ENV_TRACESTATE};
 use rpc_client::wire;
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
@@ -371,54 +371,17 @@ impl KeptProgram {
         }
     }
 
-    /// Writes what the pipe takes of `rest`; a program that closed its stdin gets no more.
+    /// Writes what the pipe takes of `rest` ([`pipes::write_stdin`]); a program that closed
+    /// its stdin gets no more.
     fn write_stdin(&mut self, rest: &[u8]) -> usize {
-        let Some(stdin) = self.stdin.as_mut() else {
-            return 0;
-        };
-        match stdin.write(rest) {
-            Ok(written) => written,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                0
-            }
-            Err(_) => {
-                self.stdin = None;
-                0
-            }
-        }
+        pipes::write_stdin(&mut self.stdin, rest)
     }
 
     /// Reads what its stdout holds into `pending`, until a read leaves the pipe empty (one
     /// shorter than [`READ_CHUNK`]: no read that finds nothing) or `pending` is over `limit`
     /// bytes; `true` when stdout is closed.
     fn read_stdout(&mut self, limit: usize) -> io::Result<bool> {
-        let Some(stdout) = self.stdout.as_mut() else {
-            return Ok(true);
-        };
-        while self.pending.len() <= limit {
-            match stdout.read(&mut self.buffer) {
-                Ok(0) => {
-                    self.stdout = None;
-                    return Ok(true);
-                }
-                Ok(read) => {
-                    self.pending
-                        .extend_from_slice(self.buffer.get(..read).unwrap_or_default());
-                    if read < self.buffer.len() {
-                        return Ok(false);
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(false)
+        pipes::read_stdout(&mut self.stdout, &mut self.buffer, &mut self.pending, limit)
     }
 
     /// Closes its stdin and waits until `deadline` for it to exit (its stdout is read and

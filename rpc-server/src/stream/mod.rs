@@ -41,7 +41,7 @@ use crate::child::pipes::describe_status;
 use crate::child::process;
 use crate::child::program::{find_program, quoted};
 use crate::child::stderr::StderrLog;
-use crate::child::KILL_GRACE;
+use crate::child::{reply_content_type, KILL_GRACE};
 use crate::command::CommandOptions;
 use crate::error::Error;
 use crate::handler::{Handler, Reply, Request};
@@ -614,10 +614,7 @@ impl StreamHandler {
         }
         slot.backoff.succeeded();
         self.after_reply(slot, settle);
-        let reply_type = limits
-            .reply_content_type
-            .clone()
-            .or_else(|| request.properties.content_type().map(String::from));
+        let reply_type = reply_content_type(&limits.reply_content_type, request);
         Ok(match answer {
             Answer::Body { body, content_type } => Ok((body, content_type.or(reply_type))),
             Answer::Error(message) => Err(Reply::refuse(ErrorCode::ExecFailed, &message)),
