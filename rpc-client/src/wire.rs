@@ -44,13 +44,7 @@ pub const ERROR_REPLIES_TYPE: &str = "x-rpc-error-replies";
 /// Header naming the server that produced a reply (informational).
 pub const SERVER_HEADER: &str = "x-rpc-server";
 
-/// How deep a message's headers may nest: tables and arrays in tables, the `headers` table
-/// itself counting as level 1 (`x-death` needs 3). A server refuses a request with deeper
-/// headers (`bad-request`). Deeper levels never reach the AMQP library's decoder, which would need about
-/// 0.6 KB of stack per level (3.7 KB in a debug build): every connection passes the tables and
-/// arrays below level `MAX_HEADER_DEPTH + 1` on as byte arrays (byte array values, [`crate::HeaderValue::Bytes`]) of
-/// the same bytes.
-pub const MAX_HEADER_DEPTH: usize = 32;
+pub use crate::amqp::MAX_HEADER_DEPTH;
 
 /// How deep `properties`' headers nest (see [`MAX_HEADER_DEPTH`]): 0 without headers.
 pub fn header_depth(properties: &(impl ReadProperties + ?Sized)) -> usize {

@@ -32,7 +32,7 @@ pub use connection::{connect_first, open_first, Link};
 pub use consume::{callback_queue, consume, queue_options, QueueKind, QueueState, Queues};
 #[doc(hidden)]
 pub use depth::DepthGuard;
-pub use depth::{flatten_deep_headers, FLATTENED_DEPTH};
+pub use depth::{flatten_deep_headers, FLATTENED_DEPTH, MAX_HEADER_DEPTH};
 pub use error::{AmqpError, ConnectFailure, LinkError};
 pub use reconnect::Reconnect;
 pub use tls::TlsError;
