@@ -244,19 +244,7 @@ impl From<LinkError> for Error {
             LinkError::Lost(amqp) => {
                 Error::ConnectionLost(crate::text::printable(&amqp.to_string()))
             }
-            LinkError::ConnectionClosed { code, message } => {
-                Error::Amqp(AmqpError::ConnectionClosed { code, message })
-            }
-            LinkError::ChannelClosed {
-                channel,
-                code,
-                message,
-            } => Error::Amqp(AmqpError::ChannelClosed {
-                channel,
-                code,
-                message,
-            }),
-            LinkError::Amqp(text) => Error::Amqp(AmqpError::Other(text)),
+            LinkError::Amqp(err) => Error::Amqp(err),
         }
     }
 }
@@ -298,7 +286,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::{exit_code, Error};
-    use crate::amqp::{ConnectFailure, LinkError};
+    use crate::amqp::{AmqpError, ConnectFailure, LinkError};
     use std::time::Duration;
 
     /// The link's failures keep their message when the calling layer reports them, and exit
@@ -343,26 +331,28 @@ mod tests {
                 true,
             ),
             (
-                LinkError::ConnectionClosed {
+                LinkError::Amqp(AmqpError::ConnectionClosed {
                     code: 320,
                     message: "CONNECTION_FORCED\r\n".into(),
-                },
+                }),
                 exit_code::CONNECTION,
                 false,
                 true,
             ),
             (
-                LinkError::ChannelClosed {
+                LinkError::Amqp(AmqpError::ChannelClosed {
                     channel: 3,
                     code: 406,
                     message: "PRECONDITION_FAILED".into(),
-                },
+                }),
                 exit_code::OTHER,
                 false,
                 false,
             ),
             (
-                LinkError::Amqp("AMQP protocol error - received unexpected frame".into()),
+                LinkError::Amqp(AmqpError::Other(
+                    "AMQP protocol error - received unexpected frame".into(),
+                )),
                 exit_code::OTHER,
                 false,
                 false,

@@ -2,6 +2,7 @@
 //! ([`exit_code`]).
 
 use rpc_client::amqp::LinkError;
+use rpc_client::AmqpError;
 use std::fmt;
 
 /// Process exit codes of `rpc-server`, defined once: `--help` prints [`exit_code::TABLE`] and a
@@ -140,7 +141,10 @@ impl Error {
     /// did on it, such as a reply over `max_message_size` or a request held past
     /// `consumer_timeout`.
     pub fn channel_closed(&self) -> bool {
-        matches!(self.link_error(), Some(LinkError::ChannelClosed { .. }))
+        matches!(
+            self.link_error(),
+            Some(LinkError::Amqp(AmqpError::ChannelClosed { .. }))
+        )
     }
 
     /// The AMQP layer's error inside this one, if any.
@@ -203,13 +207,14 @@ mod tests {
     use super::{exit_code, Error};
     use rpc_client::amqp::{ConnectFailure, LinkError};
     use rpc_client::exit_code::markdown;
+    use rpc_client::AmqpError;
 
     fn channel_closed(code: u16, message: &str) -> LinkError {
-        LinkError::ChannelClosed {
+        LinkError::Amqp(AmqpError::ChannelClosed {
             channel: 1,
             code,
             message: message.into(),
-        }
+        })
     }
 
     /// What the server decides from the AMQP layer's errors: refusals (not retried), consumer
@@ -238,10 +243,10 @@ mod tests {
              message=ACCESS_REFUSED - no access)"
         );
 
-        let transient = Error::from(LinkError::ConnectionClosed {
+        let transient = Error::from(LinkError::Amqp(AmqpError::ConnectionClosed {
             code: 541,
             message: "INTERNAL_ERROR - feature transient_nonexcl_queues is deprecated".into(),
-        });
+        }));
         assert!(transient
             .refusal()
             .is_some_and(|hint| hint.contains("run without --transient")));

@@ -97,7 +97,7 @@ pub fn queue_options(kind: QueueKind) -> QueueDeclareOptions {
 /// Checks and declares queues on `connection`, each on a channel of its own (a failed passive
 /// declare, 404, or a conflicting declare, 406, closes the channel it was sent on), each round
 /// trip bounded by `watchdog` to `limit`. The broker's refusals come back as
-/// [`LinkError::ChannelClosed`] with their code, for the caller to decide. For `rpc-server`:
+/// [`AmqpError::ChannelClosed`](super::AmqpError::ChannelClosed) (in [`LinkError::Amqp`]) with their code, for the caller to decide. For `rpc-server`:
 /// no stability promise.
 pub struct Queues<'a> {
     connection: &'a mut Connection,

@@ -32,26 +32,9 @@ pub enum LinkError {
     /// The connection went away: its socket closed or failed, the broker's heartbeats
     /// stopped, or the AMQP library's I/O thread ended. The library's words, as it gave them.
     Lost(String),
-    /// The broker closed the connection, with this reply code and text (e.g. 320
-    /// CONNECTION_FORCED, 530 NOT_ALLOWED).
-    ConnectionClosed {
-        /// The AMQP reply code.
-        code: u16,
-        /// The broker's reply text, as received: print it through [`crate::wire::printable`].
-        message: String,
-    },
-    /// The broker closed a channel, with this reply code and text (e.g. 403 ACCESS_REFUSED,
-    /// 404 NOT_FOUND, 406 PRECONDITION_FAILED); the connection stays open.
-    ChannelClosed {
-        /// The channel's id.
-        channel: u16,
-        /// The AMQP reply code.
-        code: u16,
-        /// The broker's reply text, as received: print it through [`crate::wire::printable`].
-        message: String,
-    },
-    /// Any other failure the AMQP library reports: its words, as it gave them.
-    Amqp(String),
+    /// The broker closed the connection or a channel (with its reply code and text), or the
+    /// AMQP library failed otherwise: see [`AmqpError`].
+    Amqp(AmqpError),
 }
 
 impl LinkError {
@@ -71,7 +54,9 @@ impl LinkError {
     pub fn is_connection_loss(&self) -> bool {
         matches!(
             self,
-            LinkError::Stalled(_) | LinkError::Lost(_) | LinkError::ConnectionClosed { .. }
+            LinkError::Stalled(_)
+                | LinkError::Lost(_)
+                | LinkError::Amqp(AmqpError::ConnectionClosed { .. })
         )
     }
 
@@ -80,8 +65,7 @@ impl LinkError {
     /// [`crate::wire::printable`].
     pub fn broker_code(&self) -> Option<(u16, &str)> {
         match self {
-            LinkError::ConnectionClosed { code, message }
-            | LinkError::ChannelClosed { code, message, .. } => Some((*code, message)),
+            LinkError::Amqp(err) => err.broker_code(),
             _ => None,
         }
     }
@@ -175,11 +159,7 @@ impl fmt::Display for LinkError {
             LinkError::Lost(text) => {
                 write!(f, "connection to the broker lost: {}", printable(text))
             }
-            LinkError::ConnectionClosed { .. } | LinkError::ChannelClosed { .. } => {
-                let closed = self.amqp_error().map(|e| e.to_string()).unwrap_or_default();
-                amqp_error(f, &closed)
-            }
-            LinkError::Amqp(text) => amqp_error(f, text),
+            LinkError::Amqp(err) => amqp_error(f, &err.to_string()),
         }
     }
 }
@@ -192,20 +172,7 @@ impl LinkError {
     /// `None` for failed connects and lost connections.
     pub fn amqp_error(&self) -> Option<AmqpError> {
         match self {
-            LinkError::ConnectionClosed { code, message } => Some(AmqpError::ConnectionClosed {
-                code: *code,
-                message: message.clone(),
-            }),
-            LinkError::ChannelClosed {
-                channel,
-                code,
-                message,
-            } => Some(AmqpError::ChannelClosed {
-                channel: *channel,
-                code: *code,
-                message: message.clone(),
-            }),
-            LinkError::Amqp(text) => Some(AmqpError::Other(text.clone())),
+            LinkError::Amqp(err) => Some(err.clone()),
             _ => None,
         }
     }
@@ -220,19 +187,19 @@ impl From<amiquip::Error> for LinkError {
         use amiquip::Error as E;
         match err {
             E::ServerClosedConnection { code, message } => {
-                LinkError::ConnectionClosed { code, message }
+                LinkError::Amqp(AmqpError::ConnectionClosed { code, message })
             }
             E::ServerClosedChannel {
                 channel_id,
                 code,
                 message,
-            } => LinkError::ChannelClosed {
+            } => LinkError::Amqp(AmqpError::ChannelClosed {
                 channel: channel_id,
                 code,
                 message,
-            },
+            }),
             err if connection_gone(&err) => LinkError::Lost(err.to_string()),
-            err => LinkError::Amqp(err.to_string()),
+            err => LinkError::Amqp(AmqpError::Other(err.to_string())),
         }
     }
 }
@@ -514,11 +481,11 @@ mod tests {
         });
         assert!(matches!(
             channel,
-            LinkError::ChannelClosed {
+            LinkError::Amqp(AmqpError::ChannelClosed {
                 channel: 1,
                 code: 404,
                 ..
-            }
+            })
         ));
         assert!(!channel.is_connection_loss() && !channel.is_refusal());
         assert_eq!(

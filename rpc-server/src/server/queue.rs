@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::options::{QueueType, ServerOptions};
 use rpc_client::amqp::{LinkError, QueueKind, Queues};
 use rpc_client::wire;
+use rpc_client::AmqpError;
 
 /// Uses the request queue if it exists, whatever its type; declares it otherwise.
 ///
@@ -23,7 +24,7 @@ pub(crate) fn ensure_queue(queues: &mut Queues<'_>, options: &ServerOptions) -> 
             );
             return Ok(());
         }
-        Err(Error::Connection(LinkError::ChannelClosed { code: 404, .. })) => {}
+        Err(Error::Connection(LinkError::Amqp(AmqpError::ChannelClosed { code: 404, .. }))) => {}
         Err(err) => return Err(err.context(format!("cannot check queue '{shown}'"))),
     }
     let kind = QueueKind {
@@ -40,7 +41,7 @@ pub(crate) fn ensure_queue(queues: &mut Queues<'_>, options: &ServerOptions) -> 
             Ok(())
         }
         // Another process declared it differently between our check and our declare.
-        Err(Error::Connection(LinkError::ChannelClosed { code: 406, .. })) => {
+        Err(Error::Connection(LinkError::Amqp(AmqpError::ChannelClosed { code: 406, .. }))) => {
             log::info!("queue '{shown}' was just declared by someone else; using it");
             Ok(())
         }
