@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::handler::{Fibonacci, Handler};
 use crate::metrics::Meter;
 use crate::options::{QueueType, ServerOptions};
+use crate::server::confirms::BrokerConfirm;
 use crate::server::queue::ensure_queue;
 use crate::server::redelivery::Redeliveries;
 use crate::server::workers::{Delivered, Workers};
@@ -393,6 +394,20 @@ fn stop_failed(watchdog: &Watchdog, doing: &str, err: amiquip::Error) -> Error {
     match watchdog.fired() {
         Some(why) => LinkError::Stalled(why).into(),
         None => Error::broker(doing)(err),
+    }
+}
+
+/// The AMQP library's publisher confirm in our own terms, for the
+/// bookkeeping and the re-queue channel.
+pub(super) fn broker_confirm(confirm: Confirm) -> BrokerConfirm {
+    let (payload, accepted) = match confirm {
+        Confirm::Ack(payload) => (payload, true),
+        Confirm::Nack(payload) => (payload, false),
+    };
+    BrokerConfirm {
+        sequence: payload.delivery_tag,
+        multiple: payload.multiple,
+        accepted,
     }
 }
 

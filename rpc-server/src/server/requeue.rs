@@ -2,7 +2,7 @@
 //! with their count of deliveries: its own, in confirm mode. The session decides (re-queue,
 //! or a `redelivered` error reply); this module knows nothing of the session.
 
-use super::lost;
+use super::{broker_confirm, lost};
 use crate::error::Error;
 use amiquip::{Channel, Confirm, Connection, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -97,15 +97,10 @@ impl Requeue {
                     });
                 }
             };
-            let (payload, accepted) = match confirm {
-                Confirm::Ack(payload) => (payload, true),
-                Confirm::Nack(payload) => (payload, false),
-            };
+            let confirm = broker_confirm(confirm);
             // One publish at a time: the confirm for it (or a multiple one covering it).
-            if payload.delivery_tag == sequence
-                || (payload.multiple && payload.delivery_tag >= sequence)
-            {
-                return Ok(accepted);
+            if confirm.sequence == sequence || (confirm.multiple && confirm.sequence >= sequence) {
+                return Ok(confirm.accepted);
             }
         }
     }

@@ -4,10 +4,9 @@
 use super::owed::Owed;
 use super::requeue::{self, Requeue};
 use super::rules::{admission, budget, cancel_cause, fit_reply, Admission};
-use super::{lost, stop_failed, Server, STOP_LIMIT};
+use super::{broker_confirm, lost, stop_failed, Server, STOP_LIMIT};
 use crate::error::Error;
 use crate::handler::Reply;
-use crate::server::confirms::BrokerConfirm;
 use crate::server::confirms::ReplyKind;
 use crate::server::redelivery::{self, Verdict, MAX_DELIVERIES};
 use crate::server::workers::{server_span, Done};
@@ -622,18 +621,5 @@ impl Serving<'_, '_> {
             }
             Err(err) => Err(err),
         }
-    }
-}
-
-/// The AMQP library's publisher confirm in our own terms, for the bookkeeping.
-fn broker_confirm(confirm: Confirm) -> BrokerConfirm {
-    let (payload, accepted) = match confirm {
-        Confirm::Ack(payload) => (payload, true),
-        Confirm::Nack(payload) => (payload, false),
-    };
-    BrokerConfirm {
-        sequence: payload.delivery_tag,
-        multiple: payload.multiple,
-        accepted,
     }
 }
